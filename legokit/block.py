@@ -1,0 +1,256 @@
+"""LegoBlock (MM-Lego Eq. 1-3): an encoder wrapped so that it writes its modality into a frequency-domain latent."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+from einops import rearrange, repeat
+from torch import nn
+
+from .encoders import FOREIGN, ExportedEncoder, build_encoder, token_input
+from .errors import ConfigError, ShapeError
+from .layers import TaskHead, UpdateLayer
+from .spectral import FFT_AXES, pool_spectrum, to_frequency, to_spatial
+from .tasks import TaskSpec
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class EncoderSpec:
+    """Which encoder a block wraps: a built-in by name with its keyword arguments, or a foreign `export` program."""
+
+    name: str
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    out_dim: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(f"encoder name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.kwargs, Mapping):
+            raise ConfigError(f"encoder kwargs must be a mapping, got {type(self.kwargs).__name__}")
+        _positive("encoder out_dim", self.out_dim)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kwargs": dict(self.kwargs), "out_dim": self.out_dim}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "EncoderSpec":
+        return cls(data["name"], dict(data.get("kwargs", {})), data["out_dim"])
+
+
+def _positive(what: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
+
+
+def parse_latent(text: str) -> tuple[int, int]:
+    """Read a latent shape written `64x64` (channels x dimensions)."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ConfigError(f"latent shape must look like 64x64, got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def parse_input_shape(text: str) -> tuple[int | None, ...]:
+    """Read a per-sample input shape: `76` for a vector, `?x32` for a bag of any number of 32-feature tokens."""
+    dims: list[int | None] = []
+    for part in text.lower().split("x"):
+        part = part.strip()
+        if part in ("?", "n", "*"):
+            dims.append(None)
+        elif part.isdigit() and int(part) > 0:
+            dims.append(int(part))
+        else:
+            raise ConfigError(f"input shape must look like 76 or ?x32, got {text!r}")
+    return tuple(dims)
+
+
+def format_shape(shape: tuple[int | None, ...]) -> str:
+    return "x".join("?" if d is None else str(d) for d in shape)
+
+
+@dataclass(frozen=True)
+class BlockConfig:
+    """Everything that rebuilds a LegoBlock's modules; validated once, here."""
+
+    modality: str
+    encoder: EncoderSpec
+    input_shape: tuple[int | None, ...]
+    task: TaskSpec
+    latent: tuple[int, int] = (64, 64)
+    depth: int = 2
+    fft_axes: str = "both"
+    heads: int = 1
+    dim_head: int = 64
+    ff_mult: int = 4
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.modality, str) or not _NAME.match(self.modality):
+            raise ConfigError(f"modality name must be letters, digits, '_' or '-' (up to 64), got {self.modality!r}")
+        if not isinstance(self.input_shape, tuple) or not 1 <= len(self.input_shape) <= 4:
+            raise ConfigError(f"input shape must have 1 to 4 dimensions, got {self.input_shape!r}")
+        for d in self.input_shape:
+            if d is not None:
+                _positive("each input dimension", d)
+        if self.input_shape[-1] is None:
+            raise ConfigError("the last input dimension (features) must be fixed")
+        if not isinstance(self.latent, tuple) or len(self.latent) != 2:
+            raise ConfigError(f"latent must be (channels, dimensions), got {self.latent!r}")
+        _positive("latent channels", self.latent[0])
+        _positive("latent dimensions", self.latent[1])
+        for what in ("depth", "heads", "dim_head", "ff_mult"):
+            _positive(what, getattr(self, what))
+        if self.fft_axes not in FFT_AXES:
+            raise ConfigError(f"fft axes must be one of {', '.join(FFT_AXES)}, got {self.fft_axes!r}")
+        if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    @property
+    def tokens_in(self) -> bool:
+        """True when a sample is a sequence of tokens (input shape with a leading variable or fixed token axis)."""
+        return len(self.input_shape) > 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "modality": self.modality,
+            "encoder": self.encoder.to_dict(),
+            "input_shape": list(self.input_shape),
+            "task": self.task.to_dict(),
+            "latent": list(self.latent),
+            "depth": self.depth,
+            "fft_axes": self.fft_axes,
+            "heads": self.heads,
+            "dim_head": self.dim_head,
+            "ff_mult": self.ff_mult,
+            "dropout": self.dropout,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "BlockConfig":
+        return cls(
+            modality=data["modality"],
+            encoder=EncoderSpec.from_dict(data["encoder"]),
+            input_shape=tuple(data["input_shape"]),
+            task=TaskSpec.from_dict(data["task"]),
+            latent=tuple(data["latent"]),
+            depth=data["depth"],
+            fft_axes=data["fft_axes"],
+            heads=data["heads"],
+            dim_head=data["dim_head"],
+            ff_mult=data["ff_mult"],
+            dropout=data["dropout"],
+        )
+
+
+class LegoBlock(nn.Module):
+    """A unimodal encoder plus S frequency-domain latent updates and a task head (MM-Lego Eq. 1-3).
+
+    Each step transforms the latent with an FFT, updates its real part by cross-attention to the
+    encoder's tokens and a feed-forward, keeps the imaginary part, and inverts the FFT for the next
+    step; the last step stays in the frequency domain, where merging happens. The encoder runs once.
+    """
+
+    def __init__(self, config: BlockConfig, encoder: nn.Module | None = None, program: bytes | None = None):
+        super().__init__()
+        self.config = config
+        if encoder is None:
+            if config.encoder.name == FOREIGN:
+                if program is None:
+                    raise ConfigError("a block with a foreign encoder needs its program bytes")
+                encoder = ExportedEncoder(program, config.encoder.out_dim)
+            else:
+                encoder = build_encoder(config.encoder.name, config.encoder.kwargs)
+        wants_tokens = token_input(encoder)
+        if wants_tokens is not None and wants_tokens != config.tokens_in:
+            kind = "a bag of tokens (?xF)" if wants_tokens else "a feature vector (F)"
+            raise ConfigError(
+                f"encoder {config.encoder.name} takes {kind}, but the input shape is {format_shape(config.input_shape)}"
+            )
+        self.encoder = encoder
+        channels, dim = config.latent
+        self.latent = nn.Parameter(torch.empty(channels, dim))
+        nn.init.trunc_normal_(self.latent, std=0.02)
+        self.layers = nn.ModuleList(
+            UpdateLayer(dim, config.encoder.out_dim, config.heads, config.dim_head, config.ff_mult, config.dropout)
+            for _ in range(config.depth)
+        )
+        self.task_head = TaskHead(2 * dim, config.task.out_features)
+        self.provenance: dict[str, Any] = {}
+
+    @property
+    def modality(self) -> str:
+        return self.config.modality
+
+    def check_input(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
+        """Raise a ShapeError naming the modality unless x (and mask) fit the block's input shape."""
+        expected = self.config.input_shape
+        shown = f"(batch, {', '.join('n' if d is None else str(d) for d in expected)})"
+        if not isinstance(x, torch.Tensor):
+            raise ShapeError(f"modality {self.modality}: input must be a tensor, got {type(x).__name__}")
+        if x.dim() != len(expected) + 1 or any(e is not None and e != s for e, s in zip(expected, x.shape[1:])):
+            raise ShapeError(f"modality {self.modality}: expected input of shape {shown}, got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ShapeError(f"modality {self.modality}: input must be floating point, got {x.dtype}")
+        if mask is not None:
+            if not self.config.tokens_in:
+                raise ShapeError(f"modality {self.modality}: a mask is only for token inputs, this one is a vector")
+            if mask.dtype != torch.bool or tuple(mask.shape) != tuple(x.shape[:2]):
+                raise ShapeError(
+                    f"modality {self.modality}: mask must be bool of shape {tuple(x.shape[:2])}, "
+                    f"got {mask.dtype} {tuple(mask.shape)}"
+                )
+
+    def tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Run the encoder once: tokens (b, n, e) and their padding mask (or None when every token is real)."""
+        self.check_input(x, mask)
+        out = self.encoder(x, mask) if getattr(self.encoder, "accepts_mask", False) else self.encoder(x)
+        if out.dim() == 2:
+            return rearrange(out, "b e -> b 1 e"), None
+        if out.dim() != 3:
+            raise ShapeError(f"modality {self.modality}: encoder returned shape {tuple(out.shape)}; expected (b, e) or (b, n, e)")
+        keeps = getattr(self.encoder, "keeps_tokens", False) and mask is not None and out.shape[1] == mask.shape[1]
+        return out, mask if keeps else None
+
+    def start(self, batch: int) -> torch.Tensor:
+        """The learned spatial latent, repeated over the batch (the parameter itself is never overwritten)."""
+        return repeat(self.latent, "c d -> b c d", b=batch)
+
+    def step(
+        self,
+        index: int,
+        latent: torch.Tensor,
+        tokens: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        present: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Update step `index` on a spatial latent (b, c, d); returns the complex spectrum after the update."""
+        spectrum = to_frequency(latent, self.config.fft_axes)
+        real = self.layers[index](spectrum.real, tokens, mask, present)
+        return torch.complex(real.float(), spectrum.imag)
+
+    def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
+        """The block's frequency-domain latent (b, c, d), complex; `start` replaces the learned initial latent."""
+        tokens, token_mask = self.tokens(x, mask)
+        latent = self.start(x.shape[0]) if start is None else start
+        spectrum = latent
+        for index in range(self.config.depth):
+            if index:
+                latent = to_spatial(spectrum, self.config.fft_axes)
+            spectrum = self.step(index, latent, tokens, token_mask)
+        return spectrum
+
+    def head(self, spectrum: torch.Tensor) -> torch.Tensor:
+        """Task logits from a frequency-domain latent (b, c, d)."""
+        return self.task_head(pool_spectrum(spectrum))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.encode(x, mask))
+
+    def program(self) -> bytes | None:
+        """The foreign encoder's program bytes, or None for a built-in encoder."""
+        return self.encoder.program if isinstance(self.encoder, ExportedEncoder) else None

@@ -1,0 +1,42 @@
+"""Self-normalising network for tabular data (Klambauer et al. 2017): SELU, AlphaDropout, LeCun-normal weights."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+
+class SNN(nn.Module):
+    """Maps a feature vector (b, in_features) to one token (b, hidden)."""
+
+    token_input = False  # takes (b, features), not a bag of tokens
+    keeps_tokens = False
+    accepts_mask = False
+
+    def __init__(self, in_features: int, hidden: int = 128, depth: int = 2, dropout: float = 0.1):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for _ in range(depth):
+            layers += [nn.Linear(width, hidden), nn.SELU(), nn.AlphaDropout(dropout)]
+            width = hidden
+        self.net = nn.Sequential(*layers)
+        self.out_dim = hidden
+        for module in self.net:
+            if isinstance(module, nn.Linear):
+                # LeCun normal: keeps SELU activations at zero mean and unit variance
+                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="linear")
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.net(x)
+
+    @staticmethod
+    def infer_kwargs(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """Sizes read off a saved state dict, so `legokit wrap --arch snn` needs no --arch-kwargs."""
+        weights = [v for k, v in state_dict.items() if k.startswith("net.") and k.endswith(".weight")]
+        if not weights:
+            return {}
+        return {"in_features": int(weights[0].shape[1]), "hidden": int(weights[0].shape[0]), "depth": len(weights)}

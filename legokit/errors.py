@@ -1,0 +1,23 @@
+"""The exceptions legokit raises on bad input: one class per kind of problem, one line of text each."""
+
+from __future__ import annotations
+
+
+class LegoError(Exception):
+    """Base of every error legokit raises on purpose; the CLI prints its message as one line and exits 1."""
+
+
+class ConfigError(LegoError, ValueError):
+    """A configuration value (block spec, task, latent shape, CLI flag) is invalid."""
+
+
+class ArtifactError(LegoError):
+    """A `.st` file cannot be read as a legokit artifact: missing, corrupt, foreign, too new or inconsistent."""
+
+
+class ShapeError(LegoError, ValueError):
+    """An input tensor or mask does not have the shape the block expects."""
+
+
+class EncoderError(LegoError):
+    """An encoder file or module cannot be wrapped (unknown format, pickled module, failed export)."""

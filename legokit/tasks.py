@@ -1,0 +1,60 @@
+"""Prediction tasks a block can carry: their spec, the size of their head output, and the parsing of `kind:N`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError
+
+TASK_KINDS: tuple[str, ...] = ("survival", "multiclass", "binary", "multilabel")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task: `survival` (discrete hazards over n time bins), `multiclass` (n classes), `binary`, `multilabel` (n)."""
+
+    kind: str
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        if self.kind not in TASK_KINDS:
+            raise ConfigError(f"unknown task {self.kind!r}; choose one of {', '.join(TASK_KINDS)}")
+        if not isinstance(self.n, int) or isinstance(self.n, bool):
+            raise ConfigError(f"task {self.kind}: its size must be an integer, got {self.n!r}")
+        if self.kind == "binary" and self.n != 1:
+            raise ConfigError("task binary takes no size (it has one output)")
+        least = {"survival": 1, "multiclass": 2, "binary": 1, "multilabel": 1}[self.kind]
+        if self.n < least:
+            raise ConfigError(f"task {self.kind} needs a size of at least {least}, got {self.n}")
+
+    @property
+    def out_features(self) -> int:
+        """Number of logits the head emits: one per time bin, class or label; one for binary."""
+        return self.n
+
+    @classmethod
+    def parse(cls, text: str) -> "TaskSpec":
+        """Read `survival:4`, `multiclass:3`, `binary` or `multilabel:5`."""
+        kind, sep, size = text.strip().partition(":")
+        if not sep:
+            if kind == "binary":
+                return cls("binary")
+            if kind in TASK_KINDS:
+                raise ConfigError(f"task {kind!r} needs a size, e.g. {kind}:4")
+            return cls(kind)
+        try:
+            n = int(size)
+        except ValueError:
+            raise ConfigError(f"task {text!r}: {size!r} is not an integer") from None
+        return cls(kind, n)
+
+    def __str__(self) -> str:
+        return self.kind if self.kind == "binary" else f"{self.kind}:{self.n}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "n": self.n}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TaskSpec":
+        return cls(data["kind"], data.get("n", 1))

@@ -1,0 +1,59 @@
+"""Shared fixtures: small blocks (fast on 2 CPU cores) and a user-defined encoder class."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+from legokit.wrap import wrap_builtin
+
+SMALL = dict(latent=(8, 16), depth=2, device="cpu", dim_head=16)
+
+
+class VisitEncoder(nn.Module):
+    """A user's own encoder: token-wise projection of a visit sequence. Never importable by a subprocess."""
+
+    def __init__(self, features: int = 6, width: int = 12):
+        super().__init__()
+        self.proj = nn.Linear(features, width)
+        self.mix = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mix(torch.tanh(self.proj(x)))
+
+
+@pytest.fixture
+def snn_block():
+    torch.manual_seed(0)
+    return wrap_builtin("snn", None, "tab", "survival:4", {"in_features": 10, "hidden": 16}, **SMALL)
+
+
+@pytest.fixture
+def abmil_block():
+    torch.manual_seed(1)
+    return wrap_builtin("abmil", None, "img", "multiclass:3", {"in_features": 5, "hidden": 16, "attention": 8}, **SMALL)
+
+
+@pytest.fixture
+def mlp_block():
+    torch.manual_seed(2)
+    return wrap_builtin("mlp", None, "seq", "multilabel:2", {"in_features": 4, "hidden": 16}, input_shape=(None, 4), **SMALL)
+
+
+def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run code in a fresh interpreter that has legokit but none of the tests' classes."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real console entry point, in a fresh process."""
+    return subprocess.run(
+        [sys.executable, "-m", "legokit.cli", *args], capture_output=True, text=True, timeout=300
+    )
