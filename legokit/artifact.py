@@ -192,7 +192,7 @@ def read_artifact(path: str | os.PathLike[str], expect_kind: str | None = None) 
     metadata = read_metadata(path)
     kind = metadata.get(KEY_KIND, "")
     if expect_kind is not None and kind != expect_kind:
-        raise ArtifactError(f"{path}: is a legokit {kind or 'unknown'} artifact, expected a {expect_kind}")
+        raise ArtifactError(f"{path}: is a legokit artifact of kind {kind!r}, expected a {expect_kind}")
     config = _json_field(path, metadata, KEY_CONFIG)
     provenance = _json_field(path, metadata, KEY_PROVENANCE)
     try:

@@ -33,7 +33,7 @@ def _json_object(text: str) -> dict[str, Any]:
 def _print_summary(console: Console, facts: dict[str, Any]) -> None:
     table = Table(title=escape(facts["path"]), show_header=False, title_justify="left")
     table.add_column("field", style="bold cyan")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")
     rows = [
         ("format", f"legokit artifact v{facts['format_version']} ({facts['kind']})"),
         ("modality", facts["modality"]),

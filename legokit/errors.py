@@ -4,7 +4,13 @@ from __future__ import annotations
 
 
 class LegoError(Exception):
-    """Base of every error legokit raises on purpose; the CLI prints its message as one line and exits 1."""
+    """Base of every error legokit raises on purpose; the CLI prints its message as one line and exits 1.
+
+    Messages quote text from files and users, so line breaks in them are folded into spaces here, once.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
 
 
 class ConfigError(LegoError, ValueError):

@@ -134,7 +134,11 @@ def wrap_builtin(
 ) -> LegoBlock:
     """A block around a built-in encoder, its sizes read off the state dict where --arch-kwargs leaves them out."""
     cls = encoder_class(arch)
-    kwargs = {**(cls.infer_kwargs(state_dict) if state_dict else {}), **dict(arch_kwargs or {})}
+    inferred = cls.infer_kwargs(state_dict) if state_dict else {}
+    if state_dict and not inferred:
+        keys = ", ".join(list(state_dict)[:3])
+        raise EncoderError(f"{origin}: state dict does not fit encoder {arch}: its keys ({keys}, ...) are not {arch}'s")
+    kwargs = {**inferred, **dict(arch_kwargs or {})}
     if "in_features" not in kwargs:
         if input_shape is None:
             raise ConfigError(f"{origin}: encoder {arch} needs in_features (in --arch-kwargs) or --input-shape")
