@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
-from .artifact import Artifact, read_artifact, write_artifact
+from .artifact import Artifact, Source, read_artifact, read_layout, read_metadata, write_artifact, write_streaming
 from .block import BlockConfig, LegoBlock
+from .compose.graph import Graph
+from .compose.merge import MergeConfig, MergedModel, head_width, merge_head_tensors, merged_config, parse_merged_config
+from .compose.merge import check_mergeable, resolve_weights
 from .device import resolve_device
 from .errors import ArtifactError, ConfigError, EncoderError
+from .layers import TaskHead
 
 BLOCK = "block"
 PROGRAM_PREFIX = "__program__."
@@ -93,3 +100,135 @@ def block_from_artifact(artifact: Artifact) -> LegoBlock:
     block = block_from_tensors(artifact.path, artifact.config, artifact.tensors)
     block.provenance = dict(artifact.provenance)
     return block
+
+
+MERGED = "merged"
+
+
+def _merged_tensors(model: MergedModel) -> dict[str, torch.Tensor]:
+    tensors: dict[str, torch.Tensor] = {}
+    for modality, block in model.blocks.items():
+        tensors.update(block_tensors(block, prefix=f"blocks.{modality}."))
+    tensors.update({f"head.{name}": value for name, value in model.head.state_dict().items()})
+    return tensors
+
+
+def save(model: LegoBlock | MergedModel, path: str | os.PathLike[str], provenance: Mapping[str, Any] | None = None,
+         inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
+    """Write any legokit model as one standalone `.st` file (atomically)."""
+    if isinstance(model, LegoBlock):
+        return save_block(model, path, provenance, inputs)
+    if isinstance(model, MergedModel):
+        configs = {m: b.config for m, b in model.blocks.items()}
+        config = merged_config(configs, model.config, model.graph)
+        merged = {**model.provenance, **dict(provenance or {})}
+        return write_artifact(path, MERGED, config, _merged_tensors(model), merged, inputs)
+    raise ConfigError(f"cannot save a {type(model).__name__}; expected a LegoBlock or a merged model")
+
+
+def _merged_from_artifact(artifact: Artifact) -> MergedModel:
+    path = artifact.path
+    try:
+        configs, merge_config, graph = parse_merged_config(artifact.config)
+    except ConfigError as exc:
+        raise ArtifactError(f"{path}: invalid merged config: {exc}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ArtifactError(f"{path}: corrupt merged config ({type(exc).__name__}: {exc})") from None
+    blocks = {
+        m: block_from_tensors(path, config.to_dict(), artifact.tensors, prefix=f"blocks.{m}.")
+        for m, config in configs.items()
+    }
+    first = next(iter(configs.values()))
+    head = TaskHead(head_width(first), first.task.out_features)
+    check_state(path, head, artifact.tensors, prefix="head.")
+    head.load_state_dict({k[len("head."):]: v for k, v in artifact.tensors.items() if k.startswith("head.")})
+    try:
+        model = MergedModel(blocks, head, merge_config, graph)
+    except ConfigError as exc:
+        raise ArtifactError(f"{path}: {exc}") from None
+    model.provenance = dict(artifact.provenance)
+    return model
+
+
+def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LegoBlock | MergedModel:
+    """Rebuild whatever model a `.st` file holds (a block or a merged model), in eval mode on `device`."""
+    artifact = read_artifact(path)
+    if artifact.kind == BLOCK:
+        model: nn.Module = block_from_artifact(artifact)
+    elif artifact.kind == MERGED:
+        model = _merged_from_artifact(artifact)
+    else:
+        raise ArtifactError(f"{artifact.path}: unknown artifact kind {artifact.kind!r}")
+    return model.to(resolve_device(device)).eval()
+
+
+@dataclass(frozen=True)
+class _Part:
+    """One block inside an input file: its config and the prefix of its tensors there."""
+
+    path: Path
+    config: BlockConfig
+    prefix: str
+
+
+def _parts(path: Path) -> tuple[list[_Part], dict[str, float]]:
+    metadata = read_metadata(path)
+    kind = metadata.get("legokit.kind")
+    try:
+        data = json.loads(metadata.get("legokit.config", "{}"))
+        if kind == BLOCK:
+            return [_Part(path, BlockConfig.from_dict(data), "")], {}
+        if kind == MERGED:
+            configs, merge_config, _ = parse_merged_config(data)
+            return [_Part(path, c, f"blocks.{m}.") for m, c in configs.items()], dict(merge_config.weights)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
+        raise ArtifactError(f"{path}: corrupt config ({type(exc).__name__}: {exc})") from None
+    raise ArtifactError(f"{path}: cannot merge an artifact of kind {kind!r}")
+
+
+def merge_files(
+    paths: Sequence[str | os.PathLike[str]],
+    output: str | os.PathLike[str],
+    weights: Sequence[float] | Mapping[str, float] | None = None,
+    phase: str = "paper",
+    provenance: Mapping[str, Any] | None = None,
+) -> Path:
+    """`legokit merge`: LegoMerge of block (or merged-model) files into one merged artifact, streamed: the blocks'
+    tensors are copied in chunks and only the small heads are loaded, so memory stays near one chunk."""
+    paths = [Path(p) for p in paths]
+    parts: list[_Part] = []
+    known: dict[str, float] = {}
+    owner: dict[str, Path] = {}
+    for path in paths:
+        found, carried = _parts(path)
+        for part in found:
+            if part.config.modality in owner:
+                raise ConfigError(f"modality {part.config.modality!r} is in both {owner[part.config.modality]} and {path}")
+            owner[part.config.modality] = path
+        parts.extend(found)
+        known.update(carried)
+    try:
+        check_mergeable([p.config for p in parts])
+    except ConfigError as exc:
+        raise ConfigError(f"cannot merge {', '.join(map(str, paths))}: {exc}") from None
+    config = MergeConfig(resolve_weights([p.config.modality for p in parts], weights, known), phase)
+    heads: dict[str, dict[str, torch.Tensor]] = {}
+    sources: list[Source] = []
+    for part in parts:
+        modality = part.config.modality
+        layout = read_layout(part.path)
+        with safe_open(str(part.path), framework="pt") as handle:
+            heads[modality] = {
+                name[len(part.prefix + "task_head."):]: handle.get_tensor(name)
+                for name in layout if name.startswith(part.prefix + "task_head.")
+            }
+        for name, stored in layout.items():
+            if name == PROGRAM_PREFIX + part.prefix + "encoder":
+                sources.append(Source.of_file(f"{PROGRAM_PREFIX}blocks.{modality}.encoder", part.path, name, stored))
+            elif name.startswith(part.prefix) and not name.startswith(PROGRAM_PREFIX):
+                sources.append(Source.of_file(f"blocks.{modality}.{name[len(part.prefix):]}", part.path, name, stored))
+    sources += [Source.of_tensor(f"head.{n}", t) for n, t in merge_head_tensors(heads, config).items()]
+    configs = {p.config.modality: p.config for p in parts}
+    graph = Graph.for_operation("merge", sorted(configs), phase=phase)
+    record = {"merged_from": [str(p) for p in paths], **dict(provenance or {})}
+    return write_streaming(output, MERGED, merged_config(configs, config, graph), sources, record, inputs=paths)

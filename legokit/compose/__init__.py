@@ -1,0 +1,1 @@
+"""Composition: the typed graph of blocks and operations, LegoMerge, and YAML recipes."""

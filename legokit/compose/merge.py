@@ -1,0 +1,204 @@
+"""LegoMerge (MM-Lego Section 3): K blocks joined with no training. Latents are merged per sample in the frequency
+domain (Eq. 4: harmonic mean of magnitudes, mean of phases) over the modalities present; heads are merged once by
+SLERP (K = 2) or its order-independent spherical mean (K > 2)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..block import BlockConfig, LegoBlock
+from ..data.batch import ModalityBatch, batch_size
+from ..errors import ConfigError, ShapeError
+from ..layers import TaskHead
+from ..spectral import PHASE_MODES, merge_spectra, pool_spectrum
+from ..sphere import spherical_mean
+from .graph import BlockFacts, Graph
+
+HEAD_RULE = "slerp (K=2) / weighted Karcher mean of directions x weighted mean norm (K>2), per tensor"
+
+
+@dataclass(frozen=True)
+class MergeConfig:
+    """How blocks were merged: a weight per modality and the phase rule (`paper` arithmetic or `circular`)."""
+
+    weights: tuple[tuple[str, float], ...]
+    phase: str = "paper"
+
+    def __post_init__(self) -> None:
+        if self.phase not in PHASE_MODES:
+            raise ConfigError(f"phase must be one of {', '.join(PHASE_MODES)}, got {self.phase!r}")
+        for modality, weight in self.weights:
+            if not isinstance(weight, (int, float)) or not weight > 0 or weight != weight or weight == float("inf"):
+                raise ConfigError(f"merge weight of {modality} must be a positive finite number, got {weight!r}")
+
+    @property
+    def modalities(self) -> list[str]:
+        return [m for m, _ in self.weights]
+
+    def weight_of(self, modality: str) -> float:
+        return dict(self.weights)[modality]
+
+
+def block_facts(config: BlockConfig) -> BlockFacts:
+    return BlockFacts(config.modality, tuple(config.latent), str(config.task))
+
+
+def check_mergeable(configs: Sequence[BlockConfig]) -> None:
+    """At least two blocks, one per modality, with one latent shape and one task; else a ConfigError."""
+    if len(configs) < 2:
+        raise ConfigError(f"merging needs at least 2 blocks, got {len(configs)}")
+    seen: set[str] = set()
+    for config in configs:
+        if config.modality in seen:
+            raise ConfigError(f"modality {config.modality!r} appears twice; a merged model takes one block per modality")
+        seen.add(config.modality)
+    graph = Graph.for_operation("merge", sorted(seen))
+    graph.validate({c.modality: block_facts(c) for c in configs})
+
+
+def resolve_weights(modalities: Sequence[str], weights: Sequence[float] | Mapping[str, float] | None,
+                    known: Mapping[str, float] | None = None) -> tuple[tuple[str, float], ...]:
+    """One weight per modality, sorted by modality: given as a list in block order, a mapping, or defaults
+    (1.0, or the weight a grown model already had)."""
+    known = dict(known or {})
+    if weights is None:
+        chosen = {m: known.get(m, 1.0) for m in modalities}
+    elif isinstance(weights, Mapping):
+        unknown = sorted(set(weights) - set(modalities))
+        if unknown:
+            raise ConfigError(f"weights name modalities that are not merged: {', '.join(unknown)}")
+        chosen = {m: float(weights.get(m, known.get(m, 1.0))) for m in modalities}
+    else:
+        if len(weights) != len(modalities):
+            raise ConfigError(f"{len(weights)} weights given for {len(modalities)} blocks ({', '.join(modalities)})")
+        chosen = {m: float(w) for m, w in zip(modalities, weights)}
+    return tuple(sorted(chosen.items()))
+
+
+def merge_head_tensors(heads: Mapping[str, Mapping[str, torch.Tensor]], config: MergeConfig) -> dict[str, torch.Tensor]:
+    """Per-tensor spherical merge of the blocks' head parameters, in modality order (order-independent rule)."""
+    names = sorted(next(iter(heads.values())))
+    order = config.modalities
+    return {
+        name: spherical_mean([heads[m][name] for m in order], [config.weight_of(m) for m in order]) for name in names
+    }
+
+
+class MergedModel(nn.Module):
+    """A multimodal model from merged blocks: each present modality's block encodes its input, the latents are
+    merged per sample (Eq. 4), and the merged head reads the merged latent. Executes its composition graph."""
+
+    def __init__(self, blocks: Mapping[str, LegoBlock], head: TaskHead, config: MergeConfig, graph: Graph | None = None):
+        super().__init__()
+        check_mergeable([blocks[m].config for m in sorted(blocks)])
+        self.blocks = nn.ModuleDict({m: blocks[m] for m in sorted(blocks)})
+        self.head = head
+        self.config = config
+        self.graph = graph if graph is not None else Graph.for_operation("merge", sorted(blocks), phase=config.phase)
+        self.graph.validate({m: block_facts(b.config) for m, b in self.blocks.items()})
+        self.provenance: dict[str, Any] = {}
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.blocks)
+
+    @property
+    def task(self):
+        return next(iter(self.blocks.values())).config.task
+
+    def _run_input(self, inputs: Mapping[str, ModalityBatch]):
+        def run(node: str, _: dict[str, Any]) -> ModalityBatch | None:
+            return inputs.get(self.graph.attrs(node)["modality"])
+
+        return run
+
+    def _run_block(self, node: str, values: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        (batch,) = values.values()
+        if batch is None:
+            return None
+        block = self.blocks[self.graph.attrs(node)["modality"]]
+        return block.encode(batch.x, batch.mask), batch.presence()
+
+    def _run_merge(self, node: str, values: dict[str, Any]) -> torch.Tensor:
+        given = {self.graph.attrs(p)["modality"]: v for p, v in values.items() if v is not None}
+        modalities = list(given)
+        spectra = torch.stack([s for s, _ in given.values()])
+        present = torch.stack([p for _, p in given.values()])
+        missing = ~present.any(dim=0)
+        if bool(missing.any()):
+            first = int(missing.nonzero()[0, 0])
+            raise ShapeError(f"sample {first} has none of the modalities {', '.join(self.modalities)}")
+        weights = torch.tensor([self.config.weight_of(m) for m in modalities], device=spectra.device)
+        return merge_spectra(spectra, weights, present, self.config.phase)
+
+    def encode(self, inputs: Mapping[str, ModalityBatch]) -> torch.Tensor:
+        """The merged frequency-domain latent (b, c, d) of a batch in which any subset of modalities may be missing."""
+        unknown = sorted(set(inputs) - set(self.blocks))
+        if unknown:
+            raise ShapeError(f"no block for modality {unknown[0]!r}; this model merges {', '.join(self.modalities)}")
+        batch_size(inputs)
+        run = {"input": self._run_input(inputs), "block": self._run_block, "merge": self._run_merge,
+               "head": lambda node, values: next(iter(values.values()))}
+        return self.graph.execute(run)
+
+    def forward(self, inputs: Mapping[str, ModalityBatch | torch.Tensor]) -> torch.Tensor:
+        batches = {m: v if isinstance(v, ModalityBatch) else ModalityBatch(v) for m, v in inputs.items()}
+        return self.head(pool_spectrum(self.encode(batches)))
+
+
+def expand(models: Sequence[LegoBlock | MergedModel]) -> tuple[list[LegoBlock], dict[str, float]]:
+    """The blocks inside a list of blocks and merged models, with the weights the merged ones already carried."""
+    blocks: list[LegoBlock] = []
+    known: dict[str, float] = {}
+    for model in models:
+        if isinstance(model, MergedModel):
+            blocks.extend(model.blocks.values())
+            known.update(dict(model.config.weights))
+        elif isinstance(model, LegoBlock):
+            blocks.append(model)
+        else:
+            raise ConfigError(f"can only merge LegoBlocks and merged models, got {type(model).__name__}")
+    return blocks, known
+
+
+def merge(models: Sequence[LegoBlock | MergedModel], weights: Sequence[float] | Mapping[str, float] | None = None,
+          phase: str = "paper") -> MergedModel:
+    """LegoMerge of K >= 2 blocks (merged models count as their blocks, so a model grows by merging a new block
+    into it, with the same result as merging all blocks at once). Every block is used."""
+    blocks, known = expand(models)
+    check_mergeable([b.config for b in blocks])
+    by_modality = {b.modality: b for b in blocks}
+    config = MergeConfig(resolve_weights([b.modality for b in blocks], weights, known), phase)
+    heads = {m: b.task_head.state_dict() for m, b in by_modality.items()}
+    first = by_modality[config.modalities[0]].config
+    head = TaskHead(head_width(first), first.task.out_features)
+    head.load_state_dict(merge_head_tensors(heads, config))
+    return MergedModel(by_modality, head, config)
+
+
+def merged_config(configs: Mapping[str, BlockConfig], merge_config: MergeConfig, graph: Graph) -> dict[str, Any]:
+    """The header config of a merged artifact: every block's config, the merge settings and the graph."""
+    return {
+        "blocks": {m: configs[m].to_dict() for m in sorted(configs)},
+        "merge": {"weights": dict(merge_config.weights), "phase": merge_config.phase, "head_rule": HEAD_RULE},
+        "graph": graph.to_json(),
+    }
+
+
+def parse_merged_config(data: Mapping[str, Any]) -> tuple[dict[str, BlockConfig], MergeConfig, Graph]:
+    blocks = {m: BlockConfig.from_dict(c) for m, c in data["blocks"].items()}
+    settings = data["merge"]
+    config = MergeConfig(tuple(sorted((m, float(w)) for m, w in settings["weights"].items())), settings["phase"])
+    return blocks, config, Graph.from_json(data["graph"])
+
+
+def head_width(config: BlockConfig) -> int:
+    """Input width of a block's head: real and imaginary channel means, 2 d."""
+    return 2 * config.latent[1]
+
+
+__all__ = ["MergeConfig", "MergedModel", "merge"]

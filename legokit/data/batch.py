@@ -1,0 +1,44 @@
+"""One modality's part of a batch: its inputs, its token padding mask, and which samples have the modality."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from ..errors import ShapeError
+
+
+@dataclass(frozen=True)
+class ModalityBatch:
+    """Inputs x (b, ...) of one modality; `mask` (b, n) marks real tokens; `present` (b,) marks the samples that have
+    this modality at all (their x rows are ignored otherwise). None means every token / every sample."""
+
+    x: torch.Tensor
+    mask: torch.Tensor | None = None
+    present: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.present is not None and (self.present.dtype != torch.bool or tuple(self.present.shape) != (self.x.shape[0],)):
+            raise ShapeError(f"present must be bool of shape ({self.x.shape[0]},), got {self.present.dtype} {tuple(self.present.shape)}")
+
+    def presence(self) -> torch.Tensor:
+        """The (b,) availability mask, all True when none was given."""
+        if self.present is None:
+            return torch.ones(self.x.shape[0], dtype=torch.bool, device=self.x.device)
+        return self.present
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "ModalityBatch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return ModalityBatch(move(self.x), move(self.mask), move(self.present))
+
+
+def batch_size(inputs: Mapping[str, ModalityBatch]) -> int:
+    """The shared batch size of several modalities; disagreeing sizes are a ShapeError."""
+    sizes = {name: batch.x.shape[0] for name, batch in inputs.items()}
+    if not sizes:
+        raise ShapeError("no modality given: a batch needs at least one")
+    if len(set(sizes.values())) > 1:
+        raise ShapeError(f"modalities disagree on the batch size: {sizes}")
+    return next(iter(sizes.values()))
