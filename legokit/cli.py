@@ -10,13 +10,16 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.tree import Tree
 
 from . import __version__
 from .block import parse_input_shape, parse_latent
+from .compose.recipe import Recipe
 from .describe import describe
 from .errors import ConfigError, LegoError
-from .persist import save_block
-from .spectral import FFT_AXES
+from .persist import load, merge_files, save_block
+from .predict import predict_folder
+from .spectral import FFT_AXES, PHASE_MODES
 from .wrap import wrap_file
 
 
@@ -30,19 +33,61 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def _print_summary(console: Console, facts: dict[str, Any]) -> None:
-    table = Table(title=escape(facts["path"]), show_header=False, title_justify="left")
-    table.add_column("field", style="bold cyan")
-    table.add_column("value", overflow="fold")
-    rows = [
-        ("format", f"legokit artifact v{facts['format_version']} ({facts['kind']})"),
+def _parse_weights(text: str | None) -> list[float] | dict[str, float] | None:
+    """`0.5,0.5` (one per block, in order) or `tab=0.5,img=0.5`."""
+    if not text:
+        return None
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        if all("=" in item for item in items):
+            return {k.strip(): float(v) for k, v in (item.split("=", 1) for item in items)}
+        return [float(item) for item in items]
+    except ValueError:
+        raise ConfigError(f"--weights must look like 0.5,0.5 or tab=0.5,img=0.5, got {text!r}") from None
+
+
+def _shape_text(shape: str) -> str:
+    return f"(batch, {shape.replace('x', ', ').replace('?', 'n')})"
+
+
+def _block_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
+    return [
         ("modality", facts["modality"]),
-        ("input shape", f"(batch, {facts['input_shape'].replace('x', ', ').replace('?', 'n')})"),
+        ("input shape", _shape_text(facts["input_shape"])),
         ("latent", f"{facts['latent']} (channels x dims)"),
         ("depth", str(facts["depth"])),
         ("fft axes", facts["fft_axes"]),
         ("task", facts["task"]),
         ("encoder", facts["encoder"]),
+    ]
+
+
+def _tree(label_and_children: Any, tree: Tree | None = None) -> Tree:
+    label, children = label_and_children
+    node = Tree(escape(label)) if tree is None else tree.add(escape(label))
+    for child in children:
+        _tree(child, node)
+    return node
+
+
+def _print_summary(console: Console, facts: dict[str, Any]) -> None:
+    table = Table(title=escape(facts["path"]), show_header=False, title_justify="left")
+    table.add_column("field", style="bold cyan")
+    table.add_column("value", overflow="fold")
+    rows = [("format", f"legokit artifact v{facts['format_version']} ({facts['kind']})")]
+    if facts["kind"] == "block":
+        rows += _block_rows(facts)
+    else:
+        rows += [
+            ("modalities", ", ".join(facts["modalities"])),
+            ("latent", f"{facts['latent']} (channels x dims)"),
+            ("task", facts["task"]),
+            ("merge", f"phase {facts['phase']}, weights " + ", ".join(f"{m}={w:g}" for m, w in facts["weights"].items())),
+        ]
+        for modality, block in facts["blocks"].items():
+            rows.append((f"block {modality}", f"{block['encoder']}; input {_shape_text(block['input_shape'])}; "
+                                              f"depth {block['depth']}; {block['params']:,} params"))
+    rows += [
         ("params", f"{facts['params']:,}"),
         ("size", f"{facts['size_bytes']:,} bytes"),
         ("sha256", facts["sha256"]),
@@ -52,6 +97,8 @@ def _print_summary(console: Console, facts: dict[str, Any]) -> None:
     for name, value in rows:
         table.add_row(name, escape(str(value)))
     console.print(table)
+    if "graph" in facts:
+        console.print(_tree(facts["graph"]))
 
 
 def cmd_wrap(args: argparse.Namespace, console: Console) -> int:
@@ -83,6 +130,37 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_merge(args: argparse.Namespace, console: Console) -> int:
+    path = merge_files(args.artifacts, args.output, _parse_weights(args.weights), args.phase)
+    console.print(f"[green]merged[/] {len(args.artifacts)} artifacts into {escape(str(path))}")
+    _print_summary(console, describe(path))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace, console: Console) -> int:
+    model = load(args.model)
+    predictions = predict_folder(model, args.data, batch_size=args.batch_size, device=args.device, progress=True)
+    path = predictions.write(args.output)
+    console.print(f"[green]wrote[/] {len(predictions.ids)} predictions ({', '.join(predictions.columns)}) to {escape(str(path))}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    recipe = Recipe.from_yaml(args.recipe)
+    graph = recipe.check(download=False)
+    console.print(f"recipe [bold]{escape(recipe.name)}[/] ({escape(str(recipe.path))}): {recipe.operation.kind} "
+                  f"of {', '.join(b.modality for b in recipe.blocks)} -> {escape(str(recipe.output))}")
+    console.print(_tree(graph.tree()))
+    for block in recipe.uncached():
+        console.print(f"[yellow]not cached yet:[/] {escape(block.artifact)} (a run downloads it)")
+    if args.dry_run:
+        console.print("[green]valid[/] (dry run: nothing written)")
+        return 0
+    path = recipe.run()
+    console.print(f"[green]wrote[/] {escape(str(path))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="legokit", description="Wrap, inspect, merge and fuse LegoBlocks.")
     parser.add_argument("--version", action="version", version=f"legokit {__version__}")
@@ -102,6 +180,26 @@ def build_parser() -> argparse.ArgumentParser:
     wrap.add_argument("--trust-pickle", action="store_true", help="allow a fully pickled module (runs code from the file)")
     wrap.add_argument("-o", "--output", required=True, help="the block artifact to write (.st)")
     wrap.set_defaults(run=cmd_wrap)
+
+    merge = commands.add_parser("merge", help="LegoMerge blocks (or a merged model and new blocks) with no training")
+    merge.add_argument("artifacts", nargs="+", help="block or merged-model artifacts (.st), at least two blocks in all")
+    merge.add_argument("--phase", default="paper", choices=PHASE_MODES, help="mean of phases: arithmetic (paper) or circular")
+    merge.add_argument("--weights", help="one weight per block, 0.5,0.5, or by modality, tab=0.5,img=0.5 (default equal)")
+    merge.add_argument("-o", "--output", required=True, help="the merged artifact to write (.st)")
+    merge.set_defaults(run=cmd_merge)
+
+    predict = commands.add_parser("predict", help="predict every sample of a dataset folder (any modalities present)")
+    predict.add_argument("model", help="a block or merged artifact (.st)")
+    predict.add_argument("data", help="dataset folder: NAME.csv (id + features) or NAME/ID.safetensors per modality")
+    predict.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default 256)")
+    predict.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    predict.add_argument("-o", "--output", required=True, help="CSV file to write: id, then the task's outputs")
+    predict.set_defaults(run=cmd_predict)
+
+    run = commands.add_parser("run", help="run a YAML recipe: recipe -> composition graph -> artifact")
+    run.add_argument("recipe", help="a recipe file, e.g. recipes/merge.yaml")
+    run.add_argument("--dry-run", action="store_true", help="validate and print the graph, write nothing")
+    run.set_defaults(run=cmd_run)
 
     inspect = commands.add_parser("inspect", help="show what an artifact holds")
     inspect.add_argument("artifact", help="a .st file")

@@ -1,52 +1,79 @@
-"""Human-readable summaries of artifacts, for `legokit inspect` and model cards; reads headers, builds no model."""
+"""Human-readable summaries of artifacts, for `legokit inspect` and model cards; reads the file, builds no model."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from .artifact import read_artifact
+import torch
+
+from .artifact import Artifact, read_artifact
 from .block import BlockConfig, format_shape
-from .errors import ArtifactError
-from .persist import PROGRAM_PREFIX
+from .compose.merge import parse_merged_config
+from .errors import ArtifactError, ConfigError
+from .persist import BLOCK, MERGED, PROGRAM_PREFIX
 
 
-def _encoder_text(config: BlockConfig, program_sha: str | None) -> str:
+def _encoder_text(config: BlockConfig, program: torch.Tensor | None) -> str:
     spec = config.encoder
-    if program_sha is not None:
-        return f"{spec.name} program (sha256 {program_sha[:12]}), {spec.out_dim}-d tokens"
+    if program is not None:
+        sha = hashlib.sha256(program.numpy().tobytes()).hexdigest()
+        return f"{spec.name} program (sha256 {sha[:12]}), {spec.out_dim}-d tokens"
     kwargs = ", ".join(f"{k}={v}" for k, v in sorted(spec.kwargs.items()))
     return f"{spec.name}({kwargs}), {spec.out_dim}-d tokens"
 
 
-def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Every fact `inspect` shows about an artifact, as plain JSON-ready values (the file is fully verified)."""
-    import hashlib
+def _params(tensors: Mapping[str, torch.Tensor], prefix: str = "") -> int:
+    return sum(t.numel() for k, t in tensors.items() if k.startswith(prefix) and not k.startswith(PROGRAM_PREFIX))
 
-    artifact = read_artifact(Path(path))
-    try:
-        config = BlockConfig.from_dict(artifact.config)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ArtifactError(f"{path}: corrupt block config ({type(exc).__name__}: {exc})") from None
-    programs = {k: v for k, v in artifact.tensors.items() if k.startswith(PROGRAM_PREFIX)}
-    program = next(iter(programs.values()), None)
-    program_sha = hashlib.sha256(program.numpy().tobytes()).hexdigest() if program is not None else None
-    params = sum(t.numel() for k, t in artifact.tensors.items() if not k.startswith(PROGRAM_PREFIX))
+
+def _block_facts(config: BlockConfig, tensors: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, Any]:
     return {
-        "path": str(artifact.path),
-        "format_version": artifact.version,
-        "kind": artifact.kind,
         "modality": config.modality,
         "input_shape": format_shape(config.input_shape),
         "latent": f"{config.latent[0]}x{config.latent[1]}",
         "depth": config.depth,
         "fft_axes": config.fft_axes,
         "task": str(config.task),
-        "encoder": _encoder_text(config, program_sha),
-        "params": params,
+        "encoder": _encoder_text(config, tensors.get(PROGRAM_PREFIX + prefix + "encoder")),
+        "params": _params(tensors, prefix),
+    }
+
+
+def _common(artifact: Artifact) -> dict[str, Any]:
+    return {
+        "path": str(artifact.path),
+        "format_version": artifact.version,
+        "kind": artifact.kind,
+        "params": _params(artifact.tensors),
         "size_bytes": artifact.size,
         "sha256": artifact.sha256,
         "legokit_version": artifact.library_version,
         "provenance": artifact.provenance,
     }
+
+
+def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Every fact `inspect` shows about an artifact, as JSON-ready values (the file is fully verified first)."""
+    artifact = read_artifact(Path(path))
+    try:
+        if artifact.kind == BLOCK:
+            return {**_common(artifact), **_block_facts(BlockConfig.from_dict(artifact.config), artifact.tensors)}
+        if artifact.kind == MERGED:
+            configs, merge_config, graph = parse_merged_config(artifact.config)
+            first = next(iter(configs.values()))
+            return {
+                **_common(artifact),
+                "modalities": sorted(configs),
+                "latent": f"{first.latent[0]}x{first.latent[1]}",
+                "task": str(first.task),
+                "phase": merge_config.phase,
+                "weights": dict(merge_config.weights),
+                "blocks": {m: _block_facts(c, artifact.tensors, f"blocks.{m}.") for m, c in sorted(configs.items())},
+                "graph": graph.tree(),
+            }
+    except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ArtifactError(f"{path}: corrupt config ({type(exc).__name__}: {exc})") from None
+    raise ArtifactError(f"{path}: unknown artifact kind {artifact.kind!r}")

@@ -58,3 +58,28 @@ class TaskSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TaskSpec":
         return cls(data["kind"], data.get("n", 1))
+
+
+def prediction_columns(task: TaskSpec, logits: "torch.Tensor") -> dict[str, "torch.Tensor"]:
+    """Named per-sample outputs of a task's logits (b, n), for prediction files.
+
+    survival: hazards h = sigmoid(logits) per bin, survival S_k = prod_{j<=k} (1 - h_j), risk = -sum_k S_k
+    (MM-Lego Appendix D; higher risk = earlier event); multiclass: softmax probabilities; binary and
+    multilabel: sigmoid probabilities.
+    """
+    import torch
+
+    if task.kind == "survival":
+        hazards = torch.sigmoid(logits)
+        survival = torch.cumprod(1 - hazards, dim=1)
+        columns = {"risk": -survival.sum(dim=1)}
+        columns.update({f"hazard_{k + 1}": hazards[:, k] for k in range(task.n)})
+        columns.update({f"survival_{k + 1}": survival[:, k] for k in range(task.n)})
+        return columns
+    if task.kind == "multiclass":
+        probabilities = torch.softmax(logits, dim=1)
+        return {f"prob_{k}": probabilities[:, k] for k in range(task.n)}
+    probabilities = torch.sigmoid(logits)
+    if task.kind == "binary":
+        return {"prob": probabilities[:, 0]}
+    return {f"prob_{k}": probabilities[:, k] for k in range(task.n)}

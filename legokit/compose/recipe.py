@@ -1,0 +1,187 @@
+"""YAML recipes: a composition graph written down (blocks by path or Hub id, the operation and its parameters, the
+output path), validated once here; every error names the file and the key."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from ..block import BlockConfig
+from ..errors import ConfigError, LegoError
+from ..hub import HubRef, cached_path, is_hub_ref, parse_ref, resolve
+from ..spectral import PHASE_MODES
+from .graph import Graph
+from .merge import block_facts
+
+TOP_KEYS = ("name", "description", "blocks", "operation", "output")
+BLOCK_KEYS = ("artifact",)
+OPERATION_KEYS = {"merge": ("kind", "phase", "weights")}
+
+
+def _where(path: Path, key: str) -> str:
+    return f"{path}: {key}" if key else str(path)
+
+
+def _check_keys(path: Path, where: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(allowed)}"
+            raise ConfigError(f"{_where(path, f'{where}.{key}' if where else str(key))}: unknown key{hint}")
+
+
+def _mapping(path: Path, key: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{_where(path, key)}: must be a mapping, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class BlockRef:
+    """One block of a recipe: its modality (the key) and where its artifact is (a path or a Hub reference)."""
+
+    modality: str
+    artifact: str
+    path: Path | None = None
+    hub: HubRef | None = None
+
+
+@dataclass(frozen=True)
+class Operation:
+    kind: str
+    phase: str = "paper"
+    weights: Mapping[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A validated recipe. Relative paths are relative to the recipe file's folder."""
+
+    path: Path
+    name: str
+    blocks: tuple[BlockRef, ...]
+    operation: Operation
+    output: Path
+    description: str = ""
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> "Recipe":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such recipe file")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', None) or exc})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a text file") from None
+        data = _mapping(path, "", data if data is not None else {})
+        _check_keys(path, "", data, TOP_KEYS)
+        for key in ("blocks", "operation", "output"):
+            if key not in data:
+                raise ConfigError(f"{_where(path, key)}: missing")
+        base = path.parent
+        blocks = []
+        for modality, entry in _mapping(path, "blocks", data["blocks"]).items():
+            key = f"blocks.{modality}"
+            entry = _mapping(path, key, entry)
+            _check_keys(path, key, entry, BLOCK_KEYS)
+            artifact = entry.get("artifact")
+            if not isinstance(artifact, str) or not artifact:
+                raise ConfigError(f"{_where(path, key + '.artifact')}: missing (a path or hf://org/repo/file.st)")
+            if is_hub_ref(artifact):
+                try:
+                    blocks.append(BlockRef(str(modality), artifact, hub=parse_ref(artifact)))
+                except ConfigError as exc:
+                    raise ConfigError(f"{_where(path, key + '.artifact')}: {exc}") from None
+            else:
+                blocks.append(BlockRef(str(modality), artifact, path=(base / artifact)))
+        operation = cls._operation(path, _mapping(path, "operation", data["operation"]), [b.modality for b in blocks])
+        output = data["output"]
+        if not isinstance(output, str) or not output:
+            raise ConfigError(f"{_where(path, 'output')}: must be a file path")
+        name = data.get("name", path.stem)
+        return cls(path, str(name), tuple(blocks), operation, base / output, str(data.get("description", "")))
+
+    @staticmethod
+    def _operation(path: Path, data: Mapping[str, Any], modalities: list[str]) -> Operation:
+        kind = data.get("kind")
+        if kind not in OPERATION_KEYS:
+            raise ConfigError(f"{_where(path, 'operation.kind')}: {kind!r}; choose one of {', '.join(OPERATION_KEYS)}")
+        _check_keys(path, "operation", data, OPERATION_KEYS[kind])
+        phase = data.get("phase", "paper")
+        if phase not in PHASE_MODES:
+            raise ConfigError(f"{_where(path, 'operation.phase')}: {phase!r}; choose one of {', '.join(PHASE_MODES)}")
+        weights = data.get("weights")
+        if weights is not None:
+            weights = dict(_mapping(path, "operation.weights", weights))
+            for modality, weight in weights.items():
+                if modality not in modalities:
+                    raise ConfigError(f"{_where(path, f'operation.weights.{modality}')}: not one of the recipe's blocks")
+                if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
+                    raise ConfigError(f"{_where(path, f'operation.weights.{modality}')}: must be a positive number")
+        return Operation(kind, phase, weights)
+
+    def graph(self) -> Graph:
+        return Graph.for_operation(self.operation.kind, [b.modality for b in self.blocks], phase=self.operation.phase)
+
+    def uncached(self) -> list[BlockRef]:
+        """The Hub blocks not in the local cache yet (they would be downloaded by a run)."""
+        return [b for b in self.blocks if b.hub is not None and cached_path(b.hub) is None]
+
+    def local_path(self, block: BlockRef, download: bool) -> Path | None:
+        if block.hub is None:
+            return block.path
+        found = cached_path(block.hub)
+        if found is None and download:
+            return resolve(block.hub)
+        return found
+
+    def check(self, download: bool = False) -> Graph:
+        """Validate the graph against the blocks' headers (no tensor is read); Hub blocks not cached are skipped
+        unless `download`."""
+        from ..artifact import read_metadata
+
+        facts = {}
+        for block in self.blocks:
+            key = f"blocks.{block.modality}.artifact"
+            local = self.local_path(block, download)
+            if local is None:
+                continue
+            if not local.is_file():
+                raise ConfigError(f"{_where(self.path, key)}: no such file ({local})")
+            try:
+                metadata = read_metadata(local)
+                if metadata.get("legokit.kind") != "block":
+                    raise ConfigError(f"{local} is a {metadata.get('legokit.kind')!r} artifact, not a block")
+                config = BlockConfig.from_dict(json.loads(metadata["legokit.config"]))
+            except (LegoError, KeyError, TypeError, ValueError) as exc:
+                raise ConfigError(f"{_where(self.path, key)}: {exc}") from None
+            if config.modality != block.modality:
+                raise ConfigError(f"{_where(self.path, key)}: the artifact's modality is {config.modality!r}, not {block.modality!r}")
+            facts[block.modality] = block_facts(config)
+        graph = self.graph()
+        if len(facts) == len(self.blocks):
+            try:
+                graph.validate(facts)
+            except ConfigError as exc:
+                raise ConfigError(f"{_where(self.path, 'blocks')}: {exc}") from None
+        return graph
+
+    def run(self) -> Path:
+        """Execute the recipe: LegoMerge of its blocks into its output artifact."""
+        from ..persist import merge_files
+
+        self.check(download=True)
+        paths = [self.local_path(b, download=True) for b in self.blocks]
+        weights = None if self.operation.weights is None else dict(self.operation.weights)
+        provenance = {"recipe": str(self.path), "recipe_name": self.name}
+        return merge_files(paths, self.output, weights, self.operation.phase, provenance)

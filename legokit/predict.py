@@ -1,0 +1,82 @@
+"""Predictions of a block or merged model on a dataset folder, any subset of modalities present per sample."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import torch
+from rich.progress import Progress
+
+from .artifact import write_atomic
+from .block import LegoBlock
+from .compose.merge import MergedModel
+from .data.batch import ModalityBatch
+from .data.folder import DataError, DatasetFolder
+from .device import resolve_device
+from .tasks import TaskSpec, prediction_columns
+
+
+def model_inputs(model: LegoBlock | MergedModel) -> dict[str, tuple[int | None, ...]]:
+    """Per-sample input shape of each modality the model takes."""
+    if isinstance(model, LegoBlock):
+        return {model.modality: model.config.input_shape}
+    return {m: b.config.input_shape for m, b in model.blocks.items()}
+
+
+def model_task(model: LegoBlock | MergedModel) -> TaskSpec:
+    return model.config.task if isinstance(model, LegoBlock) else model.task
+
+
+def run_model(model: LegoBlock | MergedModel, batches: Mapping[str, ModalityBatch]) -> torch.Tensor:
+    """Logits of either kind of model for a batch of per-modality inputs."""
+    if isinstance(model, LegoBlock):
+        batch = batches[model.modality]
+        return model(batch.x, batch.mask)
+    return model(batches)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    ids: list[str]
+    columns: dict[str, list[float]]
+
+    def to_csv(self) -> str:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["id", *self.columns])
+        for row, sample in enumerate(self.ids):
+            writer.writerow([sample, *(f"{values[row]:.6g}" for values in self.columns.values())])
+        return out.getvalue()
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        write_atomic(Path(path), self.to_csv().encode())
+        return Path(path)
+
+
+@torch.no_grad()
+def predict_folder(model: LegoBlock | MergedModel, data_dir: str | os.PathLike[str], batch_size: int = 256,
+                   device: str | torch.device = "auto", progress: bool = False) -> Predictions:
+    """Task outputs (risk and hazards, or probabilities) for every sample of a dataset folder."""
+    data = DatasetFolder(data_dir, model_inputs(model))
+    if isinstance(model, LegoBlock):
+        lacking = [i for i in data.ids if model.modality not in data.presence(i)]
+        if lacking:
+            raise DataError(f"{data_dir}: sample {lacking[0]!r} has no {model.modality} data, the block's only modality")
+    target = resolve_device(device)
+    model = model.to(target).eval()
+    task = model_task(model)
+    columns: dict[str, list[float]] = {}
+    with Progress(transient=True, disable=not progress) as bar:
+        job = bar.add_task("predicting", total=len(data.ids))
+        for start in range(0, len(data.ids), batch_size):
+            ids = data.ids[start : start + batch_size]
+            batches = {m: b.to(target) for m, b in data.batch(ids).items()}
+            for name, values in prediction_columns(task, run_model(model, batches).float()).items():
+                columns.setdefault(name, []).extend(values.cpu().tolist())
+            bar.advance(job, len(ids))
+    return Predictions(data.ids, columns)
