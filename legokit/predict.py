@@ -16,7 +16,7 @@ from .artifact import write_atomic
 from .block import LegoBlock
 from .compose.merge import MergedModel
 from .data.batch import ModalityBatch
-from .data.folder import DataError, DatasetFolder
+from .data.folder import DatasetFolder
 from .device import resolve_device
 from .tasks import TaskSpec, prediction_columns
 
@@ -61,12 +61,9 @@ class Predictions:
 @torch.no_grad()
 def predict_folder(model: LegoBlock | MergedModel, data_dir: str | os.PathLike[str], batch_size: int = 256,
                    device: str | torch.device = "auto", progress: bool = False) -> Predictions:
-    """Task outputs (risk and hazards, or probabilities) for every sample of a dataset folder."""
+    """Task outputs (risk and hazards, or probabilities) for every sample that has at least one of the model's
+    modalities in the dataset folder."""
     data = DatasetFolder(data_dir, model_inputs(model))
-    if isinstance(model, LegoBlock):
-        lacking = [i for i in data.ids if model.modality not in data.presence(i)]
-        if lacking:
-            raise DataError(f"{data_dir}: sample {lacking[0]!r} has no {model.modality} data, the block's only modality")
     target = resolve_device(device)
     model = model.to(target).eval()
     task = model_task(model)

@@ -166,7 +166,3 @@ class DatasetFolder:
             else:
                 batches[name] = self._bag_batch(modality, ids)
         return batches
-
-    def presence(self, sample: str) -> list[str]:
-        return [n for n, m in self.modalities.items() if sample in (m.rows if isinstance(m, Table) else m.files)]
-

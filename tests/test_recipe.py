@@ -1,0 +1,138 @@
+"""YAML recipes: every shipped recipe runs on small blocks, and every mistake names the file and the key."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from legokit import ConfigError
+from legokit.compose.recipe import Recipe
+from legokit.persist import load, save_block
+from legokit.wrap import wrap_builtin
+
+from .conftest import SMALL, run_cli
+
+RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
+
+
+def _block(modality: str, seed: int, task: str = "survival:4", latent=(8, 16)):
+    torch.manual_seed(seed)
+    return wrap_builtin("snn", None, modality, task, {"in_features": 7, "hidden": 16}, **{**SMALL, "latent": latent})
+
+
+def _make_blocks(recipe: Recipe, missing: str = "nope.st", **kwargs) -> None:
+    """Write a small block at each local path of the recipe, except paths named `missing`."""
+    for seed, ref in enumerate(recipe.blocks):
+        if ref.path is not None and ref.path.name != missing:
+            ref.path.parent.mkdir(parents=True, exist_ok=True)
+            save_block(_block(ref.modality, seed, **kwargs), ref.path)
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+GOOD = """
+name: test
+blocks:
+  tab: {artifact: tab.st}
+  lab: {artifact: blocks/lab.st}
+operation: {kind: merge, phase: circular, weights: {tab: 2}}
+output: out/model.st
+"""
+
+
+@pytest.mark.parametrize("shipped", RECIPES, ids=[p.name for p in RECIPES])
+def test_every_shipped_recipe_runs_on_small_blocks(shipped, tmp_path):
+    copy = tmp_path / "recipes" / shipped.name
+    copy.parent.mkdir()
+    shutil.copy(shipped, copy)
+    recipe = Recipe.from_yaml(copy)
+    _make_blocks(recipe)
+    recipe.output.parent.mkdir(parents=True, exist_ok=True)
+    model = load(recipe.run())
+    inputs = {ref.modality: torch.randn(3, 7) for ref in recipe.blocks}
+    assert torch.isfinite(model(inputs)).all()
+    assert model.provenance["recipe_name"] == recipe.name
+
+
+def test_recipe_paths_are_relative_to_the_recipe_and_settings_reach_the_model(tmp_path):
+    recipe = Recipe.from_yaml(_write(tmp_path, GOOD))
+    _make_blocks(recipe)
+    (tmp_path / "out").mkdir()
+    model = load(recipe.run())
+    assert model.config.phase == "circular" and dict(model.config.weights) == {"lab": 1.0, "tab": 2.0}
+    assert (tmp_path / "out" / "model.st").is_file()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (GOOD.replace("phase:", "phse:"), "recipe.yaml: operation.phse: unknown key; did you mean 'phase'?"),
+        (GOOD.replace("blocks/lab.st", "blocks/nope.st"), "recipe.yaml: blocks.lab.artifact: no such file"),
+        (GOOD.replace("kind: merge", "kind: blend"), "recipe.yaml: operation.kind: 'blend'"),
+        (GOOD.replace("{tab: 2}", "{tab: -1}"), "recipe.yaml: operation.weights.tab: must be a positive number"),
+        (GOOD.replace("{tab: 2}", "{img: 2}"), "recipe.yaml: operation.weights.img: not one of the recipe's blocks"),
+        (GOOD.replace("output: out/model.st", ""), "recipe.yaml: output: missing"),
+        (GOOD.replace("name: test", "nmae: test"), "recipe.yaml: nmae: unknown key; did you mean 'name'?"),
+        (GOOD.replace("{artifact: tab.st}", "{artefact: tab.st}"), "blocks.tab.artefact: unknown key; did you mean 'artifact'?"),
+        (GOOD.replace("tab.st}", "hf://just-a-repo}"), "blocks.tab.artifact: 'hf://just-a-repo': a Hub reference needs"),
+        ("blocks: [a, b\n", "recipe.yaml: not valid YAML at line"),
+    ],
+)
+def test_recipe_mistakes_name_the_file_and_the_key(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        recipe = Recipe.from_yaml(path)
+        _make_blocks(recipe)
+        recipe.check()
+    assert message in str(caught.value)
+
+
+def test_a_block_filed_under_the_wrong_modality_is_named(tmp_path):
+    recipe = Recipe.from_yaml(_write(tmp_path, GOOD))
+    (tmp_path / "blocks").mkdir()
+    save_block(_block("tab", 0), tmp_path / "tab.st")
+    save_block(_block("visits", 1), tmp_path / "blocks" / "lab.st")
+    with pytest.raises(ConfigError, match="blocks.lab.artifact: the artifact's modality is 'visits', not 'lab'"):
+        recipe.check()
+
+
+def test_blocks_that_cannot_merge_are_reported_against_the_blocks_key(tmp_path):
+    recipe = Recipe.from_yaml(_write(tmp_path, GOOD))
+    (tmp_path / "blocks").mkdir()
+    save_block(_block("tab", 0), tmp_path / "tab.st")
+    save_block(_block("lab", 1, latent=(4, 16)), tmp_path / "blocks" / "lab.st")
+    with pytest.raises(ConfigError, match="recipe.yaml: blocks: latent shapes disagree"):
+        recipe.check()
+
+
+def test_cli_dry_run_prints_the_graph_and_writes_nothing(tmp_path):
+    recipe = Recipe.from_yaml(_write(tmp_path, GOOD))
+    _make_blocks(recipe)
+    result = run_cli("run", str(recipe.path), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "merge (phase=circular)" in result.stdout and "block:lab" in result.stdout and "valid" in result.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_dry_run_reports_hub_blocks_not_cached_yet(tmp_path, monkeypatch):
+    text = GOOD.replace("blocks/lab.st", "hf://my-lab/pbc-labs-block/lab.st")
+    recipe = Recipe.from_yaml(_write(tmp_path, text))
+    save_block(_block("tab", 0), tmp_path / "tab.st")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = run_cli("run", str(recipe.path), "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert "not cached yet" in result.stdout and "hf://my-lab/pbc-labs-block/lab.st" in result.stdout
+
+
+def test_cli_recipe_error_is_one_line_and_exit_1(tmp_path):
+    result = run_cli("run", str(_write(tmp_path, GOOD.replace("phase:", "phse:"))))
+    assert result.returncode == 1
+    assert "operation.phse: unknown key" in result.stderr and "Traceback" not in result.stderr
