@@ -1,9 +1,11 @@
 """legokit: wrap unimodal encoders into LegoBlocks, ship them as one-file artifacts, merge and fuse them.
 
 The data flow, floor by floor:
-    encoder (built-in `encoders`, or a foreign torch.export program)
+    encoder (built-in `encoders`, or a foreign torch.export program; `wrap`)
       -> LegoBlock (`block`: frequency-domain latent updates, MM-Lego Eq. 1-3)
-      -> artifact (`artifact`: the .st format; `persist`: save_block / load_block)
+      -> artifact (`artifact`: the .st format; `persist`: save / load / merge_files)
+      -> graph (`compose.graph`: typed composition DAG; `compose.recipe`: YAML recipes)
+      -> merged model (`compose.merge`: LegoMerge, Eq. 4 + SLERP of heads); `predict` on dataset folders
 """
 
 from __future__ import annotations
@@ -12,8 +14,13 @@ __version__ = "0.1.0"
 
 from .artifact import Artifact, read_artifact
 from .block import BlockConfig, EncoderSpec, LegoBlock
+from .compose.graph import Graph
+from .compose.merge import MergeConfig, MergedModel, merge
+from .compose.recipe import Recipe
+from .data import ModalityBatch
 from .errors import ArtifactError, ConfigError, EncoderError, LegoError, ShapeError
-from .persist import load_block, save_block
+from .persist import load, load_block, merge_files, save, save_block
+from .predict import predict_folder
 from .tasks import TaskSpec
 from .wrap import wrap_file, wrap_module
 
@@ -24,13 +31,23 @@ __all__ = [
     "ConfigError",
     "EncoderError",
     "EncoderSpec",
+    "Graph",
     "LegoBlock",
     "LegoError",
+    "MergeConfig",
+    "MergedModel",
+    "ModalityBatch",
+    "Recipe",
     "ShapeError",
     "TaskSpec",
     "__version__",
+    "load",
     "load_block",
+    "merge",
+    "merge_files",
+    "predict_folder",
     "read_artifact",
+    "save",
     "save_block",
     "wrap_file",
     "wrap_module",

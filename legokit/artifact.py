@@ -6,14 +6,17 @@ turns itself into a config and tensors and back. Header metadata is str -> str, 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import struct
 import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -100,8 +103,10 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write bytes to a temporary file beside `path`, fsync it, then rename it over `path` in one step."""
+@contextmanager
+def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+    """A binary file that becomes `path` only if the block finishes: written beside it, fsynced, renamed in one
+    step. On any error the temporary file is removed and `path` keeps its old content."""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
@@ -109,7 +114,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(handle, "wb") as out:
-            out.write(data)
+            yield out
             out.flush()
             os.fsync(out.fileno())
         os.replace(temp, path)
@@ -117,6 +122,34 @@ def write_atomic(path: Path, data: bytes) -> None:
         if os.path.exists(temp):
             os.unlink(temp)
         raise
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write bytes to `path` atomically (see `atomic_output`)."""
+    with atomic_output(path) as out:
+        out.write(data)
+
+
+def _refuse_inputs(path: Path, inputs: Iterable[str | os.PathLike[str]]) -> None:
+    for source in inputs:
+        if _same_file(path, Path(source)):
+            raise ArtifactError(f"{path}: refusing to overwrite an input file; choose another output path")
+
+
+def _header(kind: str, config: Mapping[str, Any], provenance: Mapping[str, Any] | None, checksum: str) -> dict[str, str]:
+    """The header metadata of an artifact (str -> str, JSON nested as strings)."""
+    from . import __version__
+
+    return {
+        "format": "pt",
+        KEY_FORMAT: FORMAT_TAG,
+        KEY_VERSION: str(FORMAT_VERSION),
+        KEY_KIND: kind,
+        KEY_CONFIG: json.dumps(config, sort_keys=True),
+        KEY_PROVENANCE: json.dumps(dict(provenance or {}), sort_keys=True, default=str),
+        KEY_LIBRARY: __version__,
+        KEY_CHECKSUM: checksum,
+    }
 
 
 def write_artifact(
@@ -128,23 +161,10 @@ def write_artifact(
     inputs: Iterable[str | os.PathLike[str]] = (),
 ) -> Path:
     """Write an artifact atomically; refuses to replace any of `inputs` (the files it was made from)."""
-    from . import __version__
-
     path = Path(path)
-    for source in inputs:
-        if _same_file(path, Path(source)):
-            raise ArtifactError(f"{path}: refusing to overwrite an input file; choose another output path")
+    _refuse_inputs(path, inputs)
     prepared = _prepare(tensors)
-    metadata = {
-        "format": "pt",
-        KEY_FORMAT: FORMAT_TAG,
-        KEY_VERSION: str(FORMAT_VERSION),
-        KEY_KIND: kind,
-        KEY_CONFIG: json.dumps(config, sort_keys=True),
-        KEY_PROVENANCE: json.dumps(dict(provenance or {}), sort_keys=True, default=str),
-        KEY_LIBRARY: __version__,
-        KEY_CHECKSUM: tensors_digest(prepared),
-    }
+    metadata = _header(kind, config, provenance, tensors_digest(prepared))
     write_atomic(path, safetensors_bytes(prepared, metadata=metadata))
     return path
 
@@ -301,24 +321,40 @@ CHUNK = 16 * 1024 * 1024
 _PLACEHOLDER = "0" * 64
 
 
-def _copy_range(handle: Any, start: int, end: int, out: Any) -> str:
-    """Copy bytes [start, end) of an open file to `out` in chunks; returns their sha256 (memory stays one chunk)."""
+def _hash_range(path: Path, start: int, end: int) -> str:
+    """sha256 of bytes [start, end) of a file, read in chunks (memory stays one chunk)."""
     digest = hashlib.sha256()
-    handle.seek(start)
-    remaining = end - start
-    while remaining:
-        chunk = handle.read(min(CHUNK, remaining))
-        if not chunk:
-            raise ArtifactError(f"{handle.name}: file ended while copying (truncated?)")
-        digest.update(chunk)
-        out.write(chunk)
-        remaining -= len(chunk)
+    with open(path, "rb") as handle:
+        handle.seek(start)
+        remaining = end - start
+        while remaining:
+            chunk = handle.read(min(CHUNK, remaining))
+            if not chunk:
+                raise ArtifactError(f"{path}: file ended early (truncated?)")
+            digest.update(chunk)
+            remaining -= len(chunk)
     return digest.hexdigest()
 
 
-class _Sink:
-    def write(self, _: bytes) -> None:
-        return None
+def _copy_range(source: int, target: int, start: int, end: int, position: int) -> None:
+    """Copy bytes [start, end) of one file descriptor to `position` of another: in the kernel with
+    copy_file_range where it can, else through a buffer of one chunk."""
+    remaining, offset = end - start, start
+    try:
+        while remaining:
+            copied = os.copy_file_range(source, target, min(remaining, 1 << 30), offset, position)
+            if copied == 0:
+                raise ArtifactError("an input file ended while copying (truncated?)")
+            remaining, offset, position = remaining - copied, offset + copied, position + copied
+    except (AttributeError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+            raise
+        while remaining:
+            chunk = os.pread(source, min(CHUNK, remaining), offset)
+            if not chunk:
+                raise ArtifactError("an input file ended while copying (truncated?)") from None
+            os.pwrite(target, chunk, position)
+            remaining, offset, position = remaining - len(chunk), offset + len(chunk), position + len(chunk)
 
 
 def write_streaming(
@@ -333,20 +369,11 @@ def write_streaming(
     chunk (plus the in-memory tensors), whatever the model's size. Every byte is hashed once: the inputs' own
     checksums are verified on the way (an input whose data does not match fails the write), and the output's
     checksum is sealed into the header at the end. Atomic, and refuses to replace an input."""
-    from . import __version__
-
     path = Path(path)
     inputs = [Path(p) for p in inputs]
-    for source in inputs:
-        if _same_file(path, source):
-            raise ArtifactError(f"{path}: refusing to overwrite an input file; choose another output path")
+    _refuse_inputs(path, inputs)
     ordered = sorted(sources, key=lambda s: s.name)
-    metadata = {
-        "format": "pt", KEY_FORMAT: FORMAT_TAG, KEY_VERSION: str(FORMAT_VERSION), KEY_KIND: kind,
-        KEY_CONFIG: json.dumps(config, sort_keys=True),
-        KEY_PROVENANCE: json.dumps(dict(provenance or {}), sort_keys=True, default=str),
-        KEY_LIBRARY: __version__, KEY_CHECKSUM: _PLACEHOLDER,
-    }
+    metadata = _header(kind, config, provenance, _PLACEHOLDER)
     header: dict[str, Any] = {"__metadata__": metadata}
     offset = 0
     for source in ordered:
@@ -354,52 +381,38 @@ def write_streaming(
         offset += source.length
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise ArtifactError(f"{path}: directory {directory} does not exist")
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        out_entries, seen = [], {p: [] for p in {s.file for s in ordered if s.file is not None}}
-        with os.fdopen(handle, "wb") as out:
-            out.write(struct.pack("<Q", len(encoded)) + encoded)
-            files = {p: open(p, "rb") for p in seen}
-            try:
-                for source in ordered:
-                    if source.tensor is not None:
-                        data = tensor_bytes(source.tensor)
-                        out.write(data)
-                        sha = hashlib.sha256(data).hexdigest()
-                    else:
-                        sha = _copy_range(files[source.file], source.start, source.end, out)
-                        seen[source.file].append((source.stored_as, source.dtype, source.shape, sha))
-                    out_entries.append((source.name, source.dtype, source.shape, sha))
-                for file, entries in seen.items():
-                    _verify_input(file, files[file], entries)
-            finally:
-                for opened in files.values():
-                    opened.close()
-            sealed = encoded.replace(
-                f'"{KEY_CHECKSUM}":"{_PLACEHOLDER}"'.encode(), f'"{KEY_CHECKSUM}":"{digest_entries(out_entries)}"'.encode()
-            )
-            out.seek(8)
-            out.write(sealed)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
+    hashes: dict[str, Future[str] | str] = {}
+    with atomic_output(path) as out, ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as hasher:
+        files = {p: stack.enter_context(open(p, "rb")) for p in {s.file for s in ordered if s.file is not None}}
+        out.write(struct.pack("<Q", len(encoded)) + encoded)
+        out.flush()
+        target, position = out.fileno(), 8 + len(encoded)
+        for source in ordered:
+            if source.tensor is not None:
+                data = tensor_bytes(source.tensor)
+                os.pwrite(target, data, position)
+                hashes[source.name] = hashlib.sha256(data).hexdigest()
+            else:
+                # the kernel copies while the other thread hashes the same bytes (both release the GIL)
+                hashes[source.name] = hasher.submit(_hash_range, source.file, source.start, source.end)
+                _copy_range(files[source.file].fileno(), target, source.start, source.end, position)
+            position += source.length
+        done = {name: h if isinstance(h, str) else h.result() for name, h in hashes.items()}
+        for file in files:
+            copied = [(s.stored_as, s.dtype, s.shape, done[s.name]) for s in ordered if s.file == file]
+            _verify_input(file, copied)
+        checksum = digest_entries((s.name, s.dtype, s.shape, done[s.name]) for s in ordered)
+        os.pwrite(target, encoded.replace(
+            f'"{KEY_CHECKSUM}":"{_PLACEHOLDER}"'.encode(), f'"{KEY_CHECKSUM}":"{checksum}"'.encode()
+        ), 8)
     return path
 
 
-def _verify_input(file: Path, handle: Any, copied: list[tuple[str, str, tuple[int, ...], str]]) -> None:
+def _verify_input(file: Path, copied: list[tuple[str, str, tuple[int, ...], str]]) -> None:
     """Check an input's checksum from the hashes of its copied tensors, hashing (not copying) the rest."""
     layout = read_layout(file)
     done = {name for name, *_ in copied}
     entries = list(copied)
-    for name, stored in layout.items():
-        if name not in done:
-            entries.append((name, stored.dtype, stored.shape, _copy_range(handle, stored.start, stored.end, _Sink())))
+    entries += [(n, st.dtype, st.shape, _hash_range(file, st.start, st.end)) for n, st in layout.items() if n not in done]
     if digest_entries(entries) != read_metadata(file).get(KEY_CHECKSUM):
         raise ArtifactError(f"{file}: tensor data does not match the checksum in its header (corrupted file)")
