@@ -180,7 +180,16 @@ class LegoBlock(nn.Module):
             for _ in range(config.depth)
         )
         self.task_head = TaskHead(2 * dim, config.task.out_features)
+        features = config.input_shape[-1]
+        # per-feature standardisation of the input, set from the training split, so it travels with the block
+        self.register_buffer("input_shift", torch.zeros(features))
+        self.register_buffer("input_scale", torch.ones(features))
         self.provenance: dict[str, Any] = {}
+
+    def set_normalization(self, shift: torch.Tensor, scale: torch.Tensor) -> None:
+        """Inputs become (x - shift) / scale, per feature, before the encoder; a scale of 0 is taken as 1."""
+        self.input_shift.copy_(shift.to(self.input_shift))
+        self.input_scale.copy_(torch.where(scale > 0, scale, torch.ones_like(scale)).to(self.input_scale))
 
     @property
     def modality(self) -> str:
@@ -208,6 +217,7 @@ class LegoBlock(nn.Module):
     def tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the encoder once: tokens (b, n, e) and their padding mask (or None when every token is real)."""
         self.check_input(x, mask)
+        x = (x - self.input_shift) / self.input_scale
         out = self.encoder(x, mask) if getattr(self.encoder, "accepts_mask", False) else self.encoder(x)
         if out.dim() == 2:
             return rearrange(out, "b e -> b 1 e"), None

@@ -82,8 +82,11 @@ def _print_summary(console: Console, facts: dict[str, Any]) -> None:
             ("modalities", ", ".join(facts["modalities"])),
             ("latent", f"{facts['latent']} (channels x dims)"),
             ("task", facts["task"]),
-            ("merge", f"phase {facts['phase']}, weights " + ", ".join(f"{m}={w:g}" for m, w in facts["weights"].items())),
         ]
+        if facts["kind"] == "merged":
+            rows.append(("merge", f"phase {facts['phase']}, weights " + ", ".join(f"{m}={w:g}" for m, w in facts["weights"].items())))
+        else:
+            rows.append(("fuse", f"{facts['mode']}, order {' -> '.join(facts['order'])}"))
         for modality, block in facts["blocks"].items():
             rows.append((f"block {modality}", f"{block['encoder']}; input {_shape_text(block['input_shape'])}; "
                                               f"depth {block['depth']}; {block['params']:,} params"))

@@ -11,9 +11,10 @@ import torch
 
 from .artifact import Artifact, read_artifact
 from .block import BlockConfig, format_shape
+from .compose.fuse import parse_fused_config
 from .compose.merge import parse_merged_config
 from .errors import ArtifactError, ConfigError
-from .persist import BLOCK, MERGED, PROGRAM_PREFIX
+from .persist import BLOCK, FUSED, MERGED, PROGRAM_PREFIX
 
 
 def _encoder_text(config: BlockConfig, program: torch.Tensor | None) -> str:
@@ -61,19 +62,21 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         if artifact.kind == BLOCK:
             return {**_common(artifact), **_block_facts(BlockConfig.from_dict(artifact.config), artifact.tensors)}
-        if artifact.kind == MERGED:
-            configs, merge_config, graph = parse_merged_config(artifact.config)
+        if artifact.kind in (MERGED, FUSED):
+            parse = parse_merged_config if artifact.kind == MERGED else parse_fused_config
+            configs, settings, graph = parse(artifact.config)
             first = next(iter(configs.values()))
-            return {
+            facts = {
                 **_common(artifact),
                 "modalities": sorted(configs),
                 "latent": f"{first.latent[0]}x{first.latent[1]}",
                 "task": str(first.task),
-                "phase": merge_config.phase,
-                "weights": dict(merge_config.weights),
                 "blocks": {m: _block_facts(c, artifact.tensors, f"blocks.{m}.") for m, c in sorted(configs.items())},
                 "graph": graph.tree(),
             }
+            if artifact.kind == MERGED:
+                return {**facts, "phase": settings.phase, "weights": dict(settings.weights)}
+            return {**facts, "mode": settings.mode, "order": list(settings.order)}
     except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ArtifactError(f"{path}: corrupt config ({type(exc).__name__}: {exc})") from None
     raise ArtifactError(f"{path}: unknown artifact kind {artifact.kind!r}")

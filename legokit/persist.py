@@ -14,6 +14,7 @@ from torch import nn
 
 from .artifact import Artifact, Source, read_artifact, read_layout, read_metadata, write_artifact, write_streaming
 from .block import BlockConfig, LegoBlock
+from .compose.fuse import FusedModel, fused_config, parse_fused_config
 from .compose.graph import Graph
 from .compose.merge import MergeConfig, MergedModel, head_width, merge_head_tensors, merged_config, parse_merged_config
 from .compose.merge import check_mergeable, resolve_weights
@@ -103,9 +104,11 @@ def block_from_artifact(artifact: Artifact) -> LegoBlock:
 
 
 MERGED = "merged"
+FUSED = "fused"
 
 
-def _merged_tensors(model: MergedModel) -> dict[str, torch.Tensor]:
+def _composite_tensors(model: MergedModel | FusedModel) -> dict[str, torch.Tensor]:
+    """A merged or fused model's tensors: each block's under `blocks.M.`, the head's under `head.`."""
     tensors: dict[str, torch.Tensor] = {}
     for modality, block in model.blocks.items():
         tensors.update(block_tensors(block, prefix=f"blocks.{modality}."))
@@ -113,27 +116,30 @@ def _merged_tensors(model: MergedModel) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def save(model: LegoBlock | MergedModel, path: str | os.PathLike[str], provenance: Mapping[str, Any] | None = None,
-         inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
+def save(model: LegoBlock | MergedModel | FusedModel, path: str | os.PathLike[str],
+         provenance: Mapping[str, Any] | None = None, inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
     """Write any legokit model as one standalone `.st` file (atomically)."""
     if isinstance(model, LegoBlock):
         return save_block(model, path, provenance, inputs)
+    record = {**model.provenance, **dict(provenance or {})}
     if isinstance(model, MergedModel):
-        configs = {m: b.config for m, b in model.blocks.items()}
-        config = merged_config(configs, model.config, model.graph)
-        merged = {**model.provenance, **dict(provenance or {})}
-        return write_artifact(path, MERGED, config, _merged_tensors(model), merged, inputs)
-    raise ConfigError(f"cannot save a {type(model).__name__}; expected a LegoBlock or a merged model")
+        config = merged_config({m: b.config for m, b in model.blocks.items()}, model.config, model.graph)
+        return write_artifact(path, MERGED, config, _composite_tensors(model), record, inputs)
+    if isinstance(model, FusedModel):
+        return write_artifact(path, FUSED, fused_config(model), _composite_tensors(model), record, inputs)
+    raise ConfigError(f"cannot save a {type(model).__name__}; expected a block, a merged or a fused model")
 
 
-def _merged_from_artifact(artifact: Artifact) -> MergedModel:
+def _composite_from_artifact(artifact: Artifact) -> MergedModel | FusedModel:
+    """Rebuild a merged or fused model: its blocks, its head, its settings and its graph."""
     path = artifact.path
+    parse = parse_merged_config if artifact.kind == MERGED else parse_fused_config
     try:
-        configs, merge_config, graph = parse_merged_config(artifact.config)
+        configs, settings, graph = parse(artifact.config)
     except ConfigError as exc:
-        raise ArtifactError(f"{path}: invalid merged config: {exc}") from None
+        raise ArtifactError(f"{path}: invalid {artifact.kind} config: {exc}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ArtifactError(f"{path}: corrupt merged config ({type(exc).__name__}: {exc})") from None
+        raise ArtifactError(f"{path}: corrupt {artifact.kind} config ({type(exc).__name__}: {exc})") from None
     blocks = {
         m: block_from_tensors(path, config.to_dict(), artifact.tensors, prefix=f"blocks.{m}.")
         for m, config in configs.items()
@@ -143,20 +149,20 @@ def _merged_from_artifact(artifact: Artifact) -> MergedModel:
     check_state(path, head, artifact.tensors, prefix="head.")
     head.load_state_dict({k[len("head."):]: v for k, v in artifact.tensors.items() if k.startswith("head.")})
     try:
-        model = MergedModel(blocks, head, merge_config, graph)
+        model = (MergedModel if artifact.kind == MERGED else FusedModel)(blocks, head, settings, graph)
     except ConfigError as exc:
         raise ArtifactError(f"{path}: {exc}") from None
     model.provenance = dict(artifact.provenance)
     return model
 
 
-def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LegoBlock | MergedModel:
-    """Rebuild whatever model a `.st` file holds (a block or a merged model), in eval mode on `device`."""
+def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LegoBlock | MergedModel | FusedModel:
+    """Rebuild whatever model a `.st` file holds (a block, a merged or a fused model), in eval mode on `device`."""
     artifact = read_artifact(path)
     if artifact.kind == BLOCK:
         model: nn.Module = block_from_artifact(artifact)
-    elif artifact.kind == MERGED:
-        model = _merged_from_artifact(artifact)
+    elif artifact.kind in (MERGED, FUSED):
+        model = _composite_from_artifact(artifact)
     else:
         raise ArtifactError(f"{artifact.path}: unknown artifact kind {artifact.kind!r}")
     return model.to(resolve_device(device)).eval()

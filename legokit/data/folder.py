@@ -109,9 +109,26 @@ def load_bag(path: Path) -> torch.Tensor:
     return x.float()
 
 
+def modality_shape(root: str | os.PathLike[str], name: str) -> tuple[int | None, ...]:
+    """The per-sample input shape of a modality as stored in a dataset folder: (features,) for NAME.csv,
+    (None, features) for NAME/ (read off its first file)."""
+    root = Path(root)
+    table, folder = root / f"{name}.csv", root / name
+    if table.is_file():
+        header, _ = read_csv_rows(table)
+        return (len(header) - 1,)
+    if folder.is_dir():
+        first = next(iter(sorted(folder.glob("*.safetensors"))), None)
+        if first is None:
+            raise DataError(f"{folder}: modality {name} has no ID.safetensors files")
+        return (None, int(load_bag(first).shape[1]))
+    raise DataError(f"{root}: no modality {name!r} (looked for {name}.csv and {name}/)")
+
+
 class DatasetFolder:
     """The modalities of a dataset folder, read for the modalities a model takes (vector inputs from CSV, token
-    inputs from folders). Ids are the union over modalities, sorted; `batch(ids)` builds padded, masked inputs."""
+    inputs from folders). Ids are the union over modalities, sorted; `batch(ids)` builds padded, masked inputs.
+    Bags are read once and kept in memory."""
 
     def __init__(self, root: str | os.PathLike[str], inputs: Mapping[str, Sequence[int | None]]):
         self.root = Path(root)
@@ -119,6 +136,7 @@ class DatasetFolder:
             raise DataError(f"{self.root}: no such directory")
         self.shapes = {name: tuple(shape) for name, shape in inputs.items()}
         self.modalities: dict[str, Table | Bags] = {}
+        self._bags: dict[Path, torch.Tensor] = {}
         for name, shape in self.shapes.items():
             table, folder = self.root / f"{name}.csv", self.root / name
             if len(shape) == 1 and table.is_file():
@@ -141,7 +159,7 @@ class DatasetFolder:
 
     def _bag_batch(self, bags: Bags, ids: Sequence[str]) -> ModalityBatch:
         width = self.shapes[bags.name][-1]
-        loaded = [load_bag(bags.files[i]) if i in bags.files else None for i in ids]
+        loaded = [self._bag(bags.files[i]) if i in bags.files else None for i in ids]
         for sample, x in zip(ids, loaded):
             if x is not None and width is not None and x.shape[1] != width:
                 raise DataError(f"{bags.files[sample]}: 'x' has {x.shape[1]} features, the model takes {width}")
@@ -153,6 +171,30 @@ class DatasetFolder:
                 xs[row, : x.shape[0]] = x
                 mask[row, : x.shape[0]] = True
         return ModalityBatch(xs, mask, mask.any(dim=1))
+
+    def _bag(self, path: Path) -> torch.Tensor:
+        if path not in self._bags:
+            self._bags[path] = load_bag(path)
+        return self._bags[path]
+
+    def ids_of(self, name: str) -> set[str]:
+        """The samples that have modality `name`."""
+        modality = self.modalities.get(name)
+        if modality is None:
+            return set()
+        return set(modality.rows if isinstance(modality, Table) else modality.files)
+
+    def check_known(self, known: set[str], labels: Path) -> None:
+        """Every sample of every modality must be in labels.csv; else a DataError naming the file (and row)."""
+        for modality in self.modalities.values():
+            if isinstance(modality, Table):
+                for row, sample in enumerate(modality.rows, start=2):
+                    if sample not in known:
+                        raise DataError(f"{modality.path}: row {row}, column id: {sample!r} is not in {labels}")
+            else:
+                for sample, path in modality.files.items():
+                    if sample not in known:
+                        raise DataError(f"{path}: id {sample!r} is not in {labels}")
 
     def batch(self, ids: Sequence[str]) -> dict[str, ModalityBatch]:
         """Inputs for these samples; a modality a sample lacks is zeros with `present` False."""

@@ -1,0 +1,116 @@
+"""Targets and splits of a dataset folder: `labels.csv` (id, then the task's columns) and optional `splits.csv`."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+
+from ..tasks import TaskSpec
+from .folder import DataError, parse_number, read_csv_rows
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Per-sample targets: `time` and `event` (survival) or `label` (class index, 0/1, or a 0/1 row per label)."""
+
+    path: Path
+    task: TaskSpec
+    ids: tuple[str, ...]
+    targets: Mapping[str, torch.Tensor]
+
+    def select(self, ids: Sequence[str]) -> dict[str, torch.Tensor]:
+        index = {sample: row for row, sample in enumerate(self.ids)}
+        rows = torch.tensor([index[i] for i in ids], dtype=torch.long)
+        return {name: values[rows] for name, values in self.targets.items()}
+
+
+def _integer(path: Path, row: int, column: str, text: str, low: int, high: int) -> int:
+    value = parse_number(path, row, column, text)
+    if value != int(value) or not low <= value <= high:
+        raise DataError(f"{path}: row {row}, column {column}: {text!r} must be an integer from {low} to {high}")
+    return int(value)
+
+
+def read_labels(path: Path, task: TaskSpec) -> Labels:
+    """Read and check labels.csv for a task: survival needs `time` (> 0) and `event` (0/1); binary and multiclass
+    a `label` column (0/1, or 0..K-1); multilabel one 0/1 column per label (K columns after `id`)."""
+    header, rows = read_csv_rows(path)
+    if header[0] != "id":
+        raise DataError(f"{path}: the first column must be 'id', found {header[0]!r}")
+    columns = {name: position for position, name in enumerate(header)}
+    if task.kind == "survival":
+        wanted = ["time", "event"]
+    elif task.kind == "multilabel":
+        wanted = header[1:]
+        if len(wanted) != task.n:
+            raise DataError(f"{path}: task {task} needs {task.n} label columns after 'id', found {len(wanted)}")
+    else:
+        wanted = ["label"]
+    missing = [name for name in wanted if name not in columns]
+    if missing:
+        raise DataError(f"{path}: task {task} needs column(s) {', '.join(missing)}; the file has {', '.join(header)}")
+    ids: list[str] = []
+    values: dict[str, list[float]] = {name: [] for name in wanted}
+    for number, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise DataError(f"{path}: row {number} has {len(row)} fields, the header has {len(header)}")
+        sample = row[0].strip()
+        if sample in ids:
+            raise DataError(f"{path}: row {number}: id {sample!r} appears twice")
+        ids.append(sample)
+        for name in wanted:
+            text = row[columns[name]]
+            if name == "time":
+                value = parse_number(path, number, name, text)
+                if value <= 0:
+                    raise DataError(f"{path}: row {number}, column time: {text!r} must be positive")
+            elif name == "event" or task.kind in ("binary", "multilabel"):
+                value = _integer(path, number, name, text, 0, 1)
+            else:
+                value = _integer(path, number, name, text, 0, task.n - 1)
+            values[name].append(value)
+    if not ids:
+        raise DataError(f"{path}: no samples")
+    if task.kind == "survival":
+        targets = {"time": torch.tensor(values["time"], dtype=torch.float64),
+                   "event": torch.tensor(values["event"], dtype=torch.bool)}
+    elif task.kind == "multilabel":
+        targets = {"label": torch.tensor([values[n] for n in wanted], dtype=torch.float32).T.contiguous()}
+    else:
+        targets = {"label": torch.tensor(values["label"], dtype=torch.long)}
+    return Labels(path, task, tuple(ids), targets)
+
+
+def random_split(ids: Sequence[str], seed: int, fractions: tuple[float, float] = (0.7, 0.15)) -> dict[str, str]:
+    """A seeded 70/15/15 train/val/test assignment."""
+    order = sorted(ids)
+    random.Random(seed).shuffle(order)
+    n_train = round(fractions[0] * len(order))
+    n_val = round(fractions[1] * len(order))
+    return {i: "train" if k < n_train else "val" if k < n_train + n_val else "test" for k, i in enumerate(order)}
+
+
+def read_splits(path: Path, ids: Sequence[str]) -> dict[str, str]:
+    """splits.csv: `id`, `split` in train/val/test, one row for each labelled sample."""
+    header, rows = read_csv_rows(path)
+    if header[:2] != ["id", "split"]:
+        raise DataError(f"{path}: the columns must be id, split; found {', '.join(header)}")
+    known = set(ids)
+    splits: dict[str, str] = {}
+    for number, row in enumerate(rows, start=2):
+        sample, split = row[0].strip(), row[1].strip() if len(row) > 1 else ""
+        if sample not in known:
+            raise DataError(f"{path}: row {number}, column id: {sample!r} is not in labels.csv")
+        if split not in SPLITS:
+            raise DataError(f"{path}: row {number}, column split: {split!r} must be train, val or test")
+        splits[sample] = split
+    unassigned = sorted(known - set(splits))
+    if unassigned:
+        raise DataError(f"{path}: sample {unassigned[0]!r} has no split")
+    return splits

@@ -1,0 +1,72 @@
+"""A labelled dataset folder with its split: what training and evaluation read."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import torch
+
+from ..metrics import survival_bins, to_bins
+from ..tasks import TaskSpec
+from .batch import ModalityBatch
+from .folder import DataError, DatasetFolder
+from .labels import Labels, random_split, read_labels, read_splits
+
+
+@dataclass
+class SplitData:
+    """Modalities, labels and a train/val/test assignment of one dataset folder."""
+
+    folder: DatasetFolder
+    labels: Labels
+    splits: dict[str, str]
+    split_source: str
+
+    @classmethod
+    def load(cls, root: str | os.PathLike[str], inputs: Mapping[str, Sequence[int | None]], task: TaskSpec,
+             seed: int = 0, splits: Mapping[str, str] | None = None) -> "SplitData":
+        """Read a folder for a model's inputs and task; the split is `splits`, else splits.csv, else a seeded
+        random 70/15/15 split of the labelled samples."""
+        root = Path(root)
+        folder = DatasetFolder(root, inputs)
+        labels = read_labels(root / "labels.csv", task)
+        folder.check_known(set(labels.ids), root / "labels.csv")
+        if splits is not None:
+            assignment, source = dict(splits), "given"
+        elif (root / "splits.csv").is_file():
+            assignment, source = read_splits(root / "splits.csv", labels.ids), "splits.csv"
+        else:
+            assignment, source = random_split(labels.ids, seed), f"random 70/15/15, seed {seed}"
+        return cls(folder, labels, assignment, source)
+
+    def ids(self, split: str, modalities: Iterable[str] | None = None) -> list[str]:
+        """Labelled samples of a split that have at least one of `modalities` (default: any the folder has)."""
+        wanted = list(modalities) if modalities is not None else list(self.folder.modalities)
+        having: set[str] = set()
+        for name in wanted:
+            having |= self.folder.ids_of(name)
+        return [i for i in self.labels.ids if self.splits.get(i) == split and i in having]
+
+    def survival_edges(self, ids: Sequence[str]) -> torch.Tensor:
+        """Bin edges from the uncensored times of these (training) samples."""
+        targets = self.labels.select(ids)
+        return survival_bins(targets["time"], targets["event"], self.labels.task.n)
+
+    def batch(self, ids: Sequence[str], edges: torch.Tensor | None = None) -> tuple[dict[str, ModalityBatch], dict[str, torch.Tensor]]:
+        """Inputs and targets of these samples (with each survival time's bin when `edges` are given)."""
+        targets = self.labels.select(ids)
+        if edges is not None:
+            targets["bin"] = to_bins(targets["time"], edges)
+        return self.folder.batch(ids), targets
+
+    def normalization(self, modality: str, ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-feature mean and standard deviation of a modality over these samples' real values (or tokens)."""
+        having = [i for i in ids if i in self.folder.ids_of(modality)]
+        if not having:
+            raise DataError(f"{self.folder.root}: modality {modality} has no samples in the training split")
+        batch = self.folder.batch(having)[modality]
+        values = batch.x[batch.mask] if batch.mask is not None else batch.x
+        return values.mean(dim=0), values.std(dim=0, unbiased=False)
