@@ -1,0 +1,87 @@
+"""Block specs (`blocks/NAME.yaml`): how to build and train one block, validated once; flags may override."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .block import parse_latent
+from .compose.recipe import _check_keys, _mapping
+from .encoders import BUILTIN_ENCODERS
+from .errors import ConfigError
+from .tasks import TaskSpec
+from .train import TrainConfig
+
+SPEC_KEYS = ("modality", "description", "encoder", "latent", "depth", "task", "fft_axes", "heads", "dim_head",
+             "dropout", "training")
+ENCODER_KEYS = ("name", "kwargs")
+TRAINING_KEYS = tuple(f.name for f in fields(TrainConfig))
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """A block to train: its modality, built-in encoder and kwargs, latent shape, depth, task, and training settings."""
+
+    modality: str
+    encoder: str = "snn"
+    encoder_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    latent: tuple[int, int] = (64, 64)
+    depth: int = 2
+    task: TaskSpec = TaskSpec("survival", 4)
+    fft_axes: str = "both"
+    heads: int = 1
+    dim_head: int = 64
+    dropout: float = 0.0
+    training: TrainConfig = TrainConfig()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.encoder not in BUILTIN_ENCODERS:
+            raise ConfigError(f"encoder {self.encoder!r}: train takes a built-in encoder ({', '.join(BUILTIN_ENCODERS)})")
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str]) -> "BlockSpec":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such spec file")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
+        data = _mapping(path, "", data)
+        _check_keys(path, "", data, SPEC_KEYS)
+        if "modality" not in data:
+            raise ConfigError(f"{path}: modality: missing")
+        encoder = _mapping(path, "encoder", data.get("encoder", {"name": "snn"}))
+        _check_keys(path, "encoder", encoder, ENCODER_KEYS)
+        training = _mapping(path, "training", data.get("training", {}))
+        _check_keys(path, "training", training, TRAINING_KEYS)
+        try:
+            return cls(
+                modality=str(data["modality"]),
+                encoder=str(encoder.get("name", "snn")),
+                encoder_kwargs=dict(_mapping(path, "encoder.kwargs", encoder.get("kwargs", {}))),
+                latent=parse_latent(str(data.get("latent", "64x64"))),
+                depth=data.get("depth", 2),
+                task=TaskSpec.parse(str(data.get("task", "survival:4"))),
+                fft_axes=data.get("fft_axes", "both"),
+                heads=data.get("heads", 1),
+                dim_head=data.get("dim_head", 64),
+                dropout=data.get("dropout", 0.0),
+                training=TrainConfig(**training),
+                description=str(data.get("description", "")),
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+        except TypeError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
+
+    def override(self, **changes: Any) -> "BlockSpec":
+        """A copy with the given fields changed (None leaves a field as it is); training fields go to `training`."""
+        training = {k: v for k, v in changes.items() if k in TRAINING_KEYS and v is not None}
+        own = {k: v for k, v in changes.items() if k not in TRAINING_KEYS and v is not None}
+        return replace(self, **own, training=replace(self.training, **training))
