@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
@@ -14,12 +15,16 @@ from rich.tree import Tree
 
 from . import __version__
 from .block import parse_input_shape, parse_latent
+from .compose.fuse import FUSE_MODES
 from .compose.recipe import Recipe
 from .describe import describe
 from .errors import ConfigError, LegoError
-from .persist import load, merge_files, save_block
+from .persist import load, load_block, merge_files, save, save_block
 from .predict import predict_folder
+from .spec import BlockSpec
 from .spectral import FFT_AXES, PHASE_MODES
+from .tasks import TaskSpec
+from .train import TrainConfig
 from .wrap import wrap_file
 
 
@@ -164,6 +169,91 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _metrics_text(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def cmd_train(args: argparse.Namespace, console: Console) -> int:
+    if args.spec:
+        spec = BlockSpec.from_yaml(args.spec)
+    elif args.modality:
+        spec = BlockSpec(args.modality)
+    else:
+        raise ConfigError("train needs --modality (or a --spec that names one)")
+    spec = spec.override(
+        modality=args.modality, encoder=args.encoder, task=TaskSpec.parse(args.task) if args.task else None,
+        encoder_kwargs=_json_object(args.encoder_kwargs) if args.encoder_kwargs else None,
+        latent=parse_latent(args.latent) if args.latent else None, depth=args.depth, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, patience=args.patience,
+    )
+    from .workflows import train_block
+
+    block, result = train_block(args.data, spec)
+    path = save_block(block, args.output)
+    console.print(f"[green]trained[/] {escape(spec.modality)} block: best epoch {result.best_epoch}, "
+                  f"val {_metrics_text(result.val)}, test {_metrics_text(result.test)} ({result.seconds:.1f} s)")
+    console.print(f"[green]wrote[/] {escape(str(path))}")
+    return 0
+
+
+def cmd_fuse(args: argparse.Namespace, console: Console) -> int:
+    from .workflows import fuse_blocks
+
+    blocks = [load_block(path) for path in args.blocks]
+    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                         device=args.device, freeze_encoders=args.freeze_encoders)
+    model, result = fuse_blocks(blocks, args.data, args.mode, config)
+    for warning in model.provenance.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {escape(warning)}: its training samples may be in this test split")
+    path = save(model, args.output, provenance={"fused_from": list(args.blocks)}, inputs=args.blocks)
+    console.print(f"[green]fused[/] {' -> '.join(model.modalities)} ({args.mode}, {args.epochs} epochs): "
+                  f"val {_metrics_text(result.val)}, test {_metrics_text(result.test)}")
+    console.print(f"[green]wrote[/] {escape(str(path))}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, console: Console) -> int:
+    from .workflows import evaluate_model
+
+    metrics = evaluate_model(load(args.model, device=args.device), args.data, args.split, args.seed)
+    console.print(f"{escape(args.model)} on {escape(args.data)}: {metrics['split']} split, {metrics['samples']} samples "
+                  f"(split from {escape(metrics['split_source'])})")
+    table = Table()
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics.items():
+        if isinstance(value, float):
+            table.add_row(name, f"{value:.4f}")
+    console.print(table)
+    if args.json:
+        from .artifact import write_atomic
+
+        write_atomic(Path(args.json), json.dumps(metrics, indent=2).encode())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    from .demo import MODELS, run_demo
+
+    console.print(f"legokit demo: Mayo PBC, 1-year landmark, {args.seeds} random 70/15/15 splits -> {escape(args.out)}/")
+    result = run_demo(args.out, args.seeds)
+    summary = result.to_json()
+    table = Table(title=f"c-index on the test split, mean ± s.d. over {args.seeds} seeds "
+                        f"({summary['data']['patients']} patients, {summary['data']['with_visits']} with visits)",
+                  title_justify="left")
+    table.add_column("model")
+    table.add_column("all test patients", justify="right")
+    table.add_column("test patients with visits", justify="right")
+    for name in MODELS:
+        row = summary["models"][name]
+        everyone = row["all_test"]
+        table.add_row(name, f"{everyone['mean']:.3f} ± {everyone['sd']:.3f}" if everyone else "—",
+                      f"{row['test_with_visits']['mean']:.3f} ± {row['test_with_visits']['sd']:.3f}")
+    console.print(table)
+    console.print(f"{result.seconds:.0f} s; table in {escape(args.out)}/results.json, artifacts in {escape(args.out)}/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="legokit", description="Wrap, inspect, merge and fuse LegoBlocks.")
     parser.add_argument("--version", action="version", version=f"legokit {__version__}")
@@ -203,6 +293,51 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("recipe", help="a recipe file, e.g. recipes/merge.yaml")
     run.add_argument("--dry-run", action="store_true", help="validate and print the graph, write nothing")
     run.set_defaults(run=cmd_run)
+
+    train = commands.add_parser("train", help="train a block on one modality of a dataset folder")
+    train.add_argument("data", help="dataset folder (labels.csv, NAME.csv or NAME/, optional splits.csv)")
+    train.add_argument("--spec", help="a block spec, e.g. blocks/labs.yaml; the flags below override it")
+    train.add_argument("--modality", help="the modality to train on (NAME.csv or NAME/ in the folder)")
+    train.add_argument("--encoder", help="built-in encoder: snn, abmil or mlp (default snn)")
+    train.add_argument("--encoder-kwargs", help="JSON keyword arguments of the encoder")
+    train.add_argument("--task", help="survival:N | multiclass:K | binary | multilabel:K (default survival:4)")
+    train.add_argument("--latent", help="latent shape, channels x dims (default 64x64)")
+    train.add_argument("--depth", type=int, help="update steps (default 2)")
+    train.add_argument("--epochs", type=int, help="most epochs (early stopping on validation)")
+    train.add_argument("--patience", type=int, help="epochs without validation gain before stopping")
+    train.add_argument("--batch-size", type=int, help="samples per step")
+    train.add_argument("--lr", type=float, help="AdamW learning rate")
+    train.add_argument("--seed", type=int, help="seed of the weights, the shuffling and the random split")
+    train.add_argument("--device", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    train.add_argument("-o", "--output", required=True, help="the block artifact to write (.st)")
+    train.set_defaults(run=cmd_train)
+
+    fuse = commands.add_parser("fuse", help="LegoFuse blocks (stack or weave) and fine-tune them on paired data")
+    fuse.add_argument("blocks", nargs="+", help="block artifacts, in the order their updates run")
+    fuse.add_argument("--mode", default="stack", choices=FUSE_MODES, help="stack: block after block; weave: layer after layer")
+    fuse.add_argument("--data", required=True, help="dataset folder with the blocks' modalities and labels")
+    fuse.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2, the paper's setting)")
+    fuse.add_argument("--batch-size", type=int, default=32, help="samples per step (default 32)")
+    fuse.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    fuse.add_argument("--seed", type=int, default=0, help="seed (and random split when there is no splits.csv)")
+    fuse.add_argument("--freeze-encoders", action="store_true", help="train the update layers and head only")
+    fuse.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    fuse.add_argument("-o", "--output", required=True, help="the fused artifact to write (.st)")
+    fuse.set_defaults(run=cmd_fuse)
+
+    evaluate = commands.add_parser("eval", help="metrics of a model on a split of a labelled dataset folder")
+    evaluate.add_argument("model", help="a block, merged or fused artifact (.st)")
+    evaluate.add_argument("data", help="labelled dataset folder")
+    evaluate.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="default test")
+    evaluate.add_argument("--seed", type=int, help="seed of the random split (default: the one the model was trained with)")
+    evaluate.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
+    evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    evaluate.set_defaults(run=cmd_eval)
+
+    demo = commands.add_parser("demo", help="the main job: blocks, merge, fuse and baselines on bundled PBC data")
+    demo.add_argument("--out", default="legokit-demo", help="folder for data, artifacts and results (default legokit-demo)")
+    demo.add_argument("--seeds", type=int, default=5, help="repeated random splits (default 5, as in the paper)")
+    demo.set_defaults(run=cmd_demo)
 
     inspect = commands.add_parser("inspect", help="show what an artifact holds")
     inspect.add_argument("artifact", help="a .st file")

@@ -53,9 +53,14 @@ def fuse_blocks(blocks: Sequence[LegoBlock], data_dir: str | os.PathLike[str], m
     task = model.task
     inputs = {m: b.config.input_shape for m, b in model.blocks.items()}
     data = SplitData.load(data_dir, inputs, task, config.seed, splits)
+    for block in model.blocks.values():
+        trained_on = (block.provenance.get("trained") or {}).get("split")
+        if trained_on is not None and (trained_on != data.split_source or data.split_source == "given"):
+            result_note = f"block {block.modality} was trained on split '{trained_on}', fused on '{data.split_source}'"
+            model.provenance.setdefault("warnings", []).append(result_note)
     result = train_model(model, data, task, config, progress, label=f"fusing ({mode})")
-    model.provenance = {"fused": result.provenance(data, config, model.modalities),
-                        "blocks": {m: b.provenance for m, b in model.blocks.items()}}
+    model.provenance.update({"fused": result.provenance(data, config, model.modalities),
+                             "blocks": {m: b.provenance for m, b in model.blocks.items()}})
     return model.cpu().eval(), result
 
 

@@ -47,18 +47,50 @@ output: out/model.st
 """
 
 
+@pytest.fixture(scope="module")
+def demo_like(tmp_path_factory):
+    """The PBC data folder and two small trained blocks, as `legokit demo` would leave them."""
+    from legokit.data.bundled import write_pbc
+    from legokit.spec import BlockSpec
+    from legokit.workflows import train_block
+
+    folder = tmp_path_factory.mktemp("demo-data")
+    write_pbc(folder)
+    blocks = {}
+    for modality, encoder in (("labs", "snn"), ("visits", "abmil")):
+        spec = BlockSpec(modality, encoder, {"hidden": 16}, latent=(8, 16), dim_head=16).override(epochs=2)
+        block, _ = train_block(folder, spec, progress=False)
+        blocks[modality] = save_block(block, folder.parent / f"{modality}-{folder.name}.st")
+    return folder, blocks
+
+
 @pytest.mark.parametrize("shipped", RECIPES, ids=[p.name for p in RECIPES])
-def test_every_shipped_recipe_runs_on_small_blocks(shipped, tmp_path):
+def test_every_shipped_recipe_runs_on_small_data(shipped, tmp_path, demo_like):
+    folder, blocks = demo_like
     copy = tmp_path / "recipes" / shipped.name
     copy.parent.mkdir()
     shutil.copy(shipped, copy)
     recipe = Recipe.from_yaml(copy)
-    _make_blocks(recipe)
+    for ref in recipe.blocks:
+        ref.path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(blocks[ref.modality], ref.path)
+    if recipe.data is not None:
+        shutil.copytree(folder, recipe.data)
     recipe.output.parent.mkdir(parents=True, exist_ok=True)
-    model = load(recipe.run())
-    inputs = {ref.modality: torch.randn(3, 7) for ref in recipe.blocks}
-    assert torch.isfinite(model(inputs)).all()
+    model = load(recipe.run(progress=False))
+    inputs = {"labs": torch.randn(3, 17), "visits": torch.randn(3, 2, 13)}
+    assert torch.isfinite(model({m: inputs[m] for m in model.modalities})).all()
     assert model.provenance["recipe_name"] == recipe.name
+
+
+def test_a_fuse_recipe_needs_data_and_valid_training_settings(tmp_path):
+    text = GOOD.replace("{kind: merge, phase: circular, weights: {tab: 2}}", "{kind: stack, epochs: 2}")
+    with pytest.raises(ConfigError, match="recipe.yaml: data: missing"):
+        Recipe.from_yaml(_write(tmp_path, text))
+    with pytest.raises(ConfigError, match="recipe.yaml: operation: epochs must be a positive integer"):
+        Recipe.from_yaml(_write(tmp_path, text.replace("epochs: 2", "epochs: 0") + "data: d\n"))
+    with pytest.raises(ConfigError, match="operation.phase: unknown key"):
+        Recipe.from_yaml(_write(tmp_path, text.replace("epochs: 2", "phase: paper") + "data: d\n"))
 
 
 def test_recipe_paths_are_relative_to_the_recipe_and_settings_reach_the_model(tmp_path):

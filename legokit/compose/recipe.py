@@ -19,9 +19,10 @@ from ..spectral import PHASE_MODES
 from .graph import Graph
 from .merge import block_facts
 
-TOP_KEYS = ("name", "description", "blocks", "operation", "output")
+TOP_KEYS = ("name", "description", "blocks", "operation", "data", "output")
 BLOCK_KEYS = ("artifact",)
-OPERATION_KEYS = {"merge": ("kind", "phase", "weights")}
+FUSE_KEYS = ("kind", "epochs", "batch_size", "lr", "weight_decay", "seed", "freeze_encoders", "device")
+OPERATION_KEYS = {"merge": ("kind", "phase", "weights"), "stack": FUSE_KEYS, "weave": FUSE_KEYS}
 
 
 def _where(path: Path, key: str) -> str:
@@ -54,9 +55,12 @@ class BlockRef:
 
 @dataclass(frozen=True)
 class Operation:
+    """`merge` with its phase rule and weights, or `stack` / `weave` with their fine-tuning settings."""
+
     kind: str
     phase: str = "paper"
     weights: Mapping[str, float] | None = None
+    training: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class Recipe:
     operation: Operation
     output: Path
     description: str = ""
+    data: Path | None = None
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> "Recipe":
@@ -108,8 +113,14 @@ class Recipe:
         output = data["output"]
         if not isinstance(output, str) or not output:
             raise ConfigError(f"{_where(path, 'output')}: must be a file path")
+        folder = data.get("data")
+        if operation.kind != "merge" and not isinstance(folder, str):
+            raise ConfigError(f"{_where(path, 'data')}: missing (a {operation.kind} recipe fine-tunes on a dataset folder)")
+        if folder is not None and not isinstance(folder, str):
+            raise ConfigError(f"{_where(path, 'data')}: must be a folder path")
         name = data.get("name", path.stem)
-        return cls(path, str(name), tuple(blocks), operation, base / output, str(data.get("description", "")))
+        return cls(path, str(name), tuple(blocks), operation, base / output, str(data.get("description", "")),
+                   None if folder is None else base / folder)
 
     @staticmethod
     def _operation(path: Path, data: Mapping[str, Any], modalities: list[str]) -> Operation:
@@ -117,6 +128,15 @@ class Recipe:
         if kind not in OPERATION_KEYS:
             raise ConfigError(f"{_where(path, 'operation.kind')}: {kind!r}; choose one of {', '.join(OPERATION_KEYS)}")
         _check_keys(path, "operation", data, OPERATION_KEYS[kind])
+        if kind != "merge":
+            from ..train import TrainConfig
+
+            training = {k: v for k, v in data.items() if k != "kind"}
+            try:
+                TrainConfig(**{"epochs": 2, **training})
+            except ConfigError as exc:
+                raise ConfigError(f"{_where(path, 'operation')}: {exc}") from None
+            return Operation(kind, training=training)
         phase = data.get("phase", "paper")
         if phase not in PHASE_MODES:
             raise ConfigError(f"{_where(path, 'operation.phase')}: {phase!r}; choose one of {', '.join(PHASE_MODES)}")
@@ -131,7 +151,10 @@ class Recipe:
         return Operation(kind, phase, weights)
 
     def graph(self) -> Graph:
-        return Graph.for_operation(self.operation.kind, [b.modality for b in self.blocks], phase=self.operation.phase)
+        modalities = [b.modality for b in self.blocks]
+        if self.operation.kind == "merge":
+            return Graph.for_operation("merge", modalities, phase=self.operation.phase)
+        return Graph.for_operation(self.operation.kind, modalities, order=modalities)
 
     def uncached(self) -> list[BlockRef]:
         """The Hub blocks not in the local cache yet (they would be downloaded by a run)."""
@@ -176,12 +199,21 @@ class Recipe:
                 raise ConfigError(f"{_where(self.path, 'blocks')}: {exc}") from None
         return graph
 
-    def run(self) -> Path:
-        """Execute the recipe: LegoMerge of its blocks into its output artifact."""
-        from ..persist import merge_files
+    def run(self, progress: bool = True) -> Path:
+        """Execute the recipe: LegoMerge of its blocks, or LegoFuse and fine-tuning on its data, into its output."""
+        from ..persist import load_block, merge_files, save
 
         self.check(download=True)
         paths = [self.local_path(b, download=True) for b in self.blocks]
-        weights = None if self.operation.weights is None else dict(self.operation.weights)
         provenance = {"recipe": str(self.path), "recipe_name": self.name}
-        return merge_files(paths, self.output, weights, self.operation.phase, provenance)
+        if self.operation.kind == "merge":
+            weights = None if self.operation.weights is None else dict(self.operation.weights)
+            return merge_files(paths, self.output, weights, self.operation.phase, provenance)
+        from ..train import TrainConfig
+        from ..workflows import fuse_blocks
+
+        if not self.data.is_dir():
+            raise ConfigError(f"{_where(self.path, 'data')}: no such folder ({self.data})")
+        config = TrainConfig(**{"epochs": 2, **dict(self.operation.training or {})})
+        model, _ = fuse_blocks([load_block(p) for p in paths], self.data, self.operation.kind, config, progress=progress)
+        return save(model, self.output, provenance, inputs=paths)
