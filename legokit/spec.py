@@ -7,14 +7,12 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from .block import parse_latent
-from .compose.recipe import _check_keys, _mapping
 from .encoders import BUILTIN_ENCODERS
 from .errors import ConfigError
 from .tasks import TaskSpec
 from .train import TrainConfig
+from .yamlfile import check_keys, read_yaml, require_mapping
 
 SPEC_KEYS = ("modality", "description", "encoder", "latent", "depth", "task", "fft_axes", "heads", "dim_head",
              "dropout", "training")
@@ -46,25 +44,19 @@ class BlockSpec:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> "BlockSpec":
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such spec file")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
-        data = _mapping(path, "", data)
-        _check_keys(path, "", data, SPEC_KEYS)
+        data = read_yaml(path, "spec")
+        check_keys(path, "", data, SPEC_KEYS)
         if "modality" not in data:
             raise ConfigError(f"{path}: modality: missing")
-        encoder = _mapping(path, "encoder", data.get("encoder", {"name": "snn"}))
-        _check_keys(path, "encoder", encoder, ENCODER_KEYS)
-        training = _mapping(path, "training", data.get("training", {}))
-        _check_keys(path, "training", training, TRAINING_KEYS)
+        encoder = require_mapping(path, "encoder", data.get("encoder", {"name": "snn"}))
+        check_keys(path, "encoder", encoder, ENCODER_KEYS)
+        training = require_mapping(path, "training", data.get("training", {}))
+        check_keys(path, "training", training, TRAINING_KEYS)
         try:
             return cls(
                 modality=str(data["modality"]),
                 encoder=str(encoder.get("name", "snn")),
-                encoder_kwargs=dict(_mapping(path, "encoder.kwargs", encoder.get("kwargs", {}))),
+                encoder_kwargs=dict(require_mapping(path, "encoder.kwargs", encoder.get("kwargs", {}))),
                 latent=parse_latent(str(data.get("latent", "64x64"))),
                 depth=data.get("depth", 2),
                 task=TaskSpec.parse(str(data.get("task", "survival:4"))),

@@ -3,19 +3,17 @@ output path), validated once here; every error names the file and the key."""
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from ..block import BlockConfig
 from ..errors import ConfigError, LegoError
 from ..hub import HubRef, cached_path, is_hub_ref, parse_ref, resolve
 from ..spectral import PHASE_MODES
+from ..yamlfile import check_keys, read_yaml, require_mapping, where
 from .graph import Graph
 from .merge import block_facts
 
@@ -23,24 +21,6 @@ TOP_KEYS = ("name", "description", "blocks", "operation", "data", "output")
 BLOCK_KEYS = ("artifact",)
 FUSE_KEYS = ("kind", "epochs", "batch_size", "lr", "weight_decay", "seed", "freeze_encoders", "device")
 OPERATION_KEYS = {"merge": ("kind", "phase", "weights"), "stack": FUSE_KEYS, "weave": FUSE_KEYS}
-
-
-def _where(path: Path, key: str) -> str:
-    return f"{path}: {key}" if key else str(path)
-
-
-def _check_keys(path: Path, where: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
-    for key in data:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(allowed)}"
-            raise ConfigError(f"{_where(path, f'{where}.{key}' if where else str(key))}: unknown key{hint}")
-
-
-def _mapping(path: Path, key: str, value: Any) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"{_where(path, key)}: must be a mapping, got {type(value).__name__}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -78,46 +58,36 @@ class Recipe:
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> "Recipe":
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such recipe file")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', None) or exc})") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not a text file") from None
-        data = _mapping(path, "", data if data is not None else {})
-        _check_keys(path, "", data, TOP_KEYS)
+        data = read_yaml(path, "recipe")
+        check_keys(path, "", data, TOP_KEYS)
         for key in ("blocks", "operation", "output"):
             if key not in data:
-                raise ConfigError(f"{_where(path, key)}: missing")
+                raise ConfigError(f"{where(path, key)}: missing")
         base = path.parent
         blocks = []
-        for modality, entry in _mapping(path, "blocks", data["blocks"]).items():
+        for modality, entry in require_mapping(path, "blocks", data["blocks"]).items():
             key = f"blocks.{modality}"
-            entry = _mapping(path, key, entry)
-            _check_keys(path, key, entry, BLOCK_KEYS)
+            entry = require_mapping(path, key, entry)
+            check_keys(path, key, entry, BLOCK_KEYS)
             artifact = entry.get("artifact")
             if not isinstance(artifact, str) or not artifact:
-                raise ConfigError(f"{_where(path, key + '.artifact')}: missing (a path or hf://org/repo/file.st)")
+                raise ConfigError(f"{where(path, key + '.artifact')}: missing (a path or hf://org/repo/file.st)")
             if is_hub_ref(artifact):
                 try:
                     blocks.append(BlockRef(str(modality), artifact, hub=parse_ref(artifact)))
                 except ConfigError as exc:
-                    raise ConfigError(f"{_where(path, key + '.artifact')}: {exc}") from None
+                    raise ConfigError(f"{where(path, key + '.artifact')}: {exc}") from None
             else:
                 blocks.append(BlockRef(str(modality), artifact, path=(base / artifact)))
-        operation = cls._operation(path, _mapping(path, "operation", data["operation"]), [b.modality for b in blocks])
+        operation = cls._operation(path, require_mapping(path, "operation", data["operation"]), [b.modality for b in blocks])
         output = data["output"]
         if not isinstance(output, str) or not output:
-            raise ConfigError(f"{_where(path, 'output')}: must be a file path")
+            raise ConfigError(f"{where(path, 'output')}: must be a file path")
         folder = data.get("data")
         if operation.kind != "merge" and not isinstance(folder, str):
-            raise ConfigError(f"{_where(path, 'data')}: missing (a {operation.kind} recipe fine-tunes on a dataset folder)")
+            raise ConfigError(f"{where(path, 'data')}: missing (a {operation.kind} recipe fine-tunes on a dataset folder)")
         if folder is not None and not isinstance(folder, str):
-            raise ConfigError(f"{_where(path, 'data')}: must be a folder path")
+            raise ConfigError(f"{where(path, 'data')}: must be a folder path")
         name = data.get("name", path.stem)
         return cls(path, str(name), tuple(blocks), operation, base / output, str(data.get("description", "")),
                    None if folder is None else base / folder)
@@ -126,8 +96,8 @@ class Recipe:
     def _operation(path: Path, data: Mapping[str, Any], modalities: list[str]) -> Operation:
         kind = data.get("kind")
         if kind not in OPERATION_KEYS:
-            raise ConfigError(f"{_where(path, 'operation.kind')}: {kind!r}; choose one of {', '.join(OPERATION_KEYS)}")
-        _check_keys(path, "operation", data, OPERATION_KEYS[kind])
+            raise ConfigError(f"{where(path, 'operation.kind')}: {kind!r}; choose one of {', '.join(OPERATION_KEYS)}")
+        check_keys(path, "operation", data, OPERATION_KEYS[kind])
         if kind != "merge":
             from ..train import TrainConfig
 
@@ -135,19 +105,19 @@ class Recipe:
             try:
                 TrainConfig(**{"epochs": 2, **training})
             except ConfigError as exc:
-                raise ConfigError(f"{_where(path, 'operation')}: {exc}") from None
+                raise ConfigError(f"{where(path, 'operation')}: {exc}") from None
             return Operation(kind, training=training)
         phase = data.get("phase", "paper")
         if phase not in PHASE_MODES:
-            raise ConfigError(f"{_where(path, 'operation.phase')}: {phase!r}; choose one of {', '.join(PHASE_MODES)}")
+            raise ConfigError(f"{where(path, 'operation.phase')}: {phase!r}; choose one of {', '.join(PHASE_MODES)}")
         weights = data.get("weights")
         if weights is not None:
-            weights = dict(_mapping(path, "operation.weights", weights))
+            weights = dict(require_mapping(path, "operation.weights", weights))
             for modality, weight in weights.items():
                 if modality not in modalities:
-                    raise ConfigError(f"{_where(path, f'operation.weights.{modality}')}: not one of the recipe's blocks")
+                    raise ConfigError(f"{where(path, f'operation.weights.{modality}')}: not one of the recipe's blocks")
                 if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
-                    raise ConfigError(f"{_where(path, f'operation.weights.{modality}')}: must be a positive number")
+                    raise ConfigError(f"{where(path, f'operation.weights.{modality}')}: must be a positive number")
         return Operation(kind, phase, weights)
 
     def graph(self) -> Graph:
@@ -180,23 +150,23 @@ class Recipe:
             if local is None:
                 continue
             if not local.is_file():
-                raise ConfigError(f"{_where(self.path, key)}: no such file ({local})")
+                raise ConfigError(f"{where(self.path, key)}: no such file ({local})")
             try:
                 metadata = read_metadata(local)
                 if metadata.get("legokit.kind") != "block":
                     raise ConfigError(f"{local} is a {metadata.get('legokit.kind')!r} artifact, not a block")
                 config = BlockConfig.from_dict(json.loads(metadata["legokit.config"]))
             except (LegoError, KeyError, TypeError, ValueError) as exc:
-                raise ConfigError(f"{_where(self.path, key)}: {exc}") from None
+                raise ConfigError(f"{where(self.path, key)}: {exc}") from None
             if config.modality != block.modality:
-                raise ConfigError(f"{_where(self.path, key)}: the artifact's modality is {config.modality!r}, not {block.modality!r}")
+                raise ConfigError(f"{where(self.path, key)}: the artifact's modality is {config.modality!r}, not {block.modality!r}")
             facts[block.modality] = block_facts(config)
         graph = self.graph()
         if len(facts) == len(self.blocks):
             try:
                 graph.validate(facts)
             except ConfigError as exc:
-                raise ConfigError(f"{_where(self.path, 'blocks')}: {exc}") from None
+                raise ConfigError(f"{where(self.path, 'blocks')}: {exc}") from None
         return graph
 
     def run(self, progress: bool = True) -> Path:
@@ -213,7 +183,7 @@ class Recipe:
         from ..workflows import fuse_blocks
 
         if not self.data.is_dir():
-            raise ConfigError(f"{_where(self.path, 'data')}: no such folder ({self.data})")
+            raise ConfigError(f"{where(self.path, 'data')}: no such folder ({self.data})")
         config = TrainConfig(**{"epochs": 2, **dict(self.operation.training or {})})
         model, _ = fuse_blocks([load_block(p) for p in paths], self.data, self.operation.kind, config, progress=progress)
         return save(model, self.output, provenance, inputs=paths)

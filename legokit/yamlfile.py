@@ -1,0 +1,48 @@
+"""Reading YAML config files (recipes, block specs): one place for the errors that name the file and the key."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .errors import ConfigError
+
+
+def where(path: Path, key: str) -> str:
+    """`FILE: KEY`, the prefix of every config error."""
+    return f"{path}: {key}" if key else str(path)
+
+
+def read_yaml(path: str | os.PathLike[str], what: str) -> Mapping[str, Any]:
+    """The top-level mapping of a YAML file; a missing file, bad YAML or another top level is a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such {what} file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{line} ({getattr(exc, 'problem', None) or exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file") from None
+    return require_mapping(path, "", data if data is not None else {})
+
+
+def require_mapping(path: Path, key: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where(path, key)}: must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def check_keys(path: Path, parent: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    """Every key is allowed; a typo names the file and the key and suggests the closest allowed one."""
+    for key in data:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed: {', '.join(allowed)}"
+            raise ConfigError(f"{where(path, f'{parent}.{key}' if parent else str(key))}: unknown key{hint}")
