@@ -254,6 +254,22 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_push(args: argparse.Namespace, console: Console) -> int:
+    from .hub import push
+
+    url = push(args.artifact, args.repo, private=args.private)
+    console.print(f"[green]pushed[/] {escape(args.artifact)} with its model card to {escape(args.repo)}: {escape(url)}")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace, console: Console) -> int:
+    from .hub import pull
+
+    path = pull(args.repo, args.output)
+    console.print(f"[green]pulled[/] {escape(args.repo)} -> {escape(str(path))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="legokit", description="Wrap, inspect, merge and fuse LegoBlocks.")
     parser.add_argument("--version", action="version", version=f"legokit {__version__}")
@@ -339,8 +355,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seeds", type=int, default=5, help="repeated random splits (default 5, as in the paper)")
     demo.set_defaults(run=cmd_demo)
 
+    push = commands.add_parser("push", help="upload an artifact and its model card to a Hugging Face Hub repository")
+    push.add_argument("artifact", help="a .st artifact")
+    push.add_argument("repo", help="the Hub repository, org/name (created if needed; HF_TOKEN must be set)")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+    push.set_defaults(run=cmd_push)
+
+    pull = commands.add_parser("pull", help="download an artifact from the Hub into the cache (works offline after)")
+    pull.add_argument("repo", help="org/name, or hf://org/name/file.st[@revision]")
+    pull.add_argument("-o", "--output", help="also copy it here")
+    pull.set_defaults(run=cmd_pull)
+
     inspect = commands.add_parser("inspect", help="show what an artifact holds")
-    inspect.add_argument("artifact", help="a .st file")
+    inspect.add_argument("artifact", help="a .st file, or hf://org/repo/file.st")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.set_defaults(run=cmd_inspect)
     return parser

@@ -14,6 +14,7 @@ from .block import BlockConfig, format_shape
 from .compose.fuse import parse_fused_config
 from .compose.merge import parse_merged_config
 from .errors import ArtifactError, ConfigError
+from .hub import local_artifact
 from .persist import BLOCK, FUSED, MERGED, PROGRAM_PREFIX
 
 
@@ -58,7 +59,7 @@ def _common(artifact: Artifact) -> dict[str, Any]:
 
 def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Every fact `inspect` shows about an artifact, as JSON-ready values (the file is fully verified first)."""
-    artifact = read_artifact(Path(path))
+    artifact = read_artifact(local_artifact(path))
     try:
         if artifact.kind == BLOCK:
             return {**_common(artifact), **_block_facts(BlockConfig.from_dict(artifact.config), artifact.tensors)}

@@ -20,6 +20,7 @@ from .compose.merge import MergeConfig, MergedModel, head_width, merge_head_tens
 from .compose.merge import check_mergeable, resolve_weights
 from .device import resolve_device
 from .errors import ArtifactError, ConfigError, EncoderError
+from .hub import local_artifact
 from .layers import TaskHead
 
 BLOCK = "block"
@@ -91,8 +92,9 @@ def save_block(
 
 
 def load_block(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LegoBlock:
-    """Rebuild a block from its `.st` file alone: no user code, nothing unpickled; in eval mode on `device`."""
-    artifact = read_artifact(path, expect_kind=BLOCK)
+    """Rebuild a block from its `.st` file alone (a path or hf://org/repo/file.st): no user code, nothing
+    unpickled; in eval mode on `device`."""
+    artifact = read_artifact(local_artifact(path), expect_kind=BLOCK)
     block = block_from_artifact(artifact)
     return block.to(resolve_device(device)).eval()
 
@@ -157,8 +159,9 @@ def _composite_from_artifact(artifact: Artifact) -> MergedModel | FusedModel:
 
 
 def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LegoBlock | MergedModel | FusedModel:
-    """Rebuild whatever model a `.st` file holds (a block, a merged or a fused model), in eval mode on `device`."""
-    artifact = read_artifact(path)
+    """Rebuild whatever model a `.st` file (a path or hf://org/repo/file.st) holds: a block, a merged or a fused
+    model, in eval mode on `device`."""
+    artifact = read_artifact(local_artifact(path))
     if artifact.kind == BLOCK:
         model: nn.Module = block_from_artifact(artifact)
     elif artifact.kind in (MERGED, FUSED):
