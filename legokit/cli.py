@@ -82,6 +82,14 @@ def _print_summary(console: Console, facts: dict[str, Any]) -> None:
     rows = [("format", f"legokit artifact v{facts['format_version']} ({facts['kind']})")]
     if facts["kind"] == "block":
         rows += _block_rows(facts)
+    elif facts["kind"] == "adapter":
+        rows += [
+            ("adapter", facts["adapter"] + (f", rank {facts['rank']}" if facts["rank"] else "")),
+            ("modalities", ", ".join(facts["modalities"])),
+            ("sites", f"{len(facts['placement'])}: " + ", ".join(facts["placement"][:4]) + (" ..." if len(facts["placement"]) > 4 else "")),
+            ("adapter params", f"{facts['adapter_params']:,} (plus the head it trained)"),
+            ("fits base", f"sha256 {facts['base_sha256']}"),
+        ]
     else:
         rows += [
             ("modalities", ", ".join(facts["modalities"])),
@@ -212,10 +220,38 @@ def cmd_fuse(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace, console: Console) -> int:
-    from .workflows import evaluate_model
+def cmd_adapt(args: argparse.Namespace, console: Console) -> int:
+    from .adapters.files import save_adapter
+    from .workflows import adapt
 
-    metrics = evaluate_model(load(args.model, device=args.device), args.data, args.split, args.seed)
+    base = load(args.model)
+    config = TrainConfig(epochs=args.epochs, patience=args.patience, lr=args.lr, seed=args.seed, device=args.device)
+    adapted, result, counts = adapt(base, args.data, args.adapter, args.rank, args.at, args.missing, args.test_missing, config)
+    adapter = adapted.adapters[-1]
+    console.print(f"trainable parameters: {counts['trainable']:,} of {counts['total']:,} ({counts['percent']:.2f}% of the "
+                  f"model): the {args.adapter} adapter at {len(adapter.placement)} site(s) and the head")
+    console.print(f"best epoch {result.best_epoch}: val {_metrics_text(result.val)}, test {_metrics_text(result.test)} "
+                  f"(missing: {escape(args.missing or 'none')})")
+    record = {"adapted": {"data": args.data, "missing": args.missing, "best_epoch": result.best_epoch,
+                          "val": result.val, "test": result.test, "trainable": counts}}
+    path = save_adapter(adapted, adapter, args.output, base.source_sha256, record)
+    console.print(f"[green]wrote[/] {escape(str(path))} (fits base sha256 {base.source_sha256[:12]})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace, console: Console) -> int:
+    from .workflows import evaluate_missing, evaluate_model
+
+    model = load(args.model, device=args.device)
+    if args.adapter or args.missing:
+        from .adapters.files import attach_file
+
+        for path in args.adapter or []:
+            model = attach_file(model, path)
+        seed = args.seed if args.seed is not None else 0
+        metrics = evaluate_missing(model, args.data, args.missing, args.split, seed)
+    else:
+        metrics = evaluate_model(model, args.data, args.split, args.seed)
     console.print(f"{escape(args.model)} on {escape(args.data)}: {metrics['split']} split, {metrics['samples']} samples "
                   f"(split from {escape(metrics['split_source'])})")
     table = Table()
@@ -348,7 +384,25 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, help="seed of the random split (default: the one the model was trained with)")
     evaluate.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
+    evaluate.add_argument("--adapter", action="append", help="attach this adapter artifact first (repeatable)")
+    evaluate.add_argument("--missing", help="make modalities missing at these rates, e.g. tab=0.3,seq=1.0 (zero dummies)")
     evaluate.set_defaults(run=cmd_eval)
+
+    adapt = commands.add_parser("adapt", help="train a missing-modality adapter (MoRA or SSF) for a model")
+    adapt.add_argument("model", help="the base artifact (.st): a merged, fused or block model")
+    adapt.add_argument("--adapter", required=True, choices=("mora", "ssf"), help="modality-aware LoRA, or scale and shift")
+    adapt.add_argument("--data", required=True, help="labelled dataset folder")
+    adapt.add_argument("--rank", type=int, default=4, help="MoRA rank (default 4, the paper's)")
+    adapt.add_argument("--at", help="first (MoRA default), all (SSF default), or module names, comma-separated")
+    adapt.add_argument("--missing", help="training missing rates, e.g. tab=0.7 (zero dummies); default none")
+    adapt.add_argument("--test-missing", help="missing rates for the reported test metrics (default: --missing)")
+    adapt.add_argument("--epochs", type=int, default=20, help="most epochs (default 20)")
+    adapt.add_argument("--patience", type=int, default=5, help="early-stopping patience (default 5)")
+    adapt.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    adapt.add_argument("--seed", type=int, default=0, help="seed of the weights, the split and the missing draws")
+    adapt.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    adapt.add_argument("-o", "--output", required=True, help="the adapter artifact to write (.st)")
+    adapt.set_defaults(run=cmd_adapt)
 
     demo = commands.add_parser("demo", help="the main job: blocks, merge, fuse and baselines on bundled PBC data")
     demo.add_argument("--out", default="legokit-demo", help="folder for data, artifacts and results (default legokit-demo)")

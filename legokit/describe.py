@@ -78,6 +78,17 @@ def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
             if artifact.kind == MERGED:
                 return {**facts, "phase": settings.phase, "weights": dict(settings.weights)}
             return {**facts, "mode": settings.mode, "order": list(settings.order)}
+        if artifact.kind == "adapter":
+            config = artifact.config
+            return {
+                **_common(artifact),
+                "adapter": config["type"],
+                "modalities": list(config["modalities"]),
+                "placement": list(config["placement"]),
+                "rank": config.get("rank"),
+                "base_sha256": config["base_sha256"],
+                "adapter_params": _params(artifact.tensors, "adapter."),
+            }
     except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ArtifactError(f"{path}: corrupt config ({type(exc).__name__}: {exc})") from None
     raise ArtifactError(f"{path}: unknown artifact kind {artifact.kind!r}")

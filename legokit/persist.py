@@ -166,8 +166,11 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Le
         model: nn.Module = block_from_artifact(artifact)
     elif artifact.kind in (MERGED, FUSED):
         model = _composite_from_artifact(artifact)
+    elif artifact.kind == "adapter":
+        raise ArtifactError(f"{artifact.path}: is an adapter; load its base and attach it (--adapter)")
     else:
         raise ArtifactError(f"{artifact.path}: unknown artifact kind {artifact.kind!r}")
+    model.source_sha256 = artifact.sha256  # what adapter artifacts check they fit
     return model.to(resolve_device(device)).eval()
 
 

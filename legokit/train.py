@@ -8,7 +8,7 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -72,6 +72,9 @@ class TrainResult:
         }
 
 
+Inputs = Callable[[Mapping[str, ModalityBatch], Sequence[str]], Mapping[str, ModalityBatch]]
+
+
 def run_model(model: nn.Module, batches: Mapping[str, ModalityBatch]) -> torch.Tensor:
     """Logits of a block (one modality) or of any multimodal model (a mapping of modalities)."""
     if isinstance(model, LegoBlock):
@@ -86,32 +89,35 @@ def model_modalities(model: nn.Module) -> list[str]:
 
 def _to(batches: Mapping[str, ModalityBatch], device: torch.device) -> dict[str, ModalityBatch]:
     if device.type == "cuda":
-        return {m: ModalityBatch(*(t.pin_memory() if t is not None else None for t in (b.x, b.mask, b.present)))
+        return {m: ModalityBatch(*(t.pin_memory() if t is not None else None for t in (b.x, b.mask, b.present, b.observed)))
                 .to(device, non_blocking=True) for m, b in batches.items()}
     return dict(batches)
 
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, data: SplitData, ids: Sequence[str], batch_size: int = 256,
-                   device: torch.device | None = None) -> torch.Tensor:
-    """Logits for these samples, in order, in eval mode."""
+                   device: torch.device | None = None, inputs: Inputs | None = None) -> torch.Tensor:
+    """Logits for these samples, in order, in eval mode; `inputs` may rewrite each batch (missing-rate protocol)."""
     device = device or next(model.parameters()).device
     model.eval()
     outputs = []
     for start in range(0, len(ids), batch_size):
-        batches, _ = data.batch(ids[start : start + batch_size])
+        chunk = ids[start : start + batch_size]
+        batches, _ = data.batch(chunk)
+        if inputs is not None:
+            batches = inputs(batches, chunk)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             outputs.append(run_model(model, _to(batches, device)).float().cpu())
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
 def evaluate(model: nn.Module, data: SplitData, ids: Sequence[str], task: TaskSpec,
-             device: torch.device | None = None) -> dict[str, float]:
+             device: torch.device | None = None, inputs: Inputs | None = None) -> dict[str, float]:
     """The task's metrics on these samples."""
     if not ids:
         return {}
     _, targets = data.batch(ids)
-    return task_metrics(task, predict_logits(model, data, ids, device=device), targets)
+    return task_metrics(task, predict_logits(model, data, ids, device=device, inputs=inputs), targets)
 
 
 def _better(metric: float, loss: float, best: tuple[float, float] | None) -> bool:
@@ -123,8 +129,10 @@ def _better(metric: float, loss: float, best: tuple[float, float] | None) -> boo
 
 
 def train_model(model: nn.Module, data: SplitData, task: TaskSpec, config: TrainConfig,
-                progress: bool = True, label: str = "training") -> TrainResult:
-    """Fit a model on the train split; select the epoch on the validation split; restore that epoch's weights."""
+                progress: bool = True, label: str = "training", inputs: Inputs | None = None,
+                eval_inputs: Inputs | None = None) -> TrainResult:
+    """Fit a model on the train split; select the epoch on the validation split; restore that epoch's weights.
+    `inputs` rewrites training and validation batches, `eval_inputs` the final test batches (default: `inputs`)."""
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     shuffler = random.Random(config.seed)
@@ -139,6 +147,8 @@ def train_model(model: nn.Module, data: SplitData, task: TaskSpec, config: Train
         for module in model.modules():
             if isinstance(module, LegoBlock):
                 module.encoder.requires_grad_(False)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("nothing to train: every parameter is frozen")
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     best: tuple[float, float] | None = None
@@ -157,6 +167,8 @@ def train_model(model: nn.Module, data: SplitData, task: TaskSpec, config: Train
             for start in range(0, len(order), config.batch_size):
                 ids = order[start : start + config.batch_size]
                 batches, targets = data.batch(ids, edges)
+                if inputs is not None:
+                    batches = inputs(batches, ids)
                 targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                     logits = run_model(model, _to(batches, device))
@@ -167,7 +179,7 @@ def train_model(model: nn.Module, data: SplitData, task: TaskSpec, config: Train
                 total += loss.detach() * len(ids)
                 count += len(ids)
             train_loss = float(total) / count
-            val_logits = predict_logits(model, data, val_ids, device=device) if val_ids else None
+            val_logits = predict_logits(model, data, val_ids, device=device, inputs=inputs) if val_ids else None
             if val_logits is not None:
                 _, val_targets = data.batch(val_ids, edges)
                 val_metrics = task_metrics(task, val_logits, val_targets)
@@ -184,7 +196,7 @@ def train_model(model: nn.Module, data: SplitData, task: TaskSpec, config: Train
             if waited >= config.patience:
                 break
     model.load_state_dict(best_state)
-    val = evaluate(model, data, val_ids, task, device)
-    test = evaluate(model, data, data.ids("test", modalities), task, device)
+    val = evaluate(model, data, val_ids, task, device, inputs)
+    test = evaluate(model, data, data.ids("test", modalities), task, device, eval_inputs or inputs)
     edge_list = None if edges is None else [float(e) for e in edges]
     return TrainResult(best_epoch, val, test, history, edge_list, time.perf_counter() - started)

@@ -85,3 +85,78 @@ def _training_seed(model: nn.Module) -> int:
         if key in record:
             return int(record[key].get("config", {}).get("seed", 0))
     return 0
+
+
+ADAPT_METHODS = ("head", "mora", "ssf", "full")
+
+
+def parameter_counts(model: nn.Module) -> dict[str, float]:
+    """Trainable and total parameters, and the trainable share in percent."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable": trainable, "total": total, "percent": 100.0 * trainable / total}
+
+
+def prepare_adaptation(model: nn.Module, method: str, rank: int = 4, at: str | None = None) -> nn.Module:
+    """The model ready for one way of adapting to missing modalities: `head` (only the head trains), `mora` or
+    `ssf` (the adapter and the head train, the base is frozen), or `full` (everything trains)."""
+    from .adapters import MoRA, SSF, attach
+    from .adapters.files import head_of
+
+    if method not in ADAPT_METHODS:
+        from .errors import ConfigError
+
+        raise ConfigError(f"unknown adaptation {method!r}; choose one of {', '.join(ADAPT_METHODS)}")
+    modalities = model_modalities(model)
+    if method == "full":
+        model.requires_grad_(True)
+        return model
+    model.requires_grad_(False)
+    if method in ("mora", "ssf"):
+        adapter = MoRA(modalities, rank=rank) if method == "mora" else SSF(modalities)
+        model = attach(model, adapter, at)
+    head_of(model).requires_grad_(True)
+    return model
+
+
+def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mora", rank: int = 4,
+          at: str | None = None, train_missing: str | None = None, test_missing: str | None = None,
+          config: TrainConfig = TrainConfig(epochs=20, patience=5), splits: dict[str, str] | None = None,
+          progress: bool = True) -> tuple[nn.Module, TrainResult, dict[str, float]]:
+    """Train a missing-modality adaptation on a dataset folder under the MoRA protocol: per modality, the train
+    (and validation) missing rates `train_missing`, and `test_missing` for the reported test metrics."""
+    from .adapters import MissingRates
+
+    modalities = model_modalities(model)
+    blocks = [model] if isinstance(model, LegoBlock) else list(model.blocks.values())
+    task = blocks[0].config.task
+    data = SplitData.load(data_dir, {b.modality: b.config.input_shape for b in blocks}, task, config.seed, splits)
+    train_rates = MissingRates.parse(train_missing, config.seed)
+    # test draws use seed + 1, independent of the training draws, and the same as `evaluate_missing` makes
+    test_rates = MissingRates.parse(train_missing if test_missing is None else test_missing, config.seed + 1)
+    train_rates.check(modalities)
+    test_rates.check(modalities)
+    prepared = prepare_adaptation(model, method, rank, at)
+    counts = parameter_counts(prepared)
+    result = train_model(prepared, data, task, config, progress, label=f"adapting ({method})",
+                         inputs=lambda b, ids: train_rates.apply(b, ids, modalities),
+                         eval_inputs=lambda b, ids: test_rates.apply(b, ids, modalities))
+    return prepared.cpu().eval(), result, counts
+
+
+def evaluate_missing(model: nn.Module, data_dir: str | os.PathLike[str], missing: str | None, split: str = "test",
+                     seed: int = 0) -> dict[str, Any]:
+    """Metrics of a model (adapted or not) on a split, with the modalities missing at the given rates."""
+    from .adapters import Adapted, MissingRates
+
+    base = model.base if isinstance(model, Adapted) else model
+    modalities = model_modalities(model)
+    blocks = [base] if isinstance(base, LegoBlock) else list(base.blocks.values())
+    task = blocks[0].config.task
+    data = SplitData.load(data_dir, {b.modality: b.config.input_shape for b in blocks}, task, seed)
+    rates = MissingRates.parse(missing, seed + 1)
+    rates.check(modalities)
+    ids = data.ids(split, modalities)
+    metrics = evaluate(model, data, ids, task, next(model.parameters()).device,
+                       inputs=lambda b, chunk: rates.apply(b, chunk, modalities))
+    return {"split": split, "split_source": data.split_source, "samples": len(ids), "missing": dict(rates.rates), **metrics}

@@ -13,11 +13,14 @@ from ..errors import ShapeError
 @dataclass(frozen=True)
 class ModalityBatch:
     """Inputs x (b, ...) of one modality; `mask` (b, n) marks real tokens; `present` (b,) marks the samples that have
-    this modality at all (their x rows are ignored otherwise). None means every token / every sample."""
+    this modality at all (their x rows are ignored otherwise); `observed` (b,) is False where x is a zero dummy
+    standing in for missing data that the model still runs on (the MoRA protocol); only adapters read it.
+    None means every token / every sample."""
 
     x: torch.Tensor
     mask: torch.Tensor | None = None
     present: torch.Tensor | None = None
+    observed: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.present is not None and (self.present.dtype != torch.bool or tuple(self.present.shape) != (self.x.shape[0],)):
@@ -29,9 +32,15 @@ class ModalityBatch:
             return torch.ones(self.x.shape[0], dtype=torch.bool, device=self.x.device)
         return self.present
 
+    def available(self) -> torch.Tensor:
+        """(b,) True where the sample really has this modality: present and not a dummy."""
+        if self.observed is None:
+            return self.presence()
+        return self.presence() & self.observed
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "ModalityBatch":
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return ModalityBatch(move(self.x), move(self.mask), move(self.present))
+        return ModalityBatch(move(self.x), move(self.mask), move(self.present), move(self.observed))
 
 
 def batch_size(inputs: Mapping[str, ModalityBatch]) -> int:

@@ -1,0 +1,275 @@
+"""What MoRA and SSF share: adapter sites wrapped around modules of any model, the per-sample modality mask they
+read while the model runs, and `Adapted`, a model with adapters attached."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..block import LegoBlock
+from ..data.batch import ModalityBatch
+from ..errors import ConfigError, ShapeError
+from ..layers import UpdateLayer
+
+
+def site_key(name: str) -> str:
+    """A module path as a ModuleDict key (dots are not allowed there)."""
+    return name.replace(".", "__")
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    while isinstance(module, Sited):
+        module = module.inner
+    return module
+
+
+def _child(module: nn.Module, part: str) -> nn.Module:
+    return module[int(part)] if part.isdigit() and isinstance(module, (nn.Sequential, nn.ModuleList)) else getattr(module, part)
+
+
+def find_module(model: nn.Module, name: str) -> nn.Module:
+    """The module at a name of the original model, looking through adapter wrappers (outermost wrapper returned)."""
+    module = model
+    for part in name.split(".") if name else []:
+        module = _child(_unwrap(module), part)
+    return module
+
+
+def canonical_modules(model: nn.Module, prefix: str = "") -> dict[str, nn.Module]:
+    """Every module by its name in the original model (adapter wrappers are transparent), innermost modules."""
+    found: dict[str, nn.Module] = {}
+    for name, child in _unwrap(model).named_children():
+        path = f"{prefix}.{name}" if prefix else name
+        found[path] = _unwrap(child)
+        found.update(canonical_modules(child, path))
+    return found
+
+
+def update_layers(model: nn.Module) -> list[str]:
+    """Names of a legokit model's update layers, in order."""
+    return [name for name, module in canonical_modules(model).items() if isinstance(module, UpdateLayer)]
+
+
+def first_update_layers(model: nn.Module) -> list[str]:
+    """The paper's "first block": the first update layer a sample's latent meets. For a fused model, the first
+    block's first layer; for a merged model, the first layer of every block (each block starts its own latent)."""
+    from ..compose.fuse import FusedModel
+    from ..compose.merge import MergedModel
+
+    if isinstance(model, FusedModel):
+        return [f"blocks.{model.config.order[0]}.layers.0"]
+    if isinstance(model, MergedModel):
+        return [f"blocks.{m}.layers.0" for m in model.blocks]
+    if isinstance(model, LegoBlock):
+        return ["layers.0"]
+    raise ConfigError(f"'first' is defined for legokit models; for a {type(model).__name__} name the module(s)")
+
+
+def resolve_sites(model: nn.Module, at: str | Sequence[str]) -> list[str]:
+    """Module names from `first`, `all` (every update layer), or explicit names (a list or comma-separated)."""
+    if at == "first":
+        return first_update_layers(model)
+    if at == "all":
+        names = update_layers(model)
+        if not names:
+            raise ConfigError(f"'all' means every LegoBlock update layer; a {type(model).__name__} has none: name modules")
+        return names
+    names = [n.strip() for n in at.split(",")] if isinstance(at, str) else list(at)
+    modules = canonical_modules(model)
+    for name in names:
+        if name not in modules:
+            close = [m for m in modules if m.endswith(name.split(".")[-1])][:3]
+            raise ConfigError(f"no module {name!r} in the model" + (f"; similar: {', '.join(close)}" if close else ""))
+    return names
+
+
+def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    """Put `new` where `name` (a name of the original model) is; returns the module that was there."""
+    *path, leaf = name.split(".")
+    parent = _unwrap(find_module(model, ".".join(path)))
+    old = _child(parent, leaf)
+    if leaf.isdigit() and isinstance(parent, (nn.Sequential, nn.ModuleList)):
+        parent[int(leaf)] = new
+    else:
+        setattr(parent, leaf, new)
+    return old
+
+
+class Adapter(nn.Module):
+    """Parameters for a set of sites, one set per site, conditioned on which modalities each sample has."""
+
+    kind = "adapter"
+
+    def __init__(self, modalities: Sequence[str]):
+        super().__init__()
+        if len(set(modalities)) != len(modalities) or not modalities:
+            raise ConfigError(f"an adapter needs distinct modality names, got {list(modalities)}")
+        self.modalities = tuple(modalities)
+        self.sites = nn.ModuleDict()
+        self.placement: list[str] = []
+        self._mask: torch.Tensor | None = None
+
+    def mask_for(self, x: torch.Tensor) -> torch.Tensor:
+        """The (b, M) availability mask bound for this forward pass, checked against the batch at this site."""
+        if self._mask is None:
+            raise ShapeError("the adapter has no modality mask: run the model through Adapted(..., modality_mask=...)")
+        if self._mask.shape[0] != x.shape[0]:
+            raise ShapeError(f"modality mask is for {self._mask.shape[0]} samples, the input here has {x.shape[0]}")
+        return self._mask
+
+    @contextmanager
+    def bound(self, mask: torch.Tensor) -> Iterator[None]:
+        """Make the (b, M) bool mask available to every site of this adapter while the model runs."""
+        if mask.dtype != torch.bool or mask.dim() != 2 or mask.shape[1] != len(self.modalities):
+            raise ShapeError(f"modality mask must be bool (batch, {len(self.modalities)}) for modalities "
+                             f"{', '.join(self.modalities)}; got {mask.dtype} {tuple(mask.shape)}")
+        self._mask = mask
+        try:
+            yield
+        finally:
+            self._mask = None
+
+    default_at = "first"
+
+    def expand(self, model: nn.Module, targets: list[str]) -> list[str]:
+        """The modules that get a site, given the targeted ones (MoRA: themselves; SSF: the layers inside)."""
+        return targets
+
+    def make_site(self, module: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def wrap(self, name: str, module: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        return {"type": self.kind, "modalities": list(self.modalities), "placement": list(self.placement)}
+
+
+class Sited(nn.Module):
+    """A module with an adapter site around it; the original stays in `.inner`."""
+
+    def __init__(self, inner: nn.Module, adapter: Adapter, key: str):
+        super().__init__()
+        self.inner = inner
+        self.key = key
+        self._adapter = [adapter]  # a list, so that the adapter is not registered twice as a child
+
+    def __getattr__(self, name: str) -> Any:
+        """Attributes the wrapped module has (a parent may read `norm.eps` or `linear.weight` directly)."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = self.__dict__.get("_modules", {}).get("inner")
+            if inner is None:
+                raise
+            return getattr(inner, name)
+
+    @property
+    def adapter(self) -> Adapter:
+        return self._adapter[0]
+
+    @property
+    def site(self) -> nn.Module:
+        return self.adapter.sites[self.key]
+
+
+def availability(inputs: Mapping[str, ModalityBatch | torch.Tensor], modalities: Sequence[str]) -> torch.Tensor:
+    """(b, M) from a legokit input mapping: a modality is available where it is given, present and observed."""
+    size = next(iter(inputs.values()))
+    size = (size.x if isinstance(size, ModalityBatch) else size).shape[0]
+    columns = []
+    for name in modalities:
+        value = inputs.get(name)
+        if value is None:
+            columns.append(torch.zeros(size, dtype=torch.bool))
+        elif isinstance(value, ModalityBatch):
+            columns.append(value.available().cpu())
+        else:
+            columns.append(torch.ones(size, dtype=torch.bool))
+    return torch.stack(columns, dim=1)
+
+
+class Adapted(nn.Module):
+    """A base model with adapters attached. forward(*args, modality_mask=None, **kwargs): the mask (b, M) is given,
+    or, for legokit models, read from the inputs (which modalities each sample really has)."""
+
+    def __init__(self, base: nn.Module, adapters: Sequence[Adapter] = ()):
+        super().__init__()
+        self.base = base
+        self.adapters = nn.ModuleList()
+        for adapter in adapters:
+            attach(self, adapter)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(getattr(self.base, "modalities", [getattr(self.base, "modality", "")]))
+
+    def forward(self, *args: Any, modality_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        with _bind_all(self.adapters, args, modality_mask):
+            if isinstance(self.base, LegoBlock) and args and isinstance(args[0], Mapping):
+                batch = args[0][self.base.modality]  # a block inside a multimodal protocol: its own input
+                return self.base(batch.x, batch.mask)
+            return self.base(*args, **kwargs)
+
+
+@contextmanager
+def _bind_all(adapters: Sequence[Adapter], args: tuple, given: torch.Tensor | None) -> Iterator[None]:
+    if not adapters:
+        yield
+        return
+    adapter, rest = adapters[0], adapters[1:]
+    if given is not None:
+        mask = given
+    elif args and isinstance(args[0], Mapping):
+        mask = availability(args[0], adapter.modalities)
+    else:
+        raise ShapeError("this model's inputs do not say which modalities each sample has: pass modality_mask=")
+    device = next(adapter.parameters()).device
+    with adapter.bound(mask.to(device)), _bind_all(rest, args, given):
+        yield
+
+
+def attach(model: nn.Module, adapter: Adapter, at: str | Sequence[str] | None = None) -> Adapted:
+    """Wrap the adapter's sites into the model (in place) and return it as an `Adapted` model. `at`: `first`,
+    `all` or module names; an adapter loaded from a file already knows its placement."""
+    adapted = model if isinstance(model, Adapted) else Adapted(model)
+    base = adapted.base
+    names = adapter.placement or adapter.expand(base, resolve_sites(base, at or adapter.default_at))
+    modules = canonical_modules(base)
+    for name in names:
+        if name not in modules:
+            raise ConfigError(f"the adapter's site {name!r} is not a module of this model")
+    for name in names:
+        key = site_key(name)
+        original = find_module(base, name)
+        if key not in adapter.sites:
+            adapter.sites[key] = adapter.make_site(original)
+        replace_module(base, name, adapter.wrap(name, original))
+    adapter.placement = list(names)
+    device = next(base.parameters()).device
+    adapter.to(device)
+    adapted.adapters.append(adapter)
+    return adapted
+
+
+def detach(adapted: Adapted, adapter: Adapter | None = None) -> nn.Module:
+    """Remove an adapter (default: the last attached) and restore the modules it wrapped; returns the base model
+    when no adapter is left, else the Adapted model."""
+    if not adapted.adapters:
+        return adapted.base
+    index = len(adapted.adapters) - 1 if adapter is None else next(
+        (i for i, a in enumerate(adapted.adapters) if a is adapter), None)
+    if index is None:
+        raise ConfigError("that adapter is not attached to this model")
+    if index != len(adapted.adapters) - 1:
+        raise ConfigError("detach adapters in the reverse order of attaching them")
+    target = adapted.adapters[index]
+    for name in target.placement:
+        module = find_module(adapted.base, name)
+        if isinstance(module, Sited) and module.adapter is target:
+            replace_module(adapted.base, name, module.inner)
+    del adapted.adapters[index]
+    return adapted if len(adapted.adapters) else adapted.base

@@ -1,0 +1,87 @@
+"""Adapter artifacts: an adapter's parameters (and the head trained with it) in their own `.st` file, which names
+the base artifact it fits by content hash; attaching it to another base is refused."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..artifact import read_artifact, write_artifact
+from ..errors import ArtifactError, ConfigError
+from .base import Adapted, Adapter, attach
+from .mora import MoRA, MoRASite
+from .ssf import SSF, SSFSite
+
+ADAPTER = "adapter"
+
+
+def head_of(model: nn.Module) -> nn.Module:
+    """The task head of a legokit model: the one part that trains with the adapters."""
+    base = model.base if isinstance(model, Adapted) else model
+    head = getattr(base, "head", None)
+    if isinstance(head, nn.Module):
+        return head
+    if hasattr(base, "task_head"):
+        return base.task_head
+    raise ConfigError(f"a {type(base).__name__} has no task head")
+
+
+def save_adapter(adapted: Adapted, adapter: Adapter, path: str | os.PathLike[str], base_sha256: str | None,
+                 provenance: Mapping[str, Any] | None = None) -> Path:
+    """Write one adapter, the head it trained with, and the base's content hash."""
+    if base_sha256 is None:
+        raise ConfigError("an adapter artifact must name its base: load the base from a file first (legokit.load)")
+    tensors = {f"adapter.{k}": v for k, v in adapter.state_dict().items()}
+    tensors.update({f"head.{k}": v for k, v in head_of(adapted).state_dict().items()})
+    config = {**adapter.config(), "base_sha256": base_sha256}
+    return write_artifact(path, ADAPTER, config, tensors, provenance)
+
+
+def load_adapter(path: str | os.PathLike[str]) -> tuple[Adapter, dict[str, torch.Tensor], str, dict[str, Any]]:
+    """An adapter (with its sites, not yet attached), its head tensors, its base's hash and its provenance."""
+    artifact = read_artifact(path, expect_kind=ADAPTER)
+    config = artifact.config
+    try:
+        modalities = list(config["modalities"])
+        if config["type"] == "mora":
+            adapter: Adapter = MoRA(modalities, rank=int(config["rank"]))
+            for key, (in_features, out_features) in config["sites"].items():
+                adapter.sites[key] = MoRASite(int(in_features), int(out_features), adapter.rank, len(modalities))
+        elif config["type"] == "ssf":
+            adapter = SSF(modalities)
+            for key, (channels, dim) in config["sites"].items():
+                adapter.sites[key] = SSFSite(int(channels), 2 ** len(modalities), int(dim))
+        else:
+            raise ArtifactError(f"{path}: unknown adapter type {config['type']!r}")
+        adapter.placement = list(config["placement"])
+        base_sha = str(config["base_sha256"])
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise ArtifactError(f"{path}: corrupt adapter config ({type(exc).__name__}: {exc})") from None
+    state = {k[len("adapter."):]: v for k, v in artifact.tensors.items() if k.startswith("adapter.")}
+    try:
+        adapter.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{path}: adapter tensors do not match its config ({' '.join(str(exc).split())[:160]})") from None
+    head = {k[len("head."):]: v for k, v in artifact.tensors.items() if k.startswith("head.")}
+    return adapter, head, base_sha, dict(artifact.provenance)
+
+
+def attach_file(model: nn.Module, path: str | os.PathLike[str]) -> Adapted:
+    """Attach a saved adapter to a model loaded from its base artifact (checked by hash), with its trained head."""
+    adapter, head, base_sha, _ = load_adapter(path)
+    base = model.base if isinstance(model, Adapted) else model
+    actual = getattr(base, "source_sha256", None)
+    if actual != base_sha:
+        shown = "a model not loaded from a file" if actual is None else f"base {actual[:12]}"
+        raise ConfigError(f"{path}: this adapter was trained on base {base_sha[:12]}, not on {shown}; "
+                          "attach it to the artifact it was trained on")
+    adapted = attach(model, adapter)
+    try:
+        head_of(adapted).load_state_dict(head)
+    except RuntimeError:
+        raise ArtifactError(f"{path}: its head does not fit this model") from None
+    return adapted

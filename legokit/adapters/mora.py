@@ -1,0 +1,72 @@
+"""MoRA, modality-aware low-rank adaptation (Shi et al., `papers/mora.txt`, Eq. 2-4). Not the high-rank LoRA variant
+also called MoRA (arXiv 2405.12130) that PEFT and torchtune users may know.
+
+A site wraps a module f: the output becomes f(x) + sum over the modalities m a sample has of B_m A x, with one
+shared down-projection A (d_in -> r, A ~ N(0, 1/r)) and one up-projection B_m (r -> d_out) per modality, all zero at
+the start so that the adapted model equals the base. Vectorised over the batch with the availability mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+from ..layers import UpdateLayer
+from .base import Adapter, Sited, site_key
+
+
+def features_of(module: nn.Module) -> tuple[int, int]:
+    """(input width, output width) of a module MoRA can wrap."""
+    if isinstance(module, UpdateLayer):
+        width = module.attention.norm_query.normalized_shape[0]
+        return width, width
+    if isinstance(module, Sited):
+        return features_of(module.inner)
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
+        return int(module.in_features), int(module.out_features)
+    raise ConfigError(f"cannot tell the input and output width of a {type(module).__name__}; give MoRA(features=(in, out))")
+
+
+class MoRASite(nn.Module):
+    def __init__(self, in_features: int, out_features: int, rank: int, modalities: int):
+        super().__init__()
+        self.down = nn.Parameter(torch.randn(rank, in_features) / rank**0.5)  # A ~ N(0, 1/r)
+        self.up = nn.Parameter(torch.zeros(modalities, out_features, rank))  # B_m = 0
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        low = torch.einsum("b...i,ri->b...r", x, self.down.to(x.dtype))
+        return torch.einsum("b...r,mor,bm->b...o", low, self.up.to(x.dtype), mask.to(x.dtype))
+
+
+class MoRAWrapped(Sited):
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = self.inner(x, *args, **kwargs)
+        return out + self.site(x, self.adapter.mask_for(x)).to(out.dtype)
+
+
+class MoRA(Adapter):
+    """Modality-aware LoRA over `modalities`, rank `rank` (the paper: 4), placed at the first update layer by
+    default (the paper's "first block"), or at `all` update layers, or at named modules."""
+
+    kind = "mora"
+
+    def __init__(self, modalities: Sequence[str], rank: int = 4, features: tuple[int, int] | None = None):
+        super().__init__(modalities)
+        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+            raise ConfigError(f"MoRA rank must be a positive integer, got {rank!r}")
+        self.rank = rank
+        self.features = features
+
+    def make_site(self, module: nn.Module) -> nn.Module:
+        in_features, out_features = self.features or features_of(module)
+        return MoRASite(in_features, out_features, self.rank, len(self.modalities))
+
+    def wrap(self, name: str, module: nn.Module) -> nn.Module:
+        return MoRAWrapped(module, self, site_key(name))
+
+    def config(self) -> dict[str, Any]:
+        sites = {key: list(site.down.shape[::-1][:1]) + [site.up.shape[1]] for key, site in self.sites.items()}
+        return {**super().config(), "rank": self.rank, "sites": sites}
