@@ -14,6 +14,7 @@ from legokit.compose.fuse import fuse
 from legokit.compose.merge import merge
 from legokit.data import ModalityBatch
 from legokit.data.bundled import write_pbc
+from legokit.data.gse7390 import write_gse7390
 from legokit.data.folder import DataError
 from legokit.data.training import SplitData
 from legokit.spec import BlockSpec
@@ -22,7 +23,6 @@ from legokit.train import TrainConfig, evaluate, train_model
 from legokit.workflows import build_block, fuse_blocks, train_block
 
 from .conftest import run_cli
-from .gse7390 import write_gse7390
 
 SURVIVAL = TaskSpec("survival", 4)
 TINY = dict(latent=(8, 16), dim_head=16)

@@ -1,5 +1,6 @@
 """GSE7390 (scikit-survival's `load_breast_cancer`, 198 patients) as a legokit dataset folder: a clinical table
-(age, ER, grade, tumour size) and the 76 gene-expression columns, distant-metastasis-free survival as the target."""
+(age, ER, grade, tumour size) and the 76 gene-expression columns, distant-metastasis-free survival as the target.
+Needs scikit-survival (the `dev` extra), which ships the data."""
 
 from __future__ import annotations
 
@@ -7,7 +8,13 @@ from pathlib import Path
 
 
 def write_gse7390(folder: Path) -> Path:
-    from sksurv.datasets import load_breast_cancer
+    """Write the folder (labels.csv, clinical.csv, genes.csv) and return it."""
+    try:
+        from sksurv.datasets import load_breast_cancer
+    except ImportError:
+        from ..errors import ConfigError
+
+        raise ConfigError("GSE7390 ships with scikit-survival: pip install scikit-survival (or legokit[dev])") from None
 
     x, y = load_breast_cancer()
     folder.mkdir(parents=True, exist_ok=True)
