@@ -193,30 +193,43 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         encoder_kwargs=_json_object(args.encoder_kwargs) if args.encoder_kwargs else None,
         latent=parse_latent(args.latent) if args.latent else None, depth=args.depth, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, patience=args.patience,
+        compile=args.compile or None,
     )
+    from .distributed import setup, teardown
     from .workflows import train_block
 
+    place = setup(spec.training.device)
     block, result = train_block(args.data, spec)
+    if not place.main:  # under torchrun, rank 0 reports and writes
+        teardown()
+        return 0
     path = save_block(block, args.output)
     console.print(f"[green]trained[/] {escape(spec.modality)} block: best epoch {result.best_epoch}, "
                   f"val {_metrics_text(result.val)}, test {_metrics_text(result.test)} ({result.seconds:.1f} s)")
     console.print(f"[green]wrote[/] {escape(str(path))}")
+    teardown()
     return 0
 
 
 def cmd_fuse(args: argparse.Namespace, console: Console) -> int:
+    from .distributed import setup, teardown
     from .workflows import fuse_blocks
 
+    place = setup(args.device)
     blocks = [load_block(path) for path in args.blocks]
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         device=args.device, freeze_encoders=args.freeze_encoders)
+                         device=args.device, freeze_encoders=args.freeze_encoders, compile=args.compile)
     model, result = fuse_blocks(blocks, args.data, args.mode, config)
+    if not place.main:
+        teardown()
+        return 0
     for warning in model.provenance.get("warnings", []):
         console.print(f"[yellow]warning:[/] {escape(warning)}: its training samples may be in this test split")
     path = save(model, args.output, provenance={"fused_from": list(args.blocks)}, inputs=args.blocks)
     console.print(f"[green]fused[/] {' -> '.join(model.modalities)} ({args.mode}, {args.epochs} epochs): "
                   f"val {_metrics_text(result.val)}, test {_metrics_text(result.test)}")
     console.print(f"[green]wrote[/] {escape(str(path))}")
+    teardown()
     return 0
 
 
@@ -361,6 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, help="AdamW learning rate")
     train.add_argument("--seed", type=int, help="seed of the weights, the shuffling and the random split")
     train.add_argument("--device", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    train.add_argument("--compile", action="store_true", help="run the training steps through torch.compile")
     train.add_argument("-o", "--output", required=True, help="the block artifact to write (.st)")
     train.set_defaults(run=cmd_train)
 
@@ -374,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("--seed", type=int, default=0, help="seed (and random split when there is no splits.csv)")
     fuse.add_argument("--freeze-encoders", action="store_true", help="train the update layers and head only")
     fuse.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    fuse.add_argument("--compile", action="store_true", help="run the training steps through torch.compile")
     fuse.add_argument("-o", "--output", required=True, help="the fused artifact to write (.st)")
     fuse.set_defaults(run=cmd_fuse)
 

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
@@ -18,6 +19,7 @@ from .block import LegoBlock
 from .data.batch import ModalityBatch
 from .data.training import SplitData
 from .device import resolve_device
+from .distributed import device_for, world
 from .errors import ConfigError
 from .metrics import PRIMARY, task_loss, task_metrics
 from .tasks import TaskSpec
@@ -35,6 +37,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     freeze_encoders: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
@@ -75,12 +78,14 @@ class TrainResult:
 Inputs = Callable[[Mapping[str, ModalityBatch], Sequence[str]], Mapping[str, ModalityBatch]]
 
 
-def run_model(model: nn.Module, batches: Mapping[str, ModalityBatch]) -> torch.Tensor:
-    """Logits of a block (one modality) or of any multimodal model (a mapping of modalities)."""
+def run_model(model: nn.Module, batches: Mapping[str, ModalityBatch], call: nn.Module | None = None) -> torch.Tensor:
+    """Logits of a block (one modality) or of any multimodal model (a mapping of modalities); `call` is what to
+    run when it differs from `model` (a DDP or compiled wrapper of it)."""
+    call = model if call is None else call
     if isinstance(model, LegoBlock):
         batch = batches[model.modality]
-        return model(batch.x, batch.mask)
-    return model(batches)
+        return call(batch.x, batch.mask)
+    return call(batches)
 
 
 def model_modalities(model: nn.Module) -> list[str]:
@@ -136,7 +141,9 @@ def train_model(model: nn.Module, data: SplitData, task: TaskSpec, config: Train
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     shuffler = random.Random(config.seed)
-    device = resolve_device(config.device)
+    place = world()
+    device = resolve_device(device_for(config.device))
+    progress = progress and place.main
     model.to(device)
     modalities = model_modalities(model)
     train_ids, val_ids = data.ids("train", modalities), data.ids("val", modalities)
@@ -151,6 +158,13 @@ def train_model(model: nn.Module, data: SplitData, task: TaskSpec, config: Train
         raise ConfigError("nothing to train: every parameter is frozen")
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    call: nn.Module = model
+    if place.size > 1:
+        # gradients are averaged over the processes; a modality absent from a shard leaves parameters unused
+        call = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=True)
+    if config.compile:
+        call = torch.compile(call)
     best: tuple[float, float] | None = None
     best_state: dict[str, torch.Tensor] = copy.deepcopy(model.state_dict())
     best_epoch, waited, history = 0, 0, []
@@ -165,13 +179,15 @@ def train_model(model: nn.Module, data: SplitData, task: TaskSpec, config: Train
             shuffler.shuffle(order)
             total, count = torch.zeros((), device=device), 0
             for start in range(0, len(order), config.batch_size):
-                ids = order[start : start + config.batch_size]
+                ids = place.shard(order[start : start + config.batch_size])
+                if not ids:
+                    raise ConfigError(f"a global batch holds fewer samples than the {place.size} processes")
                 batches, targets = data.batch(ids, edges)
                 if inputs is not None:
                     batches = inputs(batches, ids)
                 targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    logits = run_model(model, _to(batches, device))
+                    logits = run_model(model, _to(batches, device), call)
                 loss = task_loss(task, logits, targets)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
