@@ -168,7 +168,7 @@ def expand(models: Sequence[LegoBlock | MergedModel]) -> tuple[list[LegoBlock], 
 def merge(models: Sequence[LegoBlock | MergedModel], weights: Sequence[float] | Mapping[str, float] | None = None,
           phase: str = "paper") -> MergedModel:
     """LegoMerge of K >= 2 blocks (merged models count as their blocks, so a model grows by merging a new block
-    into it, with the same result as merging all blocks at once). Every block is used."""
+    into it, with the same result as merging all blocks at once). Every block is used; returned in eval mode."""
     blocks, known = expand(models)
     check_mergeable([b.config for b in blocks])
     by_modality = {b.modality: b for b in blocks}
@@ -177,7 +177,7 @@ def merge(models: Sequence[LegoBlock | MergedModel], weights: Sequence[float] | 
     first = by_modality[config.modalities[0]].config
     head = TaskHead(head_width(first), first.task.out_features)
     head.load_state_dict(merge_head_tensors(heads, config))
-    return MergedModel(by_modality, head, config)
+    return MergedModel(by_modality, head, config).eval()  # merging trains nothing: ready for inference
 
 
 def merged_config(configs: Mapping[str, BlockConfig], merge_config: MergeConfig, graph: Graph) -> dict[str, Any]:
