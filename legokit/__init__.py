@@ -5,7 +5,9 @@ The data flow, floor by floor:
       -> LegoBlock (`block`: frequency-domain latent updates, MM-Lego Eq. 1-3)
       -> artifact (`artifact`: the .st format; `persist`: save / load / merge_files)
       -> graph (`compose.graph`: typed composition DAG; `compose.recipe`: YAML recipes)
-      -> merged model (`compose.merge`: LegoMerge, Eq. 4 + SLERP of heads); `predict` on dataset folders
+      -> merged model (`compose.merge`: LegoMerge, Eq. 4 + SLERP of heads) or fused model (`compose.fuse`:
+         stack / weave, fine-tuned by `train`); `adapters` (MoRA, SSF) for missing modalities; `hub` for sharing
+Data: `data` (dataset folders, batches with missing-modality masks, the bundled PBC data); `metrics`, `train`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ __version__ = "0.1.0"
 
 from .artifact import Artifact, read_artifact
 from .block import BlockConfig, EncoderSpec, LegoBlock
+from .compose.fuse import FusedModel, fuse
 from .compose.graph import Graph
 from .compose.merge import MergeConfig, MergedModel, merge
 from .compose.recipe import Recipe
@@ -31,6 +34,7 @@ __all__ = [
     "ConfigError",
     "EncoderError",
     "EncoderSpec",
+    "FusedModel",
     "Graph",
     "LegoBlock",
     "LegoError",
@@ -41,6 +45,7 @@ __all__ = [
     "ShapeError",
     "TaskSpec",
     "__version__",
+    "fuse",
     "load",
     "load_block",
     "merge",

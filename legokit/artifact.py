@@ -317,7 +317,7 @@ class Source:
         return len(tensor_bytes(self.tensor)) if self.tensor is not None else self.end - self.start
 
 
-CHUNK = 16 * 1024 * 1024
+CHUNK = 4 * 1024 * 1024  # bytes read at a time while hashing: bounds the extra memory of a streamed merge
 _PLACEHOLDER = "0" * 64
 
 
