@@ -195,41 +195,36 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, patience=args.patience,
         compile=args.compile or None,
     )
-    from .distributed import setup, teardown
+    from .distributed import session
     from .workflows import train_block
 
-    place = setup(spec.training.device)
-    block, result = train_block(args.data, spec)
-    if not place.main:  # under torchrun, rank 0 reports and writes
-        teardown()
-        return 0
-    path = save_block(block, args.output)
+    with session(spec.training.device) as place:
+        block, result = train_block(args.data, spec)
+        if not place.main:  # under torchrun, rank 0 reports and writes
+            return 0
+        path = save_block(block, args.output)
     console.print(f"[green]trained[/] {escape(spec.modality)} block: best epoch {result.best_epoch}, "
                   f"val {_metrics_text(result.val)}, test {_metrics_text(result.test)} ({result.seconds:.1f} s)")
     console.print(f"[green]wrote[/] {escape(str(path))}")
-    teardown()
     return 0
 
 
 def cmd_fuse(args: argparse.Namespace, console: Console) -> int:
-    from .distributed import setup, teardown
+    from .distributed import session
     from .workflows import fuse_blocks
 
-    place = setup(args.device)
-    blocks = [load_block(path) for path in args.blocks]
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          device=args.device, freeze_encoders=args.freeze_encoders, compile=args.compile)
-    model, result = fuse_blocks(blocks, args.data, args.mode, config)
-    if not place.main:
-        teardown()
-        return 0
+    with session(args.device) as place:
+        model, result = fuse_blocks([load_block(path) for path in args.blocks], args.data, args.mode, config)
+        if not place.main:  # under torchrun, rank 0 reports and writes
+            return 0
+        path = save(model, args.output, provenance={"fused_from": list(args.blocks)}, inputs=args.blocks)
     for warning in model.provenance.get("warnings", []):
         console.print(f"[yellow]warning:[/] {escape(warning)}: its training samples may be in this test split")
-    path = save(model, args.output, provenance={"fused_from": list(args.blocks)}, inputs=args.blocks)
     console.print(f"[green]fused[/] {' -> '.join(model.modalities)} ({args.mode}, {args.epochs} epochs): "
                   f"val {_metrics_text(result.val)}, test {_metrics_text(result.test)}")
     console.print(f"[green]wrote[/] {escape(str(path))}")
-    teardown()
     return 0
 
 

@@ -4,8 +4,9 @@ process training on its share of every global batch, and only rank 0 logging and
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -63,3 +64,13 @@ def device_for(device: str) -> str:
 def teardown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+@contextmanager
+def session(device: str = "auto") -> Iterator[World]:
+    """The process group for the duration of a command (a world of one outside torchrun), left on any exit."""
+    place = setup(device)
+    try:
+        yield place
+    finally:
+        teardown()
