@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     Console(width=140).print(table)
     console = Console(width=140)
     last = rows[-1]
-    console.print(f"M 2 -> 16 (8x the modalities): " + ", ".join(f"{n} {last[n] / rows[0][n]:.1f}x" for n in names))
+    console.print("M 2 -> 16 (8x the modalities): " + ", ".join(f"{n} {last[n] / rows[0][n]:.1f}x" for n in names))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from .errors import ConfigError
 
 TASK_KINDS: tuple[str, ...] = ("survival", "multiclass", "binary", "multilabel")
@@ -60,15 +62,13 @@ class TaskSpec:
         return cls(data["kind"], data.get("n", 1))
 
 
-def prediction_columns(task: TaskSpec, logits: "torch.Tensor") -> dict[str, "torch.Tensor"]:
+def prediction_columns(task: TaskSpec, logits: torch.Tensor) -> dict[str, torch.Tensor]:
     """Named per-sample outputs of a task's logits (b, n), for prediction files.
 
     survival: hazards h = sigmoid(logits) per bin, survival S_k = prod_{j<=k} (1 - h_j), risk = -sum_k S_k
     (MM-Lego Appendix D; higher risk = earlier event); multiclass: softmax probabilities; binary and
     multilabel: sigmoid probabilities.
     """
-    import torch
-
     if task.kind == "survival":
         hazards = torch.sigmoid(logits)
         survival = torch.cumprod(1 - hazards, dim=1)

@@ -64,16 +64,24 @@ def fuse_blocks(blocks: Sequence[LegoBlock], data_dir: str | os.PathLike[str], m
     return model.cpu().eval(), result
 
 
+def labelled_data(model: nn.Module, data_dir: str | os.PathLike[str], seed: int,
+                  splits: dict[str, str] | None = None) -> tuple[SplitData, TaskSpec, list[str]]:
+    """A dataset folder read for a model (a block, a merged or fused model, or any of them with adapters): the
+    data with its split, the model's task, and its modalities."""
+    from .adapters import Adapted
+
+    base = model.base if isinstance(model, Adapted) else model
+    blocks = [base] if isinstance(base, LegoBlock) else list(base.blocks.values())
+    task: TaskSpec = blocks[0].config.task
+    data = SplitData.load(data_dir, {b.modality: b.config.input_shape for b in blocks}, task, seed, splits)
+    return data, task, model_modalities(model)
+
+
 def evaluate_model(model: nn.Module, data_dir: str | os.PathLike[str], split: str = "test", seed: int | None = None,
                    splits: dict[str, str] | None = None) -> dict[str, Any]:
     """Metrics of any model on one split of a labelled dataset folder (splits.csv, or the seeded split the model
     was trained with)."""
-    modalities = model_modalities(model)
-    blocks = [model] if isinstance(model, LegoBlock) else list(model.blocks.values())
-    task: TaskSpec = blocks[0].config.task
-    if seed is None:
-        seed = _training_seed(model)
-    data = SplitData.load(data_dir, {b.modality: b.config.input_shape for b in blocks}, task, seed, splits)
+    data, task, modalities = labelled_data(model, data_dir, _training_seed(model) if seed is None else seed, splits)
     ids = data.ids(split, modalities) if split != "all" else [i for s in ("train", "val", "test") for i in data.ids(s, modalities)]
     return {"split": split, "split_source": data.split_source, "samples": len(ids),
             **evaluate(model, data, ids, task, next(model.parameters()).device)}
@@ -127,10 +135,7 @@ def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mor
     (and validation) missing rates `train_missing`, and `test_missing` for the reported test metrics."""
     from .adapters import MissingRates
 
-    modalities = model_modalities(model)
-    blocks = [model] if isinstance(model, LegoBlock) else list(model.blocks.values())
-    task = blocks[0].config.task
-    data = SplitData.load(data_dir, {b.modality: b.config.input_shape for b in blocks}, task, config.seed, splits)
+    data, task, modalities = labelled_data(model, data_dir, config.seed, splits)
     train_rates = MissingRates.parse(train_missing, config.seed)
     # test draws use seed + 1, independent of the training draws, and the same as `evaluate_missing` makes
     test_rates = MissingRates.parse(train_missing if test_missing is None else test_missing, config.seed + 1)
@@ -147,13 +152,9 @@ def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mor
 def evaluate_missing(model: nn.Module, data_dir: str | os.PathLike[str], missing: str | None, split: str = "test",
                      seed: int = 0) -> dict[str, Any]:
     """Metrics of a model (adapted or not) on a split, with the modalities missing at the given rates."""
-    from .adapters import Adapted, MissingRates
+    from .adapters import MissingRates
 
-    base = model.base if isinstance(model, Adapted) else model
-    modalities = model_modalities(model)
-    blocks = [base] if isinstance(base, LegoBlock) else list(base.blocks.values())
-    task = blocks[0].config.task
-    data = SplitData.load(data_dir, {b.modality: b.config.input_shape for b in blocks}, task, seed)
+    data, task, modalities = labelled_data(model, data_dir, seed)
     rates = MissingRates.parse(missing, seed + 1)
     rates.check(modalities)
     ids = data.ids(split, modalities)

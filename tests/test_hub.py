@@ -15,7 +15,7 @@ from legokit.hub import HubRef, model_card, parse_ref, repo_from
 from legokit.persist import merge_files, save_block
 from legokit.wrap import wrap_builtin
 
-from .conftest import SMALL, run_python
+from .conftest import SMALL
 
 REPO = "my-lab/pbc-labs-block"
 

@@ -15,7 +15,7 @@ from legokit.cli import main
 from legokit.encoders import SNN
 from legokit.wrap import wrap_file
 
-from .conftest import SMALL, VisitEncoder, run_cli
+from .conftest import VisitEncoder, run_cli
 
 OPTS = dict(latent=(8, 16), device="cpu", dim_head=16)
 CLI_SMALL = ["--latent", "8x16", "--device", "cpu"]

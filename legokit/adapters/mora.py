@@ -68,5 +68,5 @@ class MoRA(Adapter):
         return MoRAWrapped(module, self, site_key(name))
 
     def config(self) -> dict[str, Any]:
-        sites = {key: list(site.down.shape[::-1][:1]) + [site.up.shape[1]] for key, site in self.sites.items()}
+        sites = {key: [site.down.shape[1], site.up.shape[1]] for key, site in self.sites.items()}  # [in, out]
         return {**super().config(), "rank": self.rank, "sites": sites}

@@ -5,7 +5,7 @@ them around those values), so the adapted model starts as the base, which stays 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -62,9 +62,6 @@ class SSF(Adapter):
 
     kind = "ssf"
     default_at = "all"
-
-    def __init__(self, modalities: Sequence[str]):
-        super().__init__(modalities)
 
     def expand(self, model: nn.Module, targets: list[str]) -> list[str]:
         modules = canonical_modules(model)

@@ -65,19 +65,30 @@ def parse_number(path: Path, row: int, column: str, text: str) -> float:
     return value
 
 
-def read_table(name: str, path: Path) -> Table:
+def id_rows(path: Path) -> tuple[list[str], list[tuple[int, str, list[str]]]]:
+    """Header and (row number, id, fields) of a CSV keyed by a first column `id`: every row complete, no id twice."""
     header, rows = read_csv_rows(path)
     if header[0] != "id":
         raise DataError(f"{path}: the first column must be 'id', found {header[0]!r}")
-    if len(header) < 2:
-        raise DataError(f"{path}: no feature columns after 'id'")
-    features: dict[str, torch.Tensor] = {}
+    seen: set[str] = set()
+    keyed = []
     for number, row in enumerate(rows, start=2):
         if len(row) != len(header):
             raise DataError(f"{path}: row {number} has {len(row)} fields, the header has {len(header)}")
         sample = row[0].strip()
-        if sample in features:
+        if sample in seen:
             raise DataError(f"{path}: row {number}: id {sample!r} appears twice")
+        seen.add(sample)
+        keyed.append((number, sample, row))
+    return header, keyed
+
+
+def read_table(name: str, path: Path) -> Table:
+    header, rows = id_rows(path)
+    if len(header) < 2:
+        raise DataError(f"{path}: no feature columns after 'id'")
+    features: dict[str, torch.Tensor] = {}
+    for number, sample, row in rows:
         features[sample] = torch.tensor(
             [parse_number(path, number, column, cell) for column, cell in zip(header[1:], row[1:])], dtype=torch.float32
         )

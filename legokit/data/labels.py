@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..tasks import TaskSpec
-from .folder import DataError, parse_number, read_csv_rows
+from .folder import DataError, id_rows, parse_number, read_csv_rows
 
 SPLITS = ("train", "val", "test")
 
@@ -40,9 +40,7 @@ def _integer(path: Path, row: int, column: str, text: str, low: int, high: int) 
 def read_labels(path: Path, task: TaskSpec) -> Labels:
     """Read and check labels.csv for a task: survival needs `time` (> 0) and `event` (0/1); binary and multiclass
     a `label` column (0/1, or 0..K-1); multilabel one 0/1 column per label (K columns after `id`)."""
-    header, rows = read_csv_rows(path)
-    if header[0] != "id":
-        raise DataError(f"{path}: the first column must be 'id', found {header[0]!r}")
+    header, rows = id_rows(path)
     columns = {name: position for position, name in enumerate(header)}
     if task.kind == "survival":
         wanted = ["time", "event"]
@@ -57,12 +55,7 @@ def read_labels(path: Path, task: TaskSpec) -> Labels:
         raise DataError(f"{path}: task {task} needs column(s) {', '.join(missing)}; the file has {', '.join(header)}")
     ids: list[str] = []
     values: dict[str, list[float]] = {name: [] for name in wanted}
-    for number, row in enumerate(rows, start=2):
-        if len(row) != len(header):
-            raise DataError(f"{path}: row {number} has {len(row)} fields, the header has {len(header)}")
-        sample = row[0].strip()
-        if sample in ids:
-            raise DataError(f"{path}: row {number}: id {sample!r} appears twice")
+    for number, sample, row in rows:
         ids.append(sample)
         for name in wanted:
             text = row[columns[name]]
