@@ -11,10 +11,12 @@ from einops import rearrange, repeat
 from torch import nn
 
 from .encoders import FOREIGN, ExportedEncoder, build_encoder, token_input
+from .encoders.contract import INPUT_DTYPES
 from .errors import ConfigError, ShapeError
 from .layers import TaskHead, UpdateLayer
 from .spectral import FFT_AXES, pool_spectrum, to_frequency, to_spatial
 from .tasks import TaskSpec
+from .text import TextSpec
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
@@ -88,6 +90,8 @@ class BlockConfig:
     dim_head: int = 64
     ff_mult: int = 4
     dropout: float = 0.0
+    input_dtype: str = "float32"
+    text: TextSpec | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.modality, str) or not _NAME.match(self.modality):
@@ -97,8 +101,14 @@ class BlockConfig:
         for d in self.input_shape:
             if d is not None:
                 _positive("each input dimension", d)
-        if self.input_shape[-1] is None:
+        if self.input_dtype not in INPUT_DTYPES:
+            raise ConfigError(f"input dtype must be one of {', '.join(INPUT_DTYPES)}, got {self.input_dtype!r}")
+        if self.input_dtype == "int64" and self.input_shape != (None,):
+            raise ConfigError(f"integer inputs are token ids of shape (n,), got {format_shape(self.input_shape)}")
+        if self.input_shape[-1] is None and self.input_dtype != "int64":
             raise ConfigError("the last input dimension (features) must be fixed")
+        if self.text is not None and self.input_dtype != "int64":
+            raise ConfigError("a text modality takes integer token ids (input dtype int64)")
         if not isinstance(self.latent, tuple) or len(self.latent) != 2:
             raise ConfigError(f"latent must be (channels, dimensions), got {self.latent!r}")
         _positive("latent channels", self.latent[0])
@@ -112,8 +122,13 @@ class BlockConfig:
 
     @property
     def tokens_in(self) -> bool:
-        """True when a sample is a sequence of tokens (input shape with a leading variable or fixed token axis)."""
-        return len(self.input_shape) > 1
+        """True when a sample is a sequence of tokens (a token axis, variable or fixed, or token ids)."""
+        return len(self.input_shape) > 1 or self.input_shape[0] is None
+
+    @property
+    def features(self) -> int:
+        """The width of the per-feature input standardisation: the last input axis (0 for token ids)."""
+        return self.input_shape[-1] or 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -128,6 +143,8 @@ class BlockConfig:
             "dim_head": self.dim_head,
             "ff_mult": self.ff_mult,
             "dropout": self.dropout,
+            "input_dtype": self.input_dtype,
+            **({"text": self.text.to_dict()} if self.text is not None else {}),
         }
 
     @classmethod
@@ -144,6 +161,8 @@ class BlockConfig:
             dim_head=data["dim_head"],
             ff_mult=data["ff_mult"],
             dropout=data["dropout"],
+            input_dtype=data.get("input_dtype", "float32"),
+            text=TextSpec.from_dict(data["text"]) if data.get("text") is not None else None,
         )
 
 
@@ -162,7 +181,8 @@ class LegoBlock(nn.Module):
             if config.encoder.name == FOREIGN:
                 if program is None:
                     raise ConfigError("a block with a foreign encoder needs its program bytes")
-                encoder = ExportedEncoder(program, config.encoder.out_dim)
+                takes_mask = bool(config.encoder.kwargs.get("mask_keyword"))
+                encoder = ExportedEncoder(program, config.encoder.out_dim, takes_mask)
             else:
                 encoder = build_encoder(config.encoder.name, config.encoder.kwargs)
         wants_tokens = token_input(encoder)
@@ -180,7 +200,7 @@ class LegoBlock(nn.Module):
             for _ in range(config.depth)
         )
         self.task_head = TaskHead(2 * dim, config.task.out_features)
-        features = config.input_shape[-1]
+        features = config.features
         # per-feature standardisation of the input, set from the training split, so it travels with the block
         self.register_buffer("input_shift", torch.zeros(features))
         self.register_buffer("input_scale", torch.ones(features))
@@ -195,6 +215,12 @@ class LegoBlock(nn.Module):
     def modality(self) -> str:
         return self.config.modality
 
+    @property
+    def data_input(self) -> tuple[int | None, ...] | TextSpec:
+        """What a dataset folder must supply for this block: raw text (read through its tokenizer) or tensors of
+        its per-sample input shape."""
+        return self.config.text if self.config.text is not None else self.config.input_shape
+
     def check_input(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> None:
         """Raise a ShapeError naming the modality unless x (and mask) fit the block's input shape."""
         expected = self.config.input_shape
@@ -203,7 +229,10 @@ class LegoBlock(nn.Module):
             raise ShapeError(f"modality {self.modality}: input must be a tensor, got {type(x).__name__}")
         if x.dim() != len(expected) + 1 or any(e is not None and e != s for e, s in zip(expected, x.shape[1:])):
             raise ShapeError(f"modality {self.modality}: expected input of shape {shown}, got {tuple(x.shape)}")
-        if not x.is_floating_point():
+        if self.config.input_dtype == "int64":
+            if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+                raise ShapeError(f"modality {self.modality}: input must be integer token ids, got {x.dtype}")
+        elif not x.is_floating_point():
             raise ShapeError(f"modality {self.modality}: input must be floating point, got {x.dtype}")
         if mask is not None:
             if not self.config.tokens_in:
@@ -217,7 +246,12 @@ class LegoBlock(nn.Module):
     def tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Run the encoder once: tokens (b, n, e) and their padding mask (or None when every token is real)."""
         self.check_input(x, mask)
-        x = (x - self.input_shift) / self.input_scale
+        if self.config.input_dtype == "int64":
+            x = x.long()
+        else:
+            x = (x - self.input_shift) / self.input_scale
+        if isinstance(self.encoder, ExportedEncoder):
+            return self.encoder.encode_tokens(x, mask)
         out = self.encoder(x, mask) if getattr(self.encoder, "accepts_mask", False) else self.encoder(x)
         if out.dim() == 2:
             return rearrange(out, "b e -> b 1 e"), None

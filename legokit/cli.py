@@ -25,7 +25,7 @@ from .spec import BlockSpec
 from .spectral import FFT_AXES, PHASE_MODES
 from .tasks import TaskSpec
 from .train import TrainConfig
-from .wrap import wrap_file
+from .wrap import WrapOptions, default_output, wrap_file
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -118,6 +118,9 @@ def _print_summary(console: Console, facts: dict[str, Any]) -> None:
 
 
 def cmd_wrap(args: argparse.Namespace, console: Console) -> int:
+    how = WrapOptions(input_dtype=args.input_dtype, mask=args.mask, output=WrapOptions.parse_output(args.output_key),
+                      layout=args.layout, train_mode=args.train_mode)
+    output = Path(args.output) if args.output else default_output(args.encoder)
     block = wrap_file(
         args.encoder,
         modality=args.modality,
@@ -130,8 +133,12 @@ def cmd_wrap(args: argparse.Namespace, console: Console) -> int:
         depth=args.depth,
         fft_axes=args.fft_axes,
         device=args.device,
+        how=how,
     )
-    path = save_block(block, args.output, provenance={"wrapped_from": str(args.encoder)}, inputs=[args.encoder])
+    contract = block.provenance.get("encoder_contract")
+    if contract:
+        console.print(f"encoder: {escape(contract)}; exported in {'train' if args.train_mode else 'eval'} mode")
+    path = save_block(block, output, provenance={"wrapped_from": str(args.encoder)}, inputs=[args.encoder])
     console.print(f"[green]wrote[/] {escape(str(path))}")
     _print_summary(console, describe(path))
     return 0
@@ -320,10 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     wrap = commands.add_parser("wrap", help="wrap an encoder file into a standalone block artifact (.st)")
-    wrap.add_argument("encoder", help="a torch.export program (.pt2), a TorchScript archive, or a state dict")
+    wrap.add_argument("encoder", help="a torch.export program (.pt2), a TorchScript archive, a state dict, or a "
+                                      "Hugging Face model folder (config.json + safetensors [+ tokenizer.json])")
     wrap.add_argument("--modality", required=True, help="name of the modality, e.g. tab, img, labs")
     wrap.add_argument("--input-shape", help="per-sample input shape where it cannot be inferred: 76, or ?x32 for bags")
-    wrap.add_argument("--arch", help="built-in architecture of a state dict: snn, abmil or mlp")
+    wrap.add_argument("--arch", help="architecture of a state dict: snn, abmil, mlp, or timm:NAME where timm is installed")
     wrap.add_argument("--arch-kwargs", help="JSON keyword arguments of --arch, e.g. '{\"hidden\": 256}'")
     wrap.add_argument("--latent", default="64x64", help="latent shape, channels x dims (default 64x64)")
     wrap.add_argument("--depth", type=int, default=2, help="number of update steps S (default 2)")
@@ -331,7 +339,18 @@ def build_parser() -> argparse.ArgumentParser:
     wrap.add_argument("--fft-axes", default="both", choices=FFT_AXES, help="FFT over latent channels only, or both axes")
     wrap.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     wrap.add_argument("--trust-pickle", action="store_true", help="allow a fully pickled module (runs code from the file)")
-    wrap.add_argument("-o", "--output", required=True, help="the block artifact to write (.st)")
+    wrap.add_argument("--input-dtype", choices=("float32", "int64"), help="int64 for token ids (default: float32, "
+                      "or int64 when the encoder fails on floats)")
+    wrap.add_argument("--mask", default="auto", help="keyword that takes the padding mask: auto (read off forward), "
+                      "none (run unpadded groups), src_key_padding_mask, key_padding_mask, attention_mask or mask")
+    wrap.add_argument("--output-key", metavar="KEY", help="which output to read from a tuple, dict "
+                      "or ModelOutput: a key (last_hidden_state) or an index (default: the first tensor)")
+    wrap.add_argument("--layout", choices=("tokens", "channels", "map"), help="output layout: (b, n, e) tokens, "
+                      "(b, c, t) conv maps or (b, c, h, w) feature maps (default: read off the output)")
+    wrap.add_argument("--train-mode", action="store_true", help="export in train mode (batch statistics and "
+                      "dropout are frozen into the program); default eval mode")
+    wrap.add_argument("-o", "--output", help="the block artifact to write "
+                      "(default: <encoder stem>.st next to the encoder)")
     wrap.set_defaults(run=cmd_wrap)
 
     merge = commands.add_parser("merge", help="LegoMerge blocks (or a merged model and new blocks) with no training")

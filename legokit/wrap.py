@@ -1,6 +1,9 @@
-"""Wrapping encoders into LegoBlocks: from a live module, or from a file (torch.export, TorchScript, state dict).
+"""Wrapping encoders into LegoBlocks: from a live module, or from a file (torch.export, TorchScript, a state dict,
+a Hugging Face model folder).
 
-Pickled modules are refused unless the caller trusts the file: unpickling runs whatever code the file names.
+Every foreign encoder goes the same way: module -> contract (input dtype, padding mask, output, layout) ->
+torch.export program, checked at several batch sizes and lengths -> block. Pickled modules are refused unless the
+caller trusts the file: unpickling runs whatever code the file names.
 """
 
 from __future__ import annotations
@@ -9,8 +12,10 @@ import os
 import pickle
 import struct
 import zipfile
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from safetensors import SafetensorError
@@ -20,13 +25,17 @@ from torch import nn
 from .artifact import KEY_FORMAT, FORMAT_TAG
 from .block import BlockConfig, EncoderSpec, LegoBlock, format_shape
 from .device import resolve_device
-from .encoders import FOREIGN, ExportedEncoder, build_encoder, encoder_class
-from .encoders.foreign import example_input, export_module, load_program, program_from_torchscript, program_input_shape
-from .encoders.foreign import sanitize_program
+from .encoders import FOREIGN, build_encoder, encoder_class
+from .encoders.contract import Contract
+from .encoders.foreign import example_input, export_encoder, load_program, probe_contract, program_from_torchscript
+from .encoders.foreign import program_input_shape, sanitize_program
+from .encoders.huggingface import is_hf_folder, load_hf_folder, load_timm
 from .errors import ConfigError, EncoderError
 from .tasks import TaskSpec
+from .text import TextSpec
 
 EXPORT, TORCHSCRIPT, PICKLE, SAFETENSORS = "torch.export program", "TorchScript archive", "pickle", "safetensors"
+HF_FOLDER = "Hugging Face model folder"
 
 
 def _block_config(
@@ -40,65 +49,56 @@ def _block_config(
     options: Mapping[str, Any],
 ) -> BlockConfig:
     task = TaskSpec.parse(task) if isinstance(task, str) else task
-    return BlockConfig(modality, encoder, tuple(input_shape), task, tuple(latent), depth, fft_axes, **options)
-
-
-def _measure_out_dim(graph: nn.Module, input_shape: tuple[int | None, ...], origin: str) -> int:
-    """The token width a foreign encoder emits, from one forward pass on a zero input."""
-    with torch.no_grad():
-        try:
-            out = graph(example_input(input_shape))
-        except Exception as exc:  # noqa: BLE001 - a user's graph can raise anything on a wrong input shape
-            raise EncoderError(
-                f"{origin}: the encoder fails on an input of shape (batch, {format_shape(input_shape)}): "
-                f"{' '.join(str(exc).split())[:200]}"
-            ) from None
-    if not isinstance(out, torch.Tensor) or out.dim() not in (2, 3):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise EncoderError(f"{origin}: the encoder must return (b, e) or (b, n, e) tokens, got {shape}")
-    return int(out.shape[-1])
+    try:
+        return BlockConfig(modality, encoder, tuple(input_shape), task, tuple(latent), depth, fft_axes, **options)
+    except TypeError as exc:
+        raise ConfigError(f"unknown block option: {exc}") from None
 
 
 def _check_block(block: LegoBlock, device: torch.device, origin: str) -> LegoBlock:
     """Move to the device and run one forward pass, so a broken encoder fails at wrap time, not later."""
     block = block.to(device).eval()
+    config = block.config
     with torch.no_grad():
-        out = block(example_input(block.config.input_shape).to(device))
+        out = block(example_input(config.input_shape, dtype=config.input_dtype).to(device))
     if not torch.isfinite(out).all():
         raise EncoderError(f"{origin}: the wrapped block gives non-finite outputs on a zero input")
     return block
 
 
-def block_from_program(
-    program: bytes,
-    modality: str,
-    task: TaskSpec | str,
-    input_shape: tuple[int | None, ...] | None = None,
-    latent: tuple[int, int] = (64, 64),
-    depth: int = 2,
-    fft_axes: str = "both",
-    device: str | torch.device = "auto",
-    origin: str = "encoder",
-    **options: Any,
-) -> LegoBlock:
-    """A block around sanitized torch.export program bytes; the input shape is read off the program if not given."""
-    graph_shape = program_input_shape(load_program(program))
-    if input_shape is None:
-        if graph_shape is None:
-            raise ConfigError(f"{origin}: cannot infer the input shape; give --input-shape (e.g. 76 or ?x32)")
-        input_shape = graph_shape
-    elif graph_shape is not None and len(graph_shape) == len(input_shape):
-        for given, traced in zip(input_shape, graph_shape):
-            if traced is not None and given != traced:
-                raise ConfigError(
-                    f"{origin}: --input-shape {format_shape(input_shape)} disagrees with the program's {format_shape(graph_shape)}"
-                )
-    encoder = ExportedEncoder(program, out_dim=1)
-    out_dim = _measure_out_dim(encoder.graph, input_shape, origin)
-    encoder.out_dim = out_dim
-    spec = EncoderSpec(FOREIGN, {}, out_dim)
-    config = _block_config(modality, spec, input_shape, task, latent, depth, fft_axes, options)
-    return _check_block(LegoBlock(config, encoder=encoder), resolve_device(device), origin)
+@dataclass(frozen=True)
+class WrapOptions:
+    """How to call a foreign encoder, where legokit should not guess: the input dtype, the padding-mask keyword
+    (`auto`: read off forward's signature; `none`: run unpadded groups), the output to read, its layout, and
+    whether to export it in train mode (batch statistics and dropout frozen into the program)."""
+
+    input_dtype: str | None = None
+    mask: str | None = "auto"
+    output: str | int | None = None
+    layout: str | None = None
+    train_mode: bool = False
+
+    @staticmethod
+    def parse_output(text: str | None) -> str | int | None:
+        """`--output last_hidden_state` (a key) or `--output 0` (an index)."""
+        if text is None or text == "":
+            return None
+        return int(text) if text.lstrip("-").isdigit() else text
+
+
+@contextmanager
+def _mode(module: nn.Module, train: bool) -> Iterator[nn.Module]:
+    """The module in eval mode (or train mode when asked) for the export, restored afterwards."""
+    was = module.training
+    try:
+        module.train(train)
+    except NotImplementedError:  # an exported program's module: its mode was fixed when it was exported
+        yield module
+        return
+    try:
+        yield module
+    finally:
+        module.train(was)
 
 
 def wrap_module(
@@ -110,12 +110,52 @@ def wrap_module(
     depth: int = 2,
     fft_axes: str = "both",
     device: str | torch.device = "auto",
+    how: WrapOptions = WrapOptions(),
+    text: TextSpec | None = None,
+    origin: str = "module",
     **options: Any,
 ) -> LegoBlock:
-    """Wrap any user nn.Module: it is exported with torch.export (in its current train/eval mode) so that the block's
-    file alone rebuilds it. `input_shape` is per sample: (76,) for vectors, (None, 32) for bags of 32-d tokens."""
-    program = export_module(module.cpu(), tuple(input_shape))
-    return block_from_program(program, modality, task, tuple(input_shape), latent, depth, fft_axes, device, "module", **options)
+    """Wrap any nn.Module: it is exported with torch.export (in eval mode unless `how.train_mode`) so that the
+    block's file alone rebuilds it. `input_shape` is per sample: (76,) for vectors, (None, 32) for bags of 32-d
+    tokens, (3, 32, 32) for images, (None,) for token ids."""
+    input_shape = tuple(input_shape)
+    mask = None if how.mask == "none" else how.mask
+    try:
+        with _mode(module, how.train_mode):
+            contract = probe_contract(module, input_shape, how.input_dtype, mask, how.output, how.layout)
+            program = export_encoder(module, input_shape, contract)
+    except EncoderError as exc:
+        raise EncoderError(f"{origin}: {exc}") from None
+    return block_from_program(program, contract, modality, task, input_shape, latent, depth, fft_axes, device,
+                              text, origin, **options)
+
+
+def block_from_program(
+    program: bytes,
+    contract: Contract,
+    modality: str,
+    task: TaskSpec | str,
+    input_shape: tuple[int | None, ...],
+    latent: tuple[int, int] = (64, 64),
+    depth: int = 2,
+    fft_axes: str = "both",
+    device: str | torch.device = "auto",
+    text: TextSpec | None = None,
+    origin: str = "encoder",
+    **options: Any,
+) -> LegoBlock:
+    """A block around a checked program that follows the plain contract (see `encoders.contract`)."""
+    graph = load_program(program).module()
+    x = example_input(input_shape, dtype=contract.input_dtype)
+    with torch.no_grad():
+        out = graph(x) if contract.mask_keyword is None else graph(x, torch.ones(x.shape[:2], dtype=torch.bool))
+    kwargs = {"mask_keyword": contract.mask_keyword, "output": contract.output, "layout": contract.layout}
+    spec = EncoderSpec(FOREIGN, kwargs, int(out.shape[-1]))
+    config = _block_config(modality, spec, input_shape, task, latent, depth, fft_axes,
+                           {"input_dtype": contract.input_dtype, "text": text, **options})
+    block = LegoBlock(config, program=program)
+    block.provenance = {"encoder_contract": contract.describe(None in input_shape)}
+    return _check_block(block, resolve_device(device), origin)
 
 
 def wrap_builtin(
@@ -160,22 +200,44 @@ def wrap_builtin(
 
 
 def sniff(path: Path) -> str:
-    """What kind of encoder file this is, from its bytes (never from its name)."""
+    """What kind of encoder this is, from its bytes (never from its name); anything else is a one-line error
+    that says what the file looks like."""
+    if path.is_dir():
+        if is_hf_folder(path):
+            return HF_FOLDER
+        raise EncoderError(f"{path}: a folder without config.json; legokit wraps Hugging Face model folders")
     with open(path, "rb") as handle:
-        head = handle.read(9)
+        head = handle.read(512)
+    if not head:
+        raise EncoderError(f"{path}: empty file")
     if head[:4] == b"PK\x03\x04":
         try:
             names = zipfile.ZipFile(path).namelist()
-        except zipfile.BadZipFile:
+        except (zipfile.BadZipFile, OSError, ValueError):
             raise EncoderError(f"{path}: corrupt zip archive") from None
         if any(n.endswith("archive_format") for n in names):
             return EXPORT
         if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
             return TORCHSCRIPT
-        return PICKLE
-    if len(head) == 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < os.path.getsize(path):
+        if any(n.endswith("data.pkl") for n in names):
+            return PICKLE
+        raise EncoderError(f"{path}: a zip archive that is neither a torch.save file nor a torch.export program")
+    if len(head) >= 9 and head[8:9] == b"{" and struct.unpack("<Q", head[:8])[0] < os.path.getsize(path):
         return SAFETENSORS
-    return PICKLE
+    if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return PICKLE
+    raise EncoderError(f"{path}: {_looks_like(head)}, not an encoder: give a torch.export program (.pt2), a "
+                       "TorchScript archive, a state dict (.pt, .safetensors) or a Hugging Face model folder")
+
+
+def _looks_like(head: bytes) -> str:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"an unknown binary format (starts with {head[:8].hex(' ')})"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    kind = "a CSV file" if first.count(",") >= 1 else "a JSON file" if first[:1] in "{[" else "a text file"
+    return f"{kind} (starts {first[:40]!r})"
 
 
 def _as_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
@@ -198,8 +260,14 @@ def _read_pickle(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor] | nn
                 f"{path}: a pickled Python object (e.g. torch.save(model)); unpickling runs code named in the file. "
                 "Save a state dict, TorchScript or torch.export program instead, or pass --trust-pickle if you trust it"
             ) from None
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        except (ImportError, AttributeError) as exc:
+            raise EncoderError(f"{path}: the pickled object needs code that cannot be imported here "
+                               f"({' '.join(str(exc).split())[:160]}); run where its class is importable") from None
+        except Exception as exc:  # noqa: BLE001 - a trusted pickle can fail in any way
+            raise EncoderError(f"{path}: not a readable torch file ({' '.join(str(exc).split())[:160]})") from None
+    except Exception as exc:  # noqa: BLE001 - torch's reader fails on foreign bytes with many types
         raise EncoderError(f"{path}: not a readable torch file ({' '.join(str(exc).split())[:160]})") from None
     if isinstance(obj, nn.Module):
         return obj
@@ -207,6 +275,24 @@ def _read_pickle(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor] | nn
     if state is None:
         raise EncoderError(f"{path}: holds a {type(obj).__name__}, not a state dict or a module")
     return state
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if (handle.metadata() or {}).get(KEY_FORMAT) == FORMAT_TAG:
+                raise EncoderError(f"{path}: is already a legokit artifact, not an encoder")
+        return load_file(path)
+    except (SafetensorError, OSError) as exc:
+        raise EncoderError(f"{path}: unreadable safetensors file ({' '.join(str(exc).split())[:160]})") from None
+
+
+def default_output(encoder: str | os.PathLike[str]) -> Path:
+    """Where `legokit wrap` writes when no -o is given: `<stem>.st` next to the encoder file (or folder)."""
+    path = Path(encoder)
+    return path.parent / f"{path.name if path.is_dir() else path.stem}.st"
 
 
 def wrap_file(
@@ -221,42 +307,61 @@ def wrap_file(
     depth: int = 2,
     fft_axes: str = "both",
     device: str | torch.device = "auto",
+    how: WrapOptions = WrapOptions(),
     **options: Any,
 ) -> LegoBlock:
-    """Wrap an encoder file: a torch.export program (.pt2), a TorchScript archive, or a state dict for `arch`."""
+    """Wrap an encoder file: a torch.export program (.pt2), a TorchScript archive, a state dict for `arch` (a
+    built-in, or `timm:NAME`), a trusted pickled module, or a local Hugging Face model folder."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise EncoderError(f"{path}: no such file")
     kind = sniff(path)
     common = dict(latent=latent, depth=depth, fft_axes=fft_axes, device=device, origin=str(path), **options)
-    if kind in (EXPORT, TORCHSCRIPT) and arch is not None:
+    if kind in (EXPORT, TORCHSCRIPT, HF_FOLDER) and arch is not None:
         raise ConfigError(f"{path}: is a {kind}; --arch is only for state dicts")
+    if kind == HF_FOLDER:
+        found = load_hf_folder(path)
+        if input_shape is not None and tuple(input_shape) != found.input_shape:
+            raise ConfigError(f"{path}: --input-shape {format_shape(input_shape)} disagrees with the model's "
+                              f"{format_shape(found.input_shape)}")
+        dtype = WrapOptions(found.input_dtype, how.mask, how.output, how.layout, how.train_mode)
+        return wrap_module(found.module, modality, task, found.input_shape, how=dtype, text=found.text, **common)
     if kind == EXPORT:
-        return block_from_program(sanitize_program(path.read_bytes()), modality, task, input_shape, **common)
+        program = load_program(sanitize_program(path.read_bytes()))
+        input_shape = _agreed_shape(path, input_shape, program_input_shape(program))
+        return wrap_module(program.module(), modality, task, input_shape, how=how, **common)
     if kind == TORCHSCRIPT:
         if input_shape is None:
             raise ConfigError(f"{path}: a TorchScript archive does not record its input shape; give --input-shape")
         try:
             scripted = torch.jit.load(str(path), map_location="cpu")
-        except RuntimeError as exc:
+        except Exception as exc:  # noqa: BLE001 - the TorchScript reader fails with many types
             raise EncoderError(f"{path}: corrupt TorchScript archive ({' '.join(str(exc).split())[:160]})") from None
-        return block_from_program(program_from_torchscript(scripted, input_shape), modality, task, input_shape, **common)
-    if kind == SAFETENSORS:
-        try:
-            state: dict[str, torch.Tensor] | nn.Module = load_file(path)
-        except (SafetensorError, OSError) as exc:
-            raise EncoderError(f"{path}: unreadable safetensors file ({exc})") from None
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            if (handle.metadata() or {}).get(KEY_FORMAT) == FORMAT_TAG:
-                raise EncoderError(f"{path}: is already a legokit artifact, not an encoder")
-    else:
-        state = _read_pickle(path, trust_pickle)
+        return wrap_module(program_from_torchscript(scripted, input_shape), modality, task, input_shape, how=how, **common)
+    state = _read_safetensors(path) if kind == SAFETENSORS else _read_pickle(path, trust_pickle)
     if isinstance(state, nn.Module):
         if input_shape is None:
             raise ConfigError(f"{path}: a pickled module does not record its input shape; give --input-shape")
-        return block_from_program(export_module(state.eval(), input_shape), modality, task, input_shape, **common)
+        return wrap_module(state, modality, task, input_shape, how=how, **common)
     if arch is None:
-        raise ConfigError(f"{path}: is a state dict; name its architecture with --arch (snn, abmil or mlp)")
+        raise ConfigError(f"{path}: is a state dict; name its architecture with --arch (snn, abmil, mlp or timm:NAME)")
+    if arch.startswith("timm:"):
+        if input_shape is None:
+            raise ConfigError(f"{path}: give the image size with --input-shape, e.g. 3x224x224")
+        return wrap_module(load_timm(arch[5:], state, str(path)), modality, task, input_shape, how=how, **common)
     return wrap_builtin(arch, state, modality, task, arch_kwargs, input_shape, **common)
+
+
+def _agreed_shape(path: Path, given: tuple[int | None, ...] | None,
+                  traced: tuple[int | None, ...] | None) -> tuple[int | None, ...]:
+    """The input shape from --input-shape and the program's own record, which must agree where both are fixed."""
+    if given is None:
+        if traced is None:
+            raise ConfigError(f"{path}: cannot infer the input shape; give --input-shape (e.g. 76 or ?x32)")
+        return traced
+    if traced is not None and len(traced) == len(given):
+        for mine, theirs in zip(given, traced):
+            if theirs is not None and mine != theirs:
+                raise ConfigError(f"{path}: --input-shape {format_shape(given)} disagrees with the program's "
+                                  f"{format_shape(traced)}")
+    return tuple(given)

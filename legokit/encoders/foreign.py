@@ -1,7 +1,9 @@
-"""Foreign encoders kept as `torch.export` programs: made from a module or TorchScript, stored as bytes, pickle-free.
+"""Foreign encoders kept as `torch.export` programs: made from any module, stored as bytes, pickle-free.
 
 A program is a PT2 archive whose parts are JSON and raw tensor bytes only: `sanitize_program` drops the pickled
 sample inputs and refuses pickled weights or constants, and `load_program` refuses any archive that is not so.
+Every program follows the plain contract of `contract.EncoderCall`; `export_encoder` makes one from a module and
+checks it at several batch sizes and token counts before legokit keeps it.
 """
 
 from __future__ import annotations
@@ -9,14 +11,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import warnings
 
 import torch
+from einops import rearrange
 from torch import nn
 from torch.export import Dim, ExportedProgram
 from torch.export.pt2_archive._package import PT2ArchiveReader, PT2ArchiveWriter
 
-from ..errors import EncoderError
+from ..errors import EncoderError, ShapeError
+from .contract import INPUT_DTYPES, Contract, EncoderCall, mask_keyword, pick_output
+from .recurrent import exportable_copy
 
 _CONFIG_SUFFIXES = ("_weights_config.json", "_constants_config.json")
 
@@ -73,42 +79,141 @@ def program_sha256(program: bytes) -> str:
     return hashlib.sha256(program).hexdigest()
 
 
-def example_input(input_shape: tuple[int | None, ...], batch: int = 2, tokens: int = 3) -> torch.Tensor:
+def example_input(input_shape: tuple[int | None, ...], batch: int = 2, tokens: int = 3,
+                  dtype: str = "float32") -> torch.Tensor:
     """A zero input of the given per-sample shape, with `tokens` for each variable (None) dimension."""
-    return torch.zeros(batch, *(tokens if d is None else d for d in input_shape))
+    return torch.zeros(batch, *(tokens if d is None else d for d in input_shape), dtype=INPUT_DTYPES[dtype])
 
 
-def _dynamic_shapes(input_shape: tuple[int | None, ...]) -> tuple[dict[int, object]]:
-    dims: dict[int, object] = {0: Dim.DYNAMIC}
-    dims.update({i + 1: Dim.DYNAMIC for i, d in enumerate(input_shape) if d is None})
-    return (dims,)
+def random_input(input_shape: tuple[int | None, ...], batch: int, tokens: int, dtype: str,
+                 generator: torch.Generator) -> torch.Tensor:
+    """A random input for checks: normal floats, or token ids 0/1 (valid for any vocabulary)."""
+    size = (batch, *(tokens if d is None else d for d in input_shape))
+    if dtype == "int64":
+        return torch.randint(0, 2, size, generator=generator)
+    return torch.randn(size, generator=generator)
 
 
-def export_module(module: nn.Module, input_shape: tuple[int | None, ...]) -> bytes:
-    """Export a user's module (in its current train/eval mode) with a dynamic batch, as sanitized program bytes."""
-    try:
-        program = torch.export.export(module, (example_input(input_shape),), dynamic_shapes=_dynamic_shapes(input_shape))
-    except Exception as exc:  # noqa: BLE001 - torch.export raises many types; the user needs one clear line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EncoderError(f"torch.export could not trace the encoder: {first}") from None
-    buffer = io.BytesIO()
-    torch.export.save(program, buffer)
-    return sanitize_program(buffer.getvalue())
+def padding_mask(batch: int, tokens: int) -> torch.Tensor:
+    """A (batch, tokens) mask with real tokens first: the first sample full, the others shorter (at least one)."""
+    lengths = torch.tensor([tokens] + [max(1, tokens // (i + 2)) for i in range(batch - 1)])
+    return torch.arange(tokens) < lengths[:, None]
 
 
-def program_from_torchscript(scripted: torch.jit.ScriptModule, input_shape: tuple[int | None, ...]) -> bytes:
-    """Convert a TorchScript module to a torch.export program (TorchScript itself is deprecated upstream)."""
-    from torch._export.converter import TS2EPConverter
+def variable(input_shape: tuple[int | None, ...]) -> bool:
+    """True when the input has a variable token axis, so that a padding mask applies."""
+    return any(d is None for d in input_shape)
 
+
+def _first_line(exc: BaseException | None) -> str:
+    text = str(exc).strip() if exc is not None else ""
+    return " ".join(text.splitlines()[0].split())[:240] if text else type(exc).__name__
+
+
+def _shape(input_shape: tuple[int | None, ...]) -> str:
+    return ", ".join("n" if d is None else str(d) for d in input_shape)
+
+
+def probe_contract(module: nn.Module, input_shape: tuple[int | None, ...], input_dtype: str | None = None,
+                   mask: str | None = "auto", output: str | int | None = None, layout: str | None = None) -> Contract:
+    """Decide how to call a live module, from its signature and forward passes: the input dtype (token ids when
+    float inputs fail), its padding-mask keyword, which output tensor to read, and its output layout."""
+    keyword = (mask_keyword(module) if mask == "auto" else mask) if variable(input_shape) else None
+    failure: BaseException | None = None
+    for dtype in [input_dtype] if input_dtype else ["float32", "int64"]:
+        try:
+            with torch.no_grad():
+                out = EncoderCall(module, Contract(dtype, keyword)).raw(example_input(input_shape, dtype=dtype))
+            break
+        except Exception as exc:  # noqa: BLE001 - a user's module can raise anything on an input it does not take
+            failure = failure or exc
+    else:
+        raise EncoderError(f"the encoder fails on an input of shape (batch, {_shape(input_shape)}): {_first_line(failure)}")
+    tensor, selector = pick_output(out, output)
+    if layout is None:
+        layout = {4: "map"}.get(tensor.dim(), "tokens")
+        if tensor.dim() == 3 and variable(input_shape) and _tracks_last_axis(module, input_shape, dtype, keyword, selector):
+            layout = "channels"
+    expected = {"tokens": (2, 3), "channels": (3,), "map": (4,)}[layout]
+    if tensor.dim() not in expected:
+        raise EncoderError(f"the encoder's output has shape {tuple(tensor.shape)}; legokit reads (b, e) or (b, n, e) "
+                           "tokens, (b, c, t) conv maps (--layout channels) or (b, c, h, w) feature maps (--layout map)")
+    return Contract(dtype, keyword, selector, layout)
+
+
+def _tracks_last_axis(module: nn.Module, input_shape: tuple[int | None, ...], dtype: str, keyword: str | None,
+                      selector: str | int | None) -> bool:
+    """True for a (b, c, t) conv map: its last axis, not its second, follows the number of input tokens."""
+    call = EncoderCall(module, Contract(dtype, keyword, selector, "tokens"))
+    with torch.no_grad():
+        short, long = (call(example_input(input_shape, tokens=t, dtype=dtype)) for t in (4, 9))
+    return short.shape[1] == long.shape[1] and short.shape[2] != long.shape[2]
+
+
+def _export_error(exc: BaseException) -> EncoderError:
+    """torch.export's failure as one line; a specialised dimension is named, with what to do about it."""
+    text = str(exc)
+    fixed = re.findall(r"size\(\)\[(\d+)\]\) as dynamic but your code specialized it to be a constant \((\d+)\)", text)
+    fixed += re.findall(r"size\(\)\[(\d+)\] as dynamic but your code specialized it to be a constant \((\d+)\)", text)
+    if fixed:
+        names = ", ".join(f"{'the batch' if d == '0' else f'input dimension {d}'} (fixed at {n})" for d, n in fixed)
+        return EncoderError(f"torch.export could not keep {names} dynamic: your code specialized it to be a constant. "
+                            "Remove shape-dependent Python code there, or export the encoder yourself with "
+                            "dynamic_shapes and wrap the .pt2")
+    return EncoderError(f"torch.export could not trace the encoder: {_first_line(exc)}")
+
+
+def export_encoder(module: nn.Module, input_shape: tuple[int | None, ...], contract: Contract) -> bytes:
+    """Export a user's module behind the plain contract, with a dynamic batch and token axis (recurrent layers
+    made exportable first), then check the program against the module at several batch sizes and lengths."""
+    module = module.cpu()
+    exportable, _ = exportable_copy(module)
+    call = EncoderCall(exportable, contract)
+    x = example_input(input_shape, dtype=contract.input_dtype)
+    dims: dict[int, object] = {0: Dim.DYNAMIC, **{i + 1: Dim.DYNAMIC for i, d in enumerate(input_shape) if d is None}}
+    args: tuple[torch.Tensor, ...] = (x,)
+    shapes: tuple[dict[int, object], ...] = (dims,)
+    if contract.mask_keyword is not None:
+        args, shapes = (x, torch.ones(x.shape[:2], dtype=torch.bool)), (dims, {0: Dim.DYNAMIC, 1: Dim.DYNAMIC})
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = TS2EPConverter(scripted, (example_input(input_shape),)).convert()
-    except Exception as exc:  # noqa: BLE001 - the converter raises many types
-        raise EncoderError(f"the TorchScript module could not be converted to torch.export: {exc}") from None
+            program = torch.export.export(call, args, dynamic_shapes=shapes)
+    except Exception as exc:  # noqa: BLE001 - torch.export raises many types; the user needs one clear line
+        raise _export_error(exc) from None
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
-    return sanitize_program(buffer.getvalue())
+    clean = sanitize_program(buffer.getvalue())
+    check_program(load_program(clean).module(), EncoderCall(module, contract), input_shape, contract)
+    return clean
+
+
+CHECK_BATCHES = (1, 3)
+CHECK_TOKENS = (1, 5, 17)
+
+
+def check_program(graph: nn.Module, reference: nn.Module, input_shape: tuple[int | None, ...], contract: Contract,
+                  tolerance: float = 1e-4) -> None:
+    """Run an exported encoder at batch sizes 1 and 3 and token counts 1, 5 and 17 beside the module it came from;
+    a failure or a different result is refused with the shape that shows it."""
+    generator = torch.Generator().manual_seed(0)
+    counts = CHECK_TOKENS if variable(input_shape) else (1,)
+    for batch in CHECK_BATCHES:
+        for tokens in counts:
+            x = random_input(input_shape, batch, tokens, contract.input_dtype, generator)
+            args = (x,) if contract.mask_keyword is None else (x, padding_mask(batch, tokens))
+            where = f"batch size {batch}" + (f" with {tokens} tokens" if variable(input_shape) else "")
+            with torch.no_grad():
+                try:
+                    got = graph(*args)
+                except Exception as exc:  # noqa: BLE001 - a program fails with many types outside its shapes
+                    raise EncoderError(f"the exported encoder fails at {where}: {_first_line(exc)}") from None
+                want = reference(*args)
+            if len(args) == 2 and got.dim() == 3 and got.shape == want.shape and got.shape[1] == tokens:
+                got, want = got[args[1]], want[args[1]]  # padded positions are free to differ (nested-tensor paths)
+            if got.shape != want.shape or not torch.allclose(got, want, rtol=tolerance, atol=tolerance, equal_nan=True):
+                raise EncoderError(f"the exported encoder differs from the module at {where}: it depends on Python "
+                                   "code that torch.export fixed at the example shape")
 
 
 def program_input_shape(program: ExportedProgram) -> tuple[int | None, ...] | None:
@@ -123,26 +228,77 @@ def program_input_shape(program: ExportedProgram) -> tuple[int | None, ...] | No
     return None
 
 
+def program_from_torchscript(scripted: torch.jit.ScriptModule, input_shape: tuple[int | None, ...]) -> nn.Module:
+    """A TorchScript module as an exported program's module (TorchScript itself is deprecated upstream)."""
+    from torch._export.converter import TS2EPConverter
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return TS2EPConverter(scripted, (example_input(input_shape),)).convert().module()
+    except Exception as exc:  # noqa: BLE001 - the converter raises many types
+        raise EncoderError(f"the TorchScript module could not be converted to torch.export: {_first_line(exc)}") from None
+
+
+def _unpadded_groups(lengths: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """(length, row indices) for each distinct non-zero length: samples that can run together with no padding."""
+    return [(int(n), (lengths == n).nonzero().flatten()) for n in torch.unique(lengths).tolist() if n > 0]
+
+
 class ExportedEncoder(nn.Module):
     """A foreign encoder rebuilt from program bytes alone: no user class, no pickle, parameters trainable.
 
-    An exported graph fixes its train/eval behaviour (dropout, batch-norm) when it is exported, so
+    A sample's tokens never depend on its batch: an encoder that takes a padding mask gets it, and one that does not
+    runs on groups of equally long samples with no padding at all. Samples with no token (a missing modality) are
+    not run. An exported graph fixes its train/eval behaviour (dropout, batch-norm) when it is exported, so
     `train()` here changes no layer inside it.
     """
 
     token_input = None
-    keeps_tokens = False
-    accepts_mask = False
 
-    def __init__(self, program: bytes, out_dim: int):
+    def __init__(self, program: bytes, out_dim: int, takes_mask: bool = False):
         super().__init__()
         self.program = program
         self.out_dim = out_dim
+        self.takes_mask = takes_mask
         self.graph = load_program(program).module()
 
     def train(self, mode: bool = True) -> "ExportedEncoder":
         self.training = mode
         return self
 
+    def _run(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        out = self(x, mask)
+        return rearrange(out, "b e -> b 1 e") if out.dim() == 2 else out
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.graph(x)
+        """The program's own output, (b, e) or (b, n, e), for one unpadded batch (a mask only if it takes one)."""
+        if not self.takes_mask:
+            return self.graph(x)
+        return self.graph(x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask)
+
+    def encode_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Tokens (b, n, e) and their mask (None when every token is real)."""
+        if mask is None:
+            return self._run(x, None), None
+        lengths = mask.sum(dim=1)
+        if not torch.equal(mask, torch.arange(mask.shape[1], device=mask.device) < lengths[:, None]):
+            raise ShapeError("a foreign encoder's padding must come after each sample's real tokens")
+        if self.takes_mask:
+            rows = (lengths > 0).nonzero().flatten()
+            groups = [(int(lengths.max()), rows)] if len(rows) else []
+        else:
+            groups = _unpadded_groups(lengths)
+        outputs = []
+        for n, index in groups:
+            out = self._run(x[index, :n], mask[index, :n])
+            # a sequence-to-sequence encoder given a mask keeps it; any other output's tokens are all real
+            real = mask[index, :n] if self.takes_mask and out.shape[1] == n else torch.ones(out.shape[:2], dtype=torch.bool, device=x.device)
+            outputs.append((index, out, real))
+        width = max((out.shape[1] for _, out, _ in outputs), default=1)
+        tokens = torch.zeros(x.shape[0], width, self.out_dim, device=x.device)
+        token_mask = torch.zeros(x.shape[0], width, dtype=torch.bool, device=x.device)
+        for index, out, real in outputs:
+            tokens[index, : out.shape[1]] = out.float()
+            token_mask[index, : out.shape[1]] = real
+        return tokens, token_mask
