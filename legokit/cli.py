@@ -188,7 +188,41 @@ def _metrics_text(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
 
 
+def _train_wrapped(args: argparse.Namespace, console: Console) -> int:
+    """`legokit train DATA --block wrapped.st`: train a wrapped block's latent, updates and head."""
+    building = [flag for flag, value in (("--spec", args.spec), ("--encoder", args.encoder), ("--task", args.task),
+                                         ("--encoder-kwargs", args.encoder_kwargs), ("--latent", args.latent),
+                                         ("--depth", args.depth)) if value]
+    if building:
+        raise ConfigError(f"--block trains the block as it was wrapped; {', '.join(building)} would build another "
+                          "(set them when wrapping)")
+    block = load_block(args.block)
+    if args.modality and args.modality != block.modality:
+        raise ConfigError(f"--modality {args.modality}: the block {args.block} is for modality {block.modality}")
+    given = {k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                                   device=args.device, patience=args.patience).items() if v is not None}
+    config = TrainConfig(**given, freeze_encoders=not args.finetune_encoder, compile=args.compile)
+    from .distributed import session
+    from .workflows import train_wrapped_block
+
+    with session(config.device) as place:
+        block, result = train_wrapped_block(args.data, block, config, standardize=args.standardize)
+        if not place.main:
+            return 0
+        path = save_block(block, args.output, inputs=[args.block])
+    encoder = "fine-tuned" if args.finetune_encoder else "frozen"
+    console.print(f"[green]trained[/] {escape(block.modality)} block (encoder {encoder}): best epoch {result.best_epoch}, "
+                  f"val {_metrics_text(result.val)}, test {_metrics_text(result.test)} ({result.seconds:.1f} s)")
+    console.print(f"[green]wrote[/] {escape(str(path))}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace, console: Console) -> int:
+    if args.block:
+        return _train_wrapped(args, console)
+    if args.finetune_encoder or args.standardize:
+        raise ConfigError("--finetune-encoder and --standardize are for --block (a built-in block always trains its "
+                          "encoder and standardises its inputs)")
     if args.spec:
         spec = BlockSpec.from_yaml(args.spec)
     elif args.modality:
@@ -209,7 +243,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         block, result = train_block(args.data, spec)
         if not place.main:  # under torchrun, rank 0 reports and writes
             return 0
-        path = save_block(block, args.output)
+        path = save_block(block, args.output, inputs=[args.spec] if args.spec else [])
     console.print(f"[green]trained[/] {escape(spec.modality)} block: best epoch {result.best_epoch}, "
                   f"val {_metrics_text(result.val)}, test {_metrics_text(result.test)} ({result.seconds:.1f} s)")
     console.print(f"[green]wrote[/] {escape(str(path))}")
@@ -375,6 +409,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a block on one modality of a dataset folder")
     train.add_argument("data", help="dataset folder (labels.csv, NAME.csv or NAME/, optional splits.csv)")
+    train.add_argument("--block", help="a wrapped block (.st) to train: its latent, updates and head (encoder frozen)")
+    train.add_argument("--finetune-encoder", action="store_true", help="with --block: train the encoder too")
+    train.add_argument("--standardize", action="store_true", help="with --block: standardise inputs with the "
+                       "training split's mean and s.d. (default: the encoder sees the data as stored)")
     train.add_argument("--spec", help="a block spec, e.g. blocks/labs.yaml; the flags below override it")
     train.add_argument("--modality", help="the modality to train on (NAME.csv or NAME/ in the folder)")
     train.add_argument("--encoder", help="built-in encoder: snn, abmil or mlp (default snn)")

@@ -16,16 +16,16 @@ from .artifact import write_atomic
 from .block import LegoBlock
 from .compose.merge import MergedModel
 from .data.batch import ModalityBatch
-from .data.folder import DatasetFolder
+from .data.folder import DatasetFolder, InputSpec
 from .device import resolve_device
 from .tasks import TaskSpec, prediction_columns
 
 
-def model_inputs(model: LegoBlock | MergedModel) -> dict[str, tuple[int | None, ...]]:
-    """Per-sample input shape of each modality the model takes."""
+def model_inputs(model: LegoBlock | MergedModel) -> dict[str, InputSpec]:
+    """What a dataset folder supplies for each modality the model takes: a per-sample shape, or raw text."""
     if isinstance(model, LegoBlock):
-        return {model.modality: model.config.input_shape}
-    return {m: b.config.input_shape for m, b in model.blocks.items()}
+        return {model.modality: model.data_input}
+    return {m: b.data_input for m, b in model.blocks.items()}
 
 
 def model_task(model: LegoBlock | MergedModel) -> TaskSpec:
@@ -50,7 +50,7 @@ class Predictions:
         writer = csv.writer(out)
         writer.writerow(["id", *self.columns])
         for row, sample in enumerate(self.ids):
-            writer.writerow([sample, *(f"{values[row]:.6g}" for values in self.columns.values())])
+            writer.writerow([sample, *(f"{values[row]:.8g}" for values in self.columns.values())])
         return out.getvalue()
 
     def write(self, path: str | os.PathLike[str]) -> Path:

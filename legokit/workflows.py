@@ -13,6 +13,7 @@ from .compose.fuse import FusedModel, fuse
 from .data.folder import modality_shape
 from .data.training import SplitData
 from .encoders import build_encoder
+from .errors import ConfigError
 from .spec import BlockSpec
 from .tasks import TaskSpec
 from .train import TrainConfig, TrainResult, evaluate, model_modalities, train_model
@@ -44,6 +45,28 @@ def train_block(data_dir: str | os.PathLike[str], spec: BlockSpec, splits: dict[
     return block.cpu().eval(), result
 
 
+def train_wrapped_block(data_dir: str | os.PathLike[str], block: LegoBlock, config: TrainConfig = TrainConfig(),
+                        standardize: bool = False, splits: dict[str, str] | None = None,
+                        progress: bool = True) -> tuple[LegoBlock, TrainResult]:
+    """Train a wrapped (or any loaded) block on its modality of a dataset folder: its latent, update layers and
+    head, and its encoder too unless `config.freeze_encoders` (a pretrained encoder stays frozen by default in the
+    CLI). `standardize` sets the input standardisation from the training split; otherwise the encoder sees the
+    data as stored, as it was trained to. Same trainer, splits, provenance and metrics as a built-in block."""
+    torch.manual_seed(config.seed)
+    data = SplitData.load(data_dir, {block.modality: block.data_input}, block.config.task, config.seed, splits)
+    if standardize:
+        if block.config.input_dtype != "float32" or len(block.config.input_shape) > 2:
+            raise ConfigError(f"block {block.modality}: --standardize is for feature vectors and bags of feature "
+                              f"tokens, not inputs of shape {block.config.input_shape} ({block.config.input_dtype})")
+        block.set_normalization(*data.normalization(block.modality, data.ids("train", [block.modality])))
+    result = train_model(block, data, block.config.task, config, progress, label=f"training {block.modality}")
+    kept = {k: v for k, v in block.provenance.items() if k != "trained"}
+    block.provenance = {**kept, "trained": {**result.provenance(data, config, [block.modality]),
+                                            "encoder": "frozen" if config.freeze_encoders else "fine-tuned",
+                                            "standardized": standardize}}
+    return block.cpu().eval(), result
+
+
 def fuse_blocks(blocks: Sequence[LegoBlock], data_dir: str | os.PathLike[str], mode: str = "stack",
                 config: TrainConfig = TrainConfig(epochs=2), splits: dict[str, str] | None = None,
                 progress: bool = True) -> tuple[FusedModel, TrainResult]:
@@ -51,7 +74,7 @@ def fuse_blocks(blocks: Sequence[LegoBlock], data_dir: str | os.PathLike[str], m
     torch.manual_seed(config.seed)
     model = fuse(list(blocks), mode)
     task = model.task
-    inputs = {m: b.config.input_shape for m, b in model.blocks.items()}
+    inputs = {m: b.data_input for m, b in model.blocks.items()}
     data = SplitData.load(data_dir, inputs, task, config.seed, splits)
     for block in model.blocks.values():
         trained_on = (block.provenance.get("trained") or {}).get("split")
@@ -73,7 +96,7 @@ def labelled_data(model: nn.Module, data_dir: str | os.PathLike[str], seed: int,
     base = model.base if isinstance(model, Adapted) else model
     blocks = [base] if isinstance(base, LegoBlock) else list(base.blocks.values())
     task: TaskSpec = blocks[0].config.task
-    data = SplitData.load(data_dir, {b.modality: b.config.input_shape for b in blocks}, task, seed, splits)
+    data = SplitData.load(data_dir, {b.modality: b.data_input for b in blocks}, task, seed, splits)
     return data, task, model_modalities(model)
 
 

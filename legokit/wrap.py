@@ -13,7 +13,7 @@ import pickle
 import struct
 import zipfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -26,7 +26,7 @@ from .artifact import KEY_FORMAT, FORMAT_TAG
 from .block import BlockConfig, EncoderSpec, LegoBlock, format_shape
 from .device import resolve_device
 from .encoders import FOREIGN, build_encoder, encoder_class
-from .encoders.contract import Contract
+from .encoders.contract import MASK_KEYWORDS, Contract
 from .encoders.foreign import example_input, export_encoder, load_program, probe_contract, program_from_torchscript
 from .encoders.foreign import program_input_shape, sanitize_program
 from .encoders.huggingface import is_hf_folder, load_hf_folder, load_timm
@@ -329,6 +329,12 @@ def wrap_file(
     if kind == EXPORT:
         program = load_program(sanitize_program(path.read_bytes()))
         input_shape = _agreed_shape(path, input_shape, program_input_shape(program))
+        names = list(program.graph_signature.user_inputs)
+        if len(names) > 2 or (len(names) == 2 and names[1] not in MASK_KEYWORDS):
+            raise EncoderError(f"{path}: the program takes inputs {', '.join(names)}; legokit gives an encoder its input "
+                               f"and, optionally, a padding mask named {', '.join(MASK_KEYWORDS)}")
+        if len(names) == 2:
+            how = replace(how, mask=names[1])
         return wrap_module(program.module(), modality, task, input_shape, how=how, **common)
     if kind == TORCHSCRIPT:
         if input_shape is None:

@@ -1,5 +1,7 @@
 """Dataset folders: per modality either `NAME.csv` (an `id` column, then features) or `NAME/` holding `ID.safetensors`
-files with a tensor `x` of shape (tokens, features). A sample may lack any modality: that is its missing mask."""
+files with a tensor `x` of the block's per-sample shape ((tokens, features) for bags, (3, 32, 32) for an image).
+A text modality is `NAME.csv` with `id` and one text column, or `NAME/ID.txt` files. A sample may lack any
+modality: that is its missing mask."""
 
 from __future__ import annotations
 
@@ -8,14 +10,17 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, Union
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..errors import LegoError
+from ..text import TextEncoder, TextSpec
 from .batch import ModalityBatch
+
+InputSpec = Union[Sequence[Union[int, None]], TextSpec]  # a per-sample shape, or raw text read through a tokenizer
 
 
 class DataError(LegoError, ValueError):
@@ -39,6 +44,15 @@ class Bags:
     name: str
     path: Path
     files: Mapping[str, Path]
+
+
+@dataclass(frozen=True)
+class Texts:
+    """A text modality: one string per id, from `NAME.csv` (id, text) or `NAME/ID.txt`."""
+
+    name: str
+    path: Path
+    texts: Mapping[str, str]
 
 
 def read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
@@ -97,6 +111,38 @@ def read_table(name: str, path: Path) -> Table:
     return Table(name, path, tuple(header[1:]), features)
 
 
+MAX_TEXT_CHARS = 1_000_000  # one sample's text; the tokenizer truncates to the encoder's limit anyway
+
+
+def read_texts(name: str, root: Path) -> Texts | None:
+    """A text modality's strings, from NAME.csv (id and one text column) or NAME/ID.txt; None when neither exists."""
+    table, folder = root / f"{name}.csv", root / name
+    texts: dict[str, str] = {}
+    if table.is_file():
+        try:
+            header, rows = id_rows(table)
+        except csv.Error as exc:
+            raise DataError(f"{table}: not a readable CSV file ({exc})") from None
+        if len(header) != 2:
+            raise DataError(f"{table}: a text modality has two columns, id and the text; found {', '.join(header)}")
+        texts = {sample: row[1] for _, sample, row in rows}
+        source = table
+    elif folder.is_dir():
+        for file in sorted(folder.glob("*.txt")):
+            if file.stat().st_size > 4 * MAX_TEXT_CHARS:
+                raise DataError(f"{file}: over {4 * MAX_TEXT_CHARS:,} bytes of text")
+            try:
+                texts[file.stem] = file.read_text(encoding="utf-8-sig")
+            except UnicodeDecodeError:
+                raise DataError(f"{file}: not UTF-8 text") from None
+        source = folder
+    else:
+        return None
+    if not texts:
+        raise DataError(f"{source}: text modality {name} has no samples")
+    return Texts(name, source, texts)
+
+
 def read_bags(name: str, path: Path) -> Bags:
     files = {f.name[: -len(".safetensors")]: f for f in sorted(path.glob("*.safetensors"))}
     if not files:
@@ -104,8 +150,9 @@ def read_bags(name: str, path: Path) -> Bags:
     return Bags(name, path, files)
 
 
-def load_bag(path: Path) -> torch.Tensor:
-    """The (tokens, features) tensor `x` of one sample's file, checked for shape and NaN."""
+def load_bag(path: Path, shape: Sequence[int | None] = (None, None)) -> torch.Tensor:
+    """The tensor `x` of one sample's file, checked against the per-sample shape (None: any length, at least one)
+    and for NaN."""
     try:
         tensors = load_file(path)
     except (SafetensorError, OSError) as exc:
@@ -113,8 +160,11 @@ def load_bag(path: Path) -> torch.Tensor:
     x = tensors.get("x")
     if x is None:
         raise DataError(f"{path}: no tensor named 'x'")
-    if x.dim() != 2 or x.shape[0] == 0:
-        raise DataError(f"{path}: 'x' must have shape (tokens, features) with at least one token, got {tuple(x.shape)}")
+    shown = ", ".join("tokens" if d is None else str(d) for d in shape)
+    if x.dim() != len(shape) or x.shape[0] == 0 or any(d is not None and d != n for d, n in zip(shape, x.shape)):
+        raise DataError(f"{path}: 'x' must have shape ({shown}) with at least one token, got {tuple(x.shape)}")
+    if not (x.is_floating_point() or x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        raise DataError(f"{path}: 'x' has dtype {x.dtype}; expected real numbers")
     if not torch.isfinite(x).all():
         raise DataError(f"{path}: 'x' holds NaN or infinite values")
     return x.float()
@@ -141,25 +191,32 @@ class DatasetFolder:
     inputs from folders). Ids are the union over modalities, sorted; `batch(ids)` builds padded, masked inputs.
     Bags are read once and kept in memory."""
 
-    def __init__(self, root: str | os.PathLike[str], inputs: Mapping[str, Sequence[int | None]]):
+    def __init__(self, root: str | os.PathLike[str], inputs: Mapping[str, InputSpec]):
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(f"{self.root}: no such directory")
-        self.shapes = {name: tuple(shape) for name, shape in inputs.items()}
-        self.modalities: dict[str, Table | Bags] = {}
+        self.shapes = {name: spec if isinstance(spec, TextSpec) else tuple(spec) for name, spec in inputs.items()}
+        self.modalities: dict[str, Table | Bags | Texts] = {}
         self._bags: dict[Path, torch.Tensor] = {}
+        self._tokenizers: dict[str, TextEncoder] = {}
         for name, shape in self.shapes.items():
             table, folder = self.root / f"{name}.csv", self.root / name
-            if len(shape) == 1 and table.is_file():
+            if isinstance(shape, TextSpec):
+                texts = read_texts(name, self.root)
+                if texts is not None:
+                    self.modalities[name] = texts
+                    self._tokenizers[name] = TextEncoder(shape)
+            elif len(shape) == 1 and table.is_file():
                 self.modalities[name] = self._checked_table(read_table(name, table), shape[0])
-            elif len(shape) == 2 and folder.is_dir():
+            elif len(shape) >= 2 and folder.is_dir():
                 self.modalities[name] = read_bags(name, folder)
         if not self.modalities:
-            wanted = ", ".join(f"{n}.csv" if len(s) == 1 else f"{n}/" for n, s in self.shapes.items())
+            wanted = ", ".join(f"{n}.csv or {n}/ID.txt" if isinstance(s, TextSpec) else f"{n}.csv" if len(s) == 1
+                               else f"{n}/" for n, s in self.shapes.items())
             raise DataError(f"{self.root}: holds none of the model's modalities (looked for {wanted})")
         ids: set[str] = set()
-        for modality in self.modalities.values():
-            ids.update(modality.rows if isinstance(modality, Table) else modality.files)
+        for name in self.modalities:
+            ids.update(self.ids_of(name))
         self.ids = sorted(ids)
 
     @staticmethod
@@ -169,13 +226,14 @@ class DatasetFolder:
         return table
 
     def _bag_batch(self, bags: Bags, ids: Sequence[str]) -> ModalityBatch:
-        width = self.shapes[bags.name][-1]
-        loaded = [self._bag(bags.files[i]) if i in bags.files else None for i in ids]
-        for sample, x in zip(ids, loaded):
-            if x is not None and width is not None and x.shape[1] != width:
-                raise DataError(f"{bags.files[sample]}: 'x' has {x.shape[1]} features, the model takes {width}")
+        shape = self.shapes[bags.name]
+        loaded = [self._bag(bags.files[i], shape) if i in bags.files else None for i in ids]
+        present = torch.tensor([x is not None for x in loaded])
+        if shape[0] is not None:  # fixed-shape samples (an image): stacked, a missing one is zeros
+            xs = torch.stack([x if x is not None else torch.zeros(shape) for x in loaded])
+            return ModalityBatch(xs, None, present)
         longest = max((x.shape[0] for x in loaded if x is not None), default=1)
-        xs = torch.zeros(len(ids), longest, width)
+        xs = torch.zeros(len(ids), longest, *shape[1:])
         mask = torch.zeros(len(ids), longest, dtype=torch.bool)
         for row, x in enumerate(loaded):
             if x is not None:
@@ -183,9 +241,12 @@ class DatasetFolder:
                 mask[row, : x.shape[0]] = True
         return ModalityBatch(xs, mask, mask.any(dim=1))
 
-    def _bag(self, path: Path) -> torch.Tensor:
+    def _bag(self, path: Path, shape: Sequence[int | None]) -> torch.Tensor:
         if path not in self._bags:
-            self._bags[path] = load_bag(path)
+            x = load_bag(path, shape)
+            if len(shape) == 2 and shape[1] is not None and x.shape[1] != shape[1]:
+                raise DataError(f"{path}: 'x' has {x.shape[1]} features, the model takes {shape[1]}")
+            self._bags[path] = x
         return self._bags[path]
 
     def ids_of(self, name: str) -> set[str]:
@@ -193,6 +254,8 @@ class DatasetFolder:
         modality = self.modalities.get(name)
         if modality is None:
             return set()
+        if isinstance(modality, Texts):
+            return set(modality.texts)
         return set(modality.rows if isinstance(modality, Table) else modality.files)
 
     def check_known(self, known: set[str], labels: Path) -> None:
@@ -203,9 +266,9 @@ class DatasetFolder:
                     if sample not in known:
                         raise DataError(f"{modality.path}: row {row}, column id: {sample!r} is not in {labels}")
             else:
-                for sample, path in modality.files.items():
+                for sample in self.ids_of(modality.name):
                     if sample not in known:
-                        raise DataError(f"{path}: id {sample!r} is not in {labels}")
+                        raise DataError(f"{modality.path}: id {sample!r} is not in {labels}")
 
     def batch(self, ids: Sequence[str]) -> dict[str, ModalityBatch]:
         """Inputs for these samples; a modality a sample lacks is zeros with `present` False."""
@@ -216,6 +279,9 @@ class DatasetFolder:
                 x = torch.stack([modality.rows.get(i, torch.zeros(width)) for i in ids])
                 present = torch.tensor([i in modality.rows for i in ids])
                 batches[name] = ModalityBatch(x, None, present)
+            elif isinstance(modality, Texts):
+                tokens, mask = self._tokenizers[name].encode([modality.texts.get(i) for i in ids])
+                batches[name] = ModalityBatch(tokens, mask, mask.any(dim=1))
             else:
                 batches[name] = self._bag_batch(modality, ids)
         return batches

@@ -134,6 +134,8 @@ class EncoderCall(nn.Module):
             return self.module(x)
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        if isinstance(self.module, torch.fx.GraphModule):  # an exported program: inputs are positional
+            return self.module(x, mask_value(mask, keyword))
         return self.module(x, **{keyword: mask_value(mask, keyword)})
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
