@@ -146,7 +146,8 @@ def _tracks_last_axis(module: nn.Module, input_shape: tuple[int | None, ...], dt
     """True for a (b, c, t) conv map: its last axis, not its second, follows the number of input tokens."""
     call = EncoderCall(module, Contract(dtype, keyword, selector, "tokens"))
     with torch.no_grad():
-        short, long = (call(example_input(input_shape, tokens=t, dtype=dtype)) for t in (4, 9))
+        short, long = (_run_or_refuse(call, (example_input(input_shape, tokens=t, dtype=dtype),),
+                                      f"the encoder fails with {t} tokens", FIXED_SHAPE_HINT) for t in (4, 9))
     return short.shape[1] == long.shape[1] and short.shape[2] != long.shape[2]
 
 
@@ -204,16 +205,24 @@ def check_program(graph: nn.Module, reference: nn.Module, input_shape: tuple[int
             args = (x,) if contract.mask_keyword is None else (x, padding_mask(batch, tokens))
             where = f"batch size {batch}" + (f" with {tokens} tokens" if variable(input_shape) else "")
             with torch.no_grad():
-                try:
-                    got = graph(*args)
-                except Exception as exc:  # noqa: BLE001 - a program fails with many types outside its shapes
-                    raise EncoderError(f"the exported encoder fails at {where}: {_first_line(exc)}") from None
-                want = reference(*args)
+                want = _run_or_refuse(reference, args, f"the encoder fails at {where}", FIXED_SHAPE_HINT)
+                got = _run_or_refuse(graph, args, f"the exported encoder fails at {where}", "")
             if len(args) == 2 and got.dim() == 3 and got.shape == want.shape and got.shape[1] == tokens:
                 got, want = got[args[1]], want[args[1]]  # padded positions are free to differ (nested-tensor paths)
             if got.shape != want.shape or not torch.allclose(got, want, rtol=tolerance, atol=tolerance, equal_nan=True):
                 raise EncoderError(f"the exported encoder differs from the module at {where}: it depends on Python "
                                    "code that torch.export fixed at the example shape")
+
+
+FIXED_SHAPE_HINT = ("; it only runs at the shape it was exported or scripted with. Export it with "
+                    "dynamic_shapes (batch and token axes Dim.DYNAMIC), or wrap the module or a state dict instead")
+
+
+def _run_or_refuse(module: nn.Module, args: tuple[torch.Tensor, ...], what: str, hint: str) -> torch.Tensor:
+    try:
+        return module(*args)
+    except Exception as exc:  # noqa: BLE001 - a module or program fails with many types outside its shapes
+        raise EncoderError(f"{what}: {_first_line(exc)}{hint}") from None
 
 
 def program_input_shape(program: ExportedProgram) -> tuple[int | None, ...] | None:
