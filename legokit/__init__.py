@@ -1,7 +1,8 @@
 """legokit: wrap unimodal encoders into LegoBlocks, ship them as one-file artifacts, merge and fuse them.
 
 The data flow, floor by floor:
-    encoder (built-in `encoders`, or a foreign torch.export program; `wrap`)
+    encoder (built-in `encoders`, or any module / file: `wrap` reads its contract (`encoders.contract`) and keeps
+      it as a checked torch.export program (`encoders.foreign`); text travels with its tokenizer (`text`))
       -> LegoBlock (`block`: frequency-domain latent updates, MM-Lego Eq. 1-3)
       -> artifact (`artifact`: the .st format; `persist`: save / load / merge_files)
       -> graph (`compose.graph`: typed composition DAG; `compose.recipe`: YAML recipes)
@@ -25,7 +26,8 @@ from .errors import ArtifactError, ConfigError, EncoderError, LegoError, ShapeEr
 from .persist import load, load_block, merge_files, save, save_block
 from .predict import predict_folder
 from .tasks import TaskSpec
-from .wrap import wrap_file, wrap_module
+from .text import TextSpec
+from .wrap import WrapOptions, wrap_file, wrap_module
 
 __all__ = [
     "Artifact",
@@ -44,6 +46,8 @@ __all__ = [
     "Recipe",
     "ShapeError",
     "TaskSpec",
+    "TextSpec",
+    "WrapOptions",
     "__version__",
     "fuse",
     "load",

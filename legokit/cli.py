@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "Hugging Face model folder (config.json + safetensors [+ tokenizer.json])")
     wrap.add_argument("--modality", required=True, help="name of the modality, e.g. tab, img, labs")
     wrap.add_argument("--input-shape", help="per-sample input shape where it cannot be inferred: 76, or ?x32 for bags")
-    wrap.add_argument("--arch", help="architecture of a state dict: snn, abmil, mlp, or timm:NAME where timm is installed")
+    wrap.add_argument("--arch", help="built-in architecture of a state dict: snn, abmil or mlp")
     wrap.add_argument("--arch-kwargs", help="JSON keyword arguments of --arch, e.g. '{\"hidden\": 256}'")
     wrap.add_argument("--latent", default="64x64", help="latent shape, channels x dims (default 64x64)")
     wrap.add_argument("--depth", type=int, default=2, help="number of update steps S (default 2)")

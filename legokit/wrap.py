@@ -29,7 +29,7 @@ from .encoders import FOREIGN, build_encoder, encoder_class
 from .encoders.contract import MASK_KEYWORDS, Contract
 from .encoders.foreign import example_input, export_encoder, load_program, probe_contract, program_from_torchscript
 from .encoders.foreign import program_input_shape, sanitize_program
-from .encoders.huggingface import is_hf_folder, load_hf_folder, load_timm
+from .encoders.huggingface import is_hf_folder, load_hf_folder
 from .errors import ConfigError, EncoderError
 from .tasks import TaskSpec
 from .text import TextSpec
@@ -310,8 +310,8 @@ def wrap_file(
     how: WrapOptions = WrapOptions(),
     **options: Any,
 ) -> LegoBlock:
-    """Wrap an encoder file: a torch.export program (.pt2), a TorchScript archive, a state dict for `arch` (a
-    built-in, or `timm:NAME`), a trusted pickled module, or a local Hugging Face model folder."""
+    """Wrap an encoder file: a torch.export program (.pt2), a TorchScript archive, a state dict of a built-in
+    `arch`, a trusted pickled module, or a local Hugging Face model folder."""
     path = Path(path)
     if not path.exists():
         raise EncoderError(f"{path}: no such file")
@@ -350,11 +350,8 @@ def wrap_file(
             raise ConfigError(f"{path}: a pickled module does not record its input shape; give --input-shape")
         return wrap_module(state, modality, task, input_shape, how=how, **common)
     if arch is None:
-        raise ConfigError(f"{path}: is a state dict; name its architecture with --arch (snn, abmil, mlp or timm:NAME)")
-    if arch.startswith("timm:"):
-        if input_shape is None:
-            raise ConfigError(f"{path}: give the image size with --input-shape, e.g. 3x224x224")
-        return wrap_module(load_timm(arch[5:], state, str(path)), modality, task, input_shape, how=how, **common)
+        raise ConfigError(f"{path}: is a state dict; name its architecture with --arch (snn, abmil or mlp), or save "
+                          "the module itself (torch.export, TorchScript, or a Hugging Face folder)")
     return wrap_builtin(arch, state, modality, task, arch_kwargs, input_shape, **common)
 
 

@@ -1,8 +1,8 @@
-"""Encoders defined by well-known libraries, rebuilt from a local folder or a state dict: Hugging Face
-transformers (a model folder with config.json and safetensors weights, plus tokenizer.json for text) and timm.
+"""Encoders defined by Hugging Face transformers, rebuilt from a local model folder: config.json and safetensors
+weights, plus tokenizer.json for text.
 
-Both libraries are optional extras (`pip install 'legokit[hf]'`, `pip install timm`), never runtime
-dependencies: they are needed to wrap such an encoder, not to load the block it becomes.
+transformers is an optional extra (`pip install 'legokit[hf]'`), never a runtime dependency: it is needed to wrap
+such an encoder, not to load the block it becomes.
 """
 
 from __future__ import annotations
@@ -10,9 +10,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
-
-import torch
 from torch import nn
 
 from ..errors import EncoderError
@@ -83,22 +80,3 @@ def load_hf_folder(folder: Path) -> FolderEncoder:
         return FolderEncoder(module, shape, "float32", None, f"{name}, images {'x'.join(map(str, shape))}")
     raise EncoderError(f"{folder}: a {name} takes {main_input}; legokit wraps text (input_ids) and image "
                        "(pixel_values) models")
-
-
-def load_timm(name: str, state: Mapping[str, torch.Tensor] | None, origin: str) -> nn.Module:
-    """A timm architecture by name, as a feature extractor (no classifier), with the given weights."""
-    try:
-        import timm
-    except ImportError:
-        raise EncoderError(f"{origin}: --arch timm:{name} needs timm installed (pip install timm)") from None
-    try:
-        module = timm.create_model(name, pretrained=False, num_classes=0)
-    except Exception as exc:  # noqa: BLE001 - timm raises many types for an unknown name
-        raise EncoderError(f"{origin}: timm has no model {name!r} ({' '.join(str(exc).split())[:160]})") from None
-    if state is not None:
-        result = module.load_state_dict(dict(state), strict=False)
-        unexpected = [k for k in result.unexpected_keys if not k.startswith(("fc.", "head", "classifier"))]
-        if result.missing_keys or unexpected:
-            problems = [f"missing {k}" for k in result.missing_keys] + [f"unexpected {k}" for k in unexpected]
-            raise EncoderError(f"{origin}: state dict does not fit timm {name}: {', '.join(problems[:4])}")
-    return module.eval()
