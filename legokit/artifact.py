@@ -113,6 +113,7 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         raise ArtifactError(f"{path}: directory {directory} does not exist")
     handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
+        os.fchmod(handle, 0o666 & ~_umask())  # mkstemp makes 0600; an output gets the usual mode
         with os.fdopen(handle, "wb") as out:
             yield out
             out.flush()
@@ -124,13 +125,21 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
         raise
 
 
+def _umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write bytes to `path` atomically (see `atomic_output`)."""
     with atomic_output(path) as out:
         out.write(data)
 
 
-def _refuse_inputs(path: Path, inputs: Iterable[str | os.PathLike[str]]) -> None:
+def refuse_inputs(path: Path, inputs: Iterable[str | os.PathLike[str]]) -> None:
+    """Refuse to write `path` when it is one of the command's input files (through any link or spelling)."""
     for source in inputs:
         if _same_file(path, Path(source)):
             raise ArtifactError(f"{path}: refusing to overwrite an input file; choose another output path")
@@ -162,7 +171,7 @@ def write_artifact(
 ) -> Path:
     """Write an artifact atomically; refuses to replace any of `inputs` (the files it was made from)."""
     path = Path(path)
-    _refuse_inputs(path, inputs)
+    refuse_inputs(path, inputs)
     prepared = _prepare(tensors)
     metadata = _header(kind, config, provenance, tensors_digest(prepared))
     write_atomic(path, safetensors_bytes(prepared, metadata=metadata))
@@ -371,7 +380,7 @@ def write_streaming(
     checksum is sealed into the header at the end. Atomic, and refuses to replace an input."""
     path = Path(path)
     inputs = [Path(p) for p in inputs]
-    _refuse_inputs(path, inputs)
+    refuse_inputs(path, inputs)
     ordered = sorted(sources, key=lambda s: s.name)
     metadata = _header(kind, config, provenance, _PLACEHOLDER)
     header: dict[str, Any] = {"__metadata__": metadata}

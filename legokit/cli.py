@@ -17,6 +17,7 @@ from . import __version__
 from .block import parse_input_shape, parse_latent
 from .compose.fuse import FUSE_MODES
 from .compose.recipe import Recipe
+from .artifact import refuse_inputs
 from .describe import describe
 from .errors import ConfigError, LegoError
 from .persist import load, load_block, merge_files, save, save_block
@@ -121,6 +122,9 @@ def cmd_wrap(args: argparse.Namespace, console: Console) -> int:
     how = WrapOptions(input_dtype=args.input_dtype, mask=args.mask, output=WrapOptions.parse_output(args.output_key),
                       layout=args.layout, train_mode=args.train_mode)
     output = Path(args.output) if args.output else default_output(args.encoder)
+    source = Path(args.encoder)
+    inputs = [source, *(p for p in source.rglob("*") if p.is_file())] if source.is_dir() else [source]
+    refuse_inputs(output, inputs)  # before the export: a folder's weights or tokenizer are inputs too
     block = wrap_file(
         args.encoder,
         modality=args.modality,
@@ -138,7 +142,7 @@ def cmd_wrap(args: argparse.Namespace, console: Console) -> int:
     contract = block.provenance.get("encoder_contract")
     if contract:
         console.print(f"encoder: {escape(contract)}; exported in {'train' if args.train_mode else 'eval'} mode")
-    path = save_block(block, output, provenance={"wrapped_from": str(args.encoder)}, inputs=[args.encoder])
+    path = save_block(block, output, provenance={"wrapped_from": str(args.encoder)}, inputs=inputs)
     console.print(f"[green]wrote[/] {escape(str(path))}")
     _print_summary(console, describe(path))
     return 0
@@ -163,7 +167,7 @@ def cmd_merge(args: argparse.Namespace, console: Console) -> int:
 def cmd_predict(args: argparse.Namespace, console: Console) -> int:
     model = load(args.model)
     predictions = predict_folder(model, args.data, batch_size=args.batch_size, device=args.device, progress=True)
-    path = predictions.write(args.output)
+    path = predictions.write(args.output, inputs=[args.model, *predictions.sources])
     console.print(f"[green]wrote[/] {len(predictions.ids)} predictions ({', '.join(predictions.columns)}) to {escape(str(path))}")
     return 0
 

@@ -7,12 +7,12 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 from rich.progress import Progress
 
-from .artifact import write_atomic
+from .artifact import refuse_inputs, write_atomic
 from .block import LegoBlock
 from .compose.merge import MergedModel
 from .data.batch import ModalityBatch
@@ -42,8 +42,11 @@ def run_model(model: LegoBlock | MergedModel, batches: Mapping[str, ModalityBatc
 
 @dataclass(frozen=True)
 class Predictions:
+    """Task outputs per sample, and the files they were computed from."""
+
     ids: list[str]
     columns: dict[str, list[float]]
+    sources: tuple[Path, ...] = ()
 
     def to_csv(self) -> str:
         out = io.StringIO()
@@ -53,7 +56,9 @@ class Predictions:
             writer.writerow([sample, *(f"{values[row]:.8g}" for values in self.columns.values())])
         return out.getvalue()
 
-    def write(self, path: str | os.PathLike[str]) -> Path:
+    def write(self, path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
+        """Write the CSV atomically; refuses to replace any of `inputs` (the model, the data folder's files)."""
+        refuse_inputs(Path(path), inputs)
         write_atomic(Path(path), self.to_csv().encode())
         return Path(path)
 
@@ -76,4 +81,4 @@ def predict_folder(model: LegoBlock | MergedModel, data_dir: str | os.PathLike[s
             for name, values in prediction_columns(task, run_model(model, batches).float()).items():
                 columns.setdefault(name, []).extend(values.cpu().tolist())
             bar.advance(job, len(ids))
-    return Predictions(data.ids, columns)
+    return Predictions(data.ids, columns, tuple(data.files()))

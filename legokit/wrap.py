@@ -26,7 +26,7 @@ from .artifact import KEY_FORMAT, FORMAT_TAG
 from .block import BlockConfig, EncoderSpec, LegoBlock, format_shape
 from .device import resolve_device
 from .encoders import FOREIGN, build_encoder, encoder_class
-from .encoders.contract import MASK_KEYWORDS, Contract
+from .encoders.contract import INPUT_DTYPES, LAYOUTS, MASK_KEYWORDS, Contract
 from .encoders.foreign import example_input, export_encoder, load_program, probe_contract, program_from_torchscript
 from .encoders.foreign import program_input_shape, sanitize_program
 from .encoders.huggingface import is_hf_folder, load_hf_folder
@@ -77,6 +77,14 @@ class WrapOptions:
     output: str | int | None = None
     layout: str | None = None
     train_mode: bool = False
+
+    def __post_init__(self) -> None:
+        if self.mask not in ("auto", "none", None, *MASK_KEYWORDS):
+            raise ConfigError(f"--mask {self.mask!r}: choose auto, none or one of {', '.join(MASK_KEYWORDS)}")
+        if self.input_dtype not in (None, *INPUT_DTYPES):
+            raise ConfigError(f"--input-dtype {self.input_dtype!r}: choose one of {', '.join(INPUT_DTYPES)}")
+        if self.layout not in (None, *LAYOUTS):
+            raise ConfigError(f"--layout {self.layout!r}: choose one of {', '.join(LAYOUTS)}")
 
     @staticmethod
     def parse_output(text: str | None) -> str | int | None:
@@ -329,12 +337,7 @@ def wrap_file(
     if kind == EXPORT:
         program = load_program(sanitize_program(path.read_bytes()))
         input_shape = _agreed_shape(path, input_shape, program_input_shape(program))
-        names = list(program.graph_signature.user_inputs)
-        if len(names) > 2 or (len(names) == 2 and names[1] not in MASK_KEYWORDS):
-            raise EncoderError(f"{path}: the program takes inputs {', '.join(names)}; legokit gives an encoder its input "
-                               f"and, optionally, a padding mask named {', '.join(MASK_KEYWORDS)}")
-        if len(names) == 2:
-            how = replace(how, mask=names[1])
+        how = replace(how, mask=_program_mask(path, list(program.graph_signature.user_inputs), how.mask))
         return wrap_module(program.module(), modality, task, input_shape, how=how, **common)
     if kind == TORCHSCRIPT:
         if input_shape is None:
@@ -353,6 +356,26 @@ def wrap_file(
         raise ConfigError(f"{path}: is a state dict; name its architecture with --arch (snn, abmil or mlp), or save "
                           "the module itself (torch.export, TorchScript, or a Hugging Face folder)")
     return wrap_builtin(arch, state, modality, task, arch_kwargs, input_shape, **common)
+
+
+def _program_mask(path: Path, names: list[str], asked: str | None) -> str | None:
+    """The convention of a .pt2 program's second input, its padding mask: the --mask keyword when given, else the
+    input's own name when it is one legokit knows."""
+    if len(names) == 1:
+        if asked not in ("auto", "none", None):
+            raise ConfigError(f"{path}: --mask {asked}: the program takes no mask input (its inputs: {names[0]})")
+        return "none"
+    if len(names) > 2:
+        raise EncoderError(f"{path}: the program takes inputs {', '.join(names)}; legokit gives an encoder its input "
+                           "and, optionally, a padding mask")
+    if asked == "none":
+        raise ConfigError(f"{path}: --mask none: the program takes a second input, {names[1]}, and needs the mask there")
+    if asked not in ("auto", None):
+        return asked
+    if names[1] not in MASK_KEYWORDS:
+        raise ConfigError(f"{path}: the program's second input is {names[1]}; say which convention it takes with "
+                          f"--mask ({', '.join(f'{k}: {v}' for k, v in MASK_KEYWORDS.items())})")
+    return names[1]
 
 
 def _agreed_shape(path: Path, given: tuple[int | None, ...] | None,

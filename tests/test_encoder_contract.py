@@ -173,3 +173,72 @@ def test_a_text_block_keeps_its_tokenizer_and_reloads_without_the_encoder_class(
     assert reloaded.config.text == block.config.text
     ids, mask = torch.tensor([[3, 4, 5]]), torch.ones(1, 3, dtype=torch.bool)
     assert torch.equal(reloaded(ids, mask), block.eval()(ids, mask))
+
+
+def test_predict_refuses_to_overwrite_the_model_or_the_data_folders_files(tmp_path, capsys):
+    from legokit.data.bundled import write_pbc
+
+    data = tmp_path / "data"
+    write_pbc(data)
+    block = wrap_module(nn.Linear(17, 8), "labs", "survival:4", (17,), **OPTS)
+    model = save_block(block, tmp_path / "labs.st")
+    for target in (model, data / "labels.csv", data / "labs.csv"):
+        before = target.read_bytes()
+        assert main(["predict", str(model), str(data), "--device", "cpu", "-o", str(target)]) == 1
+        assert "refusing to overwrite an input file" in capsys.readouterr().err
+        assert target.read_bytes() == before
+
+
+def test_a_csv_saved_with_a_byte_order_mark_reads_like_any_other(tmp_path):
+    (tmp_path / "tab.csv").write_text("id,a,b\n1,0.5,2\n", encoding="utf-8-sig")
+    folder = DatasetFolder(tmp_path, {"tab": (2,)})
+    assert folder.batch(["1"])["tab"].x.tolist() == [[0.5, 2.0]]
+
+
+def test_an_encoder_returning_integers_is_refused_with_the_dtype():
+    class Thresholds(nn.Module):
+        def forward(self, x):
+            return (x > 0).long()
+
+    with pytest.raises(EncoderError, match="returns torch.int64 values"):
+        wrap_module(Thresholds(), "tab", "binary", (4,), **OPTS)
+
+
+def test_a_programs_mask_input_takes_the_convention_named_by_mask(tmp_path):
+    class Masked(nn.Module):
+        def forward(self, x, pad):
+            return x * (~pad).unsqueeze(-1)
+
+    dims = {0: Dim.DYNAMIC, 1: Dim.DYNAMIC}
+    path = tmp_path / "masked.pt2"
+    torch.export.save(torch.export.export(Masked(), (torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.bool)),
+                                          dynamic_shapes=(dims, dims)), path)
+    with pytest.raises(ConfigError, match="second input is pad; say which convention"):
+        wrap_file(path, "seq", "binary", **OPTS)
+    block = wrap_file(path, "seq", "binary", how=WrapOptions(mask="src_key_padding_mask"), **OPTS)
+    x, mask = torch.randn(1, 3, 4), torch.tensor([[True, True, False]])
+    tokens, _ = block.encoder.encode_tokens(x, mask)
+    assert torch.equal(tokens[0, :2], x[0, :2])
+
+
+def test_a_hugging_face_folder_whose_weights_do_not_fit_is_refused(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from safetensors.torch import load_file, save_file
+
+    config = transformers.BertConfig(vocab_size=19, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32)
+    transformers.BertModel(config).save_pretrained(tmp_path / "bert")
+    weights = load_file(tmp_path / "bert" / "model.safetensors")
+    save_file(dict(list(weights.items())[:5]), tmp_path / "bert" / "model.safetensors", metadata={"format": "pt"})
+    (tmp_path / "bert" / "tokenizer.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(EncoderError, match="tensor\\(s\\) missing.*random weights"):
+        wrap_file(tmp_path / "bert", "notes", "binary", **OPTS)
+
+
+def test_wrap_never_writes_over_a_file_of_the_folder_it_wraps(tmp_path, capsys):
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}', encoding="utf-8")
+    target = tmp_path / "bert" / "config.json"
+    assert main(["wrap", str(tmp_path / "bert"), "--modality", "notes", "-o", str(target)]) == 1
+    assert target.read_text(encoding="utf-8") == '{"model_type": "bert"}'
+    assert "refusing to overwrite an input file" in capsys.readouterr().err

@@ -59,12 +59,17 @@ def read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a CSV file; a missing or empty file is a DataError naming it."""
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    with open(path, newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if not header:
-            raise DataError(f"{path}: empty file, expected a header row")
-        rows = [row for row in reader if row]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a BOM (Excel's CSV UTF-8) is no column
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if not header:
+                raise DataError(f"{path}: empty file, expected a header row")
+            rows = [row for row in reader if row]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+    except csv.Error as exc:
+        raise DataError(f"{path}: not a readable CSV file ({exc})") from None
     return [h.strip() for h in header], rows
 
 
@@ -119,10 +124,7 @@ def read_texts(name: str, root: Path) -> Texts | None:
     table, folder = root / f"{name}.csv", root / name
     texts: dict[str, str] = {}
     if table.is_file():
-        try:
-            header, rows = id_rows(table)
-        except csv.Error as exc:
-            raise DataError(f"{table}: not a readable CSV file ({exc})") from None
+        header, rows = id_rows(table)
         if len(header) != 2:
             raise DataError(f"{table}: a text modality has two columns, id and the text; found {', '.join(header)}")
         texts = {sample: row[1] for _, sample, row in rows}
@@ -248,6 +250,18 @@ class DatasetFolder:
                 raise DataError(f"{path}: 'x' has {x.shape[1]} features, the model takes {shape[1]}")
             self._bags[path] = x
         return self._bags[path]
+
+    def files(self) -> list[Path]:
+        """Every file this folder reads (tables, sample files, texts): what no output may replace."""
+        found = [self.root / name for name in ("labels.csv", "splits.csv") if (self.root / name).is_file()]
+        for modality in self.modalities.values():
+            if isinstance(modality, Bags):
+                found.extend(modality.files.values())
+            elif modality.path.is_dir():
+                found.extend(sorted(modality.path.glob("*.txt")))
+            else:
+                found.append(modality.path)
+        return found
 
     def ids_of(self, name: str) -> set[str]:
         """The samples that have modality `name`."""

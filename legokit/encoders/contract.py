@@ -77,7 +77,7 @@ def pick_output(out: Any, selector: str | int | None = None) -> tuple[torch.Tens
     """The tensor an encoder's output holds at `selector` (default: the first tensor), and the selector used."""
     if isinstance(out, torch.Tensor):
         if selector is not None:
-            raise EncoderError(f"--output {selector!r}: the encoder returns a single tensor, not a tuple or dict")
+            raise EncoderError(f"--output-key {selector!r}: the encoder returns a single tensor, not a tuple or dict")
         return out, None
     if isinstance(out, Mapping):
         keys = [k for k, v in out.items() if isinstance(v, torch.Tensor)]
@@ -86,7 +86,7 @@ def pick_output(out: Any, selector: str | int | None = None) -> tuple[torch.Tens
                 raise EncoderError(f"the encoder returns a {type(out).__name__} with no tensor in it")
             selector = keys[0]
         if str(selector) not in keys:
-            raise EncoderError(f"--output {selector!r}: the encoder's {type(out).__name__} holds {', '.join(map(str, keys))}")
+            raise EncoderError(f"--output-key {selector!r}: the encoder's {type(out).__name__} holds {', '.join(map(str, keys))}")
         return out[str(selector)], str(selector)
     if isinstance(out, (tuple, list)):
         positions = [i for i, v in enumerate(out) if isinstance(v, torch.Tensor)]
@@ -95,7 +95,7 @@ def pick_output(out: Any, selector: str | int | None = None) -> tuple[torch.Tens
                 raise EncoderError(f"the encoder returns a {type(out).__name__} with no tensor in it")
             selector = positions[0]
         if not isinstance(selector, int) or selector not in positions:
-            raise EncoderError(f"--output {selector!r}: the encoder's {type(out).__name__} has tensors at positions "
+            raise EncoderError(f"--output-key {selector!r}: the encoder's {type(out).__name__} has tensors at positions "
                                f"{', '.join(map(str, positions))}")
         return out[selector], selector
     raise EncoderError(f"the encoder returns a {type(out).__name__}; expected a tensor, a tuple or a dict of tensors")

@@ -67,7 +67,9 @@ def load_program(program: bytes) -> ExportedProgram:
             raise EncoderError("the stored program carries pickled sample inputs")
         if _pickled_payloads(records):
             raise EncoderError("the stored program carries pickled tensors")
-        return torch.export.load(io.BytesIO(program))
+        with warnings.catch_warnings():  # deprecation notices of torch's own deserializer, not the user's concern
+            warnings.simplefilter("ignore")
+            return torch.export.load(io.BytesIO(program))
     except EncoderError:
         raise
     # a corrupt archive can fail anywhere inside torch's deserializer, with any exception type
@@ -130,10 +132,14 @@ def probe_contract(module: nn.Module, input_shape: tuple[int | None, ...], input
     else:
         raise EncoderError(f"the encoder fails on an input of shape (batch, {_shape(input_shape)}): {_first_line(failure)}")
     tensor, selector = pick_output(out, output)
+    if not tensor.is_floating_point():
+        raise EncoderError(f"the encoder returns {tensor.dtype} values; legokit reads real-valued (float) features")
+    channels = tensor.dim() == 3 and variable(input_shape) and _tracks_last_axis(module, input_shape, dtype, keyword, selector)
     if layout is None:
-        layout = {4: "map"}.get(tensor.dim(), "tokens")
-        if tensor.dim() == 3 and variable(input_shape) and _tracks_last_axis(module, input_shape, dtype, keyword, selector):
-            layout = "channels"
+        layout = "map" if tensor.dim() == 4 else "channels" if channels else "tokens"
+    elif layout == "channels" and tensor.dim() == 3 and variable(input_shape) and not channels:
+        raise EncoderError(f"--layout channels: the output {tuple(tensor.shape)} does not have the token count on its "
+                           "last axis; it reads as (b, n, e) tokens")
     expected = {"tokens": (2, 3), "channels": (3,), "map": (4,)}[layout]
     if tensor.dim() not in expected:
         raise EncoderError(f"the encoder's output has shape {tuple(tensor.shape)}; legokit reads (b, e) or (b, n, e) "

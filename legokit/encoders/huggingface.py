@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+import torch
 from torch import nn
 
 from ..errors import EncoderError
@@ -43,6 +44,24 @@ def _config(folder: Path) -> dict:
     return data
 
 
+def _longest_input(module: nn.Module, data: dict, folder: Path) -> int:
+    """The most tokens the model runs on: its position table, less the offset that RoBERTa-style models add
+    (positions start after the padding index), found by running it at each candidate length."""
+    table = int(data.get("max_position_embeddings") or 512)
+    candidates = [table] + ([table - int(data["pad_token_id"]) - 1] if data.get("pad_token_id") is not None else [])
+    for length in candidates:
+        if length < 1:
+            continue
+        try:
+            with torch.no_grad():
+                module(torch.ones(1, length, dtype=torch.int64), attention_mask=torch.ones(1, length, dtype=torch.int64))
+            return length
+        except Exception:  # noqa: BLE001 - a model fails with many types past its position table
+            continue
+    raise EncoderError(f"{folder}: the model runs at none of {', '.join(map(str, candidates))} tokens; "
+                       "check max_position_embeddings in config.json")
+
+
 def load_hf_folder(folder: Path) -> FolderEncoder:
     """The base model of a local Hugging Face folder, weights from safetensors only (a pickled pytorch_model.bin is
     refused), no remote code; token-id input with the folder's tokenizer.json, or pixel input of the config's size."""
@@ -57,11 +76,18 @@ def load_hf_folder(folder: Path) -> FolderEncoder:
         found = f" (only {', '.join(pickled)}, a pickle format legokit does not read)" if pickled else ""
         raise EncoderError(f"{folder}: no safetensors weights{found}; save the model with save_pretrained()")
     try:
-        module = transformers.AutoModel.from_pretrained(
-            str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False
+        module, info = transformers.AutoModel.from_pretrained(
+            str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False, output_loading_info=True
         )
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for a folder it cannot read
         raise EncoderError(f"{folder}: transformers cannot build the model ({' '.join(str(exc).split())[:200]})") from None
+    # a base model built from a checkpoint saved without its pooler gets a fresh pooler, which legokit never reads
+    missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
+    mismatched = [str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", ())]
+    if missing or mismatched:
+        names = ", ".join((missing + mismatched)[:3])
+        raise EncoderError(f"{folder}: the weights do not fit the model in config.json: {len(missing)} tensor(s) "
+                           f"missing, {len(mismatched)} of another shape ({names}, ...); legokit would wrap random weights")
     module.eval()
     main_input = getattr(module, "main_input_name", "input_ids")
     name = f"{type(module).__name__} ({data['model_type']})"
@@ -70,8 +96,7 @@ def load_hf_folder(folder: Path) -> FolderEncoder:
         if not tokenizer_file.is_file():
             raise EncoderError(f"{folder}: a text model needs its tokenizer.json beside config.json "
                                "(save the tokenizer with save_pretrained())")
-        limit = int(data.get("max_position_embeddings") or 512)
-        text = TextSpec(tokenizer_file.read_text(encoding="utf-8"), max_tokens=limit)
+        text = TextSpec(tokenizer_file.read_text(encoding="utf-8"), max_tokens=_longest_input(module, data, folder))
         return FolderEncoder(module, (None,), "int64", text, f"{name}, text through its tokenizer.json")
     if main_input == "pixel_values":
         size = data.get("image_size", 224)
