@@ -228,7 +228,7 @@ class Family:
 
 FAMILIES = (
     Family("bert", "transformers BertModel, local folder + tokenizer.json (text)", bert),
-    Family("vit", "transformers ViTModel, local folder (3x16 px images)", vit),
+    Family("vit", "transformers ViTModel, local folder (3x16x16 images)", vit),
     Family("transformer", "nn.TransformerEncoder with padding mask, torch.export .pt2", transformer),
     Family("lstm", "bidirectional 2-layer nn.LSTM, pickled module (--trust-pickle)", lstm),
     Family("gru", "nn.GRU + Linear, pickled module (--trust-pickle)", gru),
