@@ -12,7 +12,9 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from .artifact import Artifact, Source, read_artifact, read_layout, read_metadata, write_artifact, write_streaming
+from .archive import program_records
+from .artifact import Artifact, Source, Stored, read_artifact, read_layout, read_metadata, write_artifact
+from .artifact import write_streaming
 from .block import BlockConfig, LegoBlock
 from .compose.fuse import FusedModel, fused_config, parse_fused_config
 from .compose.graph import Graph
@@ -198,6 +200,18 @@ def _parts(path: Path) -> tuple[list[_Part], dict[str, float]]:
     raise ArtifactError(f"{path}: cannot merge an artifact of kind {kind!r}")
 
 
+def _check_stored_program(path: Path, stored: Stored) -> None:
+    """A block's encoder program must pass the strict allowlist before merge copies it into a new artifact."""
+    if stored.dtype != "U8" or len(stored.shape) != 1:
+        raise ArtifactError(f"{path}: encoder program tensor is not a byte string")
+    with open(path, "rb") as handle:
+        program = os.pread(handle.fileno(), stored.end - stored.start, stored.start)
+    try:
+        program_records(program, strict=True, what=f"{path}: encoder program")
+    except EncoderError as exc:
+        raise ArtifactError(str(exc)) from None
+
+
 def merge_files(
     paths: Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
@@ -236,6 +250,7 @@ def merge_files(
             }
         for name, stored in layout.items():
             if name == PROGRAM_PREFIX + part.prefix + "encoder":
+                _check_stored_program(part.path, stored)
                 sources.append(Source.of_file(f"{PROGRAM_PREFIX}blocks.{modality}.encoder", part.path, name, stored))
             elif name.startswith(part.prefix) and not name.startswith(PROGRAM_PREFIX):
                 sources.append(Source.of_file(f"blocks.{modality}.{name[len(part.prefix):]}", part.path, name, stored))

@@ -8,8 +8,8 @@ caller trusts the file: unpickling runs whatever code the file names.
 
 from __future__ import annotations
 
+import io
 import os
-import pickle
 import struct
 import zipfile
 from contextlib import contextmanager
@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from .archive import check_torch_save, check_torchscript
 from .artifact import KEY_FORMAT, FORMAT_TAG
 from .block import BlockConfig, EncoderSpec, LegoBlock, format_shape
 from .device import resolve_device
@@ -260,21 +261,19 @@ def _as_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
 
 
 def _read_pickle(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor] | nn.Module:
+    """A torch.save file: with no trust, its bytes must pass the allowlist (tensors only) before torch.load's own
+    weights-only reader sees them; read once, so the checked bytes are the loaded bytes."""
+    data = path.read_bytes()
+    if not trust_pickle:
+        if data[:4] != b"PK\x03\x04":
+            raise EncoderError(f"{path}: a pickle in the legacy torch.save format (before PyTorch 1.6), which legokit "
+                               "does not read: save it again with torch.save, or pass --trust-pickle if you trust it")
+        check_torch_save(data, str(path))
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        if not trust_pickle:
-            raise EncoderError(
-                f"{path}: a pickled Python object (e.g. torch.save(model)); unpickling runs code named in the file. "
-                "Save a state dict, TorchScript or torch.export program instead, or pass --trust-pickle if you trust it"
-            ) from None
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except (ImportError, AttributeError) as exc:
-            raise EncoderError(f"{path}: the pickled object needs code that cannot be imported here "
-                               f"({' '.join(str(exc).split())[:160]}); run where its class is importable") from None
-        except Exception as exc:  # noqa: BLE001 - a trusted pickle can fail in any way
-            raise EncoderError(f"{path}: not a readable torch file ({' '.join(str(exc).split())[:160]})") from None
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=not trust_pickle)
+    except (ImportError, AttributeError) as exc:
+        raise EncoderError(f"{path}: the pickled object needs code that cannot be imported here "
+                           f"({' '.join(str(exc).split())[:160]}); run where its class is importable") from None
     except Exception as exc:  # noqa: BLE001 - torch's reader fails on foreign bytes with many types
         raise EncoderError(f"{path}: not a readable torch file ({' '.join(str(exc).split())[:160]})") from None
     if isinstance(obj, nn.Module):
@@ -342,8 +341,10 @@ def wrap_file(
     if kind == TORCHSCRIPT:
         if input_shape is None:
             raise ConfigError(f"{path}: a TorchScript archive does not record its input shape; give --input-shape")
+        data = path.read_bytes()
+        check_torchscript(data, str(path))
         try:
-            scripted = torch.jit.load(str(path), map_location="cpu")
+            scripted = torch.jit.load(io.BytesIO(data), map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - the TorchScript reader fails with many types
             raise EncoderError(f"{path}: corrupt TorchScript archive ({' '.join(str(exc).split())[:160]})") from None
         return wrap_module(program_from_torchscript(scripted, input_shape), modality, task, input_shape, how=how, **common)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import re
 import warnings
 
@@ -18,60 +17,35 @@ import torch
 from einops import rearrange
 from torch import nn
 from torch.export import Dim, ExportedProgram
-from torch.export.pt2_archive._package import PT2ArchiveReader, PT2ArchiveWriter
+from torch.export.pt2_archive._package import PT2ArchiveWriter
 
+from ..archive import SAMPLE_INPUTS, program_records
 from ..errors import EncoderError, ShapeError
 from .contract import INPUT_DTYPES, Contract, EncoderCall, mask_keyword, pick_output
 from .recurrent import exportable_copy
 
-_CONFIG_SUFFIXES = ("_weights_config.json", "_constants_config.json")
-
-
-def _archive_records(program: bytes) -> dict[str, bytes]:
-    reader = PT2ArchiveReader(io.BytesIO(program))
-    return {name: reader.read_bytes(name) for name in reader.get_file_names()}
-
-
-def _pickled_payloads(records: dict[str, bytes]) -> list[str]:
-    """Names of the weights/constants an archive stores as pickles (and so could not be loaded pickle-free)."""
-    found = []
-    for name, data in records.items():
-        if name.endswith(_CONFIG_SUFFIXES):
-            for fqn, meta in json.loads(data)["config"].items():
-                if meta.get("use_pickle", True):
-                    found.append(fqn)
-    return found
-
-
 def sanitize_program(program: bytes) -> bytes:
-    """Rewrite a PT2 archive so that loading it unpickles nothing: empty sample inputs, no pickled tensors."""
-    records = _archive_records(program)
-    pickled = _pickled_payloads(records)
-    if pickled:
-        raise EncoderError(f"the exported program stores {', '.join(pickled)} as pickles; legokit keeps no pickles")
+    """Rebuild a user's PT2 archive from the records that pass the allowlist (`archive.program_records`), with its
+    pickled sample inputs emptied: loading the result unpickles nothing."""
+    records = program_records(program, strict=False, what="the exported program")
     out = io.BytesIO()
     writer = PT2ArchiveWriter(out)
-    for name, data in records.items():
+    for name, data in records.data.items():
         if name.startswith(".data/"):
             continue  # the writer adds its own version records
-        writer.write_bytes(name, b"" if name.startswith("data/sample_inputs/") else data)
+        writer.write_bytes(name, b"" if name == SAMPLE_INPUTS else data)
     writer.close()
     return out.getvalue()
 
 
 def load_program(program: bytes) -> ExportedProgram:
-    """Deserialize a sanitized program; anything else (corrupt bytes, pickled parts) is an EncoderError."""
+    """Deserialize a program that passes the strict allowlist; anything else (corrupt bytes, pickled parts, extra
+    records) is an EncoderError, raised before torch's loader sees a byte."""
+    program_records(program, strict=True)
     try:
-        records = _archive_records(program)
-        if any(name.startswith("data/sample_inputs/") and data for name, data in records.items()):
-            raise EncoderError("the stored program carries pickled sample inputs")
-        if _pickled_payloads(records):
-            raise EncoderError("the stored program carries pickled tensors")
         with warnings.catch_warnings():  # deprecation notices of torch's own deserializer, not the user's concern
             warnings.simplefilter("ignore")
             return torch.export.load(io.BytesIO(program))
-    except EncoderError:
-        raise
     # a corrupt archive can fail anywhere inside torch's deserializer, with any exception type
     except Exception as exc:  # noqa: BLE001
         raise EncoderError(f"the stored encoder program cannot be read ({type(exc).__name__})") from None

@@ -1,0 +1,268 @@
+"""Allowlist checks of the archives users hand legokit: torch.export programs (PT2), TorchScript archives and
+torch.save files. They run on Python's zip reader and `pickletools` alone, before any torch loader sees the bytes:
+only the records a format needs pass, every record is stored (never deflated) and capped in size, raw tensor
+records must be exactly as long as their shape and dtype say, and pickles may name only allowlisted globals.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import pickletools
+import re
+import zipfile
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from .errors import EncoderError
+
+MAX_RECORDS = 20_000
+MAX_JSON_BYTES = 64 * 1024 * 1024
+MAX_SMALL_BYTES = 4096
+MAX_JSON_DEPTH = 200
+
+# torch.export's serialized dtype codes (torch._export.serde.schema.ScalarType) -> bytes per element
+ELEMENT_BYTES: Mapping[int, int] = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 2, 7: 4, 8: 8, 9: 4, 10: 8, 11: 16, 12: 1, 13: 2,
+                                    28: 2, 29: 1, 30: 1, 31: 1, 32: 1, 33: 1, 34: 4, 35: 8}
+
+# pickle opcodes that build plain data, look up allowlisted globals and call them; nothing else passes
+SAFE_OPCODES = frozenset({
+    "PROTO", "FRAME", "STOP", "MARK", "POP", "POP_MARK", "DUP", "NONE", "NEWTRUE", "NEWFALSE", "INT", "BININT",
+    "BININT1", "BININT2", "LONG", "LONG1", "LONG4", "FLOAT", "BINFLOAT", "STRING", "BINSTRING", "SHORT_BINSTRING",
+    "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "UNICODE", "BINUNICODE", "SHORT_BINUNICODE", "BINUNICODE8",
+    "EMPTY_LIST", "APPEND", "APPENDS", "LIST", "EMPTY_TUPLE", "TUPLE", "TUPLE1", "TUPLE2", "TUPLE3", "EMPTY_DICT",
+    "DICT", "SETITEM", "SETITEMS", "EMPTY_SET", "ADDITEMS", "FROZENSET", "GET", "BINGET", "LONG_BINGET", "PUT",
+    "BINPUT", "LONG_BINPUT", "MEMOIZE", "BINPERSID", "GLOBAL", "REDUCE", "BUILD", "NEWOBJ",
+})
+STORAGES = ("Double", "Float", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool")
+STATE_DICT_GLOBALS = frozenset({
+    ("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+    *(("torch", f"{kind}Storage") for kind in STORAGES),
+})
+
+
+@dataclass(frozen=True)
+class Records:
+    """The records of a checked archive, by name below its root folder, and that root."""
+
+    root: str
+    data: dict[str, bytes]
+
+
+MAX_CODE_BYTES = 64 * 1024 * 1024
+
+
+def _zip(data: bytes, what: str, limit: int, compressed_ok: Callable[[str], bool] = lambda name: False
+         ) -> tuple[zipfile.ZipFile, str]:
+    """A zip archive whose entries are stored (deflated only where `compressed_ok`, within MAX_CODE_BYTES in all),
+    uniquely named below one root folder, and within `limit` bytes in all."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
+        raise EncoderError(f"{what}: not a readable zip archive ({exc})") from None
+    if not entries or len(entries) > MAX_RECORDS:
+        raise EncoderError(f"{what}: a zip archive of {len(entries)} records")
+    names = [e.filename for e in entries]
+    if len(set(names)) != len(names):
+        raise EncoderError(f"{what}: a record name appears twice in the archive")
+    roots = {n.split("/", 1)[0] for n in names}
+    if len(roots) != 1 or any("/" not in n or ".." in n.split("/") or n.startswith("/") for n in names):
+        raise EncoderError(f"{what}: records must lie in one root folder (found {', '.join(sorted(roots))[:80]})")
+    total, inflated = 0, 0
+    for entry in entries:
+        below = entry.filename.split("/", 1)[1]
+        if entry.compress_type == zipfile.ZIP_DEFLATED and compressed_ok(below):
+            inflated += entry.file_size
+            if inflated > MAX_CODE_BYTES:
+                raise EncoderError(f"{what}: compressed records inflate past {MAX_CODE_BYTES:,} bytes")
+            continue
+        if entry.compress_type != zipfile.ZIP_STORED:
+            raise EncoderError(f"{what}: record {entry.filename} is compressed; legokit reads stored records only")
+        total += entry.file_size
+        if entry.file_size != entry.compress_size or total > limit:
+            raise EncoderError(f"{what}: records larger than the archive itself ({total} bytes)")
+    return archive, roots.pop()
+
+
+def _read(archive: zipfile.ZipFile, name: str, what: str) -> bytes:
+    try:
+        return archive.read(name)
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError) as exc:
+        raise EncoderError(f"{what}: record {name} cannot be read ({exc})") from None
+
+
+def _depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+    """Nesting depth of parsed JSON, without recursion."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > limit:
+            return deepest
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
+def load_json(data: bytes, what: str) -> Any:
+    """JSON with a size and nesting cap; anything else is a one-line EncoderError."""
+    if len(data) > MAX_JSON_BYTES:
+        raise EncoderError(f"{what}: JSON of {len(data):,} bytes (cap {MAX_JSON_BYTES:,})")
+    try:
+        value = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise EncoderError(f"{what}: invalid JSON ({type(exc).__name__})") from None
+    if _depth(value) > MAX_JSON_DEPTH:
+        raise EncoderError(f"{what}: JSON nested over {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _tensor_bytes(meta: Any, what: str) -> int:
+    """Bytes a serialized tensor's storage takes: product of its sizes times its element size."""
+    try:
+        sizes = [int(s["as_int"]) for s in meta["sizes"]]
+        element = ELEMENT_BYTES[int(meta["dtype"])]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EncoderError(f"{what}: a tensor without a plain shape and dtype ({type(exc).__name__})") from None
+    if any(s < 0 for s in sizes):
+        raise EncoderError(f"{what}: a tensor of negative size")
+    return math.prod(sizes) * element
+
+
+PROGRAM_SMALL = ("archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id")
+PROGRAM_JSON = ("models/model.json", "data/weights/model_weights_config.json", "data/constants/model_constants_config.json")
+SAMPLE_INPUTS = "data/sample_inputs/model.pt"
+
+
+def program_records(program: bytes, strict: bool = True, what: str = "the encoder program") -> Records:
+    """The records of a torch.export archive that pass the allowlist: exactly one model named `model`, its JSON
+    records, and raw tensor records listed in its weights/constants configs with the byte size their shape and dtype
+    give; no pickled weight or constant, no object constant, no other record. `strict` (an archive legokit wrote)
+    also needs the pickled sample inputs to be empty; a user's archive may carry them, since rebuilding drops them."""
+    archive, root = _zip(program, what, len(program))
+    by_name = {e.filename[len(root) + 1:]: e for e in archive.infolist()}
+    models = [n for n in by_name if n.startswith("models/")]
+    if models != ["models/model.json"]:
+        raise EncoderError(f"{what}: must hold exactly one model, models/model.json (found {', '.join(models)[:80] or 'none'})")
+    records: dict[str, bytes] = {}
+    for name in PROGRAM_SMALL:
+        if name in by_name:
+            if by_name[name].file_size > MAX_SMALL_BYTES:
+                raise EncoderError(f"{what}: record {name} is {by_name[name].file_size:,} bytes")
+            records[name] = _read(archive, by_name[name].filename, what)
+    configs = {}
+    for name in PROGRAM_JSON:
+        if name not in by_name:
+            raise EncoderError(f"{what}: record {name} is missing")
+        records[name] = _read(archive, by_name[name].filename, what)
+        configs[name] = load_json(records[name], f"{what}: {name}")
+    _check_model(configs["models/model.json"], what)
+    for folder, name in (("data/weights/", PROGRAM_JSON[1]), ("data/constants/", PROGRAM_JSON[2])):
+        table = configs[name].get("config") if isinstance(configs[name], dict) else None
+        if not isinstance(table, dict):
+            raise EncoderError(f"{what}: {name} has no config table")
+        for fqn, meta in table.items():
+            if not isinstance(meta, dict) or meta.get("use_pickle", True):
+                raise EncoderError(f"{what}: {fqn} is stored as a pickle; legokit keeps no pickles")
+            path = meta.get("path_name")
+            record = folder + str(path)
+            if not isinstance(path, str) or "/" in path or record not in by_name:
+                raise EncoderError(f"{what}: {fqn} names a record that is not in the archive")
+            needed = _tensor_bytes(meta.get("tensor_meta"), f"{what}: {fqn}")
+            if by_name[record].file_size != needed:
+                raise EncoderError(f"{what}: record {record} holds {by_name[record].file_size:,} bytes, its tensor "
+                                   f"{fqn} needs {needed:,}")
+            records[record] = _read(archive, by_name[record].filename, what)
+    if SAMPLE_INPUTS in by_name:
+        if strict and by_name[SAMPLE_INPUTS].file_size:
+            raise EncoderError(f"{what}: carries pickled sample inputs")
+        records[SAMPLE_INPUTS] = b""
+    unknown = sorted(set(by_name) - set(records))
+    if unknown:
+        raise EncoderError(f"{what}: record {unknown[0]} is not part of a torch.export program legokit reads")
+    return Records(root, records)
+
+
+def _check_model(model: Any, what: str) -> None:
+    """The model JSON holds no custom (pickled) objects."""
+    graph = model.get("graph_module", {}).get("graph") if isinstance(model, dict) else None
+    if not isinstance(graph, dict):
+        raise EncoderError(f"{what}: models/model.json holds no graph")
+    if graph.get("custom_obj_values"):
+        raise EncoderError(f"{what}: the program carries custom objects (pickled); legokit keeps none")
+
+
+def pickle_globals(data: bytes, what: str) -> set[tuple[str, str]]:
+    """The globals a pickle names, read with pickletools (nothing is unpickled); an opcode outside SAFE_OPCODES, or a
+    global looked up from the stack, is refused."""
+    found: set[tuple[str, str]] = set()
+    try:
+        for opcode, argument, _ in pickletools.genops(data):
+            if opcode.name not in SAFE_OPCODES:
+                raise EncoderError(f"{what}: the pickle uses opcode {opcode.name}, which legokit does not allow")
+            if opcode.name == "GLOBAL":
+                module, _, name = str(argument).partition(" ")
+                found.add((module, name))
+    except EncoderError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pickletools raises ValueError and others on corrupt bytes
+        raise EncoderError(f"{what}: a corrupt pickle ({' '.join(str(exc).split())[:120]})") from None
+    return found
+
+
+def check_pickle(data: bytes, allowed: Callable[[tuple[str, str]], bool], what: str) -> None:
+    """Refuse a pickle that names any global outside the allowlist, naming the first such global."""
+    foreign = sorted(g for g in pickle_globals(data, what) if not allowed(g))
+    if foreign:
+        module, name = foreign[0]
+        raise EncoderError(f"{what}: a pickled Python object ({module}.{name}); unpickling runs code named in the file. "
+                           "Save a state dict, TorchScript or torch.export program instead, or pass --trust-pickle "
+                           "if you trust it")
+
+
+_STORAGE_RECORD = re.compile(r"^data/\d+$")
+TORCH_SAVE_SMALL = ("byteorder", "version", ".format_version", ".storage_alignment", ".data/version",
+                    ".data/serialization_id")
+
+
+def check_torch_save(data: bytes, what: str) -> None:
+    """A torch.save zip holding tensors only: data.pkl naming only tensor-rebuilding globals, raw storages, version
+    records. (A pickled module names its classes and is refused here, with the way out.)"""
+    archive, root = _zip(data, what, len(data))
+    by_name = {e.filename[len(root) + 1:]: e for e in archive.infolist()}
+    _check_names(by_name, what, allowed=lambda n: n == "data.pkl" or n in TORCH_SAVE_SMALL or bool(_STORAGE_RECORD.match(n)))
+    if "data.pkl" not in by_name:
+        raise EncoderError(f"{what}: a zip archive without data.pkl; not a torch.save file")
+    check_pickle(_read(archive, by_name["data.pkl"].filename, what), STATE_DICT_GLOBALS.__contains__, what)
+
+
+def _torchscript_global(item: tuple[str, str]) -> bool:
+    module, _ = item
+    return item in STATE_DICT_GLOBALS or module.startswith("__torch__.") or module == "torch.jit._pickle"
+
+
+def check_torchscript(data: bytes, what: str) -> None:
+    """A TorchScript archive: its pickles (data, constants, debug tables) name only TorchScript classes and tensor
+    globals, its code records are TorchScript source (compiled by TorchScript, never run as Python)."""
+    archive, root = _zip(data, what, len(data), lambda name: name.startswith("code/"))
+    by_name = {e.filename[len(root) + 1:]: e for e in archive.infolist()}
+
+    def known(name: str) -> bool:
+        return (name in ("data.pkl", "constants.pkl") or name in TORCH_SAVE_SMALL or bool(_STORAGE_RECORD.match(name))
+                or (name.startswith("code/") and name.endswith((".py", ".debug_pkl"))))
+
+    _check_names(by_name, what, known)
+    for name, entry in by_name.items():
+        if name.endswith((".pkl", ".debug_pkl")):
+            check_pickle(_read(archive, entry.filename, what), _torchscript_global, f"{what}: {name}")
+
+
+def _check_names(by_name: Mapping[str, zipfile.ZipInfo], what: str, allowed: Callable[[str], bool]) -> None:
+    unknown = sorted(n for n in by_name if not allowed(n))
+    if unknown:
+        raise EncoderError(f"{what}: record {unknown[0]} is not part of the format legokit reads")
+    for name in by_name:
+        if name in TORCH_SAVE_SMALL and by_name[name].file_size > MAX_SMALL_BYTES:
+            raise EncoderError(f"{what}: record {name} is {by_name[name].file_size:,} bytes")
