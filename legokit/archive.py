@@ -93,7 +93,7 @@ def _read(archive: zipfile.ZipFile, name: str, what: str) -> bytes:
         raise EncoderError(f"{what}: record {name} cannot be read ({exc})") from None
 
 
-def _depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
+def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
     """Nesting depth of parsed JSON, without recursion."""
     deepest, stack = 0, [(value, 1)]
     while stack:
@@ -114,7 +114,7 @@ def load_json(data: bytes, what: str) -> Any:
         value = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise EncoderError(f"{what}: invalid JSON ({type(exc).__name__})") from None
-    if _depth(value) > MAX_JSON_DEPTH:
+    if json_depth(value) > MAX_JSON_DEPTH:
         raise EncoderError(f"{what}: JSON nested over {MAX_JSON_DEPTH} levels")
     return value
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
+import mmap
 import os
 import struct
 import tempfile
@@ -19,13 +21,13 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from .archive import MAX_JSON_DEPTH, json_depth
 from .errors import ArtifactError
 
 FORMAT_TAG = "legokit-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the checksum also covers kind, config and provenance
 KEY_FORMAT = "legokit.format"
 KEY_VERSION = "legokit.format_version"
 KEY_KIND = "legokit.kind"
@@ -56,6 +58,8 @@ DTYPES: Mapping[torch.dtype, str] = {
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
     torch.bool: "BOOL", torch.complex64: "C64",
 }
+TORCH_DTYPES: Mapping[str, torch.dtype] = {name: dtype for dtype, name in DTYPES.items()}
+ELEMENT_SIZE: Mapping[str, int] = {name: torch.empty(0, dtype=dtype).element_size() for dtype, name in DTYPES.items()}
 
 
 def tensor_bytes(tensor: torch.Tensor) -> bytes:
@@ -80,6 +84,25 @@ def tensors_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest_entries(
         (name, DTYPES[t.dtype], tuple(t.shape), hashlib.sha256(tensor_bytes(t)).hexdigest()) for name, t in tensors.items()
     )
+
+
+def sealed_checksum(version: int, tensors_sha: str, kind: str, config: str, provenance: str) -> str:
+    """The header's checksum: from format 2 on, over the tensors' digest and the kind, config and provenance
+    strings, so that an edit to any of them is caught at load; format 1 covered the tensors only."""
+    if version < 2:
+        return tensors_sha
+    digest = hashlib.sha256()
+    for part in (tensors_sha, kind, config, provenance):
+        encoded = part.encode()
+        digest.update(len(encoded).to_bytes(8, "little") + encoded)
+    return digest.hexdigest()
+
+
+def seal(metadata: Mapping[str, str], tensors_sha: str) -> str:
+    """The checksum a header with this metadata must carry for tensors of this digest."""
+    version = int(metadata.get(KEY_VERSION, FORMAT_VERSION))
+    return sealed_checksum(version, tensors_sha, metadata.get(KEY_KIND, ""), metadata.get(KEY_CONFIG, ""),
+                           metadata.get(KEY_PROVENANCE, ""))
 
 
 def file_sha256(path: Path) -> str:
@@ -173,7 +196,11 @@ def write_artifact(
     path = Path(path)
     refuse_inputs(path, inputs)
     prepared = _prepare(tensors)
-    metadata = _header(kind, config, provenance, tensors_digest(prepared))
+    for name, tensor in prepared.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ArtifactError(f"{path}: tensor '{name}' holds NaN or infinite values; refusing to write it")
+    metadata = _header(kind, config, provenance, _PLACEHOLDER)
+    metadata[KEY_CHECKSUM] = seal(metadata, tensors_digest(prepared))
     write_atomic(path, safetensors_bytes(prepared, metadata=metadata))
     return path
 
@@ -183,34 +210,79 @@ def _one_line(exc: BaseException) -> str:
     return text or type(exc).__name__
 
 
-def _check_container(path: Path) -> int:
-    """Cheap checks before safetensors parses anything; returns the file size."""
+def _check_container(path: Path) -> None:
     if not path.exists():
         raise ArtifactError(f"{path}: no such file")
     if path.is_dir():
         raise ArtifactError(f"{path}: is a directory, not an artifact file")
-    size = path.stat().st_size
+
+
+def _json_text(path: Path, text: str | bytes, what: str) -> Any:
+    """JSON from a header, with the nesting capped; anything else is a one-line ArtifactError."""
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise ArtifactError(f"{path}: corrupt header: {what} is not valid JSON") from None
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ArtifactError(f"{path}: corrupt header: {what} is nested over {MAX_JSON_DEPTH} levels")
+    return value
+
+
+@dataclass(frozen=True)
+class Header:
+    """A safetensors header read from one open file: metadata, each tensor's place, and the file's size."""
+
+    metadata: dict[str, str]
+    layout: dict[str, "Stored"]
+    size: int
+
+
+def _parse_header(path: Path, read: Any, size: int) -> Header:
+    """Parse and check a safetensors header with `read(length, offset)`: sizes, offsets inside the file, dtypes and
+    byte lengths that match the shapes, str -> str metadata."""
     if size < 8:
         raise ArtifactError(f"{path}: not a safetensors file (only {size} bytes)")
-    with open(path, "rb") as handle:
-        (header_len,) = struct.unpack("<Q", handle.read(8))
-        first = handle.read(1)
-    if header_len > MAX_HEADER or first != b"{":
+    (header_len,) = struct.unpack("<Q", read(8, 0))
+    if header_len > MAX_HEADER or read(1, 8) != b"{":
         raise ArtifactError(f"{path}: not a safetensors file (no JSON header at the start)")
     if 8 + header_len > size:
         raise ArtifactError(f"{path}: truncated file (header of {header_len} bytes, file of {size})")
-    return size
+    header = _json_text(path, read(header_len, 8), "the safetensors header")
+    if not isinstance(header, dict):
+        raise ArtifactError(f"{path}: corrupt safetensors header")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise ArtifactError(f"{path}: corrupt safetensors header (metadata must map strings to strings)")
+    base, layout, name = 8 + header_len, {}, ""
+    try:
+        for name, entry in header.items():
+            dtype = str(entry["dtype"])
+            shape = tuple(int(d) for d in entry["shape"])
+            start, end = (int(v) for v in entry["data_offsets"])
+            if dtype not in ELEMENT_SIZE or any(d < 0 for d in shape):
+                raise ValueError("dtype or shape")
+            if not 0 <= start <= end or end - start != math.prod(shape) * ELEMENT_SIZE[dtype]:
+                raise ValueError("offsets")
+            if base + end > size:
+                raise ArtifactError(f"{path}: truncated file (tensor {name!r} ends at byte {base + end:,}, the file "
+                                    f"has {size:,})")
+            layout[name] = Stored(dtype, shape, base + start, base + end)
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        raise ArtifactError(f"{path}: corrupt safetensors header (tensor {name!r})") from None
+    return Header(metadata, layout, size)
 
 
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The header metadata of a legokit artifact, validated (tag, version); tensors are not read."""
+def read_header(path: str | os.PathLike[str]) -> Header:
+    """The header of a safetensors file, read through one file descriptor (no tensor data is read)."""
     path = Path(path)
     _check_container(path)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{path}: not a valid safetensors file ({_one_line(exc)})") from None
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        return _parse_header(path, lambda n, at: os.pread(handle.fileno(), n, at), size)
+
+
+def _legokit_metadata(path: Path, metadata: Mapping[str, str]) -> dict[str, str]:
+    """Check the legokit tag and format version of a header's metadata."""
     if metadata.get(KEY_FORMAT) != FORMAT_TAG:
         raise ArtifactError(f"{path}: a safetensors file, but not a legokit artifact (no '{KEY_FORMAT}' tag)")
     try:
@@ -223,35 +295,47 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
         )
     if version < 1:
         raise ArtifactError(f"{path}: corrupt header: format version {version}")
-    return metadata
+    return dict(metadata)
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The header metadata of a legokit artifact, validated (tag, version); tensors are not read."""
+    return _legokit_metadata(Path(path), read_header(path).metadata)
 
 
 def _json_field(path: Path, metadata: Mapping[str, str], key: str) -> dict[str, Any]:
-    try:
-        value = json.loads(metadata.get(key, "{}"))
-    except json.JSONDecodeError:
-        raise ArtifactError(f"{path}: corrupt header: {key} is not valid JSON") from None
+    value = _json_text(path, metadata.get(key, "{}"), key)
     if not isinstance(value, dict):
         raise ArtifactError(f"{path}: corrupt header: {key} is not a JSON object")
     return value
 
 
 def read_artifact(path: str | os.PathLike[str], expect_kind: str | None = None) -> Artifact:
-    """Read and verify a whole artifact: header, kind, tensors and their checksum."""
+    """Read and verify a whole artifact through one file descriptor, so that a file replaced meanwhile cannot mix
+    two versions: header, kind, tensors, their checksum (which covers config and provenance too), and finite
+    floating-point values."""
     path = Path(path)
-    metadata = read_metadata(path)
-    kind = metadata.get(KEY_KIND, "")
-    if expect_kind is not None and kind != expect_kind:
-        raise ArtifactError(f"{path}: is a legokit artifact of kind {kind!r}, expected a {expect_kind}")
-    config = _json_field(path, metadata, KEY_CONFIG)
-    provenance = _json_field(path, metadata, KEY_PROVENANCE)
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise ArtifactError(f"{path}: tensor data cannot be read ({_one_line(exc)})") from None
-    if tensors_digest(tensors) != metadata.get(KEY_CHECKSUM):
-        raise ArtifactError(f"{path}: tensor data does not match the checksum in its header (corrupted file)")
+    _check_container(path)
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if size < 8:
+            raise ArtifactError(f"{path}: not a safetensors file (only {size} bytes)")
+        with mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            header = _parse_header(path, lambda n, at: view[at : at + n], size)
+            metadata = _legokit_metadata(path, header.metadata)
+            kind = metadata.get(KEY_KIND, "")
+            if expect_kind is not None and kind != expect_kind:
+                raise ArtifactError(f"{path}: is a legokit artifact of kind {kind!r}, expected a {expect_kind}")
+            config = _json_field(path, metadata, KEY_CONFIG)
+            provenance = _json_field(path, metadata, KEY_PROVENANCE)
+            tensors = {name: _tensor(view, stored) for name, stored in header.layout.items()}
+            whole = hashlib.sha256(view).hexdigest()
+    if seal(metadata, tensors_digest(tensors)) != metadata.get(KEY_CHECKSUM):
+        raise ArtifactError(f"{path}: the file does not match the checksum in its header (tensors, config or "
+                            "provenance corrupted or edited)")
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ArtifactError(f"{path}: tensor '{name}' holds NaN or infinite values")
     return Artifact(
         path=path,
         kind=kind,
@@ -260,9 +344,16 @@ def read_artifact(path: str | os.PathLike[str], expect_kind: str | None = None) 
         provenance=provenance,
         library_version=metadata.get(KEY_LIBRARY, "unknown"),
         tensors=tensors,
-        sha256=file_sha256(path),
-        size=path.stat().st_size,
+        sha256=whole,
+        size=size,
     )
+
+
+def _tensor(view: mmap.mmap, stored: "Stored") -> torch.Tensor:
+    """A tensor copied out of the mapped file (its own memory, nothing shared with the mapping)."""
+    data = bytearray(view[stored.start : stored.end])
+    flat = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+    return flat.view(TORCH_DTYPES[stored.dtype]).reshape(stored.shape)
 
 
 @dataclass(frozen=True)
@@ -277,27 +368,7 @@ class Stored:
 
 def read_layout(path: str | os.PathLike[str]) -> dict[str, Stored]:
     """Every tensor's dtype, shape and byte range, read from the safetensors header (no tensor data is read)."""
-    path = Path(path)
-    size = _check_container(path)
-    with open(path, "rb") as handle:
-        (header_len,) = struct.unpack("<Q", handle.read(8))
-        try:
-            header = json.loads(handle.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise ArtifactError(f"{path}: corrupt safetensors header") from None
-    base = 8 + header_len
-    layout: dict[str, Stored] = {}
-    try:
-        for name, entry in header.items():
-            if name == "__metadata__":
-                continue
-            start, end = (int(v) for v in entry["data_offsets"])
-            if not 0 <= start <= end or base + end > size:
-                raise ValueError("offsets outside the file")
-            layout[name] = Stored(str(entry["dtype"]), tuple(int(d) for d in entry["shape"]), base + start, base + end)
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise ArtifactError(f"{path}: corrupt safetensors header (tensor {name!r})") from None
-    return layout
+    return read_header(path).layout
 
 
 @dataclass(frozen=True)
@@ -410,7 +481,7 @@ def write_streaming(
         for file in files:
             copied = [(s.stored_as, s.dtype, s.shape, done[s.name]) for s in ordered if s.file == file]
             _verify_input(file, copied)
-        checksum = digest_entries((s.name, s.dtype, s.shape, done[s.name]) for s in ordered)
+        checksum = seal(metadata, digest_entries((s.name, s.dtype, s.shape, done[s.name]) for s in ordered))
         os.pwrite(target, encoded.replace(
             f'"{KEY_CHECKSUM}":"{_PLACEHOLDER}"'.encode(), f'"{KEY_CHECKSUM}":"{checksum}"'.encode()
         ), 8)
@@ -423,5 +494,6 @@ def _verify_input(file: Path, copied: list[tuple[str, str, tuple[int, ...], str]
     done = {name for name, *_ in copied}
     entries = list(copied)
     entries += [(n, st.dtype, st.shape, _hash_range(file, st.start, st.end)) for n, st in layout.items() if n not in done]
-    if digest_entries(entries) != read_metadata(file).get(KEY_CHECKSUM):
+    metadata = read_metadata(file)
+    if seal(metadata, digest_entries(entries)) != metadata.get(KEY_CHECKSUM):
         raise ArtifactError(f"{file}: tensor data does not match the checksum in its header (corrupted file)")

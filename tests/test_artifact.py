@@ -131,7 +131,7 @@ def _rewrite(path, mutate_tensors=None, mutate_metadata=None, reseal=False):
     if mutate_metadata:
         mutate_metadata(metadata)
     if reseal:
-        metadata[KEY_CHECKSUM] = legokit.artifact.tensors_digest(tensors)
+        metadata[KEY_CHECKSUM] = legokit.artifact.seal(metadata, legokit.artifact.tensors_digest(tensors))
     save_file(tensors, path, metadata=metadata)
 
 
@@ -205,6 +205,19 @@ def test_changed_tensor_bytes_fail_the_checksum(snn_block, tmp_path):
         load_block(path)
 
 
+def test_an_edited_config_fails_the_checksum(snn_block, tmp_path):
+    path = save_block(snn_block, tmp_path / "a.st")
+
+    def other_axes(metadata):
+        config = json.loads(metadata[KEY_CONFIG])
+        config["fft_axes"] = "channels"
+        metadata[KEY_CONFIG] = json.dumps(config)
+
+    _rewrite(path, mutate_metadata=other_axes)
+    with pytest.raises(ArtifactError, match="does not match the checksum.*config"):
+        load_block(path)
+
+
 def test_a_corrupt_config_is_a_clean_error(snn_block, tmp_path):
     path = save_block(snn_block, tmp_path / "a.st")
     _rewrite(path, mutate_metadata=lambda m: m.update({KEY_CONFIG: "{not json"}))
@@ -220,7 +233,7 @@ def test_an_invalid_config_value_is_a_clean_error(snn_block, tmp_path):
         config["depth"] = 0
         metadata[KEY_CONFIG] = json.dumps(config)
 
-    _rewrite(path, mutate_metadata=bad_depth)
+    _rewrite(path, mutate_metadata=bad_depth, reseal=True)
     with pytest.raises(ArtifactError, match="invalid block config: depth must be a positive integer"):
         load_block(path)
 
