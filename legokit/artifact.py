@@ -16,6 +16,7 @@ import struct
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
+from glob import escape as glob_escape
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
@@ -126,15 +127,43 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def _remove_stale(directory: Path, name: str) -> None:
+    """Remove temporary files that an earlier write to `name` left when its process was killed (kill -9): ours by
+    name (.NAME.PID.*.tmp), owned by this user, from a process that no longer runs."""
+    for temp in directory.glob(f".{glob_escape(name)}.*.tmp"):
+        pid = temp.name[len(name) + 2 :].split(".", 1)[0]
+        try:
+            if not pid.isdigit() or temp.stat().st_uid != os.getuid() or _alive(int(pid)):
+                continue
+            temp.unlink()
+        except OSError:
+            continue
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """A binary file that becomes `path` only if the block finishes: written beside it, fsynced, renamed in one
     step. On any error the temporary file is removed and `path` keeps its old content."""
     path = Path(path)
+    refuse_inputs(path, ())
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise ArtifactError(f"{path}: directory {directory} does not exist")
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    _remove_stale(directory, path.name)
+    try:
+        handle, temp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot write there ({exc.strerror or exc})") from None
     try:
         os.fchmod(handle, 0o666 & ~_umask())  # mkstemp makes 0600; an output gets the usual mode
         with os.fdopen(handle, "wb") as out:
@@ -142,9 +171,11 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
             out.flush()
             os.fsync(out.fileno())
         os.replace(temp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(temp):
             os.unlink(temp)
+        if isinstance(exc, OSError) and not isinstance(exc, ArtifactError):
+            raise ArtifactError(f"{path}: cannot write there ({exc.strerror or exc})") from None
         raise
 
 
@@ -161,10 +192,26 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         out.write(data)
 
 
-def refuse_inputs(path: Path, inputs: Iterable[str | os.PathLike[str]]) -> None:
-    """Refuse to write `path` when it is one of the command's input files (through any link or spelling)."""
+def _inside(path: Path, folder: Path) -> bool:
+    try:
+        return path.exists() and path.resolve().is_relative_to(folder.resolve())
+    except OSError:
+        return False
+
+
+def refuse_inputs(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None]) -> None:
+    """Refuse to write `path` when it is one of the command's inputs (through any link or spelling), or an existing
+    file inside an input folder (a dataset folder, a model folder); also refuse an empty or directory output."""
+    path = Path(path)
+    if not str(path) or str(path) == ".":
+        raise ArtifactError("an empty output path; name the file to write")
+    if path.is_dir():
+        raise ArtifactError(f"{path}: is a directory; name a file to write")
     for source in inputs:
-        if _same_file(path, Path(source)):
+        if source is None:
+            continue
+        source = Path(source)
+        if _same_file(path, source) or (source.is_dir() and _inside(path, source)):
             raise ArtifactError(f"{path}: refusing to overwrite an input file; choose another output path")
 
 

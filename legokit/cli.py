@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -158,6 +160,7 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_merge(args: argparse.Namespace, console: Console) -> int:
+    refuse_inputs(args.output, args.artifacts)
     path = merge_files(args.artifacts, args.output, _parse_weights(args.weights), args.phase)
     console.print(f"[green]merged[/] {len(args.artifacts)} artifacts into {escape(str(path))}")
     _print_summary(console, describe(path))
@@ -165,9 +168,10 @@ def cmd_merge(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_predict(args: argparse.Namespace, console: Console) -> int:
+    refuse_inputs(args.output, [args.model, args.data])
     model = load(args.model)
     predictions = predict_folder(model, args.data, batch_size=args.batch_size, device=args.device, progress=True)
-    path = predictions.write(args.output, inputs=[args.model, *predictions.sources])
+    path = predictions.write(args.output, inputs=[args.model, args.data, *predictions.sources])
     console.print(f"[green]wrote[/] {len(predictions.ids)} predictions ({', '.join(predictions.columns)}) to {escape(str(path))}")
     return 0
 
@@ -200,6 +204,7 @@ def _train_wrapped(args: argparse.Namespace, console: Console) -> int:
     if building:
         raise ConfigError(f"--block trains the block as it was wrapped; {', '.join(building)} would build another "
                           "(set them when wrapping)")
+    refuse_inputs(args.output, [args.block, args.data])
     block = load_block(args.block)
     if args.modality and args.modality != block.modality:
         raise ConfigError(f"--modality {args.modality}: the block {args.block} is for modality {block.modality}")
@@ -213,7 +218,7 @@ def _train_wrapped(args: argparse.Namespace, console: Console) -> int:
         block, result = train_wrapped_block(args.data, block, config, standardize=args.standardize)
         if not place.main:
             return 0
-        path = save_block(block, args.output, inputs=[args.block])
+        path = save_block(block, args.output, inputs=[args.block, args.data])
     encoder = "fine-tuned" if args.finetune_encoder else "frozen"
     console.print(f"[green]trained[/] {escape(block.modality)} block (encoder {encoder}): best epoch {result.best_epoch}, "
                   f"val {_metrics_text(result.val)}, test {_metrics_text(result.test)} ({result.seconds:.1f} s)")
@@ -227,6 +232,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     if args.finetune_encoder or args.standardize:
         raise ConfigError("--finetune-encoder and --standardize are for --block (a built-in block always trains its "
                           "encoder and standardises its inputs)")
+    refuse_inputs(args.output, [args.spec, args.data])
     if args.spec:
         spec = BlockSpec.from_yaml(args.spec)
     elif args.modality:
@@ -247,7 +253,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         block, result = train_block(args.data, spec)
         if not place.main:  # under torchrun, rank 0 reports and writes
             return 0
-        path = save_block(block, args.output, inputs=[args.spec] if args.spec else [])
+        path = save_block(block, args.output, inputs=[args.spec, args.data])
     console.print(f"[green]trained[/] {escape(spec.modality)} block: best epoch {result.best_epoch}, "
                   f"val {_metrics_text(result.val)}, test {_metrics_text(result.test)} ({result.seconds:.1f} s)")
     console.print(f"[green]wrote[/] {escape(str(path))}")
@@ -260,11 +266,12 @@ def cmd_fuse(args: argparse.Namespace, console: Console) -> int:
 
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          device=args.device, freeze_encoders=args.freeze_encoders, compile=args.compile)
+    refuse_inputs(args.output, [*args.blocks, args.data])
     with session(args.device) as place:
         model, result = fuse_blocks([load_block(path) for path in args.blocks], args.data, args.mode, config)
         if not place.main:  # under torchrun, rank 0 reports and writes
             return 0
-        path = save(model, args.output, provenance={"fused_from": list(args.blocks)}, inputs=args.blocks)
+        path = save(model, args.output, provenance={"fused_from": list(args.blocks)}, inputs=[*args.blocks, args.data])
     for warning in model.provenance.get("warnings", []):
         console.print(f"[yellow]warning:[/] {escape(warning)}: its training samples may be in this test split")
     console.print(f"[green]fused[/] {' -> '.join(model.modalities)} ({args.mode}, {args.epochs} epochs): "
@@ -277,6 +284,7 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> int:
     from .adapters.files import save_adapter
     from .workflows import adapt
 
+    refuse_inputs(args.output, [args.model, args.data])
     base = load(args.model)
     config = TrainConfig(epochs=args.epochs, patience=args.patience, lr=args.lr, seed=args.seed, device=args.device)
     adapted, result, counts = adapt(base, args.data, args.adapter, args.rank, args.at, args.missing, args.test_missing, config)
@@ -287,7 +295,7 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> int:
                   f"(missing: {escape(args.missing or 'none')})")
     record = {"adapted": {"data": args.data, "missing": args.missing, "best_epoch": result.best_epoch,
                           "val": result.val, "test": result.test, "trainable": counts}}
-    path = save_adapter(adapted, adapter, args.output, base.source_sha256, record)
+    path = save_adapter(adapted, adapter, args.output, base.source_sha256, record, inputs=[args.model, args.data])
     console.print(f"[green]wrote[/] {escape(str(path))} (fits base sha256 {base.source_sha256[:12]})")
     return 0
 
@@ -295,6 +303,8 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> int:
 def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     from .workflows import evaluate_missing, evaluate_model
 
+    if args.json:
+        refuse_inputs(args.json, [args.model, args.data, *(args.adapter or [])])
     model = load(args.model, device=args.device)
     if args.adapter or args.missing:
         from .adapters.files import attach_file
@@ -498,9 +508,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the process is, so that every `finally` (temporary files) runs."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)  # unwinds like Ctrl-C, so half-written outputs are removed
     console = Console()
     errors = Console(stderr=True)
     try:
@@ -511,6 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         errors.print("[bold red]interrupted[/]")
         return 130
+    except Terminated:
+        errors.print("[bold red]terminated[/]")
+        return 143
 
 
 if __name__ == "__main__":

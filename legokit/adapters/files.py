@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Iterable, Any, Mapping
 
 import torch
 from torch import nn
@@ -31,14 +31,14 @@ def head_of(model: nn.Module) -> nn.Module:
 
 
 def save_adapter(adapted: Adapted, adapter: Adapter, path: str | os.PathLike[str], base_sha256: str | None,
-                 provenance: Mapping[str, Any] | None = None) -> Path:
-    """Write one adapter, the head it trained with, and the base's content hash."""
+                 provenance: Mapping[str, Any] | None = None, inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
+    """Write one adapter, the head it trained with, and the base's content hash; `inputs` are never replaced."""
     if base_sha256 is None:
         raise ConfigError("an adapter artifact must name its base: load the base from a file first (legokit.load)")
     tensors = {f"adapter.{k}": v for k, v in adapter.state_dict().items()}
     tensors.update({f"head.{k}": v for k, v in head_of(adapted).state_dict().items()})
     config = {**adapter.config(), "base_sha256": base_sha256}
-    return write_artifact(path, ADAPTER, config, tensors, provenance)
+    return write_artifact(path, ADAPTER, config, tensors, provenance, inputs)
 
 
 def load_adapter(path: str | os.PathLike[str]) -> tuple[Adapter, dict[str, torch.Tensor], str, dict[str, Any]]:

@@ -171,10 +171,13 @@ class Recipe:
 
     def run(self, progress: bool = True) -> Path:
         """Execute the recipe: LegoMerge of its blocks, or LegoFuse and fine-tuning on its data, into its output."""
+        from ..artifact import refuse_inputs
         from ..persist import load_block, merge_files, save
 
         self.check(download=True)
         paths = [self.local_path(b, download=True) for b in self.blocks]
+        data = [self.data] if self.operation.kind != "merge" else []
+        refuse_inputs(self.output, [self.path, *paths, *data])  # the recipe, its blocks and its data stay as they are
         provenance = {"recipe": str(self.path), "recipe_name": self.name}
         if self.operation.kind == "merge":
             weights = None if self.operation.weights is None else dict(self.operation.weights)
@@ -186,4 +189,4 @@ class Recipe:
             raise ConfigError(f"{where(self.path, 'data')}: no such folder ({self.data})")
         config = TrainConfig(**{"epochs": 2, **dict(self.operation.training or {})})
         model, _ = fuse_blocks([load_block(p) for p in paths], self.data, self.operation.kind, config, progress=progress)
-        return save(model, self.output, provenance, inputs=paths)
+        return save(model, self.output, provenance, inputs=[self.path, *paths, *data])
