@@ -396,6 +396,26 @@ def read_artifact(path: str | os.PathLike[str], expect_kind: str | None = None) 
     )
 
 
+def read_artifact_summary(path: str | os.PathLike[str], small: int = 64 * 1024 * 1024) -> Artifact:
+    """An artifact's header, with its tensors as shapes only (meta tensors) except byte tensors under `small` bytes
+    (encoder programs), and the file's sha256 hashed in chunks: what a summary needs, in bounded memory. Nothing is
+    verified against the checksum: for files this process just wrote."""
+    path = Path(path)
+    header = read_header(path)
+    metadata = _legokit_metadata(path, header.metadata)
+    tensors: dict[str, torch.Tensor] = {}
+    with open(path, "rb") as handle:
+        for name, stored in header.layout.items():
+            if stored.dtype == "U8" and stored.end - stored.start <= small:
+                data = bytearray(os.pread(handle.fileno(), stored.end - stored.start, stored.start))
+                tensors[name] = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+            else:
+                tensors[name] = torch.empty(stored.shape, dtype=TORCH_DTYPES[stored.dtype], device="meta")
+    return Artifact(path, metadata.get(KEY_KIND, ""), int(metadata[KEY_VERSION]), _json_field(path, metadata, KEY_CONFIG),
+                    _json_field(path, metadata, KEY_PROVENANCE), metadata.get(KEY_LIBRARY, "unknown"), tensors,
+                    file_sha256(path), header.size)
+
+
 def _tensor(view: mmap.mmap, stored: "Stored") -> torch.Tensor:
     """A tensor copied out of the mapped file (its own memory, nothing shared with the mapping)."""
     data = bytearray(view[stored.start : stored.end])

@@ -34,7 +34,7 @@ class EncoderSpec:
             raise ConfigError(f"encoder name must be a non-empty string, got {self.name!r}")
         if not isinstance(self.kwargs, Mapping):
             raise ConfigError(f"encoder kwargs must be a mapping, got {type(self.kwargs).__name__}")
-        _positive("encoder out_dim", self.out_dim)
+        _positive("encoder out_dim", self.out_dim, CAPS["out_dim"])
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kwargs": dict(self.kwargs), "out_dim": self.out_dim}
@@ -44,9 +44,15 @@ class EncoderSpec:
         return cls(data["name"], dict(data.get("kwargs", {})), data["out_dim"])
 
 
-def _positive(what: str, value: Any) -> None:
+def _positive(what: str, value: Any, cap: int = 2**31) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{what} must be a positive integer, got {value!r}")
+    if value > cap:
+        raise ConfigError(f"{what} is {value:,}; legokit caps it at {cap:,}")
+
+
+# caps on what a config may ask for, so that a hostile file cannot make legokit allocate gigabytes or loop for hours
+CAPS = {"latent": 4096, "depth": 64, "heads": 64, "dim_head": 1024, "ff_mult": 16, "input": 2**24, "out_dim": 65536}
 
 
 def parse_latent(text: str) -> tuple[int, int]:
@@ -100,7 +106,7 @@ class BlockConfig:
             raise ConfigError(f"input shape must have 1 to 4 dimensions, got {self.input_shape!r}")
         for d in self.input_shape:
             if d is not None:
-                _positive("each input dimension", d)
+                _positive("each input dimension", d, CAPS["input"])
         if self.input_dtype not in INPUT_DTYPES:
             raise ConfigError(f"input dtype must be one of {', '.join(INPUT_DTYPES)}, got {self.input_dtype!r}")
         if self.input_dtype == "int64" and self.input_shape != (None,):
@@ -111,10 +117,10 @@ class BlockConfig:
             raise ConfigError("a text modality takes integer token ids (input dtype int64)")
         if not isinstance(self.latent, tuple) or len(self.latent) != 2:
             raise ConfigError(f"latent must be (channels, dimensions), got {self.latent!r}")
-        _positive("latent channels", self.latent[0])
-        _positive("latent dimensions", self.latent[1])
+        _positive("latent channels", self.latent[0], CAPS["latent"])
+        _positive("latent dimensions", self.latent[1], CAPS["latent"])
         for what in ("depth", "heads", "dim_head", "ff_mult"):
-            _positive(what, getattr(self, what))
+            _positive(what, getattr(self, what), CAPS[what])
         if self.fft_axes not in FFT_AXES:
             raise ConfigError(f"fft axes must be one of {', '.join(FFT_AXES)}, got {self.fft_axes!r}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:

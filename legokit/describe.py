@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .artifact import Artifact, read_artifact
+from .artifact import Artifact, read_artifact, read_artifact_summary
 from .block import BlockConfig, format_shape
 from .compose.fuse import parse_fused_config
 from .compose.merge import parse_merged_config
@@ -56,9 +56,10 @@ def _common(artifact: Artifact) -> dict[str, Any]:
     }
 
 
-def describe(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Every fact `inspect` shows about an artifact, as JSON-ready values (the file is fully verified first)."""
-    artifact = read_artifact(local_artifact(path))
+def describe(path: str | os.PathLike[str], verify: bool = True) -> dict[str, Any]:
+    """Every fact `inspect` shows about an artifact, as JSON-ready values. The file is fully verified first unless
+    `verify` is False (a file this process just wrote): then only its header is read, in bounded memory."""
+    artifact = read_artifact(local_artifact(path)) if verify else read_artifact_summary(path)
     try:
         if artifact.kind == BLOCK:
             return {**_common(artifact), **_block_facts(BlockConfig.from_dict(artifact.config), artifact.tensors)}

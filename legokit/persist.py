@@ -21,6 +21,7 @@ from .compose.graph import Graph
 from .compose.merge import MergeConfig, MergedModel, head_width, merge_head_tensors, merged_config, parse_merged_config
 from .compose.merge import check_mergeable, resolve_weights
 from .device import resolve_device
+from .encoders import FOREIGN, build_encoder
 from .errors import ArtifactError, ConfigError, EncoderError
 from .hub import local_artifact
 from .layers import TaskHead
@@ -56,6 +57,26 @@ def check_state(path: Path, module: nn.Module, tensors: Mapping[str, torch.Tenso
         raise ArtifactError(f"{path}: unexpected tensor '{unexpected[0]}'")
 
 
+class _EncoderStub(nn.Module):
+    """Stands in for a foreign encoder while a block's skeleton is checked on the meta device."""
+
+
+def _check_shapes_first(path: Path, config: BlockConfig, tensors: Mapping[str, torch.Tensor], prefix: str) -> None:
+    """Build the block's skeleton on the meta device (no memory) and check the file's tensors against it, so that a
+    config that disagrees with the file, or asks for gigabytes, is refused before anything is allocated. A foreign
+    encoder's own tensors are checked once its program is read (its size is bounded by the file)."""
+    foreign = config.encoder.name == FOREIGN
+    try:
+        with torch.device("meta"):
+            encoder = _EncoderStub() if foreign else build_encoder(config.encoder.name, config.encoder.kwargs)
+            skeleton = LegoBlock(config, encoder=encoder)
+    except ConfigError as exc:
+        raise ArtifactError(f"{path}: invalid block config: {exc}") from None
+    own = {k: v for k, v in tensors.items()
+           if not k.startswith(PROGRAM_PREFIX) and not (foreign and k.startswith(prefix + "encoder."))}
+    check_state(path, skeleton, own, prefix)
+
+
 def block_from_tensors(path: Path, config_data: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], prefix: str = "") -> LegoBlock:
     """Rebuild one block from its config and the artifact's tensors; any inconsistency is an ArtifactError."""
     try:
@@ -70,6 +91,7 @@ def block_from_tensors(path: Path, config_data: Mapping[str, Any], tensors: Mapp
         if program_tensor.dtype != torch.uint8 or program_tensor.dim() != 1:
             raise ArtifactError(f"{path}: encoder program tensor is not a byte string")
         program = program_tensor.numpy().tobytes()
+    _check_shapes_first(path, config, tensors, prefix)
     try:
         block = LegoBlock(config, program=program)
     except EncoderError as exc:

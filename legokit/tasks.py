@@ -12,6 +12,9 @@ from .errors import ConfigError
 TASK_KINDS: tuple[str, ...] = ("survival", "multiclass", "binary", "multilabel")
 
 
+MAX_OUTPUTS = 100_000
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """A task: `survival` (discrete hazards over n time bins), `multiclass` (n classes), `binary`, `multilabel` (n)."""
@@ -29,6 +32,8 @@ class TaskSpec:
         least = {"survival": 1, "multiclass": 2, "binary": 1, "multilabel": 1}[self.kind]
         if self.n < least:
             raise ConfigError(f"task {self.kind} needs a size of at least {least}, got {self.n}")
+        if self.n > MAX_OUTPUTS:
+            raise ConfigError(f"task {self.kind}: {self.n:,} outputs; legokit caps a task at {MAX_OUTPUTS:,}")
 
     @property
     def out_features(self) -> int:

@@ -12,6 +12,28 @@ import yaml
 from .errors import ConfigError
 
 
+MAX_YAML_BYTES = 1024 * 1024
+MAX_YAML_DEPTH = 50
+
+
+class PlainLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without aliases (`*name` would let a few bytes expand to gigabytes) and with a cap on
+    nesting: recipes and specs need neither."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed", event.start_mark)
+        depth = getattr(self, "_legokit_depth", 0)
+        if depth > MAX_YAML_DEPTH:
+            raise yaml.composer.ComposerError(None, None, f"nested over {MAX_YAML_DEPTH} levels", self.peek_event().start_mark)
+        self._legokit_depth = depth + 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._legokit_depth = depth
+
+
 def where(path: Path, key: str) -> str:
     """`FILE: KEY`, the prefix of every config error."""
     return f"{path}: {key}" if key else str(path)
@@ -22,8 +44,12 @@ def read_yaml(path: str | os.PathLike[str], what: str) -> Mapping[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such {what} file")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: a {what} file of {path.stat().st_size:,} bytes (cap {MAX_YAML_BYTES:,})")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=PlainLoader)  # noqa: S506 - a safe loader, no aliases
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""

@@ -110,7 +110,7 @@ def test_failed_save_keeps_the_previous_file(snn_block, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "fsync", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(ArtifactError, match="a.st: cannot write there \\(disk full\\)"):
         save_block(snn_block, target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.st"]
