@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
 
@@ -468,8 +469,9 @@ CHUNK = 4 * 1024 * 1024  # bytes read at a time while hashing: bounds the extra 
 _PLACEHOLDER = "0" * 64
 
 
-def _hash_range(path: Path, start: int, end: int) -> str:
-    """sha256 of bytes [start, end) of a file, read in chunks (memory stays one chunk)."""
+def _hash_range(path: Path, start: int, end: int, float32: bool = False) -> str:
+    """sha256 of bytes [start, end) of a file, read in chunks (memory stays one chunk); `float32` bytes must also
+    hold finite values only."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         handle.seek(start)
@@ -479,6 +481,8 @@ def _hash_range(path: Path, start: int, end: int) -> str:
             if not chunk:
                 raise ArtifactError(f"{path}: file ended early (truncated?)")
             digest.update(chunk)
+            if float32 and len(chunk) % 4 == 0 and not np.isfinite(np.frombuffer(chunk, dtype="<f4")).all():
+                raise ArtifactError(f"{path}: a tensor holds NaN or infinite values (byte {end - remaining:,})")
             remaining -= len(chunk)
     return digest.hexdigest()
 
@@ -541,7 +545,7 @@ def write_streaming(
                 hashes[source.name] = hashlib.sha256(data).hexdigest()
             else:
                 # the kernel copies while the other thread hashes the same bytes (both release the GIL)
-                hashes[source.name] = hasher.submit(_hash_range, source.file, source.start, source.end)
+                hashes[source.name] = hasher.submit(_hash_range, source.file, source.start, source.end, source.dtype == "F32")
                 _copy_range(files[source.file].fileno(), target, source.start, source.end, position)
             position += source.length
         done = {name: h if isinstance(h, str) else h.result() for name, h in hashes.items()}

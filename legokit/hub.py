@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, LegoError
 
 SCHEME = "hf://"
+_REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+_FILE_PART = re.compile(r"^[^\x00-\x1f\\]{1,255}$")
+_REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
 
 
 class HubError(LegoError):
@@ -39,6 +43,12 @@ def parse_ref(text: str) -> HubRef:
     parts = [p for p in body.split("/") if p]
     if len(parts) < 3 or any(p in (".", "..") for p in parts):
         raise ConfigError(f"{text!r}: a Hub reference needs org/repo/file, e.g. hf://my-lab/pbc-labs-block/labs.st")
+    if not all(_REPO_PART.match(p) for p in parts[:2]) or "--" in "/".join(parts[:2]):
+        raise ConfigError(f"{text!r}: {'/'.join(parts[:2])!r} is not a Hub repository name (letters, digits, '-', '_', '.')")
+    if any(not _FILE_PART.match(p) for p in parts[2:]):
+        raise ConfigError(f"{text!r}: the file path holds characters a Hub path cannot")
+    if revision and (not _REVISION.match(revision) or ".." in revision):
+        raise ConfigError(f"{text!r}: {revision!r} is not a revision (a branch, tag or commit)")
     return HubRef("/".join(parts[:2]), "/".join(parts[2:]), revision or None)
 
 

@@ -271,11 +271,17 @@ def merge_files(
                 for name in layout if name.startswith(part.prefix + "task_head.")
             }
         for name, stored in layout.items():
+            if name.startswith(part.prefix) and not name.startswith(PROGRAM_PREFIX) and stored.dtype != "F32":
+                raise ArtifactError(f"{part.path}: tensor '{name}' is {stored.dtype}; legokit merges float32 blocks")
             if name == PROGRAM_PREFIX + part.prefix + "encoder":
                 _check_stored_program(part.path, stored)
                 sources.append(Source.of_file(f"{PROGRAM_PREFIX}blocks.{modality}.encoder", part.path, name, stored))
             elif name.startswith(part.prefix) and not name.startswith(PROGRAM_PREFIX):
                 sources.append(Source.of_file(f"blocks.{modality}.{name[len(part.prefix):]}", part.path, name, stored))
+    for modality, head in heads.items():
+        for name, tensor in head.items():
+            if not torch.isfinite(tensor).all():
+                raise ArtifactError(f"{owner[modality]}: head tensor '{name}' holds NaN or infinite values")
     sources += [Source.of_tensor(f"head.{n}", t) for n, t in merge_head_tensors(heads, config).items()]
     configs = {p.config.modality: p.config for p in parts}
     graph = Graph.for_operation("merge", sorted(configs), phase=phase)

@@ -16,7 +16,7 @@ from .artifact import refuse_inputs, write_atomic
 from .block import LegoBlock
 from .compose.merge import MergedModel
 from .data.batch import ModalityBatch
-from .data.folder import DatasetFolder, InputSpec
+from .data.folder import DataError, DatasetFolder, InputSpec
 from .device import resolve_device
 from .tasks import TaskSpec, prediction_columns
 
@@ -78,7 +78,13 @@ def predict_folder(model: LegoBlock | MergedModel, data_dir: str | os.PathLike[s
         for start in range(0, len(data.ids), batch_size):
             ids = data.ids[start : start + batch_size]
             batches = {m: b.to(target) for m, b in data.batch(ids).items()}
-            for name, values in prediction_columns(task, run_model(model, batches).float()).items():
+            logits = run_model(model, batches).float()
+            finite = torch.isfinite(logits).all(dim=1)
+            if not finite.all():
+                sample = ids[int((~finite).nonzero()[0])]
+                raise DataError(f"{data.root}: sample {sample!r}: the model's output is NaN or infinite (check its "
+                                "inputs for extreme values)")
+            for name, values in prediction_columns(task, logits).items():
                 columns.setdefault(name, []).extend(values.cpu().tolist())
             bar.advance(job, len(ids))
     return Predictions(data.ids, columns, tuple(data.files()))

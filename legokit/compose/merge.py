@@ -4,6 +4,8 @@ SLERP (K = 2) or its order-independent spherical mean (K > 2)."""
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -60,6 +62,13 @@ def check_mergeable(configs: Sequence[BlockConfig]) -> None:
     graph.validate({c.modality: block_facts(c) for c in configs})
 
 
+def normalized(weights: Sequence[float]) -> list[float]:
+    """Weights rescaled to a mean of 1: only their ratios matter (Eq. 4 and SLERP are weighted means), and weights
+    like 1e39, fine in float64, would overflow float32 arithmetic."""
+    total = sum(weights)
+    return [w / total * len(weights) for w in weights]
+
+
 def resolve_weights(modalities: Sequence[str], weights: Sequence[float] | Mapping[str, float] | None,
                     known: Mapping[str, float] | None = None) -> tuple[tuple[str, float], ...]:
     """One weight per modality, sorted by modality: given as a list in block order, a mapping, or defaults
@@ -76,6 +85,11 @@ def resolve_weights(modalities: Sequence[str], weights: Sequence[float] | Mappin
         if len(weights) != len(modalities):
             raise ConfigError(f"{len(weights)} weights given for {len(modalities)} blocks ({', '.join(modalities)})")
         chosen = {m: float(w) for m, w in zip(modalities, weights)}
+    bad = [f"{m}={w}" for m, w in chosen.items() if not math.isfinite(w) or w <= 0]
+    if bad:
+        raise ConfigError(f"merge weights must be positive and finite, got {', '.join(bad)}")
+    if not math.isfinite(sum(chosen.values())):
+        raise ConfigError("merge weights are too large to add up; give them on a smaller scale")
     return tuple(sorted(chosen.items()))
 
 
@@ -84,7 +98,8 @@ def merge_head_tensors(heads: Mapping[str, Mapping[str, torch.Tensor]], config: 
     names = sorted(next(iter(heads.values())))
     order = config.modalities
     return {
-        name: spherical_mean([heads[m][name] for m in order], [config.weight_of(m) for m in order]) for name in names
+        name: spherical_mean([heads[m][name] for m in order], normalized([config.weight_of(m) for m in order]))
+        for name in names
     }
 
 
@@ -132,7 +147,7 @@ class MergedModel(nn.Module):
         if not self.training and bool(missing.any()):  # checked at inference; training data never has such samples
             first = int(missing.nonzero()[0, 0])
             raise ShapeError(f"sample {first} has none of the modalities {', '.join(self.modalities)}")
-        weights = torch.tensor([self.config.weight_of(m) for m in modalities], device=spectra.device)
+        weights = torch.tensor(normalized([self.config.weight_of(m) for m in modalities]), device=spectra.device)
         return merge_spectra(spectra, weights, present, self.config.phase)
 
     def encode(self, inputs: Mapping[str, ModalityBatch]) -> torch.Tensor:

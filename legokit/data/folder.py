@@ -108,14 +108,19 @@ def read_table(name: str, path: Path) -> Table:
         raise DataError(f"{path}: no feature columns after 'id'")
     features: dict[str, torch.Tensor] = {}
     for number, sample, row in rows:
-        features[sample] = torch.tensor(
+        values = torch.tensor(
             [parse_number(path, number, column, cell) for column, cell in zip(header[1:], row[1:])], dtype=torch.float32
         )
+        if not torch.isfinite(values).all():
+            column = header[1 + int((~torch.isfinite(values)).nonzero()[0])]
+            raise DataError(f"{path}: row {number}, column {column}: out of the float32 range (|x| > 3.4e38)")
+        features[sample] = values
     if not features:
         raise DataError(f"{path}: modality {name} has no samples")
     return Table(name, path, tuple(header[1:]), features)
 
 
+MAX_BATCH_BYTES = 1 << 30  # one modality's padded inputs for one batch
 MAX_TEXT_CHARS = 1_000_000  # one sample's text; the tokenizer truncates to the encoder's limit anyway
 
 
@@ -169,7 +174,10 @@ def load_bag(path: Path, shape: Sequence[int | None] = (None, None)) -> torch.Te
         raise DataError(f"{path}: 'x' has dtype {x.dtype}; expected real numbers")
     if not torch.isfinite(x).all():
         raise DataError(f"{path}: 'x' holds NaN or infinite values")
-    return x.float()
+    x = x.float()
+    if not torch.isfinite(x).all():
+        raise DataError(f"{path}: 'x' holds values out of the float32 range (|x| > 3.4e38)")
+    return x
 
 
 def modality_shape(root: str | os.PathLike[str], name: str) -> tuple[int | None, ...]:
@@ -235,6 +243,12 @@ class DatasetFolder:
             xs = torch.stack([x if x is not None else torch.zeros(shape) for x in loaded])
             return ModalityBatch(xs, None, present)
         longest = max((x.shape[0] for x in loaded if x is not None), default=1)
+        padded = len(ids) * longest * math.prod(shape[1:]) * 4
+        if padded > MAX_BATCH_BYTES:
+            sample = next(i for i, x in zip(ids, loaded) if x is not None and x.shape[0] == longest)
+            raise DataError(f"{bags.files[sample]}: {longest:,} tokens; a batch of {len(ids)} padded to it would take "
+                            f"{padded / 2**30:.1f} GiB (cap {MAX_BATCH_BYTES / 2**30:.0f} GiB): lower --batch-size, or "
+                            "split the sample")
         xs = torch.zeros(len(ids), longest, *shape[1:])
         mask = torch.zeros(len(ids), longest, dtype=torch.bool)
         for row, x in enumerate(loaded):
