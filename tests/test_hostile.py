@@ -258,3 +258,42 @@ def test_block_config_caps_refuse_gigabyte_configs():
     for field, value in (("latent", [10**6, 10**6]), ("depth", 10**7), ("heads", 10**6)):
         with pytest.raises(legokit.ConfigError, match="caps it at"):
             BlockConfig.from_dict({**config, field: value})
+
+
+def test_a_write_stopped_by_sigterm_leaves_no_temporary_file(tmp_path):
+    from .conftest import run_python
+
+    done = run_python("""
+        import os, signal, sys
+        from legokit.artifact import atomic_output
+        from legokit.cli import Terminated, _terminated
+        signal.signal(signal.SIGTERM, _terminated)
+        try:
+            with atomic_output(sys.argv[1]) as out:
+                out.write(b"x" * 1000)
+                os.kill(os.getpid(), signal.SIGTERM)
+        except Terminated:
+            print("terminated")
+    """, str(tmp_path / "out.st"))
+    assert done.stdout.strip() == "terminated", done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):
+    stale = tmp_path / ".out.st.999999999.abcd.tmp"  # no process has that id
+    stale.write_bytes(b"x" * 1000)
+    other = tmp_path / ".other.st.999999999.abcd.tmp"
+    other.write_bytes(b"y")
+    legokit.artifact.write_atomic(tmp_path / "out.st", b"data")
+    assert not stale.exists() and other.exists()
+
+
+def test_outputs_honour_the_umask(tmp_path):
+    import os
+
+    previous = os.umask(0o027)
+    try:
+        legokit.artifact.write_atomic(tmp_path / "out.st", b"data")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "out.st").stat().st_mode & 0o777 == 0o640
