@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from .compose.graph import Graph
 from .compose.merge import MergeConfig, MergedModel, head_width, merge_head_tensors, merged_config, parse_merged_config
 from .compose.merge import check_mergeable, resolve_weights
 from .device import resolve_device
-from .encoders import FOREIGN, build_encoder
+from .encoders import FOREIGN, ExportedEncoder, encoder_class
 from .errors import ArtifactError, ConfigError, EncoderError
 from .hub import local_artifact
 from .layers import TaskHead
@@ -57,28 +58,55 @@ def check_state(path: Path, module: nn.Module, tensors: Mapping[str, torch.Tenso
         raise ArtifactError(f"{path}: unexpected tensor '{unexpected[0]}'")
 
 
-class _EncoderStub(nn.Module):
-    """Stands in for a foreign encoder while a block's skeleton is checked on the meta device."""
+def _check_sizes_first(path: Path, config: BlockConfig, tensors: Mapping[str, torch.Tensor], prefix: str) -> None:
+    """The largest tensors a config asks for (latent, every update step's projections and feed-forward, the head, a
+    built-in encoder's weights, built on the meta device) must be the file's: a cheap check before the real build."""
+    channels, dim = config.latent
+    inner = config.heads * config.dim_head
+    expected = {"latent": (channels, dim), "input_shift": (config.features,), "input_scale": (config.features,),
+                "task_head.linear.weight": (config.task.out_features, 2 * dim)}
+    steps = {int(k[len(prefix) + 7:].split(".", 1)[0]) for k in tensors
+             if k.startswith(prefix + "layers.") and k[len(prefix) + 7:].split(".", 1)[0].isdigit()}
+    if steps != set(range(config.depth)):
+        raise ArtifactError(f"{path}: the config asks for {config.depth} update steps, the file holds {len(steps)}")
+    for step in range(config.depth):
+        expected[f"layers.{step}.attention.to_q.weight"] = (inner, dim)
+        expected[f"layers.{step}.attention.to_kv.weight"] = (2 * inner, config.encoder.out_dim)
+        expected[f"layers.{step}.feed_forward.net.1.weight"] = (dim * config.ff_mult, dim)
+    if config.encoder.name != FOREIGN:
+        _check_builtin_sizes(path, config, {k[len(prefix) + 8:]: v for k, v in tensors.items()
+                                            if k.startswith(prefix + "encoder.")})
+    for name, shape in expected.items():
+        stored = tensors.get(prefix + name)
+        if stored is None:
+            raise ArtifactError(f"{path}: missing tensor '{prefix + name}'")
+        if tuple(stored.shape) != shape:
+            raise ArtifactError(f"{path}: tensor '{prefix + name}' has shape {tuple(stored.shape)}, expected {shape} "
+                                "(from the config)")
 
 
-def _check_shapes_first(path: Path, config: BlockConfig, tensors: Mapping[str, torch.Tensor], prefix: str) -> None:
-    """Build the block's skeleton on the meta device (no memory) and check the file's tensors against it, so that a
-    config that disagrees with the file, or asks for gigabytes, is refused before anything is allocated. A foreign
-    encoder's own tensors are checked once its program is read (its size is bounded by the file)."""
-    foreign = config.encoder.name == FOREIGN
+def _check_builtin_sizes(path: Path, config: BlockConfig, weights: Mapping[str, torch.Tensor]) -> None:
+    """A built-in encoder's sizes in the config (given, or its defaults) must be those its weights in the file have."""
     try:
-        with torch.device("meta"):
-            encoder = _EncoderStub() if foreign else build_encoder(config.encoder.name, config.encoder.kwargs)
-            skeleton = LegoBlock(config, encoder=encoder)
+        cls = encoder_class(config.encoder.name)
     except ConfigError as exc:
         raise ArtifactError(f"{path}: invalid block config: {exc}") from None
-    own = {k: v for k, v in tensors.items()
-           if not k.startswith(PROGRAM_PREFIX) and not (foreign and k.startswith(prefix + "encoder."))}
-    check_state(path, skeleton, own, prefix)
+    stored = cls.infer_kwargs(weights)
+    if not stored:
+        raise ArtifactError(f"{path}: the file holds no weights of its {config.encoder.name} encoder")
+    defaults = inspect.signature(cls).parameters
+    for key, value in stored.items():
+        asked = config.encoder.kwargs.get(key, defaults[key].default if key in defaults else None)
+        if asked != value:
+            raise ArtifactError(f"{path}: the config's encoder {key} is {asked!r}, its weights in the file have {value}")
 
 
 def block_from_tensors(path: Path, config_data: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], prefix: str = "") -> LegoBlock:
-    """Rebuild one block from its config and the artifact's tensors; any inconsistency is an ArtifactError."""
+    """Rebuild one block from its config and the artifact's tensors; any inconsistency is an ArtifactError.
+
+    The config's sizes are checked against the file's tensors before anything is built (`_check_sizes_first`), so a
+    config that asks for gigabytes the file does not hold is refused before any memory is spent; the built block then
+    takes the file's tensors as its own. A foreign encoder is rebuilt from its program (bounded by the file)."""
     try:
         config = BlockConfig.from_dict(config_data)
     except ConfigError as exc:
@@ -86,21 +114,28 @@ def block_from_tensors(path: Path, config_data: Mapping[str, Any], tensors: Mapp
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ArtifactError(f"{path}: corrupt block config ({type(exc).__name__}: {exc})") from None
     program_tensor = tensors.get(PROGRAM_PREFIX + prefix + "encoder")
-    program = None
+    encoder = None
     if program_tensor is not None:
         if program_tensor.dtype != torch.uint8 or program_tensor.dim() != 1:
             raise ArtifactError(f"{path}: encoder program tensor is not a byte string")
-        program = program_tensor.numpy().tobytes()
-    _check_shapes_first(path, config, tensors, prefix)
+        if config.encoder.name != FOREIGN:
+            raise ArtifactError(f"{path}: an encoder program beside a built-in encoder ({config.encoder.name})")
+        takes_mask = bool(config.encoder.kwargs.get("mask_keyword"))
+        try:
+            encoder = ExportedEncoder(program_tensor.numpy().tobytes(), config.encoder.out_dim, takes_mask)
+        except EncoderError as exc:
+            raise ArtifactError(f"{path}: {exc}") from None
+    elif config.encoder.name == FOREIGN:
+        raise ArtifactError(f"{path}: a foreign encoder without its program tensor")
+    _check_sizes_first(path, config, tensors, prefix)
     try:
-        block = LegoBlock(config, program=program)
-    except EncoderError as exc:
-        raise ArtifactError(f"{path}: {exc}") from None
-    except ConfigError as exc:
+        block = LegoBlock(config, encoder=encoder)
+    except (ConfigError, EncoderError) as exc:
         raise ArtifactError(f"{path}: invalid block config: {exc}") from None
     state = {k: v for k, v in tensors.items() if not k.startswith(PROGRAM_PREFIX)}
     check_state(path, block, state, prefix)
-    block.load_state_dict({name[len(prefix):]: value for name, value in state.items() if name.startswith(prefix)})
+    block.load_state_dict({name[len(prefix):]: value for name, value in state.items() if name.startswith(prefix)},
+                          assign=True)
     return block
 
 

@@ -249,3 +249,15 @@ def test_loaded_block_still_checks_input_shapes(snn_block, tmp_path):
     block = load_block(save_block(snn_block, tmp_path / "a.st"))
     with pytest.raises(ShapeError, match="modality tab"):
         block(torch.randn(2, 3, 10))
+
+
+def test_a_format_1_artifact_still_loads_with_its_tensor_only_checksum(snn_block, tmp_path):
+    path = save_block(snn_block, tmp_path / "a.st")
+
+    def as_version_1(metadata):
+        metadata[KEY_VERSION] = "1"
+
+    _rewrite(path, mutate_metadata=as_version_1, reseal=True)
+    assert int(read_metadata(path)[KEY_VERSION]) == 1
+    x = torch.randn(3, 10)
+    assert torch.equal(load_block(path)(x), snn_block.eval()(x))

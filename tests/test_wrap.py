@@ -148,7 +148,7 @@ def test_cli_wrap_then_inspect_in_fresh_processes(snn_state_file, tmp_path):
     assert inspected.returncode == 0, inspected.stderr
     facts = json.loads(inspected.stdout)
     assert facts["modality"] == "tab" and facts["task"] == "survival:4" and facts["latent"] == "8x16"
-    assert facts["format_version"] == 1 and len(facts["sha256"]) == 64
+    assert facts["format_version"] == 2 and len(facts["sha256"]) == 64
     assert facts["params"] == sum(p.numel() for p in load_block(out).state_dict().values())
 
 
