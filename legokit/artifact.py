@@ -271,7 +271,8 @@ def _json_text(path: Path, text: str | bytes, what: str) -> Any:
         value = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise ArtifactError(f"{path}: corrupt header: {what} is not valid JSON") from None
-    if json_depth(value) > MAX_JSON_DEPTH:
+    opening = text.count("[" if isinstance(text, str) else b"[") + text.count("{" if isinstance(text, str) else b"{")
+    if opening > MAX_JSON_DEPTH and json_depth(value) > MAX_JSON_DEPTH:  # fewer brackets than the cap: cannot nest past it
         raise ArtifactError(f"{path}: corrupt header: {what} is nested over {MAX_JSON_DEPTH} levels")
     return value
 
