@@ -306,7 +306,7 @@ def merge_files(
                 for name in layout if name.startswith(part.prefix + "task_head.")
             }
         for name, stored in layout.items():
-            if name.startswith(part.prefix) and not name.startswith(PROGRAM_PREFIX) and stored.dtype != "F32":
+            if name.startswith(part.prefix) and stored.dtype in ("F16", "BF16", "F64", "C64"):
                 raise ArtifactError(f"{part.path}: tensor '{name}' is {stored.dtype}; legokit merges float32 blocks")
             if name == PROGRAM_PREFIX + part.prefix + "encoder":
                 _check_stored_program(part.path, stored)
