@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from legokit import ConfigError, ShapeError
+from legokit import ArtifactError, ConfigError, ShapeError
 from legokit.block import BlockConfig, LegoBlock
 from legokit.compose.merge import merge
 from legokit.data import ModalityBatch
@@ -199,3 +199,16 @@ def test_merge_names_a_modality_found_in_two_files(tmp_path):
     a2 = save_block(_snn("a", 1), tmp_path / "a2.st")
     with pytest.raises(ConfigError, match="modality 'a' is in both"):
         merge_files([a, a2], tmp_path / "out.st")
+
+
+def test_a_half_precision_block_is_refused_by_merge(snn_block, tmp_path):
+    from legokit.artifact import write_artifact
+    from legokit.persist import BLOCK, block_tensors
+
+    tensors = block_tensors(snn_block)
+    tensors["latent"] = tensors["latent"].half()
+    half = write_artifact(tmp_path / "half.st", BLOCK, snn_block.config.to_dict(), tensors)
+    other = snn_block.config.to_dict() | {"modality": "other"}
+    second = write_artifact(tmp_path / "b.st", BLOCK, other, block_tensors(snn_block))
+    with pytest.raises(ArtifactError, match="half.st: tensor 'latent' is F16; legokit merges float32 blocks"):
+        merge_files([half, second], tmp_path / "m.st")
