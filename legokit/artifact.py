@@ -441,14 +441,43 @@ def read_layout(path: str | os.PathLike[str]) -> dict[str, Stored]:
 
 
 @dataclass(frozen=True)
+class OpenedArtifact:
+    """An input artifact held open for a streamed write: every read of it (header, heads, programs, the copy and
+    its hashing) goes through this one file descriptor, so a file replaced meanwhile cannot mix two versions."""
+
+    path: Path
+    fd: int
+    header: Header
+    metadata: dict[str, str]
+
+    def read(self, stored: "Stored") -> bytes:
+        return os.pread(self.fd, stored.end - stored.start, stored.start)
+
+    def tensor(self, stored: "Stored") -> torch.Tensor:
+        data = bytearray(self.read(stored))
+        flat = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
+        return flat.view(TORCH_DTYPES[stored.dtype]).reshape(stored.shape)
+
+
+def open_artifact(path: str | os.PathLike[str], stack: ExitStack) -> OpenedArtifact:
+    """Open a legokit artifact for streaming (closed with `stack`): its header parsed and its tag checked."""
+    path = Path(path)
+    _check_container(path)
+    handle = stack.enter_context(open(path, "rb"))
+    fd = handle.fileno()
+    header = _parse_header(path, lambda n, at: os.pread(fd, n, at), os.fstat(fd).st_size)
+    return OpenedArtifact(path, fd, header, _legokit_metadata(path, header.metadata))
+
+
+@dataclass(frozen=True)
 class Source:
     """One tensor of an artifact being streamed out: copied from a byte range of a file, or given in memory."""
 
     name: str
     dtype: str
     shape: tuple[int, ...]
-    file: Path | None = None
-    stored_as: str = ""  # its name in `file`, to check that file's checksum on the way
+    origin: OpenedArtifact | None = None
+    stored_as: str = ""  # its name in `origin`, to check that file's checksum on the way
     start: int = 0
     end: int = 0
     tensor: torch.Tensor | None = None
@@ -458,8 +487,8 @@ class Source:
         return cls(name, DTYPES[tensor.dtype], tuple(tensor.shape), tensor=tensor.detach().cpu().contiguous())
 
     @classmethod
-    def of_file(cls, name: str, file: Path, stored_as: str, stored: Stored) -> "Source":
-        return cls(name, stored.dtype, stored.shape, file, stored_as, stored.start, stored.end)
+    def of_file(cls, name: str, origin: OpenedArtifact, stored_as: str, stored: Stored) -> "Source":
+        return cls(name, stored.dtype, stored.shape, origin, stored_as, stored.start, stored.end)
 
     @property
     def length(self) -> int:
@@ -470,21 +499,19 @@ CHUNK = 4 * 1024 * 1024  # bytes read at a time while hashing: bounds the extra 
 _PLACEHOLDER = "0" * 64
 
 
-def _hash_range(path: Path, start: int, end: int, float32: bool = False) -> str:
-    """sha256 of bytes [start, end) of a file, read in chunks (memory stays one chunk); `float32` bytes must also
-    hold finite values only."""
+def _hash_range(origin: OpenedArtifact, start: int, end: int, float32: bool = False) -> str:
+    """sha256 of bytes [start, end) of an open input, read in chunks (memory stays one chunk); `float32` bytes must
+    also hold finite values only."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        handle.seek(start)
-        remaining = end - start
-        while remaining:
-            chunk = handle.read(min(CHUNK, remaining))
-            if not chunk:
-                raise ArtifactError(f"{path}: file ended early (truncated?)")
-            digest.update(chunk)
-            if float32 and len(chunk) % 4 == 0 and not np.isfinite(np.frombuffer(chunk, dtype="<f4")).all():
-                raise ArtifactError(f"{path}: a tensor holds NaN or infinite values (byte {end - remaining:,})")
-            remaining -= len(chunk)
+    position = start
+    while position < end:
+        chunk = os.pread(origin.fd, min(CHUNK, end - position), position)
+        if not chunk:
+            raise ArtifactError(f"{origin.path}: file ended early (truncated?)")
+        digest.update(chunk)
+        if float32 and len(chunk) % 4 == 0 and not np.isfinite(np.frombuffer(chunk, dtype="<f4")).all():
+            raise ArtifactError(f"{origin.path}: a tensor holds NaN or infinite values (byte {position:,})")
+        position += len(chunk)
     return digest.hexdigest()
 
 
@@ -534,8 +561,8 @@ def write_streaming(
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
     hashes: dict[str, Future[str] | str] = {}
-    with atomic_output(path) as out, ExitStack() as stack, ThreadPoolExecutor(max_workers=1) as hasher:
-        files = {p: stack.enter_context(open(p, "rb")) for p in {s.file for s in ordered if s.file is not None}}
+    with atomic_output(path) as out, ThreadPoolExecutor(max_workers=1) as hasher:
+        origins = list({id(s.origin): s.origin for s in ordered if s.origin is not None}.values())
         out.write(struct.pack("<Q", len(encoded)) + encoded)
         out.flush()
         target, position = out.fileno(), 8 + len(encoded)
@@ -546,13 +573,14 @@ def write_streaming(
                 hashes[source.name] = hashlib.sha256(data).hexdigest()
             else:
                 # the kernel copies while the other thread hashes the same bytes (both release the GIL)
-                hashes[source.name] = hasher.submit(_hash_range, source.file, source.start, source.end, source.dtype == "F32")
-                _copy_range(files[source.file].fileno(), target, source.start, source.end, position)
+                hashes[source.name] = hasher.submit(_hash_range, source.origin, source.start, source.end,
+                                                    source.dtype == "F32")
+                _copy_range(source.origin.fd, target, source.start, source.end, position)
             position += source.length
         done = {name: h if isinstance(h, str) else h.result() for name, h in hashes.items()}
-        for file in files:
-            copied = [(s.stored_as, s.dtype, s.shape, done[s.name]) for s in ordered if s.file == file]
-            _verify_input(file, copied)
+        for origin in origins:
+            copied = [(s.stored_as, s.dtype, s.shape, done[s.name]) for s in ordered if s.origin is origin]
+            _verify_input(origin, copied)
         checksum = seal(metadata, digest_entries((s.name, s.dtype, s.shape, done[s.name]) for s in ordered))
         os.pwrite(target, encoded.replace(
             f'"{KEY_CHECKSUM}":"{_PLACEHOLDER}"'.encode(), f'"{KEY_CHECKSUM}":"{checksum}"'.encode()
@@ -560,12 +588,11 @@ def write_streaming(
     return path
 
 
-def _verify_input(file: Path, copied: list[tuple[str, str, tuple[int, ...], str]]) -> None:
+def _verify_input(origin: OpenedArtifact, copied: list[tuple[str, str, tuple[int, ...], str]]) -> None:
     """Check an input's checksum from the hashes of its copied tensors, hashing (not copying) the rest."""
-    layout = read_layout(file)
     done = {name for name, *_ in copied}
     entries = list(copied)
-    entries += [(n, st.dtype, st.shape, _hash_range(file, st.start, st.end)) for n, st in layout.items() if n not in done]
-    metadata = read_metadata(file)
-    if seal(metadata, digest_entries(entries)) != metadata.get(KEY_CHECKSUM):
-        raise ArtifactError(f"{file}: tensor data does not match the checksum in its header (corrupted file)")
+    entries += [(n, st.dtype, st.shape, _hash_range(origin, st.start, st.end))
+                for n, st in origin.header.layout.items() if n not in done]
+    if seal(origin.metadata, digest_entries(entries)) != origin.metadata.get(KEY_CHECKSUM):
+        raise ArtifactError(f"{origin.path}: tensor data does not match the checksum in its header (corrupted file)")

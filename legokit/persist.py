@@ -5,17 +5,17 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from .archive import program_records
-from .artifact import Artifact, Source, Stored, read_artifact, read_layout, read_metadata, write_artifact
-from .artifact import write_streaming
+from .artifact import Artifact, OpenedArtifact, Source, Stored, open_artifact, read_artifact, refuse_inputs
+from .artifact import write_artifact, write_streaming
 from .block import BlockConfig, LegoBlock
 from .compose.fuse import FusedModel, fused_config, parse_fused_config
 from .compose.graph import Graph
@@ -237,36 +237,55 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> Le
 class _Part:
     """One block inside an input file: its config and the prefix of its tensors there."""
 
-    path: Path
+    origin: OpenedArtifact
     config: BlockConfig
     prefix: str
 
 
-def _parts(path: Path) -> tuple[list[_Part], dict[str, float]]:
-    metadata = read_metadata(path)
+def _parts(origin: OpenedArtifact) -> tuple[list[_Part], dict[str, float]]:
+    metadata, path = origin.metadata, origin.path
     kind = metadata.get("legokit.kind")
     try:
         data = json.loads(metadata.get("legokit.config", "{}"))
         if kind == BLOCK:
-            return [_Part(path, BlockConfig.from_dict(data), "")], {}
+            return [_Part(origin, BlockConfig.from_dict(data), "")], {}
         if kind == MERGED:
             configs, merge_config, _ = parse_merged_config(data)
-            return [_Part(path, c, f"blocks.{m}.") for m, c in configs.items()], dict(merge_config.weights)
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
+            return [_Part(origin, c, f"blocks.{m}.") for m, c in configs.items()], dict(merge_config.weights)
+    except (json.JSONDecodeError, RecursionError, KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
         raise ArtifactError(f"{path}: corrupt config ({type(exc).__name__}: {exc})") from None
     raise ArtifactError(f"{path}: cannot merge an artifact of kind {kind!r}")
 
 
-def _check_stored_program(path: Path, stored: Stored) -> None:
+def _check_stored_program(origin: OpenedArtifact, stored: Stored) -> None:
     """A block's encoder program must pass the strict allowlist before merge copies it into a new artifact."""
     if stored.dtype != "U8" or len(stored.shape) != 1:
-        raise ArtifactError(f"{path}: encoder program tensor is not a byte string")
-    with open(path, "rb") as handle:
-        program = os.pread(handle.fileno(), stored.end - stored.start, stored.start)
+        raise ArtifactError(f"{origin.path}: encoder program tensor is not a byte string")
     try:
-        program_records(program, strict=True, what=f"{path}: encoder program")
+        program_records(origin.read(stored), strict=True, what=f"{origin.path}: encoder program")
     except EncoderError as exc:
         raise ArtifactError(str(exc)) from None
+
+
+def _block_sources(part: _Part, heads: dict[str, dict[str, torch.Tensor]]) -> list[Source]:
+    """What a block of an input contributes to the merged file: its tensors (streamed) and its head (loaded)."""
+    modality, origin = part.config.modality, part.origin
+    heads[modality] = {}
+    sources = []
+    for name, stored in origin.header.layout.items():
+        if name.startswith(part.prefix) and stored.dtype in ("F16", "BF16", "F64", "C64"):
+            raise ArtifactError(f"{origin.path}: tensor '{name}' is {stored.dtype}; legokit merges float32 blocks")
+        if name.startswith(part.prefix + "task_head."):
+            head = origin.tensor(stored)
+            if not torch.isfinite(head).all():
+                raise ArtifactError(f"{origin.path}: head tensor '{name}' holds NaN or infinite values")
+            heads[modality][name[len(part.prefix + "task_head."):]] = head
+        if name == PROGRAM_PREFIX + part.prefix + "encoder":
+            _check_stored_program(origin, stored)
+            sources.append(Source.of_file(f"{PROGRAM_PREFIX}blocks.{modality}.encoder", origin, name, stored))
+        elif name.startswith(part.prefix) and not name.startswith(PROGRAM_PREFIX):
+            sources.append(Source.of_file(f"blocks.{modality}.{name[len(part.prefix):]}", origin, name, stored))
+    return sources
 
 
 def merge_files(
@@ -277,48 +296,31 @@ def merge_files(
     provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """`legokit merge`: LegoMerge of block (or merged-model) files into one merged artifact, streamed: the blocks'
-    tensors are copied in chunks and only the small heads are loaded, so memory stays near one chunk."""
+    tensors are copied in chunks and only the small heads are loaded, so memory stays near one chunk. Each input is
+    opened once and read only through that file descriptor."""
     paths = [Path(p) for p in paths]
-    parts: list[_Part] = []
-    known: dict[str, float] = {}
-    owner: dict[str, Path] = {}
-    for path in paths:
-        found, carried = _parts(path)
-        for part in found:
-            if part.config.modality in owner:
-                raise ConfigError(f"modality {part.config.modality!r} is in both {owner[part.config.modality]} and {path}")
-            owner[part.config.modality] = path
-        parts.extend(found)
-        known.update(carried)
-    try:
-        check_mergeable([p.config for p in parts])
-    except ConfigError as exc:
-        raise ConfigError(f"cannot merge {', '.join(map(str, paths))}: {exc}") from None
-    config = MergeConfig(resolve_weights([p.config.modality for p in parts], weights, known), phase)
-    heads: dict[str, dict[str, torch.Tensor]] = {}
-    sources: list[Source] = []
-    for part in parts:
-        modality = part.config.modality
-        layout = read_layout(part.path)
-        with safe_open(str(part.path), framework="pt") as handle:
-            heads[modality] = {
-                name[len(part.prefix + "task_head."):]: handle.get_tensor(name)
-                for name in layout if name.startswith(part.prefix + "task_head.")
-            }
-        for name, stored in layout.items():
-            if name.startswith(part.prefix) and stored.dtype in ("F16", "BF16", "F64", "C64"):
-                raise ArtifactError(f"{part.path}: tensor '{name}' is {stored.dtype}; legokit merges float32 blocks")
-            if name == PROGRAM_PREFIX + part.prefix + "encoder":
-                _check_stored_program(part.path, stored)
-                sources.append(Source.of_file(f"{PROGRAM_PREFIX}blocks.{modality}.encoder", part.path, name, stored))
-            elif name.startswith(part.prefix) and not name.startswith(PROGRAM_PREFIX):
-                sources.append(Source.of_file(f"blocks.{modality}.{name[len(part.prefix):]}", part.path, name, stored))
-    for modality, head in heads.items():
-        for name, tensor in head.items():
-            if not torch.isfinite(tensor).all():
-                raise ArtifactError(f"{owner[modality]}: head tensor '{name}' holds NaN or infinite values")
-    sources += [Source.of_tensor(f"head.{n}", t) for n, t in merge_head_tensors(heads, config).items()]
-    configs = {p.config.modality: p.config for p in parts}
-    graph = Graph.for_operation("merge", sorted(configs), phase=phase)
-    record = {"merged_from": [str(p) for p in paths], **dict(provenance or {})}
-    return write_streaming(output, MERGED, merged_config(configs, config, graph), sources, record, inputs=paths)
+    refuse_inputs(output, paths)
+    with ExitStack() as stack:
+        parts: list[_Part] = []
+        known: dict[str, float] = {}
+        owner: dict[str, Path] = {}
+        for path in paths:
+            found, carried = _parts(open_artifact(path, stack))
+            for part in found:
+                if part.config.modality in owner:
+                    raise ConfigError(f"modality {part.config.modality!r} is in both {owner[part.config.modality]} and {path}")
+                owner[part.config.modality] = path
+            parts.extend(found)
+            known.update(carried)
+        try:
+            check_mergeable([p.config for p in parts])
+        except ConfigError as exc:
+            raise ConfigError(f"cannot merge {', '.join(map(str, paths))}: {exc}") from None
+        config = MergeConfig(resolve_weights([p.config.modality for p in parts], weights, known), phase)
+        heads: dict[str, dict[str, torch.Tensor]] = {}
+        sources = [source for part in parts for source in _block_sources(part, heads)]
+        sources += [Source.of_tensor(f"head.{n}", t) for n, t in merge_head_tensors(heads, config).items()]
+        configs = {p.config.modality: p.config for p in parts}
+        graph = Graph.for_operation("merge", sorted(configs), phase=phase)
+        record = {"merged_from": [str(p) for p in paths], **dict(provenance or {})}
+        return write_streaming(output, MERGED, merged_config(configs, config, graph), sources, record, inputs=paths)
