@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 from .errors import EncoderError
 
 MAX_RECORDS = 20_000
-MAX_JSON_BYTES = 64 * 1024 * 1024
+MAX_JSON_BYTES = 16 * 1024 * 1024
 MAX_SMALL_BYTES = 4096
 MAX_JSON_DEPTH = 200
 
@@ -114,7 +114,8 @@ def load_json(data: bytes, what: str) -> Any:
         value = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise EncoderError(f"{what}: invalid JSON ({type(exc).__name__})") from None
-    if json_depth(value) > MAX_JSON_DEPTH:
+    opening = data.count(b"[") + data.count(b"{")
+    if opening > MAX_JSON_DEPTH and json_depth(value) > MAX_JSON_DEPTH:  # fewer brackets than the cap: cannot nest past it
         raise EncoderError(f"{what}: JSON nested over {MAX_JSON_DEPTH} levels")
     return value
 
@@ -131,6 +132,8 @@ def _tensor_bytes(meta: Any, what: str) -> int:
     return math.prod(sizes) * element
 
 
+RAW_WEIGHT = re.compile(r"^weight_\d{1,9}$")
+RAW_CONSTANT = re.compile(r"^tensor_\d{1,9}$")
 PROGRAM_SMALL = ("archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id")
 PROGRAM_JSON = ("models/model.json", "data/weights/model_weights_config.json", "data/constants/model_constants_config.json")
 SAMPLE_INPUTS = "data/sample_inputs/model.pt"
@@ -159,7 +162,7 @@ def program_records(program: bytes, strict: bool = True, what: str = "the encode
         records[name] = _read(archive, by_name[name].filename, what)
         configs[name] = load_json(records[name], f"{what}: {name}")
     _check_model(configs["models/model.json"], what)
-    for folder, name in (("data/weights/", PROGRAM_JSON[1]), ("data/constants/", PROGRAM_JSON[2])):
+    for folder, name, kind in (("data/weights/", PROGRAM_JSON[1], RAW_WEIGHT), ("data/constants/", PROGRAM_JSON[2], RAW_CONSTANT)):
         table = configs[name].get("config") if isinstance(configs[name], dict) else None
         if not isinstance(table, dict):
             raise EncoderError(f"{what}: {name} has no config table")
@@ -167,8 +170,13 @@ def program_records(program: bytes, strict: bool = True, what: str = "the encode
             if not isinstance(meta, dict) or meta.get("use_pickle", True):
                 raise EncoderError(f"{what}: {fqn} is stored as a pickle; legokit keeps no pickles")
             path = meta.get("path_name")
-            record = folder + str(path)
-            if not isinstance(path, str) or "/" in path or record not in by_name:
+            # torch's loader picks how to read a record from its name (custom_obj_*, opaque_obj_* are unpickled
+            # whatever use_pickle says): only the names of raw tensors pass
+            if not isinstance(path, str) or not kind.match(path):
+                raise EncoderError(f"{what}: {fqn} is stored as {str(path)[:40]!r}, not as a raw tensor record; "
+                                   "legokit keeps no objects")
+            record = folder + path
+            if record not in by_name:
                 raise EncoderError(f"{what}: {fqn} names a record that is not in the archive")
             needed = _tensor_bytes(meta.get("tensor_meta"), f"{what}: {fqn}")
             if by_name[record].file_size != needed:

@@ -12,6 +12,7 @@ import json
 import math
 import mmap
 import os
+import re
 import struct
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -128,13 +129,16 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
-def _remove_stale(directory: Path, name: str) -> None:
+def _remove_stale(directory: Path, name: str, keep: Iterable[Path] = ()) -> None:
     """Remove temporary files that an earlier write to `name` left when its process was killed (kill -9): ours by
-    name (.NAME.PID.*.tmp), owned by this user, from a process that no longer runs."""
+    name (.NAME.PID.XXXXXXXX.tmp, as mkstemp makes them), owned by this user, from a process that no longer runs,
+    and none of the command's inputs (`keep`)."""
+    ours = re.compile(rf"^\.{re.escape(name)}\.(\d+)\.[a-z0-9_]{{8}}\.tmp$")
     for temp in directory.glob(f".{glob_escape(name)}.*.tmp"):
-        pid = temp.name[len(name) + 2 :].split(".", 1)[0]
+        found = ours.match(temp.name)
         try:
-            if not pid.isdigit() or temp.stat().st_uid != os.getuid() or _alive(int(pid)):
+            if (not found or not temp.is_file() or temp.is_symlink() or temp.stat().st_uid != os.getuid()
+                    or _alive(int(found.group(1))) or any(_same_file(temp, Path(k)) for k in keep)):
                 continue
             temp.unlink()
         except OSError:
@@ -152,15 +156,16 @@ def _alive(pid: int) -> bool:
 
 
 @contextmanager
-def atomic_output(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
+def atomic_output(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]] = ()) -> Iterator[BinaryIO]:
     """A binary file that becomes `path` only if the block finishes: written beside it, fsynced, renamed in one
     step. On any error the temporary file is removed and `path` keeps its old content."""
     path = Path(path)
-    refuse_inputs(path, ())
+    inputs = [Path(p) for p in inputs]
+    refuse_inputs(path, inputs)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise ArtifactError(f"{path}: directory {directory} does not exist")
-    _remove_stale(directory, path.name)
+    _remove_stale(directory, path.name, inputs)
     try:
         handle, temp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=directory)
     except OSError as exc:
@@ -187,9 +192,9 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write bytes to `path` atomically (see `atomic_output`)."""
-    with atomic_output(path) as out:
+def write_atomic(path: str | os.PathLike[str], data: bytes, inputs: Iterable[str | os.PathLike[str]] = ()) -> None:
+    """Write bytes to `path` atomically (see `atomic_output`); `inputs` are never replaced."""
+    with atomic_output(path, inputs) as out:
         out.write(data)
 
 
@@ -242,6 +247,7 @@ def write_artifact(
 ) -> Path:
     """Write an artifact atomically; refuses to replace any of `inputs` (the files it was made from)."""
     path = Path(path)
+    inputs = list(inputs)
     refuse_inputs(path, inputs)
     prepared = _prepare(tensors)
     for name, tensor in prepared.items():
@@ -249,7 +255,7 @@ def write_artifact(
             raise ArtifactError(f"{path}: tensor '{name}' holds NaN or infinite values; refusing to write it")
     metadata = _header(kind, config, provenance, _PLACEHOLDER)
     metadata[KEY_CHECKSUM] = seal(metadata, tensors_digest(prepared))
-    write_atomic(path, safetensors_bytes(prepared, metadata=metadata))
+    write_atomic(path, safetensors_bytes(prepared, metadata=metadata), inputs)
     return path
 
 
@@ -263,6 +269,8 @@ def _check_container(path: Path) -> None:
         raise ArtifactError(f"{path}: no such file")
     if path.is_dir():
         raise ArtifactError(f"{path}: is a directory, not an artifact file")
+    if not path.is_file():
+        raise ArtifactError(f"{path}: not a regular file (a pipe or a device)")
 
 
 def _json_text(path: Path, text: str | bytes, what: str) -> Any:
@@ -561,7 +569,7 @@ def write_streaming(
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)
     hashes: dict[str, Future[str] | str] = {}
-    with atomic_output(path) as out, ThreadPoolExecutor(max_workers=1) as hasher:
+    with atomic_output(path, inputs) as out, ThreadPoolExecutor(max_workers=1) as hasher:
         origins = list({id(s.origin): s.origin for s in ordered if s.origin is not None}.values())
         out.write(struct.pack("<Q", len(encoded)) + encoded)
         out.flush()

@@ -327,7 +327,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         from .artifact import write_atomic
 
-        write_atomic(Path(args.json), json.dumps(metrics, indent=2).encode())
+        write_atomic(Path(args.json), json.dumps(metrics, indent=2).encode(), [args.model, args.data, *(args.adapter or [])])
     return 0
 
 

@@ -12,7 +12,7 @@ from typing import Iterable, Mapping
 import torch
 from rich.progress import Progress
 
-from .artifact import refuse_inputs, write_atomic
+from .artifact import write_atomic
 from .block import LegoBlock
 from .compose.merge import MergedModel
 from .data.batch import ModalityBatch
@@ -58,8 +58,7 @@ class Predictions:
 
     def write(self, path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
         """Write the CSV atomically; refuses to replace any of `inputs` (the model, the data folder's files)."""
-        refuse_inputs(Path(path), inputs)
-        write_atomic(Path(path), self.to_csv().encode())
+        write_atomic(Path(path), self.to_csv().encode(), inputs)
         return Path(path)
 
 

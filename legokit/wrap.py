@@ -322,6 +322,8 @@ def wrap_file(
     path = Path(path)
     if not path.exists():
         raise EncoderError(f"{path}: no such file")
+    if not path.is_file() and not path.is_dir():
+        raise EncoderError(f"{path}: not a regular file (a pipe or a device)")
     kind = sniff(path)
     common = dict(latent=latent, depth=depth, fft_axes=fft_axes, device=device, origin=str(path), **options)
     if kind in (EXPORT, TORCHSCRIPT, HF_FOLDER) and arch is not None:

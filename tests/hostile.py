@@ -136,6 +136,21 @@ def program_mutations(program: bytes, marker: Path) -> st.SearchStrategy[bytes]:
             records[f"data/{which}/evil"] = evil
         return _rewrite_zip(program, change)
 
+    def object_constant(prefix: str, which: str) -> bytes:
+        """A record named the way torch's loader unpickles (custom_obj_*, opaque_obj_*), declared as a raw tensor
+        of exactly its length, with use_pickle false: it must still be refused."""
+        def change(records: dict[str, bytes]) -> None:
+            name = f"data/{which}/model_{which}_config.json"
+            config = json.loads(records[name])
+            config["config"]["evil"] = {"path_name": f"{prefix}0", "is_param": False, "use_pickle": False,
+                                        "tensor_meta": {"dtype": 1, "sizes": [{"as_int": len(evil)}],
+                                                        "strides": [{"as_int": 1}], "requires_grad": False,
+                                                        "storage_offset": {"as_int": 0},
+                                                        "device": {"type": "cpu", "index": None}, "layout": 7}}
+            records[name] = json.dumps(config).encode()
+            records[f"data/{which}/{prefix}0"] = evil
+        return _rewrite_zip(program, change)
+
     def json_edit(name: str, text: bytes) -> bytes:
         return _rewrite_zip(program, lambda r: r.__setitem__(name, text))
 
@@ -159,6 +174,8 @@ def program_mutations(program: bytes, marker: Path) -> st.SearchStrategy[bytes]:
     return st.one_of(
         st.builds(add_record, st.sampled_from(PROGRAM_PLACES), junk),
         st.builds(pickled_weight, st.sampled_from(["weights", "constants"])),
+        st.builds(object_constant, st.sampled_from(["opaque_obj_", "custom_obj_", "tensor_x", "weight_"]),
+                  st.sampled_from(["weights", "constants"])),
         st.builds(json_edit, st.sampled_from(json_records), junk),
         st.just(custom_objects()),
         st.builds(resize, st.sampled_from([-4, -1, 1, 4, 1 << 20])),

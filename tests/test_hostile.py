@@ -280,9 +280,9 @@ def test_a_write_stopped_by_sigterm_leaves_no_temporary_file(tmp_path):
 
 
 def test_the_next_write_removes_what_a_killed_writer_left(tmp_path):
-    stale = tmp_path / ".out.st.999999999.abcd.tmp"  # no process has that id
+    stale = tmp_path / ".out.st.999999999.abcd1234.tmp"  # no process has that id
     stale.write_bytes(b"x" * 1000)
-    other = tmp_path / ".other.st.999999999.abcd.tmp"
+    other = tmp_path / ".other.st.999999999.abcd1234.tmp"
     other.write_bytes(b"y")
     legokit.artifact.write_atomic(tmp_path / "out.st", b"data")
     assert not stale.exists() and other.exists()
@@ -297,3 +297,24 @@ def test_outputs_honour_the_umask(tmp_path):
     finally:
         os.umask(previous)
     assert (tmp_path / "out.st").stat().st_mode & 0o777 == 0o640
+
+
+def test_an_input_named_like_a_stale_temporary_is_never_removed(world, tmp_path):
+    named = tmp_path / ".m.st.999999999.abcd1234.tmp"
+    named.write_bytes(world["builtin_path"].read_bytes())
+    other = tmp_path / "other.st"
+    other.write_bytes(world["foreign_path"].read_bytes())
+    legokit.merge_files([named, other], tmp_path / "m.st")
+    assert named.read_bytes() == world["builtin_path"].read_bytes()
+
+
+def test_a_pipe_given_as_an_artifact_or_an_encoder_is_one_line(tmp_path, capsys):
+    import os
+
+    from legokit.cli import main
+
+    fifo = tmp_path / "pipe.st"
+    os.mkfifo(fifo)
+    assert main(["inspect", str(fifo)]) == 1
+    assert main(["wrap", str(fifo), "--modality", "x", "-o", str(tmp_path / "x.st")]) == 1
+    assert capsys.readouterr().err.count("not a regular file") == 2
