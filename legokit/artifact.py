@@ -156,11 +156,11 @@ def _alive(pid: int) -> bool:
 
 
 @contextmanager
-def atomic_output(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str]] = ()) -> Iterator[BinaryIO]:
+def atomic_output(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None] = ()) -> Iterator[BinaryIO]:
     """A binary file that becomes `path` only if the block finishes: written beside it, fsynced, renamed in one
     step. On any error the temporary file is removed and `path` keeps its old content."""
     path = Path(path)
-    inputs = [Path(p) for p in inputs]
+    inputs = [Path(p) for p in inputs if p is not None]
     refuse_inputs(path, inputs)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
@@ -192,7 +192,7 @@ def _umask() -> int:
     return mask
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes, inputs: Iterable[str | os.PathLike[str]] = ()) -> None:
+def write_atomic(path: str | os.PathLike[str], data: bytes, inputs: Iterable[str | os.PathLike[str] | None] = ()) -> None:
     """Write bytes to `path` atomically (see `atomic_output`); `inputs` are never replaced."""
     with atomic_output(path, inputs) as out:
         out.write(data)
@@ -243,7 +243,7 @@ def write_artifact(
     config: Mapping[str, Any],
     tensors: Mapping[str, torch.Tensor],
     provenance: Mapping[str, Any] | None = None,
-    inputs: Iterable[str | os.PathLike[str]] = (),
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
 ) -> Path:
     """Write an artifact atomically; refuses to replace any of `inputs` (the files it was made from)."""
     path = Path(path)
@@ -550,14 +550,14 @@ def write_streaming(
     config: Mapping[str, Any],
     sources: Sequence[Source],
     provenance: Mapping[str, Any] | None = None,
-    inputs: Iterable[str | os.PathLike[str]] = (),
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
 ) -> Path:
     """Write an artifact whose tensors are streamed from other artifacts in chunks, so peak memory stays near one
     chunk (plus the in-memory tensors), whatever the model's size. Every byte is hashed once: the inputs' own
     checksums are verified on the way (an input whose data does not match fails the write), and the output's
     checksum is sealed into the header at the end. Atomic, and refuses to replace an input."""
     path = Path(path)
-    inputs = [Path(p) for p in inputs]
+    inputs = [Path(p) for p in inputs if p is not None]
     refuse_inputs(path, inputs)
     ordered = sorted(sources, key=lambda s: s.name)
     metadata = _header(kind, config, provenance, _PLACEHOLDER)

@@ -143,7 +143,7 @@ def save_block(
     block: LegoBlock,
     path: str | os.PathLike[str],
     provenance: Mapping[str, Any] | None = None,
-    inputs: Iterable[str | os.PathLike[str]] = (),
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
 ) -> Path:
     """Write a block as one standalone `.st` file (atomically); `inputs` are files it must not overwrite."""
     merged = {**getattr(block, "provenance", {}), **dict(provenance or {})}

@@ -242,3 +242,19 @@ def test_wrap_never_writes_over_a_file_of_the_folder_it_wraps(tmp_path, capsys):
     assert main(["wrap", str(tmp_path / "bert"), "--modality", "notes", "-o", str(target)]) == 1
     assert target.read_text(encoding="utf-8") == '{"model_type": "bert"}'
     assert "refusing to overwrite an input file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "eval"])
+def test_train_and_eval_refuse_to_write_into_their_data_folder(tmp_path, capsys, command):
+    from legokit.data.bundled import write_pbc
+
+    data = tmp_path / "data"
+    write_pbc(data)
+    model = save_block(wrap_module(nn.Linear(17, 8), "labs", "survival:4", (17,), **OPTS), tmp_path / "labs.st")
+    target = data / "labels.csv"
+    before = target.read_bytes()
+    args = (["train", str(data), "--modality", "labs", "-o", str(target)] if command == "train"
+            else ["eval", str(model), str(data), "--json", str(target)])
+    assert main(args) == 1
+    assert "refusing to overwrite an input file" in capsys.readouterr().err
+    assert target.read_bytes() == before
