@@ -287,14 +287,17 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> int:
     refuse_inputs(args.output, [args.model, args.data])
     base = load(args.model)
     config = TrainConfig(epochs=args.epochs, patience=args.patience, lr=args.lr, seed=args.seed, device=args.device)
-    adapted, result, counts = adapt(base, args.data, args.adapter, args.rank, args.at, args.missing, args.test_missing, config)
+    adapted, result, counts = adapt(base, args.data, args.adapter, args.rank, args.at, args.missing, args.test_missing,
+                                    config, allow_overlap=args.allow_overlap)
+    for warning in counts.pop("warnings", []):
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
     adapter = adapted.adapters[-1]
     console.print(f"trainable parameters: {counts['trainable']:,} of {counts['total']:,} ({counts['percent']:.2f}% of the "
                   f"model): the {args.adapter} adapter at {len(adapter.placement)} site(s) and the head")
     console.print(f"best epoch {result.best_epoch}: val {_metrics_text(result.val)}, test {_metrics_text(result.test)} "
                   f"(missing: {escape(args.missing or 'none')})")
     record = {"adapted": {"data": args.data, "missing": args.missing, "best_epoch": result.best_epoch,
-                          "val": result.val, "test": result.test, "trainable": counts}}
+                          "val": result.val, "test": result.test, "trainable": counts, "samples": result.samples}}
     path = save_adapter(adapted, adapter, args.output, base.source_sha256, record, inputs=[args.model, args.data])
     console.print(f"[green]wrote[/] {escape(str(path))} (fits base sha256 {base.source_sha256[:12]})")
     return 0
@@ -311,10 +314,11 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
 
         for path in args.adapter or []:
             model = attach_file(model, path)
-        seed = args.seed if args.seed is not None else 0
-        metrics = evaluate_missing(model, args.data, args.missing, args.split, seed)
+        metrics = evaluate_missing(model, args.data, args.missing, args.split, args.seed, args.allow_overlap)
     else:
-        metrics = evaluate_model(model, args.data, args.split, args.seed)
+        metrics = evaluate_model(model, args.data, args.split, args.seed, allow_overlap=args.allow_overlap)
+    for warning in metrics.pop("warnings", []):
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
     console.print(f"{escape(args.model)} on {escape(args.data)}: {metrics['split']} split, {metrics['samples']} samples "
                   f"(split from {escape(metrics['split_source'])})")
     table = Table()
@@ -462,11 +466,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", help="a block, merged or fused artifact (.st)")
     evaluate.add_argument("data", help="labelled dataset folder")
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="default test")
-    evaluate.add_argument("--seed", type=int, help="seed of the random split (default: the one the model was trained with)")
+    evaluate.add_argument("--seed", type=int, help="seed of the random split (default: the one the model, or all its "
+                          "blocks, was trained with)")
     evaluate.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
     evaluate.add_argument("--adapter", action="append", help="attach this adapter artifact first (repeatable)")
     evaluate.add_argument("--missing", help="make modalities missing at these rates, e.g. tab=0.3,seq=1.0 (zero dummies)")
+    evaluate.add_argument("--allow-overlap", action="store_true", help="score samples a block was trained or "
+                          "validated on (refused by default), with a warning")
     evaluate.set_defaults(run=cmd_eval)
 
     adapt = commands.add_parser("adapt", help="train a missing-modality adapter (MoRA or SSF) for a model")
@@ -482,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     adapt.add_argument("--seed", type=int, default=0, help="seed of the weights, the split and the missing draws")
     adapt.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    adapt.add_argument("--allow-overlap", action="store_true", help="report test metrics on samples the base model "
+                       "was trained or validated on (refused by default), with a warning")
     adapt.add_argument("-o", "--output", required=True, help="the adapter artifact to write (.st)")
     adapt.set_defaults(run=cmd_adapt)
 

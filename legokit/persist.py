@@ -288,6 +288,21 @@ def _block_sources(part: _Part, heads: dict[str, dict[str, torch.Tensor]]) -> li
     return sources
 
 
+def _blocks_provenance(parts: Sequence[_Part]) -> dict[str, Any]:
+    """Each merged block's own provenance (training data, split, seen samples), from its input file."""
+    found: dict[str, Any] = {}
+    for part in parts:
+        try:
+            record = json.loads(part.origin.metadata.get("legokit.provenance", "{}"))
+        except (json.JSONDecodeError, RecursionError):
+            raise ArtifactError(f"{part.origin.path}: corrupt header: legokit.provenance is not valid JSON") from None
+        if not isinstance(record, dict):
+            record = {}
+        blocks = record.get("blocks") if part.prefix else None
+        found[part.config.modality] = (blocks or {}).get(part.config.modality, {}) if part.prefix else record
+    return found
+
+
 def merge_files(
     paths: Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
@@ -322,5 +337,5 @@ def merge_files(
         sources += [Source.of_tensor(f"head.{n}", t) for n, t in merge_head_tensors(heads, config).items()]
         configs = {p.config.modality: p.config for p in parts}
         graph = Graph.for_operation("merge", sorted(configs), phase=phase)
-        record = {"merged_from": [str(p) for p in paths], **dict(provenance or {})}
+        record = {"merged_from": [str(p) for p in paths], "blocks": _blocks_provenance(parts), **dict(provenance or {})}
         return write_streaming(output, MERGED, merged_config(configs, config, graph), sources, record, inputs=paths)

@@ -22,6 +22,7 @@ from .device import resolve_device
 from .distributed import device_for, world
 from .errors import ConfigError
 from .metrics import PRIMARY, task_loss, task_metrics
+from .samples import sample_record
 from .tasks import TaskSpec
 
 
@@ -60,6 +61,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     edges: list[float] | None = None
     seconds: float = 0.0
+    samples: dict[str, Any] = field(default_factory=dict)  # salted hashes of the training and validation ids
 
     def provenance(self, data: SplitData, config: TrainConfig, modalities: Sequence[str]) -> dict[str, Any]:
         return {
@@ -72,6 +74,7 @@ class TrainResult:
             "val": self.val,
             "test": self.test,
             "survival_bin_edges": self.edges,
+            "samples": self.samples,
         }
 
 
@@ -215,4 +218,5 @@ def train_model(model: nn.Module, data: SplitData, task: TaskSpec, config: Train
     val = evaluate(model, data, val_ids, task, device, inputs)
     test = evaluate(model, data, data.ids("test", modalities), task, device, eval_inputs or inputs)
     edge_list = None if edges is None else [float(e) for e in edges]
-    return TrainResult(best_epoch, val, test, history, edge_list, time.perf_counter() - started)
+    return TrainResult(best_epoch, val, test, history, edge_list, time.perf_counter() - started,
+                       sample_record(train_ids, val_ids))

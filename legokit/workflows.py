@@ -14,6 +14,7 @@ from .data.folder import modality_shape
 from .data.training import SplitData
 from .encoders import build_encoder
 from .errors import ConfigError
+from .samples import refuse_overlap, training_seed
 from .spec import BlockSpec
 from .tasks import TaskSpec
 from .train import TrainConfig, TrainResult, evaluate, model_modalities, train_model
@@ -101,21 +102,25 @@ def labelled_data(model: nn.Module, data_dir: str | os.PathLike[str], seed: int,
 
 
 def evaluate_model(model: nn.Module, data_dir: str | os.PathLike[str], split: str = "test", seed: int | None = None,
-                   splits: dict[str, str] | None = None) -> dict[str, Any]:
+                   splits: dict[str, str] | None = None, allow_overlap: bool = False) -> dict[str, Any]:
     """Metrics of any model on one split of a labelled dataset folder (splits.csv, or the seeded split the model
-    was trained with)."""
+    -- or all its blocks -- was trained with). Samples any of its blocks was trained or validated on are refused
+    (`allow_overlap`: scored, with a warning in the result)."""
     data, task, modalities = labelled_data(model, data_dir, _training_seed(model) if seed is None else seed, splits)
     ids = data.ids(split, modalities) if split != "all" else [i for s in ("train", "val", "test") for i in data.ids(s, modalities)]
-    return {"split": split, "split_source": data.split_source, "samples": len(ids),
+    warnings = [] if split in ("train", "val", "all") else refuse_overlap(provenance_of(model), ids, split, allow_overlap)
+    return {"split": split, "split_source": data.split_source, "samples": len(ids), "warnings": warnings,
             **evaluate(model, data, ids, task, next(model.parameters()).device)}
 
 
+def provenance_of(model: nn.Module) -> dict[str, Any]:
+    """A model's provenance; an adapted model's is its base's."""
+    return getattr(model, "provenance", None) or getattr(getattr(model, "base", None), "provenance", None) or {}
+
+
 def _training_seed(model: nn.Module) -> int:
-    record = getattr(model, "provenance", {}) or {}
-    for key in ("fused", "trained"):
-        if key in record:
-            return int(record[key].get("config", {}).get("seed", 0))
-    return 0
+    found = training_seed(provenance_of(model))
+    return 0 if found is None else found
 
 
 ADAPT_METHODS = ("head", "mora", "ssf", "full")
@@ -153,12 +158,13 @@ def prepare_adaptation(model: nn.Module, method: str, rank: int = 4, at: str | N
 def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mora", rank: int = 4,
           at: str | None = None, train_missing: str | None = None, test_missing: str | None = None,
           config: TrainConfig = TrainConfig(epochs=20, patience=5), splits: dict[str, str] | None = None,
-          progress: bool = True) -> tuple[nn.Module, TrainResult, dict[str, float]]:
+          progress: bool = True, allow_overlap: bool = False) -> tuple[nn.Module, TrainResult, dict[str, Any]]:
     """Train a missing-modality adaptation on a dataset folder under the MoRA protocol: per modality, the train
     (and validation) missing rates `train_missing`, and `test_missing` for the reported test metrics."""
     from .adapters import MissingRates
 
     data, task, modalities = labelled_data(model, data_dir, config.seed, splits)
+    warnings = refuse_overlap(provenance_of(model), data.ids("test", modalities), "test", allow_overlap)
     train_rates = MissingRates.parse(train_missing, config.seed)
     # test draws use seed + 1, independent of the training draws, and the same as `evaluate_missing` makes
     test_rates = MissingRates.parse(train_missing if test_missing is None else test_missing, config.seed + 1)
@@ -169,18 +175,22 @@ def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mor
     result = train_model(prepared, data, task, config, progress, label=f"adapting ({method})",
                          inputs=lambda b, ids: train_rates.apply(b, ids, modalities),
                          eval_inputs=lambda b, ids: test_rates.apply(b, ids, modalities))
-    return prepared.cpu().eval(), result, counts
+    return prepared.cpu().eval(), result, {**counts, "warnings": warnings}
 
 
 def evaluate_missing(model: nn.Module, data_dir: str | os.PathLike[str], missing: str | None, split: str = "test",
-                     seed: int = 0) -> dict[str, Any]:
-    """Metrics of a model (adapted or not) on a split, with the modalities missing at the given rates."""
+                     seed: int | None = None, allow_overlap: bool = False) -> dict[str, Any]:
+    """Metrics of a model (adapted or not) on a split, with the modalities missing at the given rates; the split is
+    the one the model was trained with unless `seed` says otherwise, and seen samples are refused as above."""
     from .adapters import MissingRates
 
+    seed = _training_seed(model) if seed is None else seed
     data, task, modalities = labelled_data(model, data_dir, seed)
     rates = MissingRates.parse(missing, seed + 1)
     rates.check(modalities)
     ids = data.ids(split, modalities)
+    warnings = [] if split in ("train", "val", "all") else refuse_overlap(provenance_of(model), ids, split, allow_overlap)
     metrics = evaluate(model, data, ids, task, next(model.parameters()).device,
                        inputs=lambda b, chunk: rates.apply(b, chunk, modalities))
-    return {"split": split, "split_source": data.split_source, "samples": len(ids), "missing": dict(rates.rates), **metrics}
+    return {"split": split, "split_source": data.split_source, "samples": len(ids), "missing": dict(rates.rates),
+            "warnings": warnings, **metrics}

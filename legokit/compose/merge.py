@@ -50,7 +50,8 @@ def block_facts(config: BlockConfig) -> BlockFacts:
 
 
 def check_mergeable(configs: Sequence[BlockConfig]) -> None:
-    """At least two blocks, one per modality, with one latent shape and one task; else a ConfigError."""
+    """At least two blocks, one per modality, with one latent shape, one task and one choice of FFT axes (the
+    spectra they merge must be comparable); else a ConfigError."""
     if len(configs) < 2:
         raise ConfigError(f"merging needs at least 2 blocks, got {len(configs)}")
     seen: set[str] = set()
@@ -60,6 +61,10 @@ def check_mergeable(configs: Sequence[BlockConfig]) -> None:
         seen.add(config.modality)
     graph = Graph.for_operation("merge", sorted(seen))
     graph.validate({c.modality: block_facts(c) for c in configs})
+    axes = {c.modality: c.fft_axes for c in configs}
+    if len(set(axes.values())) > 1:
+        shown = ", ".join(f"{m} over {a}" for m, a in sorted(axes.items()))
+        raise ConfigError(f"FFT axes disagree ({shown}): their spectra are not comparable; train them with one --fft-axes")
 
 
 def normalized(weights: Sequence[float]) -> list[float]:
@@ -192,7 +197,9 @@ def merge(models: Sequence[LegoBlock | MergedModel], weights: Sequence[float] | 
     first = by_modality[config.modalities[0]].config
     head = TaskHead(head_width(first), first.task.out_features)
     head.load_state_dict(merge_head_tensors(heads, config))
-    return MergedModel(by_modality, head, config).eval()  # merging trains nothing: ready for inference
+    model = MergedModel(by_modality, head, config)
+    model.provenance = {"blocks": {m: dict(getattr(b, "provenance", {})) for m, b in sorted(by_modality.items())}}
+    return model.eval()  # merging trains nothing: ready for inference
 
 
 def merged_config(configs: Mapping[str, BlockConfig], merge_config: MergeConfig, graph: Graph) -> dict[str, Any]:
