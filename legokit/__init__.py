@@ -8,7 +8,9 @@ The data flow, floor by floor:
       -> graph (`compose.graph`: typed composition DAG; `compose.recipe`: YAML recipes)
       -> merged model (`compose.merge`: LegoMerge, Eq. 4 + SLERP of heads) or fused model (`compose.fuse`:
          stack / weave, fine-tuned by `train`); `adapters` (MoRA, SSF) for missing modalities; `hub` for sharing
-Data: `data` (dataset folders, batches with missing-modality masks, the bundled PBC data); `metrics`, `train`.
+Data: `data` (dataset folders, batches with missing-modality masks, the bundled PBC data); `metrics`, `train`;
+`samples` (salted hashes of the ids a model has seen, checked before scoring); `archive` (the allowlist that
+foreign archives pass before any torch loader reads them).
 """
 
 from __future__ import annotations
