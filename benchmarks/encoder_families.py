@@ -215,7 +215,7 @@ def sklearn_mlp(folder: Path) -> tuple[Path, list[str]]:
         layers += [linear, nn.ReLU()]
     path = folder / "sklearn_mlp.ts"
     torch.jit.save(torch.jit.script(nn.Sequential(*layers)), str(path))
-    return path, ["--modality", "tab", "--input-shape", "17"]
+    return path, ["--modality", "tab", "--input-shape", "17", "--trust-pickle"]
 
 
 @dataclass(frozen=True)
@@ -234,7 +234,7 @@ FAMILIES = (
     Family("gru", "nn.GRU + Linear, pickled module (--trust-pickle)", gru),
     Family("cnn", "CNN with batch norm, 4-D feature map, pickled in train mode", cnn),
     Family("dict", "module returning a dict, torch.export .pt2 (--output-key)", table_dict),
-    Family("sklearn", "scikit-learn MLPClassifier weights, TorchScript", sklearn_mlp, ("--standardize",)),
+    Family("sklearn", "scikit-learn MLPClassifier weights, TorchScript (--trust-pickle)", sklearn_mlp, ("--standardize",)),
 )
 
 RELOAD = """

@@ -1,5 +1,4 @@
-"""Allowlist checks of the archives users hand legokit: torch.export programs (PT2), TorchScript archives and
-torch.save files. They run on Python's zip reader and `pickletools` alone, before any torch loader sees the bytes:
+"""Allowlist checks of the archives users hand legokit: torch.export programs (PT2) and torch.save files. They run on Python's zip reader and `pickletools` alone, before any torch loader sees the bytes:
 only the records a format needs pass, every record is stored (never deflated) and capped in size, raw tensor
 records must be exactly as long as their shape and dtype say, and pickles may name only allowlisted globals.
 """
@@ -50,13 +49,9 @@ class Records:
     data: dict[str, bytes]
 
 
-MAX_CODE_BYTES = 64 * 1024 * 1024
-
-
-def _zip(data: bytes, what: str, limit: int, compressed_ok: Callable[[str], bool] = lambda name: False
-         ) -> tuple[zipfile.ZipFile, str]:
-    """A zip archive whose entries are stored (deflated only where `compressed_ok`, within MAX_CODE_BYTES in all),
-    uniquely named below one root folder, and within `limit` bytes in all."""
+def _zip(data: bytes, what: str, limit: int) -> tuple[zipfile.ZipFile, str]:
+    """A zip archive whose entries are stored (never deflated), uniquely named below one root folder, and within
+    `limit` bytes in all."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         entries = archive.infolist()
@@ -70,14 +65,8 @@ def _zip(data: bytes, what: str, limit: int, compressed_ok: Callable[[str], bool
     roots = {n.split("/", 1)[0] for n in names}
     if len(roots) != 1 or any("/" not in n or ".." in n.split("/") or n.startswith("/") for n in names):
         raise EncoderError(f"{what}: records must lie in one root folder (found {', '.join(sorted(roots))[:80]})")
-    total, inflated = 0, 0
+    total = 0
     for entry in entries:
-        below = entry.filename.split("/", 1)[1]
-        if entry.compress_type == zipfile.ZIP_DEFLATED and compressed_ok(below):
-            inflated += entry.file_size
-            if inflated > MAX_CODE_BYTES:
-                raise EncoderError(f"{what}: compressed records inflate past {MAX_CODE_BYTES:,} bytes")
-            continue
         if entry.compress_type != zipfile.ZIP_STORED:
             raise EncoderError(f"{what}: record {entry.filename} is compressed; legokit reads stored records only")
         total += entry.file_size
@@ -120,16 +109,20 @@ def load_json(data: bytes, what: str) -> Any:
     return value
 
 
-def _tensor_bytes(meta: Any, what: str) -> int:
-    """Bytes a serialized tensor's storage takes: product of its sizes times its element size."""
+def _tensor_extent(meta: Any, what: str) -> int:
+    """Bytes of storage a serialized tensor reaches: (offset + sum of (size - 1) x stride + 1) x element size."""
     try:
         sizes = [int(s["as_int"]) for s in meta["sizes"]]
+        strides = [int(s["as_int"]) for s in meta.get("strides") or []] or [0] * len(sizes)
+        offset = int((meta.get("storage_offset") or {"as_int": 0})["as_int"])
         element = ELEMENT_BYTES[int(meta["dtype"])]
     except (KeyError, TypeError, ValueError) as exc:
         raise EncoderError(f"{what}: a tensor without a plain shape and dtype ({type(exc).__name__})") from None
-    if any(s < 0 for s in sizes):
-        raise EncoderError(f"{what}: a tensor of negative size")
-    return math.prod(sizes) * element
+    if len(strides) != len(sizes) or any(v < 0 for v in (*sizes, *strides, offset)):
+        raise EncoderError(f"{what}: a tensor of negative or inconsistent size, stride or offset")
+    if any(size == 0 for size in sizes):
+        return 0
+    return (offset + sum((size - 1) * stride for size, stride in zip(sizes, strides)) + 1) * element
 
 
 RAW_WEIGHT = re.compile(r"^weight_\d{1,9}$")
@@ -162,6 +155,7 @@ def program_records(program: bytes, strict: bool = True, what: str = "the encode
         records[name] = _read(archive, by_name[name].filename, what)
         configs[name] = load_json(records[name], f"{what}: {name}")
     _check_model(configs["models/model.json"], what)
+    reach: dict[str, int] = {}
     for folder, name, kind in (("data/weights/", PROGRAM_JSON[1], RAW_WEIGHT), ("data/constants/", PROGRAM_JSON[2], RAW_CONSTANT)):
         table = configs[name].get("config") if isinstance(configs[name], dict) else None
         if not isinstance(table, dict):
@@ -178,11 +172,13 @@ def program_records(program: bytes, strict: bool = True, what: str = "the encode
             record = folder + path
             if record not in by_name:
                 raise EncoderError(f"{what}: {fqn} names a record that is not in the archive")
-            needed = _tensor_bytes(meta.get("tensor_meta"), f"{what}: {fqn}")
-            if by_name[record].file_size != needed:
-                raise EncoderError(f"{what}: record {record} holds {by_name[record].file_size:,} bytes, its tensor "
-                                   f"{fqn} needs {needed:,}")
-            records[record] = _read(archive, by_name[record].filename, what)
+            reach[record] = max(reach.get(record, 0), _tensor_extent(meta.get("tensor_meta"), f"{what}: {fqn}"))
+    # tensors that share a storage (a view of a parameter) share one record, as long as their widest reach
+    for record, needed in reach.items():
+        if by_name[record].file_size != needed:
+            raise EncoderError(f"{what}: record {record} holds {by_name[record].file_size:,} bytes, its tensors "
+                               f"reach {needed:,}")
+        records[record] = _read(archive, by_name[record].filename, what)
     if SAMPLE_INPUTS in by_name:
         if strict and by_name[SAMPLE_INPUTS].file_size:
             raise EncoderError(f"{what}: carries pickled sample inputs")
@@ -193,13 +189,37 @@ def program_records(program: bytes, strict: bool = True, what: str = "the encode
     return Records(root, records)
 
 
+# operators a program's graph may call: tensor math, control flow over subgraphs, Python's operators on sizes;
+# never one that touches a file (aten.from_file maps a file into a tensor, and can write through it)
+OPERATOR_PREFIXES = ("torch.ops.aten.", "torch.ops.prims.", "torch.ops.higher_order.", "_operator.", "torch.sym_",
+                     "math.")
+
+
+def _operator_allowed(target: str) -> bool:
+    if not target.startswith(OPERATOR_PREFIXES):
+        return False
+    name = target.split(".")[3] if target.startswith("torch.ops.") and target.count(".") >= 3 else target
+    return "file" not in name and "mmap" not in name
+
+
 def _check_model(model: Any, what: str) -> None:
-    """The model JSON holds no custom (pickled) objects."""
+    """The model JSON holds no custom (pickled) objects, and every node of its graphs (subgraphs included) calls an
+    allowed operator."""
     graph = model.get("graph_module", {}).get("graph") if isinstance(model, dict) else None
     if not isinstance(graph, dict):
         raise EncoderError(f"{what}: models/model.json holds no graph")
-    if graph.get("custom_obj_values"):
-        raise EncoderError(f"{what}: the program carries custom objects (pickled); legokit keeps none")
+    stack: list[Any] = [model]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("custom_obj_values"):
+                raise EncoderError(f"{what}: the program carries custom objects (pickled); legokit keeps none")
+            if isinstance(item.get("target"), str) and "inputs" in item and "outputs" in item:
+                if not _operator_allowed(item["target"]):
+                    raise EncoderError(f"{what}: the program calls {item['target'][:80]}, which legokit does not allow")
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def pickle_globals(data: bytes, what: str) -> set[tuple[str, str]]:
@@ -244,27 +264,6 @@ def check_torch_save(data: bytes, what: str) -> None:
     if "data.pkl" not in by_name:
         raise EncoderError(f"{what}: a zip archive without data.pkl; not a torch.save file")
     check_pickle(_read(archive, by_name["data.pkl"].filename, what), STATE_DICT_GLOBALS.__contains__, what)
-
-
-def _torchscript_global(item: tuple[str, str]) -> bool:
-    module, _ = item
-    return item in STATE_DICT_GLOBALS or module.startswith("__torch__.") or module == "torch.jit._pickle"
-
-
-def check_torchscript(data: bytes, what: str) -> None:
-    """A TorchScript archive: its pickles (data, constants, debug tables) name only TorchScript classes and tensor
-    globals, its code records are TorchScript source (compiled by TorchScript, never run as Python)."""
-    archive, root = _zip(data, what, len(data), lambda name: name.startswith("code/"))
-    by_name = {e.filename[len(root) + 1:]: e for e in archive.infolist()}
-
-    def known(name: str) -> bool:
-        return (name in ("data.pkl", "constants.pkl") or name in TORCH_SAVE_SMALL or bool(_STORAGE_RECORD.match(name))
-                or (name.startswith("code/") and name.endswith((".py", ".debug_pkl"))))
-
-    _check_names(by_name, what, known)
-    for name, entry in by_name.items():
-        if name.endswith((".pkl", ".debug_pkl")):
-            check_pickle(_read(archive, entry.filename, what), _torchscript_global, f"{what}: {name}")
 
 
 def _check_names(by_name: Mapping[str, zipfile.ZipInfo], what: str, allowed: Callable[[str], bool]) -> None:

@@ -133,7 +133,7 @@ def _remove_stale(directory: Path, name: str, keep: Iterable[Path] = ()) -> None
     """Remove temporary files that an earlier write to `name` left when its process was killed (kill -9): ours by
     name (.NAME.PID.XXXXXXXX.tmp, as mkstemp makes them), owned by this user, from a process that no longer runs,
     and none of the command's inputs (`keep`)."""
-    ours = re.compile(rf"^\.{re.escape(name)}\.(\d+)\.[a-z0-9_]{{8}}\.tmp$")
+    ours = re.compile(rf"^\.{re.escape(name)}\.([0-9]{{1,9}})\.[a-z0-9_]{{8}}\.tmp$")
     for temp in directory.glob(f".{glob_escape(name)}.*.tmp"):
         found = ours.match(temp.name)
         try:
@@ -146,11 +146,12 @@ def _remove_stale(directory: Path, name: str, keep: Iterable[Path] = ()) -> None
 
 
 def _alive(pid: int) -> bool:
+    """Whether a process with this id runs (any doubt counts as alive: its file is then left alone)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError, ValueError):
         return True
     return True
 
@@ -511,14 +512,18 @@ def _hash_range(origin: OpenedArtifact, start: int, end: int, float32: bool = Fa
     """sha256 of bytes [start, end) of an open input, read in chunks (memory stays one chunk); `float32` bytes must
     also hold finite values only."""
     digest = hashlib.sha256()
-    position = start
+    position, pending = start, b""
     while position < end:
         chunk = os.pread(origin.fd, min(CHUNK, end - position), position)
         if not chunk:
             raise ArtifactError(f"{origin.path}: file ended early (truncated?)")
         digest.update(chunk)
-        if float32 and len(chunk) % 4 == 0 and not np.isfinite(np.frombuffer(chunk, dtype="<f4")).all():
-            raise ArtifactError(f"{origin.path}: a tensor holds NaN or infinite values (byte {position:,})")
+        if float32:  # whole float32 values only: a short read's remainder waits for the next chunk
+            pending += chunk
+            whole = len(pending) - len(pending) % 4
+            if not np.isfinite(np.frombuffer(pending[:whole], dtype="<f4")).all():
+                raise ArtifactError(f"{origin.path}: a tensor holds NaN or infinite values (near byte {position:,})")
+            pending = pending[whole:]
         position += len(chunk)
     return digest.hexdigest()
 

@@ -390,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     wrap.add_argument("--task", default="survival:4", help="survival:N | multiclass:K | binary | multilabel:K (default survival:4)")
     wrap.add_argument("--fft-axes", default="both", choices=FFT_AXES, help="FFT over latent channels only, or both axes")
     wrap.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
-    wrap.add_argument("--trust-pickle", action="store_true", help="allow a fully pickled module (runs code from the file)")
+    wrap.add_argument("--trust-pickle", action="store_true", help="trust the file: allow a pickled module or a "
+                      "TorchScript archive (loading either runs code from the file)")
     wrap.add_argument("--input-dtype", choices=("float32", "int64"), help="int64 for token ids (default: float32, "
                       "or int64 when the encoder fails on floats)")
     wrap.add_argument("--mask", default="auto", help="keyword that takes the padding mask: auto (read off forward), "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,8 +66,8 @@ def _check_sizes_first(path: Path, config: BlockConfig, tensors: Mapping[str, to
     inner = config.heads * config.dim_head
     expected = {"latent": (channels, dim), "input_shift": (config.features,), "input_scale": (config.features,),
                 "task_head.linear.weight": (config.task.out_features, 2 * dim)}
-    steps = {int(k[len(prefix) + 7:].split(".", 1)[0]) for k in tensors
-             if k.startswith(prefix + "layers.") and k[len(prefix) + 7:].split(".", 1)[0].isdigit()}
+    numbered = (re.match(r"([0-9]{1,6})\.", k[len(prefix) + 7:]) for k in tensors if k.startswith(prefix + "layers."))
+    steps = {int(found.group(1)) for found in numbered if found}
     if steps != set(range(config.depth)):
         raise ArtifactError(f"{path}: the config asks for {config.depth} update steps, the file holds {len(steps)}")
     for step in range(config.depth):

@@ -76,7 +76,8 @@ def training_seed(provenance: Mapping[str, Any]) -> int | None:
     for key in ("fused", "trained"):
         record = provenance.get(key)
         if isinstance(record, Mapping) and isinstance(record.get("config"), Mapping):
-            return int(record["config"].get("seed", 0))
+            seed = record["config"].get("seed")
+            return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
     blocks = provenance.get("blocks")
     if isinstance(blocks, Mapping):
         seeds = {training_seed(b) for b in blocks.values() if isinstance(b, Mapping)}

@@ -22,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from .archive import check_torch_save, check_torchscript
+from .archive import check_torch_save
 from .artifact import KEY_FORMAT, FORMAT_TAG
 from .block import BlockConfig, EncoderSpec, LegoBlock, format_shape
 from .device import resolve_device
@@ -89,7 +89,7 @@ class WrapOptions:
 
     @staticmethod
     def parse_output(text: str | None) -> str | int | None:
-        """`--output last_hidden_state` (a key) or `--output 0` (an index)."""
+        """`--output-key last_hidden_state` (a key) or `--output-key 0` (an index)."""
         if text is None or text == "":
             return None
         return int(text) if text.lstrip("-").isdigit() else text
@@ -221,7 +221,8 @@ def sniff(path: Path) -> str:
         raise EncoderError(f"{path}: empty file")
     if head[:4] == b"PK\x03\x04":
         try:
-            names = zipfile.ZipFile(path).namelist()
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
         except (zipfile.BadZipFile, OSError, ValueError):
             raise EncoderError(f"{path}: corrupt zip archive") from None
         if any(n.endswith("archive_format") for n in names):
@@ -317,8 +318,8 @@ def wrap_file(
     how: WrapOptions = WrapOptions(),
     **options: Any,
 ) -> LegoBlock:
-    """Wrap an encoder file: a torch.export program (.pt2), a TorchScript archive, a state dict of a built-in
-    `arch`, a trusted pickled module, or a local Hugging Face model folder."""
+    """Wrap an encoder file: a torch.export program (.pt2), a state dict of a built-in `arch`, a local Hugging Face
+    model folder, or, with `trust_pickle`, a pickled module or a TorchScript archive (both run code from the file)."""
     path = Path(path)
     if not path.exists():
         raise EncoderError(f"{path}: no such file")
@@ -341,10 +342,13 @@ def wrap_file(
         how = replace(how, mask=_program_mask(path, list(program.graph_signature.user_inputs), how.mask))
         return wrap_module(program.module(), modality, task, input_shape, how=how, **common)
     if kind == TORCHSCRIPT:
+        if not trust_pickle:
+            raise EncoderError(f"{path}: a TorchScript archive; loading one compiles its code, which can call any "
+                               "operator (file access included). Export the module with torch.export instead, or pass "
+                               "--trust-pickle if you trust the file")
         if input_shape is None:
             raise ConfigError(f"{path}: a TorchScript archive does not record its input shape; give --input-shape")
         data = path.read_bytes()
-        check_torchscript(data, str(path))
         try:
             scripted = torch.jit.load(io.BytesIO(data), map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - the TorchScript reader fails with many types

@@ -318,3 +318,48 @@ def test_a_pipe_given_as_an_artifact_or_an_encoder_is_one_line(tmp_path, capsys)
     assert main(["inspect", str(fifo)]) == 1
     assert main(["wrap", str(fifo), "--modality", "x", "-o", str(tmp_path / "x.st")]) == 1
     assert capsys.readouterr().err.count("not a regular file") == 2
+
+
+def test_a_program_calling_a_file_operator_is_refused(world):
+    from legokit.encoders.foreign import load_program
+
+    from .hostile import _rewrite_zip
+
+    def to_from_file(records: dict) -> None:
+        model = json.loads(records["models/model.json"])
+        model["graph_module"]["graph"]["nodes"][0]["target"] = "torch.ops.aten.from_file.default"
+        records["models/model.json"] = json.dumps(model).encode()
+
+    program = _rewrite_zip(world["foreign"].program(), to_from_file)
+    with pytest.raises(legokit.EncoderError, match="calls torch.ops.aten.from_file.default, which legokit does not allow"):
+        load_program(program)
+
+
+
+def test_a_program_whose_buffer_views_a_parameter_loads(tmp_path):
+    import io
+
+    from legokit.encoders.foreign import load_program, sanitize_program
+
+    class Viewing(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(8, 4))
+            self.register_buffer("top", self.weight.data[:4])
+
+        def forward(self, x):
+            return x @ self.weight.T + (x @ self.top.T).sum(-1, keepdim=True)
+
+    module = Viewing()
+    program = torch.export.export(module, (torch.randn(2, 4),), dynamic_shapes=({0: torch.export.Dim.DYNAMIC},))
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    x = torch.randn(3, 4)
+    assert torch.allclose(load_program(sanitize_program(buffer.getvalue())).module()(x), module(x), atol=1e-6)
+
+
+def test_a_temporary_with_an_impossible_process_id_is_left_alone(tmp_path):
+    odd = tmp_path / ".out.st.99999999999999999999.abcdefgh.tmp"
+    odd.write_bytes(b"x")
+    legokit.artifact.write_atomic(tmp_path / "out.st", b"data")
+    assert odd.exists() and (tmp_path / "out.st").read_bytes() == b"data"

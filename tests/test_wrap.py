@@ -59,7 +59,7 @@ def test_export_program_is_wrapped_with_its_input_shape_read_off_the_graph(expor
 
 def test_torchscript_archive_is_converted_to_an_export_program(torchscript_file, tmp_path):
     path, module = torchscript_file
-    block = wrap_file(path, "visits", "binary", input_shape=(None, 6), **OPTS)
+    block = wrap_file(path, "visits", "binary", input_shape=(None, 6), trust_pickle=True, **OPTS)
     x = torch.randn(3, 5, 6)
     assert torch.allclose(block.encoder(x), module(x), atol=1e-6)
     reloaded = load_block(legokit.save_block(block, tmp_path / "ts.st"))
@@ -68,7 +68,12 @@ def test_torchscript_archive_is_converted_to_an_export_program(torchscript_file,
 
 def test_torchscript_without_input_shape_asks_for_it(torchscript_file):
     with pytest.raises(ConfigError, match="give --input-shape"):
-        wrap_file(torchscript_file[0], "visits", "binary", **OPTS)
+        wrap_file(torchscript_file[0], "visits", "binary", trust_pickle=True, **OPTS)
+
+
+def test_torchscript_is_refused_unless_trusted_since_loading_it_runs_its_code(torchscript_file):
+    with pytest.raises(EncoderError, match="TorchScript archive; loading one compiles its code.*--trust-pickle"):
+        wrap_file(torchscript_file[0], "visits", "binary", input_shape=(None, 6), **OPTS)
 
 
 def test_state_dict_of_a_builtin_is_wrapped_with_sizes_inferred(snn_state_file):

@@ -19,15 +19,13 @@ from torch import nn
 from torch.export import Dim, ExportedProgram
 from torch.export.pt2_archive._package import PT2ArchiveWriter
 
-from ..archive import SAMPLE_INPUTS, program_records
+from ..archive import SAMPLE_INPUTS, Records, program_records
 from ..errors import EncoderError, ShapeError
 from .contract import INPUT_DTYPES, Contract, EncoderCall, mask_keyword, pick_output
 from .recurrent import exportable_copy
 
-def sanitize_program(program: bytes) -> bytes:
-    """Rebuild a user's PT2 archive from the records that pass the allowlist (`archive.program_records`), with its
-    pickled sample inputs emptied: loading the result unpickles nothing."""
-    records = program_records(program, strict=False, what="the exported program")
+def _archive(records: Records) -> bytes:
+    """A fresh PT2 archive holding exactly the checked records (sample inputs emptied), written by torch's writer."""
     out = io.BytesIO()
     writer = PT2ArchiveWriter(out)
     for name, data in records.data.items():
@@ -38,14 +36,21 @@ def sanitize_program(program: bytes) -> bytes:
     return out.getvalue()
 
 
+def sanitize_program(program: bytes) -> bytes:
+    """Rebuild a user's PT2 archive from the records that pass the allowlist (`archive.program_records`), with its
+    pickled sample inputs emptied: loading the result unpickles nothing."""
+    return _archive(program_records(program, strict=False, what="the exported program"))
+
+
 def load_program(program: bytes) -> ExportedProgram:
     """Deserialize a program that passes the strict allowlist; anything else (corrupt bytes, pickled parts, extra
-    records) is an EncoderError, raised before torch's loader sees a byte."""
-    program_records(program, strict=True)
+    records) is an EncoderError, raised before torch's loader sees a byte. Torch reads an archive rebuilt from the
+    checked records, so no difference between two zip readers can smuggle unchecked bytes in."""
+    rebuilt = _archive(program_records(program, strict=True))
     try:
         with warnings.catch_warnings():  # deprecation notices of torch's own deserializer, not the user's concern
             warnings.simplefilter("ignore")
-            return torch.export.load(io.BytesIO(program))
+            return torch.export.load(io.BytesIO(rebuilt))
     # a corrupt archive can fail anywhere inside torch's deserializer, with any exception type
     except Exception as exc:  # noqa: BLE001
         raise EncoderError(f"the stored encoder program cannot be read ({type(exc).__name__})") from None
