@@ -107,7 +107,7 @@ def block_from_tensors(path: Path, config_data: Mapping[str, Any], tensors: Mapp
 
     The config's sizes are checked against the file's tensors before anything is built (`_check_sizes_first`), so a
     config that asks for gigabytes the file does not hold is refused before any memory is spent; the built block then
-    takes the file's tensors as its own. A foreign encoder is rebuilt from its program (bounded by the file)."""
+    loads the file's tensors. A foreign encoder is rebuilt from its program (bounded by the file)."""
     try:
         config = BlockConfig.from_dict(config_data)
     except ConfigError as exc:
@@ -135,8 +135,7 @@ def block_from_tensors(path: Path, config_data: Mapping[str, Any], tensors: Mapp
         raise ArtifactError(f"{path}: invalid block config: {exc}") from None
     state = {k: v for k, v in tensors.items() if not k.startswith(PROGRAM_PREFIX)}
     check_state(path, block, state, prefix)
-    block.load_state_dict({name[len(prefix):]: value for name, value in state.items() if name.startswith(prefix)},
-                          assign=True)
+    block.load_state_dict({name[len(prefix):]: value for name, value in state.items() if name.startswith(prefix)})
     return block
 
 
