@@ -43,9 +43,8 @@ STATE_DICT_GLOBALS = frozenset({
 
 @dataclass(frozen=True)
 class Records:
-    """The records of a checked archive, by name below its root folder, and that root."""
+    """The records of a checked archive, by name below its root folder."""
 
-    root: str
     data: dict[str, bytes]
 
 
@@ -186,7 +185,7 @@ def program_records(program: bytes, strict: bool = True, what: str = "the encode
     unknown = sorted(set(by_name) - set(records))
     if unknown:
         raise EncoderError(f"{what}: record {unknown[0]} is not part of a torch.export program legokit reads")
-    return Records(root, records)
+    return Records(records)
 
 
 # operators a program's graph may call: tensor math, control flow over subgraphs, Python's operators on sizes;

@@ -38,7 +38,7 @@ class TextSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TextSpec":
-        return cls(data["tokenizer"], data["max_tokens"])
+        return cls(data["tokenizer"], data.get("max_tokens", 512))
 
 
 class TextEncoder:

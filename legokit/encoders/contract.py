@@ -27,6 +27,7 @@ MASK_KEYWORDS: Mapping[str, str] = {
     "attention_mask": "1 marks a real token",
     "mask": "True marks a real token",
 }
+PADDING_TRUE = frozenset({"src_key_padding_mask", "key_padding_mask"})  # True marks padding, as torch's attention
 LAYOUTS = ("tokens", "channels", "map")
 INPUT_DTYPES = {"float32": torch.float32, "int64": torch.int64}
 
@@ -112,7 +113,7 @@ def as_tokens(out: torch.Tensor, layout: str) -> torch.Tensor:
 
 def mask_value(mask: torch.Tensor, keyword: str) -> torch.Tensor:
     """legokit's mask (True = real token) in the convention of the encoder's keyword."""
-    if MASK_KEYWORDS[keyword].startswith("True marks padding"):
+    if keyword in PADDING_TRUE:
         return ~mask
     if keyword == "attention_mask":
         return mask.long()
