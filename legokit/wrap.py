@@ -271,7 +271,7 @@ def _read_pickle(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor] | nn
                                "does not read: save it again with torch.save, or pass --trust-pickle if you trust it")
         check_torch_save(data, str(path))
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=not trust_pickle)
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=not trust_pickle)  # checked: allowlist or trust
     except (ImportError, AttributeError) as exc:
         raise EncoderError(f"{path}: the pickled object needs code that cannot be imported here "
                            f"({' '.join(str(exc).split())[:160]}); run where its class is importable") from None
@@ -350,7 +350,7 @@ def wrap_file(
             raise ConfigError(f"{path}: a TorchScript archive does not record its input shape; give --input-shape")
         data = path.read_bytes()
         try:
-            scripted = torch.jit.load(io.BytesIO(data), map_location="cpu")
+            scripted = torch.jit.load(io.BytesIO(data), map_location="cpu")  # checked: only with --trust-pickle
         except Exception as exc:  # noqa: BLE001 - the TorchScript reader fails with many types
             raise EncoderError(f"{path}: corrupt TorchScript archive ({' '.join(str(exc).split())[:160]})") from None
         return wrap_module(program_from_torchscript(scripted, input_shape), modality, task, input_shape, how=how, **common)

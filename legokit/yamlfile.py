@@ -47,7 +47,7 @@ def read_yaml(path: str | os.PathLike[str], what: str) -> Mapping[str, Any]:
     if path.stat().st_size > MAX_YAML_BYTES:
         raise ConfigError(f"{path}: a {what} file of {path.stat().st_size:,} bytes (cap {MAX_YAML_BYTES:,})")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=PlainLoader)  # noqa: S506 - a safe loader, no aliases
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=PlainLoader)  # noqa: S506 # checked: safe loader, no aliases
     except RecursionError:
         raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
     except yaml.YAMLError as exc:

@@ -50,7 +50,7 @@ def load_program(program: bytes) -> ExportedProgram:
     try:
         with warnings.catch_warnings():  # deprecation notices of torch's own deserializer, not the user's concern
             warnings.simplefilter("ignore")
-            return torch.export.load(io.BytesIO(rebuilt))
+            return torch.export.load(io.BytesIO(rebuilt))  # checked: rebuilt from allowlisted records
     # a corrupt archive can fail anywhere inside torch's deserializer, with any exception type
     except Exception as exc:  # noqa: BLE001
         raise EncoderError(f"the stored encoder program cannot be read ({type(exc).__name__})") from None
