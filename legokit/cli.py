@@ -24,6 +24,7 @@ from .describe import describe
 from .errors import ConfigError, LegoError
 from .persist import load, load_block, merge_files, save, save_block
 from .predict import predict_folder
+from .samples import summarized
 from .spec import BlockSpec
 from .spectral import FFT_AXES, PHASE_MODES
 from .tasks import TaskSpec
@@ -112,7 +113,8 @@ def _print_summary(console: Console, facts: dict[str, Any]) -> None:
         ("sha256", facts["sha256"]),
         ("written by", f"legokit {facts['legokit_version']}"),
     ]
-    rows += [(f"provenance.{k}", json.dumps(v) if not isinstance(v, str) else v) for k, v in sorted(facts["provenance"].items())]
+    shown = summarized(facts["provenance"])
+    rows += [(f"provenance.{k}", json.dumps(v) if not isinstance(v, str) else v) for k, v in sorted(shown.items())]
     for name, value in rows:
         table.add_row(name, escape(str(value)))
     console.print(table)

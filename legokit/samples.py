@@ -36,6 +36,16 @@ def _records(provenance: Any, where: str = "") -> Iterator[tuple[str, Mapping[st
                 yield from _records(value, f"{where}.{key}" if where else str(key))
 
 
+def summarized(provenance: Any) -> Any:
+    """A copy of a provenance tree with each sample record shown as its counts, for people to read."""
+    if isinstance(provenance, Mapping):
+        return {k: (f"{len(v.get('train', ()))} training and {len(v.get('val', ()))} validation ids (salted hashes)"
+                    if k == "samples" and isinstance(v, Mapping) else summarized(v)) for k, v in provenance.items()}
+    if isinstance(provenance, list):
+        return [summarized(v) for v in provenance]
+    return provenance
+
+
 @dataclass(frozen=True)
 class Overlap:
     """How many of the scored samples one training run saw (in its training or validation split)."""

@@ -101,7 +101,7 @@ class Graph:
             if facts.latent != used[0].latent:
                 raise ConfigError(
                     f"latent shapes disagree: {used[0].modality} has {used[0].latent[0]}x{used[0].latent[1]}, "
-                    f"{facts.modality} has {facts.latent[0]}x{facts.latent[1]}"
+                    f"{facts.modality} has {facts.latent[0]}x{facts.latent[1]} (wrap or train them with one --latent)"
                 )
             if facts.task != used[0].task:
                 raise ConfigError(f"tasks disagree: {used[0].modality} is {used[0].task}, {facts.modality} is {facts.task}")
