@@ -81,17 +81,20 @@ def _read(archive: zipfile.ZipFile, name: str, what: str) -> bytes:
         raise EncoderError(f"{what}: record {name} cannot be read ({exc})") from None
 
 
-def json_depth(value: Any, limit: int = MAX_JSON_DEPTH) -> int:
-    """Nesting depth of parsed JSON, without recursion."""
-    deepest, stack = 0, [(value, 1)]
+def nested_too_deep(text: str | bytes, value: Any) -> bool:
+    """Whether parsed JSON nests past MAX_JSON_DEPTH; walked without recursion, and only when its text holds more
+    opening brackets than the cap (with fewer, it cannot nest past it)."""
+    opening = text.count("[" if isinstance(text, str) else b"[") + text.count("{" if isinstance(text, str) else b"{")
+    if opening <= MAX_JSON_DEPTH:
+        return False
+    stack = [(value, 1)]
     while stack:
         item, level = stack.pop()
-        deepest = max(deepest, level)
-        if deepest > limit:
-            return deepest
+        if level > MAX_JSON_DEPTH:
+            return True
         children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
         stack.extend((child, level + 1) for child in children)
-    return deepest
+    return False
 
 
 def load_json(data: bytes, what: str) -> Any:
@@ -102,8 +105,7 @@ def load_json(data: bytes, what: str) -> Any:
         value = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise EncoderError(f"{what}: invalid JSON ({type(exc).__name__})") from None
-    opening = data.count(b"[") + data.count(b"{")
-    if opening > MAX_JSON_DEPTH and json_depth(value) > MAX_JSON_DEPTH:  # fewer brackets than the cap: cannot nest past it
+    if nested_too_deep(data, value):
         raise EncoderError(f"{what}: JSON nested over {MAX_JSON_DEPTH} levels")
     return value
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from .archive import MAX_JSON_DEPTH, json_depth
+from .archive import MAX_JSON_DEPTH, nested_too_deep
 from .errors import ArtifactError
 
 FORMAT_TAG = "legokit-artifact"
@@ -280,8 +280,7 @@ def _json_text(path: Path, text: str | bytes, what: str) -> Any:
         value = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
         raise ArtifactError(f"{path}: corrupt header: {what} is not valid JSON") from None
-    opening = text.count("[" if isinstance(text, str) else b"[") + text.count("{" if isinstance(text, str) else b"{")
-    if opening > MAX_JSON_DEPTH and json_depth(value) > MAX_JSON_DEPTH:  # fewer brackets than the cap: cannot nest past it
+    if nested_too_deep(text, value):
         raise ArtifactError(f"{path}: corrupt header: {what} is nested over {MAX_JSON_DEPTH} levels")
     return value
 

@@ -162,7 +162,6 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_merge(args: argparse.Namespace, console: Console) -> int:
-    refuse_inputs(args.output, args.artifacts)
     path = merge_files(args.artifacts, args.output, _parse_weights(args.weights), args.phase)
     console.print(f"[green]merged[/] {len(args.artifacts)} artifacts into {escape(str(path))}")
     _print_summary(console, describe(path, verify=False))  # the merge verified every byte it copied

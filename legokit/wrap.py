@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import nn
 
@@ -286,8 +286,6 @@ def _read_pickle(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor] | nn
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as handle:
             if (handle.metadata() or {}).get(KEY_FORMAT) == FORMAT_TAG:
