@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -14,7 +15,7 @@ from .encoders import FOREIGN, ExportedEncoder, build_encoder, token_input
 from .encoders.contract import INPUT_DTYPES
 from .errors import ConfigError, ShapeError
 from .layers import TaskHead, UpdateLayer
-from .spectral import FFT_AXES, pool_spectrum, to_frequency, to_spatial
+from .spectral import FFT_AXES, HEAD_FEATURES, UPDATE_PARTS, as_rows, from_rows, pool_spectrum, pooled_width, to_frequency, to_spatial
 from .tasks import TaskSpec
 from .text import TextSpec
 
@@ -52,6 +53,12 @@ def _positive(what: str, value: Any, cap: int = 2**31) -> None:
 
 
 # caps on what a config may ask for, so that a hostile file cannot make legokit allocate gigabytes or loop for hours
+# defaults of new blocks, chosen on validation splits (docs/benchmarks.md, "Merge vs blocks")
+DEFAULT_UPDATE = "real"
+DEFAULT_HEAD_FEATURES = "real"
+DEFAULT_SHARED_INIT = True
+SHARED_SEED = 20240613  # any fixed number: what matters is that every block uses the same one
+
 CAPS = {"latent": 4096, "depth": 64, "heads": 64, "dim_head": 1024, "ff_mult": 16, "input": 2**24, "out_dim": 65536}
 
 
@@ -98,6 +105,9 @@ class BlockConfig:
     dropout: float = 0.0
     input_dtype: str = "float32"
     text: TextSpec | None = None
+    update: str = DEFAULT_UPDATE
+    head_features: str = DEFAULT_HEAD_FEATURES
+    shared_init: bool = DEFAULT_SHARED_INIT
 
     def __post_init__(self) -> None:
         if not isinstance(self.modality, str) or not _NAME.match(self.modality):
@@ -123,6 +133,12 @@ class BlockConfig:
             _positive(what, getattr(self, what), CAPS[what])
         if self.fft_axes not in FFT_AXES:
             raise ConfigError(f"fft axes must be one of {', '.join(FFT_AXES)}, got {self.fft_axes!r}")
+        if self.update not in UPDATE_PARTS:
+            raise ConfigError(f"update must be one of {', '.join(UPDATE_PARTS)}, got {self.update!r}")
+        if self.head_features not in HEAD_FEATURES:
+            raise ConfigError(f"head features must be one of {', '.join(HEAD_FEATURES)}, got {self.head_features!r}")
+        if not isinstance(self.shared_init, bool):
+            raise ConfigError(f"shared_init must be true or false, got {self.shared_init!r}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
@@ -150,6 +166,9 @@ class BlockConfig:
             "ff_mult": self.ff_mult,
             "dropout": self.dropout,
             "input_dtype": self.input_dtype,
+            "update": self.update,
+            "head_features": self.head_features,
+            "shared_init": self.shared_init,
             **({"text": self.text.to_dict()} if self.text is not None else {}),
         }
 
@@ -169,6 +188,10 @@ class BlockConfig:
             dropout=data["dropout"],
             input_dtype=data.get("input_dtype", "float32"),
             text=TextSpec.from_dict(data["text"]) if data.get("text") is not None else None,
+            # files written before these settings existed used the paper's Re-only update and a Re+Im head
+            update=data.get("update", "real"),
+            head_features=data.get("head_features", "re-im"),
+            shared_init=data.get("shared_init", False),
         )
 
 
@@ -205,12 +228,27 @@ class LegoBlock(nn.Module):
             UpdateLayer(dim, config.encoder.out_dim, config.heads, config.dim_head, config.ff_mult, config.dropout)
             for _ in range(config.depth)
         )
-        self.task_head = TaskHead(2 * dim, config.task.out_features)
+        self.task_head = TaskHead(pooled_width(dim, config.head_features), config.task.out_features)
         features = config.features
         # per-feature standardisation of the input, set from the training split, so it travels with the block
         self.register_buffer("input_shift", torch.zeros(features))
         self.register_buffer("input_scale", torch.ones(features))
         self.provenance: dict[str, Any] = {}
+        if config.shared_init:
+            self.initialize_shared()
+
+    def initialize_shared(self) -> None:
+        """Give the latent, update layers and head the same initial values in every block of this shape, whatever
+        its encoder or the global seed: blocks then merge as fine-tunes of one base model do (beyond the paper)."""
+        for name, module in self.named_modules():
+            if name.startswith("encoder") or not hasattr(module, "reset_parameters"):
+                continue
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(SHARED_SEED + zlib.crc32(name.encode()))
+                module.reset_parameters()
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(SHARED_SEED)
+            nn.init.trunc_normal_(self.latent, std=0.02)
 
     def set_normalization(self, shift: torch.Tensor, scale: torch.Tensor) -> None:
         """Inputs become (x - shift) / scale, per feature, before the encoder; a scale of 0 is taken as 1."""
@@ -280,6 +318,8 @@ class LegoBlock(nn.Module):
     ) -> torch.Tensor:
         """Update step `index` on a spatial latent (b, c, d); returns the complex spectrum after the update."""
         spectrum = to_frequency(latent, self.config.fft_axes)
+        if self.config.update == "complex":
+            return from_rows(self.layers[index](as_rows(spectrum), tokens, mask, present))
         real = self.layers[index](spectrum.real, tokens, mask, present)
         return torch.complex(real.float(), spectrum.imag)
 
@@ -296,7 +336,7 @@ class LegoBlock(nn.Module):
 
     def head(self, spectrum: torch.Tensor) -> torch.Tensor:
         """Task logits from a frequency-domain latent (b, c, d)."""
-        return self.task_head(pool_spectrum(spectrum))
+        return self.task_head(pool_spectrum(spectrum, self.config.head_features))
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.head(self.encode(x, mask))

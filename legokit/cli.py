@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from . import __version__
-from .block import parse_input_shape, parse_latent
+from .block import DEFAULT_HEAD_FEATURES, DEFAULT_UPDATE, parse_input_shape, parse_latent
 from .compose.fuse import FUSE_MODES
 from .compose.recipe import Recipe
 from .artifact import refuse_inputs
@@ -26,7 +26,7 @@ from .persist import load, load_block, merge_files, save, save_block
 from .predict import predict_folder
 from .samples import summarized
 from .spec import BlockSpec
-from .spectral import FFT_AXES, PHASE_MODES
+from .spectral import FFT_AXES, HEAD_FEATURES, PHASE_MODES, UPDATE_PARTS
 from .tasks import TaskSpec
 from .train import TrainConfig
 from .wrap import WrapOptions, default_output, wrap_file
@@ -42,10 +42,12 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
-def _parse_weights(text: str | None) -> list[float] | dict[str, float] | None:
-    """`0.5,0.5` (one per block, in order) or `tab=0.5,img=0.5`."""
+def _parse_weights(text: str | None) -> list[float] | dict[str, float] | str | None:
+    """`0.5,0.5` (one per block, in order), `tab=0.5,img=0.5`, or `auto` (from the blocks' validation metrics)."""
     if not text:
         return None
+    if text.strip() == "auto":
+        return "auto"
     items = [item.strip() for item in text.split(",") if item.strip()]
     try:
         if all("=" in item for item in items):
@@ -66,6 +68,8 @@ def _block_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
         ("latent", f"{facts['latent']} (channels x dims)"),
         ("depth", str(facts["depth"])),
         ("fft axes", facts["fft_axes"]),
+        ("latent math", f"update {facts['update']}, head reads {facts['head_features']}, "
+                        f"{'shared' if facts['shared_init'] else 'own'} initialisation"),
         ("task", facts["task"]),
         ("encoder", facts["encoder"]),
     ]
@@ -142,6 +146,8 @@ def cmd_wrap(args: argparse.Namespace, console: Console) -> int:
         fft_axes=args.fft_axes,
         device=args.device,
         how=how,
+        update=args.update,
+        head_features=args.head_features,
     )
     contract = block.provenance.get("encoder_contract")
     if contract:
@@ -390,6 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     wrap.add_argument("--depth", type=int, default=2, help="number of update steps S (default 2)")
     wrap.add_argument("--task", default="survival:4", help="survival:N | multiclass:K | binary | multilabel:K (default survival:4)")
     wrap.add_argument("--fft-axes", default="both", choices=FFT_AXES, help="FFT over latent channels only, or both axes")
+    wrap.add_argument("--update", default=DEFAULT_UPDATE, choices=UPDATE_PARTS,
+                      help="what each step updates: Re(FFT(L)) as the paper, or Re and Im (default %(default)s)")
+    wrap.add_argument("--head-features", default=DEFAULT_HEAD_FEATURES, choices=HEAD_FEATURES,
+                      help="what the head reads: Re channel means, Re and Im, or magnitude and phase (default %(default)s)")
     wrap.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     wrap.add_argument("--trust-pickle", action="store_true", help="trust the file: allow a pickled module or a "
                       "TorchScript archive (loading either runs code from the file)")
@@ -410,7 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge = commands.add_parser("merge", help="LegoMerge blocks (or a merged model and new blocks) with no training")
     merge.add_argument("artifacts", nargs="+", help="block or merged-model artifacts (.st), at least two blocks in all")
     merge.add_argument("--phase", default="paper", choices=PHASE_MODES, help="mean of phases: arithmetic (paper) or circular")
-    merge.add_argument("--weights", help="one weight per block, 0.5,0.5, or by modality, tab=0.5,img=0.5 (default equal)")
+    merge.add_argument("--weights", help="one weight per block, 0.5,0.5, by modality, tab=0.5,img=0.5, or auto: each block's validation metric "
+                            "above chance, as recorded when it was trained (default equal)")
     merge.add_argument("-o", "--output", required=True, help="the merged artifact to write (.st)")
     merge.set_defaults(run=cmd_merge)
 

@@ -21,7 +21,8 @@ from .block import BlockConfig, LegoBlock
 from .compose.fuse import FusedModel, fused_config, parse_fused_config
 from .compose.graph import Graph
 from .compose.merge import MergeConfig, MergedModel, head_width, merge_head_tensors, merged_config, parse_merged_config
-from .compose.merge import check_mergeable, resolve_weights
+from .spectral import pooled_width
+from .compose.merge import AUTO, auto_weights, check_mergeable, resolve_weights
 from .device import resolve_device
 from .encoders import FOREIGN, ExportedEncoder, encoder_class
 from .errors import ArtifactError, ConfigError, EncoderError
@@ -65,7 +66,7 @@ def _check_sizes_first(path: Path, config: BlockConfig, tensors: Mapping[str, to
     channels, dim = config.latent
     inner = config.heads * config.dim_head
     expected = {"latent": (channels, dim), "input_shift": (config.features,), "input_scale": (config.features,),
-                "task_head.linear.weight": (config.task.out_features, 2 * dim)}
+                "task_head.linear.weight": (config.task.out_features, pooled_width(dim, config.head_features))}
     numbered = (re.match(r"([0-9]{1,6})\.", k[len(prefix) + 7:]) for k in tensors if k.startswith(prefix + "layers."))
     steps = {int(found.group(1)) for found in numbered if found}
     if steps != set(range(config.depth)):
@@ -306,7 +307,7 @@ def _blocks_provenance(parts: Sequence[_Part]) -> dict[str, Any]:
 def merge_files(
     paths: Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
-    weights: Sequence[float] | Mapping[str, float] | None = None,
+    weights: Sequence[float] | Mapping[str, float] | str | None = None,
     phase: str = "paper",
     provenance: Mapping[str, Any] | None = None,
 ) -> Path:
@@ -331,11 +332,16 @@ def merge_files(
             check_mergeable([p.config for p in parts])
         except ConfigError as exc:
             raise ConfigError(f"cannot merge {', '.join(map(str, paths))}: {exc}") from None
+        blocks_record = _blocks_provenance(parts)
+        if weights == AUTO:
+            weights = auto_weights({p.config.modality: p.config.task for p in parts}, blocks_record)
+        elif isinstance(weights, str):
+            raise ConfigError(f"weights must be numbers or 'auto', got {weights!r}")
         config = MergeConfig(resolve_weights([p.config.modality for p in parts], weights, known), phase)
         heads: dict[str, dict[str, torch.Tensor]] = {}
         sources = [source for part in parts for source in _block_sources(part, heads)]
         sources += [Source.of_tensor(f"head.{n}", t) for n, t in merge_head_tensors(heads, config).items()]
         configs = {p.config.modality: p.config for p in parts}
         graph = Graph.for_operation("merge", sorted(configs), phase=phase)
-        record = {"merged_from": [str(p) for p in paths], "blocks": _blocks_provenance(parts), **dict(provenance or {})}
+        record = {"merged_from": [str(p) for p in paths], "blocks": blocks_record, **dict(provenance or {})}
         return write_streaming(output, MERGED, merged_config(configs, config, graph), sources, record, inputs=paths)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from .block import parse_latent
+from .block import DEFAULT_HEAD_FEATURES, DEFAULT_SHARED_INIT, DEFAULT_UPDATE, parse_latent
 from .encoders import BUILTIN_ENCODERS
 from .errors import ConfigError
 from .tasks import TaskSpec
@@ -15,7 +15,7 @@ from .train import TrainConfig
 from .yamlfile import check_keys, read_yaml, require_mapping
 
 SPEC_KEYS = ("modality", "description", "encoder", "latent", "depth", "task", "fft_axes", "heads", "dim_head",
-             "dropout", "training")
+             "dropout", "update", "head_features", "shared_init", "training")
 ENCODER_KEYS = ("name", "kwargs")
 TRAINING_KEYS = tuple(f.name for f in fields(TrainConfig))
 
@@ -34,6 +34,9 @@ class BlockSpec:
     heads: int = 1
     dim_head: int = 64
     dropout: float = 0.0
+    update: str = DEFAULT_UPDATE
+    head_features: str = DEFAULT_HEAD_FEATURES
+    shared_init: bool = DEFAULT_SHARED_INIT
     training: TrainConfig = TrainConfig()
     description: str = ""
 
@@ -64,6 +67,9 @@ class BlockSpec:
                 heads=data.get("heads", 1),
                 dim_head=data.get("dim_head", 64),
                 dropout=data.get("dropout", 0.0),
+                update=data.get("update", DEFAULT_UPDATE),
+                head_features=data.get("head_features", DEFAULT_HEAD_FEATURES),
+                shared_init=data.get("shared_init", DEFAULT_SHARED_INIT),
                 training=TrainConfig(**training),
                 description=str(data.get("description", "")),
             )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from einops import rearrange
 
 FFTAxes = Literal["channels", "both"]
 FFT_AXES: tuple[str, ...] = ("channels", "both")
@@ -31,9 +32,36 @@ def to_spatial(spectrum: torch.Tensor, axes: FFTAxes) -> torch.Tensor:
         return torch.fft.ifftn(spectrum, dim=_dims(axes)).real
 
 
-def pool_spectrum(spectrum: torch.Tensor) -> torch.Tensor:
-    """Head features of a frequency-domain latent (b, c, d): real and imaginary parts averaged over channels, (b, 2d)."""
-    return torch.cat([spectrum.real.mean(dim=-2), spectrum.imag.mean(dim=-2)], dim=-1)
+HEAD_FEATURES: tuple[str, ...] = ("real", "re-im", "polar")
+UPDATE_PARTS: tuple[str, ...] = ("real", "complex")
+
+
+def pool_spectrum(spectrum: torch.Tensor, features: str = "re-im") -> torch.Tensor:
+    """Head features of a frequency-domain latent (b, c, d), averaged over channels: Re only (`real`, (b, d), as the
+    public code), Re and Im (`re-im`, (b, 2d)), or magnitude and phase (`polar`, (b, 2d))."""
+    if features == "real":
+        return spectrum.real.mean(dim=-2)
+    if features == "re-im":
+        return torch.cat([spectrum.real.mean(dim=-2), spectrum.imag.mean(dim=-2)], dim=-1)
+    if features == "polar":
+        return torch.cat([spectrum.abs().mean(dim=-2), torch.angle(spectrum).mean(dim=-2)], dim=-1)
+    raise ValueError(f"head features must be one of {HEAD_FEATURES}, got {features!r}")
+
+
+def pooled_width(dim: int, features: str) -> int:
+    """Width of `pool_spectrum`'s output for a latent of `dim` dimensions."""
+    return dim if features == "real" else 2 * dim
+
+
+def as_rows(spectrum: torch.Tensor) -> torch.Tensor:
+    """A complex spectrum (b, c, d) as real rows (b, 2c, d): Re rows, then Im rows, so one update reads and writes
+    both parts (the `complex` update; the paper's update touches Re only)."""
+    return rearrange(torch.view_as_real(spectrum), "b c d part -> b (part c) d")
+
+
+def from_rows(rows: torch.Tensor) -> torch.Tensor:
+    """Inverse of `as_rows`: real rows (b, 2c, d) back to a complex spectrum (b, c, d)."""
+    return torch.view_as_complex(rearrange(rows.float(), "b (part c) d -> b c d part", part=2).contiguous())
 
 
 PHASE_MODES: tuple[str, ...] = ("paper", "circular")

@@ -25,7 +25,8 @@ def build_block(spec: BlockSpec, input_shape: tuple[int | None, ...]) -> LegoBlo
     kwargs = {"in_features": input_shape[-1], **dict(spec.encoder_kwargs)}
     encoder = build_encoder(spec.encoder, kwargs)
     config = BlockConfig(spec.modality, EncoderSpec(spec.encoder, kwargs, encoder.out_dim), tuple(input_shape), spec.task,
-                         spec.latent, spec.depth, spec.fft_axes, spec.heads, spec.dim_head, 4, spec.dropout)
+                         spec.latent, spec.depth, spec.fft_axes, spec.heads, spec.dim_head, 4, spec.dropout,
+                         update=spec.update, head_features=spec.head_features, shared_init=spec.shared_init)
     return LegoBlock(config, encoder=encoder)
 
 

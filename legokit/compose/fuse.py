@@ -118,7 +118,7 @@ class FusedModel(nn.Module):
 
     def forward(self, inputs: Mapping[str, ModalityBatch | torch.Tensor]) -> torch.Tensor:
         batches = {m: v if isinstance(v, ModalityBatch) else ModalityBatch(v) for m, v in inputs.items()}
-        return self.head(pool_spectrum(self.encode(batches)))
+        return self.head(pool_spectrum(self.encode(batches), self.blocks[self.config.order[0]].config.head_features))
 
 
 def fuse(blocks: Sequence[LegoBlock], mode: str = "stack") -> FusedModel:

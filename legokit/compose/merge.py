@@ -16,8 +16,10 @@ from ..block import BlockConfig, LegoBlock
 from ..data.batch import ModalityBatch, batch_size
 from ..errors import ConfigError, ShapeError
 from ..layers import TaskHead
-from ..spectral import PHASE_MODES, merge_spectra, pool_spectrum
+from ..metrics import PRIMARY
+from ..spectral import PHASE_MODES, merge_spectra, pool_spectrum, pooled_width
 from ..sphere import spherical_mean
+from ..tasks import TaskSpec
 from .graph import BlockFacts, Graph
 
 HEAD_RULE = "slerp (K=2) / weighted Karcher mean of directions x weighted mean norm (K>2), per tensor"
@@ -65,6 +67,12 @@ def check_mergeable(configs: Sequence[BlockConfig]) -> None:
     if len(set(axes.values())) > 1:
         shown = ", ".join(f"{m} over {a}" for m, a in sorted(axes.items()))
         raise ConfigError(f"FFT axes disagree ({shown}): their spectra are not comparable; train them with one --fft-axes")
+    for key in ("update", "head_features"):
+        values = {c.modality: getattr(c, key) for c in configs}
+        if len(set(values.values())) > 1:
+            shown = ", ".join(f"{m}: {v}" for m, v in sorted(values.items()))
+            raise ConfigError(f"blocks disagree on {key.replace('_', ' ')} ({shown}); build them with one (wrap "
+                              f"--{key.replace('_', '-')}, or the spec key {key})")
 
 
 def normalized(weights: Sequence[float]) -> list[float]:
@@ -96,6 +104,26 @@ def resolve_weights(modalities: Sequence[str], weights: Sequence[float] | Mappin
     if not math.isfinite(sum(chosen.values())):
         raise ConfigError("merge weights are too large to add up; give them on a smaller scale")
     return tuple(sorted(chosen.items()))
+
+
+AUTO = "auto"
+CHANCE = 0.5  # every task's primary metric (c-index, AUC) is 0.5 for a model that knows nothing
+FLOOR = 0.01
+
+
+def auto_weights(tasks: Mapping[str, TaskSpec], provenance: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    """`--weights auto`: each block weighs by how far its validation metric (recorded when it was trained) is above
+    chance, floored at 0.01, so a block no better than chance barely moves the merge (beyond the paper)."""
+    chosen = {}
+    for modality, task in tasks.items():
+        trained = provenance.get(modality, {}).get("trained")
+        val = trained.get("val") if isinstance(trained, Mapping) else None
+        metric = val.get(PRIMARY[task.kind]) if isinstance(val, Mapping) else None
+        if not isinstance(metric, (int, float)) or not math.isfinite(metric):
+            raise ConfigError(f"block {modality} has no validation {PRIMARY[task.kind]} in its provenance; --weights "
+                              "auto needs blocks trained by legokit train (or give the weights)")
+        chosen[modality] = max(float(metric) - CHANCE, FLOOR)
+    return chosen
 
 
 def merge_head_tensors(heads: Mapping[str, Mapping[str, torch.Tensor]], config: MergeConfig) -> dict[str, torch.Tensor]:
@@ -167,7 +195,11 @@ class MergedModel(nn.Module):
 
     def forward(self, inputs: Mapping[str, ModalityBatch | torch.Tensor]) -> torch.Tensor:
         batches = {m: v if isinstance(v, ModalityBatch) else ModalityBatch(v) for m, v in inputs.items()}
-        return self.head(pool_spectrum(self.encode(batches)))
+        return self.head(pool_spectrum(self.encode(batches), self.head_features))
+
+    @property
+    def head_features(self) -> str:
+        return next(iter(self.blocks.values())).config.head_features
 
 
 def expand(models: Sequence[LegoBlock | MergedModel]) -> tuple[list[LegoBlock], dict[str, float]]:
@@ -185,13 +217,19 @@ def expand(models: Sequence[LegoBlock | MergedModel]) -> tuple[list[LegoBlock], 
     return blocks, known
 
 
-def merge(models: Sequence[LegoBlock | MergedModel], weights: Sequence[float] | Mapping[str, float] | None = None,
+def merge(models: Sequence[LegoBlock | MergedModel], weights: Sequence[float] | Mapping[str, float] | str | None = None,
           phase: str = "paper") -> MergedModel:
     """LegoMerge of K >= 2 blocks (merged models count as their blocks, so a model grows by merging a new block
-    into it, with the same result as merging all blocks at once). Every block is used; returned in eval mode."""
+    into it, with the same result as merging all blocks at once). Every block is used; returned in eval mode.
+    `weights="auto"` weighs each block by its recorded validation metric (`auto_weights`)."""
     blocks, known = expand(models)
     check_mergeable([b.config for b in blocks])
     by_modality = {b.modality: b for b in blocks}
+    if weights == AUTO:
+        weights = auto_weights({m: b.config.task for m, b in by_modality.items()},
+                               {m: getattr(b, "provenance", {}) for m, b in by_modality.items()})
+    elif isinstance(weights, str):
+        raise ConfigError(f"weights must be numbers or 'auto', got {weights!r}")
     config = MergeConfig(resolve_weights([b.modality for b in blocks], weights, known), phase)
     heads = {m: b.task_head.state_dict() for m, b in by_modality.items()}
     first = by_modality[config.modalities[0]].config
@@ -219,8 +257,8 @@ def parse_merged_config(data: Mapping[str, Any]) -> tuple[dict[str, BlockConfig]
 
 
 def head_width(config: BlockConfig) -> int:
-    """Input width of a block's head: real and imaginary channel means, 2 d."""
-    return 2 * config.latent[1]
+    """Input width of a block's head: d or 2 d channel means, by its head features."""
+    return pooled_width(config.latent[1], config.head_features)
 
 
 __all__ = ["MergeConfig", "MergedModel", "merge"]

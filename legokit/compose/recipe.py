@@ -39,7 +39,7 @@ class Operation:
 
     kind: str
     phase: str = "paper"
-    weights: Mapping[str, float] | None = None
+    weights: Mapping[str, float] | str | None = None  # or "auto": from the blocks' validation metrics
     training: Mapping[str, Any] | None = None
 
 
@@ -111,7 +111,7 @@ class Recipe:
         if phase not in PHASE_MODES:
             raise ConfigError(f"{where(path, 'operation.phase')}: {phase!r}; choose one of {', '.join(PHASE_MODES)}")
         weights = data.get("weights")
-        if weights is not None:
+        if weights is not None and weights != "auto":
             weights = dict(require_mapping(path, "operation.weights", weights))
             for modality, weight in weights.items():
                 if modality not in modalities:
@@ -180,7 +180,8 @@ class Recipe:
         refuse_inputs(self.output, [self.path, *paths, *data])  # the recipe, its blocks and its data stay as they are
         provenance = {"recipe": str(self.path), "recipe_name": self.name}
         if self.operation.kind == "merge":
-            weights = None if self.operation.weights is None else dict(self.operation.weights)
+            weights = self.operation.weights
+            weights = dict(weights) if isinstance(weights, Mapping) else weights
             return merge_files(paths, self.output, weights, self.operation.phase, provenance)
         from ..train import TrainConfig
         from ..workflows import fuse_blocks

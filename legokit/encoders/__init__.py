@@ -1,4 +1,4 @@
-"""Encoders a LegoBlock can wrap: the named built-ins (`snn`, `abmil`, `mlp`) and foreign programs (`export`)."""
+"""Encoders a LegoBlock can wrap: the named built-ins (`snn`, `abmil`, `mlp`, `tokens`) and foreign programs (`export`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from .abmil import ABMIL
 from .foreign import ExportedEncoder
 from .mlp import MLP
 from .snn import SNN
+from .tokens import FeatureTokens
 
-BUILTIN_ENCODERS: Mapping[str, type[nn.Module]] = MappingProxyType({"snn": SNN, "abmil": ABMIL, "mlp": MLP})
+BUILTIN_ENCODERS: Mapping[str, type[nn.Module]] = MappingProxyType({"snn": SNN, "abmil": ABMIL, "mlp": MLP, "tokens": FeatureTokens})
 FOREIGN = "export"
 
 
@@ -39,4 +40,4 @@ def token_input(encoder: nn.Module) -> bool | None:
     return getattr(encoder, "token_input", None)
 
 
-__all__ = ["ABMIL", "BUILTIN_ENCODERS", "FOREIGN", "MLP", "SNN", "ExportedEncoder", "build_encoder", "encoder_class"]
+__all__ = ["ABMIL", "BUILTIN_ENCODERS", "FOREIGN", "MLP", "SNN", "FeatureTokens", "ExportedEncoder", "build_encoder", "encoder_class"]

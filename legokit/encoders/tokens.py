@@ -1,0 +1,52 @@
+"""Feature tokenizer for tables (FT-Transformer, Gorishniy et al. 2021): one token per feature, so a block's
+cross-attention has many keys to choose among instead of one pooled vector."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class FeatureTokens(nn.Module):
+    """Maps a feature vector (b, in_features) to tokens (b, t, dim): token k = x_group_k @ W_k + b_k.
+
+    With one feature per token (tables up to `max_tokens` columns) this is FT-Transformer's tokenizer, value times
+    a learned embedding plus a feature bias; wider tables (thousands of genes) are cut into `max_tokens` groups of
+    consecutive features, each group embedded by its own linear map, so attention cost stays bounded.
+    """
+
+    token_input = False  # takes (b, features) and makes the tokens itself
+    keeps_tokens = False
+    accepts_mask = False
+
+    def __init__(self, in_features: int, dim: int = 64, max_tokens: int = 256, dropout: float = 0.0):
+        super().__init__()
+        if in_features < 1 or dim < 1 or max_tokens < 1:
+            raise ValueError(f"in_features, dim and max_tokens must be positive, got {in_features}, {dim}, {max_tokens}")
+        self.in_features = in_features
+        self.group = math.ceil(in_features / max_tokens)
+        self.count = math.ceil(in_features / self.group)
+        self.weight = nn.Parameter(torch.empty(self.count, self.group, dim))
+        self.bias = nn.Parameter(torch.empty(self.count, dim))
+        bound = 1 / math.sqrt(dim)  # FT-Transformer's uniform initialisation of the embeddings
+        nn.init.uniform_(self.weight, -bound, bound)
+        nn.init.uniform_(self.bias, -bound, bound)
+        self.dropout = nn.Dropout(dropout)
+        self.out_dim = dim
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        padding = self.count * self.group - self.in_features
+        groups = rearrange(F.pad(x, (0, padding)), "b (t g) -> b t g", g=self.group)
+        return self.dropout(torch.einsum("btg,tgd->btd", groups, self.weight) + self.bias)
+
+    @staticmethod
+    def infer_kwargs(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """The token width read off a saved state dict (the table width and grouping are the config's: padding
+        makes them ambiguous from the weights alone)."""
+        weight = state_dict.get("weight")
+        return {"dim": int(weight.shape[-1])} if weight is not None and weight.dim() == 3 else {}

@@ -1,0 +1,161 @@
+"""What makes a merge able to add information: a head that reads only what varies with the sample, blocks that
+share their initialisation, a table encoder that gives cross-attention one token per feature, and merge weights
+from the blocks' validation metrics (`--weights auto`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import legokit
+from legokit import ConfigError
+from legokit.block import DEFAULT_HEAD_FEATURES, DEFAULT_UPDATE, BlockConfig, EncoderSpec, LegoBlock
+from legokit.cli import main
+from legokit.compose.merge import auto_weights, merge
+from legokit.data.bundled import write_pbc
+from legokit.data.training import SplitData
+from legokit.encoders import FeatureTokens, build_encoder
+from legokit.spec import BlockSpec
+from legokit.tasks import TaskSpec
+from legokit.workflows import train_block
+
+TASK = TaskSpec("survival", 4)
+
+
+@pytest.fixture(scope="module")
+def pbc(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pbc") / "data"
+    write_pbc(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def labs(pbc):
+    """The PBC registration table, standardised: 17 real features per patient."""
+    data = SplitData.load(pbc, {"labs": (17,)}, TASK)
+    x = data.folder.batch(data.ids("train"))["labs"].x
+    return (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
+
+
+def block(encoder: str = "snn", features: int = 17, modality: str = "tab", seed: int = 0, **config) -> LegoBlock:
+    torch.manual_seed(seed)
+    kwargs = {"in_features": features}
+    module = build_encoder(encoder, kwargs)
+    spec = EncoderSpec(encoder, kwargs, module.out_dim)
+    return LegoBlock(BlockConfig(modality, spec, (features,), TASK, (8, 16), 3, **config), encoder=module).eval()
+
+
+def imag_spread(model: LegoBlock, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(model.encode(x).imag.std(dim=0).max())
+
+
+def test_the_default_head_reads_im_only_if_im_depends_on_the_sample(labs):
+    model = block()
+    reads_im = DEFAULT_HEAD_FEATURES != "real"
+    assert not reads_im or imag_spread(model, labs) > 1e-3
+    assert model.task_head.linear.in_features == (32 if reads_im else 16)
+
+
+def test_the_papers_real_update_leaves_im_the_same_for_every_sample(labs):
+    assert imag_spread(block(update="real"), labs) < 1e-5
+    assert imag_spread(block(update="complex"), labs) > 1e-3
+
+
+def test_settings_that_change_the_latent_or_the_head_must_agree_to_merge():
+    for key, a, b in (("update", "real", "complex"), ("head_features", "real", "re-im"), ("fft_axes", "both", "channels")):
+        first, second = block(modality="a", **{key: a}), block(modality="b", **{key: b})
+        with pytest.raises(ConfigError, match=key.replace("_", " ").replace("fft axes", "FFT axes")):
+            merge([first, second])
+
+
+def test_files_written_before_these_settings_load_with_the_v01_math():
+    data = block(update="complex", head_features="real").config.to_dict()
+    for key in ("update", "head_features", "shared_init"):
+        data.pop(key)
+    legacy = BlockConfig.from_dict(data)
+    assert (legacy.update, legacy.head_features, legacy.shared_init) == ("real", "re-im", False)
+
+
+def test_blocks_share_their_initialisation_whatever_the_encoder_and_seed():
+    first, second = block("snn", 17, seed=0), block("tokens", 7, seed=5)
+    a, b = dict(first.named_parameters()), dict(second.named_parameters())
+    shared = [n for n in a if not n.startswith("encoder") and "context" not in n and "to_kv" not in n]
+    assert shared and all(torch.equal(a[n], b[n]) for n in shared)
+    unshared = block("snn", 17, seed=1, shared_init=False)
+    assert not torch.equal(unshared.latent, first.latent)
+
+
+def test_shared_initialisation_leaves_the_global_random_stream_alone():
+    torch.manual_seed(11)
+    block(shared_init=False)
+    without = torch.rand(4)
+    torch.manual_seed(11)
+    block(shared_init=True)
+    assert torch.equal(torch.rand(4), without)
+
+
+def test_feature_tokens_give_one_token_per_feature_and_group_wide_tables():
+    small = FeatureTokens(20, dim=8)
+    assert small(torch.randn(3, 20)).shape == (3, 20, 8)
+    wide = FeatureTokens(1000, dim=8, max_tokens=256)
+    assert wide.group == 4 and wide(torch.randn(2, 1000)).shape == (2, 250, 8)
+    x = torch.zeros(1, 20)
+    x[0, 4] = 2.0
+    tokens = small(x)
+    assert torch.allclose(tokens[0, 4], 2.0 * small.weight[4, 0] + small.bias[4])
+    assert torch.allclose(tokens[0, 5], small.bias[5])
+
+
+def test_a_feature_token_block_trains_saves_and_reloads_bit_identically(pbc, tmp_path, labs):
+    spec = BlockSpec("labs", "tokens", {"dim": 16}, latent=(8, 16), dim_head=16).override(epochs=2)
+    trained, result = train_block(pbc, spec, progress=False)
+    assert 0.5 < result.val["c_index"] <= 1.0
+    path = legokit.save_block(trained, tmp_path / "labs.st")
+    loaded = legokit.load_block(path)
+    with torch.no_grad():
+        assert torch.equal(loaded(labs[:7]), trained(labs[:7]))
+
+
+@pytest.fixture(scope="module")
+def trained_pair(pbc, tmp_path_factory):
+    root = tmp_path_factory.mktemp("auto")
+    paths = []
+    for modality, encoder, kwargs in (("labs", "snn", {"hidden": 16}), ("visits", "abmil", {"hidden": 16, "attention": 8})):
+        spec = BlockSpec(modality, encoder, kwargs, latent=(8, 16), dim_head=16).override(epochs=3, seed=1)
+        trained, _ = train_block(pbc, spec, progress=False)
+        paths.append(legokit.save_block(trained, root / f"{modality}.st"))
+    return root, paths
+
+
+def test_auto_weights_are_the_blocks_validation_c_index_above_chance(trained_pair):
+    _, paths = trained_pair
+    blocks = [legokit.load_block(p) for p in paths]
+    merged = merge(blocks, weights="auto")
+    margins = {b.modality: max(b.provenance["trained"]["val"]["c_index"] - 0.5, 0.01) for b in blocks}
+    weights = dict(merged.config.weights)
+    assert weights["labs"] / weights["visits"] == pytest.approx(margins["labs"] / margins["visits"], rel=1e-6)
+
+
+def test_cli_merge_with_auto_weights_matches_the_in_memory_merge(trained_pair):
+    root, paths = trained_pair
+    out = root / "auto.st"
+    assert main(["merge", *map(str, paths), "-o", str(out), "--weights", "auto"]) == 0
+    from_file = dict(legokit.load(out).config.weights)
+    in_memory = dict(merge([legokit.load_block(p) for p in paths], weights="auto").config.weights)
+    assert from_file == pytest.approx(in_memory)
+    assert from_file["labs"] != pytest.approx(from_file["visits"])
+
+
+def test_auto_weights_need_a_recorded_validation_metric():
+    with pytest.raises(ConfigError, match="no validation c_index"):
+        auto_weights({"tab": TASK}, {"tab": {"wrapped_from": "x.pt"}})
+    with pytest.raises(ConfigError, match="no validation c_index"):
+        merge([block(modality="a"), block(modality="b")], weights="auto")
+
+
+def test_a_block_no_better_than_chance_barely_moves_the_merge():
+    weights = auto_weights({"good": TASK, "useless": TASK},
+                           {"good": {"trained": {"val": {"c_index": 0.8}}},
+                            "useless": {"trained": {"val": {"c_index": 0.42}}}})
+    assert weights == {"good": pytest.approx(0.3), "useless": 0.01}
