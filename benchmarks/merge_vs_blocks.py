@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
+from einops import rearrange, reduce
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from legokit.baselines import LateFusion, cox_fit
-from legokit.block import DEFAULT_HEAD_FEATURES, DEFAULT_UPDATE, LegoBlock
+from legokit.block import DEFAULT_HEAD_FEATURES, DEFAULT_SHARED_INIT, DEFAULT_UPDATE, LegoBlock
 from legokit.compose.merge import merge
 from legokit.data.actg175 import write_actg175
 from legokit.data.bundled import write_pbc
@@ -46,6 +47,8 @@ TASK = TaskSpec("survival", 4)
 
 @dataclass(frozen=True)
 class Dataset:
+    """A cohort: how to write its dataset folder, and its modalities (tables or sequences)."""
+
     title: str
     write: Callable[[Path], object]
     modalities: Mapping[str, str]  # modality -> "table" or "sequence"
@@ -67,7 +70,7 @@ class Settings:
     update: str
     head_features: str
     shared_init: bool = True
-    training: TrainConfig = TrainConfig(epochs=40, batch_size=32, lr=1e-3, weight_decay=1e-2, patience=8)
+    training: TrainConfig = TrainConfig()
 
     def spec(self, modality: str, kind: str, seed: int) -> BlockSpec:
         encoder, kwargs = self.table if kind == "table" else self.sequence
@@ -80,33 +83,39 @@ SNN = ("snn", {"hidden": 64, "depth": 2, "dropout": 0.1})
 ABMIL = ("abmil", {"hidden": 64, "attention": 32, "dropout": 0.1})
 TOKENS = ("tokens", {"dim": 64})
 MLP_TOKENS = ("mlp", {"hidden": 64, "depth": 1, "dropout": 0.1})
-# v0.1: the paper's Re-only update, a head on Re and Im channel means, one-token encoders
-PAPER = Settings(SNN, ABMIL, "real", "re-im", shared_init=False)
+# v0.1: the paper's Re-only update, a head on Re and Im channel means, each block its own initialisation
+V01_TRAINING = TrainConfig(epochs=40, batch_size=32, lr=1e-3, weight_decay=1e-2, patience=8)
+PAPER = Settings(SNN, ABMIL, "real", "re-im", shared_init=False, training=V01_TRAINING)
+# the first study (block math), with v0.1 training settings
 HEADS = {
     "v0.1: snn, Re update, Re+Im head": PAPER,
-    "snn, Re head": Settings(SNN, ABMIL, "real", "real", shared_init=False),
-    "snn, |F|+phase head": Settings(SNN, ABMIL, "real", "polar", shared_init=False),
-    "snn, complex update": Settings(SNN, ABMIL, "complex", "re-im", shared_init=False),
-    "snn, shared init": Settings(SNN, ABMIL, "real", "re-im"),
-    "snn, shared init, Re head": Settings(SNN, ABMIL, "real", "real"),
-    "snn, shared init, complex update": Settings(SNN, ABMIL, "complex", "re-im"),
-    "tokens, shared init": Settings(TOKENS, MLP_TOKENS, "real", "re-im"),
-    "tokens, shared init, Re head": Settings(TOKENS, MLP_TOKENS, "real", "real"),
-    "tokens, shared init, complex update": Settings(TOKENS, MLP_TOKENS, "complex", "re-im"),
+    **{name: Settings(table, sequence, update, head, shared_init=shared, training=V01_TRAINING)
+       for name, (table, sequence, update, head, shared) in {
+           "snn, Re head": (SNN, ABMIL, "real", "real", False),
+           "snn, |F|+phase head": (SNN, ABMIL, "real", "polar", False),
+           "snn, complex update": (SNN, ABMIL, "complex", "re-im", False),
+           "snn, shared init": (SNN, ABMIL, "real", "re-im", True),
+           "snn, shared init, Re head": (SNN, ABMIL, "real", "real", True),
+           "snn, shared init, complex update": (SNN, ABMIL, "complex", "re-im", True),
+           "tokens, shared init": (TOKENS, MLP_TOKENS, "real", "re-im", True),
+           "tokens, shared init, Re head": (TOKENS, MLP_TOKENS, "real", "real", True),
+           "tokens, shared init, complex update": (TOKENS, MLP_TOKENS, "complex", "re-im", True),
+       }.items()},
 }
-CHOSEN = Settings(SNN, ABMIL, "real", "real")
+# the second study (training settings), with the block math the first one chose
+CHOSEN = Settings(SNN, ABMIL, "real", "real", training=V01_TRAINING)
 TRAINING = {
-    "lr 1e-3, wd 0.01, patience 8 (v0.1)": CHOSEN,
-    "lr 1e-3, wd 0.1, patience 15": replace(CHOSEN, training=TrainConfig(epochs=60, lr=1e-3, weight_decay=0.1, patience=15)),
-    "lr 3e-4, wd 0.1, patience 15": replace(CHOSEN, training=TrainConfig(epochs=60, lr=3e-4, weight_decay=0.1, patience=15)),
-    "lr 3e-4, wd 0.01, patience 15": replace(CHOSEN, training=TrainConfig(epochs=60, lr=3e-4, weight_decay=0.01, patience=15)),
+    "v0.1 training: lr 1e-3, wd 0.01, patience 8, 40 epochs": CHOSEN,
+    **{f"lr {lr}, wd {wd}, patience 15, 60 epochs": replace(CHOSEN, training=TrainConfig(
+        epochs=60, lr=float(lr), weight_decay=float(wd), patience=15)) for lr, wd in (("1e-3", "0.1"), ("3e-4", "0.1"),
+                                                                                      ("3e-4", "0.01"))},
 }
 STUDIES = {"heads": HEADS, "training": TRAINING}
 
 
 def new_defaults() -> Settings:
-    """The library's current defaults: the shipped specs' encoders, `legokit.block`'s update and head."""
-    return Settings(TOKENS, MLP_TOKENS, DEFAULT_UPDATE, DEFAULT_HEAD_FEATURES)
+    """The library's defaults: `legokit.block`'s update, head and initialisation, `TrainConfig`'s training."""
+    return Settings(SNN, ABMIL, DEFAULT_UPDATE, DEFAULT_HEAD_FEATURES, DEFAULT_SHARED_INIT, TrainConfig())
 
 
 def _risks(model: torch.nn.Module, data: SplitData, ids: list[str]) -> dict[str, float]:
@@ -125,9 +134,9 @@ def _summary(data: SplitData, modality: str, ids: Sequence[str]) -> torch.Tensor
     if batch.x.dim() == 2:
         return batch.x
     mask = batch.mask if batch.mask is not None else torch.ones(batch.x.shape[:2], dtype=torch.bool)
-    count = mask.sum(1, keepdim=True).clamp_min(1)
-    mean = (batch.x * mask.unsqueeze(-1)).sum(1) / count
-    last = batch.x[torch.arange(len(ids)), (count.squeeze(1) - 1).long()]
+    count = reduce(mask.float(), "b n -> b 1", "sum").clamp_min(1)
+    mean = reduce(batch.x * rearrange(mask, "b n -> b n 1"), "b n f -> b f", "sum") / count
+    last = batch.x[torch.arange(len(ids)), rearrange(count, "b 1 -> b").long() - 1]  # tokens are padded at the end
     return torch.cat([mean, last], dim=1)
 
 
@@ -192,6 +201,8 @@ def run_seed(folder: Path, dataset: Dataset, seed: int, scores: dict[str, list[f
     add("late fusion", _risks(late.cpu(), data, test))
     step()
     paper_blocks = _blocks(folder, dataset, PAPER, seed, data.splits)
+    for m, paper_block in paper_blocks.items():
+        add(f"block {m} (v0.1 settings)", _risks(paper_block, data, data.ids("test", [m])))
     add("merge (v0.1 settings)", _risks(merge(list(paper_blocks.values())), data, test))
     add("merge (new defaults)", _risks(merge(list(blocks.values())), data, test))
     add("merge (auto weights)", _risks(merge(list(blocks.values()), weights="auto"), data, test))

@@ -15,7 +15,8 @@ from .encoders import FOREIGN, ExportedEncoder, build_encoder, token_input
 from .encoders.contract import INPUT_DTYPES
 from .errors import ConfigError, ShapeError
 from .layers import TaskHead, UpdateLayer
-from .spectral import FFT_AXES, HEAD_FEATURES, UPDATE_PARTS, as_rows, from_rows, pool_spectrum, pooled_width, to_frequency, to_spatial
+from .spectral import (FFT_AXES, HEAD_FEATURES, UPDATE_PARTS, as_rows, from_rows, pool_spectrum, pooled_width,
+                       to_frequency, to_spatial)
 from .tasks import TaskSpec
 from .text import TextSpec
 
@@ -52,13 +53,15 @@ def _positive(what: str, value: Any, cap: int = 2**31) -> None:
         raise ConfigError(f"{what} is {value:,}; legokit caps it at {cap:,}")
 
 
-# caps on what a config may ask for, so that a hostile file cannot make legokit allocate gigabytes or loop for hours
 # defaults of new blocks, chosen on validation splits (docs/benchmarks.md, "Merge vs blocks")
 DEFAULT_UPDATE = "real"
 DEFAULT_HEAD_FEATURES = "real"
 DEFAULT_SHARED_INIT = True
+# what files written before these settings existed used: the paper's Re-only update, a Re+Im head, own init
+LEGACY = {"update": "real", "head_features": "re-im", "shared_init": False}
 SHARED_SEED = 20240613  # any fixed number: what matters is that every block uses the same one
 
+# caps on what a config may ask for, so that a hostile file cannot make legokit allocate gigabytes or loop for hours
 CAPS = {"latent": 4096, "depth": 64, "heads": 64, "dim_head": 1024, "ff_mult": 16, "input": 2**24, "out_dim": 65536}
 
 
@@ -188,19 +191,17 @@ class BlockConfig:
             dropout=data["dropout"],
             input_dtype=data.get("input_dtype", "float32"),
             text=TextSpec.from_dict(data["text"]) if data.get("text") is not None else None,
-            # files written before these settings existed used the paper's Re-only update and a Re+Im head
-            update=data.get("update", "real"),
-            head_features=data.get("head_features", "re-im"),
-            shared_init=data.get("shared_init", False),
+            **{key: data.get(key, legacy) for key, legacy in LEGACY.items()},
         )
 
 
 class LegoBlock(nn.Module):
     """A unimodal encoder plus S frequency-domain latent updates and a task head (MM-Lego Eq. 1-3).
 
-    Each step transforms the latent with an FFT, updates its real part by cross-attention to the
-    encoder's tokens and a feed-forward, keeps the imaginary part, and inverts the FFT for the next
-    step; the last step stays in the frequency domain, where merging happens. The encoder runs once.
+    Each step transforms the latent with an FFT, updates its real part (or, with `update: complex`, both
+    parts) by cross-attention to the encoder's tokens and a feed-forward, keeps the rest, and inverts the
+    FFT for the next step; the last step stays in the frequency domain, where merging happens. The encoder
+    runs once.
     """
 
     def __init__(self, config: BlockConfig, encoder: nn.Module | None = None, program: bytes | None = None):

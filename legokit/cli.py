@@ -216,7 +216,8 @@ def _train_wrapped(args: argparse.Namespace, console: Console) -> int:
     if args.modality and args.modality != block.modality:
         raise ConfigError(f"--modality {args.modality}: the block {args.block} is for modality {block.modality}")
     given = {k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                   device=args.device, patience=args.patience).items() if v is not None}
+                                   device=args.device, patience=args.patience,
+                                   weight_decay=args.weight_decay).items() if v is not None}
     config = TrainConfig(**given, freeze_encoders=not args.finetune_encoder, compile=args.compile)
     from .distributed import session
     from .workflows import train_wrapped_block
@@ -251,7 +252,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         encoder_kwargs=_json_object(args.encoder_kwargs) if args.encoder_kwargs else None,
         latent=parse_latent(args.latent) if args.latent else None, depth=args.depth, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, patience=args.patience,
-        compile=args.compile or None,
+        weight_decay=args.weight_decay, compile=args.compile or None,
     )
     from .distributed import session
     from .workflows import train_block
@@ -446,15 +447,16 @@ def build_parser() -> argparse.ArgumentParser:
                        "training split's mean and s.d. (default: the encoder sees the data as stored)")
     train.add_argument("--spec", help="a block spec, e.g. blocks/labs.yaml; the flags below override it")
     train.add_argument("--modality", help="the modality to train on (NAME.csv or NAME/ in the folder)")
-    train.add_argument("--encoder", help="built-in encoder: snn, abmil or mlp (default snn)")
+    train.add_argument("--encoder", help="built-in encoder: snn, abmil, mlp or tokens (default snn)")
     train.add_argument("--encoder-kwargs", help="JSON keyword arguments of the encoder")
     train.add_argument("--task", help="survival:N | multiclass:K | binary | multilabel:K (default survival:4)")
     train.add_argument("--latent", help="latent shape, channels x dims (default 64x64)")
     train.add_argument("--depth", type=int, help="update steps (default 2)")
-    train.add_argument("--epochs", type=int, help="most epochs (early stopping on validation)")
-    train.add_argument("--patience", type=int, help="epochs without validation gain before stopping")
-    train.add_argument("--batch-size", type=int, help="samples per step")
-    train.add_argument("--lr", type=float, help="AdamW learning rate")
+    train.add_argument("--epochs", type=int, help=f"most epochs (early stopping on validation; default {TrainConfig.epochs})")
+    train.add_argument("--patience", type=int, help=f"epochs without validation gain before stopping (default {TrainConfig.patience})")
+    train.add_argument("--batch-size", type=int, help=f"samples per step (default {TrainConfig.batch_size})")
+    train.add_argument("--lr", type=float, help=f"AdamW learning rate (default {TrainConfig.lr:g})")
+    train.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {TrainConfig.weight_decay:g})")
     train.add_argument("--seed", type=int, help="seed of the weights, the shuffling and the random split")
     train.add_argument("--device", help="auto (CUDA if present), cpu, cuda or cuda:N")
     train.add_argument("--compile", action="store_true", help="run the training steps through torch.compile")

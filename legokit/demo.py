@@ -2,7 +2,8 @@
 splits it trains a labs block and a visits block, merges them (no training), fuses them (stack, 2 epochs), and
 compares them with baselines: each block alone, a naive ensemble (mean of the blocks' risks), a late-fusion
 concatenation model trained end to end, a Cox model on the labs table, and LegoMerge of blocks trained on
-disjoint halves of the training patients (MM-Lego Appendix F). Metric: c-index on the test split."""
+disjoint halves of the training patients (MM-Lego Appendix F), and LegoMerge weighted by each block's
+validation c-index (`weights="auto"`). Metric: c-index on the test split."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ from .train import TrainConfig, predict_logits, train_model
 from .workflows import fuse_blocks, train_block
 
 MODELS = ("LegoBlock labs", "LegoBlock visits", "Ensemble (mean risk)", "Late fusion (concat, end to end)",
-          "Cox PH (labs table)", "LegoMerge", "LegoMerge (unpaired halves)", "LegoFuse (stack, 2 epochs)")
+          "Cox PH (labs table)", "LegoMerge", "LegoMerge (auto weights)", "LegoMerge (unpaired halves)",
+          "LegoFuse (stack, 2 epochs)")
 
 
 def default_spec(name: str) -> BlockSpec:
@@ -118,6 +120,8 @@ def run_seed(folder: Path, seed: int, out: Path, labs_spec: BlockSpec, visits_sp
     merged = merge([labs, visits])
     merged_risk = _risks(merged, data, test)
     result.add("LegoMerge", _cindex(merged_risk, data, test), _cindex(merged_risk, data, test_visits))
+    auto_risk = _risks(merge([labs, visits], weights="auto"), data, test)
+    result.add("LegoMerge (auto weights)", _cindex(auto_risk, data, test), _cindex(auto_risk, data, test_visits))
 
     step("fuse")
     fused, _ = fuse_blocks([labs, visits], folder, "stack", TrainConfig(epochs=2, seed=seed), splits, progress=False)

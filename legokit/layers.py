@@ -64,7 +64,8 @@ class FeedForward(nn.Module):
 
 
 class UpdateLayer(nn.Module):
-    """One LegoBlock update of Re(FFT(L)): cross-attention to the encoder tokens, then feed-forward, both residual.
+    """One LegoBlock update of rows of FFT(L) (its Re rows, or Re and Im rows): cross-attention to the encoder
+    tokens, then feed-forward, both residual.
 
     `present` (b,) marks the samples that have this modality; the others keep their latent unchanged.
     """

@@ -21,13 +21,13 @@ from .block import BlockConfig, LegoBlock
 from .compose.fuse import FusedModel, fused_config, parse_fused_config
 from .compose.graph import Graph
 from .compose.merge import MergeConfig, MergedModel, head_width, merge_head_tensors, merged_config, parse_merged_config
-from .spectral import pooled_width
 from .compose.merge import AUTO, auto_weights, check_mergeable, resolve_weights
 from .device import resolve_device
 from .encoders import FOREIGN, ExportedEncoder, encoder_class
 from .errors import ArtifactError, ConfigError, EncoderError
 from .hub import local_artifact
 from .layers import TaskHead
+from .spectral import pooled_width
 
 BLOCK = "block"
 PROGRAM_PREFIX = "__program__."
@@ -101,6 +101,17 @@ def _check_builtin_sizes(path: Path, config: BlockConfig, weights: Mapping[str, 
         asked = config.encoder.kwargs.get(key, defaults[key].default if key in defaults else None)
         if asked != value:
             raise ArtifactError(f"{path}: the config's encoder {key} is {asked!r}, its weights in the file have {value}")
+    shapes = getattr(cls, "weight_shapes", None)
+    if shapes is not None:  # sizes that only arithmetic on the config gives: checked before anything is allocated
+        asked = {k: p.default for k, p in defaults.items() if p.default is not inspect.Parameter.empty}
+        try:
+            expected = shapes(**{**asked, **config.encoder.kwargs})
+        except (TypeError, ValueError, ConfigError) as exc:
+            raise ArtifactError(f"{path}: invalid {config.encoder.name} encoder config: {exc}") from None
+        for name, shape in expected.items():
+            if name in weights and tuple(weights[name].shape) != shape:
+                raise ArtifactError(f"{path}: encoder tensor '{name}' has shape {tuple(weights[name].shape)}, the "
+                                    f"config asks for {shape}")
 
 
 def block_from_tensors(path: Path, config_data: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], prefix: str = "") -> LegoBlock:
@@ -215,6 +226,10 @@ def _composite_from_artifact(artifact: Artifact) -> MergedModel | FusedModel:
     except ConfigError as exc:
         raise ArtifactError(f"{path}: {exc}") from None
     model.provenance = dict(artifact.provenance)
+    recorded = model.provenance.get("blocks")
+    for modality, block in blocks.items():  # each block keeps its own record (seen samples, validation metrics)
+        own = recorded.get(modality) if isinstance(recorded, dict) else None
+        block.provenance = dict(own) if isinstance(own, dict) else {}
     return model
 
 
@@ -300,7 +315,8 @@ def _blocks_provenance(parts: Sequence[_Part]) -> dict[str, Any]:
         if not isinstance(record, dict):
             record = {}
         blocks = record.get("blocks") if part.prefix else None
-        found[part.config.modality] = (blocks or {}).get(part.config.modality, {}) if part.prefix else record
+        blocks = blocks if isinstance(blocks, dict) else {}
+        found[part.config.modality] = blocks.get(part.config.modality, {}) if part.prefix else record
     return found
 
 

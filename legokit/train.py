@@ -30,11 +30,12 @@ from .tasks import TaskSpec
 class TrainConfig:
     """Training settings; validated here once."""
 
-    epochs: int = 50
+    # chosen on validation splits of three small cohorts (docs/benchmarks.md, "Merge vs blocks")
+    epochs: int = 60
     batch_size: int = 32
     lr: float = 1e-3
-    weight_decay: float = 1e-2
-    patience: int = 10
+    weight_decay: float = 0.1
+    patience: int = 15
     seed: int = 0
     device: str = "auto"
     freeze_encoders: bool = False

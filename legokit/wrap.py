@@ -194,7 +194,11 @@ def wrap_builtin(
         kwargs["in_features"] = input_shape[-1]
     encoder = build_encoder(arch, kwargs)
     if state_dict is not None:
-        result = encoder.load_state_dict(dict(state_dict), strict=False)
+        try:
+            result = encoder.load_state_dict(dict(state_dict), strict=False)
+        except RuntimeError as exc:  # a tensor of another shape than these sizes make
+            first = str(exc).strip().splitlines()[-1].strip()[:200]
+            raise EncoderError(f"{origin}: state dict does not fit encoder {arch} {kwargs}: {first}") from None
         problems = [f"missing {k}" for k in result.missing_keys] + [f"unexpected {k}" for k in result.unexpected_keys]
         if problems:
             raise EncoderError(f"{origin}: state dict does not fit encoder {arch} {kwargs}: {', '.join(problems[:4])}")

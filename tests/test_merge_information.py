@@ -4,6 +4,8 @@ from the blocks' validation metrics (`--weights auto`)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -159,3 +161,87 @@ def test_a_block_no_better_than_chance_barely_moves_the_merge():
                            {"good": {"trained": {"val": {"c_index": 0.8}}},
                             "useless": {"trained": {"val": {"c_index": 0.42}}}})
     assert weights == {"good": pytest.approx(0.3), "useless": 0.01}
+
+
+def test_a_recipe_merges_with_auto_weights(trained_pair):
+    from legokit.compose.recipe import Recipe
+
+    root, paths = trained_pair
+    recipe = root / "auto.yaml"
+    recipe.write_text(f"name: auto\nblocks:\n  labs: {{artifact: {paths[0].name}}}\n  visits: {{artifact: {paths[1].name}}}\n"
+                      "operation: {kind: merge, weights: auto}\noutput: recipe-auto.st\n")
+    merged = legokit.load(Recipe.from_yaml(recipe).run())
+    expected = merge([legokit.load_block(p) for p in paths], weights="auto")
+    assert dict(merged.config.weights) == pytest.approx(dict(expected.config.weights))
+
+
+def test_actg175_is_a_landmark_cohort_without_post_landmark_columns(tmp_path):
+    from legokit.data.actg175 import LANDMARK_DAYS, write_actg175
+
+    folder = write_actg175(tmp_path / "actg")
+    labels = (folder / "labels.csv").read_text().splitlines()
+    clinical = (folder / "clinical.csv").read_text().splitlines()
+    immune = (folder / "immune.csv").read_text().splitlines()
+    assert len(labels) == len(clinical) == len(immune) == 2091  # 2,090 patients followed past the landmark + header
+    assert all(float(line.split(",")[1]) > 0 for line in labels[1:])
+    assert sum(int(line.split(",")[2]) for line in labels[1:]) == 490
+    assert not {"cd496", "r", "offtrt", "days", "cens"} & set(clinical[0].split(",") + immune[0].split(","))
+    assert immune[0] == "id,cd40,cd420,cd80,cd820"
+    assert LANDMARK_DAYS >= (20 + 5) * 7  # after the window of the week-20 counts
+
+
+@pytest.mark.parametrize("metric", [10**400, float("nan"), True, "0.8", [0.8], 3.0, -1.0])
+def test_auto_weights_refuse_a_recorded_metric_that_is_not_a_c_index(metric):
+    with pytest.raises(ConfigError, match="not a number in"):
+        auto_weights({"tab": TASK}, {"tab": {"trained": {"val": {"c_index": metric}}}})
+
+
+@pytest.mark.parametrize("record", [[], "x", None, {"trained": []}, {"trained": {"val": 0.7}}])
+def test_auto_weights_read_a_malformed_provenance_as_missing(record):
+    with pytest.raises(ConfigError, match="no validation c_index"):
+        auto_weights({"tab": TASK}, {"tab": record})
+
+
+def test_a_loaded_merged_model_keeps_its_blocks_records_for_auto_weights(trained_pair, tmp_path):
+    _, paths = trained_pair
+    loaded = legokit.load(legokit.merge_files(paths, tmp_path / "pair.st"))
+    assert loaded.blocks["labs"].provenance["trained"]["val"]["c_index"] > 0
+    again = merge([loaded], weights="auto")
+    direct = merge([legokit.load_block(p) for p in paths], weights="auto")
+    assert dict(again.config.weights) == pytest.approx(dict(direct.config.weights))
+
+
+def _resealed(source, target, change) -> None:
+    """A copy of an artifact with its config changed and its checksum recomputed, as a hostile writer would."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from legokit.artifact import KEY_CHECKSUM, KEY_CONFIG, seal, tensors_digest
+
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    tensors = load_file(source)
+    config = json.loads(metadata[KEY_CONFIG])
+    change(config)
+    metadata[KEY_CONFIG] = json.dumps(config)
+    metadata[KEY_CHECKSUM] = seal(metadata, tensors_digest(tensors))
+    save_file(tensors, target, metadata=metadata)
+
+
+@pytest.mark.parametrize("change, message", [({"in_features": 2**24}, "config asks for"), ({"max_tokens": 0}, "max_tokens"),
+                                             ({"in_features": 2**40}, "in_features"), ({"dim": "wide"}, "dim")])
+def test_a_tokens_config_that_does_not_fit_its_tensors_is_refused_before_building(tmp_path, change, message):
+    path = legokit.save_block(block("tokens", 17), tmp_path / "tokens.st")
+    hostile = tmp_path / "hostile.st"
+    _resealed(path, hostile, lambda config: config["encoder"]["kwargs"].update(change))
+    with pytest.raises(legokit.ArtifactError, match=message):
+        legokit.load_block(hostile)
+
+
+def test_wrap_arch_tokens_with_a_state_dict_of_other_sizes_is_one_clean_error(tmp_path):
+    from legokit.errors import EncoderError
+    from legokit.wrap import wrap_builtin
+
+    state = FeatureTokens(30, dim=8, max_tokens=10).state_dict()
+    with pytest.raises(EncoderError, match="does not fit encoder tokens"):
+        wrap_builtin("tokens", state, "tab", "survival:4", {"in_features": 30}, latent=(8, 16), depth=1, device="cpu")

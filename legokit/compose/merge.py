@@ -116,12 +116,17 @@ def auto_weights(tasks: Mapping[str, TaskSpec], provenance: Mapping[str, Mapping
     chance, floored at 0.01, so a block no better than chance barely moves the merge (beyond the paper)."""
     chosen = {}
     for modality, task in tasks.items():
-        trained = provenance.get(modality, {}).get("trained")
+        name = PRIMARY[task.kind]
+        record = provenance.get(modality) if isinstance(provenance, Mapping) else None
+        trained = record.get("trained") if isinstance(record, Mapping) else None
         val = trained.get("val") if isinstance(trained, Mapping) else None
-        metric = val.get(PRIMARY[task.kind]) if isinstance(val, Mapping) else None
-        if not isinstance(metric, (int, float)) or not math.isfinite(metric):
-            raise ConfigError(f"block {modality} has no validation {PRIMARY[task.kind]} in its provenance; --weights "
-                              "auto needs blocks trained by legokit train (or give the weights)")
+        metric = val.get(name) if isinstance(val, Mapping) else None
+        if metric is None:
+            raise ConfigError(f"block {modality} has no validation {name} in its provenance; --weights auto needs "
+                              "blocks trained by legokit train (or give the weights)")
+        if isinstance(metric, bool) or not isinstance(metric, (int, float)) or not 0.0 <= metric <= 1.0:
+            shown = repr(metric)[:40]
+            raise ConfigError(f"block {modality}: its recorded validation {name} is {shown}, not a number in [0, 1]")
         chosen[modality] = max(float(metric) - CHANCE, FLOOR)
     return chosen
 
@@ -199,6 +204,7 @@ class MergedModel(nn.Module):
 
     @property
     def head_features(self) -> str:
+        """What the merged head reads (the blocks agree on it: `check_mergeable`)."""
         return next(iter(self.blocks.values())).config.head_features
 
 

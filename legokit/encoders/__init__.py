@@ -31,8 +31,8 @@ def build_encoder(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
     cls = encoder_class(name)
     try:
         return cls(**kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"encoder {name}: {exc}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"encoder {name}: {exc}"[:300]) from None
 
 
 def token_input(encoder: nn.Module) -> bool | None:

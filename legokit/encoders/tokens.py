@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class FeatureTokens(nn.Module):
     """Maps a feature vector (b, in_features) to tokens (b, t, dim): token k = x_group_k @ W_k + b_k.
@@ -26,11 +28,8 @@ class FeatureTokens(nn.Module):
 
     def __init__(self, in_features: int, dim: int = 64, max_tokens: int = 256, dropout: float = 0.0):
         super().__init__()
-        if in_features < 1 or dim < 1 or max_tokens < 1:
-            raise ValueError(f"in_features, dim and max_tokens must be positive, got {in_features}, {dim}, {max_tokens}")
+        self.count, self.group, _ = self.weight_shapes(in_features, dim, max_tokens, dropout)["weight"]
         self.in_features = in_features
-        self.group = math.ceil(in_features / max_tokens)
-        self.count = math.ceil(in_features / self.group)
         self.weight = nn.Parameter(torch.empty(self.count, self.group, dim))
         self.bias = nn.Parameter(torch.empty(self.count, dim))
         bound = 1 / math.sqrt(dim)  # FT-Transformer's uniform initialisation of the embeddings
@@ -39,7 +38,21 @@ class FeatureTokens(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.out_dim = dim
 
+    @staticmethod
+    def weight_shapes(in_features: int, dim: int = 64, max_tokens: int = 256, dropout: float = 0.0) -> dict[str, tuple[int, ...]]:
+        """The parameter shapes these settings make, by arithmetic alone (a file's config is checked against its
+        tensors with this before anything is allocated); a bad setting is a ConfigError."""
+        for name, value in (("in_features", in_features), ("dim", dim), ("max_tokens", max_tokens)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**24:
+                raise ConfigError(f"tokens encoder: {name} must be an integer in [1, 2**24], got {repr(value)[:40]}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ConfigError(f"tokens encoder: dropout must be in [0, 1), got {repr(dropout)[:40]}")
+        group = math.ceil(in_features / max_tokens)
+        count = math.ceil(in_features / group)
+        return {"weight": (count, group, dim), "bias": (count, dim)}
+
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Tokens (b, t, dim) of a batch of feature vectors (b, in_features); the mask is unused (no padding)."""
         padding = self.count * self.group - self.in_features
         groups = rearrange(F.pad(x, (0, padding)), "b (t g) -> b t g", g=self.group)
         return self.dropout(torch.einsum("btg,tgd->btd", groups, self.weight) + self.bias)
