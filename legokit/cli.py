@@ -28,6 +28,7 @@ from .samples import summarized
 from .spec import BlockSpec
 from .spectral import FFT_AXES, HEAD_FEATURES, PHASE_MODES, UPDATE_PARTS
 from .tasks import TaskSpec
+from .threads import apply_threads, choose_threads
 from .train import TrainConfig
 from .wrap import WrapOptions, default_output, wrap_file
 
@@ -213,6 +214,7 @@ def _train_wrapped(args: argparse.Namespace, console: Console) -> int:
                           "(set them when wrapping)")
     refuse_inputs(args.output, [args.block, args.data])
     block = load_block(args.block)
+    _use_threads(args, console, block.config.latent)
     if args.modality and args.modality != block.modality:
         raise ConfigError(f"--modality {args.modality}: the block {args.block} is for modality {block.modality}")
     given = {k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -254,6 +256,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
         batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, patience=args.patience,
         weight_decay=args.weight_decay, compile=args.compile or None,
     )
+    _use_threads(args, console, spec.latent)
     from .distributed import session
     from .workflows import train_block
 
@@ -275,8 +278,10 @@ def cmd_fuse(args: argparse.Namespace, console: Console) -> int:
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                          device=args.device, freeze_encoders=args.freeze_encoders, compile=args.compile)
     refuse_inputs(args.output, [*args.blocks, args.data])
+    blocks = [load_block(path) for path in args.blocks]
+    _use_threads(args, console, blocks[0].config.latent)
     with session(args.device) as place:
-        model, result = fuse_blocks([load_block(path) for path in args.blocks], args.data, args.mode, config)
+        model, result = fuse_blocks(blocks, args.data, args.mode, config)
         if not place.main:  # under torchrun, rank 0 reports and writes
             return 0
         path = save(model, args.output, provenance={"fused_from": list(args.blocks)}, inputs=[*args.blocks, args.data])
@@ -344,10 +349,11 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
-    from .demo import MODELS, run_demo
+    from .demo import MODELS, default_spec, run_demo
 
     console.print(f"legokit demo: Mayo PBC, 1-year landmark, {args.seeds} random 70/15/15 splits -> {escape(args.out)}/")
-    result = run_demo(args.out, args.seeds)
+    _use_threads(args, console, default_spec("labs").latent)
+    result = run_demo(args.out, args.seeds, console=console)
     summary = result.to_json()
     table = Table(title=f"c-index on the test split, mean ± s.d. over {args.seeds} seeds "
                         f"({summary['data']['patients']} patients, {summary['data']['with_visits']} with visits)",
@@ -381,12 +387,23 @@ def cmd_pull(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _use_threads(args: argparse.Namespace, console: Console, latent: tuple[int, int] | None = None) -> None:
+    """Set torch's CPU threads for this command (`legokit.threads`); say so when the work size decided it."""
+    choice = choose_threads(getattr(args, "threads", None), latent[0] * latent[1] if latent else None)
+    apply_threads(choice)
+    if latent is not None:
+        console.print(f"[dim]CPU threads: {choice.threads} ({escape(choice.reason)})[/]")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="legokit", description="Wrap, inspect, merge and fuse LegoBlocks.")
     parser.add_argument("--version", action="version", version=f"legokit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    compute = argparse.ArgumentParser(add_help=False)
+    compute.add_argument("--threads", type=int, help="CPU threads for torch (default: OMP_NUM_THREADS if set, else 1 "
+                         "for latents up to 32x32, else the usable CPUs the load average leaves idle)")
 
-    wrap = commands.add_parser("wrap", help="wrap an encoder file into a standalone block artifact (.st)")
+    wrap = commands.add_parser("wrap", parents=[compute], help="wrap an encoder file into a standalone block artifact (.st)")
     wrap.add_argument("encoder", help="a torch.export program (.pt2), a TorchScript archive, a state dict, or a "
                                       "Hugging Face model folder (config.json + safetensors [+ tokenizer.json])")
     wrap.add_argument("--modality", required=True, help="name of the modality, e.g. tab, img, labs")
@@ -426,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("-o", "--output", required=True, help="the merged artifact to write (.st)")
     merge.set_defaults(run=cmd_merge)
 
-    predict = commands.add_parser("predict", help="predict every sample of a dataset folder (any modalities present)")
+    predict = commands.add_parser("predict", parents=[compute], help="predict every sample of a dataset folder (any modalities present)")
     predict.add_argument("model", help="a block or merged artifact (.st)")
     predict.add_argument("data", help="dataset folder: NAME.csv (id + features) or NAME/ID.safetensors per modality")
     predict.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default 256)")
@@ -434,12 +451,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("-o", "--output", required=True, help="CSV file to write: id, then the task's outputs")
     predict.set_defaults(run=cmd_predict)
 
-    run = commands.add_parser("run", help="run a YAML recipe: recipe -> composition graph -> artifact")
+    run = commands.add_parser("run", parents=[compute], help="run a YAML recipe: recipe -> composition graph -> artifact")
     run.add_argument("recipe", help="a recipe file, e.g. recipes/merge.yaml")
     run.add_argument("--dry-run", action="store_true", help="validate and print the graph, write nothing")
     run.set_defaults(run=cmd_run)
 
-    train = commands.add_parser("train", help="train a block on one modality of a dataset folder")
+    train = commands.add_parser("train", parents=[compute], help="train a block on one modality of a dataset folder")
     train.add_argument("data", help="dataset folder (labels.csv, NAME.csv or NAME/, optional splits.csv)")
     train.add_argument("--block", help="a wrapped block (.st) to train: its latent, updates and head (encoder frozen)")
     train.add_argument("--finetune-encoder", action="store_true", help="with --block: train the encoder too")
@@ -463,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-o", "--output", required=True, help="the block artifact to write (.st)")
     train.set_defaults(run=cmd_train)
 
-    fuse = commands.add_parser("fuse", help="LegoFuse blocks (stack or weave) and fine-tune them on paired data")
+    fuse = commands.add_parser("fuse", parents=[compute], help="LegoFuse blocks (stack or weave) and fine-tune them on paired data")
     fuse.add_argument("blocks", nargs="+", help="block artifacts, in the order their updates run")
     fuse.add_argument("--mode", default="stack", choices=FUSE_MODES, help="stack: block after block; weave: layer after layer")
     fuse.add_argument("--data", required=True, help="dataset folder with the blocks' modalities and labels")
@@ -477,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("-o", "--output", required=True, help="the fused artifact to write (.st)")
     fuse.set_defaults(run=cmd_fuse)
 
-    evaluate = commands.add_parser("eval", help="metrics of a model on a split of a labelled dataset folder")
+    evaluate = commands.add_parser("eval", parents=[compute], help="metrics of a model on a split of a labelled dataset folder")
     evaluate.add_argument("model", help="a block, merged or fused artifact (.st)")
     evaluate.add_argument("data", help="labelled dataset folder")
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="default test")
@@ -491,7 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "validated on (refused by default), with a warning")
     evaluate.set_defaults(run=cmd_eval)
 
-    adapt = commands.add_parser("adapt", help="train a missing-modality adapter (MoRA or SSF) for a model")
+    adapt = commands.add_parser("adapt", parents=[compute], help="train a missing-modality adapter (MoRA or SSF) for a model")
     adapt.add_argument("model", help="the base artifact (.st): a merged, fused or block model")
     adapt.add_argument("--adapter", required=True, choices=("mora", "ssf"), help="modality-aware LoRA, or scale and shift")
     adapt.add_argument("--data", required=True, help="labelled dataset folder")
@@ -509,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("-o", "--output", required=True, help="the adapter artifact to write (.st)")
     adapt.set_defaults(run=cmd_adapt)
 
-    demo = commands.add_parser("demo", help="the main job: blocks, merge, fuse and baselines on bundled PBC data")
+    demo = commands.add_parser("demo", parents=[compute], help="the main job: blocks, merge, fuse and baselines on bundled PBC data")
     demo.add_argument("--out", default="legokit-demo", help="folder for data, artifacts and results (default legokit-demo)")
     demo.add_argument("--seeds", type=int, default=5, help="repeated random splits (default 5, as in the paper)")
     demo.set_defaults(run=cmd_demo)
@@ -548,6 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     errors = Console(stderr=True)
     try:
+        _use_threads(args, console)
         return args.run(args, console)
     except LegoError as exc:
         errors.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)

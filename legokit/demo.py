@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from rich.console import Console
 from rich.progress import Progress
 
 from .artifact import write_atomic
@@ -157,23 +158,36 @@ def run_seed(folder: Path, seed: int, out: Path, labs_spec: BlockSpec, visits_sp
         save(model, seed_dir / f"{name}.st")
 
 
-def run_demo(out: str | Path = "legokit-demo", seeds: int = 5, progress: bool = True) -> DemoResult:
+def run_demo(out: str | Path = "legokit-demo", seeds: int = 5, progress: bool = True,
+             console: Console | None = None) -> DemoResult:
     """Run the demo; artifacts go to `out/seed-K/`, the first seed's also to `out/` (for recipes/merge.yaml),
-    the table to `out/results.json`."""
+    the table to `out/results.json`. Progress is a bar on a terminal, else a line per finished step (logs, CI)."""
     started = time.perf_counter()
     out = Path(out)
     folder = out / "data"
     counts = write_pbc(folder)
     labs_spec, visits_spec = default_spec("labs"), default_spec("visits")
     result = DemoResult(list(range(seeds)), data=counts)
-    steps = 8
-    with Progress(transient=True, disable=not progress) as bar:
+    steps = 7  # the step() calls of run_seed
+    console = console or Console()
+    lines = progress and not console.is_terminal
+    with Progress(transient=True, disable=not progress or lines, console=console) as bar:
         job = bar.add_task("demo", total=seeds * steps)
         for seed in range(seeds):
+            running: list[tuple[str, float]] = []  # the step under way, and when it started
+
+            def finish(seed: int = seed) -> None:
+                if lines and running:
+                    name, began = running.pop()
+                    console.print(f"seed {seed + 1}/{seeds}: {name} done in {time.perf_counter() - began:.1f} s")
+
             def step(name: str, seed: int = seed) -> None:
+                finish()
+                running.append((name, time.perf_counter()))
                 bar.update(job, advance=1, description=f"seed {seed + 1}/{seeds}: {name}")
 
             run_seed(folder, seed, out, labs_spec, visits_spec, result, step)
+            finish()
     for name in ("labs", "visits", "merged", "fused"):
         shutil.copyfile(out / "seed-0" / f"{name}.st", out / f"{name}.st")
     result.seconds = time.perf_counter() - started

@@ -27,6 +27,8 @@ class CrossAttention(nn.Module):
         self.to_out = nn.Linear(inner, query_dim)
 
     def forward(self, query: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if context.shape[1] == 1 and not (self.training and self.dropout > 0):
+            return self._one_token(query, context, mask)
         q = self.to_q(self.norm_query(query))
         k, v = self.to_kv(self.norm_context(context)).chunk(2, dim=-1)
         q, k, v = (rearrange(t, "b n (h e) -> b h n e", h=self.heads) for t in (q, k, v))
@@ -44,6 +46,18 @@ class CrossAttention(nn.Module):
         if has_tokens is not None:
             out = out * rearrange(has_tokens, "b -> b 1 1").to(out.dtype)
         return out
+
+
+    def _one_token(self, query: torch.Tensor, context: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The exact result for a single key: its softmax weight is 1 for every query, so the output is the projected
+        value, the same for all queries; no query/key projections, no softmax (the built-in table encoders and
+        attention-MIL emit one token)."""
+        inner = self.to_q.out_features
+        value = F.linear(self.norm_context(context), self.to_kv.weight[inner:])
+        out = self.to_out(value)
+        if mask is not None:
+            out = out * rearrange(mask[:, 0], "b -> b 1 1").to(out.dtype)
+        return out.expand(-1, query.shape[1], -1)
 
 
 class FeedForward(nn.Module):

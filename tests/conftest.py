@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import sys
 import textwrap
@@ -25,6 +27,18 @@ class VisitEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mix(torch.tanh(self.proj(x)))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """The tests' models are tiny: one CPU thread, here and in the processes they start, as legokit's own policy
+    picks for small latents; a shared machine then slows the suite by its fair share, not by spinning threads."""
+    from legokit.threads import ThreadChoice, apply_threads
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", "1")
+        apply_threads(ThreadChoice(1, "tests"))
+        yield
 
 
 @pytest.fixture
@@ -57,3 +71,14 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "legokit.cli", *args], capture_output=True, text=True, timeout=300
     )
+
+
+def cli_here(*args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI's `main` in this process, output captured: for tests that need no fresh interpreter (each start
+    costs seconds of torch import); the entry point itself is exercised through `run_cli` elsewhere."""
+    from legokit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())

@@ -14,7 +14,7 @@ from legokit.compose.merge import merge
 from legokit.data import ModalityBatch
 from legokit.wrap import wrap_builtin
 
-from .conftest import SMALL, run_cli
+from .conftest import SMALL, cli_here
 
 
 def _blocks():
@@ -189,18 +189,18 @@ def test_cli_adapt_prints_trainable_share_and_eval_uses_the_adapter(tmp_path):
     write_pbc(tmp_path / "pbc")
     flags = ["--latent", "8x16", "--epochs", "2", "--device", "cpu"]
     for modality, encoder in (("labs", "snn"), ("visits", "abmil")):
-        result = run_cli("train", str(tmp_path / "pbc"), "--modality", modality, "--encoder", encoder, *flags,
+        result = cli_here("train", str(tmp_path / "pbc"), "--modality", modality, "--encoder", encoder, *flags,
                          "-o", str(tmp_path / f"{modality}.st"))
         assert result.returncode == 0, result.stderr
-    fused = run_cli("fuse", str(tmp_path / "labs.st"), str(tmp_path / "visits.st"), "--data", str(tmp_path / "pbc"),
+    fused = cli_here("fuse", str(tmp_path / "labs.st"), str(tmp_path / "visits.st"), "--data", str(tmp_path / "pbc"),
                     "--device", "cpu", "-o", str(tmp_path / "fused.st"))
     assert fused.returncode == 0, fused.stderr
-    adapted = run_cli("adapt", str(tmp_path / "fused.st"), "--adapter", "mora", "--data", str(tmp_path / "pbc"),
+    adapted = cli_here("adapt", str(tmp_path / "fused.st"), "--adapter", "mora", "--data", str(tmp_path / "pbc"),
                       "--missing", "labs=0.5", "--epochs", "2", "--device", "cpu", "-o", str(tmp_path / "f.mora.st"))
     assert adapted.returncode == 0, adapted.stderr
     assert "trainable parameters:" in adapted.stdout and "% of the" in adapted.stdout
-    evaluated = run_cli("eval", str(tmp_path / "fused.st"), str(tmp_path / "pbc"), "--adapter", str(tmp_path / "f.mora.st"),
+    evaluated = cli_here("eval", str(tmp_path / "fused.st"), str(tmp_path / "pbc"), "--adapter", str(tmp_path / "f.mora.st"),
                         "--missing", "labs=0.5,visits=1.0")
     assert evaluated.returncode == 0 and "c_index" in evaluated.stdout, evaluated.stderr
-    wrong = run_cli("eval", str(tmp_path / "labs.st"), str(tmp_path / "pbc"), "--adapter", str(tmp_path / "f.mora.st"))
+    wrong = cli_here("eval", str(tmp_path / "labs.st"), str(tmp_path / "pbc"), "--adapter", str(tmp_path / "f.mora.st"))
     assert wrong.returncode == 1 and "trained on base" in wrong.stderr

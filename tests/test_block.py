@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from einops import rearrange, repeat
 from torch import nn
 
 from legokit import BlockConfig, EncoderSpec, LegoBlock, ShapeError, TaskSpec
@@ -65,13 +66,40 @@ def test_fft_axes_choice_changes_the_latent():
     assert not torch.allclose(both.encode(x), channels.encode(x))
 
 
-def test_gradients_reach_the_latent_the_layers_and_the_encoder(snn_block):
+def test_gradients_reach_the_latent_the_layers_and_the_encoder(snn_block, mlp_block):
+    mlp_block.train()
+    mlp_block(torch.randn(6, 5, 4)).sum().backward()
+    for name, parameter in mlp_block.named_parameters():
+        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
     snn_block.train()
     snn_block(torch.randn(6, 10)).sum().backward()
+    query_side = ("attention.norm_query", "attention.to_q")  # cannot move the output when there is one key
     for name, parameter in snn_block.named_parameters():
-        assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
+        if any(part in name for part in query_side):
+            assert parameter.grad is None, name
+        else:
+            assert parameter.grad is not None and torch.isfinite(parameter.grad).all(), name
     assert snn_block.latent.grad.abs().sum() > 0
     assert snn_block.encoder.net[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("heads", [1, 8])
+def test_one_token_attention_takes_the_exact_shortcut(heads):
+    """With one key the softmax weight is 1 for every query: the shortcut (no query projection, no softmax) must
+    equal full attention, computed here over two copies of the token (two equal keys also give the value)."""
+    from legokit.layers import CrossAttention
+
+    torch.manual_seed(heads)
+    attention = CrossAttention(32, 24, heads=heads, dim_head=8)
+    query, token = torch.randn(5, 16, 32), torch.randn(5, 1, 24, requires_grad=True)
+    mask = torch.tensor([True, True, False, True, True])
+    fast = attention(query, token, rearrange(mask, "b -> b 1"))
+    full = attention(query, torch.cat([token, token], dim=1), repeat(mask, "b -> b 2"))
+    assert (fast - full).abs().max() <= 1e-6
+    assert torch.equal(fast[2], torch.zeros_like(fast[2]))  # a masked token: no update
+    (grad_fast,) = torch.autograd.grad(fast.sum(), token)
+    (grad_full,) = torch.autograd.grad(full.sum(), token)
+    assert (grad_fast - grad_full).abs().max() <= 1e-5
 
 
 def test_padded_instances_do_not_change_an_abmil_block_output(abmil_block):

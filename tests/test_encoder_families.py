@@ -27,31 +27,32 @@ pytest.importorskip("sklearn")
 
 WALK = """
 import json, sys
-sys.modules["transformers"] = None  # the block must work without the library that defined its encoder
+sys.modules["transformers"] = None  # the blocks must work without the library that defined their encoders
 import torch, legokit
 from safetensors.torch import load_file
 from legokit.cli import main
 from legokit.predict import predict_folder
 
-wrapped, reference, data, labs, work = sys.argv[1:6]
-flags = sys.argv[6:]
-block = legokit.load_block(wrapped)
-saved = load_file(reference)
-args = (saved["x"], saved["mask"]) if "mask" in saved else (saved["x"],)
-with torch.no_grad():
-    identical = torch.equal(block(*args), saved["out"])
-trained, merged = f"{work}/trained.st", f"{work}/merged.st"
-assert main(["train", data, "--block", wrapped, "--epochs", "2", "--device", "cpu", "-o", trained, *flags]) == 0
-assert main(["merge", trained, labs, "-o", merged]) == 0
-model = legokit.load(merged)
-runs = {size: predict_folder(model, data, batch_size=size, device="cpu") for size in (1, 7, 256)}
-columns = runs[256].columns
-spread = max(abs(a - b) for size in (1, 7) for name in columns for a, b in zip(runs[size].columns[name], columns[name]))
-provenance = legokit.load_block(trained).provenance["trained"]
-print(json.dumps({"identical": identical, "spread": spread, "samples": len(runs[256].ids), "ids_agree":
-                  runs[1].ids == runs[7].ids == runs[256].ids, "encoder": provenance["encoder"],
-                  "epochs": len(provenance["config"]) and provenance["best_epoch"] <= 2, "finite": all(
-                  v == v for values in columns.values() for v in values)}))
+data, labs, jobs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+results = {}
+for name, wrapped, reference, work, flags in jobs:
+    block = legokit.load_block(wrapped)
+    saved = load_file(reference)
+    args = (saved["x"], saved["mask"]) if "mask" in saved else (saved["x"],)
+    with torch.no_grad():
+        identical = torch.equal(block(*args), saved["out"])
+    trained, merged = f"{work}/trained.st", f"{work}/merged.st"
+    assert main(["train", data, "--block", wrapped, "--epochs", "2", "--device", "cpu", "-o", trained, *flags]) == 0
+    assert main(["merge", trained, labs, "-o", merged]) == 0
+    model = legokit.load(merged)
+    runs = {size: predict_folder(model, data, batch_size=size, device="cpu") for size in (1, 7, 256)}
+    columns = runs[256].columns
+    spread = max(abs(a - b) for size in (1, 7) for col in columns for a, b in zip(runs[size].columns[col], columns[col]))
+    provenance = legokit.load_block(trained).provenance["trained"]
+    results[name] = {"identical": identical, "spread": spread, "samples": len(runs[256].ids),
+                     "ids_agree": runs[1].ids == runs[7].ids == runs[256].ids, "encoder": provenance["encoder"],
+                     "finite": all(v == v for values in columns.values() for v in values)}
+print(json.dumps(results))
 """
 
 
@@ -66,17 +67,28 @@ def family_data(tmp_path_factory):
     return root, data, save_block(labs, root / "labs.st")
 
 
-@pytest.mark.parametrize("family", FAMILIES, ids=[f.name for f in FAMILIES])
-def test_a_wrapped_family_reloads_trains_merges_and_predicts_the_same_at_any_batch_size(family, family_data, tmp_path):
+@pytest.fixture(scope="module")
+def walked(family_data, tmp_path_factory):
+    """Every family wrapped through the CLI here, then walked in ONE fresh process (one interpreter start, not eight):
+    reload, train, merge, predict at three batch sizes. Returns each family's findings."""
     root, data, labs = family_data
-    source, flags = family.make(root)
-    wrapped = tmp_path / f"{family.name}.st"
-    with contextlib.redirect_stdout(io.StringIO()):
-        assert main(["wrap", str(source), *flags, *LATENT, "-o", str(wrapped)]) == 0
-    reference = reference_output(wrapped, tmp_path / "reference.safetensors")
-    done = run_python(WALK, str(wrapped), str(reference), str(data), str(labs), str(tmp_path), *family.train_flags)
+    jobs = []
+    for family in FAMILIES:
+        work = tmp_path_factory.mktemp(family.name)
+        source, flags = family.make(root)
+        wrapped = work / f"{family.name}.st"
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(["wrap", str(source), *flags, *LATENT, "-o", str(wrapped)]) == 0
+        reference = reference_output(wrapped, work / "reference.safetensors")
+        jobs.append([family.name, str(wrapped), str(reference), str(work), list(family.train_flags)])
+    done = run_python(WALK, str(data), str(labs), json.dumps(jobs))
     assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("family", FAMILIES, ids=[f.name for f in FAMILIES])
+def test_a_wrapped_family_reloads_trains_merges_and_predicts_the_same_at_any_batch_size(family, walked):
+    result = walked[family.name]
     assert result["identical"], "the block reloaded in a fresh process gives other outputs"
     assert result["ids_agree"] and result["samples"] == 388
     assert result["spread"] <= 1e-5, f"predictions depend on the batch size (max difference {result['spread']:.2e})"

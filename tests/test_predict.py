@@ -14,7 +14,7 @@ from legokit.persist import save
 from legokit.predict import predict_folder
 from legokit.wrap import wrap_builtin
 
-from .conftest import SMALL, run_cli
+from .conftest import SMALL, cli_here, run_cli
 
 
 def _model(task: str = "survival:4"):
@@ -104,10 +104,10 @@ def test_cli_merge_then_inspect_shows_the_graph(tmp_path):
     _, tab, seq = _model()
     save(tab, tmp_path / "tab.st")
     save(seq, tmp_path / "seq.st")
-    result = run_cli("merge", str(tmp_path / "tab.st"), str(tmp_path / "seq.st"), "--weights", "0.5,0.5",
+    result = cli_here("merge", str(tmp_path / "tab.st"), str(tmp_path / "seq.st"), "--weights", "0.5,0.5",
                      "-o", str(tmp_path / "model.st"))
     assert result.returncode == 0, result.stderr
-    shown = run_cli("inspect", str(tmp_path / "model.st"))
+    shown = cli_here("inspect", str(tmp_path / "model.st"))
     assert shown.returncode == 0 and "merge (phase=paper)" in shown.stdout and "input:seq" in shown.stdout
-    bad = run_cli("merge", str(tmp_path / "tab.st"), "-o", str(tmp_path / "x.st"))
+    bad = cli_here("merge", str(tmp_path / "tab.st"), "-o", str(tmp_path / "x.st"))
     assert bad.returncode == 1 and "at least 2 blocks" in bad.stderr

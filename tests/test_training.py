@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import filecmp
+import io
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
 from legokit import ConfigError, load, save
 from legokit.compose.fuse import fuse
@@ -22,7 +24,7 @@ from legokit.tasks import TaskSpec
 from legokit.train import TrainConfig, evaluate, train_model
 from legokit.workflows import build_block, fuse_blocks, train_block
 
-from .conftest import run_cli
+from .conftest import cli_here
 
 SURVIVAL = TaskSpec("survival", 4)
 TINY = dict(latent=(8, 16), dim_head=16)
@@ -242,7 +244,11 @@ def test_gse7390_blocks_merge_and_fuse_above_chance_on_held_out_data(tmp_path, c
 def test_demo_runs_on_bundled_data_and_writes_its_table_and_artifacts(tmp_path):
     from legokit.demo import MODELS, run_demo
 
-    result = run_demo(tmp_path / "demo", seeds=1, progress=False)
+    log = io.StringIO()
+    result = run_demo(tmp_path / "demo", seeds=1, console=Console(file=log))  # not a terminal: a line per step
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 7 and lines[0].startswith("seed 1/1: labs block done in ")
+    assert lines[-1].startswith("seed 1/1: unpaired halves done in ")
     summary = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(summary["models"]) == set(MODELS)
     assert all(0.5 < m["test_with_visits"]["mean"] <= 1 for m in summary["models"].values())
@@ -253,18 +259,18 @@ def test_demo_runs_on_bundled_data_and_writes_its_table_and_artifacts(tmp_path):
 
 def test_cli_train_fuse_eval_on_a_dataset_folder(pbc, tmp_path):
     spec_flags = ["--latent", "8x16", "--epochs", "3", "--device", "cpu"]
-    labs = run_cli("train", str(pbc), "--modality", "labs", "--encoder-kwargs", '{"hidden": 16}', *spec_flags, "-o", str(tmp_path / "labs.st"))
+    labs = cli_here("train", str(pbc), "--modality", "labs", "--encoder-kwargs", '{"hidden": 16}', *spec_flags, "-o", str(tmp_path / "labs.st"))
     assert labs.returncode == 0, labs.stderr
-    visits = run_cli("train", str(pbc), "--modality", "visits", "--encoder", "abmil", *spec_flags, "-o", str(tmp_path / "visits.st"))
+    visits = cli_here("train", str(pbc), "--modality", "visits", "--encoder", "abmil", *spec_flags, "-o", str(tmp_path / "visits.st"))
     assert visits.returncode == 0, visits.stderr
-    fused = run_cli("fuse", str(tmp_path / "labs.st"), str(tmp_path / "visits.st"), "--data", str(pbc), "--device", "cpu",
+    fused = cli_here("fuse", str(tmp_path / "labs.st"), str(tmp_path / "visits.st"), "--data", str(pbc), "--device", "cpu",
                     "-o", str(tmp_path / "fused.st"))
     assert fused.returncode == 0, fused.stderr
     metrics = tmp_path / "metrics.json"
-    evaluated = run_cli("eval", str(tmp_path / "fused.st"), str(pbc), "--json", str(metrics))
+    evaluated = cli_here("eval", str(tmp_path / "fused.st"), str(pbc), "--json", str(metrics))
     assert evaluated.returncode == 0, evaluated.stderr
     assert json.loads(metrics.read_text())["samples"] == 58
-    bad = run_cli("train", str(pbc), "--modality", "scans", "-o", str(tmp_path / "x.st"))
+    bad = cli_here("train", str(pbc), "--modality", "scans", "-o", str(tmp_path / "x.st"))
     assert bad.returncode == 1 and "no modality 'scans'" in bad.stderr and "Traceback" not in bad.stderr
 
 

@@ -1,0 +1,67 @@
+"""How many CPU threads torch's kernels should use, so that a shared machine slows legokit down by its fair share,
+not by 5-20x: torch's default of one thread per core spins those threads against every other busy process."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Mapping
+
+import torch
+
+from .errors import ConfigError
+
+# latents up to this many cells (32x32) gain nothing measurable from a second thread (docs/benchmarks.md, "Threads")
+SMALL_LATENT = 32 * 32
+
+
+@dataclass(frozen=True)
+class ThreadChoice:
+    """A thread count and why it was chosen."""
+
+    threads: int
+    reason: str
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, which containers and `taskset` narrow), else all."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
+def busy_cpus() -> float:
+    """Other work on the machine: the 1-minute load average (0 where the platform has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return 0.0
+
+
+def choose_threads(requested: int | None = None, latent_cells: int | None = None,
+                   environ: Mapping[str, str] | None = None, cpus: int | None = None,
+                   busy: float | None = None) -> ThreadChoice:
+    """`--threads` if given, else OMP_NUM_THREADS if set, else 1 for small latents, else the usable CPUs that the
+    load average leaves idle (at least 1)."""
+    if requested is not None:
+        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+            raise ConfigError(f"--threads must be a positive integer, got {requested!r}")
+        return ThreadChoice(requested, "--threads")
+    environ = os.environ if environ is None else environ
+    text = environ.get("OMP_NUM_THREADS", "").strip()
+    if text:
+        if not text.isdigit() or int(text) < 1:
+            raise ConfigError(f"OMP_NUM_THREADS must be a positive integer, got {text[:20]!r}")
+        return ThreadChoice(int(text), "OMP_NUM_THREADS")
+    if latent_cells is not None and latent_cells <= SMALL_LATENT:
+        return ThreadChoice(1, f"latent of {latent_cells} cells: a second thread gains nothing")
+    cpus = usable_cpus() if cpus is None else cpus
+    busy = busy_cpus() if busy is None else busy
+    idle = max(1, min(cpus, cpus - int(busy + 0.5)))
+    return ThreadChoice(idle, f"{idle} of {cpus} usable CPUs idle (load {busy:.1f})")
+
+
+def apply_threads(choice: ThreadChoice) -> None:
+    """Set torch's intra-op thread count for this process."""
+    if torch.get_num_threads() != choice.threads:
+        torch.set_num_threads(choice.threads)
