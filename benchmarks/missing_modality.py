@@ -1,13 +1,16 @@
-"""Benchmark: the MoRA missing-rate protocol (MoRA Table 2) on real data, for four ways of adapting a fused model.
+"""Benchmark: MoRA's missing-modality grid (MoRA Table 2, its protocol) on real data, for four ways of adapting a
+fused model, with MoRA at its new default placement and at the previous one for the comparison on validation.
 
-Datasets: the bundled PBC landmark data (labs table, visits sequence) and GSE7390 (clinical table, 76 genes; needs
-scikit-survival). For each seed a fused model (stack, 2 epochs) is trained on complete data; then, for each training
-availability setting, it is adapted with: no adapter (only the head trains), MoRA (rank 4, first update layer),
-SSF (all update layers), and full fine-tuning; each is tested under each test setting. A setting "A/B" is the
-percentage of samples that HAVE modality 1 / modality 2 (MoRA's notation); the others get a zero dummy and only the
-adapters are told. (PBC's 98 patients without visits never have them.) Metric: test c-index, mean over seeds.
+Datasets: the bundled PBC landmark data (labs table, visits sequence), GSE7390 (clinical table, 76 genes; needs
+scikit-survival) and ACTG 175 (clinical table, CD4/CD8 counts; needs lifelines). For each seed a fused model (stack,
+2 epochs) is trained on complete data; then, for each training missing rate eta in {0.3, 0.7} (MoRA's protocol: of
+the complete samples, a share eta misses exactly one modality, half of them each; dummies are the training means),
+it is adapted with: only the head, MoRA (rank 4, each block's first key/value projection, head trains), SSF (every
+update layer, head frozen as its paper does), and full fine-tuning; each is tested at eta in {0.3, 0.7} (test draws
+independent of the training ones). Metric: test c-index, mean ± s.d. over seeds; validation c-index for the MoRA
+placements; trainable shares (one modality set, all sets) and estimated training memory.
 
-    python -m benchmarks.missing_modality [--seeds 3] [--json missing.json]
+    python -m benchmarks.missing_modality [--seeds 5] [--datasets PBC,GSE7390,ACTG175] [--json missing.json]
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from legokit.adapters import MissingRates
+from legokit.data.actg175 import write_actg175
 from legokit.data.bundled import write_pbc
 from legokit.data.folder import modality_shape
 from legokit.data.gse7390 import write_gse7390
@@ -33,26 +36,23 @@ from legokit.data.training import SplitData
 from legokit.metrics import task_loss
 from legokit.spec import BlockSpec
 from legokit.train import TrainConfig, run_model
-from legokit.workflows import ADAPT_METHODS, adapt, evaluate_missing, fuse_blocks, train_block
+from legokit.workflows import adapt, evaluate_missing, fuse_blocks, train_block
 
-SETTINGS = ((100, 30), (30, 100), (65, 65))
-NAMES = {"head": "no adapter (head)", "mora": "MoRA", "ssf": "SSF", "full": "full fine-tuning"}
+RATES = (0.3, 0.7)
+METHODS = ("head", "mora", "ssf", "full")
+NAMES = {"head": "head only", "mora": "MoRA", "ssf": "SSF", "full": "full fine-tuning"}
 DATASETS = {
     "PBC": (write_pbc, ("labs", "snn"), ("visits", "abmil")),
     "GSE7390": (write_gse7390, ("clinical", "snn"), ("genes", "snn")),
+    "ACTG175": (write_actg175, ("clinical", "snn"), ("immune", "snn")),
 }
 
 
-def rates(setting: tuple[int, int], modalities: tuple[str, str]) -> str:
-    return ",".join(f"{m}={1 - share / 100:g}" for m, share in zip(modalities, setting))
-
-
-def training_memory(model: torch.nn.Module, data: SplitData, ids: list[str], missing: str, seed: int) -> int:
+def training_memory(model: torch.nn.Module, data: SplitData, ids: list[str]) -> int:
     """Bytes for one training step: parameters, gradients and AdamW's two moments of the trainable ones, and the
     activations autograd saves for the backward pass (counted by a saved-tensors hook; an estimate on CPU)."""
     modalities = list(model.modalities)
     batches, targets = data.batch(ids, data.survival_edges(data.ids("train", modalities)))
-    batches = MissingRates.parse(missing, seed).apply(batches, ids, modalities)
     saved = 0
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
@@ -75,8 +75,9 @@ def run(name: str, seeds: int, folder: Path) -> dict:
     writer(folder)
     modalities = (first, second)
     cells: dict[str, dict[str, list[float]]] = {}
-    shares: dict[str, list[float]] = {m: [] for m in ADAPT_METHODS}
-    memory: dict[str, list[int]] = {m: [] for m in ADAPT_METHODS}
+    placement: dict[str, dict[str, list[float]]] = {}
+    counts: dict[str, list[dict]] = {m: [] for m in METHODS}
+    memory: dict[str, list[int]] = {m: [] for m in METHODS}
     for seed in range(seeds):
         blocks = []
         for modality, encoder in ((first, first_encoder), (second, second_encoder)):
@@ -84,29 +85,37 @@ def run(name: str, seeds: int, folder: Path) -> dict:
                 seed=seed, epochs=30, patience=6)
             blocks.append(train_block(folder, spec, progress=False)[0])
         fused, _ = fuse_blocks(blocks, folder, "stack", TrainConfig(epochs=2, seed=seed), progress=False)
-        for train_setting in SETTINGS:
-            train_missing = rates(train_setting, modalities)
-            for method in ADAPT_METHODS:
+        config = TrainConfig(epochs=20, patience=5, seed=seed)
+        for train_rate in RATES:
+            for at in ("tokens", "first"):  # the MoRA placements, compared on validation
+                _, result, _ = adapt(copy.deepcopy(fused), folder, "mora", at=at, missing_rate=train_rate,
+                                     config=config, progress=False)
+                placement.setdefault(f"eta {train_rate:g}", {}).setdefault(at, []).append(result.val["c_index"])
+            for method in METHODS:
                 model = copy.deepcopy(fused)  # adapters attach in place; each method starts from the same model
-                adapted, _, counts = adapt(model, folder, method, train_missing=train_missing,
-                                           config=TrainConfig(epochs=20, patience=5, seed=seed), progress=False)
-                shares[method].append(counts["percent"])
-                if train_setting == SETTINGS[0]:
+                adapted, _, found = adapt(model, folder, method, missing_rate=train_rate, config=config, progress=False)
+                counts[method].append(found)
+                if train_rate == RATES[-1]:
                     data = SplitData.load(folder, {m: modality_shape(folder, m) for m in modalities}, fused.task, seed)
-                    memory[method].append(training_memory(adapted, data, data.ids("train")[:32], train_missing, seed))
-                for test_setting in SETTINGS:
-                    metrics = evaluate_missing(adapted, folder, rates(test_setting, modalities), seed=seed)
-                    key = f"{train_setting[0]}/{train_setting[1]} -> {test_setting[0]}/{test_setting[1]}"
+                    memory[method].append(training_memory(adapted, data, data.ids("train")[:32]))
+                for test_rate in RATES:
+                    metrics = evaluate_missing(adapted, folder, None, seed=seed, missing_rate=test_rate)
+                    key = f"{train_rate:g} -> {test_rate:g}"
                     cells.setdefault(key, {}).setdefault(method, []).append(metrics["c_index"])
-    return {"modalities": list(modalities), "cells": cells,
-            "trainable_percent": {m: statistics.fmean(v) for m, v in shares.items()},
+    share = {m: {k: statistics.fmean(c[k] for c in v) for k in ("percent", "percent_one_set", "percent_all_sets")
+                 if k in v[0]} for m, v in counts.items()}
+    return {"modalities": list(modalities), "cells": cells, "mora_placement_val": placement, "trainable": share,
             "training_memory_bytes": {m: statistics.fmean(v) for m, v in memory.items()}}
+
+
+def _cell(values: list[float]) -> str:
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3, help="repeated seeds (default 3)")
-    parser.add_argument("--datasets", default="PBC,GSE7390", help="comma separated: PBC, GSE7390")
+    parser.add_argument("--seeds", type=int, default=5, help="repeated seeds (default 5)")
+    parser.add_argument("--datasets", default="PBC,GSE7390,ACTG175", help="comma separated: PBC, GSE7390, ACTG175")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args(argv)
     started = time.perf_counter()
@@ -117,15 +126,22 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = run(name, args.seeds, Path(tmp))
         result = results[name]
         m1, m2 = result["modalities"]
-        table = Table(title=f"{name}: test c-index, mean over {args.seeds} seeds; A/B = % of samples with {m1} / {m2}")
-        table.add_column("train A/B -> test A/B")
-        for method in ADAPT_METHODS:
+        table = Table(title=f"{name} ({m1} / {m2}): test c-index, mean ± s.d. over {args.seeds} seeds; "
+                            "train eta -> test eta (MoRA's protocol)")
+        table.add_column("train eta -> test eta")
+        for method in METHODS:
             table.add_column(NAMES[method], justify="right")
         for key, scores in result["cells"].items():
-            table.add_row(key, *(f"{statistics.fmean(scores[m]):.3f}" for m in ADAPT_METHODS))
-        table.add_row("trainable parameters", *(f"{result['trainable_percent'][m]:.2f}%" for m in ADAPT_METHODS))
-        table.add_row("est. training memory", *(f"{result['training_memory_bytes'][m] / 1e6:.2f} MB" for m in ADAPT_METHODS))
+            table.add_row(key, *(_cell(scores[m]) for m in METHODS))
+        table.add_row("trainable parameters", *(f"{result['trainable'][m]['percent']:.2f}%" for m in METHODS))
+        table.add_row("adapter, one modality set / all sets", "—", *(
+            f"{result['trainable'][m]['percent_one_set']:.2f}% / {result['trainable'][m]['percent_all_sets']:.2f}%"
+            for m in ("mora", "ssf")), "—")
+        table.add_row("est. training memory", *(f"{result['training_memory_bytes'][m] / 1e6:.2f} MB" for m in METHODS))
         console.print(table)
+        for key, found in result["mora_placement_val"].items():
+            console.print(f"{name}, MoRA placement, validation c-index at train {key}: " +
+                          ", ".join(f"{at} {_cell(values)}" for at, values in found.items()))
     console.print(f"{time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

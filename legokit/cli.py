@@ -294,22 +294,28 @@ def cmd_fuse(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_adapt(args: argparse.Namespace, console: Console) -> int:
-    from .adapters.files import save_adapter
+    from .adapters.files import head_of, save_adapter
     from .workflows import adapt
 
     refuse_inputs(args.output, [args.model, args.data])
     base = load(args.model)
     config = TrainConfig(epochs=args.epochs, patience=args.patience, lr=args.lr, seed=args.seed, device=args.device)
     adapted, result, counts = adapt(base, args.data, args.adapter, args.rank, args.at, args.missing, args.test_missing,
-                                    config, allow_overlap=args.allow_overlap)
+                                    config, allow_overlap=args.allow_overlap, missing_rate=args.missing_rate,
+                                    missing_split=args.missing_split, test_missing_rate=args.test_missing_rate,
+                                    train_head=args.train_head)
     for warning in counts.pop("warnings", []):
         console.print(f"[yellow]warning:[/] {escape(warning)}")
     adapter = adapted.adapters[-1]
+    head = "and the head" if any(p.requires_grad for p in head_of(adapted).parameters()) else "(head frozen)"
     console.print(f"trainable parameters: {counts['trainable']:,} of {counts['total']:,} ({counts['percent']:.2f}% of the "
-                  f"model): the {args.adapter} adapter at {len(adapter.placement)} site(s) and the head")
+                  f"model): the {args.adapter} adapter at {len(adapter.placement)} site(s) {head}; one modality set "
+                  f"{counts['percent_one_set']:.2f}%, all {counts['sets']} sets {counts['percent_all_sets']:.2f}%, "
+                  f"{counts['overhead_vs_adapted_layers']:.1%} of the layers it adapts")
+    protocol = args.missing or f"eta {args.missing_rate:g}, split {args.missing_split:g}"
     console.print(f"best epoch {result.best_epoch}: val {_metrics_text(result.val)}, test {_metrics_text(result.test)} "
-                  f"(missing: {escape(args.missing or 'none')})")
-    record = {"adapted": {"data": args.data, "missing": args.missing, "best_epoch": result.best_epoch,
+                  f"(missing: {escape(protocol)})")
+    record = {"adapted": {"data": args.data, "missing": protocol, "best_epoch": result.best_epoch,
                           "val": result.val, "test": result.test, "trainable": counts, "samples": result.samples}}
     path = save_adapter(adapted, adapter, args.output, base.source_sha256, record, inputs=[args.model, args.data])
     console.print(f"[green]wrote[/] {escape(str(path))} (fits base sha256 {base.source_sha256[:12]})")
@@ -322,12 +328,13 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         refuse_inputs(args.json, [args.model, args.data, *(args.adapter or [])])
     model = load(args.model, device=args.device)
-    if args.adapter or args.missing:
+    if args.adapter or args.missing or args.missing_rate is not None:
         from .adapters.files import attach_file
 
         for path in args.adapter or []:
             model = attach_file(model, path)
-        metrics = evaluate_missing(model, args.data, args.missing, args.split, args.seed, args.allow_overlap)
+        metrics = evaluate_missing(model, args.data, args.missing, args.split, args.seed, args.allow_overlap,
+                                   args.missing_rate, args.missing_split)
     else:
         metrics = evaluate_model(model, args.data, args.split, args.seed, allow_overlap=args.allow_overlap)
     for warning in metrics.pop("warnings", []):
@@ -503,7 +510,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
     evaluate.add_argument("--json", help="also write the metrics to this JSON file")
     evaluate.add_argument("--adapter", action="append", help="attach this adapter artifact first (repeatable)")
-    evaluate.add_argument("--missing", help="make modalities missing at these rates, e.g. tab=0.3,seq=1.0 (zero dummies)")
+    evaluate.add_argument("--missing-rate", type=float, help="MoRA's protocol: share eta of the complete samples "
+                          "that miss one modality (dummies: the training means)")
+    evaluate.add_argument("--missing-split", type=float, default=0.5, help="the first modality's share of the "
+                          "missing ones (default 0.5)")
+    evaluate.add_argument("--missing", help="instead, independent per-modality rates, e.g. tab=0.3,seq=1.0")
     evaluate.add_argument("--allow-overlap", action="store_true", help="score samples a block was trained or "
                           "validated on (refused by default), with a warning")
     evaluate.set_defaults(run=cmd_eval)
@@ -513,9 +524,17 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--adapter", required=True, choices=("mora", "ssf"), help="modality-aware LoRA, or scale and shift")
     adapt.add_argument("--data", required=True, help="labelled dataset folder")
     adapt.add_argument("--rank", type=int, default=4, help="MoRA rank (default 4, the paper's)")
-    adapt.add_argument("--at", help="first (MoRA default), all (SSF default), or module names, comma-separated")
-    adapt.add_argument("--missing", help="training missing rates, e.g. tab=0.7 (zero dummies); default none")
-    adapt.add_argument("--test-missing", help="missing rates for the reported test metrics (default: --missing)")
+    adapt.add_argument("--at", help="tokens (MoRA default: each block's first key/value projection), first, all (SSF "
+                       "default), or module names, comma-separated")
+    adapt.add_argument("--missing-rate", type=float, default=0.7, help="MoRA's protocol: share eta of the complete "
+                       "samples that miss one modality, in training and validation (default 0.7)")
+    adapt.add_argument("--missing-split", type=float, default=0.5, help="the first modality's share of the missing "
+                       "ones, two modalities (default 0.5; equal shares for more)")
+    adapt.add_argument("--test-missing-rate", type=float, help="eta for the reported test metrics (default: --missing-rate)")
+    adapt.add_argument("--missing", help="instead, independent per-modality rates for training, e.g. tab=0.7")
+    adapt.add_argument("--test-missing", help="independent per-modality rates for the test metrics")
+    adapt.add_argument("--train-head", action=argparse.BooleanOptionalAction, default=None,
+                       help="train the task head too (default: yes for MoRA, no for SSF, as its paper does)")
     adapt.add_argument("--epochs", type=int, default=20, help="most epochs (default 20)")
     adapt.add_argument("--patience", type=int, default=5, help="early-stopping patience (default 5)")
     adapt.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")

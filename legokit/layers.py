@@ -53,7 +53,10 @@ class CrossAttention(nn.Module):
         value, the same for all queries; no query/key projections, no softmax (the built-in table encoders and
         attention-MIL emit one token)."""
         inner = self.to_q.out_features
-        value = F.linear(self.norm_context(context), self.to_kv.weight[inner:])
+        if type(self.to_kv) is nn.Linear:  # the value half of the projection only
+            value = F.linear(self.norm_context(context), self.to_kv.weight[inner:])
+        else:  # wrapped (an adapter on the projection): run the module as it is
+            value = self.to_kv(self.norm_context(context))[..., inner:]
         out = self.to_out(value)
         if mask is not None:
             out = out * rearrange(mask[:, 0], "b -> b 1 1").to(out.dtype)

@@ -128,15 +128,61 @@ ADAPT_METHODS = ("head", "mora", "ssf", "full")
 
 
 def parameter_counts(model: nn.Module) -> dict[str, float]:
-    """Trainable and total parameters, and the trainable share in percent."""
+    """Trainable and total parameters and the trainable share in percent; for an adapter also the parameters one
+    sample uses (one modality set: MoRA's shared A and one B per available modality at most, SSF's one scale and
+    shift per site), the share of all sets, and the adapter's size against the layers it adapts."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable": trainable, "total": total, "percent": 100.0 * trainable / total}
+    counts = {"trainable": trainable, "total": total, "percent": 100.0 * trainable / total}
+    adapters = getattr(model, "adapters", None)
+    if adapters:
+        from .adapters.base import canonical_modules
+
+        adapter = adapters[-1]
+        all_sets = sum(p.numel() for p in adapter.parameters())
+        sets = 2 ** len(adapter.modalities) if adapter.kind == "ssf" else len(adapter.modalities)
+        shared = sum(site.down.numel() for site in adapter.sites.values()) if adapter.kind == "mora" else 0
+        one_set = shared + (all_sets - shared) // sets
+        modules = canonical_modules(model.base)
+        adapted = sum(p.numel() for name in adapter.placement for p in modules[name].parameters())
+        counts.update({"adapter_one_set": one_set, "adapter_all_sets": all_sets, "sets": sets,
+                       "percent_one_set": 100.0 * one_set / total, "percent_all_sets": 100.0 * all_sets / total,
+                       "adapted_layers": adapted, "overhead_vs_adapted_layers": all_sets / adapted if adapted else 0.0})
+    return counts
 
 
-def prepare_adaptation(model: nn.Module, method: str, rank: int = 4, at: str | None = None) -> nn.Module:
-    """The model ready for one way of adapting to missing modalities: `head` (only the head trains), `mora` or
-    `ssf` (the adapter and the head train, the base is frozen), or `full` (everything trains)."""
+def dummies_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Each modality's dummy input: its block's training mean (input shift), zero after standardisation."""
+    base = getattr(model, "base", model)
+    blocks = {base.modality: base} if isinstance(base, LegoBlock) else dict(base.blocks)
+    return {m: b.input_shift.detach().cpu() for m, b in blocks.items() if b.input_shift.numel()}
+
+
+def missing_protocol(model: nn.Module, data: SplitData, modalities: Sequence[str], splits: Sequence[str],
+                     independent: str | None, rate: float | None, split: float, seed: int):
+    """The batch rewriter for a protocol: MoRA's (`rate` eta shared between the modalities, exact counts per split)
+    or independent per-modality rates (`independent`, e.g. tab=0.3); None when nothing is made missing."""
+    from .adapters import MissingRates
+    from .adapters.missing import MissingSplit
+
+    dummies = dummies_of(model)
+    if independent:
+        rates = MissingRates.parse(independent, seed)
+        rates.check(modalities)
+        return lambda batches, ids: rates.apply(batches, ids, modalities, dummies)
+    if not rate:
+        return lambda batches, ids: MissingRates({}, seed).apply(batches, ids, modalities, dummies)
+    protocol = MissingSplit(rate, split, seed)
+    protocol.check(modalities)
+    complete = [i for i in data.labels.ids if all(i in data.folder.ids_of(m) for m in modalities)]
+    return protocol.applier({s: data.ids(s, modalities) for s in splits}, complete, modalities, dummies)
+
+
+def prepare_adaptation(model: nn.Module, method: str, rank: int = 4, at: str | None = None,
+                       train_head: bool | None = None) -> nn.Module:
+    """The model ready for one way of adapting to missing modalities: `head` (only the head trains), `mora` (the
+    adapter and the head), `ssf` (only the adapter, head and base frozen as the SSF paper does, unless
+    `train_head`), or `full` (everything trains)."""
     from .adapters import MoRA, SSF, attach
     from .adapters.files import head_of
 
@@ -152,46 +198,50 @@ def prepare_adaptation(model: nn.Module, method: str, rank: int = 4, at: str | N
     if method in ("mora", "ssf"):
         adapter = MoRA(modalities, rank=rank) if method == "mora" else SSF(modalities)
         model = attach(model, adapter, at)
-    head_of(model).requires_grad_(True)
+    if method == "head" or (train_head if train_head is not None else method == "mora"):
+        head_of(model).requires_grad_(True)
     return model
 
 
 def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mora", rank: int = 4,
           at: str | None = None, train_missing: str | None = None, test_missing: str | None = None,
           config: TrainConfig = TrainConfig(epochs=20, patience=5), splits: dict[str, str] | None = None,
-          progress: bool = True, allow_overlap: bool = False) -> tuple[nn.Module, TrainResult, dict[str, Any]]:
-    """Train a missing-modality adaptation on a dataset folder under the MoRA protocol: per modality, the train
-    (and validation) missing rates `train_missing`, and `test_missing` for the reported test metrics."""
-    from .adapters import MissingRates
-
+          progress: bool = True, allow_overlap: bool = False, missing_rate: float | None = 0.7,
+          missing_split: float = 0.5, test_missing_rate: float | None = None,
+          train_head: bool | None = None) -> tuple[nn.Module, TrainResult, dict[str, Any]]:
+    """Train a missing-modality adaptation on a dataset folder. Default protocol, MoRA's: a total missing rate
+    `missing_rate` (eta) shared between the modalities (`missing_split`) on the training and validation splits, and
+    `test_missing_rate` (default: the same) for the reported test metrics. `train_missing`/`test_missing` (e.g.
+    tab=0.3) draw each modality independently instead. Dummies are the training means."""
     data, task, modalities = labelled_data(model, data_dir, config.seed, splits)
     warnings = refuse_overlap(provenance_of(model), data.ids("test", modalities), "test", allow_overlap)
-    train_rates = MissingRates.parse(train_missing, config.seed)
+    train_inputs = missing_protocol(model, data, modalities, ("train", "val"), train_missing, missing_rate,
+                                    missing_split, config.seed)
     # test draws use seed + 1, independent of the training draws, and the same as `evaluate_missing` makes
-    test_rates = MissingRates.parse(train_missing if test_missing is None else test_missing, config.seed + 1)
-    train_rates.check(modalities)
-    test_rates.check(modalities)
-    prepared = prepare_adaptation(model, method, rank, at)
+    test_rate = missing_rate if test_missing_rate is None else test_missing_rate
+    test_inputs = missing_protocol(model, data, modalities, ("test",), test_missing or train_missing,
+                                   test_rate, missing_split, config.seed + 1)
+    prepared = prepare_adaptation(model, method, rank, at, train_head)
     counts = parameter_counts(prepared)
     result = train_model(prepared, data, task, config, progress, label=f"adapting ({method})",
-                         inputs=lambda b, ids: train_rates.apply(b, ids, modalities),
-                         eval_inputs=lambda b, ids: test_rates.apply(b, ids, modalities))
+                         inputs=train_inputs, eval_inputs=test_inputs)
     return prepared.cpu().eval(), result, {**counts, "warnings": warnings}
 
 
 def evaluate_missing(model: nn.Module, data_dir: str | os.PathLike[str], missing: str | None, split: str = "test",
-                     seed: int | None = None, allow_overlap: bool = False) -> dict[str, Any]:
-    """Metrics of a model (adapted or not) on a split, with the modalities missing at the given rates; the split is
-    the one the model was trained with unless `seed` says otherwise, and seen samples are refused as above."""
-    from .adapters import MissingRates
-
+                     seed: int | None = None, allow_overlap: bool = False, missing_rate: float | None = None,
+                     missing_split: float = 0.5) -> dict[str, Any]:
+    """Metrics of a model (adapted or not) on a split, with modalities made missing: MoRA's protocol at total rate
+    `missing_rate`, or independent per-modality rates `missing`; the split is the one the model was trained with
+    unless `seed` says otherwise, and seen samples are refused as above."""
     seed = _training_seed(model) if seed is None else seed
     data, task, modalities = labelled_data(model, data_dir, seed)
-    rates = MissingRates.parse(missing, seed + 1)
-    rates.check(modalities)
     ids = data.ids(split, modalities)
+    drawn_over = ("train", "val", "test") if split == "all" else (split,)
+    inputs = missing_protocol(model, data, modalities, drawn_over, missing, None if missing else missing_rate,
+                              missing_split, seed + 1)
     warnings = [] if split in ("train", "val", "all") else refuse_overlap(provenance_of(model), ids, split, allow_overlap)
-    metrics = evaluate(model, data, ids, task, next(model.parameters()).device,
-                       inputs=lambda b, chunk: rates.apply(b, chunk, modalities))
-    return {"split": split, "split_source": data.split_source, "samples": len(ids), "missing": dict(rates.rates),
+    metrics = evaluate(model, data, ids, task, next(model.parameters()).device, inputs=inputs)
+    protocol = {"missing": missing} if missing else {"missing_rate": missing_rate or 0.0, "missing_split": missing_split}
+    return {"split": split, "split_source": data.split_source, "samples": len(ids), **protocol,
             "warnings": warnings, **metrics}

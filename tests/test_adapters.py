@@ -114,8 +114,10 @@ def test_unknown_sites_and_bad_settings_are_refused():
         attach(model, MoRA(["tab", "seq"]), "blocks.tab.layer.0")
     with pytest.raises(ConfigError, match="rank must be a positive integer"):
         MoRA(["tab", "seq"], rank=0)
-    with pytest.raises(ConfigError, match="'first' is defined for legokit models"):
+    with pytest.raises(ConfigError, match="'tokens' is defined for legokit models"):
         attach(nn.Linear(2, 2), MoRA(["a", "b"]))
+    with pytest.raises(ConfigError, match="'first' is defined for legokit models"):
+        attach(nn.Linear(2, 2), MoRA(["a", "b"]), "first")
 
 
 def test_save_attach_detach_round_trip_and_another_base_is_refused(tmp_path):

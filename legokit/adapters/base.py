@@ -68,8 +68,24 @@ def first_update_layers(model: nn.Module) -> list[str]:
     raise ConfigError(f"'first' is defined for legokit models; for a {type(model).__name__} name the module(s)")
 
 
+def token_projections(model: nn.Module) -> list[str]:
+    """Where the input flows into a legokit model: the key/value projection of every block's first update step,
+    which reads that block's encoder tokens (the latent the queries come from is the same for every sample)."""
+    if isinstance(model, LegoBlock):
+        names = ["layers.0.attention.to_kv"]
+    elif isinstance(getattr(model, "blocks", None), nn.ModuleDict):
+        names = [f"blocks.{m}.layers.0.attention.to_kv" for m in model.blocks]
+    else:
+        raise ConfigError(f"'tokens' is defined for legokit models; for a {type(model).__name__} name the module(s)")
+    modules = canonical_modules(model)
+    return [name for name in names if name in modules]
+
+
 def resolve_sites(model: nn.Module, at: str | Sequence[str]) -> list[str]:
-    """Module names from `first`, `all` (every update layer), or explicit names (a list or comma-separated)."""
+    """Module names from `tokens` (every block's first key/value projection), `first` (the first update layer),
+    `all` (every update layer), or explicit names (a list or comma-separated)."""
+    if at == "tokens":
+        return token_projections(model)
     if at == "first":
         return first_update_layers(model)
     if at == "all":

@@ -1,5 +1,5 @@
-"""MoRA, modality-aware low-rank adaptation (Shi et al., `papers/mora.txt`, Eq. 2-4). Not the high-rank LoRA variant
-also called MoRA (arXiv 2405.12130) that PEFT and torchtune users may know.
+"""MoRA, modality-aware low-rank adaptation (Shi et al., MICCAI 2024, arXiv:2408.09064, Eq. 2-4). Not the
+high-rank LoRA variant also called MoRA (arXiv:2405.12130) that PEFT and torchtune users may know.
 
 A site wraps a module f: the output becomes f(x) + sum over the modalities m a sample has of B_m A x, with one
 shared down-projection A (d_in -> r, A ~ N(0, 1/r)) and one up-projection B_m (r -> d_out) per modality, all zero at
@@ -48,10 +48,13 @@ class MoRAWrapped(Sited):
 
 
 class MoRA(Adapter):
-    """Modality-aware LoRA over `modalities`, rank `rank` (the paper: 4), placed at the first update layer by
-    default (the paper's "first block"), or at `all` update layers, or at named modules."""
+    """Modality-aware LoRA over `modalities`, rank `rank` (the paper: 4). Placed by default where the input enters
+    (`tokens`: the key/value projection of each block's first update step, which reads the encoder's tokens; the
+    paper puts MoRA in the first block because that block sees the input), or at the `first` update layer (whose
+    input, the learned latent, is the same for every sample), `all` update layers, or named modules."""
 
     kind = "mora"
+    default_at = "tokens"
 
     def __init__(self, modalities: Sequence[str], rank: int = 4, features: tuple[int, int] | None = None):
         super().__init__(modalities)

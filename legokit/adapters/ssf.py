@@ -1,7 +1,7 @@
-"""SSF for missing modalities (Reza et al., `papers/ssf-missing-modality-summary.txt`): a per-channel scale and
-shift after every linear, convolution and normalisation layer of the targeted modules, with one parameter set per
-combination of available modalities, chosen per sample. Scale starts at 1 and shift at 0 (upstream SSF draws
-them around those values), so the adapted model starts as the base, which stays frozen."""
+"""SSF for missing modalities (Reza et al., arXiv:2310.03986): a per-channel scale and shift after every linear,
+convolution and normalisation layer of the targeted modules, with one parameter set per combination of available
+modalities, chosen per sample. Scale starts at 1 and shift at 0 (upstream SSF draws them around those values), so
+the adapted model starts as the base, which stays frozen, its head too unless asked (`prepare_adaptation`)."""
 
 from __future__ import annotations
 
