@@ -339,13 +339,15 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
         metrics = evaluate_model(model, args.data, args.split, args.seed, allow_overlap=args.allow_overlap)
     for warning in metrics.pop("warnings", []):
         console.print(f"[yellow]warning:[/] {escape(warning)}")
+    protocol = {k: v for k, v in metrics.items() if k.startswith("missing")}
+    shown = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in protocol.items())
     console.print(f"{escape(args.model)} on {escape(args.data)}: {metrics['split']} split, {metrics['samples']} samples "
-                  f"(split from {escape(metrics['split_source'])})")
+                  f"(split from {escape(metrics['split_source'])})" + (f"; {escape(shown)}" if shown else ""))
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in metrics.items():
-        if isinstance(value, float):
+        if isinstance(value, float) and name not in protocol:
             table.add_row(name, f"{value:.4f}")
     console.print(table)
     if args.json:
