@@ -586,7 +586,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     errors = Console(stderr=True)
     try:
-        _use_threads(args, console)
+        if hasattr(args, "threads"):  # the commands that compute; inspect, merge, push and pull do not
+            _use_threads(args, console)
         return args.run(args, console)
     except LegoError as exc:
         errors.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
