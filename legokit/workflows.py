@@ -161,7 +161,8 @@ def dummies_of(model: nn.Module) -> dict[str, torch.Tensor]:
 def missing_protocol(model: nn.Module, data: SplitData, modalities: Sequence[str], splits: Sequence[str],
                      independent: str | None, rate: float | None, split: float, seed: int):
     """The batch rewriter for a protocol: MoRA's (`rate` eta shared between the modalities, exact counts per split)
-    or independent per-modality rates (`independent`, e.g. tab=0.3); None when nothing is made missing."""
+    or independent per-modality rates (`independent`, e.g. tab=0.3); with neither, only the modalities absent from
+    the data become dummies."""
     from .adapters import MissingRates
     from .adapters.missing import MissingSplit
 
