@@ -522,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(run=cmd_eval)
 
     adapt = commands.add_parser("adapt", parents=[compute], help="train a missing-modality adapter (MoRA or SSF) for a model")
-    adapt.add_argument("model", help="the base artifact (.st): a merged, fused or block model")
+    adapt.add_argument("model", help="the base artifact (.st): a merged or fused model (a block: --missing-rate 0)")
     adapt.add_argument("--adapter", required=True, choices=("mora", "ssf"), help="modality-aware LoRA, or scale and shift")
     adapt.add_argument("--data", required=True, help="labelled dataset folder")
     adapt.add_argument("--rank", type=int, default=4, help="MoRA rank (default 4, the paper's)")
@@ -531,7 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--missing-rate", type=float, default=0.7, help="MoRA's protocol: share eta of the complete "
                        "samples that miss one modality, in training and validation (default 0.7)")
     adapt.add_argument("--missing-split", type=float, default=0.5, help="the first modality's share of the missing "
-                       "ones, two modalities (default 0.5; equal shares for more)")
+                       "ones, in the model's modality order (alphabetical for a merged model; default 0.5; equal "
+                       "shares for more than two modalities)")
     adapt.add_argument("--test-missing-rate", type=float, help="eta for the reported test metrics (default: --missing-rate)")
     adapt.add_argument("--missing", help="instead, independent per-modality rates for training, e.g. tab=0.7")
     adapt.add_argument("--test-missing", help="independent per-modality rates for the test metrics")

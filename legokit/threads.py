@@ -48,9 +48,9 @@ def choose_threads(requested: int | None = None, latent_cells: int | None = None
             raise ConfigError(f"--threads must be a positive integer, got {requested!r}")
         return ThreadChoice(requested, "--threads")
     environ = os.environ if environ is None else environ
-    text = environ.get("OMP_NUM_THREADS", "").strip()
+    text = environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP's nested form 4,2: the outer level
     if text:
-        if not text.isdigit() or int(text) < 1:
+        if not (text.isascii() and text.isdigit()) or int(text) < 1:
             raise ConfigError(f"OMP_NUM_THREADS must be a positive integer, got {text[:20]!r}")
         return ThreadChoice(int(text), "OMP_NUM_THREADS")
     if latent_cells is not None and latent_cells <= SMALL_LATENT:

@@ -237,8 +237,8 @@ def evaluate_missing(model: nn.Module, data_dir: str | os.PathLike[str], missing
     unless `seed` says otherwise, and seen samples are refused as above."""
     seed = _training_seed(model) if seed is None else seed
     data, task, modalities = labelled_data(model, data_dir, seed)
-    ids = data.ids(split, modalities)
     drawn_over = ("train", "val", "test") if split == "all" else (split,)
+    ids = [i for s in drawn_over for i in data.ids(s, modalities)]
     inputs = missing_protocol(model, data, modalities, drawn_over, missing, None if missing else missing_rate,
                               missing_split, seed + 1)
     warnings = [] if split in ("train", "val", "all") else refuse_overlap(provenance_of(model), ids, split, allow_overlap)

@@ -99,3 +99,33 @@ def test_adapter_shares_are_reported_per_modality_set_and_for_all_sets(method):
     assert counts["percent_one_set"] < counts["percent_all_sets"] <= counts["percent"] + 1e-9 + (
         0 if method == "ssf" else 100)
     assert counts["adapted_layers"] > 0 and counts["overhead_vs_adapted_layers"] > 0
+
+
+def test_an_adapter_whose_head_stayed_frozen_leaves_the_models_head_alone(tmp_path):
+    from legokit import load, save
+    from legokit.adapters.files import attach_file, load_adapter, save_adapter
+
+    path = save(fuse(list(_blocks()), "stack"), tmp_path / "fused.st")
+    frozen = prepare_adaptation(load(path), "ssf")
+    save_adapter(frozen, frozen.adapters[0], tmp_path / "f.ssf.st", load(path).source_sha256)
+    _, head, _, _ = load_adapter(tmp_path / "f.ssf.st")
+    assert head == {}
+    model = load(path)
+    with torch.no_grad():
+        for parameter in model.head.parameters():
+            parameter.add_(1.0)  # a head another adapter trained
+    before = {k: v.clone() for k, v in model.head.state_dict().items()}
+    adapted = attach_file(model, tmp_path / "f.ssf.st")
+    assert all(torch.equal(before[k], v) for k, v in adapted.base.head.state_dict().items())
+
+
+def test_eval_over_all_splits_scores_every_sample_under_the_protocol(tmp_path):
+    from legokit.workflows import evaluate_missing, fuse_blocks
+
+    folder = tmp_path / "pbc"
+    write_pbc(folder)
+    blocks = [train_block(folder, BlockSpec(m, e, {"hidden": 16}, latent=(8, 16), dim_head=16).override(epochs=1),
+                          progress=False)[0] for m, e in (("labs", "snn"), ("visits", "abmil"))]
+    fused, _ = fuse_blocks(blocks, folder, "stack", progress=False)
+    found = evaluate_missing(fused, folder, None, split="all", missing_rate=0.7)
+    assert found["samples"] == 388 and 0.0 < found["c_index"] <= 1.0

@@ -66,3 +66,13 @@ def test_the_cli_says_which_thread_count_it_chose(tmp_path, monkeypatch):
                        "--device", "cpu", "--threads", "2", "-o", str(tmp_path / "labs2.st"))
     assert flagged.returncode == 0 and "CPU threads: 2 (--threads)" in flagged.stdout
     torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("text, expected", [("4,2", 4), (" 3 ", 3)])
+def test_openmps_nested_form_takes_the_outer_level(text, expected):
+    assert choose_threads(environ={"OMP_NUM_THREADS": text}).threads == expected
+
+
+def test_a_non_ascii_digit_is_a_config_error_not_a_crash():
+    with pytest.raises(ConfigError, match="OMP_NUM_THREADS"):
+        choose_threads(environ={"OMP_NUM_THREADS": "²"})

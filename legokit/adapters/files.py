@@ -32,12 +32,17 @@ def head_of(model: nn.Module) -> nn.Module:
 
 def save_adapter(adapted: Adapted, adapter: Adapter, path: str | os.PathLike[str], base_sha256: str | None,
                  provenance: Mapping[str, Any] | None = None, inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
-    """Write one adapter, the head it trained with, and the base's content hash; `inputs` are never replaced."""
+    """Write one adapter, the head it trained with (none when the head stayed frozen, as SSF's does by default, so
+    that attaching it never puts the base head back over another adapter's), and the base's content hash; `inputs`
+    are never replaced."""
     if base_sha256 is None:
         raise ConfigError("an adapter artifact must name its base: load the base from a file first (legokit.load)")
     tensors = {f"adapter.{k}": v for k, v in adapter.state_dict().items()}
-    tensors.update({f"head.{k}": v for k, v in head_of(adapted).state_dict().items()})
-    config = {**adapter.config(), "base_sha256": base_sha256}
+    head = head_of(adapted)
+    head_trained = any(p.requires_grad for p in head.parameters())
+    if head_trained:
+        tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
+    config = {**adapter.config(), "base_sha256": base_sha256, "head_trained": head_trained}
     return write_artifact(path, ADAPTER, config, tensors, provenance, inputs)
 
 
@@ -80,6 +85,8 @@ def attach_file(model: nn.Module, path: str | os.PathLike[str]) -> Adapted:
         raise ConfigError(f"{path}: this adapter was trained on base {base_sha[:12]}, not on {shown}; "
                           "attach it to the artifact it was trained on")
     adapted = attach(model, adapter)
+    if not head:  # the head stayed frozen while this adapter trained: the model's head is the one it trained with
+        return adapted
     try:
         head_of(adapted).load_state_dict(head)
     except RuntimeError:
