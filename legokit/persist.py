@@ -21,7 +21,7 @@ from .block import BlockConfig, LegoBlock
 from .compose.fuse import FusedModel, fused_config, parse_fused_config
 from .compose.graph import Graph
 from .compose.merge import MergeConfig, MergedModel, head_width, merge_head_tensors, merged_config, parse_merged_config
-from .compose.merge import AUTO, auto_weights, check_mergeable, resolve_weights
+from .compose.merge import check_mergeable, resolve_weights
 from .device import resolve_device
 from .encoders import FOREIGN, ExportedEncoder, encoder_class
 from .errors import ArtifactError, ConfigError, EncoderError
@@ -349,11 +349,8 @@ def merge_files(
         except ConfigError as exc:
             raise ConfigError(f"cannot merge {', '.join(map(str, paths))}: {exc}") from None
         blocks_record = _blocks_provenance(parts)
-        if weights == AUTO:
-            weights = auto_weights({p.config.modality: p.config.task for p in parts}, blocks_record)
-        elif isinstance(weights, str):
-            raise ConfigError(f"weights must be numbers or 'auto', got {weights!r}")
-        config = MergeConfig(resolve_weights([p.config.modality for p in parts], weights, known), phase)
+        tasks = {p.config.modality: p.config.task for p in parts}
+        config = MergeConfig(resolve_weights(list(tasks), weights, known, tasks, blocks_record), phase)
         heads: dict[str, dict[str, torch.Tensor]] = {}
         sources = [source for part in parts for source in _block_sources(part, heads)]
         sources += [Source.of_tensor(f"head.{n}", t) for n, t in merge_head_tensors(heads, config).items()]

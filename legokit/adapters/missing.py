@@ -96,7 +96,7 @@ class MissingSplit:
     every modality, a share `rate` (eta) misses exactly one, split between the modalities (the first modality's
     share of them is `split` for two modalities; equal shares for more), the rest stay complete. Counts are exact
     (rounded) over the samples given; which samples is drawn from the seed. A sample that already lacks a modality
-    keeps what it has, so no sample is left with none."""
+    is never made to miss another (the one it lacks is a dummy too), so no sample is left with none observed."""
 
     rate: float
     split: float = 0.5

@@ -82,11 +82,16 @@ def normalized(weights: Sequence[float]) -> list[float]:
     return [w / total * len(weights) for w in weights]
 
 
-def resolve_weights(modalities: Sequence[str], weights: Sequence[float] | Mapping[str, float] | None,
-                    known: Mapping[str, float] | None = None) -> tuple[tuple[str, float], ...]:
-    """One weight per modality, sorted by modality: given as a list in block order, a mapping, or defaults
-    (1.0, or the weight a grown model already had)."""
+def resolve_weights(modalities: Sequence[str], weights: Sequence[float] | Mapping[str, float] | str | None,
+                    known: Mapping[str, float] | None = None, tasks: Mapping[str, TaskSpec] | None = None,
+                    provenance: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[tuple[str, float], ...]:
+    """One weight per modality, sorted by modality: given as a list in block order, a mapping, `auto` (from the
+    blocks' `tasks` and `provenance`: `auto_weights`), or defaults (1.0, or the weight a grown model already had)."""
     known = dict(known or {})
+    if isinstance(weights, str):
+        if weights != AUTO:
+            raise ConfigError(f"weights must be numbers or 'auto', got {weights!r}")
+        weights = auto_weights(tasks or {}, provenance or {})
     if weights is None:
         chosen = {m: known.get(m, 1.0) for m in modalities}
     elif isinstance(weights, Mapping):
@@ -231,12 +236,9 @@ def merge(models: Sequence[LegoBlock | MergedModel], weights: Sequence[float] | 
     blocks, known = expand(models)
     check_mergeable([b.config for b in blocks])
     by_modality = {b.modality: b for b in blocks}
-    if weights == AUTO:
-        weights = auto_weights({m: b.config.task for m, b in by_modality.items()},
-                               {m: getattr(b, "provenance", {}) for m, b in by_modality.items()})
-    elif isinstance(weights, str):
-        raise ConfigError(f"weights must be numbers or 'auto', got {weights!r}")
-    config = MergeConfig(resolve_weights([b.modality for b in blocks], weights, known), phase)
+    config = MergeConfig(resolve_weights([b.modality for b in blocks], weights, known,
+                                         {m: b.config.task for m, b in by_modality.items()},
+                                         {m: getattr(b, "provenance", {}) for m, b in by_modality.items()}), phase)
     heads = {m: b.task_head.state_dict() for m, b in by_modality.items()}
     first = by_modality[config.modalities[0]].config
     head = TaskHead(head_width(first), first.task.out_features)
