@@ -57,7 +57,7 @@ class PlainBlock(nn.Module):
             spectrum = torch.complex(real, imag)
             if index < len(block.layers) - 1:
                 latent = torch.fft.ifftn(spectrum, dim=(-2, -1)).real
-        return block.head(spectrum)
+        return block.decode(spectrum)
 
 
 class ReferenceStyleBlock(nn.Module):

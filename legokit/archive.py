@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import pickletools
 import re
 import zipfile
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from .errors import EncoderError
+from .errors import EncoderError, brief
 
 MAX_RECORDS = 20_000
 MAX_JSON_BYTES = 16 * 1024 * 1024
@@ -55,7 +54,7 @@ def _zip(data: bytes, what: str, limit: int) -> tuple[zipfile.ZipFile, str]:
         archive = zipfile.ZipFile(io.BytesIO(data))
         entries = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError, EOFError) as exc:
-        raise EncoderError(f"{what}: not a readable zip archive ({exc})") from None
+        raise EncoderError(f"{what}: not a readable zip archive ({exc})") from exc
     if not entries or len(entries) > MAX_RECORDS:
         raise EncoderError(f"{what}: a zip archive of {len(entries)} records")
     names = [e.filename for e in entries]
@@ -78,7 +77,7 @@ def _read(archive: zipfile.ZipFile, name: str, what: str) -> bytes:
     try:
         return archive.read(name)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError) as exc:
-        raise EncoderError(f"{what}: record {name} cannot be read ({exc})") from None
+        raise EncoderError(f"{what}: record {name} cannot be read ({exc})") from exc
 
 
 def nested_too_deep(text: str | bytes, value: Any) -> bool:
@@ -104,7 +103,7 @@ def load_json(data: bytes, what: str) -> Any:
     try:
         value = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise EncoderError(f"{what}: invalid JSON ({type(exc).__name__})") from None
+        raise EncoderError(f"{what}: invalid JSON ({type(exc).__name__})") from exc
     if nested_too_deep(data, value):
         raise EncoderError(f"{what}: JSON nested over {MAX_JSON_DEPTH} levels")
     return value
@@ -118,7 +117,7 @@ def _tensor_extent(meta: Any, what: str) -> int:
         offset = int((meta.get("storage_offset") or {"as_int": 0})["as_int"])
         element = ELEMENT_BYTES[int(meta["dtype"])]
     except (KeyError, TypeError, ValueError) as exc:
-        raise EncoderError(f"{what}: a tensor without a plain shape and dtype ({type(exc).__name__})") from None
+        raise EncoderError(f"{what}: a tensor without a plain shape and dtype ({type(exc).__name__})") from exc
     if len(strides) != len(sizes) or any(v < 0 for v in (*sizes, *strides, offset)):
         raise EncoderError(f"{what}: a tensor of negative or inconsistent size, stride or offset")
     if any(size == 0 for size in sizes):
@@ -237,7 +236,7 @@ def pickle_globals(data: bytes, what: str) -> set[tuple[str, str]]:
     except EncoderError:
         raise
     except Exception as exc:  # noqa: BLE001 - pickletools raises ValueError and others on corrupt bytes
-        raise EncoderError(f"{what}: a corrupt pickle ({' '.join(str(exc).split())[:120]})") from None
+        raise EncoderError(f"{what}: a corrupt pickle ({brief(exc, 120)})") from exc
     return found
 
 

@@ -170,7 +170,7 @@ def atomic_output(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLi
     try:
         handle, temp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=directory)
     except OSError as exc:
-        raise ArtifactError(f"{path}: cannot write there ({exc.strerror or exc})") from None
+        raise ArtifactError(f"{path}: cannot write there ({exc.strerror or exc})") from exc
     try:
         os.fchmod(handle, 0o666 & ~_umask())  # mkstemp makes 0600; an output gets the usual mode
         with os.fdopen(handle, "wb") as out:
@@ -182,7 +182,7 @@ def atomic_output(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLi
         if os.path.exists(temp):
             os.unlink(temp)
         if isinstance(exc, OSError) and not isinstance(exc, ArtifactError):
-            raise ArtifactError(f"{path}: cannot write there ({exc.strerror or exc})") from None
+            raise ArtifactError(f"{path}: cannot write there ({exc.strerror or exc})") from exc
         raise
 
 
@@ -260,11 +260,6 @@ def write_artifact(
     return path
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def _check_container(path: Path) -> None:
     if not path.exists():
         raise ArtifactError(f"{path}: no such file")
@@ -278,8 +273,8 @@ def _json_text(path: Path, text: str | bytes, what: str) -> Any:
     """JSON from a header, with the nesting capped; anything else is a one-line ArtifactError."""
     try:
         value = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-        raise ArtifactError(f"{path}: corrupt header: {what} is not valid JSON") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ArtifactError(f"{path}: corrupt header: {what} is not valid JSON") from exc
     if nested_too_deep(text, value):
         raise ArtifactError(f"{path}: corrupt header: {what} is nested over {MAX_JSON_DEPTH} levels")
     return value
@@ -324,8 +319,8 @@ def _parse_header(path: Path, read: Any, size: int) -> Header:
                 raise ArtifactError(f"{path}: truncated file (tensor {name!r} ends at byte {base + end:,}, the file "
                                     f"has {size:,})")
             layout[name] = Stored(dtype, shape, base + start, base + end)
-    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
-        raise ArtifactError(f"{path}: corrupt safetensors header (tensor {name!r})") from None
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+        raise ArtifactError(f"{path}: corrupt safetensors header (tensor {name!r})") from exc
     return Header(metadata, layout, size)
 
 
@@ -344,8 +339,8 @@ def _legokit_metadata(path: Path, metadata: Mapping[str, str]) -> dict[str, str]
         raise ArtifactError(f"{path}: a safetensors file, but not a legokit artifact (no '{KEY_FORMAT}' tag)")
     try:
         version = int(metadata.get(KEY_VERSION, ""))
-    except ValueError:
-        raise ArtifactError(f"{path}: corrupt header: format version {metadata.get(KEY_VERSION)!r}") from None
+    except ValueError as exc:
+        raise ArtifactError(f"{path}: corrupt header: format version {metadata.get(KEY_VERSION)!r}") from exc
     if version > FORMAT_VERSION:
         raise ArtifactError(
             f"{path}: written in legokit format version {version}; this legokit reads up to {FORMAT_VERSION} (upgrade legokit)"
@@ -543,7 +538,7 @@ def _copy_range(source: int, target: int, start: int, end: int, position: int) -
         while remaining:
             chunk = os.pread(source, min(CHUNK, remaining), offset)
             if not chunk:
-                raise ArtifactError("an input file ended while copying (truncated?)") from None
+                raise ArtifactError("an input file ended while copying (truncated?)") from exc
             os.pwrite(target, chunk, position)
             remaining, offset, position = remaining - len(chunk), offset + len(chunk), position + len(chunk)
 

@@ -11,9 +11,10 @@ import torch
 from einops import rearrange, repeat
 from torch import nn
 
+from .data.batch import ModalityBatch, as_batches
 from .encoders import FOREIGN, ExportedEncoder, build_encoder, token_input
 from .encoders.contract import INPUT_DTYPES
-from .errors import ConfigError, ShapeError
+from .errors import ConfigError, ShapeError, positive_int
 from .layers import TaskHead, UpdateLayer
 from .spectral import (FFT_AXES, HEAD_FEATURES, UPDATE_PARTS, as_rows, from_rows, pool_spectrum, pooled_width,
                        to_frequency, to_spatial)
@@ -47,8 +48,7 @@ class EncoderSpec:
 
 
 def _positive(what: str, value: Any, cap: int = 2**31) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(f"{what} must be a positive integer, got {value!r}")
+    positive_int(what, value)
     if value > cap:
         raise ConfigError(f"{what} is {value:,}; legokit caps it at {cap:,}")
 
@@ -324,8 +324,12 @@ class LegoBlock(nn.Module):
         real = self.layers[index](spectrum.real, tokens, mask, present)
         return torch.complex(real.float(), spectrum.imag)
 
-    def encode(self, x: torch.Tensor, mask: torch.Tensor | None = None, start: torch.Tensor | None = None) -> torch.Tensor:
-        """The block's frequency-domain latent (b, c, d), complex; `start` replaces the learned initial latent."""
+    def encode(self, x: torch.Tensor | Mapping[str, ModalityBatch | torch.Tensor], mask: torch.Tensor | None = None,
+               start: torch.Tensor | None = None) -> torch.Tensor:
+        """The block's frequency-domain latent (b, c, d), complex, of its input `x` (or of its modality's batch in a
+        mapping of modalities, as every legokit model takes); `start` replaces the learned initial latent."""
+        if isinstance(x, Mapping):
+            x, mask = self._own_input(x)
         tokens, token_mask = self.tokens(x, mask)
         latent = self.start(x.shape[0]) if start is None else start
         spectrum = latent
@@ -335,12 +339,49 @@ class LegoBlock(nn.Module):
             spectrum = self.step(index, latent, tokens, token_mask)
         return spectrum
 
-    def head(self, spectrum: torch.Tensor) -> torch.Tensor:
+    def _own_input(self, inputs: Mapping[str, ModalityBatch | torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self.modality not in inputs:
+            raise ShapeError(f"no input for modality {self.modality!r} (given: {', '.join(inputs) or 'none'})")
+        batch = as_batches({self.modality: inputs[self.modality]})[self.modality]
+        return batch.x, batch.mask
+
+    def decode(self, spectrum: torch.Tensor) -> torch.Tensor:
         """Task logits from a frequency-domain latent (b, c, d)."""
         return self.task_head(pool_spectrum(spectrum, self.config.head_features))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.encode(x, mask))
+    def forward(self, x: torch.Tensor | Mapping[str, ModalityBatch | torch.Tensor],
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Task logits of an input (b, ...) with its padding mask, or of `{modality: batch}` like every model."""
+        return self.decode(self.encode(x, mask))
+
+    @property
+    def head(self) -> nn.Module:
+        """The task head module (stored as `task_head` in files)."""
+        return self.task_head
+
+    @property
+    def modalities(self) -> list[str]:
+        return [self.modality]
+
+    @property
+    def task(self) -> TaskSpec:
+        return self.config.task
+
+    @property
+    def blocks(self) -> dict[str, "LegoBlock"]:
+        return {self.modality: self}
+
+    @property
+    def head_features(self) -> str:
+        return self.config.head_features
+
+    @property
+    def block_prefixes(self) -> dict[str, str]:
+        return {self.modality: ""}
+
+    @property
+    def first_blocks(self) -> list[str]:
+        return [self.modality]
 
     def program(self) -> bytes | None:
         """The foreign encoder's program bytes, or None for a built-in encoder."""

@@ -37,7 +37,7 @@ def _json_object(text: str) -> dict[str, Any]:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"--arch-kwargs is not valid JSON: {exc.msg} at column {exc.colno}") from None
+        raise ConfigError(f"--arch-kwargs is not valid JSON: {exc.msg} at column {exc.colno}") from exc
     if not isinstance(value, dict):
         raise ConfigError("--arch-kwargs must be a JSON object, e.g. '{\"hidden\": 256}'")
     return value
@@ -54,8 +54,8 @@ def _parse_weights(text: str | None) -> list[float] | dict[str, float] | str | N
         if all("=" in item for item in items):
             return {k.strip(): float(v) for k, v in (item.split("=", 1) for item in items)}
         return [float(item) for item in items]
-    except ValueError:
-        raise ConfigError(f"--weights must look like 0.5,0.5 or tab=0.5,img=0.5, got {text!r}") from None
+    except ValueError as exc:
+        raise ConfigError(f"--weights must look like 0.5,0.5 or tab=0.5,img=0.5, got {text!r}") from exc
 
 
 def _shape_text(shape: str) -> str:

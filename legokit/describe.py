@@ -93,5 +93,5 @@ def describe(path: str | os.PathLike[str], verify: bool = True) -> dict[str, Any
                 "adapter_params": _params(artifact.tensors, "adapter."),
             }
     except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ArtifactError(f"{path}: corrupt config ({type(exc).__name__}: {exc})") from None
+        raise ArtifactError(f"{path}: corrupt config ({type(exc).__name__}: {exc})") from exc
     raise ArtifactError(f"{path}: unknown artifact kind {artifact.kind!r}")

@@ -27,3 +27,17 @@ class ShapeError(LegoError, ValueError):
 
 class EncoderError(LegoError):
     """An encoder file or module cannot be wrapped (unknown format, pickled module, failed export)."""
+
+
+def brief(exc: BaseException, limit: int | None = None) -> str:
+    """Another library's exception as a short quote for one of ours: its message, whitespace folded, cut at `limit`
+    characters (its class name when it has no message)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if limit is None else text[:limit]
+
+
+def positive_int(name: str, value: object) -> int:
+    """`value` when it is an integer of at least 1 (not a bool); otherwise a ConfigError naming the setting."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value

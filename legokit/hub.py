@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, LegoError
+from .errors import ConfigError, LegoError, brief
 
 SCHEME = "hf://"
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -72,16 +72,16 @@ def resolve(ref: HubRef, local_files_only: bool = False) -> Path:
 
     try:
         return Path(hf_hub_download(ref.repo_id, ref.filename, revision=ref.revision, local_files_only=local_files_only))
-    except LocalEntryNotFoundError:  # before EntryNotFoundError, of which it is a kind
-        raise HubError(f"{ref}: not in the local cache and the Hub cannot be reached (offline?)") from None
-    except RepositoryNotFoundError:
-        raise HubError(f"{ref}: repository {ref.repo_id} not found (or private: set HF_TOKEN)") from None
-    except RevisionNotFoundError:
-        raise HubError(f"{ref}: revision {ref.revision} not found") from None
-    except EntryNotFoundError:
-        raise HubError(f"{ref}: no file {ref.filename} in {ref.repo_id}") from None
+    except LocalEntryNotFoundError as exc:  # before EntryNotFoundError, of which it is a kind
+        raise HubError(f"{ref}: not in the local cache and the Hub cannot be reached (offline?)") from exc
+    except RepositoryNotFoundError as exc:
+        raise HubError(f"{ref}: repository {ref.repo_id} not found (or private: set HF_TOKEN)") from exc
+    except RevisionNotFoundError as exc:
+        raise HubError(f"{ref}: revision {ref.revision} not found") from exc
+    except EntryNotFoundError as exc:
+        raise HubError(f"{ref}: no file {ref.filename} in {ref.repo_id}") from exc
     except _network_errors() as exc:
-        raise HubError(f"{ref}: download failed ({' '.join(str(exc).split())[:200]})") from None
+        raise HubError(f"{ref}: download failed ({brief(exc, 200)})") from exc
 
 
 def local_artifact(path: str | os.PathLike[str]) -> Path:
@@ -176,7 +176,7 @@ def push(path: str | os.PathLike[str], repo_id: str, private: bool = False) -> s
         api.create_repo(repo_id, private=private, exist_ok=True)
         info = api.create_commit(repo_id, operations, commit_message=f"Upload {path.name} with legokit")
     except _network_errors() as exc:
-        raise HubError(f"{repo_id}: push failed ({' '.join(str(exc).split())[:200]})") from None
+        raise HubError(f"{repo_id}: push failed ({brief(exc, 200)})") from exc
     return str(info.commit_url)
 
 
@@ -197,7 +197,7 @@ def pull(target: str, output: str | os.PathLike[str] | None = None) -> Path:
             try:
                 files = [f for f in HfApi().list_repo_files(repo_id, revision=revision) if f.endswith(".st")]
             except _network_errors() as exc:
-                raise _classify(repo_id, exc) from None
+                raise _classify(repo_id, exc) from exc
             if len(files) != 1:
                 found = ", ".join(files) or "none"
                 raise HubError(f"{repo_id}: expected one .st artifact in the repository, found {found}; name it (hf://{repo_id}/FILE.st)")
@@ -205,8 +205,8 @@ def pull(target: str, output: str | os.PathLike[str] | None = None) -> Path:
     local = resolve(HubRef(repo_id, filename, revision))
     try:
         read_metadata(local)
-    except ArtifactError:
-        raise HubError(f"{repo_id}/{filename}: not a legokit artifact") from None
+    except ArtifactError as exc:
+        raise HubError(f"{repo_id}/{filename}: not a legokit artifact") from exc
     if output is None:
         return local
     with atomic_output(output) as out, open(local, "rb") as source:
@@ -236,5 +236,5 @@ def _classify(repo_id: str, exc: BaseException) -> HubError:
     if isinstance(exc, errors.RepositoryNotFoundError):
         return HubError(f"{repo_id}: repository not found (or private: set HF_TOKEN)")
     if isinstance(exc, errors.HfHubHTTPError):
-        return HubError(f"{repo_id}: the Hub answered with an error ({' '.join(str(exc).split())[:160]})")
+        return HubError(f"{repo_id}: the Hub answered with an error ({brief(exc, 160)})")
     return HubError(f"{repo_id}: cannot reach the Hub ({type(exc).__name__}); set HF_HUB_OFFLINE=1 to use the cache")

@@ -92,7 +92,7 @@ def _check_builtin_sizes(path: Path, config: BlockConfig, weights: Mapping[str, 
     try:
         cls = encoder_class(config.encoder.name)
     except ConfigError as exc:
-        raise ArtifactError(f"{path}: invalid block config: {exc}") from None
+        raise ArtifactError(f"{path}: invalid block config: {exc}") from exc
     stored = cls.infer_kwargs(weights)
     if not stored:
         raise ArtifactError(f"{path}: the file holds no weights of its {config.encoder.name} encoder")
@@ -107,7 +107,7 @@ def _check_builtin_sizes(path: Path, config: BlockConfig, weights: Mapping[str, 
         try:
             expected = shapes(**{**asked, **config.encoder.kwargs})
         except (TypeError, ValueError, ConfigError) as exc:
-            raise ArtifactError(f"{path}: invalid {config.encoder.name} encoder config: {exc}") from None
+            raise ArtifactError(f"{path}: invalid {config.encoder.name} encoder config: {exc}") from exc
         for name, shape in expected.items():
             if name in weights and tuple(weights[name].shape) != shape:
                 raise ArtifactError(f"{path}: encoder tensor '{name}' has shape {tuple(weights[name].shape)}, the "
@@ -123,9 +123,9 @@ def block_from_tensors(path: Path, config_data: Mapping[str, Any], tensors: Mapp
     try:
         config = BlockConfig.from_dict(config_data)
     except ConfigError as exc:
-        raise ArtifactError(f"{path}: invalid block config: {exc}") from None
+        raise ArtifactError(f"{path}: invalid block config: {exc}") from exc
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ArtifactError(f"{path}: corrupt block config ({type(exc).__name__}: {exc})") from None
+        raise ArtifactError(f"{path}: corrupt block config ({type(exc).__name__}: {exc})") from exc
     program_tensor = tensors.get(PROGRAM_PREFIX + prefix + "encoder")
     encoder = None
     if program_tensor is not None:
@@ -137,14 +137,14 @@ def block_from_tensors(path: Path, config_data: Mapping[str, Any], tensors: Mapp
         try:
             encoder = ExportedEncoder(program_tensor.numpy().tobytes(), config.encoder.out_dim, takes_mask)
         except EncoderError as exc:
-            raise ArtifactError(f"{path}: {exc}") from None
+            raise ArtifactError(f"{path}: {exc}") from exc
     elif config.encoder.name == FOREIGN:
         raise ArtifactError(f"{path}: a foreign encoder without its program tensor")
     _check_sizes_first(path, config, tensors, prefix)
     try:
         block = LegoBlock(config, encoder=encoder)
     except (ConfigError, EncoderError) as exc:
-        raise ArtifactError(f"{path}: invalid block config: {exc}") from None
+        raise ArtifactError(f"{path}: invalid block config: {exc}") from exc
     state = {k: v for k, v in tensors.items() if not k.startswith(PROGRAM_PREFIX)}
     check_state(path, block, state, prefix)
     block.load_state_dict({name[len(prefix):]: value for name, value in state.items() if name.startswith(prefix)})
@@ -210,9 +210,9 @@ def _composite_from_artifact(artifact: Artifact) -> MergedModel | FusedModel:
     try:
         configs, settings, graph = parse(artifact.config)
     except ConfigError as exc:
-        raise ArtifactError(f"{path}: invalid {artifact.kind} config: {exc}") from None
+        raise ArtifactError(f"{path}: invalid {artifact.kind} config: {exc}") from exc
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ArtifactError(f"{path}: corrupt {artifact.kind} config ({type(exc).__name__}: {exc})") from None
+        raise ArtifactError(f"{path}: corrupt {artifact.kind} config ({type(exc).__name__}: {exc})") from exc
     blocks = {
         m: block_from_tensors(path, config.to_dict(), artifact.tensors, prefix=f"blocks.{m}.")
         for m, config in configs.items()
@@ -224,7 +224,7 @@ def _composite_from_artifact(artifact: Artifact) -> MergedModel | FusedModel:
     try:
         model = (MergedModel if artifact.kind == MERGED else FusedModel)(blocks, head, settings, graph)
     except ConfigError as exc:
-        raise ArtifactError(f"{path}: {exc}") from None
+        raise ArtifactError(f"{path}: {exc}") from exc
     model.provenance = dict(artifact.provenance)
     recorded = model.provenance.get("blocks")
     for modality, block in blocks.items():  # each block keeps its own record (seen samples, validation metrics)
@@ -269,7 +269,7 @@ def _parts(origin: OpenedArtifact) -> tuple[list[_Part], dict[str, float]]:
             configs, merge_config, _ = parse_merged_config(data)
             return [_Part(origin, c, f"blocks.{m}.") for m, c in configs.items()], dict(merge_config.weights)
     except (json.JSONDecodeError, RecursionError, KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
-        raise ArtifactError(f"{path}: corrupt config ({type(exc).__name__}: {exc})") from None
+        raise ArtifactError(f"{path}: corrupt config ({type(exc).__name__}: {exc})") from exc
     raise ArtifactError(f"{path}: cannot merge an artifact of kind {kind!r}")
 
 
@@ -280,7 +280,7 @@ def _check_stored_program(origin: OpenedArtifact, stored: Stored) -> None:
     try:
         program_records(origin.read(stored), strict=True, what=f"{origin.path}: encoder program")
     except EncoderError as exc:
-        raise ArtifactError(str(exc)) from None
+        raise ArtifactError(str(exc)) from exc
 
 
 def _block_sources(part: _Part, heads: dict[str, dict[str, torch.Tensor]]) -> list[Source]:
@@ -310,8 +310,8 @@ def _blocks_provenance(parts: Sequence[_Part]) -> dict[str, Any]:
     for part in parts:
         try:
             record = json.loads(part.origin.metadata.get("legokit.provenance", "{}"))
-        except (json.JSONDecodeError, RecursionError):
-            raise ArtifactError(f"{part.origin.path}: corrupt header: legokit.provenance is not valid JSON") from None
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise ArtifactError(f"{part.origin.path}: corrupt header: legokit.provenance is not valid JSON") from exc
         if not isinstance(record, dict):
             record = {}
         blocks = record.get("blocks") if part.prefix else None
@@ -347,7 +347,7 @@ def merge_files(
         try:
             check_mergeable([p.config for p in parts])
         except ConfigError as exc:
-            raise ConfigError(f"cannot merge {', '.join(map(str, paths))}: {exc}") from None
+            raise ConfigError(f"cannot merge {', '.join(map(str, paths))}: {exc}") from exc
         blocks_record = _blocks_provenance(parts)
         tasks = {p.config.modality: p.config.task for p in parts}
         config = MergeConfig(resolve_weights(list(tasks), weights, known, tasks, blocks_record), phase)

@@ -74,9 +74,9 @@ class BlockSpec:
                 description=str(data.get("description", "")),
             )
         except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+            raise ConfigError(f"{path}: {exc}") from exc
         except TypeError as exc:
-            raise ConfigError(f"{path}: {exc}") from None
+            raise ConfigError(f"{path}: {exc}") from exc
 
     def override(self, **changes: Any) -> "BlockSpec":
         """A copy with the given fields changed (None leaves a field as it is); training fields go to `training`."""

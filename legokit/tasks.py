@@ -52,8 +52,8 @@ class TaskSpec:
             return cls(kind)
         try:
             n = int(size)
-        except ValueError:
-            raise ConfigError(f"task {text!r}: {size!r} is not an integer") from None
+        except ValueError as exc:
+            raise ConfigError(f"task {text!r}: {size!r} is not an integer") from exc
         return cls(kind, n)
 
     def __str__(self) -> str:

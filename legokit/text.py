@@ -12,7 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .errors import ConfigError, LegoError
+from .errors import ConfigError, LegoError, brief, positive_int
 
 MAX_TOKENIZER_BYTES = 32 * 1024 * 1024
 
@@ -30,8 +30,7 @@ class TextSpec:
             raise ConfigError("a text block's tokenizer must be the JSON text of a tokenizer.json")
         if len(self.tokenizer) > MAX_TOKENIZER_BYTES:
             raise ConfigError(f"the tokenizer is over {MAX_TOKENIZER_BYTES // 2**20} MiB")
-        if not isinstance(self.max_tokens, int) or isinstance(self.max_tokens, bool) or self.max_tokens < 1:
-            raise ConfigError(f"max_tokens must be a positive integer, got {self.max_tokens!r}")
+        positive_int("max_tokens", self.max_tokens)
 
     def to_dict(self) -> dict[str, Any]:
         return {"tokenizer": self.tokenizer, "max_tokens": self.max_tokens}
@@ -48,13 +47,13 @@ class TextEncoder:
     def __init__(self, spec: TextSpec):
         try:
             from tokenizers import Tokenizer
-        except ImportError:
-            raise LegoError("reading text needs the tokenizers library: pip install 'legokit[text]'") from None
+        except ImportError as exc:
+            raise LegoError("reading text needs the tokenizers library: pip install 'legokit[text]'") from exc
         try:
             json.loads(spec.tokenizer)
             self.tokenizer = Tokenizer.from_str(spec.tokenizer)
         except Exception as exc:  # noqa: BLE001 - tokenizers raises its own exception types on a bad file
-            raise ConfigError(f"the block's tokenizer cannot be read ({' '.join(str(exc).split())[:160]})") from None
+            raise ConfigError(f"the block's tokenizer cannot be read ({brief(exc, 160)})") from exc
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(spec.max_tokens)
 

@@ -9,7 +9,7 @@ from typing import Mapping
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, positive_int
 
 # latents up to this many cells (32x32) gain nothing measurable from a second thread (docs/benchmarks.md, "Threads")
 SMALL_LATENT = 32 * 32
@@ -44,9 +44,7 @@ def choose_threads(requested: int | None = None, latent_cells: int | None = None
     """`--threads` if given, else OMP_NUM_THREADS if set, else 1 for small latents, else the usable CPUs that the
     load average leaves idle (at least 1)."""
     if requested is not None:
-        if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
-            raise ConfigError(f"--threads must be a positive integer, got {requested!r}")
-        return ThreadChoice(requested, "--threads")
+        return ThreadChoice(positive_int("--threads", requested), "--threads")
     environ = os.environ if environ is None else environ
     text = environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP's nested form 4,2: the outer level
     if text:

@@ -20,7 +20,7 @@ from .data.batch import ModalityBatch
 from .data.training import SplitData
 from .device import resolve_device
 from .distributed import device_for, world
-from .errors import ConfigError
+from .errors import ConfigError, positive_int
 from .metrics import PRIMARY, task_loss, task_metrics
 from .samples import sample_record
 from .tasks import TaskSpec
@@ -43,9 +43,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(name, getattr(self, name))
         for name in ("lr", "weight_decay"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value) or (name == "lr" and value == 0):

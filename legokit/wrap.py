@@ -31,7 +31,7 @@ from .encoders.contract import INPUT_DTYPES, LAYOUTS, MASK_KEYWORDS, Contract
 from .encoders.foreign import example_input, export_encoder, load_program, probe_contract, program_from_torchscript
 from .encoders.foreign import program_input_shape, sanitize_program
 from .encoders.huggingface import is_hf_folder, load_hf_folder
-from .errors import ConfigError, EncoderError
+from .errors import ConfigError, EncoderError, brief
 from .tasks import TaskSpec
 from .text import TextSpec
 
@@ -53,7 +53,7 @@ def _block_config(
     try:
         return BlockConfig(modality, encoder, tuple(input_shape), task, tuple(latent), depth, fft_axes, **options)
     except TypeError as exc:
-        raise ConfigError(f"unknown block option: {exc}") from None
+        raise ConfigError(f"unknown block option: {exc}") from exc
 
 
 def _check_block(block: LegoBlock, device: torch.device, origin: str) -> LegoBlock:
@@ -134,7 +134,7 @@ def wrap_module(
             contract = probe_contract(module, input_shape, how.input_dtype, mask, how.output, how.layout)
             program = export_encoder(module, input_shape, contract)
     except EncoderError as exc:
-        raise EncoderError(f"{origin}: {exc}") from None
+        raise EncoderError(f"{origin}: {exc}") from exc
     return block_from_program(program, contract, modality, task, input_shape, latent, depth, fft_axes, device,
                               text, origin, **options)
 
@@ -198,7 +198,7 @@ def wrap_builtin(
             result = encoder.load_state_dict(dict(state_dict), strict=False)
         except RuntimeError as exc:  # a tensor of another shape than these sizes make
             first = str(exc).strip().splitlines()[-1].strip()[:200]
-            raise EncoderError(f"{origin}: state dict does not fit encoder {arch} {kwargs}: {first}") from None
+            raise EncoderError(f"{origin}: state dict does not fit encoder {arch} {kwargs}: {first}") from exc
         problems = [f"missing {k}" for k in result.missing_keys] + [f"unexpected {k}" for k in result.unexpected_keys]
         if problems:
             raise EncoderError(f"{origin}: state dict does not fit encoder {arch} {kwargs}: {', '.join(problems[:4])}")
@@ -227,8 +227,8 @@ def sniff(path: Path) -> str:
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError):
-            raise EncoderError(f"{path}: corrupt zip archive") from None
+        except (zipfile.BadZipFile, OSError, ValueError) as exc:
+            raise EncoderError(f"{path}: corrupt zip archive") from exc
         if any(n.endswith("archive_format") for n in names):
             return EXPORT
         if any(n.endswith("constants.pkl") or "/code/" in n for n in names):
@@ -278,9 +278,9 @@ def _read_pickle(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor] | nn
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=not trust_pickle)  # checked: allowlist or trust
     except (ImportError, AttributeError) as exc:
         raise EncoderError(f"{path}: the pickled object needs code that cannot be imported here "
-                           f"({' '.join(str(exc).split())[:160]}); run where its class is importable") from None
+                           f"({brief(exc, 160)}); run where its class is importable") from exc
     except Exception as exc:  # noqa: BLE001 - torch's reader fails on foreign bytes with many types
-        raise EncoderError(f"{path}: not a readable torch file ({' '.join(str(exc).split())[:160]})") from None
+        raise EncoderError(f"{path}: not a readable torch file ({brief(exc, 160)})") from exc
     if isinstance(obj, nn.Module):
         return obj
     state = _as_state_dict(obj)
@@ -296,7 +296,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
                 raise EncoderError(f"{path}: is already a legokit artifact, not an encoder")
         return load_file(path)
     except (SafetensorError, OSError) as exc:
-        raise EncoderError(f"{path}: unreadable safetensors file ({' '.join(str(exc).split())[:160]})") from None
+        raise EncoderError(f"{path}: unreadable safetensors file ({brief(exc, 160)})") from exc
 
 
 def default_output(encoder: str | os.PathLike[str]) -> Path:
@@ -354,7 +354,7 @@ def wrap_file(
         try:
             scripted = torch.jit.load(io.BytesIO(data), map_location="cpu")  # checked: only with --trust-pickle
         except Exception as exc:  # noqa: BLE001 - the TorchScript reader fails with many types
-            raise EncoderError(f"{path}: corrupt TorchScript archive ({' '.join(str(exc).split())[:160]})") from None
+            raise EncoderError(f"{path}: corrupt TorchScript archive ({brief(exc, 160)})") from exc
         return wrap_module(program_from_torchscript(scripted, input_shape), modality, task, input_shape, how=how, **common)
     state = _read_safetensors(path) if kind == SAFETENSORS else _read_pickle(path, trust_pickle)
     if isinstance(state, nn.Module):

@@ -48,14 +48,14 @@ def read_yaml(path: str | os.PathLike[str], what: str) -> Mapping[str, Any]:
         raise ConfigError(f"{path}: a {what} file of {path.stat().st_size:,} bytes (cap {MAX_YAML_BYTES:,})")
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=PlainLoader)  # noqa: S506 # checked: safe loader, no aliases
-    except RecursionError:
-        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
+    except RecursionError as exc:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{line} ({getattr(exc, 'problem', None) or exc})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file") from None
+        raise ConfigError(f"{path}: not valid YAML{line} ({getattr(exc, 'problem', None) or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not a text file") from exc
     return require_mapping(path, "", data if data is not None else {})
 
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..artifact import read_artifact, write_artifact
-from ..errors import ArtifactError, ConfigError
+from ..errors import ArtifactError, ConfigError, brief
 from .base import Adapted, Adapter, attach
 from .mora import MoRA, MoRASite
 from .ssf import SSF, SSFSite
@@ -65,12 +65,12 @@ def load_adapter(path: str | os.PathLike[str]) -> tuple[Adapter, dict[str, torch
         adapter.placement = list(config["placement"])
         base_sha = str(config["base_sha256"])
     except (KeyError, TypeError, ValueError, ConfigError) as exc:
-        raise ArtifactError(f"{path}: corrupt adapter config ({type(exc).__name__}: {exc})") from None
+        raise ArtifactError(f"{path}: corrupt adapter config ({type(exc).__name__}: {exc})") from exc
     state = {k[len("adapter."):]: v for k, v in artifact.tensors.items() if k.startswith("adapter.")}
     try:
         adapter.load_state_dict(state)
     except RuntimeError as exc:
-        raise ArtifactError(f"{path}: adapter tensors do not match its config ({' '.join(str(exc).split())[:160]})") from None
+        raise ArtifactError(f"{path}: adapter tensors do not match its config ({brief(exc, 160)})") from exc
     head = {k[len("head."):]: v for k, v in artifact.tensors.items() if k.startswith("head.")}
     return adapter, head, base_sha, dict(artifact.provenance)
 
@@ -89,6 +89,6 @@ def attach_file(model: nn.Module, path: str | os.PathLike[str]) -> Adapted:
         return adapted
     try:
         head_of(adapted).load_state_dict(head)
-    except RuntimeError:
-        raise ArtifactError(f"{path}: its head does not fit this model") from None
+    except RuntimeError as exc:
+        raise ArtifactError(f"{path}: its head does not fit this model") from exc
     return adapted

@@ -38,8 +38,8 @@ class MissingRates:
             name, sep, value = item.partition("=")
             try:
                 rates[name.strip()] = float(value)
-            except ValueError:
-                raise ConfigError(f"--missing must look like tab=0.3,seq=1.0, got {text!r}") from None
+            except ValueError as exc:
+                raise ConfigError(f"--missing must look like tab=0.3,seq=1.0, got {text!r}") from exc
             if not sep or not name.strip():
                 raise ConfigError(f"--missing must look like tab=0.3,seq=1.0, got {text!r}")
         return cls(rates, seed)

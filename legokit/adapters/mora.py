@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, positive_int
 from ..layers import UpdateLayer
 from .base import Adapter, Sited, site_key
 
@@ -58,9 +58,7 @@ class MoRA(Adapter):
 
     def __init__(self, modalities: Sequence[str], rank: int = 4, features: tuple[int, int] | None = None):
         super().__init__(modalities)
-        if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-            raise ConfigError(f"MoRA rank must be a positive integer, got {rank!r}")
-        self.rank = rank
+        self.rank = positive_int("MoRA rank", rank)
         self.features = features
 
     def make_site(self, module: nn.Module) -> nn.Module:

@@ -126,7 +126,7 @@ class Graph:
         try:
             return cls(nx.node_link_graph(dict(data), directed=True, edges="edges"))
         except (KeyError, TypeError, ValueError, nx.NetworkXError) as exc:
-            raise ConfigError(f"the stored composition graph is malformed ({type(exc).__name__}: {exc})") from None
+            raise ConfigError(f"the stored composition graph is malformed ({type(exc).__name__}: {exc})") from exc
 
     def tree(self) -> tuple[str, list[Any]]:
         """The graph as a nested (label, children) tree read from the head back to the inputs, for display."""

@@ -76,7 +76,7 @@ class Recipe:
                 try:
                     blocks.append(BlockRef(str(modality), artifact, hub=parse_ref(artifact)))
                 except ConfigError as exc:
-                    raise ConfigError(f"{where(path, key + '.artifact')}: {exc}") from None
+                    raise ConfigError(f"{where(path, key + '.artifact')}: {exc}") from exc
             else:
                 blocks.append(BlockRef(str(modality), artifact, path=(base / artifact)))
         operation = cls._operation(path, require_mapping(path, "operation", data["operation"]), [b.modality for b in blocks])
@@ -105,7 +105,7 @@ class Recipe:
             try:
                 TrainConfig(**{"epochs": 2, **training})
             except ConfigError as exc:
-                raise ConfigError(f"{where(path, 'operation')}: {exc}") from None
+                raise ConfigError(f"{where(path, 'operation')}: {exc}") from exc
             return Operation(kind, training=training)
         phase = data.get("phase", "paper")
         if phase not in PHASE_MODES:
@@ -157,7 +157,7 @@ class Recipe:
                     raise ConfigError(f"{local} is a {metadata.get('legokit.kind')!r} artifact, not a block")
                 config = BlockConfig.from_dict(json.loads(metadata["legokit.config"]))
             except (LegoError, KeyError, TypeError, ValueError) as exc:
-                raise ConfigError(f"{where(self.path, key)}: {exc}") from None
+                raise ConfigError(f"{where(self.path, key)}: {exc}") from exc
             if config.modality != block.modality:
                 raise ConfigError(f"{where(self.path, key)}: the artifact's modality is {config.modality!r}, not {block.modality!r}")
             facts[block.modality] = block_facts(config)
@@ -166,7 +166,7 @@ class Recipe:
             try:
                 graph.validate(facts)
             except ConfigError as exc:
-                raise ConfigError(f"{where(self.path, 'blocks')}: {exc}") from None
+                raise ConfigError(f"{where(self.path, 'blocks')}: {exc}") from exc
         return graph
 
     def run(self, progress: bool = True) -> Path:

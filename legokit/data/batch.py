@@ -51,3 +51,8 @@ def batch_size(inputs: Mapping[str, ModalityBatch]) -> int:
     if len(set(sizes.values())) > 1:
         raise ShapeError(f"modalities disagree on the batch size: {sizes}")
     return next(iter(sizes.values()))
+
+
+def as_batches(inputs: Mapping[str, ModalityBatch | torch.Tensor]) -> dict[str, ModalityBatch]:
+    """`{modality: batch}` from a mapping whose values are batches or plain tensors (every sample present)."""
+    return {m: v if isinstance(v, ModalityBatch) else ModalityBatch(v) for m, v in inputs.items()}

@@ -16,7 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from ..errors import LegoError
+from ..errors import LegoError, brief
 from ..text import TextEncoder, TextSpec
 from .batch import ModalityBatch
 
@@ -67,9 +67,9 @@ def read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
                 raise DataError(f"{path}: empty file, expected a header row")
             rows = [row for row in reader if row]
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); save the file as UTF-8") from exc
     except csv.Error as exc:
-        raise DataError(f"{path}: not a readable CSV file ({exc})") from None
+        raise DataError(f"{path}: not a readable CSV file ({exc})") from exc
     return [h.strip() for h in header], rows
 
 
@@ -77,8 +77,8 @@ def parse_number(path: Path, row: int, column: str, text: str) -> float:
     """A finite float from a CSV cell; anything else is a DataError naming file, row and column."""
     try:
         value = float(text)
-    except ValueError:
-        raise DataError(f"{path}: row {row}, column {column}: {text!r} is not a number") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: row {row}, column {column}: {text!r} is not a number") from exc
     if not math.isfinite(value):
         raise DataError(f"{path}: row {row}, column {column}: {text} (missing values must be imputed or the row dropped)")
     return value
@@ -140,8 +140,8 @@ def read_texts(name: str, root: Path) -> Texts | None:
                 raise DataError(f"{file}: over {4 * MAX_TEXT_CHARS:,} bytes of text")
             try:
                 texts[file.stem] = file.read_text(encoding="utf-8-sig")
-            except UnicodeDecodeError:
-                raise DataError(f"{file}: not UTF-8 text") from None
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{file}: not UTF-8 text") from exc
         source = folder
     else:
         return None
@@ -163,7 +163,7 @@ def load_bag(path: Path, shape: Sequence[int | None] = (None, None)) -> torch.Te
     try:
         tensors = load_file(path)
     except (SafetensorError, OSError) as exc:
-        raise DataError(f"{path}: not a readable safetensors file ({' '.join(str(exc).split())})") from None
+        raise DataError(f"{path}: not a readable safetensors file ({brief(exc)})") from exc
     x = tensors.get("x")
     if x is None:
         raise DataError(f"{path}: no tensor named 'x'")

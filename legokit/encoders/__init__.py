@@ -22,8 +22,8 @@ def encoder_class(name: str) -> type[nn.Module]:
     """The class of a built-in encoder, by registry name."""
     try:
         return BUILTIN_ENCODERS[name]
-    except KeyError:
-        raise ConfigError(f"unknown encoder {name!r}; built-in encoders are {', '.join(BUILTIN_ENCODERS)}") from None
+    except KeyError as exc:
+        raise ConfigError(f"unknown encoder {name!r}; built-in encoders are {', '.join(BUILTIN_ENCODERS)}") from exc
 
 
 def build_encoder(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
@@ -32,7 +32,7 @@ def build_encoder(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"encoder {name}: {exc}"[:300]) from None
+        raise ConfigError(f"encoder {name}: {exc}"[:300]) from exc
 
 
 def token_input(encoder: nn.Module) -> bool | None:

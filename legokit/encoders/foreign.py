@@ -53,7 +53,7 @@ def load_program(program: bytes) -> ExportedProgram:
             return torch.export.load(io.BytesIO(rebuilt))  # checked: rebuilt from allowlisted records
     # a corrupt archive can fail anywhere inside torch's deserializer, with any exception type
     except Exception as exc:  # noqa: BLE001
-        raise EncoderError(f"the stored encoder program cannot be read ({type(exc).__name__})") from None
+        raise EncoderError(f"the stored encoder program cannot be read ({type(exc).__name__})") from exc
 
 
 def program_sha256(program: bytes) -> str:
@@ -166,7 +166,7 @@ def export_encoder(module: nn.Module, input_shape: tuple[int | None, ...], contr
             warnings.simplefilter("ignore")
             program = torch.export.export(call, args, dynamic_shapes=shapes)
     except Exception as exc:  # noqa: BLE001 - torch.export raises many types; the user needs one clear line
-        raise _export_error(exc) from None
+        raise _export_error(exc) from exc
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     clean = sanitize_program(buffer.getvalue())
@@ -207,7 +207,7 @@ def _run_or_refuse(module: nn.Module, args: tuple[torch.Tensor, ...], what: str,
     try:
         return module(*args)
     except Exception as exc:  # noqa: BLE001 - a module or program fails with many types outside its shapes
-        raise EncoderError(f"{what}: {_first_line(exc)}{hint}") from None
+        raise EncoderError(f"{what}: {_first_line(exc)}{hint}") from exc
 
 
 def program_input_shape(program: ExportedProgram) -> tuple[int | None, ...] | None:
@@ -231,7 +231,7 @@ def program_from_torchscript(scripted: torch.jit.ScriptModule, input_shape: tupl
             warnings.simplefilter("ignore")
             return TS2EPConverter(scripted, (example_input(input_shape),)).convert().module()
     except Exception as exc:  # noqa: BLE001 - the converter raises many types
-        raise EncoderError(f"the TorchScript module could not be converted to torch.export: {_first_line(exc)}") from None
+        raise EncoderError(f"the TorchScript module could not be converted to torch.export: {_first_line(exc)}") from exc
 
 
 def _unpadded_groups(lengths: torch.Tensor) -> list[tuple[int, torch.Tensor]]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import EncoderError
+from ..errors import EncoderError, brief
 from ..text import TextSpec
 
 
@@ -36,7 +36,7 @@ def _config(folder: Path) -> dict:
     try:
         data = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise EncoderError(f"{folder}/config.json: not valid JSON ({exc})") from None
+        raise EncoderError(f"{folder}/config.json: not valid JSON ({exc})") from exc
     if not isinstance(data, dict) or "model_type" not in data:
         raise EncoderError(f"{folder}/config.json: no model_type; not a Hugging Face model config")
     if data.get("auto_map"):
@@ -67,9 +67,9 @@ def load_hf_folder(folder: Path) -> FolderEncoder:
     refused), no remote code; token-id input with the folder's tokenizer.json, or pixel input of the config's size."""
     try:
         import transformers
-    except ImportError:
+    except ImportError as exc:
         raise EncoderError(f"{folder}: wrapping a Hugging Face model folder needs transformers: "
-                           "pip install 'legokit[hf]'") from None
+                           "pip install 'legokit[hf]'") from exc
     data = _config(folder)
     if not any(folder.glob("*.safetensors")):
         pickled = [p.name for p in folder.glob("*.bin")]
@@ -80,7 +80,7 @@ def load_hf_folder(folder: Path) -> FolderEncoder:
             str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False, output_loading_info=True
         )
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for a folder it cannot read
-        raise EncoderError(f"{folder}: transformers cannot build the model ({' '.join(str(exc).split())[:200]})") from None
+        raise EncoderError(f"{folder}: transformers cannot build the model ({brief(exc, 200)})") from exc
     # a base model built from a checkpoint saved without its pooler gets a fresh pooler, which legokit never reads
     missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
     mismatched = [str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", ())]
