@@ -35,7 +35,7 @@ from legokit.data.gse7390 import write_gse7390
 from legokit.data.training import SplitData
 from legokit.metrics import task_loss
 from legokit.spec import BlockSpec
-from legokit.train import TrainConfig, run_model
+from legokit.train import TrainConfig
 from legokit.workflows import adapt, evaluate_missing, fuse_blocks, train_block
 
 RATES = (0.3, 0.7)
@@ -62,7 +62,7 @@ def training_memory(model: torch.nn.Module, data: SplitData, ids: list[str]) -> 
 
     model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = task_loss(data.labels.task, run_model(model, batches), targets)
+        loss = task_loss(data.labels.task, model(batches), targets)
     loss.backward()
     model.zero_grad(set_to_none=True)
     params = sum(p.numel() * p.element_size() for p in model.parameters())

@@ -28,6 +28,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from .archive import MAX_JSON_DEPTH, nested_too_deep
 from .errors import ArtifactError
+from .version import __version__
 
 FORMAT_TAG = "legokit-artifact"
 FORMAT_VERSION = 2  # 2: the checksum also covers kind, config and provenance
@@ -224,7 +225,6 @@ def refuse_inputs(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLi
 
 def _header(kind: str, config: Mapping[str, Any], provenance: Mapping[str, Any] | None, checksum: str) -> dict[str, str]:
     """The header metadata of an artifact (str -> str, JSON nested as strings)."""
-    from . import __version__
 
     return {
         "format": "pt",

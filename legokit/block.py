@@ -16,6 +16,7 @@ from .encoders import FOREIGN, ExportedEncoder, build_encoder, token_input
 from .encoders.contract import INPUT_DTYPES
 from .errors import ConfigError, ShapeError, positive_int
 from .layers import TaskHead, UpdateLayer
+from .pretrained import HubMixin
 from .spectral import (FFT_AXES, HEAD_FEATURES, UPDATE_PARTS, as_rows, from_rows, pool_spectrum, pooled_width,
                        to_frequency, to_spatial)
 from .tasks import TaskSpec
@@ -195,7 +196,7 @@ class BlockConfig:
         )
 
 
-class LegoBlock(nn.Module):
+class LegoBlock(HubMixin, nn.Module):
     """A unimodal encoder plus S frequency-domain latent updates and a task head (MM-Lego Eq. 1-3).
 
     Each step transforms the latent with an FFT, updates its real part (or, with `update: complex`, both

@@ -1,36 +1,50 @@
-"""The `legokit` command: parses arguments, calls the library, prints with rich. Errors are one line, exit 1."""
+"""The `legokit` command: parses arguments, calls the library, prints with rich. Errors are one line, exit 1.
+
+Every command takes `--json PATH` (its result as JSON; `-` for standard output) and `-q/--quiet` / `-v/--verbose`
+(the `legokit` logger's level, shown through rich's handler on standard error, as are progress and warnings)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import threading
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from . import __version__
-from .block import DEFAULT_HEAD_FEATURES, DEFAULT_UPDATE, parse_input_shape, parse_latent
+from .adapters.files import attach_file, save_adapter
+from .artifact import refuse_inputs, write_atomic
+from .block import BlockConfig, parse_input_shape, parse_latent
 from .compose.fuse import FUSE_MODES
-from .compose.recipe import Recipe
-from .artifact import refuse_inputs
-from .describe import describe
+from .demo import MODELS, default_spec, run_demo
+from .describe import describe, summary_rows
+from .distributed import session
+from .encoders import list_encoders
 from .errors import ConfigError, LegoError
+from .hub import pull, push
 from .persist import load, load_block, merge_files, save, save_block
 from .predict import predict_folder
-from .samples import summarized
+from .progress import log
+from .recipe import Recipe
 from .spec import BlockSpec
 from .spectral import FFT_AXES, HEAD_FEATURES, PHASE_MODES, UPDATE_PARTS
 from .tasks import TaskSpec
 from .threads import apply_threads, choose_threads
-from .train import TrainConfig
+from .train import ADAPT_TRAINING, FUSE_TRAINING, TrainConfig, TrainResult
+from .version import __version__
+from .workflows import adapt, evaluate_missing, evaluate_model, fuse_blocks, train_block, train_wrapped_block
 from .wrap import WrapOptions, default_output, wrap_file
+
+Result = dict[str, Any]  # what a command did, as JSON-ready values (`--json`)
 
 
 def _json_object(text: str) -> dict[str, Any]:
@@ -58,24 +72,6 @@ def _parse_weights(text: str | None) -> list[float] | dict[str, float] | str | N
         raise ConfigError(f"--weights must look like 0.5,0.5 or tab=0.5,img=0.5, got {text!r}") from exc
 
 
-def _shape_text(shape: str) -> str:
-    return f"(batch, {shape.replace('x', ', ').replace('?', 'n')})"
-
-
-def _block_rows(facts: dict[str, Any]) -> list[tuple[str, str]]:
-    return [
-        ("modality", facts["modality"]),
-        ("input shape", _shape_text(facts["input_shape"])),
-        ("latent", f"{facts['latent']} (channels x dims)"),
-        ("depth", str(facts["depth"])),
-        ("fft axes", facts["fft_axes"]),
-        ("latent math", f"update {facts['update']}, head reads {facts['head_features']}, "
-                        f"{'shared' if facts['shared_init'] else 'own'} initialisation"),
-        ("task", facts["task"]),
-        ("encoder", facts["encoder"]),
-    ]
-
-
 def _tree(label_and_children: Any, tree: Tree | None = None) -> Tree:
     label, children = label_and_children
     node = Tree(escape(label)) if tree is None else tree.add(escape(label))
@@ -88,46 +84,38 @@ def _print_summary(console: Console, facts: dict[str, Any]) -> None:
     table = Table(title=escape(facts["path"]), show_header=False, title_justify="left")
     table.add_column("field", style="bold cyan")
     table.add_column("value", overflow="fold")
-    rows = [("format", f"legokit artifact v{facts['format_version']} ({facts['kind']})")]
-    if facts["kind"] == "block":
-        rows += _block_rows(facts)
-    elif facts["kind"] == "adapter":
-        rows += [
-            ("adapter", facts["adapter"] + (f", rank {facts['rank']}" if facts["rank"] else "")),
-            ("modalities", ", ".join(facts["modalities"])),
-            ("sites", f"{len(facts['placement'])}: " + ", ".join(facts["placement"][:4]) + (" ..." if len(facts["placement"]) > 4 else "")),
-            ("adapter params", f"{facts['adapter_params']:,} (plus the head it trained)"),
-            ("fits base", f"sha256 {facts['base_sha256']}"),
-        ]
-    else:
-        rows += [
-            ("modalities", ", ".join(facts["modalities"])),
-            ("latent", f"{facts['latent']} (channels x dims)"),
-            ("task", facts["task"]),
-        ]
-        if facts["kind"] == "merged":
-            rows.append(("merge", f"phase {facts['phase']}, weights " + ", ".join(f"{m}={w:g}" for m, w in facts["weights"].items())))
-        else:
-            rows.append(("fuse", f"{facts['mode']}, order {' -> '.join(facts['order'])}"))
-        for modality, block in facts["blocks"].items():
-            rows.append((f"block {modality}", f"{block['encoder']}; input {_shape_text(block['input_shape'])}; "
-                                              f"depth {block['depth']}; {block['params']:,} params"))
-    rows += [
-        ("params", f"{facts['params']:,}"),
-        ("size", f"{facts['size_bytes']:,} bytes"),
-        ("sha256", facts["sha256"]),
-        ("written by", f"legokit {facts['legokit_version']}"),
-    ]
-    shown = summarized(facts["provenance"])
-    rows += [(f"provenance.{k}", json.dumps(v) if not isinstance(v, str) else v) for k, v in sorted(shown.items())]
-    for name, value in rows:
+    for name, value in summary_rows(facts):
         table.add_row(name, escape(str(value)))
     console.print(table)
     if "graph" in facts:
         console.print(_tree(facts["graph"]))
 
 
-def cmd_wrap(args: argparse.Namespace, console: Console) -> int:
+def _metrics_text(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def _trained(result: TrainResult, path: Path | None) -> Result:
+    return {"output": None if path is None else str(path), "best_epoch": result.best_epoch, "val": result.val,
+            "test": result.test, "seconds": result.seconds, "history": result.history}
+
+
+def _training(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
+    """The operation's training defaults (`base`) with the flags that were given."""
+    given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "device")
+             if getattr(args, k, None) is not None}
+    return replace(base, **given, **({"compile": True} if getattr(args, "compile", False) else {}))
+
+
+def _use_threads(args: argparse.Namespace, console: Console, latent: tuple[int, int] | None = None) -> None:
+    """Set torch's CPU threads for this command (`legokit.threads`); say so when the work size decided it."""
+    choice = choose_threads(getattr(args, "threads", None), latent[0] * latent[1] if latent else None)
+    apply_threads(choice)
+    if latent is not None:
+        console.print(f"[dim]CPU threads: {choice.threads} ({escape(choice.reason)})[/]")
+
+
+def cmd_wrap(args: argparse.Namespace, console: Console) -> Result:
     how = WrapOptions(input_dtype=args.input_dtype, mask=args.mask, output=WrapOptions.parse_output(args.output_key),
                       layout=args.layout, train_mode=args.train_mode)
     output = Path(args.output) if args.output else default_output(args.encoder)
@@ -145,7 +133,7 @@ def cmd_wrap(args: argparse.Namespace, console: Console) -> int:
         latent=parse_latent(args.latent),
         depth=args.depth,
         fft_axes=args.fft_axes,
-        device=args.device,
+        device=args.device or "auto",
         how=how,
         update=args.update,
         head_features=args.head_features,
@@ -155,36 +143,36 @@ def cmd_wrap(args: argparse.Namespace, console: Console) -> int:
         console.print(f"encoder: {escape(contract)}; exported in {'train' if args.train_mode else 'eval'} mode")
     path = save_block(block, output, provenance={"wrapped_from": str(args.encoder)}, inputs=inputs)
     console.print(f"[green]wrote[/] {escape(str(path))}")
-    _print_summary(console, describe(path))
-    return 0
+    facts = describe(path)
+    _print_summary(console, facts)
+    return facts
 
 
-def cmd_inspect(args: argparse.Namespace, console: Console) -> int:
+def cmd_inspect(args: argparse.Namespace, console: Console) -> Result:
     facts = describe(args.artifact)
-    if args.json:
-        print(json.dumps(facts, indent=2))
-    else:
-        _print_summary(console, facts)
-    return 0
+    _print_summary(console, facts)
+    return facts
 
 
-def cmd_merge(args: argparse.Namespace, console: Console) -> int:
+def cmd_merge(args: argparse.Namespace, console: Console) -> Result:
     path = merge_files(args.artifacts, args.output, _parse_weights(args.weights), args.phase)
     console.print(f"[green]merged[/] {len(args.artifacts)} artifacts into {escape(str(path))}")
-    _print_summary(console, describe(path, verify=False))  # the merge verified every byte it copied
-    return 0
+    facts = describe(path, verify=False)  # the merge verified every byte it copied
+    _print_summary(console, facts)
+    return facts
 
 
-def cmd_predict(args: argparse.Namespace, console: Console) -> int:
+def cmd_predict(args: argparse.Namespace, console: Console) -> Result:
     refuse_inputs(args.output, [args.model, args.data])
     model = load(args.model)
-    predictions = predict_folder(model, args.data, batch_size=args.batch_size, device=args.device, progress=True)
+    predictions = predict_folder(model, args.data, batch_size=args.batch_size, device=args.device or "auto",
+                                 progress=True)
     path = predictions.write(args.output, inputs=[args.model, args.data, *predictions.sources])
     console.print(f"[green]wrote[/] {len(predictions.ids)} predictions ({', '.join(predictions.columns)}) to {escape(str(path))}")
-    return 0
+    return {"output": str(path), "samples": len(predictions.ids), "columns": list(predictions.columns)}
 
 
-def cmd_run(args: argparse.Namespace, console: Console) -> int:
+def cmd_run(args: argparse.Namespace, console: Console) -> Result:
     recipe = Recipe.from_yaml(args.recipe)
     graph = recipe.check(download=False)
     console.print(f"recipe [bold]{escape(recipe.name)}[/] ({escape(str(recipe.path))}): {recipe.operation.kind} "
@@ -192,19 +180,31 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     console.print(_tree(graph.tree()))
     for block in recipe.uncached():
         console.print(f"[yellow]not cached yet:[/] {escape(block.artifact)} (a run downloads it)")
+    done = {"recipe": str(recipe.path), "name": recipe.name, "operation": recipe.operation.kind,
+            "graph": graph.tree(), "output": None}
     if args.dry_run:
         console.print("[green]valid[/] (dry run: nothing written)")
-        return 0
+        return done
     path = recipe.run()
     console.print(f"[green]wrote[/] {escape(str(path))}")
-    return 0
+    return {**done, "output": str(path)}
 
 
-def _metrics_text(metrics: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+def _report_training(console: Console, what: str, result: TrainResult, path: Path, args: argparse.Namespace,
+                     inputs: list[Any]) -> Result:
+    console.print(f"[green]{what}[/]: best epoch {result.best_epoch}, val {_metrics_text(result.val)}, "
+                  f"test {_metrics_text(result.test)} ({result.seconds:.1f} s)")
+    console.print(f"[green]wrote[/] {escape(str(path))}")
+    if args.plot:
+        from .plots import plot_history
+
+        plot_history(result.history, args.plot, title=f"{what}: {Path(path).name}", best_epoch=result.best_epoch,
+                     inputs=[*inputs, path])
+        console.print(f"[green]plotted[/] the training history to {escape(args.plot)}")
+    return _trained(result, path)
 
 
-def _train_wrapped(args: argparse.Namespace, console: Console) -> int:
+def _train_wrapped(args: argparse.Namespace, console: Console) -> Result:
     """`legokit train DATA --block wrapped.st`: train a wrapped block's latent, updates and head."""
     building = [flag for flag, value in (("--spec", args.spec), ("--encoder", args.encoder), ("--task", args.task),
                                          ("--encoder-kwargs", args.encoder_kwargs), ("--latent", args.latent),
@@ -212,37 +212,30 @@ def _train_wrapped(args: argparse.Namespace, console: Console) -> int:
     if building:
         raise ConfigError(f"--block trains the block as it was wrapped; {', '.join(building)} would build another "
                           "(set them when wrapping)")
-    refuse_inputs(args.output, [args.block, args.data])
+    inputs = [args.block, args.data]
+    refuse_inputs(args.output, inputs)
     block = load_block(args.block)
     _use_threads(args, console, block.config.latent)
     if args.modality and args.modality != block.modality:
         raise ConfigError(f"--modality {args.modality}: the block {args.block} is for modality {block.modality}")
-    given = {k: v for k, v in dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                   device=args.device, patience=args.patience,
-                                   weight_decay=args.weight_decay).items() if v is not None}
-    config = TrainConfig(**given, freeze_encoders=not args.finetune_encoder, compile=args.compile)
-    from .distributed import session
-    from .workflows import train_wrapped_block
-
+    config = replace(_training(args, TrainConfig()), freeze_encoders=not args.finetune_encoder)
     with session(config.device) as place:
         block, result = train_wrapped_block(args.data, block, config, standardize=args.standardize)
         if not place.main:
-            return 0
-        path = save_block(block, args.output, inputs=[args.block, args.data])
+            return _trained(result, None)
+        path = save_block(block, args.output, inputs=inputs)
     encoder = "fine-tuned" if args.finetune_encoder else "frozen"
-    console.print(f"[green]trained[/] {escape(block.modality)} block (encoder {encoder}): best epoch {result.best_epoch}, "
-                  f"val {_metrics_text(result.val)}, test {_metrics_text(result.test)} ({result.seconds:.1f} s)")
-    console.print(f"[green]wrote[/] {escape(str(path))}")
-    return 0
+    return _report_training(console, f"trained {block.modality} block (encoder {encoder})", result, path, args, inputs)
 
 
-def cmd_train(args: argparse.Namespace, console: Console) -> int:
+def cmd_train(args: argparse.Namespace, console: Console) -> Result:
     if args.block:
         return _train_wrapped(args, console)
     if args.finetune_encoder or args.standardize:
         raise ConfigError("--finetune-encoder and --standardize are for --block (a built-in block always trains its "
                           "encoder and standardises its inputs)")
-    refuse_inputs(args.output, [args.spec, args.data])
+    inputs = [args.spec, args.data]
+    refuse_inputs(args.output, inputs)
     if args.spec:
         spec = BlockSpec.from_yaml(args.spec)
     elif args.modality:
@@ -252,62 +245,45 @@ def cmd_train(args: argparse.Namespace, console: Console) -> int:
     spec = spec.override(
         modality=args.modality, encoder=args.encoder, task=TaskSpec.parse(args.task) if args.task else None,
         encoder_kwargs=_json_object(args.encoder_kwargs) if args.encoder_kwargs else None,
-        latent=parse_latent(args.latent) if args.latent else None, depth=args.depth, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device, patience=args.patience,
-        weight_decay=args.weight_decay, compile=args.compile or None,
+        latent=parse_latent(args.latent) if args.latent else None, depth=args.depth,
     )
+    spec = replace(spec, training=_training(args, spec.training))
     _use_threads(args, console, spec.latent)
-    from .distributed import session
-    from .workflows import train_block
-
     with session(spec.training.device) as place:
         block, result = train_block(args.data, spec)
         if not place.main:  # under torchrun, rank 0 reports and writes
-            return 0
-        path = save_block(block, args.output, inputs=[args.spec, args.data])
-    console.print(f"[green]trained[/] {escape(spec.modality)} block: best epoch {result.best_epoch}, "
-                  f"val {_metrics_text(result.val)}, test {_metrics_text(result.test)} ({result.seconds:.1f} s)")
-    console.print(f"[green]wrote[/] {escape(str(path))}")
-    return 0
+            return _trained(result, None)
+        path = save_block(block, args.output, inputs=inputs)
+    return _report_training(console, f"trained {spec.modality} block", result, path, args, inputs)
 
 
-def cmd_fuse(args: argparse.Namespace, console: Console) -> int:
-    from .distributed import session
-    from .workflows import fuse_blocks
-
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                         device=args.device, freeze_encoders=args.freeze_encoders, compile=args.compile)
-    refuse_inputs(args.output, [*args.blocks, args.data])
+def cmd_fuse(args: argparse.Namespace, console: Console) -> Result:
+    config = replace(_training(args, FUSE_TRAINING), freeze_encoders=args.freeze_encoders)
+    inputs = [*args.blocks, args.data]
+    refuse_inputs(args.output, inputs)
     blocks = [load_block(path) for path in args.blocks]
     _use_threads(args, console, blocks[0].config.latent)
-    with session(args.device) as place:
+    with session(config.device) as place:
         model, result = fuse_blocks(blocks, args.data, args.mode, config)
         if not place.main:  # under torchrun, rank 0 reports and writes
-            return 0
-        path = save(model, args.output, provenance={"fused_from": list(args.blocks)}, inputs=[*args.blocks, args.data])
-    for warning in model.provenance.get("warnings", []):
-        console.print(f"[yellow]warning:[/] {escape(warning)}: its training samples may be in this test split")
-    console.print(f"[green]fused[/] {' -> '.join(model.modalities)} ({args.mode}, {args.epochs} epochs): "
-                  f"val {_metrics_text(result.val)}, test {_metrics_text(result.test)}")
-    console.print(f"[green]wrote[/] {escape(str(path))}")
-    return 0
+            return _trained(result, None)
+        path = save(model, args.output, provenance={"fused_from": list(args.blocks)}, inputs=inputs)
+    what = f"fused {' -> '.join(model.modalities)} ({args.mode}, {config.epochs} epochs)"
+    return _report_training(console, what, result, path, args, inputs)
 
 
-def cmd_adapt(args: argparse.Namespace, console: Console) -> int:
-    from .adapters.files import head_of, save_adapter
-    from .workflows import adapt
-
+def cmd_adapt(args: argparse.Namespace, console: Console) -> Result:
     refuse_inputs(args.output, [args.model, args.data])
     base = load(args.model)
-    config = TrainConfig(epochs=args.epochs, patience=args.patience, lr=args.lr, seed=args.seed, device=args.device)
+    config = _training(args, ADAPT_TRAINING)
     adapted, result, counts = adapt(base, args.data, args.adapter, args.rank, args.at, args.missing, args.test_missing,
                                     config, allow_overlap=args.allow_overlap, missing_rate=args.missing_rate,
                                     missing_split=args.missing_split, test_missing_rate=args.test_missing_rate,
                                     train_head=args.train_head)
     for warning in counts.pop("warnings", []):
-        console.print(f"[yellow]warning:[/] {escape(warning)}")
+        log.warning("%s", warning)
     adapter = adapted.adapters[-1]
-    head = "and the head" if any(p.requires_grad for p in head_of(adapted).parameters()) else "(head frozen)"
+    head = "and the head" if any(p.requires_grad for p in adapted.head.parameters()) else "(head frozen)"
     console.print(f"trainable parameters: {counts['trainable']:,} of {counts['total']:,} ({counts['percent']:.2f}% of the "
                   f"model): the {args.adapter} adapter at {len(adapter.placement)} site(s) {head}; one modality set "
                   f"{counts['percent_one_set']:.2f}%, all {counts['sets']} sets {counts['percent_all_sets']:.2f}%, "
@@ -319,26 +295,23 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> int:
                           "val": result.val, "test": result.test, "trainable": counts, "samples": result.samples}}
     path = save_adapter(adapted, adapter, args.output, base.source_sha256, record, inputs=[args.model, args.data])
     console.print(f"[green]wrote[/] {escape(str(path))} (fits base sha256 {base.source_sha256[:12]})")
-    return 0
+    return {**_trained(result, path), "missing": protocol, "parameters": counts}
 
 
-def cmd_eval(args: argparse.Namespace, console: Console) -> int:
-    from .workflows import evaluate_missing, evaluate_model
-
-    if args.json:
-        refuse_inputs(args.json, [args.model, args.data, *(args.adapter or [])])
-    model = load(args.model, device=args.device)
+def cmd_eval(args: argparse.Namespace, console: Console) -> Result:
+    if args.plot:
+        refuse_inputs(args.plot, [args.model, args.data, *(args.adapter or [])])
+    model = load(args.model, device=args.device or "auto")
     if args.adapter or args.missing or args.missing_rate is not None:
-        from .adapters.files import attach_file
-
         for path in args.adapter or []:
             model = attach_file(model, path)
         metrics = evaluate_missing(model, args.data, args.missing, args.split, args.seed, args.allow_overlap,
-                                   args.missing_rate, args.missing_split)
+                                   args.missing_rate, args.missing_split, plot=args.plot)
     else:
-        metrics = evaluate_model(model, args.data, args.split, args.seed, allow_overlap=args.allow_overlap)
-    for warning in metrics.pop("warnings", []):
-        console.print(f"[yellow]warning:[/] {escape(warning)}")
+        metrics = evaluate_model(model, args.data, args.split, args.seed, allow_overlap=args.allow_overlap,
+                                 plot=args.plot)
+    for warning in metrics["warnings"]:
+        log.warning("%s", warning)
     protocol = {k: v for k, v in metrics.items() if k.startswith("missing")}
     shown = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in protocol.items())
     console.print(f"{escape(args.model)} on {escape(args.data)}: {metrics['split']} split, {metrics['samples']} samples "
@@ -350,16 +323,12 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> int:
         if isinstance(value, float) and name not in protocol:
             table.add_row(name, f"{value:.4f}")
     console.print(table)
-    if args.json:
-        from .artifact import write_atomic
-
-        write_atomic(Path(args.json), json.dumps(metrics, indent=2).encode(), [args.model, args.data, *(args.adapter or [])])
-    return 0
+    if args.plot:
+        console.print(f"[green]plotted[/] the {metrics['split']} split to {escape(args.plot)}")
+    return metrics
 
 
-def cmd_demo(args: argparse.Namespace, console: Console) -> int:
-    from .demo import MODELS, default_spec, run_demo
-
+def cmd_demo(args: argparse.Namespace, console: Console) -> Result:
     console.print(f"legokit demo: Mayo PBC, 1-year landmark, {args.seeds} random 70/15/15 splits -> {escape(args.out)}/")
     _use_threads(args, console, default_spec("labs").latent)
     result = run_demo(args.out, args.seeds, console=console)
@@ -377,57 +346,71 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
                       f"{row['test_with_visits']['mean']:.3f} ± {row['test_with_visits']['sd']:.3f}")
     console.print(table)
     console.print(f"{result.seconds:.0f} s; table in {escape(args.out)}/results.json, artifacts in {escape(args.out)}/")
-    return 0
+    return summary
 
 
-def cmd_push(args: argparse.Namespace, console: Console) -> int:
-    from .hub import push
-
+def cmd_push(args: argparse.Namespace, console: Console) -> Result:
     url = push(args.artifact, args.repo, private=args.private)
     console.print(f"[green]pushed[/] {escape(args.artifact)} with its model card to {escape(args.repo)}: {escape(url)}")
-    return 0
+    return {"artifact": args.artifact, "repo": args.repo, "url": url}
 
 
-def cmd_pull(args: argparse.Namespace, console: Console) -> int:
-    from .hub import pull
-
+def cmd_pull(args: argparse.Namespace, console: Console) -> Result:
     path = pull(args.repo, args.output)
     console.print(f"[green]pulled[/] {escape(args.repo)} -> {escape(str(path))}")
-    return 0
+    return {"repo": args.repo, "path": str(path)}
 
 
-def _use_threads(args: argparse.Namespace, console: Console, latent: tuple[int, int] | None = None) -> None:
-    """Set torch's CPU threads for this command (`legokit.threads`); say so when the work size decided it."""
-    choice = choose_threads(getattr(args, "threads", None), latent[0] * latent[1] if latent else None)
-    apply_threads(choice)
-    if latent is not None:
-        console.print(f"[dim]CPU threads: {choice.threads} ({escape(choice.reason)})[/]")
+def _training_flags(defaults: TrainConfig, spec: bool = False) -> argparse.ArgumentParser:
+    """The training flags, one meaning each, with this command's defaults (`legokit.train`: defined once)."""
+    either = " or the spec's" if spec else ""
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("--epochs", type=int, help=f"most epochs (early stopping on validation; default "
+                       f"{defaults.epochs}{either})")
+    flags.add_argument("--patience", type=int, help=f"epochs without validation gain before stopping (default "
+                       f"{defaults.patience}{either})")
+    flags.add_argument("--batch-size", type=int, help=f"samples per step (default {defaults.batch_size}{either})")
+    flags.add_argument("--lr", type=float, help=f"AdamW learning rate (default {defaults.lr:g}{either})")
+    flags.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {defaults.weight_decay:g}{either})")
+    flags.add_argument("--seed", type=int, help=f"seed of the weights, the shuffling and the random split (default "
+                       f"{defaults.seed}{either})")
+    flags.add_argument("--compile", action="store_true", help="run the training steps through torch.compile")
+    return flags
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="legokit", description="Wrap, inspect, merge and fuse LegoBlocks.")
     parser.add_argument("--version", action="version", version=f"legokit {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", metavar="PATH", help="also write the command's result as JSON to PATH ('-': "
+                        "standard output)")
+    common.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors (no progress)")
+    common.add_argument("-v", "--verbose", action="store_true", help="also print debug messages")
     compute = argparse.ArgumentParser(add_help=False)
+    compute.add_argument("--device", help="auto (CUDA if present; the default), cpu, cuda or cuda:N")
     compute.add_argument("--threads", type=int, help="CPU threads for torch (default: OMP_NUM_THREADS if set, else 1 "
                          "for latents up to 32x32, else the usable CPUs the load average leaves idle)")
+    computing = [common, compute]
 
-    wrap = commands.add_parser("wrap", parents=[compute], help="wrap an encoder file into a standalone block artifact (.st)")
+    wrap = commands.add_parser("wrap", parents=computing, help="wrap an encoder file into a standalone block artifact (.st)")
     wrap.add_argument("encoder", help="a torch.export program (.pt2), a TorchScript archive, a state dict, or a "
                                       "Hugging Face model folder (config.json + safetensors [+ tokenizer.json])")
     wrap.add_argument("--modality", required=True, help="name of the modality, e.g. tab, img, labs")
     wrap.add_argument("--input-shape", help="per-sample input shape where it cannot be inferred: 76, or ?x32 for bags")
     wrap.add_argument("--arch", help="built-in architecture of a state dict: snn, abmil or mlp")
     wrap.add_argument("--arch-kwargs", help="JSON keyword arguments of --arch, e.g. '{\"hidden\": 256}'")
-    wrap.add_argument("--latent", default="64x64", help="latent shape, channels x dims (default 64x64)")
-    wrap.add_argument("--depth", type=int, default=2, help="number of update steps S (default 2)")
-    wrap.add_argument("--task", default="survival:4", help="survival:N | multiclass:K | binary | multilabel:K (default survival:4)")
-    wrap.add_argument("--fft-axes", default="both", choices=FFT_AXES, help="FFT over latent channels only, or both axes")
-    wrap.add_argument("--update", default=DEFAULT_UPDATE, choices=UPDATE_PARTS,
+    wrap.add_argument("--latent", default="x".join(map(str, BlockConfig.latent)),
+                      help="latent shape, channels x dims (default %(default)s)")
+    wrap.add_argument("--depth", type=int, default=BlockConfig.depth, help="number of update steps S (default %(default)s)")
+    wrap.add_argument("--task", default=str(BlockSpec.task), help="survival:N | multiclass:K | binary | multilabel:K "
+                      "(default %(default)s)")
+    wrap.add_argument("--fft-axes", default=BlockConfig.fft_axes, choices=FFT_AXES,
+                      help="FFT over latent channels only, or both axes (default %(default)s)")
+    wrap.add_argument("--update", default=BlockConfig.update, choices=UPDATE_PARTS,
                       help="what each step updates: Re(FFT(L)) as the paper, or Re and Im (default %(default)s)")
-    wrap.add_argument("--head-features", default=DEFAULT_HEAD_FEATURES, choices=HEAD_FEATURES,
+    wrap.add_argument("--head-features", default=BlockConfig.head_features, choices=HEAD_FEATURES,
                       help="what the head reads: Re channel means, Re and Im, or magnitude and phase (default %(default)s)")
-    wrap.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     wrap.add_argument("--trust-pickle", action="store_true", help="trust the file: allow a pickled module or a "
                       "TorchScript archive (loading either runs code from the file)")
     wrap.add_argument("--input-dtype", choices=("float32", "int64"), help="int64 for token ids (default: float32, "
@@ -444,28 +427,30 @@ def build_parser() -> argparse.ArgumentParser:
                       "(default: <encoder stem>.st next to the encoder)")
     wrap.set_defaults(run=cmd_wrap)
 
-    merge = commands.add_parser("merge", help="LegoMerge blocks (or a merged model and new blocks) with no training")
+    merge = commands.add_parser("merge", parents=[common], help="LegoMerge blocks (or a merged model and new blocks) "
+                                "with no training")
     merge.add_argument("artifacts", nargs="+", help="block or merged-model artifacts (.st), at least two blocks in all")
     merge.add_argument("--phase", default="paper", choices=PHASE_MODES, help="mean of phases: arithmetic (paper) or circular")
-    merge.add_argument("--weights", help="one weight per block, 0.5,0.5, by modality, tab=0.5,img=0.5, or auto: each block's validation metric "
-                            "above chance, as recorded when it was trained (default equal)")
+    merge.add_argument("--weights", help="one weight per block, 0.5,0.5, by modality, tab=0.5,img=0.5, or auto: each "
+                       "block's validation metric above chance, as recorded when it was trained (default equal)")
     merge.add_argument("-o", "--output", required=True, help="the merged artifact to write (.st)")
     merge.set_defaults(run=cmd_merge)
 
-    predict = commands.add_parser("predict", parents=[compute], help="predict every sample of a dataset folder (any modalities present)")
-    predict.add_argument("model", help="a block or merged artifact (.st)")
+    predict = commands.add_parser("predict", parents=computing, help="predict every sample of a dataset folder (any "
+                                  "modalities present)")
+    predict.add_argument("model", help="a block, merged or fused artifact (.st)")
     predict.add_argument("data", help="dataset folder: NAME.csv (id + features) or NAME/ID.safetensors per modality")
-    predict.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default 256)")
-    predict.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
+    predict.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default %(default)s)")
     predict.add_argument("-o", "--output", required=True, help="CSV file to write: id, then the task's outputs")
     predict.set_defaults(run=cmd_predict)
 
-    run = commands.add_parser("run", parents=[compute], help="run a YAML recipe: recipe -> composition graph -> artifact")
+    run = commands.add_parser("run", parents=computing, help="run a YAML recipe: recipe -> composition graph -> artifact")
     run.add_argument("recipe", help="a recipe file, e.g. recipes/merge.yaml")
     run.add_argument("--dry-run", action="store_true", help="validate and print the graph, write nothing")
     run.set_defaults(run=cmd_run)
 
-    train = commands.add_parser("train", parents=[compute], help="train a block on one modality of a dataset folder")
+    train = commands.add_parser("train", parents=[*computing, _training_flags(TrainConfig(), spec=True)],
+                                help="train a block on one modality of a dataset folder")
     train.add_argument("data", help="dataset folder (labels.csv, NAME.csv or NAME/, optional splits.csv)")
     train.add_argument("--block", help="a wrapped block (.st) to train: its latent, updates and head (encoder frozen)")
     train.add_argument("--finetune-encoder", action="store_true", help="with --block: train the encoder too")
@@ -473,102 +458,121 @@ def build_parser() -> argparse.ArgumentParser:
                        "training split's mean and s.d. (default: the encoder sees the data as stored)")
     train.add_argument("--spec", help="a block spec, e.g. blocks/labs.yaml; the flags below override it")
     train.add_argument("--modality", help="the modality to train on (NAME.csv or NAME/ in the folder)")
-    train.add_argument("--encoder", help="built-in encoder: snn, abmil, mlp or tokens (default snn)")
+    train.add_argument("--encoder", help=f"built-in encoder: {', '.join(list_encoders())} (default {BlockSpec.encoder})")
     train.add_argument("--encoder-kwargs", help="JSON keyword arguments of the encoder")
-    train.add_argument("--task", help="survival:N | multiclass:K | binary | multilabel:K (default survival:4)")
-    train.add_argument("--latent", help="latent shape, channels x dims (default 64x64)")
-    train.add_argument("--depth", type=int, help="update steps (default 2)")
-    train.add_argument("--epochs", type=int, help=f"most epochs (early stopping on validation; default {TrainConfig.epochs})")
-    train.add_argument("--patience", type=int, help=f"epochs without validation gain before stopping (default {TrainConfig.patience})")
-    train.add_argument("--batch-size", type=int, help=f"samples per step (default {TrainConfig.batch_size})")
-    train.add_argument("--lr", type=float, help=f"AdamW learning rate (default {TrainConfig.lr:g})")
-    train.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {TrainConfig.weight_decay:g})")
-    train.add_argument("--seed", type=int, help="seed of the weights, the shuffling and the random split")
-    train.add_argument("--device", help="auto (CUDA if present), cpu, cuda or cuda:N")
-    train.add_argument("--compile", action="store_true", help="run the training steps through torch.compile")
+    train.add_argument("--task", help=f"survival:N | multiclass:K | binary | multilabel:K (default {BlockSpec.task})")
+    train.add_argument("--latent", help=f"latent shape, channels x dims (default {'x'.join(map(str, BlockSpec.latent))})")
+    train.add_argument("--depth", type=int, help=f"update steps (default {BlockSpec.depth})")
+    train.add_argument("--plot", metavar="PNG", help="also draw the per-epoch history (losses, validation metric) "
+                       "here (needs legokit[plot])")
     train.add_argument("-o", "--output", required=True, help="the block artifact to write (.st)")
     train.set_defaults(run=cmd_train)
 
-    fuse = commands.add_parser("fuse", parents=[compute], help="LegoFuse blocks (stack or weave) and fine-tune them on paired data")
+    fuse = commands.add_parser("fuse", parents=[*computing, _training_flags(FUSE_TRAINING)],
+                               help="LegoFuse blocks (stack or weave) and fine-tune them on paired data")
     fuse.add_argument("blocks", nargs="+", help="block artifacts, in the order their updates run")
     fuse.add_argument("--mode", default="stack", choices=FUSE_MODES, help="stack: block after block; weave: layer after layer")
     fuse.add_argument("--data", required=True, help="dataset folder with the blocks' modalities and labels")
-    fuse.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2, the paper's setting)")
-    fuse.add_argument("--batch-size", type=int, default=32, help="samples per step (default 32)")
-    fuse.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    fuse.add_argument("--seed", type=int, default=0, help="seed (and random split when there is no splits.csv)")
     fuse.add_argument("--freeze-encoders", action="store_true", help="train the update layers and head only")
-    fuse.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
-    fuse.add_argument("--compile", action="store_true", help="run the training steps through torch.compile")
+    fuse.add_argument("--plot", metavar="PNG", help="also draw the per-epoch history here (needs legokit[plot])")
     fuse.add_argument("-o", "--output", required=True, help="the fused artifact to write (.st)")
     fuse.set_defaults(run=cmd_fuse)
 
-    evaluate = commands.add_parser("eval", parents=[compute], help="metrics of a model on a split of a labelled dataset folder")
+    evaluate = commands.add_parser("eval", parents=computing, help="metrics of a model on a split of a labelled "
+                                   "dataset folder")
     evaluate.add_argument("model", help="a block, merged or fused artifact (.st)")
     evaluate.add_argument("data", help="labelled dataset folder")
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="default test")
     evaluate.add_argument("--seed", type=int, help="seed of the random split (default: the one the model, or all its "
                           "blocks, was trained with)")
-    evaluate.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or cuda:N")
-    evaluate.add_argument("--json", help="also write the metrics to this JSON file")
     evaluate.add_argument("--adapter", action="append", help="attach this adapter artifact first (repeatable)")
     evaluate.add_argument("--missing-rate", type=float, help="MoRA's protocol: share eta of the complete samples "
                           "that miss one modality (dummies: the training means)")
     evaluate.add_argument("--missing-split", type=float, default=0.5, help="the first modality's share of the "
-                          "missing ones (default 0.5)")
+                          "missing ones (default %(default)s)")
     evaluate.add_argument("--missing", help="instead, independent per-modality rates, e.g. tab=0.3,seq=1.0")
     evaluate.add_argument("--allow-overlap", action="store_true", help="score samples a block was trained or "
                           "validated on (refused by default), with a warning")
+    evaluate.add_argument("--plot", metavar="PNG", help="also draw Kaplan-Meier curves by predicted risk group "
+                          "(survival) or ROC curves (classification) of the split here (needs legokit[plot])")
     evaluate.set_defaults(run=cmd_eval)
 
-    adapt = commands.add_parser("adapt", parents=[compute], help="train a missing-modality adapter (MoRA or SSF) for a model")
+    adapt = commands.add_parser("adapt", parents=[*computing, _training_flags(ADAPT_TRAINING)],
+                                help="train a missing-modality adapter (MoRA or SSF) for a model")
     adapt.add_argument("model", help="the base artifact (.st): a merged or fused model (a block: --missing-rate 0)")
     adapt.add_argument("--adapter", required=True, choices=("mora", "ssf"), help="modality-aware LoRA, or scale and shift")
     adapt.add_argument("--data", required=True, help="labelled dataset folder")
-    adapt.add_argument("--rank", type=int, default=4, help="MoRA rank (default 4, the paper's)")
+    adapt.add_argument("--rank", type=int, default=4, help="MoRA rank (default %(default)s, the paper's)")
     adapt.add_argument("--at", help="tokens (MoRA default: each block's first key/value projection), first, all (SSF "
                        "default), or module names, comma-separated")
     adapt.add_argument("--missing-rate", type=float, default=0.7, help="MoRA's protocol: share eta of the complete "
-                       "samples that miss one modality, in training and validation (default 0.7)")
+                       "samples that miss one modality, in training and validation (default %(default)s)")
     adapt.add_argument("--missing-split", type=float, default=0.5, help="the first modality's share of the missing "
-                       "ones, in the model's modality order (alphabetical for a merged model; default 0.5; equal "
-                       "shares for more than two modalities)")
+                       "ones, in the model's modality order (alphabetical for a merged model; default %(default)s; "
+                       "equal shares for more than two modalities)")
     adapt.add_argument("--test-missing-rate", type=float, help="eta for the reported test metrics (default: --missing-rate)")
     adapt.add_argument("--missing", help="instead, independent per-modality rates for training, e.g. tab=0.7")
     adapt.add_argument("--test-missing", help="independent per-modality rates for the test metrics")
     adapt.add_argument("--train-head", action=argparse.BooleanOptionalAction, default=None,
                        help="train the task head too (default: yes for MoRA, no for SSF, as its paper does)")
-    adapt.add_argument("--epochs", type=int, default=20, help="most epochs (default 20)")
-    adapt.add_argument("--patience", type=int, default=5, help="early-stopping patience (default 5)")
-    adapt.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    adapt.add_argument("--seed", type=int, default=0, help="seed of the weights, the split and the missing draws")
-    adapt.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda or cuda:N")
     adapt.add_argument("--allow-overlap", action="store_true", help="report test metrics on samples the base model "
                        "was trained or validated on (refused by default), with a warning")
     adapt.add_argument("-o", "--output", required=True, help="the adapter artifact to write (.st)")
     adapt.set_defaults(run=cmd_adapt)
 
-    demo = commands.add_parser("demo", parents=[compute], help="the main job: blocks, merge, fuse and baselines on bundled PBC data")
-    demo.add_argument("--out", default="legokit-demo", help="folder for data, artifacts and results (default legokit-demo)")
-    demo.add_argument("--seeds", type=int, default=5, help="repeated random splits (default 5, as in the paper)")
+    demo = commands.add_parser("demo", parents=computing, help="the main job: blocks, merge, fuse and baselines on "
+                               "bundled PBC data")
+    demo.add_argument("--out", default="legokit-demo", help="folder for data, splits, artifacts and results (default "
+                      "%(default)s)")
+    demo.add_argument("--seeds", type=int, default=5, help="repeated random splits (default %(default)s, as in the paper)")
     demo.set_defaults(run=cmd_demo)
 
-    push = commands.add_parser("push", help="upload an artifact and its model card to a Hugging Face Hub repository")
-    push.add_argument("artifact", help="a .st artifact")
-    push.add_argument("repo", help="the Hub repository, org/name (created if needed; HF_TOKEN must be set)")
-    push.add_argument("--private", action="store_true", help="create the repository as private")
-    push.set_defaults(run=cmd_push)
+    push_command = commands.add_parser("push", parents=[common], help="upload an artifact and its model card to a "
+                                       "Hugging Face Hub repository")
+    push_command.add_argument("artifact", help="a .st artifact")
+    push_command.add_argument("repo", help="the Hub repository, org/name (created if needed; HF_TOKEN must be set)")
+    push_command.add_argument("--private", action="store_true", help="create the repository as private")
+    push_command.set_defaults(run=cmd_push)
 
-    pull = commands.add_parser("pull", help="download an artifact from the Hub into the cache (works offline after)")
-    pull.add_argument("repo", help="org/name, or hf://org/name/file.st[@revision]")
-    pull.add_argument("-o", "--output", help="also copy it here")
-    pull.set_defaults(run=cmd_pull)
+    pull_command = commands.add_parser("pull", parents=[common], help="download an artifact from the Hub into the "
+                                       "cache (works offline after)")
+    pull_command.add_argument("repo", help="org/name, hf://org/name/file.st[@revision] or hf://org/name@revision/file.st")
+    pull_command.add_argument("-o", "--output", help="also copy it here")
+    pull_command.set_defaults(run=cmd_pull)
 
-    inspect = commands.add_parser("inspect", help="show what an artifact holds")
+    inspect = commands.add_parser("inspect", parents=[common], help="show what an artifact holds")
     inspect.add_argument("artifact", help="a .st file, or hf://org/repo/file.st")
-    inspect.add_argument("--json", action="store_true", help="print JSON instead of a table")
     inspect.set_defaults(run=cmd_inspect)
     return parser
+
+
+# the arguments that name files a command reads: its --json output must not replace any of them
+INPUT_ARGUMENTS = ("encoder", "artifact", "artifacts", "model", "data", "recipe", "block", "blocks", "spec", "adapter",
+                   "output", "plot")
+
+
+def _inputs(args: argparse.Namespace) -> list[str]:
+    found: list[str] = []
+    for name in INPUT_ARGUMENTS:
+        value = getattr(args, name, None)
+        found += [str(v) for v in value] if isinstance(value, list) else [str(value)] if value else []
+    return found
+
+
+def _write_json(args: argparse.Namespace, result: Result) -> None:
+    text = json.dumps(result, indent=2, default=str)
+    if args.json == "-":
+        print(text)
+    else:
+        write_atomic(Path(args.json), (text + "\n").encode(), _inputs(args))
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """The `legokit` logger prints through rich's handler on standard error, at the level --quiet/--verbose set."""
+    handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, markup=False)
+    log.handlers = [handler]
+    log.propagate = False
+    log.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
 
 
 class Terminated(BaseException):
@@ -584,12 +588,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)  # unwinds like Ctrl-C, so half-written outputs are removed
-    console = Console()
+    _configure_logging(args)
+    console = Console(quiet=args.quiet or args.json == "-")  # `--json -` keeps standard output for the JSON
     errors = Console(stderr=True)
     try:
+        if args.json not in (None, "-"):
+            refuse_inputs(args.json, _inputs(args))  # checked before the work, not after
         if hasattr(args, "threads"):  # the commands that compute; inspect, merge, push and pull do not
             _use_threads(args, console)
-        return args.run(args, console)
+        result = args.run(args, console)
+        if args.json:
+            _write_json(args, result)
+        return 0
     except LegoError as exc:
         errors.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         return 1

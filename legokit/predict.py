@@ -7,37 +7,16 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Iterable
 
 import torch
-from rich.progress import Progress
 
 from .artifact import write_atomic
-from .block import LegoBlock
-from .compose.merge import MergedModel
-from .data.batch import ModalityBatch
-from .data.folder import DataError, DatasetFolder, InputSpec
+from .data.folder import DataError, DatasetFolder
 from .device import resolve_device
-from .tasks import TaskSpec, prediction_columns
-
-
-def model_inputs(model: LegoBlock | MergedModel) -> dict[str, InputSpec]:
-    """What a dataset folder supplies for each modality the model takes: a per-sample shape, or raw text."""
-    if isinstance(model, LegoBlock):
-        return {model.modality: model.data_input}
-    return {m: b.data_input for m, b in model.blocks.items()}
-
-
-def model_task(model: LegoBlock | MergedModel) -> TaskSpec:
-    return model.config.task if isinstance(model, LegoBlock) else model.task
-
-
-def run_model(model: LegoBlock | MergedModel, batches: Mapping[str, ModalityBatch]) -> torch.Tensor:
-    """Logits of either kind of model for a batch of per-modality inputs."""
-    if isinstance(model, LegoBlock):
-        batch = batches[model.modality]
-        return model(batch.x, batch.mask)
-    return model(batches)
+from .model import LegoModel, model_inputs
+from .progress import progress_bar
+from .tasks import prediction_columns
 
 
 @dataclass(frozen=True)
@@ -63,27 +42,25 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict_folder(model: LegoBlock | MergedModel, data_dir: str | os.PathLike[str], batch_size: int = 256,
+def predict_folder(model: LegoModel, data_dir: str | os.PathLike[str], batch_size: int = 256,
                    device: str | torch.device = "auto", progress: bool = False) -> Predictions:
     """Task outputs (risk and hazards, or probabilities) for every sample that has at least one of the model's
     modalities in the dataset folder."""
     data = DatasetFolder(data_dir, model_inputs(model))
     target = resolve_device(device)
     model = model.to(target).eval()
-    task = model_task(model)
     columns: dict[str, list[float]] = {}
-    with Progress(transient=True, disable=not progress) as bar:
-        job = bar.add_task("predicting", total=len(data.ids))
+    with progress_bar("predicting", len(data.ids), enabled=progress) as advance:
         for start in range(0, len(data.ids), batch_size):
             ids = data.ids[start : start + batch_size]
             batches = {m: b.to(target) for m, b in data.batch(ids).items()}
-            logits = run_model(model, batches).float()
+            logits = model(batches).float()
             finite = torch.isfinite(logits).all(dim=1)
             if not finite.all():
                 sample = ids[int((~finite).nonzero()[0])]
                 raise DataError(f"{data.root}: sample {sample!r}: the model's output is NaN or infinite (check its "
                                 "inputs for extreme values)")
-            for name, values in prediction_columns(task, logits).items():
+            for name, values in prediction_columns(model.task, logits).items():
                 columns.setdefault(name, []).extend(values.cpu().tolist())
-            bar.advance(job, len(ids))
+            advance(len(ids), "")
     return Predictions(data.ids, columns, tuple(data.files()))

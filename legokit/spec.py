@@ -7,42 +7,48 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from .block import DEFAULT_HEAD_FEATURES, DEFAULT_SHARED_INIT, DEFAULT_UPDATE, parse_latent
-from .encoders import BUILTIN_ENCODERS
+from .block import BlockConfig, parse_latent
+from .encoders import list_encoders
 from .errors import ConfigError
 from .tasks import TaskSpec
 from .train import TrainConfig
 from .yamlfile import check_keys, read_yaml, require_mapping
 
-SPEC_KEYS = ("modality", "description", "encoder", "latent", "depth", "task", "fft_axes", "heads", "dim_head",
-             "dropout", "update", "head_features", "shared_init", "training")
+ARCHITECTURE_KEYS = ("latent", "depth", "fft_axes", "heads", "dim_head", "ff_mult", "dropout", "update",
+                     "head_features", "shared_init")
+SPEC_KEYS = ("modality", "description", "encoder", "task", *ARCHITECTURE_KEYS, "training")
+DEFAULT_ENCODER = "snn"
+DEFAULT_TASK = TaskSpec("survival", 4)
 ENCODER_KEYS = ("name", "kwargs")
 TRAINING_KEYS = tuple(f.name for f in fields(TrainConfig))
 
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """A block to train: its modality, built-in encoder and kwargs, latent shape, depth, task, and training settings."""
+    """A block to train: its modality, built-in encoder and kwargs, latent shape, depth, task, and training settings.
+    Architecture defaults are `BlockConfig`'s and training defaults `TrainConfig`'s: defined once, there."""
 
     modality: str
-    encoder: str = "snn"
+    encoder: str = DEFAULT_ENCODER
     encoder_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    latent: tuple[int, int] = (64, 64)
-    depth: int = 2
-    task: TaskSpec = TaskSpec("survival", 4)
-    fft_axes: str = "both"
-    heads: int = 1
-    dim_head: int = 64
-    dropout: float = 0.0
-    update: str = DEFAULT_UPDATE
-    head_features: str = DEFAULT_HEAD_FEATURES
-    shared_init: bool = DEFAULT_SHARED_INIT
+    latent: tuple[int, int] = BlockConfig.latent
+    depth: int = BlockConfig.depth
+    task: TaskSpec = DEFAULT_TASK
+    fft_axes: str = BlockConfig.fft_axes
+    heads: int = BlockConfig.heads
+    dim_head: int = BlockConfig.dim_head
+    ff_mult: int = BlockConfig.ff_mult
+    dropout: float = BlockConfig.dropout
+    update: str = BlockConfig.update
+    head_features: str = BlockConfig.head_features
+    shared_init: bool = BlockConfig.shared_init
     training: TrainConfig = TrainConfig()
     description: str = ""
 
     def __post_init__(self) -> None:
-        if self.encoder not in BUILTIN_ENCODERS:
-            raise ConfigError(f"encoder {self.encoder!r}: train takes a built-in encoder ({', '.join(BUILTIN_ENCODERS)})")
+        if self.encoder not in list_encoders():
+            raise ConfigError(f"encoder {self.encoder!r}: train takes a named encoder ({', '.join(list_encoders())}; "
+                              "register others with legokit.register_encoder)")
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> "BlockSpec":
@@ -51,27 +57,24 @@ class BlockSpec:
         check_keys(path, "", data, SPEC_KEYS)
         if "modality" not in data:
             raise ConfigError(f"{path}: modality: missing")
-        encoder = require_mapping(path, "encoder", data.get("encoder", {"name": "snn"}))
+        encoder = require_mapping(path, "encoder", data.get("encoder", {}))
         check_keys(path, "encoder", encoder, ENCODER_KEYS)
         training = require_mapping(path, "training", data.get("training", {}))
         check_keys(path, "training", training, TRAINING_KEYS)
+        given = {k: data[k] for k in ARCHITECTURE_KEYS if k in data}  # absent keys take the one set of defaults
         try:
+            if "latent" in given:
+                given["latent"] = parse_latent(str(given["latent"]))
+            if "task" in data:
+                given["task"] = TaskSpec.parse(str(data["task"]))
+            if "name" in encoder:
+                given["encoder"] = str(encoder["name"])
             return cls(
                 modality=str(data["modality"]),
-                encoder=str(encoder.get("name", "snn")),
                 encoder_kwargs=dict(require_mapping(path, "encoder.kwargs", encoder.get("kwargs", {}))),
-                latent=parse_latent(str(data.get("latent", "64x64"))),
-                depth=data.get("depth", 2),
-                task=TaskSpec.parse(str(data.get("task", "survival:4"))),
-                fft_axes=data.get("fft_axes", "both"),
-                heads=data.get("heads", 1),
-                dim_head=data.get("dim_head", 64),
-                dropout=data.get("dropout", 0.0),
-                update=data.get("update", DEFAULT_UPDATE),
-                head_features=data.get("head_features", DEFAULT_HEAD_FEATURES),
-                shared_init=data.get("shared_init", DEFAULT_SHARED_INIT),
                 training=TrainConfig(**training),
                 description=str(data.get("description", "")),
+                **given,
             )
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from exc

@@ -1,5 +1,6 @@
 """The trainer: AdamW, validation once per epoch, early stopping that restores a deep copy of the best weights,
-model selection on the validation split only, seeded, with rich progress bars; bf16 autocast on CUDA."""
+model selection on the validation split only, seeded, with progress; bf16 autocast on CUDA. The loop has named
+parts (`Trainer.step`, `.epoch`, `.validate`, `Selection`, callbacks) so that new behaviour is an addition."""
 
 from __future__ import annotations
 
@@ -8,20 +9,19 @@ import math
 import random
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from .block import LegoBlock
 from .data.batch import ModalityBatch
 from .data.training import SplitData
 from .device import resolve_device
 from .distributed import device_for, world
 from .errors import ConfigError, positive_int
 from .metrics import PRIMARY, task_loss, task_metrics
+from .progress import Advance, progress_bar
 from .samples import sample_record
 from .tasks import TaskSpec
 
@@ -50,6 +50,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a {'positive' if name == 'lr' else 'non-negative'} number, got {value!r}")
 
 
+# the one definition of each operation's training defaults, used by the CLI, specs, recipes and the Python API
+FUSE_TRAINING = TrainConfig(epochs=2)  # LegoFuse fine-tunes for the paper's 2 epochs
+ADAPT_TRAINING = TrainConfig(epochs=20, patience=5)  # missing-modality adapters
+
+
 @dataclass
 class TrainResult:
     """What training found: the chosen epoch, its validation metrics, test metrics of the restored model."""
@@ -74,24 +79,11 @@ class TrainResult:
             "test": self.test,
             "survival_bin_edges": self.edges,
             "samples": self.samples,
+            "history": self.history,  # per epoch: losses and validation metrics (`legokit train --plot`)
         }
 
 
 Inputs = Callable[[Mapping[str, ModalityBatch], Sequence[str]], Mapping[str, ModalityBatch]]
-
-
-def run_model(model: nn.Module, batches: Mapping[str, ModalityBatch], call: nn.Module | None = None) -> torch.Tensor:
-    """Logits of a block (one modality) or of any multimodal model (a mapping of modalities); `call` is what to
-    run when it differs from `model` (a DDP or compiled wrapper of it)."""
-    call = model if call is None else call
-    if isinstance(model, LegoBlock):
-        batch = batches[model.modality]
-        return call(batch.x, batch.mask)
-    return call(batches)
-
-
-def model_modalities(model: nn.Module) -> list[str]:
-    return [model.modality] if isinstance(model, LegoBlock) else list(model.modalities)
 
 
 def _to(batches: Mapping[str, ModalityBatch], device: torch.device) -> dict[str, ModalityBatch]:
@@ -114,7 +106,7 @@ def predict_logits(model: nn.Module, data: SplitData, ids: Sequence[str], batch_
         if inputs is not None:
             batches = inputs(batches, chunk)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            outputs.append(run_model(model, _to(batches, device)).float().cpu())
+            outputs.append(model(_to(batches, device)).float().cpu())
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
@@ -127,12 +119,143 @@ def evaluate(model: nn.Module, data: SplitData, ids: Sequence[str], task: TaskSp
     return task_metrics(task, predict_logits(model, data, ids, device=device, inputs=inputs), targets)
 
 
-def _better(metric: float, loss: float, best: tuple[float, float] | None) -> bool:
-    if best is None:
-        return True
-    if metric == metric and best[0] == best[0] and metric != best[0]:
-        return metric > best[0]
-    return loss < best[1]
+@dataclass
+class Selection:
+    """The model-selection rule: the epoch with the best validation primary metric (a NaN metric or a tie falls
+    back to the lower validation loss), with a deep copy of its weights and the epochs waited since."""
+
+    best: tuple[float, float] | None = None
+    epoch: int = 0
+    waited: int = 0
+    state: dict[str, torch.Tensor] | None = None
+
+    def better(self, metric: float, loss: float) -> bool:
+        if self.best is None:
+            return True
+        if metric == metric and self.best[0] == self.best[0] and metric != self.best[0]:
+            return metric > self.best[0]
+        return loss < self.best[1]
+
+    def update(self, epoch: int, metric: float, loss: float, model: nn.Module) -> None:
+        if self.better(metric, loss):
+            self.best, self.epoch, self.waited = (metric, loss), epoch, 0
+            self.state = copy.deepcopy(model.state_dict())
+        else:
+            self.waited += 1
+
+
+class Callback(Protocol):
+    """Called after every epoch with that epoch's history row; returns True to stop training."""
+
+    def __call__(self, epoch: int, row: Mapping[str, float], selection: Selection) -> bool: ...
+
+
+def early_stopping(patience: int) -> Callback:
+    """Stop once `patience` epochs passed without a better validation result."""
+    return lambda epoch, row, selection: selection.waited >= patience
+
+
+def show_progress(advance: Advance, primary: str) -> Callback:
+    """Report each epoch's training loss and validation metric to a progress display."""
+
+    def report(epoch: int, row: Mapping[str, float], selection: Selection) -> bool:
+        advance(1, f"loss {row['train_loss']:.3f}  val {primary} {row[primary]:.3f}")
+        return False
+
+    return report
+
+
+class Trainer:
+    """One training run in named parts: `step` (one batch), `epoch` (one pass over the shuffled training ids),
+    `validate`, and `fit` (epochs, selection, callbacks, restoring the selected weights)."""
+
+    def __init__(self, model: nn.Module, data: SplitData, task: TaskSpec, config: TrainConfig,
+                 inputs: Inputs | None = None):
+        torch.manual_seed(config.seed)
+        self.model, self.data, self.task, self.config, self.inputs = model, data, task, config, inputs
+        self.shuffler = random.Random(config.seed)
+        self.place = world()
+        self.device = resolve_device(device_for(config.device))
+        model.to(self.device)
+        self.modalities = list(model.modalities)
+        self.train_ids, self.val_ids = data.ids("train", self.modalities), data.ids("val", self.modalities)
+        if not self.train_ids:
+            raise ConfigError(f"{data.folder.root}: no training samples with {', '.join(self.modalities)}")
+        self.edges = data.survival_edges(self.train_ids) if task.kind == "survival" else None
+        if config.freeze_encoders:
+            for block in model.blocks.values():
+                block.encoder.requires_grad_(False)
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError("nothing to train: every parameter is frozen")
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        self.call: nn.Module = model
+        if self.place.size > 1:
+            # gradients are averaged over the processes; a modality absent from a shard leaves parameters unused
+            self.call = DistributedDataParallel(model, find_unused_parameters=True,
+                                                device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if config.compile:
+            self.call = torch.compile(self.call)
+        self.primary = PRIMARY[task.kind]
+
+    def step(self, ids: Sequence[str]) -> torch.Tensor:
+        """One optimiser step on these samples; returns the batch loss (detached)."""
+        batches, targets = self.data.batch(ids, self.edges)
+        if self.inputs is not None:
+            batches = self.inputs(batches, ids)
+        targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            logits = self.call(_to(batches, self.device))
+        loss = task_loss(self.task, logits, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach()
+
+    def epoch(self) -> float:
+        """One pass over the training split in a seeded shuffled order; returns the mean training loss."""
+        self.model.train()
+        order = list(self.train_ids)
+        self.shuffler.shuffle(order)
+        total, count = torch.zeros((), device=self.device), 0
+        for start in range(0, len(order), self.config.batch_size):
+            ids = self.place.shard(order[start : start + self.config.batch_size])
+            if not ids:
+                raise ConfigError(f"a global batch holds fewer samples than the {self.place.size} processes")
+            total += self.step(ids) * len(ids)
+            count += len(ids)
+        return float(total) / count
+
+    def validate(self, train_loss: float) -> tuple[dict[str, float], float]:
+        """Metrics and loss on the validation split (without one: NaN metric, the training loss)."""
+        if not self.val_ids:
+            return {self.primary: float("nan")}, train_loss
+        logits = predict_logits(self.model, self.data, self.val_ids, device=self.device, inputs=self.inputs)
+        _, targets = self.data.batch(self.val_ids, self.edges)
+        return task_metrics(self.task, logits, targets), float(task_loss(self.task, logits, targets))
+
+    def fit(self, callbacks: Sequence[Callback] = (), eval_inputs: Inputs | None = None) -> TrainResult:
+        """Train up to `config.epochs` epochs, stop when a callback says so, restore the selected epoch's weights,
+        and score them on the validation and test splits."""
+        started = time.perf_counter()
+        selection = Selection(state=copy.deepcopy(self.model.state_dict()))
+        history: list[dict[str, float]] = []
+        for epoch in range(1, self.config.epochs + 1):
+            train_loss = self.epoch()
+            metrics, val_loss = self.validate(train_loss)
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **metrics}
+            history.append(row)
+            selection.update(epoch, metrics[self.primary], val_loss, self.model)
+            if any([callback(epoch, row, selection) for callback in callbacks]):
+                break
+        self.model.load_state_dict(selection.state)
+        device = self.device
+        val = evaluate(self.model, self.data, self.val_ids, self.task, device, self.inputs)
+        test = evaluate(self.model, self.data, self.data.ids("test", self.modalities), self.task, device,
+                        eval_inputs or self.inputs)
+        edges = None if self.edges is None else [float(e) for e in self.edges]
+        return TrainResult(selection.epoch, val, test, history, edges, time.perf_counter() - started,
+                           sample_record(self.train_ids, self.val_ids))
 
 
 def train_model(model: nn.Module, data: SplitData, task: TaskSpec, config: TrainConfig,
@@ -140,82 +263,6 @@ def train_model(model: nn.Module, data: SplitData, task: TaskSpec, config: Train
                 eval_inputs: Inputs | None = None) -> TrainResult:
     """Fit a model on the train split; select the epoch on the validation split; restore that epoch's weights.
     `inputs` rewrites training and validation batches, `eval_inputs` the final test batches (default: `inputs`)."""
-    started = time.perf_counter()
-    torch.manual_seed(config.seed)
-    shuffler = random.Random(config.seed)
-    place = world()
-    device = resolve_device(device_for(config.device))
-    progress = progress and place.main
-    model.to(device)
-    modalities = model_modalities(model)
-    train_ids, val_ids = data.ids("train", modalities), data.ids("val", modalities)
-    if not train_ids:
-        raise ConfigError(f"{data.folder.root}: no training samples with {', '.join(modalities)}")
-    edges = data.survival_edges(train_ids) if task.kind == "survival" else None
-    if config.freeze_encoders:
-        for module in model.modules():
-            if isinstance(module, LegoBlock):
-                module.encoder.requires_grad_(False)
-    if not any(p.requires_grad for p in model.parameters()):
-        raise ConfigError("nothing to train: every parameter is frozen")
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    call: nn.Module = model
-    if place.size > 1:
-        # gradients are averaged over the processes; a modality absent from a shard leaves parameters unused
-        call = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                       find_unused_parameters=True)
-    if config.compile:
-        call = torch.compile(call)
-    best: tuple[float, float] | None = None
-    best_state: dict[str, torch.Tensor] = copy.deepcopy(model.state_dict())
-    best_epoch, waited, history = 0, 0, []
-    primary = PRIMARY[task.kind]
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-               TimeElapsedColumn())
-    with Progress(*columns, transient=True, disable=not progress) as bar:
-        job = bar.add_task(label, total=config.epochs, status="")
-        for epoch in range(1, config.epochs + 1):
-            model.train()
-            order = list(train_ids)
-            shuffler.shuffle(order)
-            total, count = torch.zeros((), device=device), 0
-            for start in range(0, len(order), config.batch_size):
-                ids = place.shard(order[start : start + config.batch_size])
-                if not ids:
-                    raise ConfigError(f"a global batch holds fewer samples than the {place.size} processes")
-                batches, targets = data.batch(ids, edges)
-                if inputs is not None:
-                    batches = inputs(batches, ids)
-                targets = {k: v.to(device, non_blocking=True) for k, v in targets.items()}
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                    logits = run_model(model, _to(batches, device), call)
-                loss = task_loss(task, logits, targets)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                total += loss.detach() * len(ids)
-                count += len(ids)
-            train_loss = float(total) / count
-            val_logits = predict_logits(model, data, val_ids, device=device, inputs=inputs) if val_ids else None
-            if val_logits is not None:
-                _, val_targets = data.batch(val_ids, edges)
-                val_metrics = task_metrics(task, val_logits, val_targets)
-                val_loss = float(task_loss(task, val_logits, val_targets))
-            else:
-                val_metrics, val_loss = {primary: float("nan")}, train_loss
-            history.append({"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **val_metrics})
-            if _better(val_metrics[primary], val_loss, best):
-                best, best_epoch, waited = (val_metrics[primary], val_loss), epoch, 0
-                best_state = copy.deepcopy(model.state_dict())
-            else:
-                waited += 1
-            bar.update(job, advance=1, status=f"loss {train_loss:.3f}  val {primary} {val_metrics[primary]:.3f}")
-            if waited >= config.patience:
-                break
-    model.load_state_dict(best_state)
-    val = evaluate(model, data, val_ids, task, device, inputs)
-    test = evaluate(model, data, data.ids("test", modalities), task, device, eval_inputs or inputs)
-    edge_list = None if edges is None else [float(e) for e in edges]
-    return TrainResult(best_epoch, val, test, history, edge_list, time.perf_counter() - started,
-                       sample_record(train_ids, val_ids))
+    trainer = Trainer(model, data, task, config, inputs)
+    with progress_bar(label, config.epochs, enabled=progress and trainer.place.main) as advance:
+        return trainer.fit([show_progress(advance, trainer.primary), early_stopping(config.patience)], eval_inputs)

@@ -8,16 +8,23 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from .adapters import SSF, MissingRates, MoRA, attach
+from .adapters.base import canonical_modules
+from .adapters.missing import MissingSplit
 from .block import BlockConfig, EncoderSpec, LegoBlock
 from .compose.fuse import FusedModel, fuse
 from .data.folder import modality_shape
 from .data.training import SplitData
 from .encoders import build_encoder
 from .errors import ConfigError
+from .model import LegoModel, model_inputs
+from .progress import log
 from .samples import refuse_overlap, training_seed
 from .spec import BlockSpec
 from .tasks import TaskSpec
-from .train import TrainConfig, TrainResult, evaluate, model_modalities, train_model
+from .metrics import task_metrics
+from .plots import plot_task
+from .train import ADAPT_TRAINING, FUSE_TRAINING, Inputs, TrainConfig, TrainResult, predict_logits, train_model
 
 
 def build_block(spec: BlockSpec, input_shape: tuple[int | None, ...]) -> LegoBlock:
@@ -25,7 +32,7 @@ def build_block(spec: BlockSpec, input_shape: tuple[int | None, ...]) -> LegoBlo
     kwargs = {"in_features": input_shape[-1], **dict(spec.encoder_kwargs)}
     encoder = build_encoder(spec.encoder, kwargs)
     config = BlockConfig(spec.modality, EncoderSpec(spec.encoder, kwargs, encoder.out_dim), tuple(input_shape), spec.task,
-                         spec.latent, spec.depth, spec.fft_axes, spec.heads, spec.dim_head, 4, spec.dropout,
+                         spec.latent, spec.depth, spec.fft_axes, spec.heads, spec.dim_head, spec.ff_mult, spec.dropout,
                          update=spec.update, head_features=spec.head_features, shared_init=spec.shared_init)
     return LegoBlock(config, encoder=encoder)
 
@@ -70,7 +77,7 @@ def train_wrapped_block(data_dir: str | os.PathLike[str], block: LegoBlock, conf
 
 
 def fuse_blocks(blocks: Sequence[LegoBlock], data_dir: str | os.PathLike[str], mode: str = "stack",
-                config: TrainConfig = TrainConfig(epochs=2), splits: dict[str, str] | None = None,
+                config: TrainConfig = FUSE_TRAINING, splits: dict[str, str] | None = None,
                 progress: bool = True) -> tuple[FusedModel, TrainResult]:
     """LegoFuse: stack or weave the blocks, then fine-tune on (paired) data for a few epochs (default 2)."""
     torch.manual_seed(config.seed)
@@ -81,37 +88,46 @@ def fuse_blocks(blocks: Sequence[LegoBlock], data_dir: str | os.PathLike[str], m
     for block in model.blocks.values():
         trained_on = (block.provenance.get("trained") or {}).get("split")
         if trained_on is not None and (trained_on != data.split_source or data.split_source == "given"):
-            result_note = f"block {block.modality} was trained on split '{trained_on}', fused on '{data.split_source}'"
-            model.provenance.setdefault("warnings", []).append(result_note)
+            note = f"block {block.modality} was trained on split '{trained_on}', fused on '{data.split_source}'"
+            model.provenance.setdefault("warnings", []).append(note)
+            log.warning("%s: its training samples may be in this test split", note)
     result = train_model(model, data, task, config, progress, label=f"fusing ({mode})")
     model.provenance.update({"fused": result.provenance(data, config, model.modalities),
                              "blocks": {m: b.provenance for m, b in model.blocks.items()}})
     return model.cpu().eval(), result
 
 
-def labelled_data(model: nn.Module, data_dir: str | os.PathLike[str], seed: int,
+def labelled_data(model: LegoModel, data_dir: str | os.PathLike[str], seed: int,
                   splits: dict[str, str] | None = None) -> tuple[SplitData, TaskSpec, list[str]]:
     """A dataset folder read for a model (a block, a merged or fused model, or any of them with adapters): the
     data with its split, the model's task, and its modalities."""
-    from .adapters import Adapted
+    data = SplitData.load(data_dir, model_inputs(model), model.task, seed, splits)
+    return data, model.task, list(model.modalities)
 
-    base = model.base if isinstance(model, Adapted) else model
-    blocks = [base] if isinstance(base, LegoBlock) else list(base.blocks.values())
-    task: TaskSpec = blocks[0].config.task
-    data = SplitData.load(data_dir, {b.modality: b.data_input for b in blocks}, task, seed, splits)
-    return data, task, model_modalities(model)
+
+def _score(model: nn.Module, data: SplitData, ids: Sequence[str], task: TaskSpec, inputs: Inputs | None = None,
+           plot: str | os.PathLike[str] | None = None, title: str = "") -> dict[str, float]:
+    """The task's metrics on these samples, and their figure (`plots.plot_task`) when `plot` names a file."""
+    if not ids:
+        return {}
+    logits = predict_logits(model, data, ids, device=next(model.parameters()).device, inputs=inputs)
+    _, targets = data.batch(ids)
+    if plot is not None:
+        plot_task(task, logits, targets, plot, title, inputs=[data.folder.root, *data.folder.files()])
+    return task_metrics(task, logits, targets)
 
 
 def evaluate_model(model: nn.Module, data_dir: str | os.PathLike[str], split: str = "test", seed: int | None = None,
-                   splits: dict[str, str] | None = None, allow_overlap: bool = False) -> dict[str, Any]:
+                   splits: dict[str, str] | None = None, allow_overlap: bool = False,
+                   plot: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Metrics of any model on one split of a labelled dataset folder (splits.csv, or the seeded split the model
     -- or all its blocks -- was trained with). Samples any of its blocks was trained or validated on are refused
-    (`allow_overlap`: scored, with a warning in the result)."""
+    (`allow_overlap`: scored, with a warning in the result). `plot`: also draw the split's figure there."""
     data, task, modalities = labelled_data(model, data_dir, _training_seed(model) if seed is None else seed, splits)
     ids = data.ids(split, modalities) if split != "all" else [i for s in ("train", "val", "test") for i in data.ids(s, modalities)]
     warnings = [] if split in ("train", "val", "all") else refuse_overlap(provenance_of(model), ids, split, allow_overlap)
     return {"split": split, "split_source": data.split_source, "samples": len(ids), "warnings": warnings,
-            **evaluate(model, data, ids, task, next(model.parameters()).device)}
+            **_score(model, data, ids, task, plot=plot, title=f"{split} split ({data.split_source})")}
 
 
 def provenance_of(model: nn.Module) -> dict[str, Any]:
@@ -136,8 +152,6 @@ def parameter_counts(model: nn.Module) -> dict[str, float]:
     counts = {"trainable": trainable, "total": total, "percent": 100.0 * trainable / total}
     adapters = getattr(model, "adapters", None)
     if adapters:
-        from .adapters.base import canonical_modules
-
         adapter = adapters[-1]
         all_sets = sum(p.numel() for p in adapter.parameters())
         sets = 2 ** len(adapter.modalities) if adapter.kind == "ssf" else len(adapter.modalities)
@@ -153,9 +167,7 @@ def parameter_counts(model: nn.Module) -> dict[str, float]:
 
 def dummies_of(model: nn.Module) -> dict[str, torch.Tensor]:
     """Each modality's dummy input: its block's training mean (input shift), zero after standardisation."""
-    base = getattr(model, "base", model)
-    blocks = {base.modality: base} if isinstance(base, LegoBlock) else dict(base.blocks)
-    return {m: b.input_shift.detach().cpu() for m, b in blocks.items() if b.input_shift.numel()}
+    return {m: b.input_shift.detach().cpu() for m, b in model.blocks.items() if b.input_shift.numel()}
 
 
 def missing_protocol(model: nn.Module, data: SplitData, modalities: Sequence[str], splits: Sequence[str],
@@ -163,9 +175,6 @@ def missing_protocol(model: nn.Module, data: SplitData, modalities: Sequence[str
     """The batch rewriter for a protocol: MoRA's (`rate` eta shared between the modalities, exact counts per split)
     or independent per-modality rates (`independent`, e.g. tab=0.3); with neither, only the modalities absent from
     the data become dummies."""
-    from .adapters import MissingRates
-    from .adapters.missing import MissingSplit
-
     dummies = dummies_of(model)
     if independent:
         rates = MissingRates.parse(independent, seed)
@@ -184,14 +193,9 @@ def prepare_adaptation(model: nn.Module, method: str, rank: int = 4, at: str | N
     """The model ready for one way of adapting to missing modalities: `head` (only the head trains), `mora` (the
     adapter and the head), `ssf` (only the adapter, head and base frozen as the SSF paper does, unless
     `train_head`), or `full` (everything trains)."""
-    from .adapters import MoRA, SSF, attach
-    from .adapters.files import head_of
-
     if method not in ADAPT_METHODS:
-        from .errors import ConfigError
-
         raise ConfigError(f"unknown adaptation {method!r}; choose one of {', '.join(ADAPT_METHODS)}")
-    modalities = model_modalities(model)
+    modalities = list(model.modalities)
     if method == "full":
         model.requires_grad_(True)
         return model
@@ -200,13 +204,13 @@ def prepare_adaptation(model: nn.Module, method: str, rank: int = 4, at: str | N
         adapter = MoRA(modalities, rank=rank) if method == "mora" else SSF(modalities)
         model = attach(model, adapter, at)
     if method == "head" or (train_head if train_head is not None else method == "mora"):
-        head_of(model).requires_grad_(True)
+        model.head.requires_grad_(True)
     return model
 
 
 def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mora", rank: int = 4,
           at: str | None = None, train_missing: str | None = None, test_missing: str | None = None,
-          config: TrainConfig = TrainConfig(epochs=20, patience=5), splits: dict[str, str] | None = None,
+          config: TrainConfig = ADAPT_TRAINING, splits: dict[str, str] | None = None,
           progress: bool = True, allow_overlap: bool = False, missing_rate: float | None = 0.7,
           missing_split: float = 0.5, test_missing_rate: float | None = None,
           train_head: bool | None = None) -> tuple[nn.Module, TrainResult, dict[str, Any]]:
@@ -231,7 +235,7 @@ def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mor
 
 def evaluate_missing(model: nn.Module, data_dir: str | os.PathLike[str], missing: str | None, split: str = "test",
                      seed: int | None = None, allow_overlap: bool = False, missing_rate: float | None = None,
-                     missing_split: float = 0.5) -> dict[str, Any]:
+                     missing_split: float = 0.5, plot: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Metrics of a model (adapted or not) on a split, with modalities made missing: MoRA's protocol at total rate
     `missing_rate`, or independent per-modality rates `missing`; the split is the one the model was trained with
     unless `seed` says otherwise, and seen samples are refused as above."""
@@ -242,7 +246,7 @@ def evaluate_missing(model: nn.Module, data_dir: str | os.PathLike[str], missing
     inputs = missing_protocol(model, data, modalities, drawn_over, missing, None if missing else missing_rate,
                               missing_split, seed + 1)
     warnings = [] if split in ("train", "val", "all") else refuse_overlap(provenance_of(model), ids, split, allow_overlap)
-    metrics = evaluate(model, data, ids, task, next(model.parameters()).device, inputs=inputs)
+    metrics = _score(model, data, ids, task, inputs, plot, f"{split} split ({data.split_source}), modalities missing")
     protocol = {"missing": missing} if missing else {"missing_rate": missing_rate or 0.0, "missing_split": missing_split}
     return {"split": split, "split_source": data.split_source, "samples": len(ids), **protocol,
             "warnings": warnings, **metrics}

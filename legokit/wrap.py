@@ -44,14 +44,12 @@ def _block_config(
     encoder: EncoderSpec,
     input_shape: tuple[int | None, ...],
     task: TaskSpec | str,
-    latent: tuple[int, int],
-    depth: int,
-    fft_axes: str,
-    options: Mapping[str, Any],
+    settings: Mapping[str, Any],
 ) -> BlockConfig:
     task = TaskSpec.parse(task) if isinstance(task, str) else task
+    settings = {**settings, **({"latent": tuple(settings["latent"])} if "latent" in settings else {})}
     try:
-        return BlockConfig(modality, encoder, tuple(input_shape), task, tuple(latent), depth, fft_axes, **options)
+        return BlockConfig(modality, encoder, tuple(input_shape), task, **settings)
     except TypeError as exc:
         raise ConfigError(f"unknown block option: {exc}") from exc
 
@@ -115,9 +113,9 @@ def wrap_module(
     modality: str,
     task: TaskSpec | str,
     input_shape: tuple[int | None, ...],
-    latent: tuple[int, int] = (64, 64),
-    depth: int = 2,
-    fft_axes: str = "both",
+    latent: tuple[int, int] = BlockConfig.latent,
+    depth: int = BlockConfig.depth,
+    fft_axes: str = BlockConfig.fft_axes,
     device: str | torch.device = "auto",
     how: WrapOptions = WrapOptions(),
     text: TextSpec | None = None,
@@ -135,33 +133,23 @@ def wrap_module(
             program = export_encoder(module, input_shape, contract)
     except EncoderError as exc:
         raise EncoderError(f"{origin}: {exc}") from exc
-    return block_from_program(program, contract, modality, task, input_shape, latent, depth, fft_axes, device,
-                              text, origin, **options)
+    return block_from_program(program, contract, modality, task, input_shape, text, origin, device,
+                              latent=latent, depth=depth, fft_axes=fft_axes, **options)
 
 
-def block_from_program(
-    program: bytes,
-    contract: Contract,
-    modality: str,
-    task: TaskSpec | str,
-    input_shape: tuple[int | None, ...],
-    latent: tuple[int, int] = (64, 64),
-    depth: int = 2,
-    fft_axes: str = "both",
-    device: str | torch.device = "auto",
-    text: TextSpec | None = None,
-    origin: str = "encoder",
-    **options: Any,
-) -> LegoBlock:
-    """A block around a checked program that follows the plain contract (see `encoders.contract`)."""
+def block_from_program(program: bytes, contract: Contract, modality: str, task: TaskSpec | str,
+                       input_shape: tuple[int | None, ...], text: TextSpec | None = None, origin: str = "encoder",
+                       device: str | torch.device = "auto", **settings: Any) -> LegoBlock:
+    """A block around a checked program that follows the plain contract (see `encoders.contract`); `settings` are
+    the block's (`BlockConfig`: latent, depth, fft_axes, ...)."""
     graph = load_program(program).module()
     x = example_input(input_shape, dtype=contract.input_dtype)
     with torch.no_grad():
         out = graph(x) if contract.mask_keyword is None else graph(x, torch.ones(x.shape[:2], dtype=torch.bool))
     kwargs = {"mask_keyword": contract.mask_keyword, "output": contract.output, "layout": contract.layout}
     spec = EncoderSpec(FOREIGN, kwargs, int(out.shape[-1]))
-    config = _block_config(modality, spec, input_shape, task, latent, depth, fft_axes,
-                           {"input_dtype": contract.input_dtype, "text": text, **options})
+    config = _block_config(modality, spec, input_shape, task, {"input_dtype": contract.input_dtype, "text": text,
+                                                               **settings})
     block = LegoBlock(config, program=program)
     block.provenance = {"encoder_contract": contract.describe(None in input_shape)}
     return _check_block(block, resolve_device(device), origin)
@@ -174,9 +162,9 @@ def wrap_builtin(
     task: TaskSpec | str,
     arch_kwargs: Mapping[str, Any] | None = None,
     input_shape: tuple[int | None, ...] | None = None,
-    latent: tuple[int, int] = (64, 64),
-    depth: int = 2,
-    fft_axes: str = "both",
+    latent: tuple[int, int] = BlockConfig.latent,
+    depth: int = BlockConfig.depth,
+    fft_axes: str = BlockConfig.fft_axes,
     device: str | torch.device = "auto",
     origin: str = "encoder",
     **options: Any,
@@ -208,7 +196,8 @@ def wrap_builtin(
         raise ConfigError(f"{origin}: input shape {format_shape(input_shape)} ends in {input_shape[-1]} features, "
                           f"but the encoder takes {kwargs['in_features']}")
     spec = EncoderSpec(arch, kwargs, encoder.out_dim)
-    config = _block_config(modality, spec, input_shape, task, latent, depth, fft_axes, options)
+    config = _block_config(modality, spec, input_shape, task,
+                           {"latent": latent, "depth": depth, "fft_axes": fft_axes, **options})
     return _check_block(LegoBlock(config, encoder=encoder), resolve_device(device), origin)
 
 
@@ -313,9 +302,9 @@ def wrap_file(
     arch: str | None = None,
     arch_kwargs: Mapping[str, Any] | None = None,
     trust_pickle: bool = False,
-    latent: tuple[int, int] = (64, 64),
-    depth: int = 2,
-    fft_axes: str = "both",
+    latent: tuple[int, int] = BlockConfig.latent,
+    depth: int = BlockConfig.depth,
+    fft_axes: str = BlockConfig.fft_axes,
     device: str | torch.device = "auto",
     how: WrapOptions = WrapOptions(),
     **options: Any,

@@ -20,9 +20,10 @@ from torch import nn
 import legokit
 from legokit.artifact import write_artifact
 from legokit.block import BlockConfig
-from legokit.compose.recipe import Recipe
+from legokit.recipe import Recipe
 from legokit.describe import describe
-from legokit.persist import BLOCK, PROGRAM_PREFIX, block_tensors
+from legokit.codec import PROGRAM_PREFIX, block_tensors
+from legokit.registry import BLOCK
 from legokit.predict import predict_folder
 from legokit.spec import BlockSpec
 from legokit.workflows import evaluate_model

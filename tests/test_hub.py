@@ -11,7 +11,8 @@ import torch
 
 from legokit import ConfigError
 from legokit.describe import describe
-from legokit.hub import HubRef, model_card, parse_ref, repo_from
+from legokit.card import model_card
+from legokit.hubref import HubRef, parse_ref, repo_from
 from legokit.persist import merge_files, save_block
 from legokit.wrap import wrap_builtin
 

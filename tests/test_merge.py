@@ -203,7 +203,8 @@ def test_merge_names_a_modality_found_in_two_files(tmp_path):
 
 def test_a_half_precision_block_is_refused_by_merge(snn_block, tmp_path):
     from legokit.artifact import write_artifact
-    from legokit.persist import BLOCK, block_tensors
+    from legokit.codec import block_tensors
+    from legokit.registry import BLOCK
 
     tensors = block_tensors(snn_block)
     tensors["latent"] = tensors["latent"].half()

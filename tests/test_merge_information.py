@@ -164,7 +164,7 @@ def test_a_block_no_better_than_chance_barely_moves_the_merge():
 
 
 def test_a_recipe_merges_with_auto_weights(trained_pair):
-    from legokit.compose.recipe import Recipe
+    from legokit.recipe import Recipe
 
     root, paths = trained_pair
     recipe = root / "auto.yaml"

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from legokit import ConfigError
-from legokit.compose.recipe import Recipe
+from legokit.recipe import Recipe
 from legokit.persist import load, save_block
 from legokit.wrap import wrap_builtin
 
@@ -80,7 +80,8 @@ def test_every_shipped_recipe_runs_on_small_data(shipped, tmp_path, demo_like):
     model = load(recipe.run(progress=False))
     inputs = {"labs": torch.randn(3, 17), "visits": torch.randn(3, 2, 13)}
     assert torch.isfinite(model({m: inputs[m] for m in model.modalities})).all()
-    assert model.provenance["recipe_name"] == recipe.name
+    assert model.provenance["recipe"]["name"] == recipe.name
+    assert model.provenance["recipe"]["text"] == recipe.path.read_text()
 
 
 def test_a_fuse_recipe_needs_data_and_valid_training_settings(tmp_path):

@@ -149,7 +149,7 @@ def test_cli_wrap_then_inspect_in_fresh_processes(snn_state_file, tmp_path):
                       *CLI_SMALL, "-o", str(out))
     assert wrapped.returncode == 0, wrapped.stderr
     assert "wrote" in wrapped.stdout
-    inspected = run_cli("inspect", str(out), "--json")
+    inspected = run_cli("inspect", str(out), "--json", "-")
     assert inspected.returncode == 0, inspected.stderr
     facts = json.loads(inspected.stdout)
     assert facts["modality"] == "tab" and facts["task"] == "survival:4" and facts["latent"] == "8x16"

@@ -9,7 +9,6 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from ..block import LegoBlock
 from ..data.batch import ModalityBatch
 from ..errors import ConfigError, ShapeError
 from ..layers import UpdateLayer
@@ -53,30 +52,24 @@ def update_layers(model: nn.Module) -> list[str]:
     return [name for name, module in canonical_modules(model).items() if isinstance(module, UpdateLayer)]
 
 
+def _prefixes(model: nn.Module, what: str) -> Mapping[str, str]:
+    prefixes = getattr(model, "block_prefixes", None)
+    if prefixes is None:
+        raise ConfigError(f"{what!r} is defined for legokit models; for a {type(model).__name__} name the module(s)")
+    return prefixes
+
+
 def first_update_layers(model: nn.Module) -> list[str]:
     """The paper's "first block": the first update layer a sample's latent meets. For a fused model, the first
     block's first layer; for a merged model, the first layer of every block (each block starts its own latent)."""
-    from ..compose.fuse import FusedModel
-    from ..compose.merge import MergedModel
-
-    if isinstance(model, FusedModel):
-        return [f"blocks.{model.config.order[0]}.layers.0"]
-    if isinstance(model, MergedModel):
-        return [f"blocks.{m}.layers.0" for m in model.blocks]
-    if isinstance(model, LegoBlock):
-        return ["layers.0"]
-    raise ConfigError(f"'first' is defined for legokit models; for a {type(model).__name__} name the module(s)")
+    prefixes = _prefixes(model, "first")
+    return [f"{prefixes[m]}layers.0" for m in model.first_blocks]
 
 
 def token_projections(model: nn.Module) -> list[str]:
     """Where the input flows into a legokit model: the key/value projection of every block's first update step,
     which reads that block's encoder tokens (the latent the queries come from is the same for every sample)."""
-    if isinstance(model, LegoBlock):
-        names = ["layers.0.attention.to_kv"]
-    elif isinstance(getattr(model, "blocks", None), nn.ModuleDict):
-        names = [f"blocks.{m}.layers.0.attention.to_kv" for m in model.blocks]
-    else:
-        raise ConfigError(f"'tokens' is defined for legokit models; for a {type(model).__name__} name the module(s)")
+    names = [f"{prefix}layers.0.attention.to_kv" for prefix in _prefixes(model, "tokens").values()]
     modules = canonical_modules(model)
     return [name for name in names if name in modules]
 
@@ -219,15 +212,34 @@ class Adapted(nn.Module):
         for adapter in adapters:
             attach(self, adapter)
 
+    # the model interface (`legokit.model.LegoModel`) is the base's: an adapted model trains, predicts and is
+    # evaluated like any other
     @property
     def modalities(self) -> list[str]:
-        return list(getattr(self.base, "modalities", [getattr(self.base, "modality", "")]))
+        return list(self.base.modalities)
+
+    @property
+    def task(self) -> Any:
+        return self.base.task
+
+    @property
+    def blocks(self) -> Mapping[str, nn.Module]:
+        return self.base.blocks
+
+    @property
+    def head(self) -> nn.Module:
+        return self.base.head
+
+    @property
+    def provenance(self) -> dict[str, Any]:
+        return self.base.provenance
+
+    @property
+    def source_sha256(self) -> str | None:
+        return getattr(self.base, "source_sha256", None)
 
     def forward(self, *args: Any, modality_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         with _bind_all(self.adapters, args, modality_mask):
-            if isinstance(self.base, LegoBlock) and args and isinstance(args[0], Mapping):
-                batch = args[0][self.base.modality]  # a block inside a multimodal protocol: its own input
-                return self.base(batch.x, batch.mask)
             return self.base(*args, **kwargs)
 
 

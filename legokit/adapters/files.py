@@ -12,22 +12,12 @@ from torch import nn
 
 from ..artifact import read_artifact, write_artifact
 from ..errors import ArtifactError, ConfigError, brief
+from ..hubref import local_artifact
+from ..registry import ADAPTER
 from .base import Adapted, Adapter, attach
 from .mora import MoRA, MoRASite
 from .ssf import SSF, SSFSite
 
-ADAPTER = "adapter"
-
-
-def head_of(model: nn.Module) -> nn.Module:
-    """The task head of a legokit model: the one part that trains with the adapters."""
-    base = model.base if isinstance(model, Adapted) else model
-    head = getattr(base, "head", None)
-    if isinstance(head, nn.Module):
-        return head
-    if hasattr(base, "task_head"):
-        return base.task_head
-    raise ConfigError(f"a {type(base).__name__} has no task head")
 
 
 def save_adapter(adapted: Adapted, adapter: Adapter, path: str | os.PathLike[str], base_sha256: str | None,
@@ -38,7 +28,7 @@ def save_adapter(adapted: Adapted, adapter: Adapter, path: str | os.PathLike[str
     if base_sha256 is None:
         raise ConfigError("an adapter artifact must name its base: load the base from a file first (legokit.load)")
     tensors = {f"adapter.{k}": v for k, v in adapter.state_dict().items()}
-    head = head_of(adapted)
+    head = adapted.head
     head_trained = any(p.requires_grad for p in head.parameters())
     if head_trained:
         tensors.update({f"head.{k}": v for k, v in head.state_dict().items()})
@@ -47,8 +37,9 @@ def save_adapter(adapted: Adapted, adapter: Adapter, path: str | os.PathLike[str
 
 
 def load_adapter(path: str | os.PathLike[str]) -> tuple[Adapter, dict[str, torch.Tensor], str, dict[str, Any]]:
-    """An adapter (with its sites, not yet attached), its head tensors, its base's hash and its provenance."""
-    artifact = read_artifact(path, expect_kind=ADAPTER)
+    """An adapter (with its sites, not yet attached), its head tensors, its base's hash and its provenance; `path`
+    may be a file or a Hub reference (hf://org/repo/adapter.st)."""
+    artifact = read_artifact(local_artifact(path), expect_kind=ADAPTER)
     config = artifact.config
     try:
         modalities = list(config["modalities"])
@@ -78,8 +69,7 @@ def load_adapter(path: str | os.PathLike[str]) -> tuple[Adapter, dict[str, torch
 def attach_file(model: nn.Module, path: str | os.PathLike[str]) -> Adapted:
     """Attach a saved adapter to a model loaded from its base artifact (checked by hash), with its trained head."""
     adapter, head, base_sha, _ = load_adapter(path)
-    base = model.base if isinstance(model, Adapted) else model
-    actual = getattr(base, "source_sha256", None)
+    actual = getattr(model, "source_sha256", None)
     if actual != base_sha:
         shown = "a model not loaded from a file" if actual is None else f"base {actual[:12]}"
         raise ConfigError(f"{path}: this adapter was trained on base {base_sha[:12]}, not on {shown}; "
@@ -88,7 +78,7 @@ def attach_file(model: nn.Module, path: str | os.PathLike[str]) -> Adapted:
     if not head:  # the head stayed frozen while this adapter trained: the model's head is the one it trained with
         return adapted
     try:
-        head_of(adapted).load_state_dict(head)
+        adapted.head.load_state_dict(head)
     except RuntimeError as exc:
         raise ArtifactError(f"{path}: its head does not fit this model") from exc
     return adapted

@@ -9,13 +9,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 from einops import rearrange
-from torch import nn
 
-from ..block import LegoBlock
-from ..data.batch import ModalityBatch, batch_size
+from ..block import BlockConfig, LegoBlock
+from ..data.batch import ModalityBatch
 from ..errors import ConfigError, ShapeError
 from ..layers import TaskHead
-from ..spectral import pool_spectrum, to_spatial
+from ..spectral import to_spatial
+from .composite import CompositeModel
 from .graph import Graph
 from .merge import MergeConfig, block_facts, check_mergeable, head_width, merge_head_tensors
 
@@ -44,29 +44,21 @@ def check_fusable(blocks: Sequence[LegoBlock], mode: str) -> None:
             raise ConfigError(f"weave interleaves the blocks' layers step by step, so they need one depth; got {shown}")
 
 
-class FusedModel(nn.Module):
+class FusedModel(CompositeModel):
     """Blocks joined by stacking or weaving their update steps on one latent, with one task head."""
 
     def __init__(self, blocks: Mapping[str, LegoBlock], head: TaskHead, config: FuseConfig, graph: Graph | None = None):
-        super().__init__()
         ordered = [blocks[m] for m in config.order]
         if sorted(config.order) != sorted(blocks):
             raise ConfigError(f"fuse order {list(config.order)} must name each block once: {sorted(blocks)}")
         check_fusable(ordered, config.mode)
-        self.blocks = nn.ModuleDict({m: blocks[m] for m in config.order})
-        self.head = head
-        self.config = config
-        self.graph = graph if graph is not None else Graph.for_operation(config.mode, config.order, order=list(config.order))
+        graph = graph if graph is not None else Graph.for_operation(config.mode, config.order, order=list(config.order))
+        super().__init__(blocks, list(config.order), head, config, graph)
         self.graph.validate({m: block_facts(b.config) for m, b in self.blocks.items()})
-        self.provenance: dict[str, Any] = {}
 
     @property
-    def modalities(self) -> list[str]:
-        return list(self.config.order)
-
-    @property
-    def task(self):
-        return next(iter(self.blocks.values())).config.task
+    def first_blocks(self) -> list[str]:
+        return [self.config.order[0]]
 
     def _run_block(self, node: str, values: dict[str, Any]):
         (batch,) = values.values()
@@ -104,10 +96,7 @@ class FusedModel(nn.Module):
 
     def encode(self, inputs: Mapping[str, ModalityBatch]) -> torch.Tensor:
         """The fused frequency-domain latent (b, c, d); any subset of modalities may be missing per sample."""
-        unknown = sorted(set(inputs) - set(self.blocks))
-        if unknown:
-            raise ShapeError(f"no block for modality {unknown[0]!r}; this model fuses {', '.join(self.modalities)}")
-        batch_size(inputs)
+        self.check_inputs(inputs)
         run = {
             "input": lambda node, _: inputs.get(self.graph.attrs(node)["modality"]),
             "block": self._run_block,
@@ -115,10 +104,6 @@ class FusedModel(nn.Module):
             "head": lambda node, values: next(iter(values.values())),
         }
         return self.graph.execute(run)
-
-    def forward(self, inputs: Mapping[str, ModalityBatch | torch.Tensor]) -> torch.Tensor:
-        batches = {m: v if isinstance(v, ModalityBatch) else ModalityBatch(v) for m, v in inputs.items()}
-        return self.head(pool_spectrum(self.encode(batches), self.blocks[self.config.order[0]].config.head_features))
 
 
 def fuse(blocks: Sequence[LegoBlock], mode: str = "stack") -> FusedModel:
@@ -141,9 +126,7 @@ def fused_config(model: FusedModel) -> dict[str, Any]:
     }
 
 
-def parse_fused_config(data: Mapping[str, Any]):
-    from ..block import BlockConfig
-
+def parse_fused_config(data: Mapping[str, Any]) -> tuple[dict[str, BlockConfig], FuseConfig, Graph]:
     blocks = {m: BlockConfig.from_dict(c) for m, c in data["blocks"].items()}
     config = FuseConfig(data["fuse"]["mode"], tuple(data["fuse"]["order"]))
     return blocks, config, Graph.from_json(data["graph"])

@@ -10,16 +10,16 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
-from torch import nn
 
 from ..block import BlockConfig, LegoBlock
-from ..data.batch import ModalityBatch, batch_size
+from ..data.batch import ModalityBatch
 from ..errors import ConfigError, ShapeError
 from ..layers import TaskHead
 from ..metrics import PRIMARY
-from ..spectral import PHASE_MODES, merge_spectra, pool_spectrum, pooled_width
+from ..spectral import PHASE_MODES, merge_spectra, pooled_width
 from ..sphere import spherical_mean
 from ..tasks import TaskSpec
+from .composite import CompositeModel
 from .graph import BlockFacts, Graph
 
 HEAD_RULE = "slerp (K=2) / weighted Karcher mean of directions x weighted mean norm (K>2), per tensor"
@@ -146,27 +146,15 @@ def merge_head_tensors(heads: Mapping[str, Mapping[str, torch.Tensor]], config: 
     }
 
 
-class MergedModel(nn.Module):
+class MergedModel(CompositeModel):
     """A multimodal model from merged blocks: each present modality's block encodes its input, the latents are
     merged per sample (Eq. 4), and the merged head reads the merged latent. Executes its composition graph."""
 
     def __init__(self, blocks: Mapping[str, LegoBlock], head: TaskHead, config: MergeConfig, graph: Graph | None = None):
-        super().__init__()
         check_mergeable([blocks[m].config for m in sorted(blocks)])
-        self.blocks = nn.ModuleDict({m: blocks[m] for m in sorted(blocks)})
-        self.head = head
-        self.config = config
-        self.graph = graph if graph is not None else Graph.for_operation("merge", sorted(blocks), phase=config.phase)
+        graph = graph if graph is not None else Graph.for_operation("merge", sorted(blocks), phase=config.phase)
+        super().__init__(blocks, sorted(blocks), head, config, graph)
         self.graph.validate({m: block_facts(b.config) for m, b in self.blocks.items()})
-        self.provenance: dict[str, Any] = {}
-
-    @property
-    def modalities(self) -> list[str]:
-        return list(self.blocks)
-
-    @property
-    def task(self):
-        return next(iter(self.blocks.values())).config.task
 
     def _run_input(self, inputs: Mapping[str, ModalityBatch]):
         def run(node: str, _: dict[str, Any]) -> ModalityBatch | None:
@@ -195,22 +183,10 @@ class MergedModel(nn.Module):
 
     def encode(self, inputs: Mapping[str, ModalityBatch]) -> torch.Tensor:
         """The merged frequency-domain latent (b, c, d) of a batch in which any subset of modalities may be missing."""
-        unknown = sorted(set(inputs) - set(self.blocks))
-        if unknown:
-            raise ShapeError(f"no block for modality {unknown[0]!r}; this model merges {', '.join(self.modalities)}")
-        batch_size(inputs)
+        self.check_inputs(inputs)
         run = {"input": self._run_input(inputs), "block": self._run_block, "merge": self._run_merge,
                "head": lambda node, values: next(iter(values.values()))}
         return self.graph.execute(run)
-
-    def forward(self, inputs: Mapping[str, ModalityBatch | torch.Tensor]) -> torch.Tensor:
-        batches = {m: v if isinstance(v, ModalityBatch) else ModalityBatch(v) for m, v in inputs.items()}
-        return self.head(pool_spectrum(self.encode(batches), self.head_features))
-
-    @property
-    def head_features(self) -> str:
-        """What the merged head reads (the blocks agree on it: `check_mergeable`)."""
-        return next(iter(self.blocks.values())).config.head_features
 
 
 def expand(models: Sequence[LegoBlock | MergedModel]) -> tuple[list[LegoBlock], dict[str, float]]:
@@ -218,13 +194,10 @@ def expand(models: Sequence[LegoBlock | MergedModel]) -> tuple[list[LegoBlock], 
     blocks: list[LegoBlock] = []
     known: dict[str, float] = {}
     for model in models:
-        if isinstance(model, MergedModel):
-            blocks.extend(model.blocks.values())
-            known.update(dict(model.config.weights))
-        elif isinstance(model, LegoBlock):
-            blocks.append(model)
-        else:
+        if not isinstance(getattr(model, "config", None), (BlockConfig, MergeConfig)):  # a block or a merged model
             raise ConfigError(f"can only merge LegoBlocks and merged models, got {type(model).__name__}")
+        blocks.extend(model.blocks.values())
+        known.update(dict(getattr(model.config, "weights", ())))
     return blocks, known
 
 

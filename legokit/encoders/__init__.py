@@ -1,9 +1,9 @@
-"""Encoders a LegoBlock can wrap: the named built-ins (`snn`, `abmil`, `mlp`, `tokens`) and foreign programs (`export`)."""
+"""Encoders a LegoBlock can wrap: named encoders in an open registry (the built-ins `snn`, `abmil`, `mlp`, `tokens`,
+and any a user registers with `register_encoder`, as timm's `register_model`) and foreign programs (`export`)."""
 
 from __future__ import annotations
 
-from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
@@ -14,20 +14,49 @@ from .mlp import MLP
 from .snn import SNN
 from .tokens import FeatureTokens
 
-BUILTIN_ENCODERS: Mapping[str, type[nn.Module]] = MappingProxyType({"snn": SNN, "abmil": ABMIL, "mlp": MLP, "tokens": FeatureTokens})
 FOREIGN = "export"
+_ENCODERS: dict[str, type[nn.Module]] = {"snn": SNN, "abmil": ABMIL, "mlp": MLP, "tokens": FeatureTokens}
+
+
+def register_encoder(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    """Class decorator: make an encoder buildable by name in block specs, `legokit train --encoder` and `.st` files.
+
+    The class takes its sizes as keyword arguments, sets `out_dim` (token width) in `__init__`, maps (b, f) or
+    (b, n, f) inputs to (b, e) or (b, n, e), and has a static `infer_kwargs(state_dict)` that reads its sizes back
+    (an empty dict when it cannot). A file naming it loads only in a process that registered the same name."""
+    if not isinstance(name, str) or not name.isidentifier() or name == FOREIGN:
+        raise ConfigError(f"an encoder name must be a Python identifier other than {FOREIGN!r}, got {name!r}")
+
+    def register(cls: type[nn.Module]) -> type[nn.Module]:
+        if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+            raise ConfigError(f"encoder {name!r}: register an nn.Module class, got {cls!r}")
+        if not callable(getattr(cls, "infer_kwargs", None)):
+            raise ConfigError(f"encoder {name!r}: {cls.__name__} needs a static infer_kwargs(state_dict) method")
+        known = _ENCODERS.get(name)
+        if known is not None and known is not cls:
+            raise ConfigError(f"encoder {name!r} is already registered ({known.__name__})")
+        _ENCODERS[name] = cls
+        return cls
+
+    return register
+
+
+def list_encoders() -> list[str]:
+    """The names `encoder_class` builds: the built-ins, then the registered ones, in registration order."""
+    return list(_ENCODERS)
 
 
 def encoder_class(name: str) -> type[nn.Module]:
-    """The class of a built-in encoder, by registry name."""
+    """The class of a named encoder."""
     try:
-        return BUILTIN_ENCODERS[name]
+        return _ENCODERS[name]
     except KeyError as exc:
-        raise ConfigError(f"unknown encoder {name!r}; built-in encoders are {', '.join(BUILTIN_ENCODERS)}") from exc
+        raise ConfigError(f"unknown encoder {name!r}; known encoders are {', '.join(_ENCODERS)} (register others "
+                          "with legokit.register_encoder)") from exc
 
 
 def build_encoder(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
-    """A fresh built-in encoder; a keyword it does not take is a ConfigError naming it."""
+    """A fresh encoder by name; a keyword it does not take is a ConfigError naming it."""
     cls = encoder_class(name)
     try:
         return cls(**kwargs)
@@ -40,4 +69,5 @@ def token_input(encoder: nn.Module) -> bool | None:
     return getattr(encoder, "token_input", None)
 
 
-__all__ = ["ABMIL", "BUILTIN_ENCODERS", "FOREIGN", "MLP", "SNN", "FeatureTokens", "ExportedEncoder", "build_encoder", "encoder_class"]
+__all__ = ["ABMIL", "FOREIGN", "MLP", "SNN", "FeatureTokens", "ExportedEncoder", "build_encoder", "encoder_class",
+           "list_encoders", "register_encoder"]

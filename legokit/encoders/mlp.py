@@ -7,6 +7,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .stack import layer_stack, stack_sizes
+
 
 class MLP(nn.Module):
     """Maps (b, in_features) to (b, hidden) or (b, n, in_features) to (b, n, hidden), one token at a time."""
@@ -17,12 +19,8 @@ class MLP(nn.Module):
 
     def __init__(self, in_features: int, hidden: int = 128, depth: int = 2, dropout: float = 0.1):
         super().__init__()
-        layers: list[nn.Module] = []
-        width = in_features
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.GELU(), nn.LayerNorm(hidden), nn.Dropout(dropout)]
-            width = hidden
-        self.net = nn.Sequential(*layers)
+        self.net = layer_stack(in_features, hidden, depth,
+                               lambda n, h: [nn.Linear(n, h), nn.GELU(), nn.LayerNorm(h), nn.Dropout(dropout)])
         self.out_dim = hidden
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -31,7 +29,4 @@ class MLP(nn.Module):
     @staticmethod
     def infer_kwargs(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         """Sizes read off a saved state dict (the 2-D weights are the Linear layers)."""
-        weights = [v for k, v in state_dict.items() if k.endswith(".weight") and v.dim() == 2]
-        if not weights:
-            return {}
-        return {"in_features": int(weights[0].shape[1]), "hidden": int(weights[0].shape[0]), "depth": len(weights)}
+        return stack_sizes([v for k, v in state_dict.items() if k.endswith(".weight") and v.dim() == 2])

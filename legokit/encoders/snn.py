@@ -7,6 +7,8 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .stack import layer_stack, stack_sizes
+
 
 class SNN(nn.Module):
     """Maps a feature vector (b, in_features) to one token (b, hidden)."""
@@ -17,12 +19,7 @@ class SNN(nn.Module):
 
     def __init__(self, in_features: int, hidden: int = 128, depth: int = 2, dropout: float = 0.1):
         super().__init__()
-        layers: list[nn.Module] = []
-        width = in_features
-        for _ in range(depth):
-            layers += [nn.Linear(width, hidden), nn.SELU(), nn.AlphaDropout(dropout)]
-            width = hidden
-        self.net = nn.Sequential(*layers)
+        self.net = layer_stack(in_features, hidden, depth, lambda n, h: [nn.Linear(n, h), nn.SELU(), nn.AlphaDropout(dropout)])
         self.out_dim = hidden
         for module in self.net:
             if isinstance(module, nn.Linear):
@@ -36,7 +33,4 @@ class SNN(nn.Module):
     @staticmethod
     def infer_kwargs(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         """Sizes read off a saved state dict, so `legokit wrap --arch snn` needs no --arch-kwargs."""
-        weights = [v for k, v in state_dict.items() if k.startswith("net.") and k.endswith(".weight")]
-        if not weights:
-            return {}
-        return {"in_features": int(weights[0].shape[1]), "hidden": int(weights[0].shape[0]), "depth": len(weights)}
+        return stack_sizes([v for k, v in state_dict.items() if k.startswith("net.") and k.endswith(".weight")])

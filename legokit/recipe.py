@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..block import BlockConfig
-from ..errors import ConfigError, LegoError
-from ..hub import HubRef, cached_path, is_hub_ref, parse_ref, resolve
-from ..spectral import PHASE_MODES
-from ..yamlfile import check_keys, read_yaml, require_mapping, where
-from .graph import Graph
-from .merge import block_facts
+from .artifact import KEY_CONFIG, KEY_KIND, read_metadata, refuse_inputs
+from .block import BlockConfig
+from .compose.graph import Graph
+from .compose.merge import block_facts
+from .errors import ConfigError, LegoError
+from .hubref import HubRef, cached_path, is_hub_ref, parse_ref, resolve
+from .persist import load_block, merge_files, save
+from .registry import BLOCK
+from .spectral import PHASE_MODES
+from .train import FUSE_TRAINING
+from .workflows import fuse_blocks
+from .yamlfile import check_keys, read_yaml, require_mapping, where
 
 TOP_KEYS = ("name", "description", "blocks", "operation", "data", "output")
 BLOCK_KEYS = ("artifact",)
@@ -54,6 +59,7 @@ class Recipe:
     output: Path
     description: str = ""
     data: Path | None = None
+    text: str = ""  # the file as written, embedded in what the recipe makes
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> "Recipe":
@@ -90,7 +96,7 @@ class Recipe:
             raise ConfigError(f"{where(path, 'data')}: must be a folder path")
         name = data.get("name", path.stem)
         return cls(path, str(name), tuple(blocks), operation, base / output, str(data.get("description", "")),
-                   None if folder is None else base / folder)
+                   None if folder is None else base / folder, path.read_text(encoding="utf-8"))
 
     @staticmethod
     def _operation(path: Path, data: Mapping[str, Any], modalities: list[str]) -> Operation:
@@ -99,11 +105,9 @@ class Recipe:
             raise ConfigError(f"{where(path, 'operation.kind')}: {kind!r}; choose one of {', '.join(OPERATION_KEYS)}")
         check_keys(path, "operation", data, OPERATION_KEYS[kind])
         if kind != "merge":
-            from ..train import TrainConfig
-
             training = {k: v for k, v in data.items() if k != "kind"}
             try:
-                TrainConfig(**{"epochs": 2, **training})
+                replace(FUSE_TRAINING, **training)
             except ConfigError as exc:
                 raise ConfigError(f"{where(path, 'operation')}: {exc}") from exc
             return Operation(kind, training=training)
@@ -141,8 +145,6 @@ class Recipe:
     def check(self, download: bool = False) -> Graph:
         """Validate the graph against the blocks' headers (no tensor is read); Hub blocks not cached are skipped
         unless `download`."""
-        from ..artifact import read_metadata
-
         facts = {}
         for block in self.blocks:
             key = f"blocks.{block.modality}.artifact"
@@ -153,9 +155,9 @@ class Recipe:
                 raise ConfigError(f"{where(self.path, key)}: no such file ({local})")
             try:
                 metadata = read_metadata(local)
-                if metadata.get("legokit.kind") != "block":
-                    raise ConfigError(f"{local} is a {metadata.get('legokit.kind')!r} artifact, not a block")
-                config = BlockConfig.from_dict(json.loads(metadata["legokit.config"]))
+                if metadata.get(KEY_KIND) != BLOCK:
+                    raise ConfigError(f"{local} is a {metadata.get(KEY_KIND)!r} artifact, not a block")
+                config = BlockConfig.from_dict(json.loads(metadata[KEY_CONFIG]))
             except (LegoError, KeyError, TypeError, ValueError) as exc:
                 raise ConfigError(f"{where(self.path, key)}: {exc}") from exc
             if config.modality != block.modality:
@@ -171,23 +173,18 @@ class Recipe:
 
     def run(self, progress: bool = True) -> Path:
         """Execute the recipe: LegoMerge of its blocks, or LegoFuse and fine-tuning on its data, into its output."""
-        from ..artifact import refuse_inputs
-        from ..persist import load_block, merge_files, save
-
         self.check(download=True)
         paths = [self.local_path(b, download=True) for b in self.blocks]
         data = [self.data] if self.operation.kind != "merge" else []
         refuse_inputs(self.output, [self.path, *paths, *data])  # the recipe, its blocks and its data stay as they are
-        provenance = {"recipe": str(self.path), "recipe_name": self.name}
+        # the recipe travels verbatim in the artifact (and its model card), as mergekit does
+        provenance = {"recipe": {"path": str(self.path), "name": self.name, "text": self.text}}
         if self.operation.kind == "merge":
             weights = self.operation.weights
             weights = dict(weights) if isinstance(weights, Mapping) else weights
             return merge_files(paths, self.output, weights, self.operation.phase, provenance)
-        from ..train import TrainConfig
-        from ..workflows import fuse_blocks
-
         if not self.data.is_dir():
             raise ConfigError(f"{where(self.path, 'data')}: no such folder ({self.data})")
-        config = TrainConfig(**{"epochs": 2, **dict(self.operation.training or {})})
+        config = replace(FUSE_TRAINING, **dict(self.operation.training or {}))
         model, _ = fuse_blocks([load_block(p) for p in paths], self.data, self.operation.kind, config, progress=progress)
         return save(model, self.output, provenance, inputs=[self.path, *paths, *data])

@@ -1,0 +1,91 @@
+"""Models to and from files and Hub repositories through their kinds (`legokit.registry`): `save` and `load` of
+one `.st` file, and the Hub methods every legokit model has, named as huggingface_hub's `ModelHubMixin` names them
+(`save_pretrained`, `from_pretrained`, `push_to_hub`)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from .artifact import read_artifact, write_artifact, write_atomic
+from .card import model_card
+from .describe import describe
+from .device import resolve_device
+from .errors import ArtifactError
+from .hub import pull, push
+from .hubref import is_hub_ref, local_artifact
+from .registry import kind_named, kind_of
+
+DEFAULT_FILE = "model.st"
+
+
+def save(model: Any, path: str | os.PathLike[str], provenance: Mapping[str, Any] | None = None,
+         inputs: Iterable[str | os.PathLike[str] | None] = ()) -> Path:
+    """Write any legokit model (a block, a merged or a fused model) as one standalone `.st` file, atomically, in
+    the format its kind registers; `inputs` are files it must not overwrite."""
+    kind = kind_of(model)
+    config, tensors = kind.write(model)
+    record = {**getattr(model, "provenance", {}), **dict(provenance or {})}
+    return write_artifact(path, kind.name, config, tensors, record, inputs)
+
+
+def load(path: str | os.PathLike[str], device: str | torch.device = "cpu", expect: str | None = None) -> Any:
+    """Rebuild whatever model a `.st` file (a path or hf://org/repo/file.st) holds (only a kind `expect` if
+    given), from the file alone: no user code, nothing unpickled; in eval mode on `device`."""
+    artifact = read_artifact(local_artifact(path), expect_kind=expect)
+    model = kind_named(artifact.kind, artifact.path).read(artifact)
+    model.source_sha256 = artifact.sha256  # what adapter artifacts check they fit
+    return model.to(resolve_device(device)).eval()
+
+
+def _one_artifact(folder: Path, filename: str | None) -> Path:
+    if filename is not None:
+        return folder / filename
+    found = sorted(folder.glob("*.st"))
+    if len(found) != 1:
+        raise ArtifactError(f"{folder}: expected one .st artifact, found {len(found) or 'none'}; name it (filename=)")
+    return found[0]
+
+
+class HubMixin:
+    """`save_pretrained`, `from_pretrained` and `push_to_hub` for legokit models: a model is one `.st` file (and a
+    model card, README.md) in a folder or a Hub repository."""
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], *, filename: str = DEFAULT_FILE,
+                        repo_id: str | None = None) -> Path:
+        """Write the model into a folder as `filename` with its model card; returns the artifact's path."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = save(self, folder / filename)
+        card = model_card(describe(path, verify=False), repo_id or f"your-org/{folder.name}", path.name)
+        write_atomic(folder / "README.md", card.encode(), [path])
+        return path
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike[str], *, filename: str | None = None,
+                        device: str | torch.device = "cpu") -> Any:
+        """A model of this class from a `.st` file, a folder holding one, a Hub reference (hf://org/repo/file.st,
+        hf://org/repo@rev/file.st) or a Hub repository (org/repo[@rev], its one `.st` file or `filename`)."""
+        source = os.fspath(pretrained_model_name_or_path)
+        local = Path(source)
+        if is_hub_ref(source) or local.is_file():
+            path = local_artifact(source)
+        elif local.is_dir():
+            path = _one_artifact(local, filename)
+        else:  # a Hub repository id
+            path = pull(f"hf://{source.rstrip('/')}/{filename}" if filename else source)
+        model = load(path, device)
+        kind = kind_of(model)
+        if not issubclass(kind.model, cls):
+            raise ArtifactError(f"{path}: holds a {kind.name} model, not a {cls.__name__}")
+        return model
+
+    def push_to_hub(self, repo_id: str, *, filename: str = DEFAULT_FILE, private: bool = False) -> str:
+        """Upload the model (as `filename`) with its model card to a Hub repository; returns the commit URL."""
+        with tempfile.TemporaryDirectory() as folder:
+            path = save(self, Path(folder) / filename)
+            return push(path, repo_id, private=private)
