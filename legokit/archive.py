@@ -96,17 +96,23 @@ def nested_too_deep(text: str | bytes, value: Any) -> bool:
     return False
 
 
+def capped_json(text: str | bytes, fail: Callable[[str], Exception]) -> Any:
+    """Parsed JSON whose nesting stays within MAX_JSON_DEPTH; otherwise `fail(reason)` is raised, the reason saying
+    "is not valid JSON (...)" or "is nested over N levels"."""
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise fail(f"is not valid JSON ({type(exc).__name__})") from exc
+    if nested_too_deep(text, value):
+        raise fail(f"is nested over {MAX_JSON_DEPTH} levels")
+    return value
+
+
 def load_json(data: bytes, what: str) -> Any:
     """JSON with a size and nesting cap; anything else is a one-line EncoderError."""
     if len(data) > MAX_JSON_BYTES:
         raise EncoderError(f"{what}: JSON of {len(data):,} bytes (cap {MAX_JSON_BYTES:,})")
-    try:
-        value = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise EncoderError(f"{what}: invalid JSON ({type(exc).__name__})") from exc
-    if nested_too_deep(data, value):
-        raise EncoderError(f"{what}: JSON nested over {MAX_JSON_DEPTH} levels")
-    return value
+    return capped_json(data, lambda reason: EncoderError(f"{what}: its JSON {reason}"))
 
 
 def _tensor_extent(meta: Any, what: str) -> int:

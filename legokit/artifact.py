@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from .archive import MAX_JSON_DEPTH, nested_too_deep
+from .archive import capped_json
 from .errors import ArtifactError
 from .version import __version__
 
@@ -271,13 +271,7 @@ def _check_container(path: Path) -> None:
 
 def _json_text(path: Path, text: str | bytes, what: str) -> Any:
     """JSON from a header, with the nesting capped; anything else is a one-line ArtifactError."""
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise ArtifactError(f"{path}: corrupt header: {what} is not valid JSON") from exc
-    if nested_too_deep(text, value):
-        raise ArtifactError(f"{path}: corrupt header: {what} is nested over {MAX_JSON_DEPTH} levels")
-    return value
+    return capped_json(text, lambda reason: ArtifactError(f"{path}: corrupt header: {what} {reason}"))
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from .encoders import list_encoders
 from .errors import ConfigError, LegoError
 from .hub import pull, push
 from .persist import load, load_block, merge_files, save, save_block
+from .plots import plot_history
 from .predict import predict_folder
 from .progress import log
 from .recipe import Recipe
@@ -196,8 +197,6 @@ def _report_training(console: Console, what: str, result: TrainResult, path: Pat
                   f"test {_metrics_text(result.test)} ({result.seconds:.1f} s)")
     console.print(f"[green]wrote[/] {escape(str(path))}")
     if args.plot:
-        from .plots import plot_history
-
         plot_history(result.history, args.plot, title=f"{what}: {Path(path).name}", best_epoch=result.best_epoch,
                      inputs=[*inputs, path])
         console.print(f"[green]plotted[/] the training history to {escape(args.plot)}")
@@ -559,6 +558,18 @@ def _inputs(args: argparse.Namespace) -> list[str]:
     return found
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: --json and --plot never name an input, the -o output or each other."""
+    written = [(flag, getattr(args, dest, None)) for flag, dest in (("-o", "output"), ("--plot", "plot"), ("--json", "json"))]
+    written = [(flag, Path(value).resolve()) for flag, value in written if value and value != "-"]
+    for number, (flag, path) in enumerate(written):
+        for other, earlier in written[:number]:
+            if path == earlier:
+                raise ConfigError(f"{flag} and {other} name the same file ({path}); give each its own")
+    if getattr(args, "json", None) not in (None, "-"):
+        refuse_inputs(args.json, _inputs(args))
+
+
 def _write_json(args: argparse.Namespace, result: Result) -> None:
     text = json.dumps(result, indent=2, default=str)
     if args.json == "-":
@@ -567,9 +578,23 @@ def _write_json(args: argparse.Namespace, result: Result) -> None:
         write_atomic(Path(args.json), (text + "\n").encode(), _inputs(args))
 
 
+class _PlainFormatter(logging.Formatter):
+    """Log lines for files and CI logs: one line each, `warning: ...` for warnings and above, no wrapping."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return text if record.levelno == logging.INFO else f"{record.levelname.lower()}: {text}"
+
+
 def _configure_logging(args: argparse.Namespace) -> None:
-    """The `legokit` logger prints through rich's handler on standard error, at the level --quiet/--verbose set."""
-    handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, markup=False)
+    """The `legokit` logger prints on standard error at the level --quiet/--verbose set: through rich's handler on
+    a terminal, as plain unwrapped lines otherwise."""
+    console = Console(stderr=True)
+    if console.is_terminal:
+        handler: logging.Handler = RichHandler(console=console, show_time=False, show_path=False, markup=False)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_PlainFormatter())
     log.handlers = [handler]
     log.propagate = False
     log.setLevel(logging.WARNING if args.quiet else logging.DEBUG if args.verbose else logging.INFO)
@@ -592,8 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(quiet=args.quiet or args.json == "-")  # `--json -` keeps standard output for the JSON
     errors = Console(stderr=True)
     try:
-        if args.json not in (None, "-"):
-            refuse_inputs(args.json, _inputs(args))  # checked before the work, not after
+        _check_outputs(args)
         if hasattr(args, "threads"):  # the commands that compute; inspect, merge, push and pull do not
             _use_threads(args, console)
         result = args.run(args, console)

@@ -7,12 +7,13 @@ validation c-index (`weights="auto"`). Metric: c-index on the test split."""
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 import shutil
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Callable
@@ -30,7 +31,7 @@ from .data.training import SplitData
 from .metrics import concordance_index, risk_from_logits
 from .persist import save
 from .spec import BlockSpec
-from .train import TrainConfig, predict_logits, train_model
+from .train import FUSE_TRAINING, predict_logits, train_model
 from .workflows import fuse_blocks, train_block
 
 MODELS = ("LegoBlock labs", "LegoBlock visits", "Ensemble (mean risk)", "Late fusion (concat, end to end)",
@@ -125,7 +126,9 @@ def run_seed(folder: Path, seed: int, out: Path, labs_spec: BlockSpec, visits_sp
     result.add("LegoMerge (auto weights)", _cindex(auto_risk, data, test), _cindex(auto_risk, data, test_visits))
 
     step("fuse")
-    fused, _ = fuse_blocks([labs, visits], folder, "stack", TrainConfig(epochs=2, seed=seed), splits, progress=False)
+    # fine-tuning changes the blocks it fuses: copies, so that labs.st and merged.st are the models scored above
+    fused, _ = fuse_blocks([copy.deepcopy(labs), copy.deepcopy(visits)], folder, "stack",
+                           replace(FUSE_TRAINING, seed=seed), splits, progress=False)
     fused_risk = _risks(fused, data, test)
     result.add("LegoFuse (stack, 2 epochs)", _cindex(fused_risk, data, test), _cindex(fused_risk, data, test_visits))
 
@@ -158,14 +161,25 @@ def run_seed(folder: Path, seed: int, out: Path, labs_spec: BlockSpec, visits_sp
         save(model, seed_dir / f"{name}.st")
 
 
+def write_splits(folder: Path, spec: BlockSpec) -> Path:
+    """splits.csv of seed 0 in the demo's data folder, the split the top-level artifacts were selected on, so that
+    `legokit eval legokit-demo/labs.st legokit-demo/data` scores their test split."""
+    shapes = {name: modality_shape(folder, name) for name in ("labs", "visits")}
+    splits = SplitData.load(folder, shapes, spec.task, 0).splits
+    rows = "".join(f"{sample},{split}\n" for sample, split in splits.items())
+    write_atomic(folder / "splits.csv", f"id,split\n{rows}".encode())
+    return folder / "splits.csv"
+
+
 def run_demo(out: str | Path = "legokit-demo", seeds: int = 5, progress: bool = True,
              console: Console | None = None) -> DemoResult:
-    """Run the demo; artifacts go to `out/seed-K/`, the first seed's also to `out/` (for recipes/merge.yaml),
-    the table to `out/results.json`. Progress is a bar on a terminal, else a line per finished step (logs, CI)."""
+    """Run the demo; artifacts go to `out/seed-K/`, the first seed's also to `out/` (for recipes/merge.yaml) with
+    their split in `out/data/splits.csv`, the table to `out/results.json`. Progress is a bar on a terminal, else a line per finished step (logs, CI)."""
     started = time.perf_counter()
     out = Path(out)
     folder = out / "data"
     counts = write_pbc(folder)
+    (folder / "splits.csv").unlink(missing_ok=True)  # a previous run's: every seed draws its own split
     labs_spec, visits_spec = default_spec("labs"), default_spec("visits")
     result = DemoResult(list(range(seeds)), data=counts)
     steps = 7  # the step() calls of run_seed
@@ -190,6 +204,7 @@ def run_demo(out: str | Path = "legokit-demo", seeds: int = 5, progress: bool = 
             finish()
     for name in ("labs", "visits", "merged", "fused"):
         shutil.copyfile(out / "seed-0" / f"{name}.st", out / f"{name}.st")
+    write_splits(folder, labs_spec)
     result.seconds = time.perf_counter() - started
     write_atomic(out / "results.json", json.dumps(result.to_json(), indent=2).encode())
     return result

@@ -40,12 +40,16 @@ def _split(body: str) -> tuple[list[str], str | None]:
     """`org/repo[@rev]/path` or `org/repo/path[@rev]` -> the path's parts and the revision."""
     org, _, rest = body.partition("/")
     repo, _, path = rest.partition("/")
+    if "@" in org:
+        raise ConfigError(f"hf://{body}: a revision goes after the repository, hf://org/repo@REV/file.st")
     if "@" in repo:  # HfFileSystem's form: the revision right after the repository
         repo, _, revision = repo.partition("@")
         if "@" in path:
             raise ConfigError(f"hf://{body}: two revisions; give one, hf://org/repo@REV/file.st")
     else:
         path, _, revision = path.partition("@")
+    if "@" in body and not revision:
+        raise ConfigError(f"hf://{body}: an empty revision after '@'")
     return [p for p in [org, repo, *path.split("/")] if p], revision or None
 
 

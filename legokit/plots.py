@@ -12,8 +12,9 @@ import math
 import numbers
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -194,6 +195,21 @@ def _with_title(title: str, note: str) -> str:
     return f"{title}\n{note}" if title else note
 
 
+@contextmanager
+def _figure(path: Path, inputs: list[str | os.PathLike[str]], size: tuple[float, float]) -> Iterator[Any]:
+    """One figure's axes; on a clean exit the figure is laid out, rendered and written atomically to `path`, and it
+    is closed whatever happens."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=size)
+    try:
+        yield ax
+        fig.tight_layout()
+        data = _render(fig)
+    finally:
+        plt.close(fig)
+    write_atomic(path, data, inputs)
+
+
 def plot_survival(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor, path: str | os.PathLike[str],
                   title: str = "", groups: int = 2, *, inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
     """Kaplan-Meier curves of the samples grouped by predicted risk, with the log-rank p-value between the groups:
@@ -211,9 +227,7 @@ def plot_survival(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor, p
         note = f"log-rank p = {p_value:.3g} (chi2 = {statistic:.2f}, df = {df})"
     else:
         note = "log-rank test: n/a (all samples in one risk group)"
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    try:
+    with _figure(path, inputs, (6.4, 4.8)) as ax:
         start = min(0.0, float(times.min()))
         for k in present:
             members = group == k
@@ -231,11 +245,6 @@ def plot_survival(risk: torch.Tensor, time: torch.Tensor, event: torch.Tensor, p
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(_with_title(title, note))
         ax.legend(loc="best", title="0 = lowest predicted risk" if groups > 2 else None)
-        fig.tight_layout()
-        data = _render(fig)
-    finally:
-        plt.close(fig)
-    write_atomic(path, data, inputs)
     return path
 
 
@@ -269,9 +278,7 @@ def plot_roc(probabilities: torch.Tensor, labels: torch.Tensor, path: str | os.P
         raise ShapeError(f"probabilities: expected shape (n,), (n, 1) or (n, K), got {tuple(scores.shape)}")
     _same_length(probabilities=curves[0][1], labels=curves[0][2])
     path, inputs = _prepare_output(path, inputs)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.6, 5.2))
-    try:
+    with _figure(path, inputs, (5.6, 5.2)) as ax:
         ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance (AUC = 0.5)")
         aucs = []
         for name, score, positive in curves:
@@ -291,11 +298,6 @@ def plot_roc(probabilities: torch.Tensor, labels: torch.Tensor, path: str | os.P
         note = f"macro AUC = {sum(aucs) / len(aucs):.3f}" if len(curves) > 1 and aucs else ""
         ax.set_title(_with_title(title, note) if note else title)
         ax.legend(loc="lower right", fontsize="small")
-        fig.tight_layout()
-        data = _render(fig)
-    finally:
-        plt.close(fig)
-    write_atomic(path, data, inputs)
     return path
 
 
@@ -326,9 +328,7 @@ def plot_history(history: Sequence[Mapping[str, float]], path: str | os.PathLike
 
     epochs = column("epoch")
     path, inputs = _prepare_output(path, inputs)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    try:
+    with _figure(path, inputs, (6.4, 4.4)) as ax:
         marker = "o" if len(epochs) <= 30 else None
         handles = [ax.plot(epochs, column(key), marker=marker, markersize=3, label=key)[0] for key in losses]
         ax.set_xlabel("epoch")
@@ -349,11 +349,6 @@ def plot_history(history: Sequence[Mapping[str, float]], path: str | os.PathLike
                    bbox_to_anchor=(0.5, -0.14), ncol=min(len(handles), 4), fontsize="small", frameon=False)
         if title:
             ax.set_title(title)
-        fig.tight_layout()
-        data = _render(fig)
-    finally:
-        plt.close(fig)
-    write_atomic(path, data, inputs)
     return path
 
 

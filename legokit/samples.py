@@ -36,6 +36,11 @@ def _records(provenance: Any, where: str = "") -> Iterator[tuple[str, Mapping[st
                 yield from _records(value, f"{where}.{key}" if where else str(key))
 
 
+def has_record(provenance: Any) -> bool:
+    """Whether a provenance tree holds any sample record (files written before records existed hold none)."""
+    return any(True for _ in _records(provenance))
+
+
 def summarized(provenance: Any) -> Any:
     """A copy of a provenance tree with each sample record shown as its counts, for people to read."""
     if isinstance(provenance, Mapping):

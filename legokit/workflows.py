@@ -19,7 +19,7 @@ from .encoders import build_encoder
 from .errors import ConfigError
 from .model import LegoModel, model_inputs
 from .progress import log
-from .samples import refuse_overlap, training_seed
+from .samples import has_record, overlaps, refuse_overlap, training_seed
 from .spec import BlockSpec
 from .tasks import TaskSpec
 from .metrics import task_metrics
@@ -85,16 +85,30 @@ def fuse_blocks(blocks: Sequence[LegoBlock], data_dir: str | os.PathLike[str], m
     task = model.task
     inputs = {m: b.data_input for m, b in model.blocks.items()}
     data = SplitData.load(data_dir, inputs, task, config.seed, splits)
+    test = data.ids("test", model.modalities)
     for block in model.blocks.values():
-        trained_on = (block.provenance.get("trained") or {}).get("split")
-        if trained_on is not None and (trained_on != data.split_source or data.split_source == "given"):
-            note = f"block {block.modality} was trained on split '{trained_on}', fused on '{data.split_source}'"
+        note = _split_warning(block, data, test)
+        if note:
             model.provenance.setdefault("warnings", []).append(note)
-            log.warning("%s: its training samples may be in this test split", note)
+            log.warning("%s", note)
     result = train_model(model, data, task, config, progress, label=f"fusing ({mode})")
     model.provenance.update({"fused": result.provenance(data, config, model.modalities),
                              "blocks": {m: b.provenance for m, b in model.blocks.items()}})
     return model.cpu().eval(), result
+
+
+def _split_warning(block: LegoBlock, data: SplitData, test: Sequence[str]) -> str | None:
+    """Why the fused model's test metrics may be optimistic: test samples the block saw in training (from its
+    record of salted sample hashes), or, for a block without a record, a split other than the block's."""
+    seen = overlaps(block.provenance, test)
+    if seen:
+        return f"block {block.modality}: {seen[0].seen} of the {len(test)} test samples were in its training or " \
+               "validation samples"
+    trained_on = (block.provenance.get("trained") or {}).get("split")
+    if not has_record(block.provenance) and trained_on is not None and (trained_on != data.split_source or data.split_source == "given"):
+        return (f"block {block.modality} was trained on split '{trained_on}', fused on '{data.split_source}': its "
+                "training samples may be in this test split")
+    return None
 
 
 def labelled_data(model: LegoModel, data_dir: str | os.PathLike[str], seed: int,

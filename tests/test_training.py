@@ -22,7 +22,7 @@ from legokit.data.training import SplitData
 from legokit.spec import BlockSpec
 from legokit.tasks import TaskSpec
 from legokit.train import TrainConfig, evaluate, train_model
-from legokit.workflows import build_block, fuse_blocks, train_block
+from legokit.workflows import build_block, evaluate_model, fuse_blocks, train_block
 
 from .conftest import cli_here
 
@@ -254,6 +254,11 @@ def test_demo_runs_on_bundled_data_and_writes_its_table_and_artifacts(tmp_path):
     assert all(0.5 < m["test_with_visits"]["mean"] <= 1 for m in summary["models"].values())
     for name in ("labs", "visits", "merged", "fused"):
         assert load(tmp_path / "demo" / f"{name}.st") is not None
+    # the data folder holds the split the artifacts were selected on: eval reproduces the table's seed-0 values
+    for name, model in (("labs", "LegoBlock labs"), ("merged", "LegoMerge"), ("fused", "LegoFuse (stack, 2 epochs)")):
+        scored = evaluate_model(load(tmp_path / "demo" / f"{name}.st"), tmp_path / "demo" / "data")
+        assert scored["split_source"] == "splits.csv" and scored["samples"] == 58
+        assert scored["c_index"] == pytest.approx(summary["models"][model]["per_seed_all_test"][0], abs=1e-9)
     assert result.data == {"patients": 388, "events": 131, "with_visits": 290, "visits": 642}
 
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ConfigError
+
 
 def write_gse7390(folder: Path) -> Path:
     """Write the folder (labels.csv, clinical.csv, genes.csv) and return it."""
     try:
         from sksurv.datasets import load_breast_cancer
     except ImportError as exc:
-        from ..errors import ConfigError
-
         raise ConfigError("GSE7390 ships with scikit-survival: pip install scikit-survival (or legokit[dev])") from exc
 
     x, y = load_breast_cancer()
