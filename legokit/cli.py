@@ -186,7 +186,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> Result:
     if args.dry_run:
         console.print("[green]valid[/] (dry run: nothing written)")
         return done
-    path = recipe.run()
+    path = recipe.run(device=args.device)
     console.print(f"[green]wrote[/] {escape(str(path))}")
     return {**done, "output": str(path)}
 
@@ -330,7 +330,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> Result:
 def cmd_demo(args: argparse.Namespace, console: Console) -> Result:
     console.print(f"legokit demo: Mayo PBC, 1-year landmark, {args.seeds} random 70/15/15 splits -> {escape(args.out)}/")
     _use_threads(args, console, default_spec("labs").latent)
-    result = run_demo(args.out, args.seeds, console=console)
+    result = run_demo(args.out, args.seeds, console=console, device=args.device)
     summary = result.to_json()
     table = Table(title=f"c-index on the test split, mean ± s.d. over {args.seeds} seeds "
                         f"({summary['data']['patients']} patients, {summary['data']['with_visits']} with visits)",

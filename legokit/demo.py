@@ -128,7 +128,7 @@ def run_seed(folder: Path, seed: int, out: Path, labs_spec: BlockSpec, visits_sp
     step("fuse")
     # fine-tuning changes the blocks it fuses: copies, so that labs.st and merged.st are the models scored above
     fused, _ = fuse_blocks([copy.deepcopy(labs), copy.deepcopy(visits)], folder, "stack",
-                           replace(FUSE_TRAINING, seed=seed), splits, progress=False)
+                           replace(FUSE_TRAINING, seed=seed, device=labs_spec.training.device), splits, progress=False)
     fused_risk = _risks(fused, data, test)
     result.add("LegoFuse (stack, 2 epochs)", _cindex(fused_risk, data, test), _cindex(fused_risk, data, test_visits))
 
@@ -172,15 +172,16 @@ def write_splits(folder: Path, spec: BlockSpec) -> Path:
 
 
 def run_demo(out: str | Path = "legokit-demo", seeds: int = 5, progress: bool = True,
-             console: Console | None = None) -> DemoResult:
+             console: Console | None = None, device: str | None = None) -> DemoResult:
     """Run the demo; artifacts go to `out/seed-K/`, the first seed's also to `out/` (for recipes/merge.yaml) with
-    their split in `out/data/splits.csv`, the table to `out/results.json`. Progress is a bar on a terminal, else a line per finished step (logs, CI)."""
+    their split in `out/data/splits.csv`, the table to `out/results.json`. `device`: where to train (default: the
+    specs', auto). Progress is a bar on a terminal, else a line per finished step (logs, CI)."""
     started = time.perf_counter()
     out = Path(out)
     folder = out / "data"
     counts = write_pbc(folder)
     (folder / "splits.csv").unlink(missing_ok=True)  # a previous run's: every seed draws its own split
-    labs_spec, visits_spec = default_spec("labs"), default_spec("visits")
+    labs_spec, visits_spec = default_spec("labs").override(device=device), default_spec("visits").override(device=device)
     result = DemoResult(list(range(seeds)), data=counts)
     steps = 7  # the step() calls of run_seed
     console = console or Console()

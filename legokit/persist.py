@@ -13,7 +13,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import torch
 
 from .archive import program_records
-from .artifact import KEY_CONFIG, KEY_KIND, OpenedArtifact, Source, Stored, open_artifact, refuse_inputs, write_streaming
+from .artifact import KEY_CONFIG, KEY_KIND, KEY_PROVENANCE, OpenedArtifact, Source, Stored, open_artifact
+from .artifact import refuse_inputs, write_streaming
 from .block import BlockConfig, LegoBlock
 from .codec import PROGRAM_PREFIX
 from .compose.graph import Graph
@@ -93,7 +94,7 @@ def _blocks_provenance(parts: Sequence[_Part]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     for part in parts:
         try:
-            record = json.loads(part.origin.metadata.get("legokit.provenance", "{}"))
+            record = json.loads(part.origin.metadata.get(KEY_PROVENANCE, "{}"))
         except (json.JSONDecodeError, RecursionError) as exc:
             raise ArtifactError(f"{part.origin.path}: corrupt header: legokit.provenance is not valid JSON") from exc
         if not isinstance(record, dict):

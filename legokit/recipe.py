@@ -171,8 +171,9 @@ class Recipe:
                 raise ConfigError(f"{where(self.path, 'blocks')}: {exc}") from exc
         return graph
 
-    def run(self, progress: bool = True) -> Path:
-        """Execute the recipe: LegoMerge of its blocks, or LegoFuse and fine-tuning on its data, into its output."""
+    def run(self, progress: bool = True, device: str | None = None) -> Path:
+        """Execute the recipe: LegoMerge of its blocks, or LegoFuse and fine-tuning on its data (on `device`, else
+        the recipe's, else auto), into its output."""
         self.check(download=True)
         paths = [self.local_path(b, download=True) for b in self.blocks]
         data = [self.data] if self.operation.kind != "merge" else []
@@ -185,6 +186,6 @@ class Recipe:
             return merge_files(paths, self.output, weights, self.operation.phase, provenance)
         if not self.data.is_dir():
             raise ConfigError(f"{where(self.path, 'data')}: no such folder ({self.data})")
-        config = replace(FUSE_TRAINING, **dict(self.operation.training or {}))
+        config = replace(FUSE_TRAINING, **dict(self.operation.training or {}), **({"device": device} if device else {}))
         model, _ = fuse_blocks([load_block(p) for p in paths], self.data, self.operation.kind, config, progress=progress)
         return save(model, self.output, provenance, inputs=[self.path, *paths, *data])
