@@ -3,6 +3,7 @@ with the recipe that made it, verbatim, when it was made by one."""
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from .version import __version__
@@ -41,8 +42,10 @@ def model_card(facts: Mapping[str, Any], repo_id: str, filename: str) -> str:
                 lines.append(f"- {split}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     recipe = provenance.get("recipe")
     if isinstance(recipe, Mapping) and isinstance(recipe.get("text"), str):
-        lines += ["", "## Recipe", "", f"Made by `legokit run {recipe.get('path', 'recipe.yaml')}`:", "", "```yaml",
-                  recipe["text"].rstrip("\n"), "```"]
+        text = recipe["text"].rstrip("\n")
+        fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))  # longer than any in it
+        lines += ["", "## Recipe", "", f"Made by `legokit run {recipe.get('path', 'recipe.yaml')}`:", "",
+                  f"{fence}yaml", text, fence]
     lines += ["", "## Use", "", "```bash", "pip install legokit", f"legokit pull {repo_id}            # cached; works offline afterwards",
               f"legokit inspect {filename}", "```", "", "```python", "import legokit",
               f'model = legokit.load("hf://{repo_id}/{filename}")', "```", "",

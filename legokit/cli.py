@@ -22,6 +22,8 @@ from rich.table import Table
 from rich.tree import Tree
 
 from .adapters.files import attach_file, save_adapter
+from .adapters.missing import DEFAULT_MISSING_RATE, DEFAULT_MISSING_SPLIT
+from .adapters.mora import DEFAULT_RANK
 from .artifact import refuse_inputs, write_atomic
 from .block import BlockConfig, parse_input_shape, parse_latent
 from .compose.fuse import FUSE_MODES
@@ -33,11 +35,11 @@ from .errors import ConfigError, LegoError
 from .hub import pull, push
 from .persist import load, load_block, merge_files, save, save_block
 from .plots import plot_history
-from .predict import predict_folder
+from .predict import DEFAULT_BATCH, predict_folder
 from .progress import log
 from .recipe import Recipe
 from .spec import BlockSpec
-from .spectral import FFT_AXES, HEAD_FEATURES, PHASE_MODES, UPDATE_PARTS
+from .spectral import DEFAULT_PHASE, FFT_AXES, HEAD_FEATURES, PHASE_MODES, UPDATE_PARTS
 from .tasks import TaskSpec
 from .threads import apply_threads, choose_threads
 from .train import ADAPT_TRAINING, FUSE_TRAINING, TrainConfig, TrainResult
@@ -114,6 +116,8 @@ def _use_threads(args: argparse.Namespace, console: Console, latent: tuple[int, 
     apply_threads(choice)
     if latent is not None:
         console.print(f"[dim]CPU threads: {choice.threads} ({escape(choice.reason)})[/]")
+    else:
+        log.debug("CPU threads: %d (%s)", choice.threads, choice.reason)
 
 
 def cmd_wrap(args: argparse.Namespace, console: Console) -> Result:
@@ -180,7 +184,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> Result:
                   f"of {', '.join(b.modality for b in recipe.blocks)} -> {escape(str(recipe.output))}")
     console.print(_tree(graph.tree()))
     for block in recipe.uncached():
-        console.print(f"[yellow]not cached yet:[/] {escape(block.artifact)} (a run downloads it)")
+        log.warning("not cached yet: %s (a run downloads it)", block.artifact)
     done = {"recipe": str(recipe.path), "name": recipe.name, "operation": recipe.operation.kind,
             "graph": graph.tree(), "output": None}
     if args.dry_run:
@@ -298,8 +302,6 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> Result:
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> Result:
-    if args.plot:
-        refuse_inputs(args.plot, [args.model, args.data, *(args.adapter or [])])
     model = load(args.model, device=args.device or "auto")
     if args.adapter or args.missing or args.missing_rate is not None:
         for path in args.adapter or []:
@@ -429,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     merge = commands.add_parser("merge", parents=[common], help="LegoMerge blocks (or a merged model and new blocks) "
                                 "with no training")
     merge.add_argument("artifacts", nargs="+", help="block or merged-model artifacts (.st), at least two blocks in all")
-    merge.add_argument("--phase", default="paper", choices=PHASE_MODES, help="mean of phases: arithmetic (paper) or circular")
+    merge.add_argument("--phase", default=DEFAULT_PHASE, choices=PHASE_MODES, help="mean of phases: arithmetic (paper) or "
+                       "circular (default %(default)s)")
     merge.add_argument("--weights", help="one weight per block, 0.5,0.5, by modality, tab=0.5,img=0.5, or auto: each "
                        "block's validation metric above chance, as recorded when it was trained (default equal)")
     merge.add_argument("-o", "--output", required=True, help="the merged artifact to write (.st)")
@@ -439,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
                                   "modalities present)")
     predict.add_argument("model", help="a block, merged or fused artifact (.st)")
     predict.add_argument("data", help="dataset folder: NAME.csv (id + features) or NAME/ID.safetensors per modality")
-    predict.add_argument("--batch-size", type=int, default=256, help="samples per forward pass (default %(default)s)")
+    predict.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="samples per forward pass (default %(default)s)")
     predict.add_argument("-o", "--output", required=True, help="CSV file to write: id, then the task's outputs")
     predict.set_defaults(run=cmd_predict)
 
@@ -487,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--adapter", action="append", help="attach this adapter artifact first (repeatable)")
     evaluate.add_argument("--missing-rate", type=float, help="MoRA's protocol: share eta of the complete samples "
                           "that miss one modality (dummies: the training means)")
-    evaluate.add_argument("--missing-split", type=float, default=0.5, help="the first modality's share of the "
+    evaluate.add_argument("--missing-split", type=float, default=DEFAULT_MISSING_SPLIT, help="the first modality's share of the "
                           "missing ones (default %(default)s)")
     evaluate.add_argument("--missing", help="instead, independent per-modality rates, e.g. tab=0.3,seq=1.0")
     evaluate.add_argument("--allow-overlap", action="store_true", help="score samples a block was trained or "
@@ -501,12 +504,12 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("model", help="the base artifact (.st): a merged or fused model (a block: --missing-rate 0)")
     adapt.add_argument("--adapter", required=True, choices=("mora", "ssf"), help="modality-aware LoRA, or scale and shift")
     adapt.add_argument("--data", required=True, help="labelled dataset folder")
-    adapt.add_argument("--rank", type=int, default=4, help="MoRA rank (default %(default)s, the paper's)")
+    adapt.add_argument("--rank", type=int, default=DEFAULT_RANK, help="MoRA rank (default %(default)s, the paper's)")
     adapt.add_argument("--at", help="tokens (MoRA default: each block's first key/value projection), first, all (SSF "
                        "default), or module names, comma-separated")
-    adapt.add_argument("--missing-rate", type=float, default=0.7, help="MoRA's protocol: share eta of the complete "
+    adapt.add_argument("--missing-rate", type=float, default=DEFAULT_MISSING_RATE, help="MoRA's protocol: share eta of the complete "
                        "samples that miss one modality, in training and validation (default %(default)s)")
-    adapt.add_argument("--missing-split", type=float, default=0.5, help="the first modality's share of the missing "
+    adapt.add_argument("--missing-split", type=float, default=DEFAULT_MISSING_SPLIT, help="the first modality's share of the missing "
                        "ones, in the model's modality order (alphabetical for a merged model; default %(default)s; "
                        "equal shares for more than two modalities)")
     adapt.add_argument("--test-missing-rate", type=float, help="eta for the reported test metrics (default: --missing-rate)")
@@ -545,29 +548,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# the arguments that name files a command reads: its --json output must not replace any of them
-INPUT_ARGUMENTS = ("encoder", "artifact", "artifacts", "model", "data", "recipe", "block", "blocks", "spec", "adapter",
-                   "output", "plot")
+# the arguments that name files a command reads: --json and --plot must not replace any of them
+INPUT_ARGUMENTS = ("encoder", "artifact", "artifacts", "model", "data", "recipe", "block", "blocks", "spec", "adapter")
 
 
-def _inputs(args: argparse.Namespace) -> list[str]:
-    found: list[str] = []
+def _paths(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, str]]]:
+    """The files the command reads, and those it writes (flag, path): its arguments, what a recipe names, wrap's
+    default output."""
+    read: list[str] = []
     for name in INPUT_ARGUMENTS:
         value = getattr(args, name, None)
-        found += [str(v) for v in value] if isinstance(value, list) else [str(value)] if value else []
-    return found
+        read += [str(v) for v in value] if isinstance(value, list) else [str(value)] if value else []
+    written = [(flag, str(getattr(args, dest))) for flag, dest in (("-o", "output"), ("--plot", "plot"),
+                                                                    ("--json", "json"))
+               if getattr(args, dest, None) not in (None, "-")]
+    if getattr(args, "recipe", None):
+        recipe = Recipe.from_yaml(args.recipe)
+        named = [recipe.local_path(block, download=False) for block in recipe.blocks]
+        read += [str(p) for p in (*named, recipe.data) if p is not None]
+        written.append(("the recipe's output", str(recipe.output)))
+    if args.command == "wrap" and not args.output:
+        written.append(("-o", str(default_output(args.encoder))))
+    return read, written
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Before any work: --json and --plot never name an input, the -o output or each other."""
-    written = [(flag, getattr(args, dest, None)) for flag, dest in (("-o", "output"), ("--plot", "plot"), ("--json", "json"))]
-    written = [(flag, Path(value).resolve()) for flag, value in written if value and value != "-"]
-    for number, (flag, path) in enumerate(written):
+    """Before any work: --json and --plot never name a file the command reads, and no two outputs are one file."""
+    read, written = _paths(args)
+    for number, (flag, value) in enumerate(written):
         for other, earlier in written[:number]:
-            if path == earlier:
-                raise ConfigError(f"{flag} and {other} name the same file ({path}); give each its own")
-    if getattr(args, "json", None) not in (None, "-"):
-        refuse_inputs(args.json, _inputs(args))
+            if Path(value).resolve() == Path(earlier).resolve():
+                raise ConfigError(f"{flag} and {other} name the same file ({value}); give each its own")
+        if flag in ("--plot", "--json"):
+            refuse_inputs(value, read)
 
 
 def _write_json(args: argparse.Namespace, result: Result) -> None:
@@ -575,7 +588,9 @@ def _write_json(args: argparse.Namespace, result: Result) -> None:
     if args.json == "-":
         print(text)
     else:
-        write_atomic(Path(args.json), (text + "\n").encode(), _inputs(args))
+        read, written = _paths(args)
+        others = [path for flag, path in written if flag != "--json"]
+        write_atomic(Path(args.json), (text + "\n").encode(), [*read, *others])
 
 
 class _PlainFormatter(logging.Formatter):

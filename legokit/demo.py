@@ -28,6 +28,7 @@ from .compose.merge import merge
 from .data.bundled import write_pbc
 from .data.folder import modality_shape
 from .data.training import SplitData
+from .errors import positive_int
 from .metrics import concordance_index, risk_from_logits
 from .persist import save
 from .spec import BlockSpec
@@ -176,6 +177,7 @@ def run_demo(out: str | Path = "legokit-demo", seeds: int = 5, progress: bool = 
     """Run the demo; artifacts go to `out/seed-K/`, the first seed's also to `out/` (for recipes/merge.yaml) with
     their split in `out/data/splits.csv`, the table to `out/results.json`. `device`: where to train (default: the
     specs', auto). Progress is a bar on a terminal, else a line per finished step (logs, CI)."""
+    positive_int("--seeds", seeds)
     started = time.perf_counter()
     out = Path(out)
     folder = out / "data"

@@ -7,12 +7,14 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 from .errors import ConfigError, LegoError, brief
 
 SCHEME = "hf://"
 _REPO_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 _FILE_PART = re.compile(r"^[^\x00-\x1f\\]{1,255}$")
+_SPECIAL_REF = re.compile(r"^(refs/pr/[0-9]+|refs/convert/parquet)(?:/(.*))?$")
 _REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
 
 
@@ -36,14 +38,27 @@ def is_hub_ref(text: str) -> bool:
     return text.startswith(SCHEME)
 
 
+def is_repo_id(text: str) -> bool:
+    """Whether `text` reads as a Hub repository, `org/repo` or `org/repo@revision` (not a file name)."""
+    repo, _, revision = text.partition("@")
+    parts = repo.split("/")
+    return (len(parts) == 2 and all(_REPO_PART.match(p) for p in parts) and not repo.endswith(".st")
+            and (not revision or bool(_REVISION.match(revision))))
+
+
 def _split(body: str) -> tuple[list[str], str | None]:
     """`org/repo[@rev]/path` or `org/repo/path[@rev]` -> the path's parts and the revision."""
     org, _, rest = body.partition("/")
     repo, _, path = rest.partition("/")
     if "@" in org:
         raise ConfigError(f"hf://{body}: a revision goes after the repository, hf://org/repo@REV/file.st")
-    if "@" in repo:  # HfFileSystem's form: the revision right after the repository
+    if "@" in repo:  # HfFileSystem's form: the revision right after the repository (URL-encoded if it holds "/",
+        # except the Hub's own refs/pr/N and refs/convert/parquet)
         repo, _, revision = repo.partition("@")
+        special = _SPECIAL_REF.match(f"{revision}/{path}")
+        if special:
+            revision, path = special.group(1), special.group(2)
+        revision = unquote(revision)
         if "@" in path:
             raise ConfigError(f"hf://{body}: two revisions; give one, hf://org/repo@REV/file.st")
     else:
@@ -120,4 +135,9 @@ def repo_from(target: str) -> tuple[str, str | None, str | None]:
     parts, revision = _split(target[len(SCHEME):] if is_hub_ref(target) else target)
     if len(parts) < 2 or any(p in (".", "..") for p in parts):
         raise ConfigError(f"{target!r}: expected a Hub repository, org/repo (or hf://org/repo/file.st)")
+    if not all(_REPO_PART.match(p) for p in parts[:2]) or "--" in "/".join(parts[:2]):
+        raise ConfigError(f"{target!r}: {'/'.join(parts[:2])!r} is not a Hub repository name (letters, digits, '-', "
+                          "'_', '.')")
+    if revision and (not _REVISION.match(revision) or ".." in revision):
+        raise ConfigError(f"{target!r}: {revision!r} is not a revision (a branch, tag or commit)")
     return "/".join(parts[:2]), "/".join(parts[2:]) or None, revision

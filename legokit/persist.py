@@ -22,6 +22,7 @@ from .compose.merge import MergeConfig, check_mergeable, merge_head_tensors, mer
 from .errors import ArtifactError, ConfigError, EncoderError
 from .pretrained import load, save
 from .registry import BLOCK, MERGED, kind_named
+from .spectral import DEFAULT_PHASE
 
 
 def save_block(block: LegoBlock, path: str | os.PathLike[str], provenance: Mapping[str, Any] | None = None,
@@ -109,7 +110,7 @@ def merge_files(
     paths: Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
     weights: Sequence[float] | Mapping[str, float] | str | None = None,
-    phase: str = "paper",
+    phase: str = DEFAULT_PHASE,
     provenance: Mapping[str, Any] | None = None,
 ) -> Path:
     """`legokit merge`: LegoMerge of block (or merged-model) files into one merged artifact, streamed: the blocks'

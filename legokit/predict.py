@@ -14,6 +14,7 @@ import torch
 from .artifact import write_atomic
 from .data.folder import DataError, DatasetFolder
 from .device import resolve_device
+from .errors import positive_int
 from .model import LegoModel, model_inputs
 from .progress import progress_bar
 from .tasks import prediction_columns
@@ -41,11 +42,15 @@ class Predictions:
         return Path(path)
 
 
+DEFAULT_BATCH = 256  # samples per forward pass when predicting
+
+
 @torch.no_grad()
-def predict_folder(model: LegoModel, data_dir: str | os.PathLike[str], batch_size: int = 256,
+def predict_folder(model: LegoModel, data_dir: str | os.PathLike[str], batch_size: int = DEFAULT_BATCH,
                    device: str | torch.device = "auto", progress: bool = False) -> Predictions:
     """Task outputs (risk and hazards, or probabilities) for every sample that has at least one of the model's
     modalities in the dataset folder."""
+    positive_int("batch size", batch_size)
     data = DatasetFolder(data_dir, model_inputs(model))
     target = resolve_device(device)
     model = model.to(target).eval()

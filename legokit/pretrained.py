@@ -17,7 +17,8 @@ from .describe import describe
 from .device import resolve_device
 from .errors import ArtifactError
 from .hub import pull, push
-from .hubref import is_hub_ref, local_artifact
+from .hubref import is_hub_ref, is_repo_id, local_artifact
+from .progress import log
 from .registry import kind_named, kind_of
 
 DEFAULT_FILE = "model.st"
@@ -38,6 +39,7 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu", expec
     given), from the file alone: no user code, nothing unpickled; in eval mode on `device`."""
     artifact = read_artifact(local_artifact(path), expect_kind=expect)
     model = kind_named(artifact.kind, artifact.path).read(artifact)
+    log.debug("read %s: a %s artifact, %s bytes, sha256 %s", artifact.path, artifact.kind, artifact.size, artifact.sha256)
     model.source_sha256 = artifact.sha256  # what adapter artifacts check they fit
     return model.to(resolve_device(device)).eval()
 
@@ -76,8 +78,10 @@ class HubMixin:
             path = local_artifact(source)
         elif local.is_dir():
             path = _one_artifact(local, filename)
-        else:  # a Hub repository id
+        elif is_repo_id(source):
             path = pull(f"hf://{source.rstrip('/')}/{filename}" if filename else source)
+        else:
+            raise ArtifactError(f"{source}: no such file or folder (nor a Hub repository id, org/repo)")
         model = load(path, device)
         kind = kind_of(model)
         if not issubclass(kind.model, cls):

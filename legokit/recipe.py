@@ -17,7 +17,7 @@ from .errors import ConfigError, LegoError
 from .hubref import HubRef, cached_path, is_hub_ref, parse_ref, resolve
 from .persist import load_block, merge_files, save
 from .registry import BLOCK
-from .spectral import PHASE_MODES
+from .spectral import DEFAULT_PHASE, PHASE_MODES
 from .train import FUSE_TRAINING
 from .workflows import fuse_blocks
 from .yamlfile import check_keys, read_yaml, require_mapping, where
@@ -43,7 +43,7 @@ class Operation:
     """`merge` with its phase rule and weights, or `stack` / `weave` with their fine-tuning settings."""
 
     kind: str
-    phase: str = "paper"
+    phase: str = DEFAULT_PHASE
     weights: Mapping[str, float] | str | None = None  # or "auto": from the blocks' validation metrics
     training: Mapping[str, Any] | None = None
 
@@ -111,7 +111,7 @@ class Recipe:
             except ConfigError as exc:
                 raise ConfigError(f"{where(path, 'operation')}: {exc}") from exc
             return Operation(kind, training=training)
-        phase = data.get("phase", "paper")
+        phase = data.get("phase", DEFAULT_PHASE)
         if phase not in PHASE_MODES:
             raise ConfigError(f"{where(path, 'operation.phase')}: {phase!r}; choose one of {', '.join(PHASE_MODES)}")
         weights = data.get("weights")

@@ -65,6 +65,7 @@ def from_rows(rows: torch.Tensor) -> torch.Tensor:
 
 
 PHASE_MODES: tuple[str, ...] = ("paper", "circular")
+DEFAULT_PHASE = PHASE_MODES[0]  # the paper's arithmetic mean of phases
 
 
 def harmonic_magnitude(magnitudes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -80,7 +81,7 @@ def harmonic_magnitude(magnitudes: torch.Tensor, weights: torch.Tensor) -> torch
     return torch.where(zero.any(dim=0) | (total == 0), 0.0, mean)
 
 
-def phase_mean(phases: torch.Tensor, weights: torch.Tensor, mode: str = "paper") -> torch.Tensor:
+def phase_mean(phases: torch.Tensor, weights: torch.Tensor, mode: str = DEFAULT_PHASE) -> torch.Tensor:
     """Weighted mean of angles over the first axis: arithmetic (`paper`, Eq. 4) or of unit phasors (`circular`).
 
     The arithmetic mean wraps badly (+pi and -pi average to 0); the circular one does not, and an empty or
@@ -96,7 +97,7 @@ def phase_mean(phases: torch.Tensor, weights: torch.Tensor, mode: str = "paper")
 
 
 def merge_spectra(spectra: torch.Tensor, weights: torch.Tensor, present: torch.Tensor | None = None,
-                  phase: str = "paper") -> torch.Tensor:
+                  phase: str = DEFAULT_PHASE) -> torch.Tensor:
     """LegoMerge of K frequency-domain latents (K, b, c, d): harmonic mean of magnitudes, mean of phases (Eq. 4).
 
     `weights` (K,) weigh the blocks; `present` (K, b) drops, per sample, the blocks whose modality is missing.

@@ -21,7 +21,7 @@ from .device import resolve_device
 from .distributed import device_for, world
 from .errors import ConfigError, positive_int
 from .metrics import PRIMARY, task_loss, task_metrics
-from .progress import Advance, progress_bar
+from .progress import Advance, log, progress_bar
 from .samples import sample_record
 from .tasks import TaskSpec
 
@@ -245,6 +245,7 @@ class Trainer:
             metrics, val_loss = self.validate(train_loss)
             row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **metrics}
             history.append(row)
+            log.debug("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
             selection.update(epoch, metrics[self.primary], val_loss, self.model)
             if any([callback(epoch, row, selection) for callback in callbacks]):
                 break

@@ -10,7 +10,8 @@ from torch import nn
 
 from .adapters import SSF, MissingRates, MoRA, attach
 from .adapters.base import canonical_modules
-from .adapters.missing import MissingSplit
+from .adapters.missing import DEFAULT_MISSING_RATE, DEFAULT_MISSING_SPLIT, MissingSplit
+from .adapters.mora import DEFAULT_RANK
 from .block import BlockConfig, EncoderSpec, LegoBlock
 from .compose.fuse import FusedModel, fuse
 from .data.folder import modality_shape
@@ -202,7 +203,7 @@ def missing_protocol(model: nn.Module, data: SplitData, modalities: Sequence[str
     return protocol.applier({s: data.ids(s, modalities) for s in splits}, complete, modalities, dummies)
 
 
-def prepare_adaptation(model: nn.Module, method: str, rank: int = 4, at: str | None = None,
+def prepare_adaptation(model: nn.Module, method: str, rank: int = DEFAULT_RANK, at: str | None = None,
                        train_head: bool | None = None) -> nn.Module:
     """The model ready for one way of adapting to missing modalities: `head` (only the head trains), `mora` (the
     adapter and the head), `ssf` (only the adapter, head and base frozen as the SSF paper does, unless
@@ -222,11 +223,11 @@ def prepare_adaptation(model: nn.Module, method: str, rank: int = 4, at: str | N
     return model
 
 
-def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mora", rank: int = 4,
+def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mora", rank: int = DEFAULT_RANK,
           at: str | None = None, train_missing: str | None = None, test_missing: str | None = None,
           config: TrainConfig = ADAPT_TRAINING, splits: dict[str, str] | None = None,
-          progress: bool = True, allow_overlap: bool = False, missing_rate: float | None = 0.7,
-          missing_split: float = 0.5, test_missing_rate: float | None = None,
+          progress: bool = True, allow_overlap: bool = False, missing_rate: float | None = DEFAULT_MISSING_RATE,
+          missing_split: float = DEFAULT_MISSING_SPLIT, test_missing_rate: float | None = None,
           train_head: bool | None = None) -> tuple[nn.Module, TrainResult, dict[str, Any]]:
     """Train a missing-modality adaptation on a dataset folder. Default protocol, MoRA's: a total missing rate
     `missing_rate` (eta) shared between the modalities (`missing_split`) on the training and validation splits, and
@@ -240,6 +241,7 @@ def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mor
     test_rate = missing_rate if test_missing_rate is None else test_missing_rate
     test_inputs = missing_protocol(model, data, modalities, ("test",), test_missing or train_missing,
                                    test_rate, missing_split, config.seed + 1)
+    torch.manual_seed(config.seed)  # the adapter's initial weights are the seed's, whatever ran before
     prepared = prepare_adaptation(model, method, rank, at, train_head)
     counts = parameter_counts(prepared)
     result = train_model(prepared, data, task, config, progress, label=f"adapting ({method})",
@@ -249,7 +251,7 @@ def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mor
 
 def evaluate_missing(model: nn.Module, data_dir: str | os.PathLike[str], missing: str | None, split: str = "test",
                      seed: int | None = None, allow_overlap: bool = False, missing_rate: float | None = None,
-                     missing_split: float = 0.5, plot: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                     missing_split: float = DEFAULT_MISSING_SPLIT, plot: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Metrics of a model (adapted or not) on a split, with modalities made missing: MoRA's protocol at total rate
     `missing_rate`, or independent per-modality rates `missing`; the split is the one the model was trained with
     unless `seed` says otherwise, and seen samples are refused as above."""

@@ -475,3 +475,79 @@ def test_progress_is_logged_when_output_is_not_a_terminal():
         log.removeHandler(handler)
         log.setLevel(level)
     assert len(seen) == 10 and seen[0] == "training labs: 2/20 (loss 1)" and seen[-1] == "training labs: 20/20 (loss 19)"
+
+
+# --- review findings, pinned ---------------------------------------------------------------------------------------
+
+
+def test_json_and_plot_are_refused_before_the_work_when_they_name_what_the_command_reads(pbc, tmp_path, models):
+    from legokit.wrap import default_output
+
+    block = save(models["block"], tmp_path / "tab.st")
+    lab = save(_block("lab", 1), tmp_path / "lab.st")
+    recipe = tmp_path / "merge.yaml"
+    recipe.write_text("blocks: {tab: {artifact: tab.st}, lab: {artifact: lab.st}}\noperation: {kind: merge}\n"
+                      "output: merged.st\n")
+    before = block.read_bytes()
+    for args in (["run", str(recipe), "--json", str(block)], ["run", str(recipe), "--json", str(tmp_path / "merged.st")],
+                 ["train", str(pbc), "--modality", "labs", "-o", str(tmp_path / "t.st"), "--plot", str(pbc / "labs.csv")]):
+        refused = cli_here(*args)
+        assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert block.read_bytes() == before and not (tmp_path / "merged.st").exists() and not (tmp_path / "t.st").exists()
+    state = {"net.0.weight": torch.zeros(16, 10), "net.0.bias": torch.zeros(16)}
+    torch.save(state, tmp_path / "snn.pt")
+    clash = cli_here("wrap", str(tmp_path / "snn.pt"), "--arch", "snn", "--modality", "tab", "--json",
+                     str(default_output(tmp_path / "snn.pt")))
+    assert clash.returncode == 1 and "name the same file" in clash.stderr
+
+
+@pytest.mark.parametrize("args, message", [(["predict", "{model}", "{data}", "-o", "{out}", "--batch-size", "0"],
+                                            "batch size must be a positive integer"),
+                                           (["demo", "--seeds", "0", "--out", "{out}"], "--seeds must be a positive")])
+def test_counts_that_cannot_work_are_one_line_errors(models, pbc, tmp_path, args, message):
+    values = {"model": str(save(models["block"], tmp_path / "tab.st")), "data": str(pbc), "out": str(tmp_path / "x")}
+    failed = cli_here(*(a.format(**values) for a in args))
+    assert failed.returncode == 1 and message in failed.stderr and "Traceback" not in failed.stderr
+
+
+def test_adapting_twice_with_one_seed_gives_one_result(pbc):
+    from legokit.workflows import adapt, train_block
+
+    blocks = [train_block(pbc, BlockSpec(m, e, {"hidden": 8}, latent=(8, 16), dim_head=16).override(epochs=1),
+                          progress=False)[0] for m, e in (("labs", "snn"), ("visits", "abmil"))]
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(len(runs) * 1000 + 7)  # whatever ran before, the seed decides
+        merged = load(save(merge(blocks), Path(pbc).parent / "adapt-base.st"))
+        adapted, result, _ = adapt(merged, pbc, "mora", config=TrainConfig(epochs=2, seed=0), progress=False)
+        runs.append((result.val, {k: v.clone() for k, v in adapted.adapters[-1].state_dict().items()}))
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+
+
+def test_from_pretrained_on_a_missing_local_path_says_so_without_the_network(tmp_path):
+    with pytest.raises(ArtifactError, match="no such file or folder"):
+        LegoBlock.from_pretrained(tmp_path / "typo.st")
+
+
+def test_a_recipe_with_backticks_stays_inside_its_fence(models, tmp_path):
+    text = "name: x\n# ```\noperation: {kind: merge}\n"
+    model = models["merged"]
+    model.provenance = {"recipe": {"path": "r.yaml", "name": "x", "text": text}}
+    card = model_card(describe(save(model, tmp_path / "m.st")), "my-lab/x", "m.st")
+    assert f"````yaml\n{text.rstrip()}\n````" in card
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("hf://org/repo@refs/pr/1/f.st", HubRef("org/repo", "f.st", "refs/pr/1")),
+    ("hf://org/repo@refs%2Fpr%2F2/d/f.st", HubRef("org/repo", "d/f.st", "refs/pr/2")),
+])
+def test_the_hubs_own_refs_in_the_hffilesystem_form_are_read(text, expected):
+    assert parse_ref(text) == expected
+
+
+def test_verbose_adds_debug_lines(models, tmp_path, pbc):
+    path = save(models["block"], tmp_path / "tab.st")
+    quiet, loud = cli_here("predict", str(path), str(pbc), "-o", str(tmp_path / "p.csv"), "--json", "-"), cli_here(
+        "predict", str(path), str(pbc), "-o", str(tmp_path / "q.csv"), "-v")
+    assert "debug: read" not in quiet.stderr and "debug: read" in loud.stderr

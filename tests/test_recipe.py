@@ -162,7 +162,7 @@ def test_cli_dry_run_reports_hub_blocks_not_cached_yet(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     result = run_cli("run", str(recipe.path), "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert "not cached yet" in result.stdout and "hf://my-lab/pbc-labs-block/lab.st" in result.stdout
+    assert "warning: not cached yet: hf://my-lab/pbc-labs-block/lab.st" in result.stderr  # the legokit logger
 
 
 def test_cli_recipe_error_is_one_line_and_exit_1(tmp_path):

@@ -90,6 +90,10 @@ def with_dummies(batches: Mapping[str, ModalityBatch], ids: Sequence[str], modal
     return out
 
 
+DEFAULT_MISSING_RATE = 0.7  # eta, the missing rate MoRA's paper reports first
+DEFAULT_MISSING_SPLIT = 0.5  # the first modality's share of the missing samples
+
+
 @dataclass(frozen=True)
 class MissingSplit:
     """MoRA's protocol (Table 2; "eta = 70%: 65% of samples have the image, 65% the text"): of the samples that have

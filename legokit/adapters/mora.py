@@ -47,6 +47,9 @@ class MoRAWrapped(Sited):
         return out + self.site(x, self.adapter.mask_for(x)).to(out.dtype)
 
 
+DEFAULT_RANK = 4  # the MoRA paper's
+
+
 class MoRA(Adapter):
     """Modality-aware LoRA over `modalities`, rank `rank` (the paper: 4). Placed by default where the input enters
     (`tokens`: the key/value projection of each block's first update step, which reads the encoder's tokens; the
@@ -56,7 +59,7 @@ class MoRA(Adapter):
     kind = "mora"
     default_at = "tokens"
 
-    def __init__(self, modalities: Sequence[str], rank: int = 4, features: tuple[int, int] | None = None):
+    def __init__(self, modalities: Sequence[str], rank: int = DEFAULT_RANK, features: tuple[int, int] | None = None):
         super().__init__(modalities)
         self.rank = positive_int("MoRA rank", rank)
         self.features = features

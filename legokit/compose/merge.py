@@ -16,7 +16,7 @@ from ..data.batch import ModalityBatch
 from ..errors import ConfigError, ShapeError
 from ..layers import TaskHead
 from ..metrics import PRIMARY
-from ..spectral import PHASE_MODES, merge_spectra, pooled_width
+from ..spectral import DEFAULT_PHASE, PHASE_MODES, merge_spectra, pooled_width
 from ..sphere import spherical_mean
 from ..tasks import TaskSpec
 from .composite import CompositeModel
@@ -30,7 +30,7 @@ class MergeConfig:
     """How blocks were merged: a weight per modality and the phase rule (`paper` arithmetic or `circular`)."""
 
     weights: tuple[tuple[str, float], ...]
-    phase: str = "paper"
+    phase: str = DEFAULT_PHASE
 
     def __post_init__(self) -> None:
         if self.phase not in PHASE_MODES:
@@ -202,7 +202,7 @@ def expand(models: Sequence[LegoBlock | MergedModel]) -> tuple[list[LegoBlock], 
 
 
 def merge(models: Sequence[LegoBlock | MergedModel], weights: Sequence[float] | Mapping[str, float] | str | None = None,
-          phase: str = "paper") -> MergedModel:
+          phase: str = DEFAULT_PHASE) -> MergedModel:
     """LegoMerge of K >= 2 blocks (merged models count as their blocks, so a model grows by merging a new block
     into it, with the same result as merging all blocks at once). Every block is used; returned in eval mode.
     `weights="auto"` weighs each block by its recorded validation metric (`auto_weights`)."""
