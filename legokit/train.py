@@ -111,12 +111,17 @@ def predict_logits(model: nn.Module, data: SplitData, ids: Sequence[str], batch_
 
 
 def evaluate(model: nn.Module, data: SplitData, ids: Sequence[str], task: TaskSpec,
-             device: torch.device | None = None, inputs: Inputs | None = None) -> dict[str, float]:
-    """The task's metrics on these samples."""
+             device: torch.device | None = None, inputs: Inputs | None = None,
+             draw: Callable[[torch.Tensor, Mapping[str, torch.Tensor]], Any] | None = None) -> dict[str, float]:
+    """The task's metrics on these samples; `draw(logits, targets)`, if given, also gets what they were computed
+    from (a figure of the split)."""
     if not ids:
         return {}
     _, targets = data.batch(ids)
-    return task_metrics(task, predict_logits(model, data, ids, device=device, inputs=inputs), targets)
+    logits = predict_logits(model, data, ids, device=device, inputs=inputs)
+    if draw is not None:
+        draw(logits, targets)
+    return task_metrics(task, logits, targets)
 
 
 @dataclass

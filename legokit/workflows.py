@@ -20,12 +20,11 @@ from .encoders import build_encoder
 from .errors import ConfigError
 from .model import LegoModel, model_inputs
 from .progress import log
+from .plots import plot_task
 from .samples import has_record, overlaps, refuse_overlap, training_seed
 from .spec import BlockSpec
 from .tasks import TaskSpec
-from .metrics import task_metrics
-from .plots import plot_task
-from .train import ADAPT_TRAINING, FUSE_TRAINING, Inputs, TrainConfig, TrainResult, predict_logits, train_model
+from .train import ADAPT_TRAINING, FUSE_TRAINING, Inputs, TrainConfig, TrainResult, evaluate, train_model
 
 
 def build_block(spec: BlockSpec, input_shape: tuple[int | None, ...]) -> LegoBlock:
@@ -106,7 +105,8 @@ def _split_warning(block: LegoBlock, data: SplitData, test: Sequence[str]) -> st
         return f"block {block.modality}: {seen[0].seen} of the {len(test)} test samples were in its training or " \
                "validation samples"
     trained_on = (block.provenance.get("trained") or {}).get("split")
-    if not has_record(block.provenance) and trained_on is not None and (trained_on != data.split_source or data.split_source == "given"):
+    elsewhere = trained_on is not None and (trained_on != data.split_source or data.split_source == "given")
+    if elsewhere and not has_record(block.provenance):
         return (f"block {block.modality} was trained on split '{trained_on}', fused on '{data.split_source}': its "
                 "training samples may be in this test split")
     return None
@@ -123,13 +123,9 @@ def labelled_data(model: LegoModel, data_dir: str | os.PathLike[str], seed: int,
 def _score(model: nn.Module, data: SplitData, ids: Sequence[str], task: TaskSpec, inputs: Inputs | None = None,
            plot: str | os.PathLike[str] | None = None, title: str = "") -> dict[str, float]:
     """The task's metrics on these samples, and their figure (`plots.plot_task`) when `plot` names a file."""
-    if not ids:
-        return {}
-    logits = predict_logits(model, data, ids, device=next(model.parameters()).device, inputs=inputs)
-    _, targets = data.batch(ids)
-    if plot is not None:
-        plot_task(task, logits, targets, plot, title, inputs=[data.folder.root, *data.folder.files()])
-    return task_metrics(task, logits, targets)
+    files = [data.folder.root, *data.folder.files()]  # what the figure must never replace
+    draw = None if plot is None else (lambda logits, targets: plot_task(task, logits, targets, plot, title, inputs=files))
+    return evaluate(model, data, ids, task, next(model.parameters()).device, inputs, draw)
 
 
 def evaluate_model(model: nn.Module, data_dir: str | os.PathLike[str], split: str = "test", seed: int | None = None,
