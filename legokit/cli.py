@@ -572,9 +572,8 @@ def _paths(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, str]]]:
     return read, written
 
 
-def _check_outputs(args: argparse.Namespace) -> None:
+def _check_outputs(read: list[str], written: list[tuple[str, str]]) -> None:
     """Before any work: --json and --plot never name a file the command reads, and no two outputs are one file."""
-    read, written = _paths(args)
     for number, (flag, value) in enumerate(written):
         for other, earlier in written[:number]:
             if Path(value).resolve() == Path(earlier).resolve():
@@ -583,12 +582,11 @@ def _check_outputs(args: argparse.Namespace) -> None:
             refuse_inputs(value, read)
 
 
-def _write_json(args: argparse.Namespace, result: Result) -> None:
+def _write_json(args: argparse.Namespace, result: Result, read: list[str], written: list[tuple[str, str]]) -> None:
     text = json.dumps(result, indent=2, default=str)
     if args.json == "-":
         print(text)
     else:
-        read, written = _paths(args)
         others = [path for flag, path in written if flag != "--json"]
         write_atomic(Path(args.json), (text + "\n").encode(), [*read, *others])
 
@@ -632,12 +630,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console(quiet=args.quiet or args.json == "-")  # `--json -` keeps standard output for the JSON
     errors = Console(stderr=True)
     try:
-        _check_outputs(args)
+        read, written = _paths(args)  # once: a recipe is read here, not again for the JSON
+        _check_outputs(read, written)
         if hasattr(args, "threads"):  # the commands that compute; inspect, merge, push and pull do not
             _use_threads(args, console)
         result = args.run(args, console)
         if args.json:
-            _write_json(args, result)
+            _write_json(args, result, read, written)
         return 0
     except LegoError as exc:
         errors.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
