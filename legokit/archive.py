@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .errors import EncoderError, brief
+from .program_schema import canonical_payload, canonical_program
 
 MAX_RECORDS = 20_000
 MAX_JSON_BYTES = 16 * 1024 * 1024
@@ -158,9 +159,11 @@ def program_records(program: bytes, strict: bool = True, what: str = "the encode
     for name in PROGRAM_JSON:
         if name not in by_name:
             raise EncoderError(f"{what}: record {name} is missing")
-        records[name] = _read(archive, by_name[name].filename, what)
-        configs[name] = load_json(records[name], f"{what}: {name}")
-    _check_model(configs["models/model.json"], what)
+        parsed = load_json(_read(archive, by_name[name].filename, what), f"{what}: {name}")
+        # torch reads only the JSON re-written from the checked values (program_schema's docstring says why)
+        configs[name] = (canonical_program(parsed, what) if name == PROGRAM_JSON[0]
+                         else canonical_payload(parsed, what, name))
+        records[name] = json.dumps(configs[name]).encode()
     reach: dict[str, int] = {}
     for folder, name, kind in (("data/weights/", PROGRAM_JSON[1], RAW_WEIGHT), ("data/constants/", PROGRAM_JSON[2], RAW_CONSTANT)):
         table = configs[name].get("config") if isinstance(configs[name], dict) else None
@@ -193,39 +196,6 @@ def program_records(program: bytes, strict: bool = True, what: str = "the encode
     if unknown:
         raise EncoderError(f"{what}: record {unknown[0]} is not part of a torch.export program legokit reads")
     return Records(records)
-
-
-# operators a program's graph may call: tensor math, control flow over subgraphs, Python's operators on sizes;
-# never one that touches a file (aten.from_file maps a file into a tensor, and can write through it)
-OPERATOR_PREFIXES = ("torch.ops.aten.", "torch.ops.prims.", "torch.ops.higher_order.", "_operator.", "torch.sym_",
-                     "math.")
-
-
-def _operator_allowed(target: str) -> bool:
-    if not target.startswith(OPERATOR_PREFIXES):
-        return False
-    name = target.split(".")[3] if target.startswith("torch.ops.") and target.count(".") >= 3 else target
-    return "file" not in name and "mmap" not in name
-
-
-def _check_model(model: Any, what: str) -> None:
-    """The model JSON holds no custom (pickled) objects, and every node of its graphs (subgraphs included) calls an
-    allowed operator."""
-    graph = model.get("graph_module", {}).get("graph") if isinstance(model, dict) else None
-    if not isinstance(graph, dict):
-        raise EncoderError(f"{what}: models/model.json holds no graph")
-    stack: list[Any] = [model]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            if item.get("custom_obj_values"):
-                raise EncoderError(f"{what}: the program carries custom objects (pickled); legokit keeps none")
-            if isinstance(item.get("target"), str) and "inputs" in item and "outputs" in item:
-                if not _operator_allowed(item["target"]):
-                    raise EncoderError(f"{what}: the program calls {item['target'][:80]}, which legokit does not allow")
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
 
 
 def pickle_globals(data: bytes, what: str) -> set[tuple[str, str]]:

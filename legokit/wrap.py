@@ -28,7 +28,8 @@ from .block import BlockConfig, EncoderSpec, LegoBlock, format_shape
 from .device import resolve_device
 from .encoders import FOREIGN, build_encoder, encoder_class
 from .encoders.contract import INPUT_DTYPES, LAYOUTS, MASK_KEYWORDS, Contract
-from .encoders.foreign import example_input, export_encoder, load_program, probe_contract, program_from_torchscript
+from .encoders.foreign import (example_input, export_encoder, load_program, probe_contract, program_from_torchscript,
+                               program_module)
 from .encoders.foreign import program_input_shape, sanitize_program
 from .encoders.huggingface import is_hf_folder, load_hf_folder
 from .errors import ConfigError, EncoderError, brief
@@ -142,7 +143,7 @@ def block_from_program(program: bytes, contract: Contract, modality: str, task: 
                        device: str | torch.device = "auto", **settings: Any) -> LegoBlock:
     """A block around a checked program that follows the plain contract (see `encoders.contract`); `settings` are
     the block's (`BlockConfig`: latent, depth, fft_axes, ...)."""
-    graph = load_program(program).module()
+    graph = program_module(program)
     x = example_input(input_shape, dtype=contract.input_dtype)
     with torch.no_grad():
         out = graph(x) if contract.mask_keyword is None else graph(x, torch.ones(x.shape[:2], dtype=torch.bool))
@@ -331,7 +332,7 @@ def wrap_file(
         program = load_program(sanitize_program(path.read_bytes()))
         input_shape = _agreed_shape(path, input_shape, program_input_shape(program))
         how = replace(how, mask=_program_mask(path, list(program.graph_signature.user_inputs), how.mask))
-        return wrap_module(program.module(), modality, task, input_shape, how=how, **common)
+        return wrap_module(program_module(program, str(path)), modality, task, input_shape, how=how, **common)
     if kind == TORCHSCRIPT:
         if not trust_pickle:
             raise EncoderError(f"{path}: a TorchScript archive; loading one compiles its code, which can call any "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import re
 import warnings
 
@@ -22,6 +23,7 @@ from torch.export.pt2_archive._package import PT2ArchiveWriter
 from ..archive import SAMPLE_INPUTS, Records, program_records
 from ..errors import EncoderError, ShapeError
 from .contract import INPUT_DTYPES, Contract, EncoderCall, mask_keyword, pick_output
+from .cost import guard
 from .recurrent import exportable_copy
 
 def _archive(records: Records) -> bytes:
@@ -47,13 +49,33 @@ def load_program(program: bytes) -> ExportedProgram:
     records) is an EncoderError, raised before torch's loader sees a byte. Torch reads an archive rebuilt from the
     checked records, so no difference between two zip readers can smuggle unchecked bytes in."""
     rebuilt = _archive(program_records(program, strict=True))
+    quiet = logging.getLogger("torch.export")
+    level = quiet.level
     try:
-        with warnings.catch_warnings():  # deprecation notices of torch's own deserializer, not the user's concern
+        # torch's deserializer warns and logs its own failures at length; legokit says one line instead
+        quiet.setLevel(logging.CRITICAL)
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return torch.export.load(io.BytesIO(rebuilt))  # checked: rebuilt from allowlisted records
     # a corrupt archive can fail anywhere inside torch's deserializer, with any exception type
     except Exception as exc:  # noqa: BLE001
         raise EncoderError(f"the stored encoder program cannot be read ({type(exc).__name__})") from exc
+    finally:
+        quiet.setLevel(level)
+
+
+def program_module(program: bytes | ExportedProgram, what: str = "the encoder program") -> nn.Module:
+    """A program's module, ready to run: its cost is checked before it first runs at each input shape
+    (`cost.guard`)."""
+    loaded = load_program(program) if isinstance(program, bytes) else program
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            module = loaded.module()
+    # torch checks a program's invariants here with asserts and other exception types
+    except Exception as exc:  # noqa: BLE001
+        raise EncoderError(f"{what} cannot be rebuilt ({type(exc).__name__}: {_first_line(exc)[:120]})") from exc
+    return guard(module, what)
 
 
 def program_sha256(program: bytes) -> str:
@@ -170,7 +192,7 @@ def export_encoder(module: nn.Module, input_shape: tuple[int | None, ...], contr
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     clean = sanitize_program(buffer.getvalue())
-    check_program(load_program(clean).module(), EncoderCall(module, contract), input_shape, contract)
+    check_program(program_module(clean), EncoderCall(module, contract), input_shape, contract)
     return clean
 
 
@@ -255,7 +277,7 @@ class ExportedEncoder(nn.Module):
         self.program = program
         self.out_dim = out_dim
         self.takes_mask = takes_mask
-        self.graph = load_program(program).module()
+        self.graph = program_module(program)
 
     def train(self, mode: bool = True) -> "ExportedEncoder":
         self.training = mode
@@ -267,9 +289,12 @@ class ExportedEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The program's own output, (b, e) or (b, n, e), for one unpadded batch (a mask only if it takes one)."""
-        if not self.takes_mask:
-            return self.graph(x)
-        return self.graph(x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask)
+        args = (x,) if not self.takes_mask else (
+            x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask)
+        try:
+            return self.graph(*args)
+        except (RuntimeError, MemoryError) as exc:  # a program can fail inside any operator (an allocation, a shape)
+            raise EncoderError(f"the encoder program failed on a batch of shape {tuple(x.shape)}: {_first_line(exc)}") from exc
 
     def encode_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Tokens (b, n, e) and their mask (None when every token is real)."""
