@@ -13,6 +13,7 @@ import math
 import mmap
 import os
 import re
+import stat
 import struct
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +28,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from .archive import capped_json
-from .errors import ArtifactError
+from .errors import ArtifactError, LegoError
 from .version import __version__
 
 FORMAT_TAG = "legokit-artifact"
@@ -209,18 +210,89 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def refuse_inputs(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None]) -> None:
     """Refuse to write `path` when it is one of the command's inputs (through any link or spelling), or an existing
-    file inside an input folder (a dataset folder, a model folder); also refuse an empty or directory output."""
+    file inside an input folder (a dataset folder, a model folder); also refuse an empty output path, and one that
+    exists as anything but a regular file (a directory, a pipe, a device, a socket: replacing it is never meant)."""
     path = Path(path)
     if not str(path) or str(path) == ".":
         raise ArtifactError("an empty output path; name the file to write")
-    if path.is_dir():
-        raise ArtifactError(f"{path}: is a directory; name a file to write")
+    refuse_special_output(path)
     for source in inputs:
         if source is None:
             continue
         source = Path(source)
         if _same_file(path, source) or (source.is_dir() and _inside(path, source)):
             raise ArtifactError(f"{path}: refusing to overwrite an input file; choose another output path")
+
+
+SPECIAL_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe (FIFO)"),
+                 (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def file_kind(mode: int) -> str:
+    """What a file of this `st_mode` is, in words (for refusals)."""
+    return next((name for test, name in SPECIAL_KINDS if test(mode)), "a special file")
+
+
+def refuse_special_output(path: str | os.PathLike[str]) -> None:
+    """Refuse an output path that exists (through any link) as anything but a regular file: the atomic rename
+    would replace a pipe or a device node (as root, /dev/null itself) with a regular file."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return  # a new file (or a dangling link, which the rename replaces)
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot check the output path ({exc.strerror or exc})") from exc
+    if stat.S_ISDIR(mode):
+        raise ArtifactError(f"{path}: is a directory; name a file to write")
+    if not stat.S_ISREG(mode):
+        raise ArtifactError(f"{path}: is {file_kind(mode)}, not a regular file; legokit writes regular files only")
+
+
+READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def refuse_special_input(path: str | os.PathLike[str], error: type[LegoError] = ArtifactError) -> None:
+    """Refuse an input that is missing or is not a regular file, without opening it (a pipe's open would block)."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise error(f"{path}: no such file") from exc
+    except OSError as exc:
+        raise error(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    if not stat.S_ISREG(mode):
+        raise error(f"{path}: is {file_kind(mode)}, not a regular file; legokit reads regular files only")
+
+
+def open_input(path: str | os.PathLike[str], error: type[LegoError] = ArtifactError) -> BinaryIO:
+    """An input file opened for binary reading, refused (as `error`) unless it is a regular file: checked before the
+    open, opened non-blocking (a pipe swapped in meanwhile cannot hang the open) and checked again on the descriptor.
+    Every file legokit reads from a user's folder goes through here."""
+    path = Path(path)
+    refuse_special_input(path, error)
+    try:
+        fd = os.open(path, READ_FLAGS)
+    except OSError as exc:
+        raise error(f"{path}: cannot read it ({exc.strerror or exc})") from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise error(f"{path}: is {file_kind(mode)}, not a regular file; legokit reads regular files only")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_input(path: str | os.PathLike[str], error: type[LegoError] = ArtifactError, limit: int | None = None) -> bytes:
+    """The bytes of a regular input file (see `open_input`); over `limit` bytes is refused before reading."""
+    with open_input(path, error) as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if limit is not None and size > limit:
+            raise error(f"{path}: {size:,} bytes (cap {limit:,})")
+        return handle.read()
 
 
 def _header(kind: str, config: Mapping[str, Any], provenance: Mapping[str, Any] | None, checksum: str) -> dict[str, str]:

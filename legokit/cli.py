@@ -8,9 +8,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import os
 import signal
 import sys
 import threading
+import traceback
+from contextlib import suppress
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -31,7 +35,7 @@ from .demo import MODELS, default_spec, run_demo
 from .describe import describe, summary_rows
 from .distributed import session
 from .encoders import list_encoders
-from .errors import ConfigError, LegoError
+from .errors import ConfigError, LegoError, brief
 from .hub import pull, push
 from .persist import load, load_block, merge_files, save, save_block
 from .plots import plot_history
@@ -94,8 +98,13 @@ def _print_summary(console: Console, facts: dict[str, Any]) -> None:
         console.print(_tree(facts["graph"]))
 
 
+def _number(value: float, digits: int = 3) -> str:
+    """A metric for people: NaN (a one-class split's AUC) reads as undefined."""
+    return f"{value:.{digits}f}" if math.isfinite(value) else "undefined"
+
+
 def _metrics_text(metrics: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+    return ", ".join(f"{k} {_number(v)}" for k, v in metrics.items() if isinstance(v, float))
 
 
 def _trained(result: TrainResult, path: Path | None) -> Result:
@@ -110,10 +119,12 @@ def _training(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
     return replace(base, **given, **({"compile": True} if getattr(args, "compile", False) else {}))
 
 
+LATENT_THREADS = ("train", "fuse", "demo")  # the commands that choose their threads by the model's latent, once
+
+
 def _use_threads(args: argparse.Namespace, console: Console, latent: tuple[int, int] | None = None) -> None:
     """Set torch's CPU threads for this command (`legokit.threads`); say so when the work size decided it."""
-    choice = choose_threads(getattr(args, "threads", None), latent[0] * latent[1] if latent else None)
-    apply_threads(choice)
+    choice = apply_threads(choose_threads(getattr(args, "threads", None), latent[0] * latent[1] if latent else None))
     if latent is not None:
         console.print(f"[dim]CPU threads: {choice.threads} ({escape(choice.reason)})[/]")
     else:
@@ -322,7 +333,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> Result:
     table.add_column("value", justify="right")
     for name, value in metrics.items():
         if isinstance(value, float) and name not in protocol:
-            table.add_row(name, f"{value:.4f}")
+            table.add_row(name, _number(value, 4))
     console.print(table)
     if args.plot:
         console.print(f"[green]plotted[/] the {metrics['split']} split to {escape(args.plot)}")
@@ -573,19 +584,31 @@ def _paths(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, str]]]:
 
 
 def _check_outputs(read: list[str], written: list[tuple[str, str]]) -> None:
-    """Before any work: --json and --plot never name a file the command reads, and no two outputs are one file."""
+    """Before any work: no output is a directory, a pipe or a device, --json and --plot never name a file the
+    command reads, and no two outputs are one file."""
     for number, (flag, value) in enumerate(written):
         for other, earlier in written[:number]:
             if Path(value).resolve() == Path(earlier).resolve():
                 raise ConfigError(f"{flag} and {other} name the same file ({value}); give each its own")
-        if flag in ("--plot", "--json"):
-            refuse_inputs(value, read)
+        refuse_inputs(value, read if flag in ("--plot", "--json") else [])
+
+
+def _finite(value: Any) -> Any:
+    """JSON-ready values with NaN and infinities as null (an undefined metric): JSON has no NaN, and strict
+    parsers refuse Python's bare `NaN`."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def _write_json(args: argparse.Namespace, result: Result, read: list[str], written: list[tuple[str, str]]) -> None:
-    text = json.dumps(result, indent=2, default=str)
+    text = json.dumps(_finite(result), indent=2, default=str, allow_nan=False)
     if args.json == "-":
-        print(text)
+        print(text, flush=True)  # a closed pipe fails here, inside main's handlers, not at the interpreter's exit
     else:
         others = [path for flag, path in written if flag != "--json"]
         write_atomic(Path(args.json), (text + "\n").encode(), [*read, *others])
@@ -621,6 +644,29 @@ def _terminated(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def _stdout_closed() -> int:
+    """The reader of standard output went away (`--json - | head`): standard output is pointed at /dev/null so that
+    the interpreter's last flush raises nothing, and the exit status is 1, as Python's documented recipe and rich
+    (which prints the other output, `Console.on_broken_pipe`) give: one status however the output was cut."""
+    with suppress(OSError, ValueError):  # captured output (no descriptor behind sys.stdout) has nothing to flush
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return 1
+
+
+def _failed(errors: Console, exc: Exception, verbose: bool) -> int:
+    """A computation that failed outside legokit's checks (a model's forward raising, memory running out): one line,
+    exit 1; -v adds the traceback."""
+    log.debug("%s", "".join(traceback.format_exception(exc)).rstrip())  # -v: where it failed
+    text = brief(exc, 300) if str(exc).strip() else ""
+    what = "out of memory" if isinstance(exc, MemoryError) else type(exc).__name__
+    shown = f"{what}: {text}" if text else what
+    hint = "" if verbose else " (-v shows the traceback)"
+    errors.print(f"[bold red]error:[/] {escape(shown)}{hint}", soft_wrap=True)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -632,7 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         read, written = _paths(args)  # once: a recipe is read here, not again for the JSON
         _check_outputs(read, written)
-        if hasattr(args, "threads"):  # the commands that compute; inspect, merge, push and pull do not
+        if hasattr(args, "threads") and args.command not in LATENT_THREADS:  # inspect, merge, push, pull: no threads
             _use_threads(args, console)
         result = args.run(args, console)
         if args.json:
@@ -641,6 +687,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LegoError as exc:
         errors.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         return 1
+    except BrokenPipeError:
+        return _stdout_closed()
+    except (RuntimeError, MemoryError, IndexError) as exc:  # torch's errors from a model's forward or an allocation
+        return _failed(errors, exc, args.verbose)
     except KeyboardInterrupt:
         errors.print("[bold red]interrupted[/]")
         return 130

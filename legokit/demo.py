@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import shutil
 import statistics
 import time
 from dataclasses import dataclass, field, replace
@@ -22,13 +21,13 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from .artifact import write_atomic
+from .artifact import read_input, write_atomic
 from .baselines import LateFusion, cox_fit
 from .compose.merge import merge
 from .data.bundled import write_pbc
 from .data.folder import modality_shape
 from .data.training import SplitData
-from .errors import positive_int
+from .errors import ConfigError, positive_int
 from .metrics import concordance_index, risk_from_logits
 from .persist import save
 from .spec import BlockSpec
@@ -38,6 +37,27 @@ from .workflows import fuse_blocks, train_block
 MODELS = ("LegoBlock labs", "LegoBlock visits", "Ensemble (mean risk)", "Late fusion (concat, end to end)",
           "Cox PH (labs table)", "LegoMerge", "LegoMerge (auto weights)", "LegoMerge (unpaired halves)",
           "LegoFuse (stack, 2 epochs)")
+
+
+MARKER = ".legokit-demo"  # in every folder the demo made: the only folders it writes into again
+
+
+def claim_folder(out: Path) -> None:
+    """Make `out` the demo's folder, refusing one it did not make that holds anything (the demo replaces files by
+    name, so a user's data/labels.csv would be lost): new and empty folders get the marker, marked ones are reused."""
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise ConfigError(f"{out}: exists and is not a folder; choose another --out")
+        if (out / MARKER).is_file():
+            return
+        if any(out.iterdir()):
+            raise ConfigError(f"{out}: a folder that legokit demo did not make, and not empty; the demo writes "
+                              "only into a new or empty folder (or one it made): choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{out}: cannot make the folder ({exc.strerror or exc})") from exc
+    write_atomic(out / MARKER, b"made by legokit demo: it may replace its own files here\n")
 
 
 def default_spec(name: str) -> BlockSpec:
@@ -175,11 +195,13 @@ def write_splits(folder: Path, spec: BlockSpec) -> Path:
 def run_demo(out: str | Path = "legokit-demo", seeds: int = 5, progress: bool = True,
              console: Console | None = None, device: str | None = None) -> DemoResult:
     """Run the demo; artifacts go to `out/seed-K/`, the first seed's also to `out/` (for recipes/merge.yaml) with
-    their split in `out/data/splits.csv`, the table to `out/results.json`. `device`: where to train (default: the
-    specs', auto). Progress is a bar on a terminal, else a line per finished step (logs, CI)."""
+    their split in `out/data/splits.csv`, the table to `out/results.json`. `out` must be new, empty, or a folder an
+    earlier demo made (`claim_folder`). `device`: where to train (default: the specs', auto). Progress is a bar on
+    a terminal, else a line per finished step (logs, CI)."""
     positive_int("--seeds", seeds)
     started = time.perf_counter()
     out = Path(out)
+    claim_folder(out)
     folder = out / "data"
     counts = write_pbc(folder)
     (folder / "splits.csv").unlink(missing_ok=True)  # a previous run's: every seed draws its own split
@@ -206,7 +228,7 @@ def run_demo(out: str | Path = "legokit-demo", seeds: int = 5, progress: bool = 
             run_seed(folder, seed, out, labs_spec, visits_spec, result, step)
             finish()
     for name in ("labs", "visits", "merged", "fused"):
-        shutil.copyfile(out / "seed-0" / f"{name}.st", out / f"{name}.st")
+        write_atomic(out / f"{name}.st", read_input(out / "seed-0" / f"{name}.st"))
     write_splits(folder, labs_spec)
     result.seconds = time.perf_counter() - started
     write_atomic(out / "results.json", json.dumps(result.to_json(), indent=2).encode())

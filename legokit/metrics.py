@@ -102,6 +102,24 @@ def task_loss(task: TaskSpec, logits: torch.Tensor, target: dict[str, torch.Tens
 PRIMARY = {"survival": "c_index", "multiclass": "auc", "binary": "auc", "multilabel": "auc"}
 
 
+def undefined_auc(task: TaskSpec, target: dict[str, torch.Tensor], split: str) -> str | None:
+    """Why a split's AUC cannot be computed, as a warning: its samples hold one class only (binary, multiclass), or
+    every label one value (multilabel); None when it can (or the task has no AUC, or the split no samples)."""
+    labels = target.get("label")
+    if task.kind not in ("binary", "multiclass", "multilabel") or labels is None or labels.numel() == 0:
+        return None
+    if task.kind == "multilabel":
+        if bool((labels == labels[:1]).all()):
+            return (f"the {split} split's {labels.shape[0]} samples have the same value for every label: its AUC "
+                    "is undefined (NaN; null in JSON)")
+        return None
+    classes = labels.long().unique()
+    if classes.numel() > 1:
+        return None
+    return (f"the {split} split's {labels.shape[0]} samples are all of class {int(classes[0])}: its AUC is "
+            "undefined (NaN; null in JSON)")
+
+
 def task_metrics(task: TaskSpec, logits: torch.Tensor, target: dict[str, torch.Tensor]) -> dict[str, float]:
     """The task's metrics on a whole split; the first is the one model selection uses."""
     logits = logits.float()

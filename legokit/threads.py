@@ -10,6 +10,7 @@ from typing import Mapping
 import torch
 
 from .errors import ConfigError, positive_int
+from .progress import log
 
 # latents up to this many cells (32x32) gain nothing measurable from a second thread (docs/benchmarks.md, "Threads")
 SMALL_LATENT = 32 * 32
@@ -38,6 +39,14 @@ def busy_cpus() -> float:
         return 0.0
 
 
+def _omp_threads(text: str) -> int:
+    """OMP_NUM_THREADS's outer level as a positive integer (any length of digits); else a ConfigError."""
+    digits = text.lstrip("0")
+    if not (text.isascii() and text.isdigit()) or not digits:
+        raise ConfigError(f"OMP_NUM_THREADS must be a positive integer, got {text[:20]!r}")
+    return int(digits) if len(digits) <= 18 else 10**18  # past any CPU count; int() refuses 4,300+ digits
+
+
 def choose_threads(requested: int | None = None, latent_cells: int | None = None,
                    environ: Mapping[str, str] | None = None, cpus: int | None = None,
                    busy: float | None = None) -> ThreadChoice:
@@ -48,9 +57,7 @@ def choose_threads(requested: int | None = None, latent_cells: int | None = None
     environ = os.environ if environ is None else environ
     text = environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP's nested form 4,2: the outer level
     if text:
-        if not (text.isascii() and text.isdigit()) or int(text) < 1:
-            raise ConfigError(f"OMP_NUM_THREADS must be a positive integer, got {text[:20]!r}")
-        return ThreadChoice(int(text), "OMP_NUM_THREADS")
+        return ThreadChoice(_omp_threads(text), "OMP_NUM_THREADS")
     if latent_cells is not None and latent_cells <= SMALL_LATENT:
         return ThreadChoice(1, f"latent of {latent_cells} cells: a second thread gains nothing")
     cpus = usable_cpus() if cpus is None else cpus
@@ -59,7 +66,20 @@ def choose_threads(requested: int | None = None, latent_cells: int | None = None
     return ThreadChoice(idle, f"{idle} of {cpus} usable CPUs idle (load {busy:.1f})")
 
 
-def apply_threads(choice: ThreadChoice) -> None:
-    """Set torch's intra-op thread count for this process."""
-    if torch.get_num_threads() != choice.threads:
-        torch.set_num_threads(choice.threads)
+def capped(choice: ThreadChoice, cpus: int | None = None) -> ThreadChoice:
+    """The choice within the usable CPUs, with a warning when it asked for more: torch crashes (a segfault) on
+    counts far above them, and threads beyond the CPUs only contend with each other."""
+    cpus = usable_cpus() if cpus is None else cpus
+    if choice.threads <= cpus:
+        return choice
+    log.warning("%s asks for %d CPU threads; this process may use %d CPUs: using %d", choice.reason, choice.threads,
+                cpus, cpus)
+    return ThreadChoice(cpus, f"{choice.reason} {choice.threads}, capped to the {cpus} usable CPUs")
+
+
+def apply_threads(choice: ThreadChoice, cpus: int | None = None) -> ThreadChoice:
+    """Set torch's intra-op thread count for this process, capped to the usable CPUs; returns what was set."""
+    applied = capped(choice, cpus)
+    if torch.get_num_threads() != applied.threads:
+        torch.set_num_threads(applied.threads)
+    return applied

@@ -20,7 +20,7 @@ from .data.training import SplitData
 from .device import resolve_device
 from .distributed import device_for, world
 from .errors import ConfigError, positive_int
-from .metrics import PRIMARY, task_loss, task_metrics
+from .metrics import PRIMARY, task_loss, task_metrics, undefined_auc
 from .progress import Advance, log, progress_bar
 from .samples import sample_record
 from .tasks import TaskSpec
@@ -202,6 +202,17 @@ class Trainer:
         if config.compile:
             self.call = torch.compile(self.call)
         self.primary = PRIMARY[task.kind]
+        if self.place.main:
+            self.warn_undefined()
+
+    def warn_undefined(self) -> None:
+        """Say before training which splits' AUC is undefined (one class only): selection then goes by validation
+        loss, and the reported metric is NaN (null in JSON)."""
+        for split in ("val", "test"):
+            ids = self.data.ids(split, self.modalities)
+            note = undefined_auc(self.task, self.data.labels.select(ids), split) if ids else None
+            if note:
+                log.warning("%s", note)
 
     def step(self, ids: Sequence[str]) -> torch.Tensor:
         """One optimiser step on these samples; returns the batch loss (detached)."""

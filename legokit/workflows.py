@@ -18,6 +18,7 @@ from .data.folder import modality_shape
 from .data.training import SplitData
 from .encoders import build_encoder
 from .errors import ConfigError
+from .metrics import undefined_auc
 from .model import LegoModel, model_inputs
 from .progress import log
 from .plots import plot_task
@@ -137,8 +138,15 @@ def evaluate_model(model: nn.Module, data_dir: str | os.PathLike[str], split: st
     data, task, modalities = labelled_data(model, data_dir, _training_seed(model) if seed is None else seed, splits)
     ids = data.ids(split, modalities) if split != "all" else [i for s in ("train", "val", "test") for i in data.ids(s, modalities)]
     warnings = [] if split in ("train", "val", "all") else refuse_overlap(provenance_of(model), ids, split, allow_overlap)
+    warnings += _undefined(data, task, ids, split)
     return {"split": split, "split_source": data.split_source, "samples": len(ids), "warnings": warnings,
             **_score(model, data, ids, task, plot=plot, title=f"{split} split ({data.split_source})")}
+
+
+def _undefined(data: SplitData, task: TaskSpec, ids: Sequence[str], split: str) -> list[str]:
+    """A warning when the split's AUC is undefined (its samples hold one class only)."""
+    note = undefined_auc(task, data.labels.select(ids), split) if ids else None
+    return [note] if note else []
 
 
 def provenance_of(model: nn.Module) -> dict[str, Any]:
@@ -258,6 +266,7 @@ def evaluate_missing(model: nn.Module, data_dir: str | os.PathLike[str], missing
     inputs = missing_protocol(model, data, modalities, drawn_over, missing, None if missing else missing_rate,
                               missing_split, seed + 1)
     warnings = [] if split in ("train", "val", "all") else refuse_overlap(provenance_of(model), ids, split, allow_overlap)
+    warnings += _undefined(data, task, ids, split)
     metrics = _score(model, data, ids, task, inputs, plot, f"{split} split ({data.split_source}), modalities missing")
     protocol = {"missing": missing} if missing else {"missing_rate": missing_rate or 0.0, "missing_split": missing_split}
     return {"split": split, "split_source": data.split_source, "samples": len(ids), **protocol,

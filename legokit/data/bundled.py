@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from ..artifact import write_atomic
 
@@ -75,7 +75,8 @@ def write_pbc(folder: str | os.PathLike[str], landmark_days: float = 365.0) -> d
     for visit, row in zip(visits, visit_table):
         by_patient.setdefault(visit["id"], []).append(row)
     for patient, rows in by_patient.items():
-        save_file({"x": torch.tensor(rows, dtype=torch.float32)}, folder / "visits" / f"{patient}.safetensors")
+        write_atomic(folder / "visits" / f"{patient}.safetensors",
+                     safetensors_bytes({"x": torch.tensor(rows, dtype=torch.float32)}))
     readme = (
         "PBC landmark dataset written by legokit.data.bundled.write_pbc "
         f"(landmark {landmark_days:g} days). Source: R survival package (pbc, pbcseq); see legokit/data/pbc/SOURCE.md.\n"

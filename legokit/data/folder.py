@@ -6,6 +6,7 @@ modality: that is its missing mask."""
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -14,8 +15,9 @@ from typing import Mapping, Sequence, Union
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load as load_safetensors
 
+from ..artifact import open_input, read_input, refuse_special_input
 from ..errors import LegoError, brief
 from ..text import TextEncoder, TextSpec
 from .batch import ModalityBatch
@@ -56,11 +58,10 @@ class Texts:
 
 
 def read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of a CSV file; a missing or empty file is a DataError naming it."""
-    if not path.is_file():
-        raise DataError(f"{path}: no such file")
+    """Header and rows of a CSV file; a missing, empty or not regular file (a pipe, a device) is a DataError."""
     try:
-        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: a BOM (Excel's CSV UTF-8) is no column
+        # -sig: a BOM (Excel's CSV UTF-8) is no column
+        with io.TextIOWrapper(open_input(path, DataError), encoding="utf-8-sig", newline="") as handle:
             reader = csv.reader(handle)
             header = next(reader, None)
             if not header:
@@ -89,17 +90,31 @@ def id_rows(path: Path) -> tuple[list[str], list[tuple[int, str, list[str]]]]:
     header, rows = read_csv_rows(path)
     if header[0] != "id":
         raise DataError(f"{path}: the first column must be 'id', found {header[0]!r}")
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     keyed = []
     for number, row in enumerate(rows, start=2):
         if len(row) != len(header):
             raise DataError(f"{path}: row {number} has {len(row)} fields, the header has {len(header)}")
         sample = row[0].strip()
-        if sample in seen:
-            raise DataError(f"{path}: row {number}: id {sample!r} appears twice")
-        seen.add(sample)
+        refuse_repeated_id(path, seen, sample, number)
         keyed.append((number, sample, row))
     return header, keyed
+
+
+def refuse_repeated_id(path: Path, seen: dict[str, int], sample: str, number: int) -> None:
+    """Record that `sample` is on row `number`; an id seen on an earlier row is a DataError naming both rows (the
+    later row would silently win otherwise)."""
+    if sample in seen:
+        raise DataError(f"{path}: id {sample!r} appears twice, on rows {seen[sample]} and {number}")
+    seen[sample] = number
+
+
+def regular_files(files: Sequence[Path]) -> list[Path]:
+    """The files of a modality folder, each checked to be a regular file (a pipe named like a sample would block
+    its read forever; a directory or a device is no sample)."""
+    for file in files:
+        refuse_special_input(file, DataError)
+    return list(files)
 
 
 def read_table(name: str, path: Path) -> Table:
@@ -128,18 +143,17 @@ def read_texts(name: str, root: Path) -> Texts | None:
     """A text modality's strings, from NAME.csv (id and one text column) or NAME/ID.txt; None when neither exists."""
     table, folder = root / f"{name}.csv", root / name
     texts: dict[str, str] = {}
-    if table.is_file():
+    if table.exists():
         header, rows = id_rows(table)
         if len(header) != 2:
             raise DataError(f"{table}: a text modality has two columns, id and the text; found {', '.join(header)}")
         texts = {sample: row[1] for _, sample, row in rows}
         source = table
     elif folder.is_dir():
-        for file in sorted(folder.glob("*.txt")):
-            if file.stat().st_size > 4 * MAX_TEXT_CHARS:
-                raise DataError(f"{file}: over {4 * MAX_TEXT_CHARS:,} bytes of text")
+        for file in regular_files(sorted(folder.glob("*.txt"))):
+            data = read_input(file, DataError, limit=4 * MAX_TEXT_CHARS)
             try:
-                texts[file.stem] = file.read_text(encoding="utf-8-sig")
+                texts[file.stem] = data.decode("utf-8-sig")
             except UnicodeDecodeError as exc:
                 raise DataError(f"{file}: not UTF-8 text") from exc
         source = folder
@@ -151,7 +165,7 @@ def read_texts(name: str, root: Path) -> Texts | None:
 
 
 def read_bags(name: str, path: Path) -> Bags:
-    files = {f.name[: -len(".safetensors")]: f for f in sorted(path.glob("*.safetensors"))}
+    files = {f.name[: -len(".safetensors")]: f for f in regular_files(sorted(path.glob("*.safetensors")))}
     if not files:
         raise DataError(f"{path}: modality {name} has no ID.safetensors files")
     return Bags(name, path, files)
@@ -161,7 +175,7 @@ def load_bag(path: Path, shape: Sequence[int | None] = (None, None)) -> torch.Te
     """The tensor `x` of one sample's file, checked against the per-sample shape (None: any length, at least one)
     and for NaN."""
     try:
-        tensors = load_file(path)
+        tensors = load_safetensors(read_input(path, DataError))
     except (SafetensorError, OSError) as exc:
         raise DataError(f"{path}: not a readable safetensors file ({brief(exc)})") from exc
     x = tensors.get("x")
@@ -185,7 +199,7 @@ def modality_shape(root: str | os.PathLike[str], name: str) -> tuple[int | None,
     (None, features) for NAME/ (read off its first file)."""
     root = Path(root)
     table, folder = root / f"{name}.csv", root / name
-    if table.is_file():
+    if table.exists():
         header, _ = read_csv_rows(table)
         return (len(header) - 1,)
     if folder.is_dir():
@@ -216,7 +230,7 @@ class DatasetFolder:
                 if texts is not None:
                     self.modalities[name] = texts
                     self._tokenizers[name] = TextEncoder(shape)
-            elif len(shape) == 1 and table.is_file():
+            elif len(shape) == 1 and table.exists():
                 self.modalities[name] = self._checked_table(read_table(name, table), shape[0])
             elif len(shape) >= 2 and folder.is_dir():
                 self.modalities[name] = read_bags(name, folder)

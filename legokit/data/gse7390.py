@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..artifact import write_atomic
 from ..errors import ConfigError
 
 
@@ -26,9 +27,9 @@ def write_gse7390(folder: Path) -> Path:
     clinical = ["id,age,er_positive,grade,size"] + [
         f"{i},{a},{e},{g},{s}" for i, a, e, g, s in zip(ids, x["age"], er, grade, x["size"])
     ]
-    (folder / "clinical.csv").write_text("\n".join(clinical) + "\n")
+    write_atomic(folder / "clinical.csv", ("\n".join(clinical) + "\n").encode())
     rows = ["id," + ",".join(genes)] + [f"{i}," + ",".join(f"{v:.6g}" for v in x.loc[k, genes]) for k, i in enumerate(ids)]
-    (folder / "genes.csv").write_text("\n".join(rows) + "\n")
+    write_atomic(folder / "genes.csv", ("\n".join(rows) + "\n").encode())
     labels = ["id,time,event"] + [f"{i},{t:g},{int(e)}" for i, (e, t) in zip(ids, y)]
-    (folder / "labels.csv").write_text("\n".join(labels) + "\n")
+    write_atomic(folder / "labels.csv", ("\n".join(labels) + "\n").encode())
     return folder

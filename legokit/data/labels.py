@@ -10,7 +10,7 @@ from typing import Mapping, Sequence
 import torch
 
 from ..tasks import TaskSpec
-from .folder import DataError, id_rows, parse_number, read_csv_rows
+from .folder import DataError, id_rows, parse_number, read_csv_rows, refuse_repeated_id
 
 SPLITS = ("train", "val", "test")
 
@@ -90,16 +90,18 @@ def random_split(ids: Sequence[str], seed: int, fractions: tuple[float, float] =
 
 
 def read_splits(path: Path, ids: Sequence[str]) -> dict[str, str]:
-    """splits.csv: `id`, `split` in train/val/test, one row for each labelled sample."""
+    """splits.csv: `id`, `split` in train/val/test, exactly one row for each labelled sample."""
     header, rows = read_csv_rows(path)
     if header[:2] != ["id", "split"]:
         raise DataError(f"{path}: the columns must be id, split; found {', '.join(header)}")
     known = set(ids)
     splits: dict[str, str] = {}
+    rows_of: dict[str, int] = {}
     for number, row in enumerate(rows, start=2):
         sample, split = row[0].strip(), row[1].strip() if len(row) > 1 else ""
         if sample not in known:
             raise DataError(f"{path}: row {number}, column id: {sample!r} is not in labels.csv")
+        refuse_repeated_id(path, rows_of, sample, number)
         if split not in SPLITS:
             raise DataError(f"{path}: row {number}, column split: {split!r} must be train, val or test")
         splits[sample] = split

@@ -36,7 +36,7 @@ class SplitData:
         folder.check_known(set(labels.ids), root / "labels.csv")
         if splits is not None:
             assignment, source = dict(splits), "given"
-        elif (root / "splits.csv").is_file():
+        elif os.path.lexists(root / "splits.csv"):  # a pipe or a dangling link there is refused, not skipped
             assignment, source = read_splits(root / "splits.csv", labels.ids), "splits.csv"
         else:
             assignment, source = random_split(labels.ids, seed), f"random 70/15/15, seed {seed}"
