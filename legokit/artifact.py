@@ -113,7 +113,7 @@ def seal(metadata: Mapping[str, str], tensors_sha: str) -> str:
 def file_sha256(path: Path) -> str:
     """sha256 of a file's bytes, read in chunks: the artifact's content hash that adapters record."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_input(path) as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -390,11 +390,16 @@ def _parse_header(path: Path, read: Any, size: int) -> Header:
     return Header(metadata, layout, size)
 
 
+def header_of_bytes(path: str | os.PathLike[str], data: bytes) -> Header:
+    """The header of a safetensors file already read into memory (`path` names it in errors)."""
+    return _parse_header(Path(path), lambda n, at: data[at:at + n], len(data))
+
+
 def read_header(path: str | os.PathLike[str]) -> Header:
     """The header of a safetensors file, read through one file descriptor (no tensor data is read)."""
     path = Path(path)
     _check_container(path)
-    with open(path, "rb") as handle:
+    with open_input(path) as handle:
         size = os.fstat(handle.fileno()).st_size
         return _parse_header(path, lambda n, at: os.pread(handle.fileno(), n, at), size)
 
@@ -434,7 +439,7 @@ def read_artifact(path: str | os.PathLike[str], expect_kind: str | None = None) 
     floating-point values."""
     path = Path(path)
     _check_container(path)
-    with open(path, "rb") as handle:
+    with open_input(path) as handle:
         size = os.fstat(handle.fileno()).st_size
         if size < 8:
             raise ArtifactError(f"{path}: not a safetensors file (only {size} bytes)")
@@ -475,7 +480,7 @@ def read_artifact_summary(path: str | os.PathLike[str], small: int = 64 * 1024 *
     header = read_header(path)
     metadata = _legokit_metadata(path, header.metadata)
     tensors: dict[str, torch.Tensor] = {}
-    with open(path, "rb") as handle:
+    with open_input(path) as handle:
         for name, stored in header.layout.items():
             if stored.dtype == "U8" and stored.end - stored.start <= small:
                 data = bytearray(os.pread(handle.fileno(), stored.end - stored.start, stored.start))
@@ -532,7 +537,7 @@ def open_artifact(path: str | os.PathLike[str], stack: ExitStack) -> OpenedArtif
     """Open a legokit artifact for streaming (closed with `stack`): its header parsed and its tag checked."""
     path = Path(path)
     _check_container(path)
-    handle = stack.enter_context(open(path, "rb"))
+    handle = stack.enter_context(open_input(path))
     fd = handle.fileno()
     header = _parse_header(path, lambda n, at: os.pread(fd, n, at), os.fstat(fd).st_size)
     return OpenedArtifact(path, fd, header, _legokit_metadata(path, header.metadata))

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from .artifact import KEY_CONFIG, KEY_KIND, read_metadata, refuse_inputs
+from .artifact import KEY_CONFIG, KEY_KIND, read_input, read_metadata, refuse_inputs
 from .block import BlockConfig
 from .compose.graph import Graph
 from .compose.merge import block_facts
@@ -20,7 +20,7 @@ from .registry import BLOCK
 from .spectral import DEFAULT_PHASE, PHASE_MODES
 from .train import FUSE_TRAINING
 from .workflows import fuse_blocks
-from .yamlfile import check_keys, read_yaml, require_mapping, where
+from .yamlfile import MAX_YAML_BYTES, check_keys, read_yaml, require_mapping, where
 
 TOP_KEYS = ("name", "description", "blocks", "operation", "data", "output")
 BLOCK_KEYS = ("artifact",)
@@ -96,7 +96,8 @@ class Recipe:
             raise ConfigError(f"{where(path, 'data')}: must be a folder path")
         name = data.get("name", path.stem)
         return cls(path, str(name), tuple(blocks), operation, base / output, str(data.get("description", "")),
-                   None if folder is None else base / folder, path.read_text(encoding="utf-8"))
+                   None if folder is None else base / folder,
+                   read_input(path, ConfigError, limit=MAX_YAML_BYTES).decode("utf-8", errors="replace"))
 
     @staticmethod
     def _operation(path: Path, data: Mapping[str, Any], modalities: list[str]) -> Operation:

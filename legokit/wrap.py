@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file
+from safetensors import SafetensorError
+from safetensors.torch import load as safetensors_load
 from torch import nn
 
 from .archive import check_torch_save
-from .artifact import KEY_FORMAT, FORMAT_TAG
+from .artifact import FORMAT_TAG, KEY_FORMAT, header_of_bytes, open_input, read_input
 from .block import BlockConfig, EncoderSpec, LegoBlock, format_shape
 from .device import resolve_device
 from .encoders import FOREIGN, build_encoder, encoder_class
@@ -32,7 +32,7 @@ from .encoders.foreign import (example_input, export_encoder, load_program, prob
                                program_module)
 from .encoders.foreign import program_input_shape, sanitize_program
 from .encoders.huggingface import is_hf_folder, load_hf_folder
-from .errors import ConfigError, EncoderError, brief
+from .errors import ArtifactError, ConfigError, EncoderError, brief
 from .tasks import TaskSpec
 from .text import TextSpec
 
@@ -209,13 +209,13 @@ def sniff(path: Path) -> str:
         if is_hf_folder(path):
             return HF_FOLDER
         raise EncoderError(f"{path}: a folder without config.json; legokit wraps Hugging Face model folders")
-    with open(path, "rb") as handle:
+    with open_input(path, EncoderError) as handle:
         head = handle.read(512)
     if not head:
         raise EncoderError(f"{path}: empty file")
     if head[:4] == b"PK\x03\x04":
         try:
-            with zipfile.ZipFile(path) as archive:
+            with zipfile.ZipFile(io.BytesIO(read_input(path, EncoderError))) as archive:
                 names = archive.namelist()
         except (zipfile.BadZipFile, OSError, ValueError) as exc:
             raise EncoderError(f"{path}: corrupt zip archive") from exc
@@ -258,7 +258,7 @@ def _as_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
 def _read_pickle(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor] | nn.Module:
     """A torch.save file: with no trust, its bytes must pass the allowlist (tensors only) before torch.load's own
     weights-only reader sees them; read once, so the checked bytes are the loaded bytes."""
-    data = path.read_bytes()
+    data = read_input(path, EncoderError)
     if not trust_pickle:
         if data[:4] != b"PK\x03\x04":
             raise EncoderError(f"{path}: a pickle in the legacy torch.save format (before PyTorch 1.6), which legokit "
@@ -280,12 +280,12 @@ def _read_pickle(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor] | nn
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    data = read_input(path, EncoderError)
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            if (handle.metadata() or {}).get(KEY_FORMAT) == FORMAT_TAG:
-                raise EncoderError(f"{path}: is already a legokit artifact, not an encoder")
-        return load_file(path)
-    except (SafetensorError, OSError) as exc:
+        if header_of_bytes(path, data).metadata.get(KEY_FORMAT) == FORMAT_TAG:
+            raise EncoderError(f"{path}: is already a legokit artifact, not an encoder")
+        return safetensors_load(data)
+    except (SafetensorError, OSError, ValueError, ArtifactError) as exc:
         raise EncoderError(f"{path}: unreadable safetensors file ({brief(exc, 160)})") from exc
 
 
@@ -329,7 +329,7 @@ def wrap_file(
         dtype = WrapOptions(found.input_dtype, how.mask, how.output, how.layout, how.train_mode)
         return wrap_module(found.module, modality, task, found.input_shape, how=dtype, text=found.text, **common)
     if kind == EXPORT:
-        program = load_program(sanitize_program(path.read_bytes()))
+        program = load_program(sanitize_program(read_input(path, EncoderError)))
         input_shape = _agreed_shape(path, input_shape, program_input_shape(program))
         how = replace(how, mask=_program_mask(path, list(program.graph_signature.user_inputs), how.mask))
         return wrap_module(program_module(program, str(path)), modality, task, input_shape, how=how, **common)
@@ -340,7 +340,7 @@ def wrap_file(
                                "--trust-pickle if you trust the file")
         if input_shape is None:
             raise ConfigError(f"{path}: a TorchScript archive does not record its input shape; give --input-shape")
-        data = path.read_bytes()
+        data = read_input(path, EncoderError)
         try:
             scripted = torch.jit.load(io.BytesIO(data), map_location="cpu")  # checked: only with --trust-pickle
         except Exception as exc:  # noqa: BLE001 - the TorchScript reader fails with many types

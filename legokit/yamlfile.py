@@ -9,6 +9,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from .artifact import read_input
 from .errors import ConfigError
 
 
@@ -42,12 +43,11 @@ def where(path: Path, key: str) -> str:
 def read_yaml(path: str | os.PathLike[str], what: str) -> Mapping[str, Any]:
     """The top-level mapping of a YAML file; a missing file, bad YAML or another top level is a ConfigError."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise ConfigError(f"{path}: no such {what} file")
-    if path.stat().st_size > MAX_YAML_BYTES:
-        raise ConfigError(f"{path}: a {what} file of {path.stat().st_size:,} bytes (cap {MAX_YAML_BYTES:,})")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=PlainLoader)  # noqa: S506 # checked: safe loader, no aliases
+        text = read_input(path, ConfigError, limit=MAX_YAML_BYTES).decode("utf-8")
+        data = yaml.load(text, Loader=PlainLoader)  # noqa: S506 # checked: safe loader, no aliases
     except RecursionError as exc:
         raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from exc
     except yaml.YAMLError as exc:
