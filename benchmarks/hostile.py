@@ -3,8 +3,9 @@ and the slowest case and the peak memory.
 
     python -m benchmarks.hostile [--json out.json]
 
-Runs `tests/test_hostile.py` in a fresh process with LEGOKIT_HOSTILE_REPORT set (every case appends its outcome),
-then summarises. Peak memory is the child process's maximum resident set size: every case stays under it.
+Runs the hostile suite (`tests/test_hostile*.py`: archives and headers, programs, sizes, tokenizers, files and
+processes) in a fresh process with LEGOKIT_HOSTILE_REPORT set (every case appends its outcome), then summarises.
+Peak memory is the child process's maximum resident set size: every case stays under it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "outcomes.jsonl"
         env = {**os.environ, "LEGOKIT_HOSTILE_REPORT": str(report), "OMP_NUM_THREADS": "1"}
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_hostile.py"],
+        files = sorted(str(p) for p in Path("tests").glob("test_hostile*.py"))
+        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
                               env=env, capture_output=True, text=True)
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         rows = [json.loads(line) for line in report.read_text(encoding="utf-8").splitlines()] if report.exists() else []
@@ -39,12 +41,13 @@ def main(argv: list[str] | None = None) -> int:
         "tracebacks": sum(r["traceback"] is not None for r in rows),
         "inputs_modified": sum(bool(r["modified"]) for r in rows),
         "slowest_case_s": round(max((r["seconds"] for r in rows), default=0.0), 3),
+        "cases_over_5s": sum(r["seconds"] >= 5 for r in rows),
         "peak_rss_mb": round(peak_mb),
         "pytest_exit": done.returncode,
     }
     print(f"{summary['cases']} cases ({', '.join(f'{k} {v}' for k, v in families.items())}): "
           f"{summary['ran_code']} ran code, {summary['tracebacks']} tracebacks, {summary['inputs_modified']} modified "
-          f"an input; slowest case {summary['slowest_case_s']} s; peak memory of the whole run {summary['peak_rss_mb']} MB "
+          f"an input; slowest case {summary['slowest_case_s']} s ({summary['cases_over_5s']} over 5 s); peak memory of the whole run {summary['peak_rss_mb']} MB "
           f"(pytest exit {done.returncode})")
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2), encoding="utf-8")

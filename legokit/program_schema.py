@@ -36,8 +36,10 @@ PYTHON_OPS = frozenset({
     *(f"torch.{name}" for name in ("sym_int", "sym_float", "sym_max", "sym_min", "sym_not", "sym_ite", "sym_sqrt",
                                    "sym_sum")),
 })
-# names an operator may not carry even when torch knows it: these touch files or memory maps
-FORBIDDEN_OP_WORDS = ("file", "mmap")
+# words an operator's name may not hold even when torch knows it: these touch files or memory maps, or grow a
+# tensor in place (memory the cost check would not see as a new tensor); and in-place storage swaps
+FORBIDDEN_OP_WORDS = ("file", "mmap", "resize")
+FORBIDDEN_OPS = frozenset({"set_"})
 
 SCALAR_TYPES = frozenset({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 33, 34, 35})
 LAYOUTS = frozenset(range(8))
@@ -157,7 +159,7 @@ def operator(walk: Walk, value: Any, where: str) -> str:
     if len(parts) == 4 and parts[:3] == ["torch", "ops", "higher_order"] and parts[3] in HIGHER_ORDER:
         return value
     if len(parts) == 5 and parts[:2] == ["torch", "ops"] and parts[2] in OP_NAMESPACES and _real_overload(*parts[2:]):
-        if not any(word in parts[3] for word in FORBIDDEN_OP_WORDS):
+        if not any(word in parts[3] for word in FORBIDDEN_OP_WORDS) and parts[3] not in FORBIDDEN_OPS:
             return value
     raise walk.fail(where, f"the program calls {value[:80]}, which legokit does not allow")
 

@@ -169,7 +169,8 @@ TARGETS = ["_operator.attrgetter", "_operator.methodcaller", "_operator.call", "
            "torch.ops.aten.add.Tensor.__globals__", "torch.ops.aten.__class__.__init__", "torch.ops.aten.add",
            "torch.ops.higher_order.while_loop", "torch.ops.higher_order.auto_functionalized", "#custom:evil",
            "torch.ops.aten.from_file.default", "torch.ops.aten._local_scalar_dense.default.__call__",
-           "torch.ops.myns.op.default", "math.__loader__", "torch.load", "torch.sym_int.__globals__", "importlib.import_module"]
+           "torch.ops.myns.op.default", "math.__loader__", "torch.load", "torch.sym_int.__globals__", "importlib.import_module",
+           "torch.ops.aten.resize_.default", "torch.ops.aten.set_.source_Tensor"]
 NAMES = ["x; import os", "__import__", "a.b", "1abc", "class", "x\ny", "é", "", "a" * 300, "__class__", "x = 1"]
 SPECS = ['[1, {"type": "collections.namedtuple", "context": "null", "children_spec": []}]',
          '[1, {"type": "builtins.dict", "context": "{\\"__enum__\\": \\"os.system\\"}", "children_spec": []}]',
