@@ -284,7 +284,7 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         if header_of_bytes(path, data).metadata.get(KEY_FORMAT) == FORMAT_TAG:
             raise EncoderError(f"{path}: is already a legokit artifact, not an encoder")
-        return safetensors_load(data)
+        return dict(sorted(safetensors_load(data).items()))  # by name, as safetensors' load_file gives them
     except (SafetensorError, OSError, ValueError, ArtifactError) as exc:
         raise EncoderError(f"{path}: unreadable safetensors file ({brief(exc, 160)})") from exc
 
@@ -332,7 +332,7 @@ def wrap_file(
         program = load_program(sanitize_program(read_input(path, EncoderError)))
         input_shape = _agreed_shape(path, input_shape, program_input_shape(program))
         how = replace(how, mask=_program_mask(path, list(program.graph_signature.user_inputs), how.mask))
-        return wrap_module(program_module(program, str(path)), modality, task, input_shape, how=how, **common)
+        return wrap_module(program_module(program, "the program"), modality, task, input_shape, how=how, **common)
     if kind == TORCHSCRIPT:
         if not trust_pickle:
             raise EncoderError(f"{path}: a TorchScript archive; loading one compiles its code, which can call any "

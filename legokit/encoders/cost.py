@@ -171,21 +171,30 @@ def _superlinear(batch: Cost, one: Cost, samples: int) -> bool:
                                                               (batch.flops, one.flops)))
 
 
+def _measured(graph: nn.Module, args: tuple[torch.Tensor, ...], what: str, samples: int) -> Cost:
+    """`measure`, with its failures as one-line EncoderErrors: a program that cannot run on fake inputs of this
+    shape will not run on real ones either (and must not get to try)."""
+    try:
+        return measure(graph, args)
+    except (DataDependentOutputException, DynamicOutputShapeException) as exc:
+        raise EncoderError(f"{what}: its output shapes depend on its input values ({brief(exc, 80)}), so its cost "
+                           "cannot be bounded before it runs; legokit refuses such programs") from exc
+    except Exception as exc:  # noqa: BLE001 - a program fails inside any operator, with any type
+        raise EncoderError(f"{what} fails at batch size {samples}: export it with dynamic_shapes (batch axis "
+                           f"Dim.DYNAMIC), legokit runs encoders on any number of samples ({brief(exc, 100)})") from exc
+
+
 def check_cost(graph: nn.Module, args: tuple[torch.Tensor, ...], what: str, caps: Caps | None = None,
                one: Cost | None = None) -> Cost:
     """The cost of one sample's forward pass, measured on inputs shaped like `args` (and the batch's, when `args`
     hold more than one sample): over a per-sample cap, growing faster than the batch, or unknowable before the run
     (output shapes that depend on input values) is an EncoderError. `one` is the one-sample cost already known."""
     caps = caps or Caps.from_env()
-    try:
-        one = one or measure(graph, _first_sample(args))
-        problem = _over(one, caps)
-        samples = int(args[0].shape[0]) if args and args[0].dim() else 1
-        if problem is None and samples > 1 and _superlinear(measure(graph, args), one, samples):
-            problem = f"its cost grows faster than the batch (measured at {samples} samples against one)"
-    except (DataDependentOutputException, DynamicOutputShapeException) as exc:
-        raise EncoderError(f"{what}: its output shapes depend on its input values ({brief(exc, 80)}), so its cost "
-                           "cannot be bounded before it runs; legokit refuses such programs") from exc
+    samples = int(args[0].shape[0]) if args and args[0].dim() else 1
+    one = one or _measured(graph, _first_sample(args), what, 1)
+    problem = _over(one, caps)
+    if problem is None and samples > 1 and _superlinear(_measured(graph, args, what, samples), one, samples):
+        problem = f"its cost grows faster than the batch (measured at {samples} samples against one)"
     if problem:
         raise EncoderError(f"{what}: {problem}")
     return one
