@@ -14,7 +14,8 @@ from torch import nn
 from .data.batch import ModalityBatch, as_batches
 from .encoders import FOREIGN, ExportedEncoder, build_encoder, token_input
 from .encoders.contract import INPUT_DTYPES
-from .errors import ConfigError, ShapeError, positive_int
+from .encoders.stack import MAX_DEPTH, MAX_FEATURES, MAX_PARAMETERS, MAX_WIDTH, bounded_int
+from .errors import ConfigError, ShapeError
 from .layers import TaskHead, UpdateLayer
 from .pretrained import HubMixin
 from .spectral import (FFT_AXES, HEAD_FEATURES, UPDATE_PARTS, as_rows, from_rows, pool_spectrum, pooled_width,
@@ -38,7 +39,7 @@ class EncoderSpec:
             raise ConfigError(f"encoder name must be a non-empty string, got {self.name!r}")
         if not isinstance(self.kwargs, Mapping):
             raise ConfigError(f"encoder kwargs must be a mapping, got {type(self.kwargs).__name__}")
-        _positive("encoder out_dim", self.out_dim, CAPS["out_dim"])
+        bounded_int("encoder out_dim", self.out_dim, CAPS["out_dim"])
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kwargs": dict(self.kwargs), "out_dim": self.out_dim}
@@ -46,12 +47,6 @@ class EncoderSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "EncoderSpec":
         return cls(data["name"], dict(data.get("kwargs", {})), data["out_dim"])
-
-
-def _positive(what: str, value: Any, cap: int = 2**31) -> None:
-    positive_int(what, value)
-    if value > cap:
-        raise ConfigError(f"{what} is {value:,}; legokit caps it at {cap:,}")
 
 
 # defaults of new blocks, chosen on validation splits (docs/benchmarks.md, "Merge vs blocks")
@@ -62,8 +57,10 @@ DEFAULT_SHARED_INIT = True
 LEGACY = {"update": "real", "head_features": "re-im", "shared_init": False}
 SHARED_SEED = 20240613  # any fixed number: what matters is that every block uses the same one
 
-# caps on what a config may ask for, so that a hostile file cannot make legokit allocate gigabytes or loop for hours
-CAPS = {"latent": 4096, "depth": 64, "heads": 64, "dim_head": 1024, "ff_mult": 16, "input": 2**24, "out_dim": 65536}
+# caps on what a config may ask for, so that a hostile file cannot make legokit allocate gigabytes or loop for hours;
+# the encoders' caps (`legokit.encoders.stack`) are the same mechanism
+CAPS = {"latent": 4096, "depth": MAX_DEPTH, "heads": 64, "dim_head": 1024, "ff_mult": 16, "input": MAX_FEATURES,
+        "out_dim": MAX_WIDTH}
 
 
 def parse_latent(text: str) -> tuple[int, int]:
@@ -120,7 +117,7 @@ class BlockConfig:
             raise ConfigError(f"input shape must have 1 to 4 dimensions, got {self.input_shape!r}")
         for d in self.input_shape:
             if d is not None:
-                _positive("each input dimension", d, CAPS["input"])
+                bounded_int("each input dimension", d, CAPS["input"])
         if self.input_dtype not in INPUT_DTYPES:
             raise ConfigError(f"input dtype must be one of {', '.join(INPUT_DTYPES)}, got {self.input_dtype!r}")
         if self.input_dtype == "int64" and self.input_shape != (None,):
@@ -131,10 +128,11 @@ class BlockConfig:
             raise ConfigError("a text modality takes integer token ids (input dtype int64)")
         if not isinstance(self.latent, tuple) or len(self.latent) != 2:
             raise ConfigError(f"latent must be (channels, dimensions), got {self.latent!r}")
-        _positive("latent channels", self.latent[0], CAPS["latent"])
-        _positive("latent dimensions", self.latent[1], CAPS["latent"])
+        bounded_int("latent channels", self.latent[0], CAPS["latent"])
+        bounded_int("latent dimensions", self.latent[1], CAPS["latent"])
         for what in ("depth", "heads", "dim_head", "ff_mult"):
-            _positive(what, getattr(self, what), CAPS[what])
+            bounded_int(what, getattr(self, what), CAPS[what])
+        self._check_budget()
         if self.fft_axes not in FFT_AXES:
             raise ConfigError(f"fft axes must be one of {', '.join(FFT_AXES)}, got {self.fft_axes!r}")
         if self.update not in UPDATE_PARTS:
@@ -145,6 +143,18 @@ class BlockConfig:
             raise ConfigError(f"shared_init must be true or false, got {self.shared_init!r}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+
+    def _check_budget(self) -> None:
+        """Refuse, by arithmetic alone, a latent and update layers over MAX_PARAMETERS (each size is capped, their
+        product is not): the latent, and per step the query, key/value and output projections and feed-forward."""
+        channels, dim = self.latent
+        inner = self.heads * self.dim_head
+        step = dim * inner + 2 * inner * self.encoder.out_dim + inner * dim + 2 * dim * dim * self.ff_mult
+        total = channels * dim + self.depth * step
+        if total > MAX_PARAMETERS:
+            raise ConfigError(f"latent {channels}x{dim}, depth {self.depth}, heads {self.heads} x dim_head "
+                              f"{self.dim_head}, ff_mult {self.ff_mult} and encoder width {self.encoder.out_dim} make "
+                              f"about {total:,} parameters; legokit caps a block at {MAX_PARAMETERS:,}")
 
     @property
     def tokens_in(self) -> bool:

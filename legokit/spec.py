@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .block import BlockConfig, parse_latent
-from .encoders import list_encoders
+from .encoders import check_encoder_kwargs, list_encoders
 from .errors import ConfigError
 from .tasks import TaskSpec
 from .train import TrainConfig
@@ -49,6 +49,7 @@ class BlockSpec:
         if self.encoder not in list_encoders():
             raise ConfigError(f"encoder {self.encoder!r}: train takes a named encoder ({', '.join(list_encoders())}; "
                               "register others with legokit.register_encoder)")
+        check_encoder_kwargs(self.encoder, self.encoder_kwargs)  # sizes capped before any data is read
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> "BlockSpec":

@@ -107,6 +107,9 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
     return old
 
 
+MAX_MODALITIES = 16  # SSF keeps a parameter set per combination of modalities: 2^16 at this cap
+
+
 class Adapter(nn.Module):
     """Parameters for a set of sites, one set per site, conditioned on which modalities each sample has."""
 
@@ -114,6 +117,8 @@ class Adapter(nn.Module):
 
     def __init__(self, modalities: Sequence[str]):
         super().__init__()
+        if len(modalities) > MAX_MODALITIES:
+            raise ConfigError(f"an adapter over {len(modalities)} modalities; legokit caps it at {MAX_MODALITIES}")
         if len(set(modalities)) != len(modalities) or not modalities:
             raise ConfigError(f"an adapter needs distinct modality names, got {list(modalities)}")
         self.modalities = tuple(modalities)
@@ -148,6 +153,14 @@ class Adapter(nn.Module):
         return targets
 
     def make_site(self, module: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def sizes_for(self, module: nn.Module) -> list[int]:
+        """The sizes a site for `module` has (as `config()` records them), by arithmetic on the module alone."""
+        raise NotImplementedError
+
+    def site_sizes(self, site: nn.Module) -> list[int]:
+        """The sizes a site has, as `config()` records them."""
         raise NotImplementedError
 
     def wrap(self, name: str, module: nn.Module) -> nn.Module:
@@ -270,6 +283,7 @@ def attach(model: nn.Module, adapter: Adapter, at: str | Sequence[str] | None = 
     for name in names:
         if name not in modules:
             raise ConfigError(f"the adapter's site {name!r} is not a module of this model")
+    _check_fit(adapter, base, names)
     for name in names:
         key = site_key(name)
         original = find_module(base, name)
@@ -281,6 +295,18 @@ def attach(model: nn.Module, adapter: Adapter, at: str | Sequence[str] | None = 
     adapter.to(device)
     adapted.adapters.append(adapter)
     return adapted
+
+
+def _check_fit(adapter: Adapter, base: nn.Module, names: Sequence[str]) -> None:
+    """Sites the adapter already has (loaded from a file) must be of the sizes their modules take, checked before
+    any module is replaced: a site of other widths would fail only later, inside the model's forward."""
+    for name in names:
+        key = site_key(name)
+        if key not in adapter.sites:
+            continue
+        wanted, has = adapter.sizes_for(find_module(base, name)), adapter.site_sizes(adapter.sites[key])
+        if wanted != has:
+            raise ConfigError(f"the adapter's site {name!r} has sizes {has}; that module takes {wanted}")
 
 
 def detach(adapted: Adapted, adapter: Adapter | None = None) -> nn.Module:

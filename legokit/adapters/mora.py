@@ -13,7 +13,8 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..errors import ConfigError, positive_int
+from ..encoders.stack import bounded_int
+from ..errors import ConfigError
 from ..layers import UpdateLayer
 from .base import Adapter, Sited, site_key
 
@@ -48,6 +49,7 @@ class MoRAWrapped(Sited):
 
 
 DEFAULT_RANK = 4  # the MoRA paper's
+MAX_RANK = 4096
 
 
 class MoRA(Adapter):
@@ -61,16 +63,22 @@ class MoRA(Adapter):
 
     def __init__(self, modalities: Sequence[str], rank: int = DEFAULT_RANK, features: tuple[int, int] | None = None):
         super().__init__(modalities)
-        self.rank = positive_int("MoRA rank", rank)
+        self.rank = bounded_int("MoRA rank", rank, MAX_RANK)
         self.features = features
 
     def make_site(self, module: nn.Module) -> nn.Module:
         in_features, out_features = self.features or features_of(module)
         return MoRASite(in_features, out_features, self.rank, len(self.modalities))
 
+    def sizes_for(self, module: nn.Module) -> list[int]:
+        return list(self.features or features_of(module))
+
+    def site_sizes(self, site: nn.Module) -> list[int]:
+        return [site.down.shape[1], site.up.shape[1]]  # [in, out]
+
     def wrap(self, name: str, module: nn.Module) -> nn.Module:
         return MoRAWrapped(module, self, site_key(name))
 
     def config(self) -> dict[str, Any]:
-        sites = {key: [site.down.shape[1], site.up.shape[1]] for key, site in self.sites.items()}  # [in, out]
+        sites = {key: self.site_sizes(site) for key, site in self.sites.items()}
         return {**super().config(), "rank": self.rank, "sites": sites}

@@ -77,12 +77,18 @@ class SSF(Adapter):
         return layers
 
     def make_site(self, module: nn.Module) -> nn.Module:
-        channels, dim = channels_of(module.inner if isinstance(module, Sited) else module)
+        channels, dim = self.sizes_for(module)
         return SSFSite(channels, 2 ** len(self.modalities), dim)
+
+    def sizes_for(self, module: nn.Module) -> list[int]:
+        return list(channels_of(module.inner if isinstance(module, Sited) else module))
+
+    def site_sizes(self, site: nn.Module) -> list[int]:
+        return [site.scale.shape[1], site.dim]  # [channels, channel dim]
 
     def wrap(self, name: str, module: nn.Module) -> nn.Module:
         return SSFWrapped(module, self, site_key(name))
 
     def config(self) -> dict[str, Any]:
-        sites = {key: [site.scale.shape[1], site.dim] for key, site in self.sites.items()}
+        sites = {key: self.site_sizes(site) for key, site in self.sites.items()}
         return {**super().config(), "sites": sites}

@@ -3,6 +3,7 @@ and any a user registers with `register_encoder`, as timm's `register_model`) an
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Mapping
 
 from torch import nn
@@ -12,10 +13,12 @@ from .abmil import ABMIL
 from .foreign import ExportedEncoder
 from .mlp import MLP
 from .snn import SNN
+from .stack import within_budget
 from .tokens import FeatureTokens
 
 FOREIGN = "export"
-_ENCODERS: dict[str, type[nn.Module]] = {"snn": SNN, "abmil": ABMIL, "mlp": MLP, "tokens": FeatureTokens}
+BUILTIN: dict[str, type[nn.Module]] = {"snn": SNN, "abmil": ABMIL, "mlp": MLP, "tokens": FeatureTokens}
+_ENCODERS: dict[str, type[nn.Module]] = dict(BUILTIN)
 
 
 def register_encoder(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
@@ -55,11 +58,32 @@ def encoder_class(name: str) -> type[nn.Module]:
                           "with legokit.register_encoder)") from exc
 
 
+def check_encoder_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
+    """Refuse, by arithmetic alone, sizes a built-in encoder would build over its caps or its parameter budget (a
+    spec names no in_features until the data does: the smallest, 1, is assumed); registered encoders are their
+    authors' to bound."""
+    cls = encoder_class(name)
+    if BUILTIN.get(name) is not cls:
+        return
+    if not isinstance(kwargs, Mapping):
+        raise ConfigError(f"encoder {name}: kwargs must be a mapping, got {type(kwargs).__name__}")
+    given = {"in_features": 1, **kwargs}
+    try:
+        inspect.signature(cls.weight_shapes).bind(**given)
+    except TypeError as exc:
+        raise ConfigError(f"encoder {name}: {exc}"[:300]) from exc
+    sizes = {k: v for k, v in kwargs.items() if isinstance(v, int) and not isinstance(v, bool)}
+    within_budget(name, cls.weight_shapes(**given), sizes)
+
+
 def build_encoder(name: str, kwargs: Mapping[str, Any]) -> nn.Module:
-    """A fresh encoder by name; a keyword it does not take is a ConfigError naming it."""
+    """A fresh encoder by name (a built-in one checks its sizes before it allocates); a keyword it does not take is a
+    ConfigError naming it."""
     cls = encoder_class(name)
     try:
         return cls(**kwargs)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"encoder {name}: {exc}"[:300]) from exc
 
@@ -69,5 +93,5 @@ def token_input(encoder: nn.Module) -> bool | None:
     return getattr(encoder, "token_input", None)
 
 
-__all__ = ["ABMIL", "FOREIGN", "MLP", "SNN", "FeatureTokens", "ExportedEncoder", "build_encoder", "encoder_class",
-           "list_encoders", "register_encoder"]
+__all__ = ["ABMIL", "FOREIGN", "MLP", "SNN", "FeatureTokens", "ExportedEncoder", "build_encoder", "check_encoder_kwargs",
+           "encoder_class", "list_encoders", "register_encoder"]

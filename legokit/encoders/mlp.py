@@ -7,7 +7,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from .stack import layer_stack, stack_sizes
+from .stack import layer_stack, stack_shapes, stack_sizes, within_budget
 
 
 class MLP(nn.Module):
@@ -19,9 +19,19 @@ class MLP(nn.Module):
 
     def __init__(self, in_features: int, hidden: int = 128, depth: int = 2, dropout: float = 0.1):
         super().__init__()
+        within_budget("mlp", self.weight_shapes(in_features, hidden, depth, dropout),
+                      {"in_features": in_features, "hidden": hidden, "depth": depth})
         self.net = layer_stack(in_features, hidden, depth,
                                lambda n, h: [nn.Linear(n, h), nn.GELU(), nn.LayerNorm(h), nn.Dropout(dropout)])
         self.out_dim = hidden
+
+    @staticmethod
+    def weight_shapes(in_features: int, hidden: int = 128, depth: int = 2, dropout: float = 0.1) -> dict[str, tuple[int, ...]]:
+        """The parameter shapes these settings make, by arithmetic alone (checked before anything is allocated); a
+        size over its cap is a ConfigError."""
+        return stack_shapes("mlp", in_features, hidden, depth, dropout, lambda index, width, out: {
+            f"net.{4 * index}.weight": (out, width), f"net.{4 * index}.bias": (out,),
+            f"net.{4 * index + 2}.weight": (out,), f"net.{4 * index + 2}.bias": (out,)})
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return self.net(x)

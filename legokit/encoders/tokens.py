@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..errors import ConfigError
+from .stack import MAX_FEATURES, MAX_WIDTH, bounded_dropout, bounded_int, within_budget
 
 
 class FeatureTokens(nn.Module):
@@ -28,7 +28,9 @@ class FeatureTokens(nn.Module):
 
     def __init__(self, in_features: int, dim: int = 64, max_tokens: int = 256, dropout: float = 0.0):
         super().__init__()
-        self.count, self.group, _ = self.weight_shapes(in_features, dim, max_tokens, dropout)["weight"]
+        shapes = within_budget("tokens", self.weight_shapes(in_features, dim, max_tokens, dropout),
+                               {"in_features": in_features, "dim": dim})
+        self.count, self.group, _ = shapes["weight"]
         self.in_features = in_features
         self.weight = nn.Parameter(torch.empty(self.count, self.group, dim))
         self.bias = nn.Parameter(torch.empty(self.count, dim))
@@ -42,11 +44,10 @@ class FeatureTokens(nn.Module):
     def weight_shapes(in_features: int, dim: int = 64, max_tokens: int = 256, dropout: float = 0.0) -> dict[str, tuple[int, ...]]:
         """The parameter shapes these settings make, by arithmetic alone (a file's config is checked against its
         tensors with this before anything is allocated); a bad setting is a ConfigError."""
-        for name, value in (("in_features", in_features), ("dim", dim), ("max_tokens", max_tokens)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**24:
-                raise ConfigError(f"tokens encoder: {name} must be an integer in [1, 2**24], got {repr(value)[:40]}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"tokens encoder: dropout must be in [0, 1), got {repr(dropout)[:40]}")
+        bounded_int("tokens encoder in_features", in_features, MAX_FEATURES)
+        bounded_int("tokens encoder dim", dim, MAX_WIDTH)
+        bounded_int("tokens encoder max_tokens", max_tokens, MAX_FEATURES)
+        bounded_dropout("tokens encoder dropout", dropout)
         group = math.ceil(in_features / max_tokens)
         count = math.ceil(in_features / group)
         return {"weight": (count, group, dim), "bias": (count, dim)}
