@@ -27,6 +27,7 @@ from ..archive import load_json
 from ..artifact import open_input, read_header, read_input
 from ..errors import ArtifactError, EncoderError, brief
 from ..text import TextSpec
+from .cost import check_cost
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -281,17 +282,31 @@ def _meta_model(transformers: Any, folder: Path, data: Mapping[str, Any]) -> tup
     return config, model
 
 
+class _TextProbe(nn.Module):
+    """A text model called as (token ids, attention mask), the way the cost check calls modules."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> Any:
+        return self.module(ids, attention_mask=attention_mask)
+
+
 def _longest_input(module: nn.Module, data: dict, folder: Path) -> int:
     """The most tokens the model runs on: its position table, less the offset that RoBERTa-style models add
     (positions start after the padding index), found by running it at each candidate length."""
     table, pad = data.get("max_position_embeddings") or 512, data.get("pad_token_id")
     candidates = [table] + ([table - pad - 1] if isinstance(pad, int) and not isinstance(pad, bool) else [])
+    probe = _TextProbe(module)
     for length in candidates:
         if length < 1:
             continue
+        ids = torch.ones(1, length, dtype=torch.int64)
+        check_cost(probe, (ids, ids), f"{folder}: the model at {length} tokens")  # before it runs for real
         try:
             with torch.no_grad():
-                module(torch.ones(1, length, dtype=torch.int64), attention_mask=torch.ones(1, length, dtype=torch.int64))
+                probe(ids, ids)
             return length
         except Exception:  # noqa: BLE001 - a model fails with many types past its position table
             continue
