@@ -93,7 +93,7 @@ def nested_too_deep(text: str | bytes, value: Any) -> bool:
         if level > MAX_JSON_DEPTH:
             return True
         children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        stack.extend((child, level + 1) for child in children)
+        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
     return False
 
 

@@ -25,8 +25,8 @@ from torch import nn
 
 from ..archive import load_json
 from ..artifact import open_input, read_header, read_input
-from ..errors import ArtifactError, EncoderError, brief
-from ..text import TextSpec
+from ..errors import ArtifactError, ConfigError, EncoderError, brief
+from ..text import MAX_TOKENIZER_BYTES, TextEncoder, TextSpec
 from .cost import check_cost
 
 CONFIG = "config.json"
@@ -282,6 +282,23 @@ def _meta_model(transformers: Any, folder: Path, data: Mapping[str, Any]) -> tup
     return config, model
 
 
+def _tokenizer(folder: Path) -> str:
+    """The folder's tokenizer.json, checked (`tokenizer_check`) before the model is built, so that a hostile one is
+    refused at wrap time, not at the first prediction."""
+    if not os.path.lexists(folder / "tokenizer.json"):
+        raise EncoderError(f"{folder}: a text model needs its tokenizer.json beside config.json "
+                           "(save the tokenizer with save_pretrained())")
+    path = folder_file(folder, "tokenizer.json", "tokenizer")
+    try:
+        text = read_input(path, EncoderError, MAX_TOKENIZER_BYTES).decode("utf-8")
+        TextEncoder(TextSpec(text))
+    except UnicodeDecodeError as exc:
+        raise EncoderError(f"{path}: not UTF-8 text") from exc
+    except ConfigError as exc:
+        raise EncoderError(f"{path}: {exc}") from exc
+    return text
+
+
 class _TextProbe(nn.Module):
     """A text model called as (token ids, attention mask), the way the cost check calls modules."""
 
@@ -356,15 +373,12 @@ def load_hf_folder(folder: Path) -> FolderEncoder:
     stored = stored_shapes(folder, weight_files(folder))
     config, meta = _meta_model(transformers, folder, data)
     check_weights_fit(folder, meta, stored)
+    tokenizer = _tokenizer(folder) if getattr(meta, "main_input_name", "input_ids") == "input_ids" else None
     module = _build(transformers, folder, config)
     main_input = getattr(module, "main_input_name", "input_ids")
     name = f"{type(module).__name__} ({data['model_type']})"
-    if main_input == "input_ids":
-        if not (folder / "tokenizer.json").is_file():
-            raise EncoderError(f"{folder}: a text model needs its tokenizer.json beside config.json "
-                               "(save the tokenizer with save_pretrained())")
-        tokenizer = folder_file(folder, "tokenizer.json", "tokenizer")
-        text = TextSpec(tokenizer.read_text(encoding="utf-8"), max_tokens=_longest_input(module, data, folder))
+    if main_input == "input_ids" and tokenizer is not None:
+        text = TextSpec(tokenizer, max_tokens=_longest_input(module, data, folder))
         return FolderEncoder(module, (None,), "int64", text, f"{name}, text through its tokenizer.json")
     if main_input == "pixel_values":
         shape = _pixels(folder, data)
