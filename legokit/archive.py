@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from .errors import EncoderError, brief
+from .jsoncap import MAX_JSON_DEPTH, capped_json, nested_too_deep
 from .program_schema import canonical_payload, canonical_program
 
 MAX_RECORDS = 20_000
 MAX_JSON_BYTES = 16 * 1024 * 1024
 MAX_SMALL_BYTES = 4096
-MAX_JSON_DEPTH = 200
 
 # torch.export's serialized dtype codes (torch._export.serde.schema.ScalarType) -> bytes per element
 ELEMENT_BYTES: Mapping[int, int] = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 2, 7: 4, 8: 8, 9: 4, 10: 8, 11: 16, 12: 1, 13: 2,
@@ -79,34 +79,6 @@ def _read(archive: zipfile.ZipFile, name: str, what: str) -> bytes:
         return archive.read(name)
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, RuntimeError) as exc:
         raise EncoderError(f"{what}: record {name} cannot be read ({exc})") from exc
-
-
-def nested_too_deep(text: str | bytes, value: Any) -> bool:
-    """Whether parsed JSON nests past MAX_JSON_DEPTH; walked without recursion, and only when its text holds more
-    opening brackets than the cap (with fewer, it cannot nest past it)."""
-    opening = text.count("[" if isinstance(text, str) else b"[") + text.count("{" if isinstance(text, str) else b"{")
-    if opening <= MAX_JSON_DEPTH:
-        return False
-    stack = [(value, 1)]
-    while stack:
-        item, level = stack.pop()
-        if level > MAX_JSON_DEPTH:
-            return True
-        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
-        stack.extend((child, level + 1) for child in children if isinstance(child, (dict, list)))
-    return False
-
-
-def capped_json(text: str | bytes, fail: Callable[[str], Exception]) -> Any:
-    """Parsed JSON whose nesting stays within MAX_JSON_DEPTH; otherwise `fail(reason)` is raised, the reason saying
-    "is not valid JSON (...)" or "is nested over N levels"."""
-    try:
-        value = json.loads(text)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
-        raise fail(f"is not valid JSON ({type(exc).__name__})") from exc
-    if nested_too_deep(text, value):
-        raise fail(f"is nested over {MAX_JSON_DEPTH} levels")
-    return value
 
 
 def load_json(data: bytes, what: str) -> Any:

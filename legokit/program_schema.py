@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from .errors import EncoderError
+from .jsoncap import capped_json
 from .symexpr import ExprError, parse_expr, symbol_name
 
 MAX_NAME = 256
@@ -28,7 +29,8 @@ INT64 = (-(2**63), 2**63)
 # torch's operator registry and must name a real overload; Python's operators and the size helpers are listed one
 # by one (a bare `_operator.` prefix would let a graph reach attrgetter/methodcaller and walk into any module).
 OP_NAMESPACES = ("aten", "prims")
-HIGHER_ORDER = frozenset({"cond", "scan", "map_impl", "wrap_with_set_grad_enabled", "wrap_with_autocast"})
+# higher-order operators whose subgraphs the cost check counts (encoders.cost._Meter._bodies)
+HIGHER_ORDER = frozenset({"cond", "scan", "wrap_with_set_grad_enabled", "wrap_with_autocast"})
 PYTHON_OPS = frozenset({
     *(f"_operator.{name}" for name in ("getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg", "pos",
                                        "abs", "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "not_", "pow")),
@@ -36,13 +38,20 @@ PYTHON_OPS = frozenset({
     *(f"torch.{name}" for name in ("sym_int", "sym_float", "sym_max", "sym_min", "sym_not", "sym_ite", "sym_sqrt",
                                    "sym_sum")),
 })
-# words an operator's name may not hold even when torch knows it: these touch files or memory maps, or grow a
-# tensor in place (memory the cost check would not see as a new tensor); and in-place storage swaps
-FORBIDDEN_OP_WORDS = ("file", "mmap", "resize")
-FORBIDDEN_OPS = frozenset({"set_"})
+# words an operator's name may not hold even when torch knows it: operators that touch files or memory maps; that
+# grow a tensor in place (memory the cost check would not see as a new tensor); that build sparse or nested tensors
+# or index without bounds checks (an index from the file would write outside its buffer)
+FORBIDDEN_OP_WORDS = ("file", "mmap", "resize", "sparse", "to_dense", "nested", "unsafe", "mkldnn", "storage")
+# and these by name: in-place storage swaps, and linear algebra whose work grows faster than the memory it touches
+# (the cost check counts FLOPs of products, convolutions and attention only); vector norms stay allowed
+FORBIDDEN_OPS = frozenset({
+    "set_", "inverse", "cholesky", "cholesky_solve", "cholesky_inverse", "svd", "qr", "geqrf", "orgqr", "ormqr",
+    "triangular_solve", "lu_solve", "lu_unpack", "det", "logdet", "slogdet", "matrix_exp", "matrix_power",
+    "pinverse", "lstsq", "eig", "symeig", "_lu_with_info", "linalg_norm", "linalg_matrix_norm", "nuclear_norm",
+})
 
 SCALAR_TYPES = frozenset({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 28, 29, 30, 31, 32, 33, 34, 35})
-LAYOUTS = frozenset(range(8))
+LAYOUTS = frozenset({0, 7})  # unknown (torch writes it for some arguments) and strided: no sparse tensors
 MEMORY_FORMATS = frozenset(range(5))
 DEVICES = frozenset({"cpu", "cuda", "meta"})
 VERIFIERS = frozenset({"", "ATEN", "TRAINING"})
@@ -159,7 +168,9 @@ def operator(walk: Walk, value: Any, where: str) -> str:
     if len(parts) == 4 and parts[:3] == ["torch", "ops", "higher_order"] and parts[3] in HIGHER_ORDER:
         return value
     if len(parts) == 5 and parts[:2] == ["torch", "ops"] and parts[2] in OP_NAMESPACES and _real_overload(*parts[2:]):
-        if not any(word in parts[3] for word in FORBIDDEN_OP_WORDS) and parts[3] not in FORBIDDEN_OPS:
+        name = parts[3]
+        linear_algebra = name.startswith(("linalg_", "_linalg_")) and name != "linalg_vector_norm"
+        if not any(word in name for word in FORBIDDEN_OP_WORDS) and name not in FORBIDDEN_OPS and not linear_algebra:
             return value
     raise walk.fail(where, f"the program calls {value[:80]}, which legokit does not allow")
 
@@ -169,17 +180,20 @@ def _real_overload(namespace: str, name: str, overload: str) -> bool:
     if not (name.isidentifier() and overload.isidentifier()):
         return False
     packet = getattr(getattr(torch.ops, namespace), name, None) if name.isascii() else None
-    if not isinstance(packet, torch._ops.OpOverloadPacket):  # noqa: SLF001 - torch's public op types live here
+    if not isinstance(packet, torch._ops.OpOverloadPacket) or overload not in packet.overloads():  # noqa: SLF001
         return False
-    return overload in packet.overloads()
+    # an out= overload resizes its output argument to any size, unseen as a new tensor: programs never need one
+    return not any(argument.is_out for argument in getattr(packet, overload)._schema.arguments)
 
 
 def tree_spec(walk: Walk, value: Any, where: str) -> str:
     """A pytree spec (JSON in a string) of tuples, lists, dicts with identifier keys, and leaves; written again."""
+    if not isinstance(value, str) or len(value) > 65536:
+        raise walk.fail(where, "a pytree spec must be JSON text of at most 64 KiB")
     try:
-        protocol, root = json.loads(value) if isinstance(value, str) and len(value) <= 65536 else (None, None)
+        protocol, root = capped_json(value, ValueError)
     except (ValueError, TypeError) as exc:
-        raise walk.fail(where, "a pytree spec that is not JSON") from exc
+        raise walk.fail(where, "a pytree spec that is not JSON, or nested too deeply") from exc
     if protocol != 1:
         raise walk.fail(where, "a pytree spec of another protocol")
     return json.dumps([1, _tree_node(walk, root, where, 0)])
@@ -200,7 +214,7 @@ def _tree_node(walk: Walk, node: Any, where: str, depth: int) -> dict[str, Any]:
         raise walk.fail(where, f"a pytree of {str(kind)[:40]!r}, which legokit does not read")
     if kind == "builtins.dict":
         try:
-            keys = json.loads(node["context"]) if isinstance(node["context"], str) else None
+            keys = capped_json(node["context"], ValueError) if isinstance(node["context"], str) else None
         except ValueError as exc:
             raise walk.fail(where, "a pytree dict without its keys") from exc
         if not isinstance(keys, list) or len(keys) != len(children):

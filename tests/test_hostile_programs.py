@@ -27,7 +27,7 @@ import legokit
 from legokit.artifact import write_artifact
 from legokit.codec import PROGRAM_PREFIX, block_tensors
 from legokit.encoders.cost import Caps, check_cost, measure
-from legokit.encoders.foreign import load_program, sanitize_program
+from legokit.encoders.foreign import load_program, program_module, sanitize_program
 from legokit.registry import BLOCK
 from legokit.symexpr import ExprError, parse_expr
 from legokit.wrap import wrap_file, wrap_module
@@ -170,7 +170,10 @@ TARGETS = ["_operator.attrgetter", "_operator.methodcaller", "_operator.call", "
            "torch.ops.higher_order.while_loop", "torch.ops.higher_order.auto_functionalized", "#custom:evil",
            "torch.ops.aten.from_file.default", "torch.ops.aten._local_scalar_dense.default.__call__",
            "torch.ops.myns.op.default", "math.__loader__", "torch.load", "torch.sym_int.__globals__", "importlib.import_module",
-           "torch.ops.aten.resize_.default", "torch.ops.aten.set_.source_Tensor"]
+           "torch.ops.aten.resize_.default", "torch.ops.aten.set_.source_Tensor", "torch.ops.aten.zeros.out",
+           "torch.ops.aten._sparse_coo_tensor_with_dims_and_tensors.default", "torch.ops.aten._to_dense.default",
+           "torch.ops.higher_order.map_impl", "torch.ops.aten._unsafe_index.Tensor", "torch.ops.aten.linalg_inv.default",
+           "torch.ops.aten.add.out"]
 NAMES = ["x; import os", "__import__", "a.b", "1abc", "class", "x\ny", "é", "", "a" * 300, "__class__", "x = 1"]
 SPECS = ['[1, {"type": "collections.namedtuple", "context": "null", "children_spec": []}]',
          '[1, {"type": "builtins.dict", "context": "{\\"__enum__\\": \\"os.system\\"}", "children_spec": []}]',
@@ -354,6 +357,28 @@ class BatchSquared(nn.Module):
         return x + outer.sum(1).sum(-1, keepdim=True)
 
 
+class BroadcastSum(nn.Module):
+    """A broadcast view is free to make and costly to read: 4e10 elements summed from one."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + x[:1, :1].expand(200_000, 200_000).sum()
+
+
+class Trainable(nn.Module):
+    """Cheap without gradients; with them, autograd keeps twelve 200 MB activations per sample."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x * self.scale
+        y = h[:, :1] * torch.ones(1, 50 << 20, device=x.device)
+        for _ in range(12):
+            y = y * h[:, 1:2]
+        return x + y.mean(1, keepdim=True)
+
+
 class ValueSized(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + torch.zeros(int(x.abs().sum().item()) + 1).sum()
@@ -385,12 +410,20 @@ def _export(module: nn.Module, width: int = 3) -> bytes:
     return buffer.getvalue()
 
 
+class Programs(dict):
+    """Program bytes by name (shown by name only in failure reports)."""
+
+    def __repr__(self) -> str:
+        return f"Programs({', '.join(self)})"
+
+
 @pytest.fixture(scope="module")
 def bombs():
     """Programs torch.export makes without complaint, each one costly in its own way (or unknowable in advance)."""
-    made = {f"memory {side}": _export(MemoryBomb(side)) for side in (30_000, 60_000)}
+    made = Programs({f"memory {side}": _export(MemoryBomb(side)) for side in (30_000, 60_000)})
     made.update({f"flops {side}x{rounds}": _export(FlopBomb(side, rounds)) for side, rounds in ((2_000, 150), (4_000, 20))})
     made["batch squared"] = _export(BatchSquared(1 << 22))
+    made["broadcast sum"] = _export(BroadcastSum())
     for name, module in (("value-sized", ValueSized()), ("nonzero", Nonzero()), ("while loop", Loop())):
         try:
             made[name] = _export(module)
@@ -413,17 +446,21 @@ def _flat_block(program: bytes, folder: Path) -> Path:
     program = _stored(program)
     torch.manual_seed(0)
     config_source = wrap_module(nn.Sequential(nn.Linear(3, 3)), "tab", "survival:4", (3,), **SMALL)
-    tensors = block_tensors(config_source)
+    tensors = {k: v for k, v in block_tensors(config_source).items() if not k.startswith("encoder.")}  # bombs hold none
     tensors[PROGRAM_PREFIX + "encoder"] = torch.frombuffer(bytearray(program), dtype=torch.uint8)
     config = config_source.config.to_dict()
     return write_artifact(folder / "bomb.st", BLOCK, config, tensors)
 
 
+REFUSALS = {"memory": "holds", "flops": "computes", "broadcast": "reads and writes", "nonzero": "depend on its input",
+            "while": "does not allow"}
+
+
 @settings(CASES, max_examples=40)
 @given(name=st.sampled_from(["memory 30000", "memory 60000", "flops 2000x150", "flops 4000x20", "batch squared",
-                             "value-sized", "nonzero", "while loop"]),
+                             "broadcast sum", "value-sized", "nonzero", "while loop"]),
        batch=st.sampled_from([1, 2, 64, 256]), entry=st.sampled_from(["forward", "wrap", "merge"]))
-def test_costly_programs_are_refused_before_they_run(bombs, tmp_path_factory, name, batch, entry):
+def test_costly_programs_are_refused_before_they_run(bombs, world, tmp_path_factory, name, batch, entry):
     if name not in bombs:
         return
     folder = tmp_path_factory.mktemp("bomb")
@@ -436,11 +473,44 @@ def test_costly_programs_are_refused_before_they_run(bombs, tmp_path_factory, na
     else:
         block = _flat_block(program, folder)
         if entry == "merge":
-            action: Callable[[], object] = lambda: legokit.load(legokit.merge_files([block], folder / "m.st"))({"tab": torch.randn(batch, 3)})
+            action: Callable[[], object] = lambda: legokit.load(legokit.merge_files(
+                [block, world["builtin_path"]], folder / "m.st"))({"tab": torch.randn(batch, 3), "labs": torch.randn(batch, 2)})
         else:
             action = lambda: legokit.load(block)({"tab": torch.randn(batch, 3)})
         outcome = run_case("cost", action, [block], marker)
     _clean(outcome, f"{name} at batch {batch} via {entry}")
+    expected = REFUSALS.get(name.split()[0])
+    if expected:  # refused for its cost (or its operator), not for anything else on the way
+        with pytest.raises(legokit.LegoError, match=expected):
+            if entry == "wrap":
+                wrap_file(pt2, "tab", "binary", **SMALL)
+            else:
+                action()
+
+
+def test_training_memory_is_measured_with_gradients(tmp_path):
+    """Without gradients the trainable bomb is cheap; a block that fine-tunes it is refused before the forward."""
+    program = sanitize_program(_export(Trainable()))
+    module = program_module(program)
+    with torch.no_grad():
+        module(torch.randn(2, 3))
+    module.requires_grad_(True)
+    with pytest.raises(legokit.EncoderError, match="holds"):
+        module(torch.randn(2, 3))
+
+
+def test_a_batch_over_the_caps_runs_in_chunks_with_the_same_result(world, monkeypatch):
+    """One sample fits the caps, 64 do not: the encoder runs them in chunks, and each sample's tokens are the same."""
+    encoder = legokit.load(legokit.save_block(world["foreign"], world["root"] / "chunks.st")).encoder
+    x, mask = torch.randn(64, 5, 3), torch.ones(64, 5, dtype=torch.bool)
+    with torch.no_grad():
+        whole = encoder(x, mask)
+    one = encoder.cost.one((x, mask))
+    encoder.cost.caps = Caps(peak_bytes=one.peak_bytes * 8, traffic_bytes=one.traffic_bytes * 8, flops=one.flops * 8)
+    assert encoder.cost.chunk((x, mask)) == 4
+    with torch.no_grad():
+        chunked = encoder(x, mask)
+    assert torch.allclose(whole, chunked, atol=1e-6)
 
 
 def test_a_memory_bomb_is_refused_without_the_memory(bombs, tmp_path):
@@ -467,7 +537,9 @@ def test_the_cost_of_real_encoders_is_counted_and_within_the_caps(world):
     many = measure(program, (torch.randn(8, 7, 3), torch.ones(8, 7, dtype=torch.bool)))
     assert one.flops == 2 * 7 * 3 * 6 and many.flops == 8 * one.flops
     assert 0 < one.peak_bytes <= many.peak_bytes <= 8 * one.peak_bytes + 1024
-    assert check_cost(program, (torch.randn(8, 7, 3), torch.ones(8, 7, dtype=torch.bool)), "p") == one
+    assert one.traffic_bytes > 0 and many.traffic_bytes <= 8 * one.traffic_bytes + 1024
+    with torch.no_grad():  # the program's parameters require gradients: with them on, training's cost is measured
+        assert check_cost(program, (torch.randn(1, 7, 3), torch.ones(1, 7, dtype=torch.bool)), "p") == one
 
 
 def test_the_caps_follow_their_environment_variables(monkeypatch):

@@ -64,18 +64,24 @@ def load_program(program: bytes) -> ExportedProgram:
         quiet.setLevel(level)
 
 
-def program_module(program: bytes | ExportedProgram, what: str = "the encoder program") -> nn.Module:
-    """A program's module, ready to run: its cost is checked before it first runs at each input shape
-    (`cost.guard`)."""
+def _rebuilt(program: bytes | ExportedProgram, what: str) -> nn.Module:
+    """A program's module (not yet guarded)."""
     loaded = load_program(program) if isinstance(program, bytes) else program
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            module = loaded.module()
+            return loaded.module()
     # torch checks a program's invariants here with asserts and other exception types
     except Exception as exc:  # noqa: BLE001
         raise EncoderError(f"{what} cannot be rebuilt ({type(exc).__name__}: {_first_line(exc)[:120]})") from exc
-    return guard(module, what)
+
+
+def program_module(program: bytes | ExportedProgram, what: str = "the encoder program") -> nn.Module:
+    """A program's module, ready to run: its cost is checked before it first runs at each input shape
+    (`cost.guard`)."""
+    module = _rebuilt(program, what)
+    guard(module, what)
+    return module
 
 
 def program_sha256(program: bytes) -> str:
@@ -277,7 +283,8 @@ class ExportedEncoder(nn.Module):
         self.program = program
         self.out_dim = out_dim
         self.takes_mask = takes_mask
-        self.graph = program_module(program)
+        self.graph = _rebuilt(program, "the encoder program")
+        self.cost = guard(self.graph, "the encoder program")
 
     def train(self, mode: bool = True) -> "ExportedEncoder":
         self.training = mode
@@ -292,7 +299,13 @@ class ExportedEncoder(nn.Module):
         args = (x,) if not self.takes_mask else (
             x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask)
         try:
-            return self.graph(*args)
+            step = self.cost.chunk(args)
+            if x.shape[0] <= step:
+                return self.graph(*args)
+            # a batch over the cost caps runs in chunks that fit: an encoder's samples are independent
+            return torch.cat([self.graph(*(a[start:start + step] for a in args)) for start in range(0, x.shape[0], step)])
+        except EncoderError:
+            raise
         # a program from a file can fail inside any operator, with any type (an allocation, a shape, an assertion)
         except Exception as exc:  # noqa: BLE001
             raise EncoderError(f"the encoder program failed on a batch of shape {tuple(x.shape)}: {_first_line(exc)}") from exc

@@ -39,6 +39,7 @@ MAX_SHARDS = 4096
 MAX_TENSORS = 200_000
 MAX_WEIGHT_BYTES = 16 * 1024**3  # stored tensors, all shards together
 MAX_PARAMETERS = 4 * 10**9  # what the config builds
+MAX_UNSTORED_BYTES = 256 << 20  # buffers the model makes itself (GPT-Neo: a max_positions^2 mask per layer)
 
 # caps on config.json's sizes (at any depth: text_config, vision_config), checked before transformers sees them
 WIDTH, FEED_FORWARD, COUNT = 16384, 65536, 256
@@ -247,6 +248,11 @@ def check_weights_fit(folder: Path, model: nn.Module, stored: Mapping[str, tuple
     total = sum(math.prod(shape) for shape in expected.values())
     if total > MAX_PARAMETERS:
         raise EncoderError(f"{folder}/{CONFIG}: the model has {total:,} parameters; legokit caps it at {MAX_PARAMETERS:,}")
+    # buffers a model makes for itself (causal masks, position tables) are in no file: their size has its own cap
+    unstored = sum(b.numel() * b.element_size() for name, b in model.named_buffers() if name not in expected)
+    if unstored > MAX_UNSTORED_BYTES:
+        raise EncoderError(f"{folder}/{CONFIG}: the model builds {unstored:,} bytes of buffers that no file holds (cap "
+                           f"{MAX_UNSTORED_BYTES:,}); lower max_position_embeddings or the layer count")
     rename, found, converted = _renamer(model, expected), set(), 0
     for key, shape in stored.items():
         name, merged = rename(key)
