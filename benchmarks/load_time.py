@@ -1,4 +1,5 @@
-"""How long `legokit.load` takes for normal blocks: a demo-sized built-in block and a wrapped foreign encoder.
+"""How long `legokit.load` takes for normal blocks: a demo-sized built-in block and a wrapped foreign encoder; and,
+for the foreign one, a load followed by its first forward pass (where a program's cost is checked, once per shape).
 
     python -m benchmarks.load_time [--repeats 30] [--json out.json]
 
@@ -49,6 +50,16 @@ def main(argv: list[str] | None = None) -> int:
                 times.append(time.perf_counter() - started)
             results[name] = {"median_ms": 1000 * statistics.median(times), "size_bytes": path.stat().st_size}
             print(f"{name}: {results[name]['median_ms']:.1f} ms median of {args.repeats} ({path.stat().st_size:,} bytes)")
+        name, path = "wrapped foreign block, load + first forward", Path(tmp) / "visits.st"
+        x, mask = torch.randn(32, 9, 13), torch.ones(32, 9, dtype=torch.bool)
+        times = []
+        for _ in range(args.repeats):
+            started = time.perf_counter()
+            with torch.no_grad():
+                legokit.load(path)(x, mask)
+            times.append(time.perf_counter() - started)
+        results[name] = {"median_ms": 1000 * statistics.median(times), "size_bytes": path.stat().st_size}
+        print(f"{name}: {results[name]['median_ms']:.1f} ms median of {args.repeats}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 0
