@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from einops import rearrange, repeat
@@ -23,6 +23,7 @@ from .spectral import (FFT_AXES, HEAD_FEATURES, UPDATE_PARTS, as_rows, from_rows
 from .tasks import TaskSpec
 from .text import TextSpec
 
+TokensAndMask = tuple[torch.Tensor, "torch.Tensor | None"]
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 
 
@@ -246,6 +247,8 @@ class LegoBlock(HubMixin, nn.Module):
         self.register_buffer("input_shift", torch.zeros(features))
         self.register_buffer("input_scale", torch.ones(features))
         self.provenance: dict[str, Any] = {}
+        # where tokens come from instead of the encoder, while a frozen encoder's outputs are cached (`legokit.cache`)
+        self.token_source: Callable[["LegoBlock", torch.Tensor, torch.Tensor | None], TokensAndMask | None] | None = None
         if config.shared_init:
             self.initialize_shared()
 
@@ -299,9 +302,18 @@ class LegoBlock(HubMixin, nn.Module):
                     f"got {mask.dtype} {tuple(mask.shape)}"
                 )
 
-    def tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Run the encoder once: tokens (b, n, e) and their padding mask (or None when every token is real)."""
+    def tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> TokensAndMask:
+        """The encoder's tokens (b, n, e) and their padding mask (or None when every token is real): from the token
+        source when one is attached and applies (a frozen encoder's cached outputs), else from running the encoder."""
         self.check_input(x, mask)
+        if self.token_source is not None:
+            found = self.token_source(self, x, mask)
+            if found is not None:
+                return found
+        return self.encoder_tokens(x, mask)
+
+    def encoder_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> TokensAndMask:
+        """Run the encoder once on a checked input: standardise it, then read its output as tokens and mask."""
         if self.config.input_dtype == "int64":
             x = x.long()
         else:

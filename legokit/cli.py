@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import traceback
 from contextlib import suppress
 from dataclasses import replace
@@ -30,6 +31,7 @@ from .adapters.missing import DEFAULT_MISSING_RATE, DEFAULT_MISSING_SPLIT
 from .adapters.mora import DEFAULT_RANK
 from .artifact import refuse_inputs, write_atomic
 from .block import BlockConfig, parse_input_shape, parse_latent
+from .cache import CACHE_ENV, cache_root, clear_cache, list_cache
 from .compose.fuse import FUSE_MODES
 from .demo import MODELS, default_spec, run_demo
 from .describe import describe, summary_rows
@@ -46,7 +48,7 @@ from .spec import BlockSpec
 from .spectral import DEFAULT_PHASE, FFT_AXES, HEAD_FEATURES, PHASE_MODES, UPDATE_PARTS
 from .tasks import TaskSpec
 from .threads import apply_threads, choose_threads
-from .train import ADAPT_TRAINING, FUSE_TRAINING, TrainConfig, TrainResult
+from .train import ADAPT_TRAINING, ENCODER_LR_SCALE, ENCODER_MODES, FUSE_TRAINING, TrainConfig, TrainResult
 from .version import __version__
 from .workflows import adapt, evaluate_missing, evaluate_model, fuse_blocks, train_block, train_wrapped_block
 from .wrap import WrapOptions, default_output, wrap_file
@@ -114,17 +116,24 @@ def _trained(result: TrainResult, path: Path | None) -> Result:
 
 def _training(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
     """The operation's training defaults (`base`) with the flags that were given."""
-    given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "device")
-             if getattr(args, k, None) is not None}
+    given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "device",
+                                           "encoders", "encoder_lr") if getattr(args, k, None) is not None}
     return replace(base, **given, **({"compile": True} if getattr(args, "compile", False) else {}))
 
 
 LATENT_THREADS = ("train", "fuse", "demo")  # the commands that choose their threads by the model's latent, once
 
 
-def _use_threads(args: argparse.Namespace, console: Console, latent: tuple[int, int] | None = None) -> None:
+def _encoder_parameters(blocks: Sequence[Any]) -> int:
+    """The parameters of the largest encoder that will run: the threads policy counts it beside the latent."""
+    return max((sum(p.numel() for p in block.encoder.parameters()) for block in blocks), default=0)
+
+
+def _use_threads(args: argparse.Namespace, console: Console, latent: tuple[int, int] | None = None,
+                 encoder_parameters: int = 0) -> None:
     """Set torch's CPU threads for this command (`legokit.threads`); say so when the work size decided it."""
-    choice = apply_threads(choose_threads(getattr(args, "threads", None), latent[0] * latent[1] if latent else None))
+    choice = apply_threads(choose_threads(getattr(args, "threads", None), latent[0] * latent[1] if latent else None,
+                                          encoder_parameters=encoder_parameters))
     if latent is not None:
         console.print(f"[dim]CPU threads: {choice.threads} ({escape(choice.reason)})[/]")
     else:
@@ -182,7 +191,7 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> Result:
     refuse_inputs(args.output, [args.model, args.data])
     model = load(args.model)
     predictions = predict_folder(model, args.data, batch_size=args.batch_size, device=args.device or "auto",
-                                 progress=True)
+                                 progress=True, cache=not args.no_cache)
     path = predictions.write(args.output, inputs=[args.model, args.data, *predictions.sources])
     console.print(f"[green]wrote[/] {len(predictions.ids)} predictions ({', '.join(predictions.columns)}) to {escape(str(path))}")
     return {"output": str(path), "samples": len(predictions.ids), "columns": list(predictions.columns)}
@@ -229,25 +238,26 @@ def _train_wrapped(args: argparse.Namespace, console: Console) -> Result:
     inputs = [args.block, args.data]
     refuse_inputs(args.output, inputs)
     block = load_block(args.block)
-    _use_threads(args, console, block.config.latent)
+    config = _training(args, TrainConfig())
+    _use_threads(args, console, block.config.latent, _encoder_parameters([block]))
     if args.modality and args.modality != block.modality:
         raise ConfigError(f"--modality {args.modality}: the block {args.block} is for modality {block.modality}")
-    config = replace(_training(args, TrainConfig()), freeze_encoders=not args.finetune_encoder)
     with session(config.device) as place:
-        block, result = train_wrapped_block(args.data, block, config, standardize=args.standardize)
+        block, result = train_wrapped_block(args.data, block, config, standardize=args.standardize,
+                                            cache=not args.no_cache)
         if not place.main:
             return _trained(result, None)
         path = save_block(block, args.output, inputs=inputs)
-    encoder = "fine-tuned" if args.finetune_encoder else "frozen"
+    encoder = block.provenance["trained"]["encoder"]
     return _report_training(console, f"trained {block.modality} block (encoder {encoder})", result, path, args, inputs)
 
 
 def cmd_train(args: argparse.Namespace, console: Console) -> Result:
     if args.block:
         return _train_wrapped(args, console)
-    if args.finetune_encoder or args.standardize:
-        raise ConfigError("--finetune-encoder and --standardize are for --block (a built-in block always trains its "
-                          "encoder and standardises its inputs)")
+    if args.encoders not in (None, "auto", "finetune") or args.standardize:
+        raise ConfigError(f"{'--standardize' if args.standardize else '--encoders ' + args.encoders} is for --block (a "
+                          "built-in block always trains its encoder and standardises its inputs)")
     inputs = [args.spec, args.data]
     refuse_inputs(args.output, inputs)
     if args.spec:
@@ -272,13 +282,13 @@ def cmd_train(args: argparse.Namespace, console: Console) -> Result:
 
 
 def cmd_fuse(args: argparse.Namespace, console: Console) -> Result:
-    config = replace(_training(args, FUSE_TRAINING), freeze_encoders=args.freeze_encoders)
+    config = _training(args, FUSE_TRAINING)
     inputs = [*args.blocks, args.data]
     refuse_inputs(args.output, inputs)
     blocks = [load_block(path) for path in args.blocks]
-    _use_threads(args, console, blocks[0].config.latent)
+    _use_threads(args, console, blocks[0].config.latent, _encoder_parameters(blocks))
     with session(config.device) as place:
-        model, result = fuse_blocks(blocks, args.data, args.mode, config)
+        model, result = fuse_blocks(blocks, args.data, args.mode, config, cache=not args.no_cache)
         if not place.main:  # under torchrun, rank 0 reports and writes
             return _trained(result, None)
         path = save(model, args.output, provenance={"fused_from": list(args.blocks)}, inputs=inputs)
@@ -293,7 +303,7 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> Result:
     adapted, result, counts = adapt(base, args.data, args.adapter, args.rank, args.at, args.missing, args.test_missing,
                                     config, allow_overlap=args.allow_overlap, missing_rate=args.missing_rate,
                                     missing_split=args.missing_split, test_missing_rate=args.test_missing_rate,
-                                    train_head=args.train_head)
+                                    train_head=args.train_head, cache=not args.no_cache)
     for warning in counts.pop("warnings", []):
         log.warning("%s", warning)
     adapter = adapted.adapters[-1]
@@ -318,10 +328,10 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> Result:
         for path in args.adapter or []:
             model = attach_file(model, path)
         metrics = evaluate_missing(model, args.data, args.missing, args.split, args.seed, args.allow_overlap,
-                                   args.missing_rate, args.missing_split, plot=args.plot)
+                                   args.missing_rate, args.missing_split, plot=args.plot, cache=not args.no_cache)
     else:
         metrics = evaluate_model(model, args.data, args.split, args.seed, allow_overlap=args.allow_overlap,
-                                 plot=args.plot)
+                                 plot=args.plot, cache=not args.no_cache)
     for warning in metrics["warnings"]:
         log.warning("%s", warning)
     protocol = {k: v for k, v in metrics.items() if k.startswith("missing")}
@@ -361,6 +371,28 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> Result:
     return summary
 
 
+def cmd_cache(args: argparse.Namespace, console: Console) -> Result:
+    root = cache_root()
+    if args.action == "clear":
+        removed = clear_cache(root, tuple(args.keys))
+        freed = sum(c.bytes for c in removed)
+        console.print(f"[green]cleared[/] {len(removed)} encoder(s), {freed / 2**20:,.1f} MiB, from {escape(str(root))}")
+        return {"root": str(root), "cleared": [c.key for c in removed], "bytes": freed}
+    if args.keys:
+        raise ConfigError("cache list takes no keys (cache clear KEY... deletes some)")
+    listed = list_cache(root)
+    table = Table(title=f"encoder outputs in {root} ({CACHE_ENV} moves it)", title_justify="left")
+    for column in ("key", "modality", "encoder", "samples", "MiB", "last used"):
+        table.add_column(column, justify="right" if column in ("samples", "MiB") else "left")
+    for cached in listed:
+        table.add_row(cached.key[:12], escape(cached.modality), escape(cached.encoder), f"{cached.samples:,}",
+                      f"{cached.bytes / 2**20:,.1f}", time.strftime("%Y-%m-%d %H:%M", time.localtime(cached.modified)))
+    console.print(table if listed else f"no encoder outputs in {escape(str(root))}")
+    return {"root": str(root), "encoders": [{"key": c.key, "modality": c.modality, "encoder": c.encoder,
+                                             "samples": c.samples, "bytes": c.bytes, "modified": c.modified}
+                                            for c in listed]}
+
+
 def cmd_push(args: argparse.Namespace, console: Console) -> Result:
     url = push(args.artifact, args.repo, private=args.private)
     console.print(f"[green]pushed[/] {escape(args.artifact)} with its model card to {escape(args.repo)}: {escape(url)}")
@@ -371,6 +403,19 @@ def cmd_pull(args: argparse.Namespace, console: Console) -> Result:
     path = pull(args.repo, args.output)
     console.print(f"[green]pulled[/] {escape(args.repo)} -> {escape(str(path))}")
     return {"repo": args.repo, "path": str(path)}
+
+
+class _Deprecated(argparse.Action):
+    """An old flag kept for one release: sets `--encoders` to its meaning, with a warning naming the new spelling."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, const: str, **kwargs: Any):
+        super().__init__(option_strings, "encoders", nargs=0, const=const, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, "encoders", self.const)
+        namespace.deprecated = [*getattr(namespace, "deprecated", []), f"{option_string} is deprecated: use "
+                                f"--encoders {self.const}"]
 
 
 def _training_flags(defaults: TrainConfig, spec: bool = False) -> argparse.ArgumentParser:
@@ -386,6 +431,11 @@ def _training_flags(defaults: TrainConfig, spec: bool = False) -> argparse.Argum
     flags.add_argument("--weight-decay", type=float, help=f"AdamW weight decay (default {defaults.weight_decay:g}{either})")
     flags.add_argument("--seed", type=int, help=f"seed of the weights, the shuffling and the random split (default "
                        f"{defaults.seed}{either})")
+    flags.add_argument("--encoders", choices=ENCODER_MODES, help="which encoders train: auto (pretrained, wrapped "
+                       "encoders stay frozen, built-in ones train with their block), frozen, or finetune (pretrained "
+                       f"ones at --encoder-lr) (default {defaults.encoders}{either})")
+    flags.add_argument("--encoder-lr", type=float, help=f"learning rate of fine-tuned pretrained encoders (default: "
+                       f"--lr x {ENCODER_LR_SCALE:g})")
     flags.add_argument("--compile", action="store_true", help="run the training steps through torch.compile")
     return flags
 
@@ -404,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
     compute.add_argument("--threads", type=int, help="CPU threads for torch (default: OMP_NUM_THREADS if set, else 1 "
                          "for latents up to 32x32, else the usable CPUs the load average leaves idle)")
     computing = [common, compute]
+    caching = argparse.ArgumentParser(add_help=False)
+    caching.add_argument("--no-cache", action="store_true", help="keep frozen pretrained encoders' outputs in memory "
+                         f"for this run only, nothing on disk (default: also in {CACHE_ENV}, ~/.cache/legokit)")
 
     wrap = commands.add_parser("wrap", parents=computing, help="wrap an encoder file into a standalone block artifact (.st)")
     wrap.add_argument("encoder", help="a torch.export program (.pt2), a TorchScript archive, a state dict, or a "
@@ -449,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("-o", "--output", required=True, help="the merged artifact to write (.st)")
     merge.set_defaults(run=cmd_merge)
 
-    predict = commands.add_parser("predict", parents=computing, help="predict every sample of a dataset folder (any "
+    predict = commands.add_parser("predict", parents=[*computing, caching], help="predict every sample of a dataset folder (any "
                                   "modalities present)")
     predict.add_argument("model", help="a block, merged or fused artifact (.st)")
     predict.add_argument("data", help="dataset folder: NAME.csv (id + features) or NAME/ID.safetensors per modality")
@@ -462,11 +515,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="validate and print the graph, write nothing")
     run.set_defaults(run=cmd_run)
 
-    train = commands.add_parser("train", parents=[*computing, _training_flags(TrainConfig(), spec=True)],
+    train = commands.add_parser("train", parents=[*computing, caching, _training_flags(TrainConfig(), spec=True)],
                                 help="train a block on one modality of a dataset folder")
     train.add_argument("data", help="dataset folder (labels.csv, NAME.csv or NAME/, optional splits.csv)")
     train.add_argument("--block", help="a wrapped block (.st) to train: its latent, updates and head (encoder frozen)")
-    train.add_argument("--finetune-encoder", action="store_true", help="with --block: train the encoder too")
+    train.add_argument("--finetune-encoder", action=_Deprecated, const="finetune", help="deprecated: --encoders finetune")
     train.add_argument("--standardize", action="store_true", help="with --block: standardise inputs with the "
                        "training split's mean and s.d. (default: the encoder sees the data as stored)")
     train.add_argument("--spec", help="a block spec, e.g. blocks/labs.yaml; the flags below override it")
@@ -481,17 +534,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("-o", "--output", required=True, help="the block artifact to write (.st)")
     train.set_defaults(run=cmd_train)
 
-    fuse = commands.add_parser("fuse", parents=[*computing, _training_flags(FUSE_TRAINING)],
+    fuse = commands.add_parser("fuse", parents=[*computing, caching, _training_flags(FUSE_TRAINING)],
                                help="LegoFuse blocks (stack or weave) and fine-tune them on paired data")
     fuse.add_argument("blocks", nargs="+", help="block artifacts, in the order their updates run")
     fuse.add_argument("--mode", default="stack", choices=FUSE_MODES, help="stack: block after block; weave: layer after layer")
     fuse.add_argument("--data", required=True, help="dataset folder with the blocks' modalities and labels")
-    fuse.add_argument("--freeze-encoders", action="store_true", help="train the update layers and head only")
+    fuse.add_argument("--freeze-encoders", action=_Deprecated, const="frozen", help="deprecated: --encoders frozen")
     fuse.add_argument("--plot", metavar="PNG", help="also draw the per-epoch history here (needs legokit[plot])")
     fuse.add_argument("-o", "--output", required=True, help="the fused artifact to write (.st)")
     fuse.set_defaults(run=cmd_fuse)
 
-    evaluate = commands.add_parser("eval", parents=computing, help="metrics of a model on a split of a labelled "
+    evaluate = commands.add_parser("eval", parents=[*computing, caching], help="metrics of a model on a split of a labelled "
                                    "dataset folder")
     evaluate.add_argument("model", help="a block, merged or fused artifact (.st)")
     evaluate.add_argument("data", help="labelled dataset folder")
@@ -510,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "(survival) or ROC curves (classification) of the split here (needs legokit[plot])")
     evaluate.set_defaults(run=cmd_eval)
 
-    adapt = commands.add_parser("adapt", parents=[*computing, _training_flags(ADAPT_TRAINING)],
+    adapt = commands.add_parser("adapt", parents=[*computing, caching, _training_flags(ADAPT_TRAINING)],
                                 help="train a missing-modality adapter (MoRA or SSF) for a model")
     adapt.add_argument("model", help="the base artifact (.st): a merged or fused model (a block: --missing-rate 0)")
     adapt.add_argument("--adapter", required=True, choices=("mora", "ssf"), help="modality-aware LoRA, or scale and shift")
@@ -552,6 +605,12 @@ def build_parser() -> argparse.ArgumentParser:
     pull_command.add_argument("repo", help="org/name, hf://org/name/file.st[@revision] or hf://org/name@revision/file.st")
     pull_command.add_argument("-o", "--output", help="also copy it here")
     pull_command.set_defaults(run=cmd_pull)
+
+    cache = commands.add_parser("cache", parents=[common], help="list or clear the stored outputs of frozen "
+                                "pretrained encoders")
+    cache.add_argument("action", choices=("list", "clear"), help="list: what is stored, per encoder; clear: delete it")
+    cache.add_argument("keys", nargs="*", help="with clear: only the encoders whose key starts so (default: all)")
+    cache.set_defaults(run=cmd_cache)
 
     inspect = commands.add_parser("inspect", parents=[common], help="show what an artifact holds")
     inspect.add_argument("artifact", help="a .st file, or hf://org/repo/file.st")
@@ -673,6 +732,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminated)  # unwinds like Ctrl-C, so half-written outputs are removed
     _configure_logging(args)
+    for note in getattr(args, "deprecated", []):
+        log.warning("%s", note)
     console = Console(quiet=args.quiet or args.json == "-")  # `--json -` keeps standard output for the JSON
     errors = Console(stderr=True)
     try:

@@ -12,6 +12,7 @@ from typing import Iterable
 import torch
 
 from .artifact import write_atomic
+from .cache import TokenCache, cached_encoders, encode_ahead
 from .data.folder import DataError, DatasetFolder
 from .device import resolve_device
 from .errors import positive_int
@@ -47,15 +48,24 @@ DEFAULT_BATCH = 256  # samples per forward pass when predicting
 
 @torch.no_grad()
 def predict_folder(model: LegoModel, data_dir: str | os.PathLike[str], batch_size: int = DEFAULT_BATCH,
-                   device: str | torch.device = "auto", progress: bool = False) -> Predictions:
+                   device: str | torch.device = "auto", progress: bool = False,
+                   cache: TokenCache | bool | None = True) -> Predictions:
     """Task outputs (risk and hazards, or probabilities) for every sample that has at least one of the model's
-    modalities in the dataset folder."""
+    modalities in the dataset folder; pretrained encoders run once per sample through `cache` (`legokit.cache`)."""
     positive_int("batch size", batch_size)
     data = DatasetFolder(data_dir, model_inputs(model))
     target = resolve_device(device)
     model = model.to(target).eval()
+    with cached_encoders(model, TokenCache.resolve(cache)) as cached:
+        if cached:
+            encode_ahead(model, data, data.ids, progress)
+        return _predict(model, data, target, batch_size, progress)
+
+
+def _predict(model: LegoModel, data: DatasetFolder, target: torch.device, batch_size: int,
+             progress: bool) -> Predictions:
     columns: dict[str, list[float]] = {}
-    with progress_bar("predicting", len(data.ids), enabled=progress) as advance:
+    with progress_bar("predicting", len(data.ids), enabled=progress, unit="samples") as advance:
         for start in range(0, len(data.ids), batch_size):
             ids = data.ids[start : start + batch_size]
             batches = {m: b.to(target) for m, b in data.batch(ids).items()}

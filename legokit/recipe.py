@@ -16,6 +16,7 @@ from .compose.merge import block_facts
 from .errors import ConfigError, LegoError
 from .hubref import HubRef, cached_path, is_hub_ref, parse_ref, resolve
 from .persist import load_block, merge_files, save
+from .progress import log
 from .registry import BLOCK
 from .spectral import DEFAULT_PHASE, PHASE_MODES
 from .train import FUSE_TRAINING
@@ -24,7 +25,8 @@ from .yamlfile import MAX_YAML_BYTES, check_keys, read_yaml, require_mapping, wh
 
 TOP_KEYS = ("name", "description", "blocks", "operation", "data", "output")
 BLOCK_KEYS = ("artifact",)
-FUSE_KEYS = ("kind", "epochs", "batch_size", "lr", "weight_decay", "seed", "freeze_encoders", "device")
+FUSE_KEYS = ("kind", "epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "encoders", "encoder_lr",
+             "freeze_encoders", "device")
 OPERATION_KEYS = {"merge": ("kind", "phase", "weights"), "stack": FUSE_KEYS, "weave": FUSE_KEYS}
 
 
@@ -107,6 +109,12 @@ class Recipe:
         check_keys(path, "operation", data, OPERATION_KEYS[kind])
         if kind != "merge":
             training = {k: v for k, v in data.items() if k != "kind"}
+            if "freeze_encoders" in training:
+                if "encoders" in training:
+                    raise ConfigError(f"{where(path, 'operation.freeze_encoders')}: deprecated, and encoders is given")
+                log.warning("%s: deprecated; use encoders: frozen, auto or finetune", where(path, "operation.freeze_encoders"))
+                frozen = training.pop("freeze_encoders")
+                training["encoders"] = {True: "frozen", False: "finetune"}.get(frozen, frozen)
             try:
                 replace(FUSE_TRAINING, **training)
             except ConfigError as exc:

@@ -14,6 +14,8 @@ from .progress import log
 
 # latents up to this many cells (32x32) gain nothing measurable from a second thread (docs/benchmarks.md, "Threads")
 SMALL_LATENT = 32 * 32
+# an encoder this large (a pretrained one: MiniLM has 22M parameters) dominates the work: it gets every idle CPU
+LARGE_ENCODER = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -49,16 +51,17 @@ def _omp_threads(text: str) -> int:
 
 def choose_threads(requested: int | None = None, latent_cells: int | None = None,
                    environ: Mapping[str, str] | None = None, cpus: int | None = None,
-                   busy: float | None = None) -> ThreadChoice:
-    """`--threads` if given, else OMP_NUM_THREADS if set, else 1 for small latents, else the usable CPUs that the
-    load average leaves idle (at least 1)."""
+                   busy: float | None = None, encoder_parameters: int = 0) -> ThreadChoice:
+    """`--threads` if given, else OMP_NUM_THREADS if set, else 1 for small latents with small encoders, else the
+    usable CPUs that the load average leaves idle (at least 1): an encoder of LARGE_ENCODER parameters or more
+    (a pretrained one) costs far more per sample than the latent."""
     if requested is not None:
         return ThreadChoice(positive_int("--threads", requested), "--threads")
     environ = os.environ if environ is None else environ
     text = environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()  # OpenMP's nested form 4,2: the outer level
     if text:
         return ThreadChoice(_omp_threads(text), "OMP_NUM_THREADS")
-    if latent_cells is not None and latent_cells <= SMALL_LATENT:
+    if latent_cells is not None and latent_cells <= SMALL_LATENT and encoder_parameters < LARGE_ENCODER:
         return ThreadChoice(1, f"latent of {latent_cells} cells: a second thread gains nothing")
     cpus = usable_cpus() if cpus is None else cpus
     busy = busy_cpus() if busy is None else busy

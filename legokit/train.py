@@ -15,6 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch import nn
 
+from .cache import TokenCache, blocks_of, cached_encoders, encode_ahead, pretrained
 from .data.batch import ModalityBatch
 from .data.training import SplitData
 from .device import resolve_device
@@ -24,6 +25,10 @@ from .metrics import PRIMARY, task_loss, task_metrics, undefined_auc
 from .progress import Advance, log, progress_bar
 from .samples import sample_record
 from .tasks import TaskSpec
+
+
+ENCODER_MODES = ("auto", "frozen", "finetune")
+ENCODER_LR_SCALE = 0.1  # a fine-tuned pretrained encoder's learning rate, relative to the block's
 
 
 @dataclass(frozen=True)
@@ -38,16 +43,30 @@ class TrainConfig:
     patience: int = 15
     seed: int = 0
     device: str = "auto"
-    freeze_encoders: bool = False
+    # which encoders train: "auto" keeps pretrained (wrapped) encoders frozen and trains built-in ones with their
+    # block; "frozen" freezes every encoder; "finetune" trains every encoder, pretrained ones at `encoder_lr`
+    encoders: str = "auto"
+    encoder_lr: float | None = None  # default: lr x ENCODER_LR_SCALE (docs/benchmarks.md, "Pretrained text")
     compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
             positive_int(name, getattr(self, name))
-        for name in ("lr", "weight_decay"):
+        for name in ("lr", "weight_decay", "encoder_lr"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value < 0 or not math.isfinite(value) or (name == "lr" and value == 0):
-                raise ConfigError(f"{name} must be a {'positive' if name == 'lr' else 'non-negative'} number, got {value!r}")
+            if name == "encoder_lr" and value is None:
+                continue
+            if (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or not math.isfinite(value)
+                    or (name != "weight_decay" and value == 0)):
+                raise ConfigError(f"{name} must be a {'non-negative' if name == 'weight_decay' else 'positive'} "
+                                  f"number, got {value!r}")
+        if self.encoders not in ENCODER_MODES:
+            raise ConfigError(f"encoders must be one of {', '.join(ENCODER_MODES)}, got {self.encoders!r}")
+
+    @property
+    def pretrained_lr(self) -> float:
+        """The learning rate of fine-tuned pretrained encoders."""
+        return self.encoder_lr if self.encoder_lr is not None else self.lr * ENCODER_LR_SCALE
 
 
 # the one definition of each operation's training defaults, used by the CLI, specs, recipes and the Python API
@@ -66,6 +85,7 @@ class TrainResult:
     edges: list[float] | None = None
     seconds: float = 0.0
     samples: dict[str, Any] = field(default_factory=dict)  # salted hashes of the training and validation ids
+    encoding: dict[str, dict[str, float]] = field(default_factory=dict)  # frozen encoders' pass (`encode_ahead`)
 
     def provenance(self, data: SplitData, config: TrainConfig, modalities: Sequence[str]) -> dict[str, Any]:
         return {
@@ -187,13 +207,11 @@ class Trainer:
         if not self.train_ids:
             raise ConfigError(f"{data.folder.root}: no training samples with {', '.join(self.modalities)}")
         self.edges = data.survival_edges(self.train_ids) if task.kind == "survival" else None
-        if config.freeze_encoders:
-            for block in model.blocks.values():
-                block.encoder.requires_grad_(False)
+        self.fixed = set_encoders(model, config.encoders)
         if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError("nothing to train: every parameter is frozen")
-        parameters = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(parameter_groups(model, config), lr=config.lr,
+                                           weight_decay=config.weight_decay)
         self.call: nn.Module = model
         if self.place.size > 1:
             # gradients are averaged over the processes; a modality absent from a shard leaves parameters unused
@@ -202,6 +220,7 @@ class Trainer:
         if config.compile:
             self.call = torch.compile(self.call)
         self.primary = PRIMARY[task.kind]
+        self.encoding: dict[str, dict[str, float]] = {}  # per cached modality: samples found, encoded, seconds
         if self.place.main:
             self.warn_undefined()
 
@@ -229,8 +248,11 @@ class Trainer:
         return loss.detach()
 
     def epoch(self) -> float:
-        """One pass over the training split in a seeded shuffled order; returns the mean training loss."""
+        """One pass over the training split in a seeded shuffled order; returns the mean training loss. Frozen
+        pretrained encoders stay in eval mode: they are fixed feature extractors (and their outputs are cached)."""
         self.model.train()
+        for block in self.fixed:
+            block.encoder.eval()
         order = list(self.train_ids)
         self.shuffler.shuffle(order)
         total, count = torch.zeros((), device=self.device), 0
@@ -257,9 +279,11 @@ class Trainer:
         selection = Selection(state=copy.deepcopy(self.model.state_dict()))
         history: list[dict[str, float]] = []
         for epoch in range(1, self.config.epochs + 1):
+            began = time.perf_counter()
             train_loss = self.epoch()
             metrics, val_loss = self.validate(train_loss)
-            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **metrics}
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, **metrics,
+                   "seconds": time.perf_counter() - began}
             history.append(row)
             log.debug("epoch %d: %s", epoch, ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "epoch"))
             selection.update(epoch, metrics[self.primary], val_loss, self.model)
@@ -272,14 +296,41 @@ class Trainer:
                         eval_inputs or self.inputs)
         edges = None if self.edges is None else [float(e) for e in self.edges]
         return TrainResult(selection.epoch, val, test, history, edges, time.perf_counter() - started,
-                           sample_record(self.train_ids, self.val_ids))
+                           sample_record(self.train_ids, self.val_ids), self.encoding)
+
+
+def set_encoders(model: nn.Module, mode: str) -> list[Any]:
+    """Freeze or unfreeze the model's encoders by `TrainConfig.encoders`; returns the blocks whose pretrained
+    encoder is frozen (kept in eval mode, their outputs cacheable)."""
+    for block in blocks_of(model).values():
+        if mode == "frozen" or (mode == "auto" and pretrained(block)):
+            block.encoder.requires_grad_(False)
+        elif mode == "finetune":
+            block.encoder.requires_grad_(True)
+    return [b for b in blocks_of(model).values() if pretrained(b) and not any(p.requires_grad for p in b.encoder.parameters())]
+
+
+def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """The trainable parameters in two groups: fine-tuned pretrained encoders at `config.pretrained_lr` (a
+    pretrained backbone moves less than the layers learned from scratch), everything else at `config.lr`."""
+    slow = {id(p) for b in blocks_of(model).values() if pretrained(b) for p in b.encoder.parameters() if p.requires_grad}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in slow]},
+              {"params": [p for p in trainable if id(p) in slow], "lr": config.pretrained_lr}]
+    return [group for group in groups if group["params"]]
 
 
 def train_model(model: nn.Module, data: SplitData, task: TaskSpec, config: TrainConfig,
                 progress: bool = True, label: str = "training", inputs: Inputs | None = None,
-                eval_inputs: Inputs | None = None) -> TrainResult:
+                eval_inputs: Inputs | None = None, cache: TokenCache | None = None) -> TrainResult:
     """Fit a model on the train split; select the epoch on the validation split; restore that epoch's weights.
-    `inputs` rewrites training and validation batches, `eval_inputs` the final test batches (default: `inputs`)."""
+    `inputs` rewrites training and validation batches, `eval_inputs` the final test batches (default: `inputs`).
+    Frozen pretrained encoders run once per sample, before the first epoch, through `cache` (`legokit.cache`)."""
     trainer = Trainer(model, data, task, config, inputs)
-    with progress_bar(label, config.epochs, enabled=progress and trainer.place.main) as advance:
-        return trainer.fit([show_progress(advance, trainer.primary), early_stopping(config.patience)], eval_inputs)
+    shown = progress and trainer.place.main
+    with cached_encoders(model, cache, training=True) as cached:
+        if cached:
+            everyone = [i for split in ("train", "val", "test") for i in data.ids(split, trainer.modalities)]
+            trainer.encoding = encode_ahead(model, data, everyone, shown)
+        with progress_bar(label, config.epochs, enabled=shown, unit="epochs") as advance:
+            return trainer.fit([show_progress(advance, trainer.primary), early_stopping(config.patience)], eval_inputs)

@@ -13,6 +13,7 @@ from .adapters.base import canonical_modules
 from .adapters.missing import DEFAULT_MISSING_RATE, DEFAULT_MISSING_SPLIT, MissingSplit
 from .adapters.mora import DEFAULT_RANK
 from .block import BlockConfig, EncoderSpec, LegoBlock
+from .cache import TokenCache, cached_encoders, encode_ahead
 from .compose.fuse import FusedModel, fuse
 from .data.folder import modality_shape
 from .data.training import SplitData
@@ -57,11 +58,12 @@ def train_block(data_dir: str | os.PathLike[str], spec: BlockSpec, splits: dict[
 
 def train_wrapped_block(data_dir: str | os.PathLike[str], block: LegoBlock, config: TrainConfig = TrainConfig(),
                         standardize: bool = False, splits: dict[str, str] | None = None,
-                        progress: bool = True) -> tuple[LegoBlock, TrainResult]:
+                        progress: bool = True, cache: TokenCache | bool | None = True) -> tuple[LegoBlock, TrainResult]:
     """Train a wrapped (or any loaded) block on its modality of a dataset folder: its latent, update layers and
-    head, and its encoder too unless `config.freeze_encoders` (a pretrained encoder stays frozen by default in the
-    CLI). `standardize` sets the input standardisation from the training split; otherwise the encoder sees the
-    data as stored, as it was trained to. Same trainer, splits, provenance and metrics as a built-in block."""
+    head, and its encoder too when `config.encoders` is "finetune" (a pretrained encoder stays frozen by default, and
+    runs once per sample through `cache`). `standardize` sets the input standardisation from the training split;
+    otherwise the encoder sees the data as stored, as it was trained to. Same trainer, splits, provenance and
+    metrics as a built-in block."""
     torch.manual_seed(config.seed)
     data = SplitData.load(data_dir, {block.modality: block.data_input}, block.config.task, config.seed, splits)
     if standardize:
@@ -69,18 +71,21 @@ def train_wrapped_block(data_dir: str | os.PathLike[str], block: LegoBlock, conf
             raise ConfigError(f"block {block.modality}: --standardize is for feature vectors and bags of feature "
                               f"tokens, not inputs of shape {block.config.input_shape} ({block.config.input_dtype})")
         block.set_normalization(*data.normalization(block.modality, data.ids("train", [block.modality])))
-    result = train_model(block, data, block.config.task, config, progress, label=f"training {block.modality}")
+    result = train_model(block, data, block.config.task, config, progress, label=f"training {block.modality}",
+                         cache=TokenCache.resolve(cache))
     kept = {k: v for k, v in block.provenance.items() if k != "trained"}
+    trained = any(p.requires_grad for p in block.encoder.parameters())
     block.provenance = {**kept, "trained": {**result.provenance(data, config, [block.modality]),
-                                            "encoder": "frozen" if config.freeze_encoders else "fine-tuned",
+                                            "encoder": "fine-tuned" if trained else "frozen",
                                             "standardized": standardize}}
     return block.cpu().eval(), result
 
 
 def fuse_blocks(blocks: Sequence[LegoBlock], data_dir: str | os.PathLike[str], mode: str = "stack",
                 config: TrainConfig = FUSE_TRAINING, splits: dict[str, str] | None = None,
-                progress: bool = True) -> tuple[FusedModel, TrainResult]:
-    """LegoFuse: stack or weave the blocks, then fine-tune on (paired) data for a few epochs (default 2)."""
+                progress: bool = True, cache: TokenCache | bool | None = True) -> tuple[FusedModel, TrainResult]:
+    """LegoFuse: stack or weave the blocks, then fine-tune on (paired) data for a few epochs (default 2); frozen
+    pretrained encoders (the default, `config.encoders`) run once per sample through `cache`."""
     torch.manual_seed(config.seed)
     model = fuse(list(blocks), mode)
     task = model.task
@@ -92,7 +97,8 @@ def fuse_blocks(blocks: Sequence[LegoBlock], data_dir: str | os.PathLike[str], m
         if note:
             model.provenance.setdefault("warnings", []).append(note)
             log.warning("%s", note)
-    result = train_model(model, data, task, config, progress, label=f"fusing ({mode})")
+    result = train_model(model, data, task, config, progress, label=f"fusing ({mode})",
+                         cache=TokenCache.resolve(cache))
     model.provenance.update({"fused": result.provenance(data, config, model.modalities),
                              "blocks": {m: b.provenance for m, b in model.blocks.items()}})
     return model.cpu().eval(), result
@@ -122,16 +128,21 @@ def labelled_data(model: LegoModel, data_dir: str | os.PathLike[str], seed: int,
 
 
 def _score(model: nn.Module, data: SplitData, ids: Sequence[str], task: TaskSpec, inputs: Inputs | None = None,
-           plot: str | os.PathLike[str] | None = None, title: str = "") -> dict[str, float]:
-    """The task's metrics on these samples, and their figure (`plots.plot_task`) when `plot` names a file."""
+           plot: str | os.PathLike[str] | None = None, title: str = "",
+           cache: TokenCache | bool | None = True) -> dict[str, float]:
+    """The task's metrics on these samples, and their figure (`plots.plot_task`) when `plot` names a file;
+    pretrained encoders run once per sample (through `cache`, so that other models of them reuse their outputs)."""
     files = [data.folder.root, *data.folder.files()]  # what the figure must never replace
     draw = None if plot is None else (lambda logits, targets: plot_task(task, logits, targets, plot, title, inputs=files))
-    return evaluate(model, data, ids, task, next(model.parameters()).device, inputs, draw)
+    with cached_encoders(model, TokenCache.resolve(cache)) as cached:
+        if cached:
+            encode_ahead(model, data, ids)
+        return evaluate(model, data, ids, task, next(model.parameters()).device, inputs, draw)
 
 
 def evaluate_model(model: nn.Module, data_dir: str | os.PathLike[str], split: str = "test", seed: int | None = None,
                    splits: dict[str, str] | None = None, allow_overlap: bool = False,
-                   plot: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                   plot: str | os.PathLike[str] | None = None, cache: TokenCache | bool | None = True) -> dict[str, Any]:
     """Metrics of any model on one split of a labelled dataset folder (splits.csv, or the seeded split the model
     -- or all its blocks -- was trained with). Samples any of its blocks was trained or validated on are refused
     (`allow_overlap`: scored, with a warning in the result). `plot`: also draw the split's figure there."""
@@ -140,7 +151,7 @@ def evaluate_model(model: nn.Module, data_dir: str | os.PathLike[str], split: st
     warnings = [] if split in ("train", "val", "all") else refuse_overlap(provenance_of(model), ids, split, allow_overlap)
     warnings += _undefined(data, task, ids, split)
     return {"split": split, "split_source": data.split_source, "samples": len(ids), "warnings": warnings,
-            **_score(model, data, ids, task, plot=plot, title=f"{split} split ({data.split_source})")}
+            **_score(model, data, ids, task, plot=plot, title=f"{split} split ({data.split_source})", cache=cache)}
 
 
 def _undefined(data: SplitData, task: TaskSpec, ids: Sequence[str], split: str) -> list[str]:
@@ -232,7 +243,7 @@ def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mor
           config: TrainConfig = ADAPT_TRAINING, splits: dict[str, str] | None = None,
           progress: bool = True, allow_overlap: bool = False, missing_rate: float | None = DEFAULT_MISSING_RATE,
           missing_split: float = DEFAULT_MISSING_SPLIT, test_missing_rate: float | None = None,
-          train_head: bool | None = None) -> tuple[nn.Module, TrainResult, dict[str, Any]]:
+          train_head: bool | None = None, cache: TokenCache | bool | None = True) -> tuple[nn.Module, TrainResult, dict[str, Any]]:
     """Train a missing-modality adaptation on a dataset folder. Default protocol, MoRA's: a total missing rate
     `missing_rate` (eta) shared between the modalities (`missing_split`) on the training and validation splits, and
     `test_missing_rate` (default: the same) for the reported test metrics. `train_missing`/`test_missing` (e.g.
@@ -249,13 +260,14 @@ def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mor
     prepared = prepare_adaptation(model, method, rank, at, train_head)
     counts = parameter_counts(prepared)
     result = train_model(prepared, data, task, config, progress, label=f"adapting ({method})",
-                         inputs=train_inputs, eval_inputs=test_inputs)
+                         inputs=train_inputs, eval_inputs=test_inputs, cache=TokenCache.resolve(cache))
     return prepared.cpu().eval(), result, {**counts, "warnings": warnings}
 
 
 def evaluate_missing(model: nn.Module, data_dir: str | os.PathLike[str], missing: str | None, split: str = "test",
                      seed: int | None = None, allow_overlap: bool = False, missing_rate: float | None = None,
-                     missing_split: float = DEFAULT_MISSING_SPLIT, plot: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+                     missing_split: float = DEFAULT_MISSING_SPLIT, plot: str | os.PathLike[str] | None = None,
+                     cache: TokenCache | bool | None = True) -> dict[str, Any]:
     """Metrics of a model (adapted or not) on a split, with modalities made missing: MoRA's protocol at total rate
     `missing_rate`, or independent per-modality rates `missing`; the split is the one the model was trained with
     unless `seed` says otherwise, and seen samples are refused as above."""
@@ -267,7 +279,8 @@ def evaluate_missing(model: nn.Module, data_dir: str | os.PathLike[str], missing
                               missing_split, seed + 1)
     warnings = [] if split in ("train", "val", "all") else refuse_overlap(provenance_of(model), ids, split, allow_overlap)
     warnings += _undefined(data, task, ids, split)
-    metrics = _score(model, data, ids, task, inputs, plot, f"{split} split ({data.split_source}), modalities missing")
+    metrics = _score(model, data, ids, task, inputs, plot, f"{split} split ({data.split_source}), modalities missing",
+                     cache)
     protocol = {"missing": missing} if missing else {"missing_rate": missing_rate or 0.0, "missing_split": missing_split}
     return {"split": split, "split_source": data.split_source, "samples": len(ids), **protocol,
             "warnings": warnings, **metrics}

@@ -134,8 +134,11 @@ def wrap_module(
             program = export_encoder(module, input_shape, contract)
     except EncoderError as exc:
         raise EncoderError(f"{origin}: {exc}") from exc
-    return block_from_program(program, contract, modality, task, input_shape, text, origin, device,
-                              latent=latent, depth=depth, fft_axes=fft_axes, **options)
+    block = block_from_program(program, contract, modality, task, input_shape, text, origin, device,
+                               latent=latent, depth=depth, fft_axes=fft_axes, **options)
+    if how.train_mode:  # dropout drawn at every run: its outputs are not cached (`legokit.cache`)
+        block.provenance["exported_in_train_mode"] = True
+    return block
 
 
 def block_from_program(program: bytes, contract: Contract, modality: str, task: TaskSpec | str,
@@ -199,7 +202,9 @@ def wrap_builtin(
     spec = EncoderSpec(arch, kwargs, encoder.out_dim)
     config = _block_config(modality, spec, input_shape, task,
                            {"latent": latent, "depth": depth, "fft_axes": fft_axes, **options})
-    return _check_block(LegoBlock(config, encoder=encoder), resolve_device(device), origin)
+    block = _check_block(LegoBlock(config, encoder=encoder), resolve_device(device), origin)
+    block.provenance = {"wrapped": arch}  # a pretrained encoder: frozen by default, its outputs cached
+    return block
 
 
 def sniff(path: Path) -> str:

@@ -30,6 +30,14 @@ class VisitEncoder(nn.Module):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory):
+    """Encoder outputs go to a folder of this test session, never to the user's cache (`legokit.cache`)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("LEGOKIT_CACHE", str(tmp_path_factory.mktemp("legokit-cache")))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """The tests' models are tiny: one CPU thread, here and in the processes they start, as legokit's own policy
     picks for small latents; a shared machine then slows the suite by its fair share, not by spinning threads."""

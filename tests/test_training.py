@@ -205,7 +205,7 @@ def test_freezing_encoders_trains_everything_else(pbc, pbc_blocks):
     before = {m: b.encoder.state_dict() for m, b in zip(("labs", "visits"), blocks)}
     before = {m: {k: v.clone() for k, v in s.items()} for m, s in before.items()}
     latent_before = blocks[0].latent.detach().clone()
-    model, _ = fuse_blocks(blocks, pbc, "stack", TrainConfig(epochs=1, freeze_encoders=True, device="cpu"), progress=False)
+    model, _ = fuse_blocks(blocks, pbc, "stack", TrainConfig(epochs=1, encoders="frozen", device="cpu"), progress=False)
     for modality, state in before.items():
         assert all(torch.equal(v, model.blocks[modality].encoder.state_dict()[k]) for k, v in state.items())
     assert not torch.equal(latent_before, model.blocks["labs"].latent.detach())

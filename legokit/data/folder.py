@@ -312,10 +312,13 @@ class DatasetFolder:
                     if sample not in known:
                         raise DataError(f"{modality.path}: id {sample!r} is not in {labels}")
 
-    def batch(self, ids: Sequence[str]) -> dict[str, ModalityBatch]:
-        """Inputs for these samples; a modality a sample lacks is zeros with `present` False."""
+    def batch(self, ids: Sequence[str], modalities: Sequence[str] | None = None) -> dict[str, ModalityBatch]:
+        """Inputs for these samples (of every modality, or of `modalities`); a modality a sample lacks is zeros with
+        `present` False."""
         batches: dict[str, ModalityBatch] = {}
         for name, modality in self.modalities.items():
+            if modalities is not None and name not in modalities:
+                continue
             if isinstance(modality, Table):
                 width = len(modality.columns)
                 x = torch.stack([modality.rows.get(i, torch.zeros(width)) for i in ids])

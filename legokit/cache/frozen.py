@@ -1,0 +1,198 @@
+"""A frozen pretrained encoder runs once per sample: a block's tokens are looked up by the encoder's and the sample's
+content, and only the samples not found are encoded (then kept). Used while the encoder cannot change its output:
+its parameters do not train and it runs in eval mode; an adapter inside it, or a program exported in train mode
+(dropout drawn at every run), turns the cache off for that block."""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ..encoders import FOREIGN
+from ..progress import log, progress_bar
+from .keys import encoder_key, real_length, sample_keys
+from .store import Entry, EncoderTokens, TokenCache
+
+PRETRAINED_MARKS = ("wrapped_from", "encoder_contract", "wrapped")  # provenance that `wrap` leaves on a block
+TEXT_ROUNDING = 16  # token-id inputs are padded to a multiple of this: fewer distinct shapes to check and run
+BATCH_TOKENS = 16384  # tokens per encoder run in the encoding pass (samples x padded length)
+
+
+def pretrained(block: Any) -> bool:
+    """Whether a block's encoder came from outside legokit (wrapped), rather than being trained with the block."""
+    provenance = getattr(block, "provenance", None) or {}
+    return block.config.encoder.name == FOREIGN or any(mark in provenance for mark in PRETRAINED_MARKS)
+
+
+def frozen(block: Any) -> bool:
+    """No parameter of the block's encoder trains."""
+    return not any(p.requires_grad for p in block.encoder.parameters())
+
+
+def _adapted(block: Any) -> bool:
+    return any(type(m).__module__.startswith("legokit.adapters") for m in block.encoder.modules())
+
+
+def cacheable(block: Any) -> bool:
+    """A pretrained encoder whose outputs depend on its inputs alone: no adapter inside, not exported in train mode."""
+    provenance = getattr(block, "provenance", None) or {}
+    return pretrained(block) and not _adapted(block) and not provenance.get("exported_in_train_mode")
+
+
+class CachedTokens:
+    """A block's token source backed by one encoder's cache (`LegoBlock.token_source`)."""
+
+    def __init__(self, store: EncoderTokens):
+        self.store = store
+
+    @staticmethod
+    def applies(block: Any) -> bool:
+        """Only while the encoder cannot change its output: eval mode, and no gradient reaches its parameters."""
+        return not block.encoder.training and not (torch.is_grad_enabled() and not frozen(block))
+
+    def __call__(self, block: Any, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        if not self.applies(block):
+            return None
+        keys = sample_keys(x.cpu(), None if mask is None else mask.cpu())
+        entries = [self.store.get(key) for key in keys]
+        missing = [row for row, entry in enumerate(entries) if entry is None]
+        if missing:
+            for row, entry in zip(missing, _encode(block, x, mask, missing)):
+                self.store.put(keys[row], entry)
+                entries[row] = entry
+        return _assemble(entries, block.config.encoder.out_dim, x.device)  # type: ignore[arg-type]
+
+
+def _fit(tensor: torch.Tensor, width: int) -> torch.Tensor:
+    """The tensor cut or zero-padded to `width` along its token axis."""
+    if tensor.shape[1] >= width:
+        return tensor[:, :width]
+    padded = tensor.new_zeros(tensor.shape[0], width, *tensor.shape[2:])
+    padded[:, : tensor.shape[1]] = tensor
+    return padded
+
+
+def _encode(block: Any, x: torch.Tensor, mask: torch.Tensor | None, rows: Sequence[int]) -> list[Entry]:
+    """Run the encoder on these rows only, padded to their own longest sample (token ids: to a multiple of 16, at
+    most the tokenizer's limit), and keep each sample's tokens up to its last real one."""
+    index = torch.tensor(list(rows), device=x.device)
+    xs, ms = x.index_select(0, index), None if mask is None else mask.index_select(0, index)
+    if ms is not None:
+        width = max(int(real_length(ms).max()), 1)
+        if block.config.text is not None:
+            width = min(-(-width // TEXT_ROUNDING) * TEXT_ROUNDING, max(block.config.text.max_tokens, width))
+        xs, ms = _fit(xs, width), _fit(ms, width)
+    with torch.no_grad():
+        tokens, token_mask = block.encoder_tokens(xs, ms)
+    tokens = tokens.float().cpu()
+    lengths = [tokens.shape[1]] * len(rows) if token_mask is None else real_length(token_mask.cpu()).tolist()
+    found = []
+    for row, length in enumerate(lengths):
+        real = torch.ones(length, dtype=torch.bool) if token_mask is None else token_mask[row, :length].cpu()
+        found.append(Entry(tokens[row, :length].clone(), real.clone()))
+    return found
+
+
+def _assemble(entries: Sequence[Entry], width_e: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A batch of tokens (b, n, e) from per-sample entries: stacked with no mask when every sample has the same
+    number of real tokens, else zero-padded with the padding marked False."""
+    width = max([e.mask.shape[0] for e in entries] + [1])
+    if all(e.mask.shape[0] == width and bool(e.mask.all()) for e in entries):
+        return torch.stack([e.tokens for e in entries]).to(device), None
+    tokens = torch.zeros(len(entries), width, width_e)
+    mask = torch.zeros(len(entries), width, dtype=torch.bool)
+    for row, entry in enumerate(entries):
+        tokens[row, : entry.mask.shape[0]] = entry.tokens
+        mask[row, : entry.mask.shape[0]] = entry.mask
+    return tokens.to(device), mask.to(device)
+
+
+def blocks_of(model: nn.Module) -> dict[str, Any]:
+    blocks = getattr(model, "blocks", None)
+    return dict(blocks) if blocks is not None else {}
+
+
+@contextmanager
+def cached_encoders(model: nn.Module, cache: TokenCache | None, training: bool = False) -> Iterator[list[str]]:
+    """Give the model's blocks with a cacheable encoder (in `training`: one that is also frozen for the whole run)
+    their cache for the duration; yields their modalities. Pending entries are written when it ends."""
+    attached: list[Any] = []
+    try:
+        for block in blocks_of(model).values() if cache is not None else []:
+            if not cacheable(block) or (training and not frozen(block)):
+                continue
+            info = {"modality": block.modality, "encoder": _describe(block)}
+            block.token_source = CachedTokens(cache.of(encoder_key(block), block.config.encoder.out_dim, info))
+            attached.append(block)
+        yield [block.modality for block in attached]
+    finally:
+        for block in attached:
+            block.token_source = None
+        if cache is not None:
+            cache.close()
+
+
+def _describe(block: Any) -> str:
+    spec = block.config.encoder
+    kind = "program" if spec.name == FOREIGN else spec.name
+    contract = (getattr(block, "provenance", None) or {}).get("wrapped_from")
+    return f"{kind}, {spec.out_dim}-d tokens" + (f", wrapped from {contract}" if contract else "")
+
+
+def encode_ahead(model: nn.Module, data: Any, ids: Sequence[str], progress: bool = True,
+                 batch_size: int = 64) -> dict[str, dict[str, float]]:
+    """Encode, before any epoch, every sample of `ids` that a cached block has not seen: samples sorted by length
+    and run in batches of similar length (little padding), with a progress bar (or a line every ~10 s off a
+    terminal). `data` is a dataset folder (or a split of one). Returns per modality: samples found in the cache,
+    samples encoded, seconds."""
+    folder = getattr(data, "folder", data)
+    report: dict[str, dict[str, float]] = {}
+    for modality, block in blocks_of(model).items():
+        source = getattr(block, "token_source", None)
+        if not isinstance(source, CachedTokens):
+            continue
+        having = [i for i in ids if i in folder.ids_of(modality)]
+        todo: list[tuple[int, str]] = []
+        for start in range(0, len(having), 1024):
+            chunk = having[start : start + 1024]
+            batch = folder.batch(chunk, [modality])[modality]
+            keys = sample_keys(batch.x, batch.mask)
+            lengths = [1] * len(chunk) if batch.mask is None else real_length(batch.mask).tolist()
+            todo += [(int(n), i) for i, key, n in zip(chunk, keys, lengths) if key not in source.store]
+        report[modality] = {"cached": len(having) - len(todo), "encoded": len(todo), "seconds": 0.0}
+        if not todo:
+            log.info("%s: the encoder outputs of all %d samples are in the cache", modality, len(having))
+            continue
+        if len(todo) < len(having):
+            log.info("%s: %d of %d samples' encoder outputs are in the cache", modality, len(having) - len(todo), len(having))
+        started = time.perf_counter()
+        device = next(block.parameters()).device
+        was_training = block.encoder.training
+        block.encoder.eval()
+        try:
+            with progress_bar(f"encoding {modality}", len(todo), unit="samples") as advance, torch.no_grad():
+                for group in _groups(sorted(todo), batch_size):
+                    batch = folder.batch(group, [modality])[modality]
+                    mask = None if batch.mask is None else batch.mask.to(device)
+                    block.tokens(batch.x.to(device), mask)
+                    advance(len(group), "")
+        finally:
+            block.encoder.train(was_training)
+        report[modality]["seconds"] = time.perf_counter() - started
+    return report
+
+
+def _groups(todo: Sequence[tuple[int, str]], batch_size: int) -> Iterator[list[str]]:
+    """Ids in order of length, in batches of at most `batch_size` samples and BATCH_TOKENS padded tokens."""
+    group: list[str] = []
+    for length, sample in todo:
+        if group and (len(group) >= batch_size or (len(group) + 1) * max(length, 1) > BATCH_TOKENS):
+            yield group
+            group = []
+        group.append(sample)
+    if group:
+        yield group
