@@ -1,16 +1,19 @@
 """Allowlist checks of the archives users hand legokit: torch.export programs (PT2) and torch.save files. They run on Python's zip reader and `pickletools` alone, before any torch loader sees the bytes:
 only the records a format needs pass, every record is stored (never deflated) and capped in size, raw tensor
-records must be exactly as long as their shape and dtype say, and pickles may name only allowlisted globals.
+records must be exactly as long as their shape and dtype say, and pickles may name only allowlisted globals. A thin
+program (as a `.st` file stores it) may leave a weight record exactly empty only where a tensor of the same dtype
+and shape beside it in the file refills it (`refill_records`, `program_records(beside=...)`).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import pickletools
 import re
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from .errors import EncoderError, brief
@@ -41,11 +44,23 @@ STATE_DICT_GLOBALS = frozenset({
 })
 
 
+# the safetensors dtypes of a legokit file -> torch.export's serialized dtype codes (as in ELEMENT_BYTES)
+SAFETENSORS_CODES: Mapping[str, int] = {"U8": 1, "I8": 2, "I16": 3, "I32": 4, "I64": 5, "F16": 6, "F32": 7,
+                                        "F64": 8, "C64": 10, "BOOL": 12, "BF16": 13}
+DTYPE_NAMES: Mapping[int, str] = {code: name for name, code in SAFETENSORS_CODES.items()}
+
+# what the file holds beside a thin program: each weight's fqn -> (serialized dtype code, shape) of its tensor there
+Beside = Mapping[str, tuple[int, tuple[int, ...]]]
+
+
 @dataclass(frozen=True)
 class Records:
-    """The records of a checked archive, by name below its root folder."""
+    """The records of a checked archive, by name below its root folder. For a thin program (`beside` given to
+    `program_records`), `refill` names each empty weight record and the fqn whose tensor beside the program fills it;
+    such a record's data is empty here."""
 
     data: dict[str, bytes]
+    refill: dict[str, str] = field(default_factory=dict)
 
 
 def _zip(data: bytes, what: str, limit: int) -> tuple[zipfile.ZipFile, str]:
@@ -104,6 +119,52 @@ def _tensor_extent(meta: Any, what: str) -> int:
     return (offset + sum((size - 1) * stride for size, stride in zip(sizes, strides)) + 1) * element
 
 
+def whole_tensor(meta: Any, what: str) -> tuple[int, tuple[int, ...]] | None:
+    """(dtype code, sizes) of a serialized tensor that is the whole of its record read in order (contiguous strides,
+    storage offset 0, not empty), so that the record can be rebuilt from a tensor of that dtype and shape alone; None
+    for a view into shared storage (an offset, other strides) or an empty tensor."""
+    extent = _tensor_extent(meta, what)  # checks the sizes, strides, offset and dtype first
+    sizes = [int(s["as_int"]) for s in meta["sizes"]]
+    strides = [int(s["as_int"]) for s in meta.get("strides") or []] or [0] * len(sizes)
+    offset = int((meta.get("storage_offset") or {"as_int": 0})["as_int"])
+    if offset or not extent:
+        return None
+    expected = 1
+    for size, stride in zip(reversed(sizes), reversed(strides)):
+        if size != 1 and stride != expected:
+            return None
+        expected *= size
+    return int(meta["dtype"]), tuple(sizes)
+
+
+def _dtype_text(code: int) -> str:
+    return DTYPE_NAMES.get(code, f"dtype code {code}")
+
+
+def _refill_source(record: str, users: list[tuple[str, Any]], needed: int, beside: Beside, what: str) -> str:
+    """The fqn whose tensor beside a thin program refills its empty weight record: a tensor of the program that is
+    the whole record (`whole_tensor`, exactly `needed` bytes), with a tensor of the same dtype and shape beside it.
+    Anything else is a one-line EncoderError naming the record; nothing is allocated."""
+    wholes = []
+    for fqn, meta in users:
+        found = whole_tensor(meta, f"{what}: {fqn}")
+        if found is not None and math.prod(found[1]) * ELEMENT_BYTES[found[0]] == needed:
+            wholes.append((fqn, found))
+    if not wholes:
+        raise EncoderError(f"{what}: record {record} is empty, and none of its tensors covers it whole, so nothing "
+                           "can refill it")
+    for fqn, found in wholes:
+        if beside.get(fqn) == found:
+            return fqn
+    for fqn, (code, sizes) in wholes:
+        if fqn in beside:
+            got_code, got_sizes = beside[fqn]
+            raise EncoderError(f"{what}: record {record} is empty, and the tensor beside it for {fqn} is "
+                               f"{_dtype_text(got_code)} {list(got_sizes)[:8]}, not {_dtype_text(code)} {list(sizes)[:8]}")
+    raise EncoderError(f"{what}: record {record} is empty, and no tensor beside the program refills it (one for "
+                       f"{wholes[0][0]})")
+
+
 RAW_WEIGHT = re.compile(r"^weight_\d{1,9}$")
 RAW_CONSTANT = re.compile(r"^tensor_\d{1,9}$")
 PROGRAM_SMALL = ("archive_format", "archive_version", "byteorder", ".data/version", ".data/serialization_id")
@@ -111,11 +172,16 @@ PROGRAM_JSON = ("models/model.json", "data/weights/model_weights_config.json", "
 SAMPLE_INPUTS = "data/sample_inputs/model.pt"
 
 
-def program_records(program: bytes, strict: bool = True, what: str = "the encoder program") -> Records:
+def program_records(program: bytes, strict: bool = True, what: str = "the encoder program",
+                    beside: Beside | None = None) -> Records:
     """The records of a torch.export archive that pass the allowlist: exactly one model named `model`, its JSON
     records, and raw tensor records listed in its weights/constants configs with the byte size their shape and dtype
     give; no pickled weight or constant, no object constant, no other record. `strict` (an archive legokit wrote)
-    also needs the pickled sample inputs to be empty; a user's archive may carry them, since rebuilding drops them."""
+    also needs the pickled sample inputs to be empty; a user's archive may carry them, since rebuilding drops them.
+
+    `beside` (a thin program stored in a `.st` file) lets a weight record be exactly empty when a tensor of the
+    program covers it whole and the file holds a tensor of that fqn with the same dtype and shape (`Records.refill`
+    says which); every other record is checked as without it."""
     archive, root = _zip(program, what, len(program))
     by_name = {e.filename[len(root) + 1:]: e for e in archive.infolist()}
     models = [n for n in by_name if n.startswith("models/")]
@@ -137,6 +203,7 @@ def program_records(program: bytes, strict: bool = True, what: str = "the encode
                          else canonical_payload(parsed, what, name))
         records[name] = json.dumps(configs[name]).encode()
     reach: dict[str, int] = {}
+    users: dict[str, list[tuple[str, Any]]] = {}
     for folder, name, kind in (("data/weights/", PROGRAM_JSON[1], RAW_WEIGHT), ("data/constants/", PROGRAM_JSON[2], RAW_CONSTANT)):
         table = configs[name].get("config") if isinstance(configs[name], dict) else None
         if not isinstance(table, dict):
@@ -154,8 +221,14 @@ def program_records(program: bytes, strict: bool = True, what: str = "the encode
             if record not in by_name:
                 raise EncoderError(f"{what}: {fqn} names a record that is not in the archive")
             reach[record] = max(reach.get(record, 0), _tensor_extent(meta.get("tensor_meta"), f"{what}: {fqn}"))
+            users.setdefault(record, []).append((fqn, meta.get("tensor_meta")))
     # tensors that share a storage (a view of a parameter) share one record, as long as their widest reach
+    refill: dict[str, str] = {}
     for record, needed in reach.items():
+        if beside is not None and record.startswith("data/weights/") and needed and not by_name[record].file_size:
+            refill[record] = _refill_source(record, users[record], needed, beside, what)
+            records[record] = b""
+            continue
         if by_name[record].file_size != needed:
             raise EncoderError(f"{what}: record {record} holds {by_name[record].file_size:,} bytes, its tensors "
                                f"reach {needed:,}")
@@ -167,7 +240,65 @@ def program_records(program: bytes, strict: bool = True, what: str = "the encode
     unknown = sorted(set(by_name) - set(records))
     if unknown:
         raise EncoderError(f"{what}: record {unknown[0]} is not part of a torch.export program legokit reads")
-    return Records(records)
+    return Records(records, refill)
+
+
+@dataclass(frozen=True)
+class Refill:
+    """A thin program's records as stored (not yet checked: the filled archive goes through `program_records`), and
+    its empty weight records, each with the fqn whose tensor beside the program fills it."""
+
+    data: dict[str, bytes]
+    plan: dict[str, str]
+
+
+def _known_name(name: str) -> bool:
+    folder, _, leaf = name.rpartition("/")
+    return (name in PROGRAM_SMALL or name in PROGRAM_JSON or name == SAMPLE_INPUTS
+            or (folder == "data/weights" and bool(RAW_WEIGHT.match(leaf)))
+            or (folder == "data/constants" and bool(RAW_CONSTANT.match(leaf))))
+
+
+def refill_records(program: bytes, beside: Beside, what: str = "the encoder program") -> Refill | None:
+    """What a thin program needs to be whole again: None when no weight record is empty (a full program, used as
+    it is), else its records and which tensor beside it fills each empty weight record (`_refill_source`). Only the
+    zip directory and the weights config are read to decide; a record outside the program's allowlisted names is
+    refused here, and the filled archive still passes the whole strict allowlist (`program_records`) before torch
+    sees it."""
+    archive, root = _zip(program, what, len(program))
+    by_name = {e.filename[len(root) + 1:]: e for e in archive.infolist()}
+    empty = [n for n, e in by_name.items() if n.startswith("data/weights/") and not e.file_size]
+    if not empty:
+        return None
+    # refused here as `program_records` refuses them: the rewrite below drops the .data/ records (torch's writer
+    # adds its own), so none of them may pass here that the allowlist would refuse
+    unknown = sorted(n for n in by_name if not _known_name(n))
+    if unknown:
+        raise EncoderError(f"{what}: record {unknown[0]} is not part of a torch.export program legokit reads")
+    for name in PROGRAM_SMALL:
+        if name in by_name and by_name[name].file_size > MAX_SMALL_BYTES:
+            raise EncoderError(f"{what}: record {name} is {by_name[name].file_size:,} bytes")
+    if PROGRAM_JSON[1] not in by_name:
+        raise EncoderError(f"{what}: record {PROGRAM_JSON[1]} is missing")
+    config = canonical_payload(load_json(_read(archive, by_name[PROGRAM_JSON[1]].filename, what),
+                                         f"{what}: {PROGRAM_JSON[1]}"), what, PROGRAM_JSON[1])
+    users: dict[str, list[tuple[str, Any]]] = {}
+    for fqn, meta in config["config"].items():
+        path = meta.get("path_name")
+        if not meta.get("use_pickle", True) and isinstance(path, str) and RAW_WEIGHT.match(path):
+            users.setdefault("data/weights/" + path, []).append((fqn, meta.get("tensor_meta")))
+    plan: dict[str, str] = {}
+    for record in empty:
+        if record not in users:
+            continue  # not a weight of the program: the allowlist refuses it below
+        needed = max(_tensor_extent(meta, f"{what}: {fqn}") for fqn, meta in users[record])
+        if needed:
+            plan[record] = _refill_source(record, users[record], needed, beside, what)
+    if not plan:
+        return None
+    # every record is read (its CRC checked) as the allowlist reads it; the writer replaces the .data/ ones
+    data = {name: b"" if name in plan else _read(archive, entry.filename, what) for name, entry in by_name.items()}
+    return Refill(data, plan)
 
 
 def pickle_globals(data: bytes, what: str) -> set[tuple[str, str]]:

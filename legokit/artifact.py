@@ -19,7 +19,7 @@ import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from glob import escape as glob_escape
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
@@ -45,7 +45,9 @@ MAX_HEADER = 100 * 1024 * 1024  # safetensors' own cap on the JSON header
 
 @dataclass(frozen=True)
 class Artifact:
-    """A read artifact: its kind, config, provenance, tensors (on CPU) and the sha256 of the whole file."""
+    """A read artifact: its kind, config, provenance, tensors (on CPU) and the sha256 of the whole file. A summary
+    (`read_artifact_summary`) holds large tensors as meta placeholders; `digests` then gives the sha256 of each
+    placeholder byte tensor's stored bytes (an encoder program), hashed from the file."""
 
     path: Path
     kind: str
@@ -56,6 +58,7 @@ class Artifact:
     tensors: dict[str, torch.Tensor]
     sha256: str
     size: int
+    digests: dict[str, str] = field(default_factory=dict)
 
 
 DTYPES: Mapping[torch.dtype, str] = {
@@ -472,14 +475,33 @@ def read_artifact(path: str | os.PathLike[str], expect_kind: str | None = None) 
     )
 
 
-def read_artifact_summary(path: str | os.PathLike[str], small: int = 64 * 1024 * 1024) -> Artifact:
+SUMMARY_SMALL = 64 * 1024 * 1024  # byte tensors up to this size are read whole by a summary
+
+
+def _hash_stored(fd: int, stored: "Stored", path: Path) -> str:
+    """sha256 of one tensor's stored bytes, read in chunks (memory stays one chunk)."""
+    digest = hashlib.sha256()
+    position = stored.start
+    while position < stored.end:
+        chunk = os.pread(fd, min(CHUNK, stored.end - position), position)
+        if not chunk:
+            raise ArtifactError(f"{path}: file ended early (truncated?)")
+        digest.update(chunk)
+        position += len(chunk)
+    return digest.hexdigest()
+
+
+def read_artifact_summary(path: str | os.PathLike[str], small: int | None = None) -> Artifact:
     """An artifact's header, with its tensors as shapes only (meta tensors) except byte tensors under `small` bytes
-    (encoder programs), and the file's sha256 hashed in chunks: what a summary needs, in bounded memory. Nothing is
-    verified against the checksum: for files this process just wrote."""
+    (encoder programs; default `SUMMARY_SMALL`), and the file's sha256 hashed in chunks: what a summary needs, in
+    bounded memory. A larger byte tensor is a meta placeholder whose bytes' sha256 is in `Artifact.digests`. Nothing
+    is verified against the checksum: for files this process just wrote."""
     path = Path(path)
+    small = SUMMARY_SMALL if small is None else small
     header = read_header(path)
     metadata = _legokit_metadata(path, header.metadata)
     tensors: dict[str, torch.Tensor] = {}
+    digests: dict[str, str] = {}
     with open_input(path) as handle:
         for name, stored in header.layout.items():
             if stored.dtype == "U8" and stored.end - stored.start <= small:
@@ -487,9 +509,11 @@ def read_artifact_summary(path: str | os.PathLike[str], small: int = 64 * 1024 *
                 tensors[name] = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
             else:
                 tensors[name] = torch.empty(stored.shape, dtype=TORCH_DTYPES[stored.dtype], device="meta")
+                if stored.dtype == "U8":
+                    digests[name] = _hash_stored(handle.fileno(), stored, path)
     return Artifact(path, metadata.get(KEY_KIND, ""), int(metadata[KEY_VERSION]), _json_field(path, metadata, KEY_CONFIG),
                     _json_field(path, metadata, KEY_PROVENANCE), metadata.get(KEY_LIBRARY, "unknown"), tensors,
-                    file_sha256(path), header.size)
+                    file_sha256(path), header.size, digests)
 
 
 def _tensor(view: mmap.mmap, stored: "Stored") -> torch.Tensor:

@@ -17,19 +17,29 @@ from .block import BlockConfig, LegoBlock
 from .compose.composite import CompositeModel
 from .compose.merge import head_width
 from .encoders import FOREIGN, ExportedEncoder, encoder_class
+from .encoders.foreign import fill_program, thin_program
 from .errors import ArtifactError, ConfigError, EncoderError
 from .layers import TaskHead
 from .spectral import pooled_width
 
 PROGRAM_PREFIX = "__program__."
+GRAPH = "encoder.graph."  # a foreign encoder's weights in a block's state dict: encoder.graph.<the program's fqn>
+
+
+def graph_weights(tensors: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    """A foreign encoder's tensors among a block's (under `prefix`), by the program's fqns."""
+    return {name[len(prefix + GRAPH):]: value for name, value in tensors.items() if name.startswith(prefix + GRAPH)}
 
 
 def block_tensors(block: LegoBlock, prefix: str = "") -> dict[str, torch.Tensor]:
-    """A block's state dict plus its foreign encoder's program (as a uint8 tensor), under `prefix`."""
-    tensors = {prefix + name: value for name, value in block.state_dict().items()}
+    """A block's state dict plus its foreign encoder's program (as a uint8 tensor), under `prefix`. The program is
+    stored thin (`thin_program`): its weights are the state dict's `encoder.graph.<fqn>` tensors, stored once."""
+    state = block.state_dict()
+    tensors = {prefix + name: value for name, value in state.items()}
     program = block.program()
     if program is not None:
-        tensors[PROGRAM_PREFIX + prefix + "encoder"] = torch.frombuffer(bytearray(program), dtype=torch.uint8)
+        stored = thin_program(program, graph_weights(state))
+        tensors[PROGRAM_PREFIX + prefix + "encoder"] = torch.frombuffer(bytearray(stored), dtype=torch.uint8)
     return tensors
 
 
@@ -110,7 +120,9 @@ def block_from_tensors(path: Path, config_data: Mapping[str, Any], tensors: Mapp
 
     The config's sizes are checked against the file's tensors before anything is built (`_check_sizes_first`), so a
     config that asks for gigabytes the file does not hold is refused before any memory is spent; the built block then
-    loads the file's tensors. A foreign encoder is rebuilt from its program (bounded by the file)."""
+    loads the file's tensors. A foreign encoder is rebuilt from its program (bounded by the file): a thin program's
+    empty weight records are first refilled from the file's `encoder.graph.<fqn>` tensors (`fill_program`), and the
+    whole program then passes the strict allowlist before torch reads it."""
     try:
         config = BlockConfig.from_dict(config_data)
     except ConfigError as exc:
@@ -126,7 +138,8 @@ def block_from_tensors(path: Path, config_data: Mapping[str, Any], tensors: Mapp
             raise ArtifactError(f"{path}: an encoder program beside a built-in encoder ({config.encoder.name})")
         takes_mask = bool(config.encoder.kwargs.get("mask_keyword"))
         try:
-            encoder = ExportedEncoder(program_tensor.numpy().tobytes(), config.encoder.out_dim, takes_mask)
+            program = fill_program(program_tensor.numpy().tobytes(), graph_weights(tensors, prefix))
+            encoder = ExportedEncoder(program, config.encoder.out_dim, takes_mask)
         except EncoderError as exc:
             raise ArtifactError(f"{path}: {exc}") from exc
     elif config.encoder.name == FOREIGN:

@@ -15,11 +15,20 @@ from .codec import PROGRAM_PREFIX
 from .samples import summarized
 
 
-def _encoder_text(config: BlockConfig, program: torch.Tensor | None) -> str:
+def _program_sha256(program: torch.Tensor, digest: str | None) -> str | None:
+    """The sha256 of a stored program's bytes: hashed from the tensor when its data was read, else the digest a
+    summary took from the file for its placeholder (`read_artifact_summary`). A meta tensor's data is never read."""
+    if program.device.type != "meta":
+        return hashlib.sha256(program.detach().cpu().contiguous().numpy().tobytes()).hexdigest()
+    return digest
+
+
+def _encoder_text(config: BlockConfig, program: torch.Tensor | None, digest: str | None = None) -> str:
     spec = config.encoder
     if program is not None:
-        sha = hashlib.sha256(program.numpy().tobytes()).hexdigest()
-        return f"{spec.name} program (sha256 {sha[:12]}), {spec.out_dim}-d tokens"
+        sha = _program_sha256(program, digest)
+        where = f"sha256 {sha[:12]}" if sha else "not read"
+        return f"{spec.name} program ({where}), {spec.out_dim}-d tokens"
     kwargs = ", ".join(f"{k}={v}" for k, v in sorted(spec.kwargs.items()))
     return f"{spec.name}({kwargs}), {spec.out_dim}-d tokens"
 
@@ -28,8 +37,11 @@ def _params(tensors: Mapping[str, torch.Tensor], prefix: str = "") -> int:
     return sum(t.numel() for k, t in tensors.items() if k.startswith(prefix) and not k.startswith(PROGRAM_PREFIX))
 
 
-def block_facts(config: BlockConfig, tensors: Mapping[str, torch.Tensor], prefix: str = "") -> dict[str, Any]:
-    """One block's facts (alone, or inside a merged or fused model under `prefix`)."""
+def block_facts(config: BlockConfig, tensors: Mapping[str, torch.Tensor], prefix: str = "",
+                digests: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """One block's facts (alone, or inside a merged or fused model under `prefix`); `digests` are a summary's
+    sha256 of the byte tensors it holds as placeholders."""
+    program = PROGRAM_PREFIX + prefix + "encoder"
     return {
         "modality": config.modality,
         "input_shape": format_shape(config.input_shape),
@@ -40,7 +52,7 @@ def block_facts(config: BlockConfig, tensors: Mapping[str, torch.Tensor], prefix
         "head_features": config.head_features,
         "shared_init": config.shared_init,
         "task": str(config.task),
-        "encoder": _encoder_text(config, tensors.get(PROGRAM_PREFIX + prefix + "encoder")),
+        "encoder": _encoder_text(config, tensors.get(program), (digests or {}).get(program)),
         "params": _params(tensors, prefix),
     }
 
@@ -62,7 +74,7 @@ def common_facts(artifact: Artifact) -> dict[str, Any]:
 def describe_block(artifact: Artifact) -> dict[str, Any]:
     config = BlockConfig.from_dict(artifact.config)
     return {**common_facts(artifact), "title": f"LegoBlock: {config.modality}", "modalities": [config.modality],
-            **block_facts(config, artifact.tensors)}
+            **block_facts(config, artifact.tensors, digests=artifact.digests)}
 
 
 def composite_describer(parse: Callable[[Mapping[str, Any]], tuple],
@@ -78,7 +90,8 @@ def composite_describer(parse: Callable[[Mapping[str, Any]], tuple],
             "modalities": sorted(configs),
             "latent": f"{first.latent[0]}x{first.latent[1]}",
             "task": str(first.task),
-            "blocks": {m: block_facts(c, artifact.tensors, f"blocks.{m}.") for m, c in sorted(configs.items())},
+            "blocks": {m: block_facts(c, artifact.tensors, f"blocks.{m}.", artifact.digests)
+                       for m, c in sorted(configs.items())},
             "graph": graph.tree(),
             **settings_facts(settings),
         }

@@ -12,11 +12,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import torch
 
-from .archive import program_records
+from .archive import SAFETENSORS_CODES, program_records
 from .artifact import KEY_CONFIG, KEY_KIND, KEY_PROVENANCE, OpenedArtifact, Source, Stored, open_artifact
 from .artifact import refuse_inputs, write_streaming
 from .block import BlockConfig, LegoBlock
-from .codec import PROGRAM_PREFIX
+from .codec import GRAPH, PROGRAM_PREFIX
 from .compose.graph import Graph
 from .compose.merge import MergeConfig, check_mergeable, merge_head_tensors, merged_config, resolve_weights
 from .errors import ArtifactError, ConfigError, EncoderError
@@ -59,12 +59,17 @@ def _parts(origin: OpenedArtifact) -> tuple[list[_Part], dict[str, float]]:
     return parts, dict(getattr(settings, "weights", ()))
 
 
-def _check_stored_program(origin: OpenedArtifact, stored: Stored) -> None:
-    """A block's encoder program must pass the strict allowlist before merge copies it into a new artifact."""
+def _check_stored_program(origin: OpenedArtifact, stored: Stored, prefix: str = "") -> None:
+    """A block's encoder program must pass the strict allowlist before merge copies it into a new artifact. A thin
+    program's empty weight records pass only where the same file holds, under the block's prefix, the tensor
+    `encoder.graph.<fqn>` (dtype and shape as the record's) that refills it at load; its data is not read."""
     if stored.dtype != "U8" or len(stored.shape) != 1:
         raise ArtifactError(f"{origin.path}: encoder program tensor is not a byte string")
+    beside = {name[len(prefix + GRAPH):]: (SAFETENSORS_CODES[entry.dtype], tuple(entry.shape))
+              for name, entry in origin.header.layout.items()
+              if name.startswith(prefix + GRAPH) and entry.dtype in SAFETENSORS_CODES}
     try:
-        program_records(origin.read(stored), strict=True, what=f"{origin.path}: encoder program")
+        program_records(origin.read(stored), strict=True, what=f"{origin.path}: encoder program", beside=beside)
     except EncoderError as exc:
         raise ArtifactError(str(exc)) from exc
 
@@ -83,7 +88,7 @@ def _block_sources(part: _Part, heads: dict[str, dict[str, torch.Tensor]]) -> li
                 raise ArtifactError(f"{origin.path}: head tensor '{name}' holds NaN or infinite values")
             heads[modality][name[len(part.prefix + "task_head."):]] = head
         if name == PROGRAM_PREFIX + part.prefix + "encoder":
-            _check_stored_program(origin, stored)
+            _check_stored_program(origin, stored, part.prefix)
             sources.append(Source.of_file(f"{PROGRAM_PREFIX}blocks.{modality}.encoder", origin, name, stored))
         elif name.startswith(part.prefix) and not name.startswith(PROGRAM_PREFIX):
             sources.append(Source.of_file(f"blocks.{modality}.{name[len(part.prefix):]}", origin, name, stored))

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import re
 import warnings
+from typing import Mapping
 
 import torch
 from einops import rearrange
@@ -20,22 +22,92 @@ from torch import nn
 from torch.export import Dim, ExportedProgram
 from torch.export.pt2_archive._package import PT2ArchiveWriter
 
-from ..archive import SAMPLE_INPUTS, Records, program_records
+from ..archive import PROGRAM_JSON, SAMPLE_INPUTS, Beside, Records, program_records, refill_records, whole_tensor
 from ..errors import EncoderError, ShapeError
 from .contract import INPUT_DTYPES, Contract, EncoderCall, mask_keyword, pick_output
 from .cost import guard
 from .recurrent import exportable_copy
 
-def _archive(records: Records) -> bytes:
-    """A fresh PT2 archive holding exactly the checked records (sample inputs emptied), written by torch's writer."""
+def _archive(records: Records, keep_samples: bool = False) -> bytes:
+    """A fresh PT2 archive holding exactly the checked records (sample inputs emptied unless `keep_samples`),
+    written by torch's writer."""
     out = io.BytesIO()
     writer = PT2ArchiveWriter(out)
     for name, data in records.data.items():
         if name.startswith(".data/"):
             continue  # the writer adds its own version records
-        writer.write_bytes(name, b"" if name == SAMPLE_INPUTS else data)
+        writer.write_bytes(name, b"" if name == SAMPLE_INPUTS and not keep_samples else data)
     writer.close()
     return out.getvalue()
+
+
+# torch dtypes of a legokit file -> torch.export's serialized dtype codes (torch._export.serde.schema.ScalarType)
+DTYPE_CODES: Mapping[torch.dtype, int] = {
+    torch.uint8: 1, torch.int8: 2, torch.int16: 3, torch.int32: 4, torch.int64: 5, torch.float16: 6,
+    torch.float32: 7, torch.float64: 8, torch.complex64: 10, torch.bool: 12, torch.bfloat16: 13,
+}
+
+
+def tensor_layouts(tensors: Mapping[str, torch.Tensor]) -> Beside:
+    """Each tensor's (serialized dtype code, shape), as `archive.program_records` compares them with a thin
+    program's records (a tensor of a dtype a program cannot name is left out)."""
+    return {name: (DTYPE_CODES[t.dtype], tuple(t.shape)) for name, t in tensors.items() if t.dtype in DTYPE_CODES}
+
+
+def _raw(tensor: torch.Tensor) -> bytes:
+    """A tensor's bytes in row-major order, as torch.export stores a weight record (little-endian)."""
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def thin_program(program: bytes, state: Mapping[str, torch.Tensor]) -> bytes:
+    """The program as a `.st` file stores it beside the encoder's state dict: every weight record that the state
+    dict's tensors rebuild exactly is written empty, so that the weights are stored once.
+
+    `state` maps the program's fqns (its weights config's keys) to tensors: the encoder module's state dict. A weight
+    record is emptied when each tensor of the program that reads it is the whole record (contiguous, offset 0, its
+    bytes the record's length) and has a tensor in `state` of its dtype and shape; tied weights (fqns that share one
+    record) only when their tensors in `state` are equal. Views into shared storage and constants stay as they are.
+    The JSON records are unchanged, so fqn -> record tells `fill_program` how to refill. Pure: `program` (a full
+    program, or one already thin against `state`) is returned unchanged when nothing can be emptied."""
+    layouts = tensor_layouts(state)
+    records = program_records(program, strict=True, beside=layouts)
+    table = json.loads(records.data[PROGRAM_JSON[1]])["config"]
+    users: dict[str, list[str]] = {}
+    for fqn, meta in table.items():
+        users.setdefault("data/weights/" + meta["path_name"], []).append(fqn)
+    data = dict(records.data)
+    emptied = False
+    for record, fqns in users.items():
+        size = len(data[record])
+        wholes = [whole_tensor(table[fqn]["tensor_meta"], fqn) for fqn in fqns]
+        if not size or any(w is None or layouts.get(fqn) != w for fqn, w in zip(fqns, wholes)):
+            continue  # already empty, or a view, or a tensor the state dict does not hold as it is
+        first = state[fqns[0]]
+        if first.numel() * first.element_size() != size:
+            continue  # tied tensors of different sizes in one record
+        if any(not torch.equal(first.detach().cpu(), state[fqn].detach().cpu()) for fqn in fqns[1:]):
+            continue  # tied weights trained apart: the record keeps its bytes
+        data[record] = b""
+        emptied = True
+    return _archive(Records(data)) if emptied else program
+
+
+def fill_program(thin: bytes, tensors: Mapping[str, torch.Tensor], what: str = "the encoder program") -> bytes:
+    """A thin program made whole again from the tensors stored beside it (the inverse of `thin_program`).
+
+    `tensors` maps fqns to the file's tensors (the block's `encoder.graph.<fqn>`). Each empty weight record is filled
+    from the tensor of the fqn that covers it whole, after its dtype and shape are checked against the record's
+    tensor_meta (so the bytes are exactly the record's length, and no size from the program is ever allocated: the
+    tensors are already in the file). An empty record with no such tensor is a one-line EncoderError naming it. A
+    full program (no empty weight record) is returned unchanged. The result has not passed the allowlist yet:
+    `load_program` checks it whole, as any program, before torch sees it."""
+    refill = refill_records(thin, tensor_layouts(tensors), what)
+    if refill is None:
+        return thin
+    data = dict(refill.data)
+    for record, fqn in refill.plan.items():
+        data[record] = _raw(tensors[fqn])
+    return _archive(Records(data), keep_samples=True)
 
 
 def sanitize_program(program: bytes) -> bytes:
