@@ -111,7 +111,7 @@ def _metrics_text(metrics: dict[str, Any]) -> str:
 
 def _trained(result: TrainResult, path: Path | None) -> Result:
     return {"output": None if path is None else str(path), "best_epoch": result.best_epoch, "val": result.val,
-            "test": result.test, "seconds": result.seconds, "history": result.history}
+            "test": result.test, "seconds": result.seconds, "encoding": result.encoding, "history": result.history}
 
 
 def _training(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
@@ -217,6 +217,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> Result:
 
 def _report_training(console: Console, what: str, result: TrainResult, path: Path, args: argparse.Namespace,
                      inputs: list[Any]) -> Result:
+    for modality, done in result.encoding.items():
+        console.print(f"frozen {escape(modality)} encoder: {done['encoded']:,.0f} samples encoded in "
+                      f"{done['seconds']:.1f} s, {done['cached']:,.0f} read from the cache")
     console.print(f"[green]{what}[/]: best epoch {result.best_epoch}, val {_metrics_text(result.val)}, "
                   f"test {_metrics_text(result.test)} ({result.seconds:.1f} s)")
     console.print(f"[green]wrote[/] {escape(str(path))}")
@@ -519,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="train a block on one modality of a dataset folder")
     train.add_argument("data", help="dataset folder (labels.csv, NAME.csv or NAME/, optional splits.csv)")
     train.add_argument("--block", help="a wrapped block (.st) to train: its latent, updates and head (encoder frozen)")
-    train.add_argument("--finetune-encoder", action=_Deprecated, const="finetune", help="deprecated: --encoders finetune")
+    train.add_argument("--finetune-encoder", action=_Deprecated, const="finetune", help=argparse.SUPPRESS)
     train.add_argument("--standardize", action="store_true", help="with --block: standardise inputs with the "
                        "training split's mean and s.d. (default: the encoder sees the data as stored)")
     train.add_argument("--spec", help="a block spec, e.g. blocks/labs.yaml; the flags below override it")
@@ -539,7 +542,7 @@ def build_parser() -> argparse.ArgumentParser:
     fuse.add_argument("blocks", nargs="+", help="block artifacts, in the order their updates run")
     fuse.add_argument("--mode", default="stack", choices=FUSE_MODES, help="stack: block after block; weave: layer after layer")
     fuse.add_argument("--data", required=True, help="dataset folder with the blocks' modalities and labels")
-    fuse.add_argument("--freeze-encoders", action=_Deprecated, const="frozen", help="deprecated: --encoders frozen")
+    fuse.add_argument("--freeze-encoders", action=_Deprecated, const="frozen", help=argparse.SUPPRESS)
     fuse.add_argument("--plot", metavar="PNG", help="also draw the per-epoch history here (needs legokit[plot])")
     fuse.add_argument("-o", "--output", required=True, help="the fused artifact to write (.st)")
     fuse.set_defaults(run=cmd_fuse)

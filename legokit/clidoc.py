@@ -47,7 +47,7 @@ def commands_table(parser: argparse.ArgumentParser | None = None) -> str:
     for name, text, sub in _commands(parser):
         positionals = " ".join(_usage_name(a) for a in sub._actions if not a.option_strings)
         options = ", ".join(f"`{_flag(a)}`" for a in sub._actions
-                            if a.option_strings and not SHARED & set(a.option_strings))
+                            if a.option_strings and not SHARED & set(a.option_strings) and a.help != argparse.SUPPRESS)
         call = f"legokit {name} {positionals}".rstrip()
         rows.append(f"| `{call}` | {text} | {options} |")
     rows += ["", "Every command takes `--json PATH` (its result as JSON; `-` for standard output) and `-q/--quiet`, "
@@ -63,7 +63,8 @@ def reference(parser: argparse.ArgumentParser | None = None) -> str:
     for name, text, sub in _commands(parser):
         lines += [f"## legokit {name}", "", text[:1].upper() + text[1:] + ".", "", "| argument | meaning |",
                   "| --- | --- |"]
-        lines += [f"| `{_usage_name(a)}` | {_help(sub, a)} |" for a in sub._actions if not isinstance(a, argparse._HelpAction)]
+        lines += [f"| `{_usage_name(a)}` | {_help(sub, a)} |" for a in sub._actions
+                  if not isinstance(a, argparse._HelpAction) and a.help != argparse.SUPPRESS]
         lines.append("")
     return "\n".join(lines + [END, ""])
 

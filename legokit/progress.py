@@ -50,7 +50,6 @@ def progress_bar(label: str, total: int, enabled: bool = True, unit: str = "step
         return
     started = clock()
     done, shown, shown_at = 0, 0, started
-    log.info("%s: %d %s to go", label, total, unit)
     every = max(1, total // 10)
 
     def advance(steps: int, status: str = "") -> None:

@@ -203,7 +203,8 @@ def wrap_builtin(
     config = _block_config(modality, spec, input_shape, task,
                            {"latent": latent, "depth": depth, "fft_axes": fft_axes, **options})
     block = _check_block(LegoBlock(config, encoder=encoder), resolve_device(device), origin)
-    block.provenance = {"wrapped": arch}  # a pretrained encoder: frozen by default, its outputs cached
+    if state_dict is not None:  # pretrained weights: frozen by default, the encoder's outputs cached
+        block.provenance = {"wrapped": arch}
     return block
 
 

@@ -93,7 +93,7 @@ def _encode(block: Any, x: torch.Tensor, mask: torch.Tensor | None, rows: Sequen
     found = []
     for row, length in enumerate(lengths):
         real = torch.ones(length, dtype=torch.bool) if token_mask is None else token_mask[row, :length].cpu()
-        found.append(Entry(tokens[row, :length].clone(), real.clone()))
+        found.append(Entry(tokens[row, :length].clone(memory_format=torch.contiguous_format), real.clone()))
     return found
 
 
