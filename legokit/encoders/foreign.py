@@ -14,13 +14,14 @@ import json
 import logging
 import re
 import warnings
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 from einops import rearrange
 from torch import nn
-from torch.export import Dim, ExportedProgram
-from torch.export.pt2_archive._package import PT2ArchiveWriter
+
+if TYPE_CHECKING:
+    from torch.export import ExportedProgram
 
 from ..archive import PROGRAM_JSON, SAMPLE_INPUTS, Beside, Records, program_records, refill_records, whole_tensor
 from ..errors import EncoderError, ShapeError
@@ -32,6 +33,8 @@ def _archive(records: Records, keep_samples: bool = False) -> bytes:
     """A fresh PT2 archive holding exactly the checked records (sample inputs emptied unless `keep_samples`),
     written by torch's writer."""
     out = io.BytesIO()
+    from torch.export.pt2_archive._package import PT2ArchiveWriter  # torch.export loads its compiler stack
+
     writer = PT2ArchiveWriter(out)
     for name, data in records.data.items():
         if name.startswith(".data/"):
@@ -120,6 +123,8 @@ def load_program(program: bytes) -> ExportedProgram:
     """Deserialize a program that passes the strict allowlist; anything else (corrupt bytes, pickled parts, extra
     records) is an EncoderError, raised before torch's loader sees a byte. Torch reads an archive rebuilt from the
     checked records, so no difference between two zip readers can smuggle unchecked bytes in."""
+    import torch.export  # loaded when a program is first read, not when legokit is imported
+
     rebuilt = _archive(program_records(program, strict=True))
     quiet = logging.getLogger("torch.export")
     level = quiet.level
@@ -256,6 +261,8 @@ def export_encoder(module: nn.Module, input_shape: tuple[int | None, ...], contr
     exportable, _ = exportable_copy(module)
     call = EncoderCall(exportable, contract)
     x = example_input(input_shape, dtype=contract.input_dtype)
+    from torch.export import Dim
+
     dims: dict[int, object] = {0: Dim.DYNAMIC, **{i + 1: Dim.DYNAMIC for i, d in enumerate(input_shape) if d is None}}
     args: tuple[torch.Tensor, ...] = (x,)
     shapes: tuple[dict[int, object], ...] = (dims,)

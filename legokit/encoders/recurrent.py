@@ -14,7 +14,6 @@ from typing import Callable
 import torch
 from einops import rearrange
 from torch import nn
-from torch._higher_order_ops.scan import scan
 
 from ..errors import EncoderError
 
@@ -45,6 +44,8 @@ class ScanRecurrent(nn.Module):
     def _direction(self, x: torch.Tensor, layer: int, suffix: str, h0: torch.Tensor, c0: torch.Tensor | None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """One direction of one layer over time-major x (n, b, f): outputs (n, b, h), last h (and c)."""
+        from torch._higher_order_ops.scan import scan  # loads torch's compiler stack: only when a recurrence exports
+
         get = lambda name: getattr(self.layer, f"{name}_l{layer}{suffix}", None)  # noqa: E731
         w_ih, w_hh = get("weight_ih"), get("weight_hh")
         b_ih = get("bias_ih") if self.layer.bias else torch.zeros(w_ih.shape[0], dtype=x.dtype, device=x.device)
