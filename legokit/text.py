@@ -72,13 +72,10 @@ class TextEncoder:
     def encode(self, texts: Sequence[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
         present = [i for i, t in enumerate(texts) if t]
         ids = self.token_ids([texts[i] for i in present]) if present else []
-        width = max((len(i) for i in ids), default=1) or 1
-        out = torch.zeros(len(texts), width, dtype=torch.int64)
-        mask = torch.zeros(len(texts), width, dtype=torch.bool)
+        found: list[list[int] | None] = [None] * len(texts)
         for row, sample in zip(present, ids):
-            out[row, : len(sample)] = torch.tensor(sample, dtype=torch.int64)
-            mask[row, : len(sample)] = True
-        return out, mask
+            found[row] = sample
+        return padded(found)
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """Each text's ids, special tokens added and truncated to max_tokens, read from its shortest prefix (of
@@ -118,6 +115,19 @@ class TextEncoder:
         only changes the tokens near its end (the word it cuts), so those are the full text's tokens."""
         offsets = encoding.offsets
         return len(offsets) >= self.max_tokens and max(end for _, end in offsets[: self.max_tokens]) <= length * 7 // 8
+
+
+def padded(ids: Sequence[Sequence[int] | None]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (b, n) int64 padded at the end to the longest sample, and the mask of real tokens; None (a
+    missing sample) gives no token."""
+    width = max((len(i) for i in ids if i), default=1) or 1
+    out = torch.zeros(len(ids), width, dtype=torch.int64)
+    mask = torch.zeros(len(ids), width, dtype=torch.bool)
+    for row, sample in enumerate(ids):
+        if sample:
+            out[row, : len(sample)] = torch.tensor(sample, dtype=torch.int64)
+            mask[row, : len(sample)] = True
+    return out, mask
 
 
 def _is_panic(exc: BaseException) -> bool:

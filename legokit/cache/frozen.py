@@ -6,8 +6,8 @@ its parameters do not train and it runs in eval mode; an adapter inside it, or a
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -15,10 +15,12 @@ from torch import nn
 from ..encoders import FOREIGN
 from ..progress import log, progress_bar
 from .keys import encoder_key, real_length, sample_keys
-from .store import Entry, EncoderTokens, TokenCache
+from .store import Entry, TokenCache
 
 PRETRAINED_MARKS = ("wrapped_from", "encoder_contract", "wrapped")  # provenance that `wrap` leaves on a block
-TEXT_ROUNDING = 16  # token-id inputs are padded to a multiple of this: fewer distinct shapes to check and run
+# masked inputs are padded to a multiple of ROUNDING tokens and run ROUNDING-wide buckets at a fixed batch size: few
+# distinct shapes, each measured once by the cost check (`encoders.cost`, about a second for a 6-layer BERT)
+ROUNDING = 32
 BATCH_TOKENS = 16384  # tokens per encoder run in the encoding pass (samples x padded length)
 
 
@@ -37,25 +39,76 @@ def _adapted(block: Any) -> bool:
     return any(type(m).__module__.startswith("legokit.adapters") for m in block.encoder.modules())
 
 
+def _draws(node: Any) -> bool:
+    """A graph node that draws random numbers: a seeded operator (bernoulli, randn, ...), but dropout only in train
+    mode and attention only with a dropout rate (an eval-mode export keeps both, switched off)."""
+    target = node.target
+    if node.op != "call_function" or torch.Tag.nondeterministic_seeded not in getattr(target, "tags", ()):
+        return False
+    names = [a.name for a in target._schema.arguments] if hasattr(target, "_schema") else []
+
+    def argument(name: str, default: Any) -> Any:
+        if name in node.kwargs:
+            return node.kwargs[name]
+        at = names.index(name) if name in names else len(node.args)
+        return node.args[at] if at < len(node.args) else default
+
+    if "train" in names:
+        train = argument("train", True)
+        return not isinstance(train, (bool, int)) or bool(train)
+    if "dropout_p" in names:
+        rate = argument("dropout_p", 0.0)
+        return not isinstance(rate, (int, float)) or rate > 0
+    return True
+
+
+def _random(block: Any) -> bool:
+    """An exported program that draws random numbers at every run (dropout exported in train mode, noise)."""
+    graph = getattr(getattr(block.encoder, "graph", None), "graph", None)
+    return graph is not None and any(_draws(node) for node in graph.nodes)
+
+
 def cacheable(block: Any) -> bool:
-    """A pretrained encoder whose outputs depend on its inputs alone: no adapter inside, not exported in train mode."""
+    """A pretrained encoder whose outputs depend on its inputs alone: no adapter inside, not exported in train mode,
+    no random operation in its program."""
     provenance = getattr(block, "provenance", None) or {}
-    return pretrained(block) and not _adapted(block) and not provenance.get("exported_in_train_mode")
+    return (pretrained(block) and not _adapted(block) and not provenance.get("exported_in_train_mode")
+            and not _random(block))
+
+
+def _versions(block: Any) -> tuple[int, ...]:
+    """The in-place modification counters of the encoder's tensors and of the input standardisation: any change
+    to them since the encoder's key was computed (a weight loaded or stepped) makes them differ."""
+    tensors = [*block.encoder.state_dict(keep_vars=True).values(), block.input_shift, block.input_scale]
+    return tuple(t._version for t in tensors)
 
 
 class CachedTokens:
-    """A block's token source backed by one encoder's cache (`LegoBlock.token_source`)."""
+    """A block's token source backed by one encoder's cache (`LegoBlock.token_source`): the cache of the encoder as
+    it is, keyed again when any of its tensors was modified in place (weights loaded: the key tells whether they
+    changed) or the block moved to another kind of device."""
 
-    def __init__(self, store: EncoderTokens):
-        self.store = store
+    def __init__(self, cache: TokenCache, block: Any, info: dict[str, str]):
+        self.cache, self.info = cache, info
+        self.key(block)
 
-    @staticmethod
-    def applies(block: Any) -> bool:
-        """Only while the encoder cannot change its output: eval mode, and no gradient reaches its parameters."""
-        return not block.encoder.training and not (torch.is_grad_enabled() and not frozen(block))
+    def key(self, block: Any) -> None:
+        self.store = self.cache.of(encoder_key(block), block.config.encoder.out_dim, self.info)
+        self.device = block.input_shift.device.type
+        self.versions = _versions(block)
+
+    def applies(self, block: Any, x: torch.Tensor) -> bool:
+        """Only while the encoder cannot change its output: eval mode, no gradient reaches its parameters or its
+        input."""
+        grad = torch.is_grad_enabled() and (x.requires_grad or not frozen(block))
+        if block.encoder.training or grad:
+            return False
+        if block.input_shift.device.type != self.device or _versions(block) != self.versions:
+            self.key(block)
+        return x.device.type == self.device
 
     def __call__(self, block: Any, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-        if not self.applies(block):
+        if not self.applies(block, x):
             return None
         keys = sample_keys(x.cpu(), None if mask is None else mask.cpu())
         entries = [self.store.get(key) for key in keys]
@@ -76,17 +129,27 @@ def _fit(tensor: torch.Tensor, width: int) -> torch.Tensor:
     return padded
 
 
+def _padded_width(block: Any, longest: int) -> int:
+    """How wide a batch whose longest sample has `longest` tokens runs: rounded up to ROUNDING where the encoder
+    reads the padding mask (token ids; a program that takes a mask), within a text encoder's token limit."""
+    longest = max(longest, 1)
+    if block.config.text is None and not getattr(block.encoder, "takes_mask", False):
+        return longest  # an encoder without a mask runs unpadded groups of equal length anyway
+    rounded = -(-longest // ROUNDING) * ROUNDING
+    return min(rounded, max(block.config.text.max_tokens, longest)) if block.config.text is not None else rounded
+
+
 def _encode(block: Any, x: torch.Tensor, mask: torch.Tensor | None, rows: Sequence[int]) -> list[Entry]:
-    """Run the encoder on these rows only, padded to their own longest sample (token ids: to a multiple of 16, at
-    most the tokenizer's limit), and keep each sample's tokens up to its last real one."""
+    """Run the encoder on these rows only, padded to their own longest sample (rounded, `_padded_width`), and keep
+    each sample's tokens up to its last real one."""
     index = torch.tensor(list(rows), device=x.device)
     xs, ms = x.index_select(0, index), None if mask is None else mask.index_select(0, index)
     if ms is not None:
-        width = max(int(real_length(ms).max()), 1)
-        if block.config.text is not None:
-            width = min(-(-width // TEXT_ROUNDING) * TEXT_ROUNDING, max(block.config.text.max_tokens, width))
+        width = _padded_width(block, int(real_length(ms).max()))
         xs, ms = _fit(xs, width), _fit(ms, width)
-    with torch.no_grad():
+    # in full precision whatever the caller's autocast: an entry is the encoder's output, the same for every reader
+    autocast = torch.amp.autocast_mode.is_autocast_available(x.device.type)
+    with torch.no_grad(), torch.autocast(x.device.type, enabled=False) if autocast else nullcontext():
         tokens, token_mask = block.encoder_tokens(xs, ms)
     tokens = tokens.float().cpu()
     lengths = [tokens.shape[1]] * len(rows) if token_mask is None else real_length(token_mask.cpu()).tolist()
@@ -126,7 +189,7 @@ def cached_encoders(model: nn.Module, cache: TokenCache | None, training: bool =
             if not cacheable(block) or (training and not frozen(block)):
                 continue
             info = {"modality": block.modality, "encoder": _describe(block)}
-            block.token_source = CachedTokens(cache.of(encoder_key(block), block.config.encoder.out_dim, info))
+            block.token_source = CachedTokens(cache, block, info)
             attached.append(block)
         yield [block.modality for block in attached]
     finally:
@@ -175,7 +238,7 @@ def encode_ahead(model: nn.Module, data: Any, ids: Sequence[str], progress: bool
         block.encoder.eval()
         try:
             with progress_bar(f"encoding {modality}", len(todo), unit="samples") as advance, torch.no_grad():
-                for group in _groups(sorted(todo), batch_size):
+                for group in _groups(sorted(todo), batch_size, lambda n: _padded_width(block, n)):
                     batch = folder.batch(group, [modality])[modality]
                     mask = None if batch.mask is None else batch.mask.to(device)
                     block.tokens(batch.x.to(device), mask)
@@ -186,13 +249,17 @@ def encode_ahead(model: nn.Module, data: Any, ids: Sequence[str], progress: bool
     return report
 
 
-def _groups(todo: Sequence[tuple[int, str]], batch_size: int) -> Iterator[list[str]]:
-    """Ids in order of length, in batches of at most `batch_size` samples and BATCH_TOKENS padded tokens."""
+def _groups(todo: Sequence[tuple[int, str]], batch_size: int, width: Callable[[int], int]) -> Iterator[list[str]]:
+    """Ids in order of length, in batches of samples that run at one padded width, of a fixed size per width (at
+    most `batch_size` samples and BATCH_TOKENS padded tokens): every full batch of a width has the same shape."""
     group: list[str] = []
+    current = None
     for length, sample in todo:
-        if group and (len(group) >= batch_size or (len(group) + 1) * max(length, 1) > BATCH_TOKENS):
+        padded = width(length)
+        if group and (padded != current or len(group) >= max(1, min(batch_size, BATCH_TOKENS // padded))):
             yield group
             group = []
         group.append(sample)
+        current = padded
     if group:
         yield group

@@ -19,7 +19,7 @@ from safetensors.torch import load as load_safetensors
 
 from ..artifact import open_input, read_input, refuse_special_input
 from ..errors import LegoError, brief
-from ..text import TextEncoder, TextSpec
+from ..text import TextEncoder, TextSpec, padded
 from .batch import ModalityBatch
 
 InputSpec = Union[Sequence[Union[int, None]], TextSpec]  # a per-sample shape, or raw text read through a tokenizer
@@ -223,6 +223,7 @@ class DatasetFolder:
         self.modalities: dict[str, Table | Bags | Texts] = {}
         self._bags: dict[Path, torch.Tensor] = {}
         self._tokenizers: dict[str, TextEncoder] = {}
+        self._ids: dict[str, dict[str, list[int]]] = {}
         for name, shape in self.shapes.items():
             table, folder = self.root / f"{name}.csv", self.root / name
             if isinstance(shape, TextSpec):
@@ -270,6 +271,15 @@ class DatasetFolder:
                 xs[row, : x.shape[0]] = x
                 mask[row, : x.shape[0]] = True
         return ModalityBatch(xs, mask, mask.any(dim=1))
+
+    def _token_ids(self, texts: Texts, ids: Sequence[str]) -> list[list[int] | None]:
+        """Each sample's token ids (None where it has no text), tokenized once per folder and kept: every epoch
+        reads the same texts."""
+        known = self._ids.setdefault(texts.name, {})
+        new = [i for i in dict.fromkeys(ids) if i not in known and texts.texts.get(i)]
+        if new:
+            known.update(zip(new, self._tokenizers[texts.name].token_ids([texts.texts[i] for i in new])))
+        return [known.get(i) for i in ids]
 
     def _bag(self, path: Path, shape: Sequence[int | None]) -> torch.Tensor:
         if path not in self._bags:
@@ -325,7 +335,7 @@ class DatasetFolder:
                 present = torch.tensor([i in modality.rows for i in ids])
                 batches[name] = ModalityBatch(x, None, present)
             elif isinstance(modality, Texts):
-                tokens, mask = self._tokenizers[name].encode([modality.texts.get(i) for i in ids])
+                tokens, mask = padded(self._token_ids(modality, ids))
                 batches[name] = ModalityBatch(tokens, mask, mask.any(dim=1))
             else:
                 batches[name] = self._bag_batch(modality, ids)
