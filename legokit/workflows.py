@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any, Sequence
 
 import torch
@@ -258,6 +259,8 @@ def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mor
                                    test_rate, missing_split, config.seed + 1)
     torch.manual_seed(config.seed)  # the adapter's initial weights are the seed's, whatever ran before
     prepared = prepare_adaptation(model, method, rank, at, train_head)
+    if method == "full" and config.encoders == "auto":  # "full" trains everything, pretrained encoders included
+        config = replace(config, encoders="finetune")
     counts = parameter_counts(prepared)
     result = train_model(prepared, data, task, config, progress, label=f"adapting ({method})",
                          inputs=train_inputs, eval_inputs=test_inputs, cache=TokenCache.resolve(cache))

@@ -261,3 +261,186 @@ def test_progress_off_a_terminal_says_rate_and_time_left_at_least_every_ten_seco
             advance(16, "")
     assert seen[0] == "encoding notes: 48/1000, 4.0 samples/s, ETA 3:58"
     assert len(seen) == 10 and seen[-1] == "encoding notes: 480/1000, 4.0 samples/s, ETA 2:10"
+
+
+# ---- what an entry is keyed by, and when the cache applies ----------------------------------------------------------
+
+
+def _notes_batch(block, data, count=8):
+    from legokit.data.folder import DatasetFolder
+
+    folder = DatasetFolder(data, {"notes": block.data_input})
+    return folder.batch(sorted(_texts(0))[:count])["notes"]
+
+
+def test_sample_keys_tell_padding_from_real_zeros_ints_from_floats_and_shapes_apart():
+    from legokit.cache.keys import sample_keys
+
+    ids = torch.tensor([[5, 0, 0]])
+    padded, real_zero = torch.tensor([[True, False, False]]), torch.tensor([[True, True, False]])
+    assert sample_keys(ids, padded) != sample_keys(ids, real_zero)
+    assert sample_keys(ids, padded) == sample_keys(torch.tensor([[5, 7, 9]]), padded)  # padding is not the sample
+    assert sample_keys(ids, padded) == sample_keys(torch.tensor([[5]]), torch.tensor([[True]]))
+    holes = torch.tensor([[True, False, True]])
+    assert sample_keys(ids, holes) != sample_keys(ids, torch.tensor([[True, True, True]]))
+    zeros = torch.zeros(1, 4)
+    assert sample_keys(zeros.int(), None) != sample_keys(zeros, None)  # the same bytes, another dtype
+    assert sample_keys(zeros.long(), None) != sample_keys(zeros.int(), None)
+    assert sample_keys(torch.zeros(1, 2, 3), None) != sample_keys(torch.zeros(1, 3, 2), None)
+    assert sample_keys(torch.tensor([[0.0]]), None) != sample_keys(torch.tensor([[-0.0]]), None)
+
+
+def test_the_encoder_key_covers_weights_standardisation_device_kind_and_legokit_version(monkeypatch):
+    from legokit.cache import keys
+
+    block = _vector_block()
+    first = keys.encoder_key(block)
+    assert keys.encoder_key(_vector_block()) == first
+    with torch.no_grad():
+        block.input_scale.mul_(2)
+    assert keys.encoder_key(block) != first
+    block = _vector_block()
+    monkeypatch.setattr(keys, "__version__", "99.0")
+    assert keys.encoder_key(block) != first
+    monkeypatch.undo()
+    hashed = keys.tensor_bytes
+    monkeypatch.setattr(keys, "tensor_bytes", lambda t: hashed(torch.zeros(t.shape)) if t.is_meta else hashed(t))
+    block.input_shift = torch.zeros_like(block.input_shift, device="meta")  # as a block on another kind of device
+    assert keys.encoder_key(block) != first
+
+
+def test_an_encoder_changed_in_place_while_cached_is_keyed_again(wrapped):
+    from legokit.cache import cached_encoders
+
+    paths, data = wrapped
+    block = load_block(paths["notes"]).eval()
+    batch = _notes_batch(block, data)
+    with torch.no_grad(), cached_encoders(block, TokenCache(None)):
+        before, _ = block.tokens(batch.x, batch.mask)
+        next(block.encoder.parameters()).mul_(3.0)  # weights loaded or stepped meanwhile
+        after, after_mask = block.tokens(batch.x, batch.mask)
+        want, want_mask = block.encoder_tokens(batch.x, batch.mask)
+    assert not torch.allclose(before, after)
+    assert torch.allclose(after[after_mask], want[want_mask], atol=1e-5)
+
+
+def test_an_entry_is_full_precision_whatever_the_callers_autocast(wrapped):
+    from legokit.cache import cached_encoders
+
+    paths, data = wrapped
+    block = load_block(paths["notes"]).eval()
+    batch = _notes_batch(block, data)
+    with torch.no_grad():
+        want, want_mask = block.encoder_tokens(batch.x, batch.mask)
+        with cached_encoders(block, TokenCache(None)):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                block.tokens(batch.x, batch.mask)  # encoded (and kept) under the caller's bf16 autocast
+            got, got_mask = block.tokens(batch.x, batch.mask)
+    assert torch.equal(got[got_mask], want[:, : got.shape[1]][got_mask])
+
+
+def _vector_block():
+    from torch import nn
+
+    from legokit.wrap import wrap_module
+
+    torch.manual_seed(0)
+    return wrap_module(nn.Sequential(nn.Linear(4, 8), nn.Tanh()), "vitals", "binary", (4,), latent=(4, 8), depth=1,
+                       device="cpu").eval().requires_grad_(False)
+
+
+def test_a_gradient_that_reaches_the_input_bypasses_the_cache():
+    from legokit.cache import cached_encoders
+
+    block = _vector_block()
+    x = torch.randn(3, 4)
+    with cached_encoders(block, TokenCache(None)):
+        with torch.no_grad():
+            block(x)  # cached
+        probe = x.clone().requires_grad_(True)
+        block(probe).sum().backward()  # a saliency map: the gradient must flow through the encoder
+    assert probe.grad is not None and probe.grad.abs().sum() > 0
+
+
+def test_a_program_that_draws_random_numbers_is_not_cached_and_an_eval_export_is(wrapped):
+    from torch import nn
+
+    from legokit.cache.frozen import cacheable
+    from legokit.wrap import WrapOptions, wrap_module
+
+    paths, _ = wrapped
+    assert cacheable(load_block(paths["notes"]))  # its eval-mode graph keeps dropout (off) and attention (no dropout)
+    noisy = wrap_module(nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.01)), "vitals", "binary", (4,), latent=(4, 8),
+                        depth=1, device="cpu", how=WrapOptions(train_mode=True))
+    assert not cacheable(noisy)
+    noisy.provenance.pop("exported_in_train_mode")  # the mark lost (a program exported so by its author)
+    assert not cacheable(noisy)
+
+
+def test_an_adapter_inside_the_encoder_turns_its_cache_off():
+    from legokit.adapters.base import attach
+    from legokit.adapters.ssf import SSF
+    from legokit.cache.frozen import cacheable
+    from legokit.encoders import build_encoder
+    from legokit.wrap import wrap_builtin
+
+    encoder = build_encoder("mlp", {"in_features": 4, "hidden": 8, "depth": 1})
+    block = wrap_builtin("mlp", encoder.state_dict(), "vitals", "binary", input_shape=(4,), latent=(4, 8), depth=1,
+                         device="cpu")
+    assert cacheable(block)
+    assert not cacheable(attach(block, SSF(["vitals"]), "encoder").base)
+
+
+def test_samples_repeated_in_a_batch_are_encoded_once(wrapped):
+    from legokit.cache import cached_encoders
+
+    paths, data = wrapped
+    block = load_block(paths["notes"]).eval()
+    counter = Counter(block)
+    batch = _notes_batch(block, data, 2)
+    x, mask = batch.x[[0, 1, 0, 0, 1]], batch.mask[[0, 1, 0, 0, 1]]  # as the dummies of missing inputs repeat
+    with torch.no_grad(), cached_encoders(block, TokenCache(None)):
+        got, got_mask = block.tokens(x, mask)
+        want, want_mask = block.encoder_tokens(x, mask)
+    assert counter.samples == 2 + 5
+    assert torch.allclose(got[got_mask], want[want_mask], atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["mora", "ssf"])
+def test_missing_modality_adaptation_gives_the_same_numbers_with_the_cache(wrapped, method):
+    import copy
+
+    from legokit.workflows import adapt
+
+    paths, data = wrapped
+    fused, _ = fuse_blocks([load_block(paths["notes"]), load_block(paths["reports"])], data,
+                           config=TrainConfig(epochs=1, device="cpu"), progress=False, cache=False)
+    runs = {}
+    for cache in (None, False):  # every batch runs the encoders; the encoders' outputs kept (dummies too)
+        _, result, _ = adapt(copy.deepcopy(fused), data, method, config=TrainConfig(epochs=2, patience=2, device="cpu"),
+                             progress=False, cache=cache, allow_overlap=True)
+        runs[cache] = result
+    assert runs[False].encoding and not runs[None].encoding
+    for a, b in zip(runs[None].history, runs[False].history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], abs=1e-5)
+    assert runs[None].test == pytest.approx(runs[False].test, abs=1e-5)
+
+
+def test_buffers_rewritten_with_the_same_values_keep_the_key(monkeypatch):
+    from legokit.cache import cached_encoders, frozen
+
+    block, x = _vector_block(), torch.randn(3, 4)
+    hashed = []
+    real = frozen.encoder_key
+    monkeypatch.setattr(frozen, "encoder_key", lambda b: hashed.append(1) or real(b))
+    with torch.no_grad(), cached_encoders(block, TokenCache(None)):
+        for _ in range(3):
+            block.input_shift.copy_(block.input_shift.clone())  # as DistributedDataParallel broadcasts buffers
+            block.tokens(x)
+        assert len(hashed) == 1  # the encoder is not hashed again at every step
+        block.input_shift.add_(1.0)
+        changed, _ = block.tokens(x)
+        assert len(hashed) == 2
+        want, _ = block.encoder_tokens(x)
+    assert torch.allclose(changed, want)

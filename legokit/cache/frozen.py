@@ -76,11 +76,15 @@ def cacheable(block: Any) -> bool:
             and not _random(block))
 
 
-def _versions(block: Any) -> tuple[int, ...]:
-    """The in-place modification counters of the encoder's tensors and of the input standardisation: any change
-    to them since the encoder's key was computed (a weight loaded or stepped) makes them differ."""
-    tensors = [*block.encoder.state_dict(keep_vars=True).values(), block.input_shift, block.input_scale]
-    return tuple(t._version for t in tensors)
+def _tensors(block: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """What the encoder's output depends on besides its input: its parameters, and its buffers with the block's
+    input standardisation."""
+    return list(block.encoder.parameters()), [*block.encoder.buffers(), block.input_shift, block.input_scale]
+
+
+def _versions(tensors: list[torch.Tensor]) -> list[int]:
+    """In-place modification counters: a weight loaded or stepped since they were read makes them differ."""
+    return [t._version for t in tensors]
 
 
 class CachedTokens:
@@ -95,15 +99,31 @@ class CachedTokens:
     def key(self, block: Any) -> None:
         self.store = self.cache.of(encoder_key(block), block.config.encoder.out_dim, self.info)
         self.device = block.input_shift.device.type
-        self.versions = _versions(block)
+        parameters, buffers = _tensors(block)
+        self.parameters, self.buffers = _versions(parameters), _versions(buffers)
+        self.buffer_values = [b.detach().clone() for b in buffers]
+
+    def unchanged(self, block: Any) -> bool:
+        """Whether the encoder is still the one keyed: no parameter modified in place, and buffers written in place
+        (as DistributedDataParallel broadcasts them at every step) still of the same values."""
+        parameters, buffers = _tensors(block)
+        if _versions(parameters) != self.parameters or block.input_shift.device.type != self.device:
+            return False
+        if _versions(buffers) != self.buffers:
+            if len(buffers) != len(self.buffer_values) or not all(
+                    a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.detach(), b)
+                    for a, b in zip(buffers, self.buffer_values)):
+                return False
+            self.buffers = _versions(buffers)
+        return True
 
     def applies(self, block: Any, x: torch.Tensor) -> bool:
         """Only while the encoder cannot change its output: eval mode, no gradient reaches its parameters or its
-        input."""
+        input; keyed again if it changed since its key was computed."""
         grad = torch.is_grad_enabled() and (x.requires_grad or not frozen(block))
         if block.encoder.training or grad:
             return False
-        if block.input_shift.device.type != self.device or _versions(block) != self.versions:
+        if not self.unchanged(block):
             self.key(block)
         return x.device.type == self.device
 
@@ -112,11 +132,15 @@ class CachedTokens:
             return None
         keys = sample_keys(x.cpu(), None if mask is None else mask.cpu())
         entries = [self.store.get(key) for key in keys]
-        missing = [row for row, entry in enumerate(entries) if entry is None]
+        missing: dict[str, int] = {}  # each missing sample once (the dummies of missing inputs are all one sample)
+        for row, entry in enumerate(entries):
+            if entry is None:
+                missing.setdefault(keys[row], row)
         if missing:
-            for row, entry in zip(missing, _encode(block, x, mask, missing)):
-                self.store.put(keys[row], entry)
-                entries[row] = entry
+            fresh = dict(zip(missing, _encode(block, x, mask, list(missing.values()))))
+            for key, entry in fresh.items():
+                self.store.put(key, entry)
+            entries = [fresh[key] if entry is None else entry for key, entry in zip(keys, entries)]
         return _assemble(entries, block.config.encoder.out_dim, x.device)  # type: ignore[arg-type]
 
 

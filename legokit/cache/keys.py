@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from ..artifact import tensor_bytes
+from ..version import __version__
 
 TAG = b"legokit-encoder-tokens-1"  # changes when what an entry holds changes
 
@@ -22,11 +23,14 @@ def _add(digest: Any, label: str, data: bytes) -> None:
 
 def encoder_key(block: Any) -> str:
     """sha256 of what decides a block's encoder outputs: the encoder's spec and program, every tensor of its state
-    dict, the block's input standardisation and input conventions, and the torch version that runs it."""
+    dict, the block's input standardisation and input conventions, the torch and legokit versions that run it (how
+    legokit feeds an encoder and reads its output may change between versions) and the kind of device it runs on
+    (a GPU's kernels round otherwise than a CPU's)."""
     digest = hashlib.sha256(TAG)
     config = block.config
     conventions = {"encoder": config.encoder.to_dict(), "input_shape": list(config.input_shape),
-                   "input_dtype": config.input_dtype, "torch": torch.__version__}
+                   "input_dtype": config.input_dtype, "torch": torch.__version__, "legokit": __version__,
+                   "device": block.input_shift.device.type}
     _add(digest, "conventions", json.dumps(conventions, sort_keys=True, default=str).encode())
     program = block.program()
     if program is not None:

@@ -1,7 +1,8 @@
 """Where frozen encoders' outputs are kept: in memory within a budget, and on disk as safetensors shards under
 `LEGOKIT_CACHE` (by default the user's cache directory, `~/.cache/legokit`, as Hugging Face keeps `HF_HOME`), one
 folder per encoder content hash. Shards are written atomically and checked when read: an entry that does not fit
-its encoder is ignored (and recomputed), never trusted."""
+its encoder is ignored (and recomputed), never trusted; nor is a folder or shard of another user (a shared cache
+folder: anyone who can write there could otherwise hand this user tokens of their choosing)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from ..artifact import Stored, open_input, read_header, read_input, write_atomic
+from ..artifact import Header, Stored, _parse_header, header_of_bytes, open_input, read_input, write_atomic
 from ..errors import ArtifactError, ConfigError, LegoError
 from ..jsoncap import capped_json
 from ..progress import log
@@ -29,12 +30,83 @@ CACHE_ENV = "LEGOKIT_CACHE"
 MEMORY_ENV = "LEGOKIT_CACHE_MEMORY"
 DEFAULT_MEMORY = 4 << 30  # bytes of encoder outputs kept in memory per run
 SHARD_BYTES = 256 << 20  # entries written to disk in shards of about this size
+OVER_BUDGET = 16 << 20  # but entries that the memory budget does not keep are written once this many bytes wait
+SHARD_ENTRIES = 1 << 16  # and of at most this many entries (about 15 MB of safetensors header)
+MAX_SHARD_HEADER = 32 << 20  # a shard's header over this is not one legokit wrote: skipped before it is read
+MAX_HANDLES = 32  # shard files held open at once: a run reading from many shards must not run out of descriptors
+ENTRY_OVERHEAD = 1280  # bytes an entry takes in memory beyond its tensors' data (two tensors, its key; measured)
 FOLDER = "encoder-tokens"
 INFO = "encoder.json"
 SHARD_TAG = "legokit-encoder-tokens"
 MAX_TOKENS = 1 << 20  # tokens one cached sample may hold
-_KEY = re.compile(r"^[0-9a-f]{64}$")
-_ENTRY = re.compile(r"^([0-9a-f]{32})\.(tokens|mask)$")
+_KEY = re.compile(r"[0-9a-f]{64}")  # names are matched whole (fullmatch: `$` would let a newline end one)
+_ENTRY = re.compile(r"([0-9a-f]{32})\.(tokens|mask)")
+_PREFIX = re.compile(r"[0-9a-fA-F]{1,64}")
+_UNSHOWN = re.compile(r"[^\x20-\x7e]")
+
+
+def _line(text: object, limit: int = 300) -> str:
+    """Text from a file or a file name as one printable line (a name may hold a newline or a terminal escape)."""
+    shown = _UNSHOWN.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def _uid() -> int | None:
+    return os.getuid() if hasattr(os, "getuid") else None
+
+
+def folder_trouble(path: Path) -> str | None:
+    """Why a folder of the cache cannot be trusted (None: it can, or it does not exist yet): a symbolic link, not a
+    folder, another user's, or writable by others (who could then put shards of their own in it)."""
+    try:
+        info = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # made when the first shard is written (or found then not to be writable)
+    except OSError as exc:
+        return f"cannot be checked ({exc.strerror or exc})"
+    if stat.S_ISLNK(info.st_mode):
+        return "is a symbolic link"
+    if not stat.S_ISDIR(info.st_mode):
+        return "is not a folder"
+    if _uid() is not None and info.st_uid != _uid():
+        return "belongs to another user"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return "is writable by other users"
+    return None
+
+
+def encoder_folder_trouble(folder: Path) -> str | None:
+    """Why an encoder's folder (`<root>/encoder-tokens/<key>`) cannot be used, as "<path> <reason>", or None."""
+    if folder.parent.is_symlink():
+        return f"{folder.parent} is a symbolic link"
+    trouble = folder_trouble(folder)
+    return f"{folder} {trouble}" if trouble else None
+
+
+Signature = tuple[int, int, int, int]
+
+
+def _signature(info: os.stat_result) -> Signature:
+    """What tells one version of a file from another: a shard replaced or truncated after it was indexed differs."""
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+def shard_header(path: Path) -> tuple[Header, Signature]:
+    """A shard's header, read through one descriptor, refused (ArtifactError) unless the shard is a regular file
+    of this user (not a link, a pipe or a device) with a header of at most MAX_SHARD_HEADER bytes."""
+    link = os.lstat(path)
+    if not stat.S_ISREG(link.st_mode):
+        raise ArtifactError("not a regular file")
+    with open_input(path) as handle:
+        fd = handle.fileno()
+        info = os.fstat(fd)
+        if (info.st_dev, info.st_ino) != (link.st_dev, link.st_ino):
+            raise ArtifactError("replaced while it was read")
+        if _uid() is not None and info.st_uid != _uid():
+            raise ArtifactError("written by another user")
+        if info.st_size >= 8 and int.from_bytes(os.pread(fd, 8, 0), "little") > MAX_SHARD_HEADER:
+            raise ArtifactError(f"a header over {MAX_SHARD_HEADER:,} bytes")
+        return _parse_header(path, lambda n, at: os.pread(fd, n, at), info.st_size), _signature(info)
 
 
 def cache_root(environ: Mapping[str, str] | None = None) -> Path:
@@ -66,7 +138,8 @@ class Entry:
 
     @property
     def nbytes(self) -> int:
-        return self.tokens.numel() * 4 + self.mask.numel()
+        """Memory it takes: its data, and the objects around it (which outweigh the data of a one-token entry)."""
+        return self.tokens.numel() * 4 + self.mask.numel() + ENTRY_OVERHEAD
 
 
 @dataclass
@@ -94,8 +167,11 @@ class EncoderTokens:
     info: dict[str, Any]
     memory: dict[str, Entry] = field(default_factory=dict)
     pending: dict[str, Entry] = field(default_factory=dict)
+    pending_bytes: int = 0  # what the pending entries take
+    unkept_bytes: int = 0  # of which entries that the memory budget does not keep
     stored: dict[str, tuple[Path, Stored, Stored]] | None = None
-    handles: dict[Path, int] = field(default_factory=dict)
+    signatures: dict[Path, Signature] = field(default_factory=dict)  # each indexed shard as it was indexed
+    handles: dict[Path, int] = field(default_factory=dict)  # open shards, least recently used first
     computed: int = 0  # samples this run encoded (not found in the cache)
 
     def __contains__(self, sample: str) -> bool:
@@ -114,30 +190,37 @@ class EncoderTokens:
         kept = self.budget.take(entry.nbytes)
         if kept:
             self.memory[sample] = entry
-        if self.folder is not None:
+        if self.folder is not None and sample not in self.pending:
             self.pending[sample] = entry
-            if sum(e.nbytes for e in self.pending.values()) >= SHARD_BYTES:
+            self.pending_bytes += entry.nbytes
+            self.unkept_bytes += 0 if kept else entry.nbytes
+            if (len(self.pending) >= SHARD_ENTRIES or self.pending_bytes >= SHARD_BYTES
+                    or self.unkept_bytes >= OVER_BUDGET):
                 self.flush()
 
     def flush(self) -> None:
         """Write the entries not yet on disk as one shard (temp file + rename)."""
-        if self.folder is None or not self.pending:
+        index = self._index()
+        pending, self.pending, self.pending_bytes, self.unkept_bytes = self.pending, {}, 0, 0
+        if self.folder is None or not pending:
             return
         tensors: dict[str, torch.Tensor] = {}
-        for sample, entry in self.pending.items():
+        for sample, entry in pending.items():
             tensors[f"{sample}.tokens"], tensors[f"{sample}.mask"] = entry.tokens, entry.mask
         path = self.folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{secrets.token_hex(4)}.safetensors"
         try:
+            data = safetensors_bytes(tensors, metadata={"format": SHARD_TAG, "encoder": self.key})
+            layout = header_of_bytes(path, data).layout  # where each entry lies, from what is written: no re-read
             self._make_folder()
-            write_atomic(path, safetensors_bytes(tensors, metadata={"format": SHARD_TAG, "encoder": self.key}))
+            write_atomic(path, data)
+            self.signatures[path] = _signature(os.stat(path))
         except (OSError, LegoError) as exc:
-            log.warning("the encoder cache in %s cannot be written (%s); going on without it", self.folder, exc)
+            log.warning("the encoder cache in %s cannot be written (%s); going on without it", _line(self.folder),
+                        _line(exc))
             self.folder = None
             return
-        index, layout = self._index(), read_header(path).layout
-        for sample in self.pending:
+        for sample in pending:
             index[sample] = (path, layout[f"{sample}.tokens"], layout[f"{sample}.mask"])
-        self.pending = {}
 
     def close(self) -> None:
         self.flush()
@@ -148,8 +231,9 @@ class EncoderTokens:
     def _make_folder(self) -> None:
         assert self.folder is not None
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if self.folder.is_symlink() or not self.folder.is_dir():
-            raise ConfigError(f"{self.folder} is not a folder")
+        trouble = encoder_folder_trouble(self.folder)
+        if trouble:
+            raise ConfigError(trouble)
         info = self.folder / INFO
         if not info.exists():
             write_atomic(info, json.dumps({**self.info, "created": time.time(), "legokit": __version__}).encode())
@@ -160,24 +244,35 @@ class EncoderTokens:
         if self.stored is not None:
             return self.stored
         self.stored = {}
-        if self.folder is None or not self.folder.is_dir() or self.folder.is_symlink():
+        if self.folder is None:
             return self.stored
-        for path in sorted(self.folder.glob("*.safetensors")):
+        trouble = encoder_folder_trouble(self.folder)
+        if trouble:
+            log.warning("not using the encoder cache: %s; outputs are kept for this run only", _line(trouble))
+            self.folder = None
+            return self.stored
+        skipped: list[str] = []
+        try:
+            shards = sorted(self.folder.glob("*.safetensors")) if self.folder.is_dir() else []
+        except OSError as exc:
+            shards, skipped = [], [f"{self.folder} ({exc.strerror or exc})"]
+        for path in shards:
             try:
                 self.stored.update(self._shard(path))
             except (ArtifactError, OSError) as exc:
-                log.warning("skipping a cache shard that does not fit its encoder: %s (%s)", path, exc)
+                skipped.append(f"{path} ({exc})")
+        if skipped:
+            more = f", and {len(skipped) - 1} more there" if len(skipped) > 1 else ""
+            log.warning("skipping a cache shard that does not fit its encoder: %s%s", _line(skipped[0]), more)
         return self.stored
 
     def _shard(self, path: Path) -> dict[str, tuple[Path, Stored, Stored]]:
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            raise ArtifactError("not a regular file")
-        header = read_header(path)
+        header, signature = shard_header(path)
         if header.metadata.get("format") != SHARD_TAG or header.metadata.get("encoder") != self.key:
             raise ArtifactError("written for another encoder")
         parts: dict[str, dict[str, Stored]] = {}
         for name, stored in header.layout.items():
-            match = _ENTRY.match(name)
+            match = _ENTRY.fullmatch(name)
             if match is None:
                 raise ArtifactError(f"tensor {name[:80]!r}")
             parts.setdefault(match.group(1), {})[match.group(2)] = stored
@@ -192,22 +287,42 @@ class EncoderTokens:
                 raise ArtifactError(f"entry {sample} has tokens {tokens.dtype} {tokens.shape}, mask {mask.dtype} "
                                     f"{mask.shape}; the encoder gives ({self.out_dim})-wide float32 tokens")
             found[sample] = (path, tokens, mask)
+        self.signatures[path] = signature
         return found
+
+    def _handle(self, path: Path) -> int:
+        """An open descriptor of the shard, the same file that was indexed; at most MAX_HANDLES are kept open."""
+        fd = self.handles.pop(path, None)
+        if fd is None:
+            with open_input(path) as handle:
+                if _signature(os.fstat(handle.fileno())) != self.signatures.get(path):
+                    raise ArtifactError("it changed since it was indexed")
+                fd = os.dup(handle.fileno())
+            while len(self.handles) >= MAX_HANDLES:
+                os.close(self.handles.pop(next(iter(self.handles))))
+        self.handles[path] = fd
+        return fd
+
+    def _forget(self, path: Path) -> None:
+        """Drop a shard that cannot be read: its entries are recomputed, and it is warned about once."""
+        stored = self.stored or {}
+        for sample in [k for k, v in stored.items() if v[0] == path]:
+            del stored[sample]
+        fd = self.handles.pop(path, None)
+        if fd is not None:
+            os.close(fd)
 
     def _read(self, sample: str) -> Entry | None:
         path, tokens, mask = self.stored[sample]  # type: ignore[index]
         try:
-            if path not in self.handles:
-                with open_input(path) as handle:
-                    self.handles[path] = os.dup(handle.fileno())
-            fd = self.handles[path]
+            fd = self._handle(path)
             values = bytearray(os.pread(fd, tokens.end - tokens.start, tokens.start))
             flags = bytearray(os.pread(fd, mask.end - mask.start, mask.start))
             if len(values) != tokens.end - tokens.start or len(flags) != mask.end - mask.start:
                 raise OSError("the shard is shorter than its header says")
         except (OSError, ArtifactError) as exc:
-            log.warning("a cache shard cannot be read: %s (%s); recomputing", path, exc)
-            del self.stored[sample]  # type: ignore[union-attr]
+            log.warning("a cache shard cannot be read: %s (%s); its entries are recomputed", _line(path), _line(exc))
+            self._forget(path)
             return None
         width = tokens.shape[0]
         as_tokens = torch.frombuffer(values, dtype=torch.float32) if values else torch.empty(0)
@@ -238,7 +353,7 @@ class TokenCache:
         return cls.default() if cache else cls(None)
 
     def of(self, key: str, out_dim: int, info: Mapping[str, Any]) -> EncoderTokens:
-        if not _KEY.match(key):
+        if not _KEY.fullmatch(key):
             raise ConfigError(f"an encoder cache key is 64 hex digits, got {key[:80]!r}")
         if key not in self.encoders:
             folder = None if self.root is None else self.root / FOLDER / key
@@ -263,42 +378,77 @@ class CachedEncoder:
     modified: float
 
 
-def list_cache(root: str | os.PathLike[str] | None = None) -> list[CachedEncoder]:
-    """The encoders with outputs in the cache, most recently used first."""
-    base = (cache_root() if root is None else Path(root)) / FOLDER
-    found = []
-    for folder in sorted(base.iterdir()) if base.is_dir() else []:
-        if not _KEY.match(folder.name) or folder.is_symlink() or not folder.is_dir():
-            continue
-        info: dict[str, Any] = {}
-        if (folder / INFO).is_file():
+def _cached_encoder(folder: Path) -> CachedEncoder:
+    """One encoder's folder as listed; OSError when it goes away meanwhile (a concurrent `legokit cache clear`)."""
+    info: dict[str, Any] = {}
+    try:
+        if not stat.S_ISREG(os.lstat(folder / INFO).st_mode):  # a link to a file elsewhere is not shown
+            raise ArtifactError("not a regular file")
+        loaded = capped_json(read_input(folder / INFO, ArtifactError, 1 << 20), lambda r: ArtifactError(r))
+        info = loaded if isinstance(loaded, dict) else {}
+    except (ArtifactError, FileNotFoundError):
+        pass
+    samples, size, modified = 0, 0, os.lstat(folder).st_mtime
+    with os.scandir(folder) as entries:
+        for entry in entries:
             try:
-                loaded = capped_json(read_input(folder / INFO, ArtifactError, 1 << 20), lambda r: ArtifactError(r))
-                info = loaded if isinstance(loaded, dict) else {}
-            except ArtifactError:
-                info = {}
-        shards = [p for p in folder.glob("*.safetensors") if p.is_file() and not p.is_symlink()]
-        samples = 0
-        for shard in shards:
-            try:
-                samples += sum(1 for name in read_header(shard).layout if name.endswith(".mask"))
-            except ArtifactError:
+                found = entry.stat(follow_symlinks=False)
+            except OSError:  # a temporary file renamed meanwhile by a run writing its shard
                 continue
-        files = [p for p in folder.iterdir() if p.is_file() and not p.is_symlink()]
-        found.append(CachedEncoder(folder.name, folder, str(info.get("modality", "?")), str(info.get("encoder", "?")),
-                                   samples, sum(p.stat().st_size for p in files),
-                                   max((p.stat().st_mtime for p in files), default=folder.stat().st_mtime)))
+            if not stat.S_ISREG(found.st_mode):
+                continue
+            size, modified = size + found.st_size, max(modified, found.st_mtime)
+            if entry.name.endswith(".safetensors"):
+                try:
+                    samples += sum(1 for name in shard_header(Path(entry.path))[0].layout if name.endswith(".mask"))
+                except (ArtifactError, OSError):
+                    continue
+    return CachedEncoder(folder.name, folder, _line(info.get("modality", "?"), 80), _line(info.get("encoder", "?"), 200),
+                         samples, size, modified)
+
+
+def list_cache(root: str | os.PathLike[str] | None = None) -> list[CachedEncoder]:
+    """The encoders with outputs in the cache, most recently used first: this user's own hash-named folders (what
+    a run would read), nothing else there."""
+    base = (cache_root() if root is None else Path(root)) / FOLDER
+    if base.is_symlink():
+        raise ConfigError(f"{_line(base)} is a symbolic link; legokit keeps its cache in a real folder (set {CACHE_ENV} "
+                          "to move the cache)")
+    try:
+        folders = sorted(base.iterdir()) if base.is_dir() else []
+    except OSError as exc:
+        raise ConfigError(f"{_line(base)}: cannot list it ({exc.strerror or exc})") from exc
+    found = []
+    for folder in folders:
+        if not _KEY.fullmatch(folder.name) or encoder_folder_trouble(folder) or not folder.is_dir():
+            continue
+        try:
+            found.append(_cached_encoder(folder))
+        except OSError:
+            continue
     return sorted(found, key=lambda c: -c.modified)
 
 
 def clear_cache(root: str | os.PathLike[str] | None = None, keys: tuple[str, ...] = ()) -> list[CachedEncoder]:
     """Delete the cached outputs of the encoders whose key starts with one of `keys` (all when none is given);
-    returns what was deleted. Only legokit's own folders (named by a hash) are touched."""
+    returns what was deleted. Only legokit's own folders (this user's, named by a hash) are touched."""
+    for key in keys:
+        if not _PREFIX.fullmatch(key):
+            raise ConfigError(f"a cache key is hex digits (the start of one that legokit cache list shows), got "
+                              f"{_line(key, 80)!r}")
     listed = list_cache(root)
     chosen = [c for c in listed if not keys or any(c.key.startswith(k.lower()) for k in keys)]
     unknown = [k for k in keys if not any(c.key.startswith(k.lower()) for c in listed)]
     if unknown:
         raise ConfigError(f"no cached encoder with a key starting {unknown[0][:80]!r} (see legokit cache list)")
+    removed = []
     for cached in chosen:
-        shutil.rmtree(cached.folder)
-    return chosen
+        try:
+            if encoder_folder_trouble(cached.folder):  # replaced since it was listed
+                raise OSError("it changed since it was listed")
+            shutil.rmtree(cached.folder)
+        except OSError as exc:
+            log.warning("cannot clear %s (%s)", _line(cached.folder), _line(exc))
+            continue
+        removed.append(cached)
+    return removed
