@@ -272,12 +272,7 @@ def refill_records(program: bytes, beside: Beside, what: str = "the encoder prog
         return None
     # refused here as `program_records` refuses them: the rewrite below drops the .data/ records (torch's writer
     # adds its own), so none of them may pass here that the allowlist would refuse
-    unknown = sorted(n for n in by_name if not _known_name(n))
-    if unknown:
-        raise EncoderError(f"{what}: record {unknown[0]} is not part of a torch.export program legokit reads")
-    for name in PROGRAM_SMALL:
-        if name in by_name and by_name[name].file_size > MAX_SMALL_BYTES:
-            raise EncoderError(f"{what}: record {name} is {by_name[name].file_size:,} bytes")
+    _check_names(by_name, what, _known_name, PROGRAM_SMALL, "a torch.export program")
     if PROGRAM_JSON[1] not in by_name:
         raise EncoderError(f"{what}: record {PROGRAM_JSON[1]} is missing")
     config = canonical_payload(load_json(_read(archive, by_name[PROGRAM_JSON[1]].filename, what),
@@ -345,10 +340,12 @@ def check_torch_save(data: bytes, what: str) -> None:
     check_pickle(_read(archive, by_name["data.pkl"].filename, what), STATE_DICT_GLOBALS.__contains__, what)
 
 
-def _check_names(by_name: Mapping[str, zipfile.ZipInfo], what: str, allowed: Callable[[str], bool]) -> None:
+def _check_names(by_name: Mapping[str, zipfile.ZipInfo], what: str, allowed: Callable[[str], bool],
+                 small: tuple[str, ...] = TORCH_SAVE_SMALL, format_name: str = "the format") -> None:
+    """Every record is one the format has, and its small records (versions, byte order) are small."""
     unknown = sorted(n for n in by_name if not allowed(n))
     if unknown:
-        raise EncoderError(f"{what}: record {unknown[0]} is not part of the format legokit reads")
+        raise EncoderError(f"{what}: record {unknown[0]} is not part of {format_name} legokit reads")
     for name in by_name:
-        if name in TORCH_SAVE_SMALL and by_name[name].file_size > MAX_SMALL_BYTES:
+        if name in small and by_name[name].file_size > MAX_SMALL_BYTES:
             raise EncoderError(f"{what}: record {name} is {by_name[name].file_size:,} bytes")

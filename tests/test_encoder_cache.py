@@ -18,22 +18,11 @@ from legokit.persist import load_block, save_block
 from legokit.train import TrainConfig
 from legokit.workflows import evaluate_model, fuse_blocks, train_wrapped_block
 
+from .textmodels import bert_folder
+
 WORDS = ["bilirubin", "albumin", "prothrombin", "high", "low", "ascites", "edema", "spiders", "present", "absent",
          "stage", "1", "2", "3", "4"]
 SAMPLES = 48
-
-
-def _bert_folder(folder: Path, seed: int) -> Path:
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("tokenizers")
-    from benchmarks.encoder_families import _tokenizer
-
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=19, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=64, max_position_embeddings=64)
-    transformers.BertModel(config).save_pretrained(folder)
-    _tokenizer(folder / "tokenizer.json")
-    return folder
 
 
 def _texts(seed: int) -> dict[str, str]:
@@ -64,7 +53,7 @@ def wrapped(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     paths = {}
     for seed, modality in enumerate(("notes", "reports")):
-        block = legokit.wrap_file(_bert_folder(root / f"bert-{modality}", seed), modality=modality, task="binary",
+        block = legokit.wrap_file(bert_folder(root / f"bert-{modality}", seed), modality=modality, task="binary",
                                   latent=(8, 8), depth=1, device="cpu")
         paths[modality] = save_block(block, root / f"{modality}.wrapped.st")
     data = _write_folder(root / "data", {"notes": _texts(0), "reports": _texts(1)})

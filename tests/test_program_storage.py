@@ -31,22 +31,13 @@ from legokit.registry import BLOCK
 from legokit.wrap import wrap_module
 
 from .hostile import _rewrite_zip, program_mutations
+from .textmodels import bert_folder
 
 KEY = PROGRAM_PREFIX + "encoder"
 
 
 def _bert_folder(folder: Path, seed: int) -> Path:
-    """A small random Hugging Face BERT with a tokenizer.json, as `benchmarks.encoder_families.bert` builds one."""
-    transformers = pytest.importorskip("transformers")
-    pytest.importorskip("tokenizers")
-    from benchmarks.encoder_families import _tokenizer
-
-    torch.manual_seed(seed)
-    config = transformers.BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                     intermediate_size=128, max_position_embeddings=64)
-    transformers.BertModel(config).save_pretrained(folder)
-    _tokenizer(folder / "tokenizer.json")
-    return folder
+    return bert_folder(folder, seed, vocab_size=1000, hidden_size=64, intermediate_size=128)
 
 
 @pytest.fixture(scope="module")
