@@ -28,7 +28,9 @@ from .tasks import TaskSpec
 
 
 ENCODER_MODES = ("auto", "frozen", "finetune")
-ENCODER_LR_SCALE = 0.1  # a fine-tuned pretrained encoder's learning rate, relative to the block's
+# a fine-tuned pretrained encoder's learning rate, relative to the block's: chosen on validation (python -m
+# benchmarks.encoder_lr; docs/benchmarks.md, "Pretrained text encoders on CPU")
+ENCODER_LR_SCALE = 0.1
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class TrainConfig:
     # which encoders train: "auto" keeps pretrained (wrapped) encoders frozen and trains built-in ones with their
     # block; "frozen" freezes every encoder; "finetune" trains every encoder, pretrained ones at `encoder_lr`
     encoders: str = "auto"
-    encoder_lr: float | None = None  # default: lr x ENCODER_LR_SCALE (docs/benchmarks.md, "Pretrained text")
+    encoder_lr: float | None = None  # default: lr x ENCODER_LR_SCALE
     compile: bool = False
 
     def __post_init__(self) -> None:
