@@ -518,7 +518,11 @@ def read_artifact_summary(path: str | os.PathLike[str], small: int | None = None
 
 def _tensor(view: mmap.mmap, stored: "Stored") -> torch.Tensor:
     """A tensor copied out of the mapped file (its own memory, nothing shared with the mapping)."""
-    data = bytearray(view[stored.start : stored.end])
+    return stored_tensor(bytearray(view[stored.start : stored.end]), stored)
+
+
+def stored_tensor(data: bytearray, stored: "Stored") -> torch.Tensor:
+    """The tensor a stored entry's bytes (already read, exactly its length) hold, sharing their memory."""
     flat = torch.frombuffer(data, dtype=torch.uint8) if data else torch.empty(0, dtype=torch.uint8)
     return flat.view(TORCH_DTYPES[stored.dtype]).reshape(stored.shape)
 

@@ -12,7 +12,7 @@ from typing import Iterable
 import torch
 
 from .artifact import write_atomic
-from .cache import TokenCache, cached_encoders, encode_ahead
+from .cache import TokenCache, encoded_once
 from .data.folder import DataError, DatasetFolder
 from .device import resolve_device
 from .errors import positive_int
@@ -56,9 +56,7 @@ def predict_folder(model: LegoModel, data_dir: str | os.PathLike[str], batch_siz
     data = DatasetFolder(data_dir, model_inputs(model))
     target = resolve_device(device)
     model = model.to(target).eval()
-    with cached_encoders(model, TokenCache.resolve(cache)) as cached:
-        if cached:
-            encode_ahead(model, data, data.ids, progress)
+    with encoded_once(model, data, data.ids, TokenCache.resolve(cache), progress=progress):
         return _predict(model, data, target, batch_size, progress)
 
 

@@ -15,7 +15,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch import nn
 
-from .cache import TokenCache, blocks_of, cached_encoders, encode_ahead, pretrained
+from .cache import TokenCache, blocks_of, encoded_once, pretrained
 from .data.batch import ModalityBatch
 from .data.training import SplitData
 from .device import resolve_device
@@ -87,7 +87,7 @@ class TrainResult:
     edges: list[float] | None = None
     seconds: float = 0.0
     samples: dict[str, Any] = field(default_factory=dict)  # salted hashes of the training and validation ids
-    encoding: dict[str, dict[str, float]] = field(default_factory=dict)  # frozen encoders' pass (`encode_ahead`)
+    encoding: dict[str, dict[str, float]] = field(default_factory=dict)  # frozen encoders' pass (`encoded_once`)
 
     def provenance(self, data: SplitData, config: TrainConfig, modalities: Sequence[str]) -> dict[str, Any]:
         return {
@@ -330,9 +330,8 @@ def train_model(model: nn.Module, data: SplitData, task: TaskSpec, config: Train
     Frozen pretrained encoders run once per sample, before the first epoch, through `cache` (`legokit.cache`)."""
     trainer = Trainer(model, data, task, config, inputs)
     shown = progress and trainer.place.main
-    with cached_encoders(model, cache, training=True) as cached:
-        if cached:
-            everyone = [i for split in ("train", "val", "test") for i in data.ids(split, trainer.modalities)]
-            trainer.encoding = encode_ahead(model, data, everyone, shown)
+    everyone = [i for split in ("train", "val", "test") for i in data.ids(split, trainer.modalities)]
+    with encoded_once(model, data, everyone, cache, training=True, progress=shown) as encoding:
+        trainer.encoding = encoding
         with progress_bar(label, config.epochs, enabled=shown, unit="epochs") as advance:
             return trainer.fit([show_progress(advance, trainer.primary), early_stopping(config.patience)], eval_inputs)

@@ -14,7 +14,7 @@ from .adapters.base import canonical_modules
 from .adapters.missing import DEFAULT_MISSING_RATE, DEFAULT_MISSING_SPLIT, MissingSplit
 from .adapters.mora import DEFAULT_RANK
 from .block import BlockConfig, EncoderSpec, LegoBlock
-from .cache import TokenCache, cached_encoders, encode_ahead
+from .cache import TokenCache, encoded_once
 from .compose.fuse import FusedModel, fuse
 from .data.folder import modality_shape
 from .data.training import SplitData
@@ -135,9 +135,7 @@ def _score(model: nn.Module, data: SplitData, ids: Sequence[str], task: TaskSpec
     pretrained encoders run once per sample (through `cache`, so that other models of them reuse their outputs)."""
     files = [data.folder.root, *data.folder.files()]  # what the figure must never replace
     draw = None if plot is None else (lambda logits, targets: plot_task(task, logits, targets, plot, title, inputs=files))
-    with cached_encoders(model, TokenCache.resolve(cache)) as cached:
-        if cached:
-            encode_ahead(model, data, ids)
+    with encoded_once(model, data, ids, TokenCache.resolve(cache)):
         return evaluate(model, data, ids, task, next(model.parameters()).device, inputs, draw)
 
 

@@ -223,6 +223,15 @@ def cached_encoders(model: nn.Module, cache: TokenCache | None, training: bool =
             cache.close()
 
 
+@contextmanager
+def encoded_once(model: nn.Module, data: Any, ids: Sequence[str], cache: TokenCache | None, training: bool = False,
+                 progress: bool = True) -> Iterator[dict[str, dict[str, float]]]:
+    """`cached_encoders` with its encoding pass (`encode_ahead`) over `ids` done first: what train, eval and predict
+    run their samples in; yields the pass's report (empty when no block is cached)."""
+    with cached_encoders(model, cache, training) as cached:
+        yield encode_ahead(model, data, ids, progress) if cached else {}
+
+
 def _describe(block: Any) -> str:
     spec = block.config.encoder
     kind = "program" if spec.name == FOREIGN else spec.name
@@ -242,7 +251,8 @@ def encode_ahead(model: nn.Module, data: Any, ids: Sequence[str], progress: bool
         source = getattr(block, "token_source", None)
         if not isinstance(source, CachedTokens):
             continue
-        having = [i for i in ids if i in folder.ids_of(modality)]
+        present = folder.ids_of(modality)
+        having = [i for i in ids if i in present]
         todo: list[tuple[int, str]] = []
         for start in range(0, len(having), 1024):
             chunk = having[start : start + 1024]
@@ -261,7 +271,7 @@ def encode_ahead(model: nn.Module, data: Any, ids: Sequence[str], progress: bool
         was_training = block.encoder.training
         block.encoder.eval()
         try:
-            with progress_bar(f"encoding {modality}", len(todo), unit="samples") as advance, torch.no_grad():
+            with progress_bar(f"encoding {modality}", len(todo), progress, "samples") as advance, torch.no_grad():
                 for group in _groups(sorted(todo), batch_size, lambda n: _padded_width(block, n)):
                     batch = folder.batch(group, [modality])[modality]
                     mask = None if batch.mask is None else batch.mask.to(device)

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from ..artifact import Header, Stored, _parse_header, header_of_bytes, open_input, read_input, write_atomic
+from ..artifact import Header, Stored, _parse_header, header_of_bytes, open_input, read_input, stored_tensor, write_atomic
 from ..errors import ArtifactError, ConfigError, LegoError
 from ..jsoncap import capped_json
 from ..progress import log
@@ -172,7 +172,6 @@ class EncoderTokens:
     stored: dict[str, tuple[Path, Stored, Stored]] | None = None
     signatures: dict[Path, Signature] = field(default_factory=dict)  # each indexed shard as it was indexed
     handles: dict[Path, int] = field(default_factory=dict)  # open shards, least recently used first
-    computed: int = 0  # samples this run encoded (not found in the cache)
 
     def __contains__(self, sample: str) -> bool:
         return sample in self.memory or sample in self.pending or sample in self._index()
@@ -186,7 +185,6 @@ class EncoderTokens:
         return found
 
     def put(self, sample: str, entry: Entry) -> None:
-        self.computed += 1
         kept = self.budget.take(entry.nbytes)
         if kept:
             self.memory[sample] = entry
@@ -324,10 +322,7 @@ class EncoderTokens:
             log.warning("a cache shard cannot be read: %s (%s); its entries are recomputed", _line(path), _line(exc))
             self._forget(path)
             return None
-        width = tokens.shape[0]
-        as_tokens = torch.frombuffer(values, dtype=torch.float32) if values else torch.empty(0)
-        as_mask = torch.frombuffer(flags, dtype=torch.bool) if flags else torch.empty(0, dtype=torch.bool)
-        return Entry(as_tokens.reshape(width, self.out_dim), as_mask.reshape(width))
+        return Entry(stored_tensor(values, tokens), stored_tensor(flags, mask))
 
 
 class TokenCache:
