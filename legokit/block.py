@@ -15,6 +15,7 @@ from .data.batch import ModalityBatch, as_batches
 from .encoders import FOREIGN, ExportedEncoder, build_encoder, token_input
 from .encoders.contract import INPUT_DTYPES
 from .encoders.stack import MAX_DEPTH, MAX_FEATURES, MAX_PARAMETERS, MAX_WIDTH, bounded_int
+from .contract import Contract, tokenizer_digest
 from .errors import ConfigError, ShapeError
 from .layers import TaskHead, UpdateLayer
 from .pretrained import HubMixin
@@ -110,6 +111,7 @@ class BlockConfig:
     update: str = DEFAULT_UPDATE
     head_features: str = DEFAULT_HEAD_FEATURES
     shared_init: bool = DEFAULT_SHARED_INIT
+    contract: Contract = Contract()  # what inputs and outputs mean: set when the block is trained
 
     def __post_init__(self) -> None:
         if not isinstance(self.modality, str) or not _NAME.match(self.modality):
@@ -144,6 +146,27 @@ class BlockConfig:
             raise ConfigError(f"shared_init must be true or false, got {self.shared_init!r}")
         if not isinstance(self.dropout, (int, float)) or not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        self._check_contract()
+
+    def _check_contract(self) -> None:
+        """The contract must describe this block: one feature name per input feature, the tokenizer it carries, bin
+        edges and a time unit only for survival (n - 1 edges for n bins), one class name per output."""
+        contract, task = self.contract, self.task
+        if not isinstance(contract, Contract):
+            raise ConfigError(f"a block's contract must be a Contract, got {type(contract).__name__}")
+        if contract.features is not None and len(contract.features) != self.features:
+            raise ConfigError(f"the contract names {len(contract.features)} features; the input has {self.features}")
+        if contract.tokenizer is not None and (self.text is None or contract.tokenizer != tokenizer_digest(self.text.tokenizer)):
+            raise ConfigError("the contract's tokenizer is not the one the block carries")
+        if task.kind != "survival" and (contract.edges is not None or contract.time_unit is not None):
+            raise ConfigError(f"bin edges and a time unit are for survival blocks; this one is {task}")
+        if contract.edges is not None and len(contract.edges) != task.n - 1:
+            raise ConfigError(f"task {task} has {task.n} bins, so {task.n - 1} inner bin edges; the contract has "
+                              f"{len(contract.edges)}")
+        if contract.classes is not None:
+            wanted = 2 if task.kind == "binary" else task.n
+            if task.kind == "survival" or len(contract.classes) != wanted:
+                raise ConfigError(f"task {task} takes {wanted} class names; the contract has {len(contract.classes)}")
 
     def _check_budget(self) -> None:
         """Refuse, by arithmetic alone, a latent and update layers over MAX_PARAMETERS (each size is capped, their
@@ -185,6 +208,7 @@ class BlockConfig:
             "head_features": self.head_features,
             "shared_init": self.shared_init,
             **({"text": self.text.to_dict()} if self.text is not None else {}),
+            **({"contract": self.contract.to_dict()} if self.contract != Contract() else {}),
         }
 
     @classmethod
@@ -203,6 +227,7 @@ class BlockConfig:
             dropout=data["dropout"],
             input_dtype=data.get("input_dtype", "float32"),
             text=TextSpec.from_dict(data["text"]) if data.get("text") is not None else None,
+            contract=Contract.from_dict(data.get("contract") or {}),
             **{key: data.get(key, legacy) for key, legacy in LEGACY.items()},
         )
 

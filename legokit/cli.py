@@ -39,12 +39,13 @@ from .distributed import session
 from .encoders import list_encoders
 from .errors import ConfigError, LegoError, brief
 from .hub import pull, push
-from .persist import load, load_block, merge_files, save, save_block
+from .persist import contract_of_file, load, load_block, merge_files, save, save_block
 from .plots import plot_history
 from .predict import DEFAULT_BATCH, predict_folder
 from .progress import log
 from .recipe import Recipe
 from .spec import BlockSpec
+from .contract import TIME_UNITS, Labelling, parse_edges, parse_names
 from .spectral import DEFAULT_PHASE, FFT_AXES, HEAD_FEATURES, PHASE_MODES, UPDATE_PARTS
 from .tasks import TaskSpec
 from .threads import apply_threads, choose_threads
@@ -122,6 +123,28 @@ def _training(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
 
 
 LATENT_THREADS = ("train", "fuse", "demo")  # the commands that choose their threads by the model's latent, once
+
+
+def _labelling(args: argparse.Namespace, base: Labelling, task: TaskSpec) -> tuple[Labelling, TaskSpec]:
+    """The user's word on the labels (--time-unit, --bins or --bins-from, --classes) over a spec's; a survival task
+    takes its number of bins from the edges when --task does not say it."""
+    classes = parse_names(args.classes) if args.classes else base.classes
+    unit = args.time_unit or base.time_unit
+    if args.bins_from and args.bins:
+        raise ConfigError("give --bins or --bins-from, not both")
+    if args.bins_from:
+        try:
+            labelling = Labelling.from_contract(contract_of_file(args.bins_from), unit)
+        except ConfigError as exc:
+            raise ConfigError(f"--bins-from {args.bins_from}: {exc}") from exc
+        labelling = replace(labelling, classes=classes)
+    elif args.bins:
+        labelling = Labelling(unit, parse_edges(args.bins), None, classes)
+    else:
+        labelling = replace(base, time_unit=unit, classes=classes)
+    if labelling.bins is not None and not args.task and task.kind == "survival":
+        task = TaskSpec("survival", len(labelling.bins) + 1)
+    return labelling, task
 
 
 def _encoder_parameters(blocks: Sequence[Any]) -> int:
@@ -246,8 +269,9 @@ def _train_wrapped(args: argparse.Namespace, console: Console) -> Result:
     if args.modality and args.modality != block.modality:
         raise ConfigError(f"--modality {args.modality}: the block {args.block} is for modality {block.modality}")
     with session(config.device) as place:
+        labelling, _ = _labelling(args, Labelling(), block.config.task)
         block, result = train_wrapped_block(args.data, block, config, standardize=args.standardize,
-                                            cache=not args.no_cache)
+                                            cache=not args.no_cache, labelling=labelling)
         if not place.main:
             return _trained(result, None)
         path = save_block(block, args.output, inputs=inputs)
@@ -269,8 +293,9 @@ def cmd_train(args: argparse.Namespace, console: Console) -> Result:
         spec = BlockSpec(args.modality)
     else:
         raise ConfigError("train needs --modality (or a --spec that names one)")
+    labelling, task = _labelling(args, spec.labelling, TaskSpec.parse(args.task) if args.task else spec.task)
     spec = spec.override(
-        modality=args.modality, encoder=args.encoder, task=TaskSpec.parse(args.task) if args.task else None,
+        modality=args.modality, encoder=args.encoder, task=task, labelling=labelling,
         encoder_kwargs=_json_object(args.encoder_kwargs) if args.encoder_kwargs else None,
         latent=parse_latent(args.latent) if args.latent else None, depth=args.depth,
     )
@@ -291,7 +316,8 @@ def cmd_fuse(args: argparse.Namespace, console: Console) -> Result:
     blocks = [load_block(path) for path in args.blocks]
     _use_threads(args, console, blocks[0].config.latent, _encoder_parameters(blocks))
     with session(config.device) as place:
-        model, result = fuse_blocks(blocks, args.data, args.mode, config, cache=not args.no_cache)
+        model, result = fuse_blocks(blocks, args.data, args.mode, config, cache=not args.no_cache,
+                                    time_unit=args.time_unit)
         if not place.main:  # under torchrun, rank 0 reports and writes
             return _trained(result, None)
         path = save(model, args.output, provenance={"fused_from": list(args.blocks)}, inputs=inputs)
@@ -306,7 +332,7 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> Result:
     adapted, result, counts = adapt(base, args.data, args.adapter, args.rank, args.at, args.missing, args.test_missing,
                                     config, allow_overlap=args.allow_overlap, missing_rate=args.missing_rate,
                                     missing_split=args.missing_split, test_missing_rate=args.test_missing_rate,
-                                    train_head=args.train_head, cache=not args.no_cache)
+                                    train_head=args.train_head, cache=not args.no_cache, time_unit=args.time_unit)
     for warning in counts.pop("warnings", []):
         log.warning("%s", warning)
     adapter = adapted.adapters[-1]
@@ -331,10 +357,11 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> Result:
         for path in args.adapter or []:
             model = attach_file(model, path)
         metrics = evaluate_missing(model, args.data, args.missing, args.split, args.seed, args.allow_overlap,
-                                   args.missing_rate, args.missing_split, plot=args.plot, cache=not args.no_cache)
+                                   args.missing_rate, args.missing_split, plot=args.plot, cache=not args.no_cache,
+                                   time_unit=args.time_unit)
     else:
         metrics = evaluate_model(model, args.data, args.split, args.seed, allow_overlap=args.allow_overlap,
-                                 plot=args.plot, cache=not args.no_cache)
+                                 plot=args.plot, cache=not args.no_cache, time_unit=args.time_unit)
     for warning in metrics["warnings"]:
         log.warning("%s", warning)
     protocol = {k: v for k, v in metrics.items() if k.startswith("missing")}
@@ -532,6 +559,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--task", help=f"survival:N | multiclass:K | binary | multilabel:K (default {BlockSpec.task})")
     train.add_argument("--latent", help=f"latent shape, channels x dims (default {'x'.join(map(str, BlockSpec.latent))})")
     train.add_argument("--depth", type=int, help=f"update steps (default {BlockSpec.depth})")
+    train.add_argument("--time-unit", choices=tuple(TIME_UNITS), help="unit of labels.csv's times (survival); "
+                       "recorded in the block, so that blocks trained apart are checked before they are joined")
+    train.add_argument("--bins", metavar="EDGES", help="survival bin edges in that unit, e.g. 365,730,1460 (4 bins; "
+                       "default: quantiles of the training times)")
+    train.add_argument("--bins-from", metavar="ST", help="the bins and time unit of another block or model, so that "
+                       "blocks trained at other sites can be merged (times converted from --time-unit)")
+    train.add_argument("--classes", help="class names in output order (binary: negative first), e.g. no,yes "
+                       "(default: the labels' values, integers 0..K-1 or names sorted)")
     train.add_argument("--plot", metavar="PNG", help="also draw the per-epoch history (losses, validation metric) "
                        "here (needs legokit[plot])")
     train.add_argument("-o", "--output", required=True, help="the block artifact to write (.st)")
@@ -541,6 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
                                help="LegoFuse blocks (stack or weave) and fine-tune them on paired data")
     fuse.add_argument("blocks", nargs="+", help="block artifacts, in the order their updates run")
     fuse.add_argument("--mode", default="stack", choices=FUSE_MODES, help="stack: block after block; weave: layer after layer")
+    fuse.add_argument("--time-unit", choices=tuple(TIME_UNITS), help="unit of the folder's times when not the "
+                       "model's (converted to the model's unit)")
     fuse.add_argument("--data", required=True, help="dataset folder with the blocks' modalities and labels")
     fuse.add_argument("--freeze-encoders", action=_Deprecated, const="frozen", help=argparse.SUPPRESS)
     fuse.add_argument("--plot", metavar="PNG", help="also draw the per-epoch history here (needs legokit[plot])")
@@ -551,6 +588,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "dataset folder")
     evaluate.add_argument("model", help="a block, merged or fused artifact (.st)")
     evaluate.add_argument("data", help="labelled dataset folder")
+    evaluate.add_argument("--time-unit", choices=tuple(TIME_UNITS), help="unit of the folder's times when not the "
+                       "model's (converted to the model's unit)")
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="default test")
     evaluate.add_argument("--seed", type=int, help="seed of the random split (default: the one the model, or all its "
                           "blocks, was trained with)")
@@ -570,6 +609,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 help="train a missing-modality adapter (MoRA or SSF) for a model")
     adapt.add_argument("model", help="the base artifact (.st): a merged or fused model (a block: --missing-rate 0)")
     adapt.add_argument("--adapter", required=True, choices=("mora", "ssf"), help="modality-aware LoRA, or scale and shift")
+    adapt.add_argument("--time-unit", choices=tuple(TIME_UNITS), help="unit of the folder's times when not the "
+                       "model's (converted to the model's unit)")
     adapt.add_argument("--data", required=True, help="labelled dataset folder")
     adapt.add_argument("--rank", type=int, default=DEFAULT_RANK, help="MoRA rank (default %(default)s, the paper's)")
     adapt.add_argument("--at", help="tokens (MoRA default: each block's first key/value projection), first, all (SSF "
@@ -622,7 +663,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # the arguments that name files a command reads: --json and --plot must not replace any of them
-INPUT_ARGUMENTS = ("encoder", "artifact", "artifacts", "model", "data", "recipe", "block", "blocks", "spec", "adapter")
+INPUT_ARGUMENTS = ("encoder", "artifact", "artifacts", "model", "data", "recipe", "block", "blocks", "spec", "adapter",
+                   "bins_from")
 
 
 def _paths(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, str]]]:

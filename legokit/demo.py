@@ -24,6 +24,7 @@ from rich.progress import Progress
 from .artifact import read_input, write_atomic
 from .baselines import LateFusion, cox_fit
 from .compose.merge import merge
+from .contract import Labelling
 from .data.bundled import write_pbc
 from .data.folder import modality_shape
 from .data.training import SplitData
@@ -172,7 +173,9 @@ def run_seed(folder: Path, seed: int, out: Path, labs_spec: BlockSpec, visits_sp
     random.Random(seed + 1000).shuffle(halves)
     first, second = halves[: len(halves) // 2], halves[len(halves) // 2 :]
     labs_a, _ = train_block(folder, labs_spec, splits, ids=first, progress=False)
-    visits_b, _ = train_block(folder, visits_spec, splits, ids=second, progress=False)
+    # the second site trains on the first site's bins (`legokit train --bins-from`): blocks merge only with one set
+    shared = replace(visits_spec, labelling=Labelling.from_contract(labs_a.config.contract, None))
+    visits_b, _ = train_block(folder, shared, splits, ids=second, progress=False)
     unpaired = _risks(merge([labs_a, visits_b]), data, test)
     result.add("LegoMerge (unpaired halves)", _cindex(unpaired, data, test), _cindex(unpaired, data, test_visits))
 

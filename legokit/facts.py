@@ -54,7 +54,31 @@ def block_facts(config: BlockConfig, tensors: Mapping[str, torch.Tensor], prefix
         "task": str(config.task),
         "encoder": _encoder_text(config, tensors.get(program), (digests or {}).get(program)),
         "params": _params(tensors, prefix),
+        "contract": config.contract.to_dict(),
     }
+
+
+def _listed(names: Any, most: int = 6) -> str:
+    names = [str(n) for n in names]
+    return ", ".join(names[:most]) + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def contract_rows(contract: Mapping[str, Any], modality: str = "") -> list[tuple[str, str]]:
+    """The contract as rows: input schema, time unit and bin edges, classes; what is not recorded says so."""
+    where = f" {modality}" if modality else ""
+    rows = []
+    if "features" in contract:
+        rows.append((f"schema{where}", f"{len(contract['features'])} features by name: {_listed(contract['features'])}"))
+    elif "tokenizer" in contract:
+        rows.append((f"schema{where}", f"text, tokenizer sha256 {contract['tokenizer'][:12]}"))
+    if "edges" in contract:
+        unit = contract.get("time_unit") or "unrecorded unit"
+        rows.append((f"bins{where}", f"edges {_listed(f'{e:g}' for e in contract['edges'])} ({unit})"))
+    if "classes" in contract:
+        rows.append((f"classes{where}", _listed(contract["classes"], 10)))
+    if not contract:
+        rows.append((f"contract{where}", "not recorded (an older file): tables read by position, bins unchecked"))
+    return rows
 
 
 def common_facts(artifact: Artifact) -> dict[str, Any]:
@@ -136,6 +160,7 @@ def block_rows(facts: Mapping[str, Any]) -> list[tuple[str, str]]:
                         f"{'shared' if facts['shared_init'] else 'own'} initialisation"),
         ("task", facts["task"]),
         ("encoder", facts["encoder"]),
+        *contract_rows(facts.get("contract", {})),
     ]
 
 
@@ -148,6 +173,7 @@ def composite_rows(settings_row: Callable[[Mapping[str, Any]], tuple[str, str]])
         for modality, block in facts["blocks"].items():
             found.append((f"block {modality}", f"{block['encoder']}; input {shape_text(block['input_shape'])}; "
                                                f"depth {block['depth']}; {block['params']:,} params"))
+            found.extend(contract_rows(block.get("contract", {}), modality))
         return found
 
     return rows

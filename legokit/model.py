@@ -8,8 +8,11 @@ from typing import Any, Mapping, Protocol
 import torch
 from torch import nn
 
+from .compose.joins import joined_contract
+from .contract import Contract, time_scale
 from .data.batch import ModalityBatch
 from .data.folder import InputSpec
+from .progress import log
 from .tasks import TaskSpec
 
 
@@ -50,3 +53,31 @@ class LegoModel(Protocol):
 def model_inputs(model: LegoModel) -> dict[str, InputSpec]:
     """What a dataset folder supplies for each modality of a model: a per-sample shape, or raw text."""
     return {m: b.data_input for m, b in model.blocks.items()}
+
+
+def model_contract(model: LegoModel) -> Contract:
+    """The task contract of a model (time unit and bin edges, or class names): its blocks' (`compose.joins`)."""
+    return joined_contract([b.config for b in model.blocks.values()])
+
+
+def model_columns(model: LegoModel) -> dict[str, tuple[str, ...]]:
+    """Each table modality's feature names, by which a dataset folder's columns are aligned; a table block that
+    records none (an older file) is read by position, with a warning."""
+    columns = {}
+    for modality, block in model.blocks.items():
+        config = block.config
+        if config.contract.features is not None and len(config.input_shape) == 1:
+            columns[modality] = config.contract.features
+        elif config.input_shape[0] is not None and len(config.input_shape) == 1:
+            log.warning("block %s records no feature names (an older file): its table columns are read by position",
+                        modality)
+    return columns
+
+
+def data_scale(model: LegoModel, time_unit: str | None) -> float:
+    """The factor that turns a dataset's times (in `time_unit`, when given) into the model's unit."""
+    unit = model_contract(model).time_unit
+    if time_unit is not None and unit is None and model.task.kind == "survival":
+        log.warning("the model records no time unit: the times are taken as they are (--time-unit %s ignored)",
+                    time_unit)
+    return time_scale(time_unit, unit)

@@ -14,14 +14,16 @@ import torch
 
 from .archive import SAFETENSORS_CODES, program_records
 from .artifact import KEY_CONFIG, KEY_KIND, KEY_PROVENANCE, OpenedArtifact, Source, Stored, open_artifact
-from .artifact import refuse_inputs, write_streaming
+from .artifact import read_metadata, refuse_inputs, write_streaming
 from .block import BlockConfig, LegoBlock
 from .codec import GRAPH, PROGRAM_PREFIX
 from .compose.graph import Graph
-from .compose.merge import MergeConfig, check_mergeable, merge_head_tensors, merged_config, resolve_weights
-from .errors import ArtifactError, ConfigError, EncoderError
+from .compose.joins import check_joinable, joined_contract
+from .contract import Contract
+from .compose.merge import MergeConfig, merge_head_tensors, merged_config, resolve_weights
+from .errors import ArtifactError, ConfigError, EncoderError, brief
 from .pretrained import load, save
-from .registry import BLOCK, MERGED, kind_named
+from .registry import BLOCK, FUSED, MERGED, kind_named
 from .spectral import DEFAULT_PHASE
 
 
@@ -57,6 +59,22 @@ def _parts(origin: OpenedArtifact) -> tuple[list[_Part], dict[str, float]]:
         raise ArtifactError(f"{path}: corrupt config ({type(exc).__name__}: {exc})") from exc
     parts = [_Part(origin, c, kind.prefix(m)) for m, c in configs.items()]
     return parts, dict(getattr(settings, "weights", ()))
+
+
+def contract_of_file(path: str | os.PathLike[str]) -> Contract:
+    """The task contract (time unit, bin edges, classes) of a block or merged/fused model file, read from its header
+    alone (`legokit train --bins-from`)."""
+    metadata = read_metadata(path)
+    kind = kind_named(metadata.get(KEY_KIND, ""), Path(path))
+    if kind.name not in (BLOCK, MERGED, FUSED):
+        raise ArtifactError(f"{path}: a {kind.name} artifact has no task contract; give a block or a model")
+    try:
+        config = json.loads(metadata.get(KEY_CONFIG, "{}"))
+        configs = [BlockConfig.from_dict(config)] if kind.name == BLOCK else \
+            [BlockConfig.from_dict(c) for c in config["blocks"].values()]
+    except (json.JSONDecodeError, RecursionError, KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
+        raise ArtifactError(f"{path}: corrupt config ({type(exc).__name__}: {brief(exc, 200)})") from exc
+    return joined_contract(configs)
 
 
 def _check_stored_program(origin: OpenedArtifact, stored: Stored, prefix: str = "") -> None:
@@ -135,15 +153,16 @@ def merge_files(
                 owner[part.config.modality] = path
             parts.extend(found)
             known.update(carried)
+        blocks_record = _blocks_provenance(parts)
         try:
-            check_mergeable([p.config for p in parts])
+            join = check_joinable([p.config for p in parts], blocks_record)
         except ConfigError as exc:
             raise ConfigError(f"cannot merge {', '.join(map(str, paths))}: {exc}") from exc
-        blocks_record = _blocks_provenance(parts)
         tasks = {p.config.modality: p.config.task for p in parts}
         config = MergeConfig(resolve_weights(list(tasks), weights, known, tasks, blocks_record), phase)
         heads: dict[str, dict[str, torch.Tensor]] = {}
         sources = [source for part in parts for source in _block_sources(part, heads)]
+        heads = {m: join.head(m, head) for m, head in heads.items()}
         sources += [Source.of_tensor(f"head.{n}", t) for n, t in merge_head_tensors(heads, config).items()]
         configs = {p.config.modality: p.config for p in parts}
         graph = Graph.for_operation("merge", sorted(configs), phase=phase)

@@ -16,7 +16,7 @@ from .cache import TokenCache, encoded_once
 from .data.folder import DataError, DatasetFolder
 from .device import resolve_device
 from .errors import positive_int
-from .model import LegoModel, model_inputs
+from .model import LegoModel, model_columns, model_inputs
 from .progress import progress_bar
 from .tasks import prediction_columns
 
@@ -53,7 +53,7 @@ def predict_folder(model: LegoModel, data_dir: str | os.PathLike[str], batch_siz
     """Task outputs (risk and hazards, or probabilities) for every sample that has at least one of the model's
     modalities in the dataset folder; pretrained encoders run once per sample through `cache` (`legokit.cache`)."""
     positive_int("batch size", batch_size)
-    data = DatasetFolder(data_dir, model_inputs(model))
+    data = DatasetFolder(data_dir, model_inputs(model), model_columns(model))
     target = resolve_device(device)
     model = model.to(target).eval()
     with encoded_once(model, data, data.ids, TokenCache.resolve(cache), progress=progress):

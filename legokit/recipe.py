@@ -9,10 +9,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
-from .artifact import KEY_CONFIG, KEY_KIND, read_input, read_metadata, refuse_inputs
+from .artifact import KEY_CONFIG, KEY_KIND, KEY_PROVENANCE, read_input, read_metadata, refuse_inputs
 from .block import BlockConfig
 from .compose.graph import Graph
-from .compose.merge import block_facts
+from .compose.joins import check_joinable
 from .errors import ConfigError, LegoError
 from .hubref import HubRef, cached_path, is_hub_ref, parse_ref, resolve
 from .persist import load_block, merge_files, save
@@ -154,7 +154,8 @@ class Recipe:
     def check(self, download: bool = False) -> Graph:
         """Validate the graph against the blocks' headers (no tensor is read); Hub blocks not cached are skipped
         unless `download`."""
-        facts = {}
+        configs: dict[str, BlockConfig] = {}
+        records: dict[str, Any] = {}
         for block in self.blocks:
             key = f"blocks.{block.modality}.artifact"
             local = self.local_path(block, download)
@@ -167,15 +168,16 @@ class Recipe:
                 if metadata.get(KEY_KIND) != BLOCK:
                     raise ConfigError(f"{local} is a {metadata.get(KEY_KIND)!r} artifact, not a block")
                 config = BlockConfig.from_dict(json.loads(metadata[KEY_CONFIG]))
-            except (LegoError, KeyError, TypeError, ValueError) as exc:
+                records[block.modality] = json.loads(metadata.get(KEY_PROVENANCE, "{}"))
+            except (LegoError, KeyError, TypeError, ValueError, RecursionError) as exc:
                 raise ConfigError(f"{where(self.path, key)}: {exc}") from exc
             if config.modality != block.modality:
                 raise ConfigError(f"{where(self.path, key)}: the artifact's modality is {config.modality!r}, not {block.modality!r}")
-            facts[block.modality] = block_facts(config)
+            configs[block.modality] = config
         graph = self.graph()
-        if len(facts) == len(self.blocks):
+        if len(configs) == len(self.blocks):
             try:
-                graph.validate(facts)
+                check_joinable(list(configs.values()), records)
             except ConfigError as exc:
                 raise ConfigError(f"{where(self.path, 'blocks')}: {exc}") from exc
         return graph

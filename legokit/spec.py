@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .block import BlockConfig, parse_latent
+from .contract import Labelling
 from .encoders import check_encoder_kwargs, list_encoders
 from .errors import ConfigError
 from .tasks import TaskSpec
@@ -16,7 +17,8 @@ from .yamlfile import check_keys, read_yaml, require_mapping
 
 ARCHITECTURE_KEYS = ("latent", "depth", "fft_axes", "heads", "dim_head", "ff_mult", "dropout", "update",
                      "head_features", "shared_init")
-SPEC_KEYS = ("modality", "description", "encoder", "task", *ARCHITECTURE_KEYS, "training")
+LABEL_KEYS = ("time_unit", "bins", "classes")
+SPEC_KEYS = ("modality", "description", "encoder", "task", *LABEL_KEYS, *ARCHITECTURE_KEYS, "training")
 DEFAULT_ENCODER = "snn"
 DEFAULT_TASK = TaskSpec("survival", 4)
 ENCODER_KEYS = ("name", "kwargs")
@@ -44,12 +46,14 @@ class BlockSpec:
     shared_init: bool = BlockConfig.shared_init
     training: TrainConfig = TrainConfig()
     description: str = ""
+    labelling: Labelling = Labelling()  # time unit, survival bin edges, class names (`legokit.contract`)
 
     def __post_init__(self) -> None:
         if self.encoder not in list_encoders():
             raise ConfigError(f"encoder {self.encoder!r}: train takes a named encoder ({', '.join(list_encoders())}; "
                               "register others with legokit.register_encoder)")
         check_encoder_kwargs(self.encoder, self.encoder_kwargs)  # sizes capped before any data is read
+        check_labelling(self.task, self.labelling)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> "BlockSpec":
@@ -70,6 +74,8 @@ class BlockSpec:
                 given["task"] = TaskSpec.parse(str(data["task"]))
             if "name" in encoder:
                 given["encoder"] = str(encoder["name"])
+            if any(k in data for k in LABEL_KEYS):
+                given["labelling"] = Labelling(data.get("time_unit"), data.get("bins"), None, data.get("classes"))
             return cls(
                 modality=str(data["modality"]),
                 encoder_kwargs=dict(require_mapping(path, "encoder.kwargs", encoder.get("kwargs", {}))),
@@ -87,3 +93,17 @@ class BlockSpec:
         training = {k: v for k, v in changes.items() if k in TRAINING_KEYS and v is not None}
         own = {k: v for k, v in changes.items() if k not in TRAINING_KEYS and v is not None}
         return replace(self, **own, training=replace(self.training, **training))
+
+
+def check_labelling(task: TaskSpec, labelling: Labelling) -> None:
+    """Bins and a time unit only for survival (n - 1 edges for n bins); class names only for classifiers, one per
+    output (binary: two, negative first)."""
+    if task.kind != "survival" and (labelling.bins is not None or labelling.time_unit is not None):
+        raise ConfigError(f"bins and a time unit are for survival tasks; the task is {task}")
+    if labelling.bins is not None and len(labelling.bins) != task.n - 1:
+        raise ConfigError(f"{len(labelling.bins)} bin edges make {len(labelling.bins) + 1} bins, but the task is "
+                          f"{task}: give --task survival:{len(labelling.bins) + 1}")
+    if labelling.classes is not None:
+        wanted = 2 if task.kind == "binary" else task.n
+        if task.kind == "survival" or len(labelling.classes) != wanted:
+            raise ConfigError(f"task {task} takes {wanted} class names, got {len(labelling.classes)}")

@@ -21,6 +21,7 @@ from .data.training import SplitData
 from .device import resolve_device
 from .distributed import device_for, world
 from .errors import ConfigError, positive_int
+from .compose.joins import joined_contract
 from .metrics import PRIMARY, task_loss, task_metrics, undefined_auc
 from .progress import Advance, log, progress_bar
 from .samples import sample_record
@@ -208,7 +209,7 @@ class Trainer:
         self.train_ids, self.val_ids = data.ids("train", self.modalities), data.ids("val", self.modalities)
         if not self.train_ids:
             raise ConfigError(f"{data.folder.root}: no training samples with {', '.join(self.modalities)}")
-        self.edges = data.survival_edges(self.train_ids) if task.kind == "survival" else None
+        self.edges = survival_edges(model, data) if task.kind == "survival" else None
         self.fixed = set_encoders(model, config.encoders)
         if not any(p.requires_grad for p in model.parameters()):
             raise ConfigError("nothing to train: every parameter is frozen")
@@ -299,6 +300,13 @@ class Trainer:
         edges = None if self.edges is None else [float(e) for e in self.edges]
         return TrainResult(selection.epoch, val, test, history, edges, time.perf_counter() - started,
                            sample_record(self.train_ids, self.val_ids), self.encoding)
+
+
+def survival_edges(model: nn.Module, data: SplitData) -> torch.Tensor:
+    """The bins a survival model trains with: those its contract records (given by the user, shared with other
+    blocks, or fixed when its blocks were trained), else quantiles of the labelled training times."""
+    recorded = joined_contract([b.config for b in blocks_of(model).values()]).full_edges()
+    return torch.tensor(recorded, dtype=torch.float64) if recorded is not None else data.survival_edges()
 
 
 def set_encoders(model: nn.Module, mode: str) -> list[Any]:

@@ -16,16 +16,17 @@ from .adapters.mora import DEFAULT_RANK
 from .block import BlockConfig, EncoderSpec, LegoBlock
 from .cache import TokenCache, encoded_once
 from .compose.fuse import FusedModel, fuse
-from .data.folder import modality_shape
+from .contract import Contract, Labelling, tokenizer_digest
+from .data.folder import Table, modality_shape
 from .data.training import SplitData
 from .encoders import build_encoder
 from .errors import ConfigError
 from .metrics import undefined_auc
-from .model import LegoModel, model_inputs
+from .model import LegoModel, data_scale, model_columns, model_contract, model_inputs
 from .progress import log
 from .plots import plot_task
 from .samples import has_record, overlaps, refuse_overlap, training_seed
-from .spec import BlockSpec
+from .spec import BlockSpec, check_labelling
 from .tasks import TaskSpec
 from .train import ADAPT_TRAINING, FUSE_TRAINING, Inputs, TrainConfig, TrainResult, evaluate, train_model
 
@@ -40,17 +41,51 @@ def build_block(spec: BlockSpec, input_shape: tuple[int | None, ...]) -> LegoBlo
     return LegoBlock(config, encoder=encoder)
 
 
-def train_block(data_dir: str | os.PathLike[str], spec: BlockSpec, splits: dict[str, str] | None = None,
-                ids: Sequence[str] | None = None, progress: bool = True) -> tuple[LegoBlock, TrainResult]:
-    """Train one block on its modality of a dataset folder; `ids` restricts training to those samples (unpaired
-    settings). Its input standardisation comes from the training split; provenance records data, split, metrics."""
-    torch.manual_seed(spec.training.seed)
-    shape = modality_shape(data_dir, spec.modality)
-    data = SplitData.load(data_dir, {spec.modality: shape}, spec.task, spec.training.seed, splits)
+def resolved_labelling(config: BlockConfig, labelling: Labelling) -> Labelling:
+    """What training reads the labels as: the user's bins, unit and classes, else those the block already records
+    (a trained block trained again keeps its bins and classes)."""
+    own = config.contract
+    if labelling.bins is None and own.edges is not None:
+        labelling = Labelling(labelling.time_unit or own.time_unit, own.edges, own.time_unit, labelling.classes)
+    if labelling.time_unit is None and own.time_unit is not None:
+        labelling = replace(labelling, time_unit=own.time_unit)
+    return labelling if labelling.classes is not None else replace(labelling, classes=own.classes)
+
+
+def labelled_for(block: LegoBlock, data_dir: str | os.PathLike[str], labelling: Labelling, seed: int,
+                 splits: dict[str, str] | None, ids: Sequence[str] | None = None) -> SplitData:
+    """A block's training data read by its contract and the user's labelling, with the contract it will record
+    (schema, unit, bin edges, classes) set on the block before training; `ids` restricts the training split."""
+    config = block.config
+    labelling = resolved_labelling(config, labelling)
+    columns = {block.modality: config.contract.features} if config.contract.features and len(config.input_shape) == 1 else {}
+    data = SplitData.load(data_dir, {block.modality: block.data_input}, config.task, seed, splits, columns,
+                          labelling.classes, labelling.scale)
     if ids is not None:
         keep = set(ids)
         data.splits = {i: s if s != "train" or i in keep else "unused" for i, s in data.splits.items()}
+    table = data.folder.modalities.get(block.modality)
+    contract = Contract(
+        features=table.columns if isinstance(table, Table) else config.contract.features,
+        tokenizer=tokenizer_digest(config.text.tokenizer) if config.text is not None else None,
+        classes=data.labels.classes,
+    )
+    if config.task.kind == "survival":
+        edges = labelling.bins if labelling.bins is not None else tuple(data.survival_edges()[1:-1].tolist())
+        contract = Contract(contract.features, contract.tokenizer, labelling.unit, edges)
+    block.config = replace(config, contract=contract)
+    return data
+
+
+def train_block(data_dir: str | os.PathLike[str], spec: BlockSpec, splits: dict[str, str] | None = None,
+                ids: Sequence[str] | None = None, progress: bool = True) -> tuple[LegoBlock, TrainResult]:
+    """Train one block on its modality of a dataset folder; `ids` restricts training to those samples (unpaired
+    settings). Its input standardisation comes from the training split; provenance records data, split, metrics,
+    and its contract what its inputs and outputs mean (`legokit.contract`)."""
+    torch.manual_seed(spec.training.seed)
+    shape = modality_shape(data_dir, spec.modality)
     block = build_block(spec, shape)
+    data = labelled_for(block, data_dir, spec.labelling, spec.training.seed, splits, ids)
     block.set_normalization(*data.normalization(spec.modality, data.ids("train", [spec.modality])))
     result = train_model(block, data, spec.task, spec.training, progress, label=f"training {spec.modality}")
     block.provenance = {"trained": result.provenance(data, spec.training, [spec.modality])}
@@ -59,14 +94,16 @@ def train_block(data_dir: str | os.PathLike[str], spec: BlockSpec, splits: dict[
 
 def train_wrapped_block(data_dir: str | os.PathLike[str], block: LegoBlock, config: TrainConfig = TrainConfig(),
                         standardize: bool = False, splits: dict[str, str] | None = None,
-                        progress: bool = True, cache: TokenCache | bool | None = True) -> tuple[LegoBlock, TrainResult]:
+                        progress: bool = True, cache: TokenCache | bool | None = True,
+                        labelling: Labelling = Labelling()) -> tuple[LegoBlock, TrainResult]:
     """Train a wrapped (or any loaded) block on its modality of a dataset folder: its latent, update layers and
     head, and its encoder too when `config.encoders` is "finetune" (a pretrained encoder stays frozen by default, and
     runs once per sample through `cache`). `standardize` sets the input standardisation from the training split;
     otherwise the encoder sees the data as stored, as it was trained to. Same trainer, splits, provenance and
-    metrics as a built-in block."""
+    metrics as a built-in block; `labelling` says what the labels are (time unit, bins, classes)."""
     torch.manual_seed(config.seed)
-    data = SplitData.load(data_dir, {block.modality: block.data_input}, block.config.task, config.seed, splits)
+    check_labelling(block.config.task, labelling)
+    data = labelled_for(block, data_dir, labelling, config.seed, splits)
     if standardize:
         if block.config.input_dtype != "float32" or len(block.config.input_shape) > 2:
             raise ConfigError(f"block {block.modality}: --standardize is for feature vectors and bags of feature "
@@ -84,14 +121,15 @@ def train_wrapped_block(data_dir: str | os.PathLike[str], block: LegoBlock, conf
 
 def fuse_blocks(blocks: Sequence[LegoBlock], data_dir: str | os.PathLike[str], mode: str = "stack",
                 config: TrainConfig = FUSE_TRAINING, splits: dict[str, str] | None = None,
-                progress: bool = True, cache: TokenCache | bool | None = True) -> tuple[FusedModel, TrainResult]:
-    """LegoFuse: stack or weave the blocks, then fine-tune on (paired) data for a few epochs (default 2); frozen
-    pretrained encoders (the default, `config.encoders`) run once per sample through `cache`."""
+                progress: bool = True, cache: TokenCache | bool | None = True,
+                time_unit: str | None = None) -> tuple[FusedModel, TrainResult]:
+    """LegoFuse: stack or weave the blocks (which must join: `compose.joins`), then fine-tune on (paired) data for a
+    few epochs (default 2) with the blocks' bins; frozen pretrained encoders (the default, `config.encoders`) run
+    once per sample through `cache`. `time_unit`: the unit of the folder's times, when not the blocks'."""
     torch.manual_seed(config.seed)
     model = fuse(list(blocks), mode)
     task = model.task
-    inputs = {m: b.data_input for m, b in model.blocks.items()}
-    data = SplitData.load(data_dir, inputs, task, config.seed, splits)
+    data, _, _ = labelled_data(model, data_dir, config.seed, splits, time_unit)
     test = data.ids("test", model.modalities)
     for block in model.blocks.values():
         note = _split_warning(block, data, test)
@@ -121,10 +159,12 @@ def _split_warning(block: LegoBlock, data: SplitData, test: Sequence[str]) -> st
 
 
 def labelled_data(model: LegoModel, data_dir: str | os.PathLike[str], seed: int,
-                  splits: dict[str, str] | None = None) -> tuple[SplitData, TaskSpec, list[str]]:
-    """A dataset folder read for a model (a block, a merged or fused model, or any of them with adapters): the
+                  splits: dict[str, str] | None = None, time_unit: str | None = None) -> tuple[SplitData, TaskSpec, list[str]]:
+    """A dataset folder read for a model (a block, a merged or fused model, or any of them with adapters) by its
+    contract (tables by feature name, labels by class name, times in `time_unit` turned into the model's unit): the
     data with its split, the model's task, and its modalities."""
-    data = SplitData.load(data_dir, model_inputs(model), model.task, seed, splits)
+    data = SplitData.load(data_dir, model_inputs(model), model.task, seed, splits, model_columns(model),
+                          model_contract(model).classes, data_scale(model, time_unit))
     return data, model.task, list(model.modalities)
 
 
@@ -141,11 +181,13 @@ def _score(model: nn.Module, data: SplitData, ids: Sequence[str], task: TaskSpec
 
 def evaluate_model(model: nn.Module, data_dir: str | os.PathLike[str], split: str = "test", seed: int | None = None,
                    splits: dict[str, str] | None = None, allow_overlap: bool = False,
-                   plot: str | os.PathLike[str] | None = None, cache: TokenCache | bool | None = True) -> dict[str, Any]:
+                   plot: str | os.PathLike[str] | None = None, cache: TokenCache | bool | None = True,
+                   time_unit: str | None = None) -> dict[str, Any]:
     """Metrics of any model on one split of a labelled dataset folder (splits.csv, or the seeded split the model
     -- or all its blocks -- was trained with). Samples any of its blocks was trained or validated on are refused
     (`allow_overlap`: scored, with a warning in the result). `plot`: also draw the split's figure there."""
-    data, task, modalities = labelled_data(model, data_dir, _training_seed(model) if seed is None else seed, splits)
+    data, task, modalities = labelled_data(model, data_dir, _training_seed(model) if seed is None else seed, splits,
+                                           time_unit)
     ids = data.ids(split, modalities) if split != "all" else [i for s in ("train", "val", "test") for i in data.ids(s, modalities)]
     warnings = [] if split in ("train", "val", "all") else refuse_overlap(provenance_of(model), ids, split, allow_overlap)
     warnings += _undefined(data, task, ids, split)
@@ -242,12 +284,13 @@ def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mor
           config: TrainConfig = ADAPT_TRAINING, splits: dict[str, str] | None = None,
           progress: bool = True, allow_overlap: bool = False, missing_rate: float | None = DEFAULT_MISSING_RATE,
           missing_split: float = DEFAULT_MISSING_SPLIT, test_missing_rate: float | None = None,
-          train_head: bool | None = None, cache: TokenCache | bool | None = True) -> tuple[nn.Module, TrainResult, dict[str, Any]]:
+          train_head: bool | None = None, cache: TokenCache | bool | None = True,
+          time_unit: str | None = None) -> tuple[nn.Module, TrainResult, dict[str, Any]]:
     """Train a missing-modality adaptation on a dataset folder. Default protocol, MoRA's: a total missing rate
     `missing_rate` (eta) shared between the modalities (`missing_split`) on the training and validation splits, and
     `test_missing_rate` (default: the same) for the reported test metrics. `train_missing`/`test_missing` (e.g.
     tab=0.3) draw each modality independently instead. Dummies are the training means."""
-    data, task, modalities = labelled_data(model, data_dir, config.seed, splits)
+    data, task, modalities = labelled_data(model, data_dir, config.seed, splits, time_unit)
     warnings = refuse_overlap(provenance_of(model), data.ids("test", modalities), "test", allow_overlap)
     train_inputs = missing_protocol(model, data, modalities, ("train", "val"), train_missing, missing_rate,
                                     missing_split, config.seed)
@@ -268,12 +311,12 @@ def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mor
 def evaluate_missing(model: nn.Module, data_dir: str | os.PathLike[str], missing: str | None, split: str = "test",
                      seed: int | None = None, allow_overlap: bool = False, missing_rate: float | None = None,
                      missing_split: float = DEFAULT_MISSING_SPLIT, plot: str | os.PathLike[str] | None = None,
-                     cache: TokenCache | bool | None = True) -> dict[str, Any]:
+                     cache: TokenCache | bool | None = True, time_unit: str | None = None) -> dict[str, Any]:
     """Metrics of a model (adapted or not) on a split, with modalities made missing: MoRA's protocol at total rate
     `missing_rate`, or independent per-modality rates `missing`; the split is the one the model was trained with
     unless `seed` says otherwise, and seen samples are refused as above."""
     seed = _training_seed(model) if seed is None else seed
-    data, task, modalities = labelled_data(model, data_dir, seed)
+    data, task, modalities = labelled_data(model, data_dir, seed, time_unit=time_unit)
     drawn_over = ("train", "val", "test") if split == "all" else (split,)
     ids = [i for s in drawn_over for i in data.ids(s, modalities)]
     inputs = missing_protocol(model, data, modalities, drawn_over, missing, None if missing else missing_rate,

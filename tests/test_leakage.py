@@ -67,7 +67,7 @@ def test_blocks_with_different_fft_axes_are_not_merged(seeded, tmp_path):
     spec = BlockSpec("visits", "abmil", {"hidden": 16, "attention": 8}, fft_axes="channels", **TINY).override(epochs=1)
     other, _ = train_block(data, spec, progress=False)
     path = legokit.save_block(other, tmp_path / "visits-channels.st")
-    with pytest.raises(ConfigError, match="FFT axes disagree \\(labs over both, visits over channels\\)"):
+    with pytest.raises(ConfigError, match="disagree on FFT axes \\(labs: both, visits: channels\\)"):
         legokit.merge_files([blocks[0], path], tmp_path / "m.st")
-    with pytest.raises(ConfigError, match="FFT axes disagree"):
+    with pytest.raises(ConfigError, match="disagree on FFT axes"):
         legokit.merge([legokit.load_block(blocks[0]), other])

@@ -39,7 +39,7 @@ class CompositeModel(HubMixin, nn.Module):
 
     @property
     def head_features(self) -> str:
-        """What the head reads; the blocks agree on it (`check_mergeable`)."""
+        """What the head reads; the blocks agree on it (`check_joinable`)."""
         return next(iter(self.blocks.values())).config.head_features
 
     @property

@@ -17,7 +17,8 @@ from ..layers import TaskHead
 from ..spectral import to_spatial
 from .composite import CompositeModel
 from .graph import Graph
-from .merge import MergeConfig, block_facts, check_mergeable, head_width, merge_head_tensors
+from .joins import Join, block_facts, check_joinable
+from .merge import MergeConfig, head_width, merge_head_tensors
 
 FUSE_MODES: tuple[str, ...] = ("stack", "weave")
 
@@ -34,14 +35,15 @@ class FuseConfig:
             raise ConfigError(f"fuse mode must be one of {', '.join(FUSE_MODES)}, got {self.mode!r}")
 
 
-def check_fusable(blocks: Sequence[LegoBlock], mode: str) -> None:
-    """Fusion needs what merging needs (one latent shape, one task, one block per modality); weave also one depth."""
-    check_mergeable([b.config for b in blocks])
+def check_fusable(blocks: Sequence[LegoBlock], mode: str, warn: bool = True) -> Join:
+    """Fusion needs what merging needs (`check_joinable`); weave also one depth."""
+    join = check_joinable([b.config for b in blocks], {b.modality: getattr(b, "provenance", {}) for b in blocks}, warn)
     if mode == "weave":
         depths = {b.modality: b.config.depth for b in blocks}
         if len(set(depths.values())) > 1:
             shown = ", ".join(f"{m} {d}" for m, d in depths.items())
             raise ConfigError(f"weave interleaves the blocks' layers step by step, so they need one depth; got {shown}")
+    return join
 
 
 class FusedModel(CompositeModel):
@@ -51,7 +53,7 @@ class FusedModel(CompositeModel):
         ordered = [blocks[m] for m in config.order]
         if sorted(config.order) != sorted(blocks):
             raise ConfigError(f"fuse order {list(config.order)} must name each block once: {sorted(blocks)}")
-        check_fusable(ordered, config.mode)
+        check_fusable(ordered, config.mode, warn=False)
         graph = graph if graph is not None else Graph.for_operation(config.mode, config.order, order=list(config.order))
         super().__init__(blocks, list(config.order), head, config, graph)
         self.graph.validate({m: block_facts(b.config) for m, b in self.blocks.items()})
@@ -110,9 +112,9 @@ def fuse(blocks: Sequence[LegoBlock], mode: str = "stack") -> FusedModel:
     """A fused model of blocks, in the given order, its head initialised from the blocks' merged (SLERP) head.
     Fine-tune it afterwards (`legokit.train.train_model`, the paper's 2 epochs)."""
     config = FuseConfig(mode, tuple(b.modality for b in blocks))
-    check_fusable(list(blocks), mode)
+    join = check_fusable(list(blocks), mode)
     merge_config = MergeConfig(tuple(sorted((b.modality, 1.0) for b in blocks)))
-    heads = {b.modality: b.task_head.state_dict() for b in blocks}
+    heads = {b.modality: join.head(b.modality, b.task_head.state_dict()) for b in blocks}
     head = TaskHead(head_width(blocks[0].config), blocks[0].config.task.out_features)
     head.load_state_dict(merge_head_tensors(heads, merge_config))
     return FusedModel({b.modality: b for b in blocks}, head, config)

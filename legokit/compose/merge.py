@@ -20,7 +20,8 @@ from ..spectral import DEFAULT_PHASE, PHASE_MODES, merge_spectra, pooled_width
 from ..sphere import spherical_mean
 from ..tasks import TaskSpec
 from .composite import CompositeModel
-from .graph import BlockFacts, Graph
+from .graph import Graph
+from .joins import block_facts, check_joinable
 
 HEAD_RULE = "slerp (K=2) / weighted Karcher mean of directions x weighted mean norm (K>2), per tensor"
 
@@ -45,34 +46,6 @@ class MergeConfig:
 
     def weight_of(self, modality: str) -> float:
         return dict(self.weights)[modality]
-
-
-def block_facts(config: BlockConfig) -> BlockFacts:
-    return BlockFacts(config.modality, tuple(config.latent), str(config.task))
-
-
-def check_mergeable(configs: Sequence[BlockConfig]) -> None:
-    """At least two blocks, one per modality, with one latent shape, one task and one choice of FFT axes (the
-    spectra they merge must be comparable); else a ConfigError."""
-    if len(configs) < 2:
-        raise ConfigError(f"merging needs at least 2 blocks, got {len(configs)}")
-    seen: set[str] = set()
-    for config in configs:
-        if config.modality in seen:
-            raise ConfigError(f"modality {config.modality!r} appears twice; a merged model takes one block per modality")
-        seen.add(config.modality)
-    graph = Graph.for_operation("merge", sorted(seen))
-    graph.validate({c.modality: block_facts(c) for c in configs})
-    axes = {c.modality: c.fft_axes for c in configs}
-    if len(set(axes.values())) > 1:
-        shown = ", ".join(f"{m} over {a}" for m, a in sorted(axes.items()))
-        raise ConfigError(f"FFT axes disagree ({shown}): their spectra are not comparable; train them with one --fft-axes")
-    for key in ("update", "head_features"):
-        values = {c.modality: getattr(c, key) for c in configs}
-        if len(set(values.values())) > 1:
-            shown = ", ".join(f"{m}: {v}" for m, v in sorted(values.items()))
-            raise ConfigError(f"blocks disagree on {key.replace('_', ' ')} ({shown}); build them with one (wrap "
-                              f"--{key.replace('_', '-')}, or the spec key {key})")
 
 
 def normalized(weights: Sequence[float]) -> list[float]:
@@ -151,7 +124,7 @@ class MergedModel(CompositeModel):
     merged per sample (Eq. 4), and the merged head reads the merged latent. Executes its composition graph."""
 
     def __init__(self, blocks: Mapping[str, LegoBlock], head: TaskHead, config: MergeConfig, graph: Graph | None = None):
-        check_mergeable([blocks[m].config for m in sorted(blocks)])
+        check_joinable([blocks[m].config for m in sorted(blocks)], warn=False)
         graph = graph if graph is not None else Graph.for_operation("merge", sorted(blocks), phase=config.phase)
         super().__init__(blocks, sorted(blocks), head, config, graph)
         self.graph.validate({m: block_facts(b.config) for m, b in self.blocks.items()})
@@ -207,12 +180,12 @@ def merge(models: Sequence[LegoBlock | MergedModel], weights: Sequence[float] | 
     into it, with the same result as merging all blocks at once). Every block is used; returned in eval mode.
     `weights="auto"` weighs each block by its recorded validation metric (`auto_weights`)."""
     blocks, known = expand(models)
-    check_mergeable([b.config for b in blocks])
     by_modality = {b.modality: b for b in blocks}
+    join = check_joinable([b.config for b in blocks], {m: getattr(b, "provenance", {}) for m, b in by_modality.items()})
     config = MergeConfig(resolve_weights([b.modality for b in blocks], weights, known,
                                          {m: b.config.task for m, b in by_modality.items()},
                                          {m: getattr(b, "provenance", {}) for m, b in by_modality.items()}), phase)
-    heads = {m: b.task_head.state_dict() for m, b in by_modality.items()}
+    heads = {m: join.head(m, b.task_head.state_dict()) for m, b in by_modality.items()}
     first = by_modality[config.modalities[0]].config
     head = TaskHead(head_width(first), first.task.out_features)
     head.load_state_dict(merge_head_tensors(heads, config))

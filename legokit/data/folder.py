@@ -19,6 +19,7 @@ from safetensors.torch import load as load_safetensors
 
 from ..artifact import open_input, read_input, refuse_special_input
 from ..errors import LegoError, brief
+from ..progress import log
 from ..text import TextEncoder, TextSpec, padded
 from .batch import ModalityBatch
 
@@ -117,22 +118,43 @@ def regular_files(files: Sequence[Path]) -> list[Path]:
     return list(files)
 
 
-def read_table(name: str, path: Path) -> Table:
+def read_table(name: str, path: Path, names: Sequence[str] | None = None) -> Table:
+    """A table modality. With `names` (a trained block's feature names), those columns are read by name, in that
+    order: a missing one is a DataError naming it, extra ones are ignored with a warning. A row whose feature cells
+    are all empty is a sample without this modality."""
     header, rows = id_rows(path)
     if len(header) < 2:
         raise DataError(f"{path}: no feature columns after 'id'")
+    position: dict[str, int] = {}
+    for index, column in enumerate(header[1:], start=1):
+        if column in position:
+            raise DataError(f"{path}: column {column!r} appears twice in the header")
+        position[column] = index
+    wanted = list(header[1:]) if names is None else list(names)
+    if names is not None:
+        missing = [n for n in names if n not in position]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise DataError(f"{path}: no column {shown}; the {name} block was trained on {len(names)} features named "
+                            f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}")
+        extra = [c for c in position if c not in set(names)]
+        if extra:
+            log.warning("%s: ignoring %d column(s) the %s block was not trained on: %s", path, len(extra), name,
+                        ", ".join(extra[:10]) + (", ..." if len(extra) > 10 else ""))
     features: dict[str, torch.Tensor] = {}
     for number, sample, row in rows:
+        if not any(cell.strip() for cell in row[1:]):
+            continue  # an all-empty row: this sample lacks the modality
         values = torch.tensor(
-            [parse_number(path, number, column, cell) for column, cell in zip(header[1:], row[1:])], dtype=torch.float32
+            [parse_number(path, number, column, row[position[column]]) for column in wanted], dtype=torch.float32
         )
         if not torch.isfinite(values).all():
-            column = header[1 + int((~torch.isfinite(values)).nonzero()[0])]
+            column = wanted[int((~torch.isfinite(values)).nonzero()[0])]
             raise DataError(f"{path}: row {number}, column {column}: out of the float32 range (|x| > 3.4e38)")
         features[sample] = values
     if not features:
         raise DataError(f"{path}: modality {name} has no samples")
-    return Table(name, path, tuple(header[1:]), features)
+    return Table(name, path, tuple(wanted), features)
 
 
 MAX_BATCH_BYTES = 1 << 30  # one modality's padded inputs for one batch
@@ -140,22 +162,25 @@ MAX_TEXT_CHARS = 1_000_000  # one sample's text; the tokenizer truncates to the 
 
 
 def read_texts(name: str, root: Path) -> Texts | None:
-    """A text modality's strings, from NAME.csv (id and one text column) or NAME/ID.txt; None when neither exists."""
+    """A text modality's strings, from NAME.csv (id and one text column) or NAME/ID.txt; None when neither exists.
+    An empty or whitespace-only text is a sample without this modality."""
     table, folder = root / f"{name}.csv", root / name
     texts: dict[str, str] = {}
     if table.exists():
         header, rows = id_rows(table)
         if len(header) != 2:
             raise DataError(f"{table}: a text modality has two columns, id and the text; found {', '.join(header)}")
-        texts = {sample: row[1] for _, sample, row in rows}
+        texts = {sample: row[1] for _, sample, row in rows if row[1].strip()}
         source = table
     elif folder.is_dir():
         for file in regular_files(sorted(folder.glob("*.txt"))):
             data = read_input(file, DataError, limit=4 * MAX_TEXT_CHARS)
             try:
-                texts[file.stem] = data.decode("utf-8-sig")
+                text = data.decode("utf-8-sig")
             except UnicodeDecodeError as exc:
                 raise DataError(f"{file}: not UTF-8 text") from exc
+            if text.strip():  # an empty or blank file is a sample without this modality
+                texts[file.stem] = text
         source = folder
     else:
         return None
@@ -215,8 +240,10 @@ class DatasetFolder:
     inputs from folders). Ids are the union over modalities, sorted; `batch(ids)` builds padded, masked inputs.
     Bags are read once and kept in memory."""
 
-    def __init__(self, root: str | os.PathLike[str], inputs: Mapping[str, InputSpec]):
+    def __init__(self, root: str | os.PathLike[str], inputs: Mapping[str, InputSpec],
+                 columns: Mapping[str, Sequence[str]] | None = None):
         self.root = Path(root)
+        columns = dict(columns or {})
         if not self.root.is_dir():
             raise DataError(f"{self.root}: no such directory")
         self.shapes = {name: spec if isinstance(spec, TextSpec) else tuple(spec) for name, spec in inputs.items()}
@@ -232,7 +259,7 @@ class DatasetFolder:
                     self.modalities[name] = texts
                     self._tokenizers[name] = TextEncoder(shape)
             elif len(shape) == 1 and table.exists():
-                self.modalities[name] = self._checked_table(read_table(name, table), shape[0])
+                self.modalities[name] = self._checked_table(read_table(name, table, columns.get(name)), shape[0])
             elif len(shape) >= 2 and folder.is_dir():
                 self.modalities[name] = read_bags(name, folder)
         if not self.modalities:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,17 +18,23 @@ SPLITS = ("train", "val", "test")
 
 @dataclass(frozen=True)
 class Labels:
-    """Per-sample targets: `time` and `event` (survival) or `label` (class index, 0/1, or a 0/1 row per label)."""
+    """Per-sample targets: `time` and `event` (survival) or `label` (class index, 0/1, or a 0/1 row per label), and
+    the class names the label values were read as (None for survival)."""
 
     path: Path
     task: TaskSpec
     ids: tuple[str, ...]
     targets: Mapping[str, torch.Tensor]
+    classes: tuple[str, ...] | None = None
 
     def select(self, ids: Sequence[str]) -> dict[str, torch.Tensor]:
         index = {sample: row for row, sample in enumerate(self.ids)}
         rows = torch.tensor([index[i] for i in ids], dtype=torch.long)
         return {name: values[rows] for name, values in self.targets.items()}
+
+    def labelled(self, splits: Mapping[str, str], split: str) -> list[str]:
+        """Every labelled sample of a split, whatever modalities it has."""
+        return [i for i in self.ids if splits.get(i) == split]
 
 
 def _integer(path: Path, row: int, column: str, text: str, low: int, high: int) -> int:
@@ -37,15 +44,55 @@ def _integer(path: Path, row: int, column: str, text: str, low: int, high: int) 
     return int(value)
 
 
-def read_labels(path: Path, task: TaskSpec) -> Labels:
-    """Read and check labels.csv for a task: survival needs `time` (> 0) and `event` (0/1); binary and multiclass
-    a `label` column (0/1, or 0..K-1); multilabel one 0/1 column per label (K columns after `id`)."""
+def class_name(text: str) -> str:
+    """A label cell as a class name: stripped, and an integral number written as an integer (`1.0` is class 1)."""
+    text = text.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return str(int(value)) if math.isfinite(value) and value == int(value) else text
+
+
+def _class_codes(path: Path, task: TaskSpec, cells: Sequence[tuple[int, str]],
+                 classes: Sequence[str] | None) -> tuple[list[int], tuple[str, ...]]:
+    """Class indices of `label` cells and the class names they follow. With `classes` (a trained block's, or
+    --classes), cells are mapped by name; without, they are integers 0..K-1 (binary: 0/1), or names sorted."""
+    count = 2 if task.kind == "binary" else task.n
+    names = [class_name(text) for _, text in cells]
+    if classes is None:
+        if all(n.lstrip("-").isdigit() for n in names):
+            codes = [_integer(path, row, "label", text, 0, count - 1) for row, text in cells]
+            return codes, tuple(str(k) for k in range(count))
+        if task.kind == "binary":
+            raise DataError(f"{path}: binary labels must be 0/1 (found {sorted(set(names))[:4]}); or name the "
+                            "classes, negative first: --classes NEG,POS")
+        classes = sorted(set(names))
+        if len(classes) != count:
+            raise DataError(f"{path}: task {task} has {count} classes, the label column has {len(classes)} "
+                            f"({', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''}); give --task "
+                            f"multiclass:{len(classes)}, or --classes")
+    index = {name: k for k, name in enumerate(classes)}
+    codes = []
+    for (row, text), name in zip(cells, names):
+        if name not in index:
+            raise DataError(f"{path}: row {row}, column label: {text.strip()[:40]!r} is not one of the classes "
+                            f"{', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''}")
+        codes.append(index[name])
+    return codes, tuple(classes)
+
+
+def read_labels(path: Path, task: TaskSpec, classes: Sequence[str] | None = None, time_scale: float = 1.0) -> Labels:
+    """Read and check labels.csv for a task: survival needs `time` (> 0, multiplied by `time_scale` into the model's
+    unit) and `event` (0/1); binary and multiclass a `label` column (0/1 or 0..K-1, or class names: see
+    `_class_codes`); multilabel one 0/1 column per label (K columns after `id`, taken by name when `classes` names
+    them)."""
     header, rows = id_rows(path)
     columns = {name: position for position, name in enumerate(header)}
     if task.kind == "survival":
         wanted = ["time", "event"]
     elif task.kind == "multilabel":
-        wanted = header[1:]
+        wanted = list(classes) if classes is not None else header[1:]
         if len(wanted) != task.n:
             raise DataError(f"{path}: task {task} needs {task.n} label columns after 'id', found {len(wanted)}")
     else:
@@ -55,6 +102,7 @@ def read_labels(path: Path, task: TaskSpec) -> Labels:
         raise DataError(f"{path}: task {task} needs column(s) {', '.join(missing)}; the file has {', '.join(header)}")
     ids: list[str] = []
     values: dict[str, list[float]] = {name: [] for name in wanted}
+    cells: list[tuple[int, str]] = []
     for number, sample, row in rows:
         ids.append(sample)
         for name in wanted:
@@ -63,21 +111,25 @@ def read_labels(path: Path, task: TaskSpec) -> Labels:
                 value = parse_number(path, number, name, text)
                 if value <= 0:
                     raise DataError(f"{path}: row {number}, column time: {text!r} must be positive")
-            elif name == "event" or task.kind in ("binary", "multilabel"):
+            elif name == "event" or task.kind == "multilabel":
                 value = _integer(path, number, name, text, 0, 1)
             else:
-                value = _integer(path, number, name, text, 0, task.n - 1)
+                cells.append((number, text))
+                continue
             values[name].append(value)
     if not ids:
         raise DataError(f"{path}: no samples")
+    found: tuple[str, ...] | None = None
     if task.kind == "survival":
-        targets = {"time": torch.tensor(values["time"], dtype=torch.float64),
+        targets = {"time": torch.tensor(values["time"], dtype=torch.float64) * time_scale,
                    "event": torch.tensor(values["event"], dtype=torch.bool)}
     elif task.kind == "multilabel":
         targets = {"label": torch.tensor([values[n] for n in wanted], dtype=torch.float32).T.contiguous()}
+        found = tuple(wanted)
     else:
-        targets = {"label": torch.tensor(values["label"], dtype=torch.long)}
-    return Labels(path, task, tuple(ids), targets)
+        codes, found = _class_codes(path, task, cells, classes)
+        targets = {"label": torch.tensor(codes, dtype=torch.long)}
+    return Labels(path, task, tuple(ids), targets, found)
 
 
 def random_split(ids: Sequence[str], seed: int, fractions: tuple[float, float] = (0.7, 0.15)) -> dict[str, str]:

@@ -12,7 +12,7 @@ import torch
 from ..metrics import survival_bins, to_bins
 from ..tasks import TaskSpec
 from .batch import ModalityBatch
-from .folder import DataError, DatasetFolder
+from .folder import DataError, DatasetFolder, InputSpec
 from .labels import Labels, random_split, read_labels, read_splits
 
 
@@ -26,13 +26,15 @@ class SplitData:
     split_source: str
 
     @classmethod
-    def load(cls, root: str | os.PathLike[str], inputs: Mapping[str, Sequence[int | None]], task: TaskSpec,
-             seed: int = 0, splits: Mapping[str, str] | None = None) -> "SplitData":
+    def load(cls, root: str | os.PathLike[str], inputs: Mapping[str, InputSpec], task: TaskSpec,
+             seed: int = 0, splits: Mapping[str, str] | None = None, columns: Mapping[str, Sequence[str]] | None = None,
+             classes: Sequence[str] | None = None, time_scale: float = 1.0) -> "SplitData":
         """Read a folder for a model's inputs and task; the split is `splits`, else splits.csv, else a seeded
-        random 70/15/15 split of the labelled samples."""
+        random 70/15/15 split of the labelled samples. `columns` (tables' feature names), `classes` and `time_scale`
+        come from the model's contract (`legokit.contract`)."""
         root = Path(root)
-        folder = DatasetFolder(root, inputs)
-        labels = read_labels(root / "labels.csv", task)
+        folder = DatasetFolder(root, inputs, columns)
+        labels = read_labels(root / "labels.csv", task, classes, time_scale)
         folder.check_known(set(labels.ids), root / "labels.csv")
         if splits is not None:
             assignment, source = dict(splits), "given"
@@ -50,9 +52,10 @@ class SplitData:
             having |= self.folder.ids_of(name)
         return [i for i in self.labels.ids if self.splits.get(i) == split and i in having]
 
-    def survival_edges(self, ids: Sequence[str]) -> torch.Tensor:
-        """Bin edges from the uncensored times of these (training) samples."""
-        targets = self.labels.select(ids)
+    def survival_edges(self, ids: Sequence[str] | None = None) -> torch.Tensor:
+        """Bin edges from the uncensored times of these samples (default: every labelled training sample, whatever
+        modalities it has, so that blocks trained on one folder and split share their bins)."""
+        targets = self.labels.select(self.labels.labelled(self.splits, "train") if ids is None else ids)
         return survival_bins(targets["time"], targets["event"], self.labels.task.n)
 
     def batch(self, ids: Sequence[str], edges: torch.Tensor | None = None) -> tuple[dict[str, ModalityBatch], dict[str, torch.Tensor]]:

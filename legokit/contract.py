@@ -1,0 +1,186 @@
+"""A trained block's contract: what its inputs and outputs mean, so that blocks trained apart can be checked before
+they are joined. Input schema (a table's feature names in order, a text block's tokenizer), and task contract (a
+survival block's time unit and bin edges, a classifier's class names). Pure data, validated once, here."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, replace
+from typing import Any, Mapping, Sequence
+
+from .errors import ConfigError
+
+# days per unit: a month is a twelfth of a Julian year
+TIME_UNITS: dict[str, float] = {"days": 1.0, "weeks": 7.0, "months": 365.25 / 12, "years": 365.25}
+MAX_NAMES = 65_536  # feature or class names one contract may hold (a block's input width is capped lower)
+MAX_NAME_CHARS = 256
+
+
+def _names(what: str, names: Any) -> tuple[str, ...]:
+    """Non-empty, distinct, bounded strings; else a ConfigError naming `what`."""
+    if isinstance(names, (str, bytes)) or not isinstance(names, Sequence):
+        raise ConfigError(f"{what} must be a list of names, got {type(names).__name__}")
+    if len(names) > MAX_NAMES:
+        raise ConfigError(f"{what}: {len(names):,} names; legokit caps a contract at {MAX_NAMES:,}")
+    for name in names:
+        if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_CHARS or name != name.strip():
+            raise ConfigError(f"{what}: each name must be a non-empty string of at most {MAX_NAME_CHARS} characters "
+                              f"without surrounding spaces, got {repr(name)[:60]}")
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ConfigError(f"{what}: {name!r} appears twice")
+        seen.add(name)
+    return tuple(names)
+
+
+def check_time_unit(unit: Any) -> str:
+    if unit not in TIME_UNITS:
+        raise ConfigError(f"time unit must be one of {', '.join(TIME_UNITS)}, got {repr(unit)[:40]}")
+    return unit
+
+
+def check_edges(edges: Any) -> tuple[float, ...]:
+    """Inner survival bin edges: finite, positive, strictly increasing numbers."""
+    if isinstance(edges, (str, bytes)) or not isinstance(edges, Sequence):
+        raise ConfigError(f"bin edges must be a list of numbers, got {type(edges).__name__}")
+    if len(edges) > MAX_NAMES:
+        raise ConfigError(f"{len(edges):,} bin edges; legokit caps a contract at {MAX_NAMES:,}")
+    values = []
+    for edge in edges:
+        if isinstance(edge, bool) or not isinstance(edge, (int, float)) or not math.isfinite(edge) or edge <= 0:
+            raise ConfigError(f"bin edges must be positive finite numbers, got {repr(edge)[:40]}")
+        values.append(float(edge))
+    if any(b <= a for a, b in zip(values, values[1:])):
+        raise ConfigError(f"bin edges must increase strictly, got {', '.join(f'{v:g}' for v in values)}")
+    return tuple(values)
+
+
+def parse_edges(text: str) -> tuple[float, ...]:
+    """Read `--bins 365,730,1460`: the inner edges of the survival bins (n - 1 numbers for n bins)."""
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError as exc:
+        raise ConfigError(f"--bins {text!r}: give increasing numbers separated by commas, e.g. 365,730,1460") from exc
+    if not values:
+        raise ConfigError(f"--bins {text!r}: no edges given")
+    return check_edges(values)
+
+
+def parse_names(text: str, what: str = "--classes") -> tuple[str, ...]:
+    """Read `--classes no,yes`: names separated by commas."""
+    return _names(what, [part.strip() for part in text.split(",")])
+
+
+def tokenizer_digest(tokenizer: str) -> str:
+    """The identity of a text block's tokenizer: the sha256 of its tokenizer.json text."""
+    return hashlib.sha256(tokenizer.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+def time_scale(data_unit: str | None, model_unit: str | None) -> float:
+    """The factor that turns times in `data_unit` into `model_unit`; 1 when either is not known."""
+    if data_unit is None or model_unit is None:
+        return 1.0
+    return TIME_UNITS[data_unit] / TIME_UNITS[model_unit]
+
+
+@dataclass(frozen=True)
+class Contract:
+    """What a trained block's inputs and outputs mean. None: not recorded (files written before contracts, or not
+    given by the data).
+
+    features: a table's feature names in input order (its columns are aligned by name); tokenizer: sha256 of a text
+    block's tokenizer.json; time_unit and edges: a survival block's unit of time and the n - 1 inner edges of its n
+    bins (a time t falls in bin k when edge_k <= t < edge_k+1, with edge_0 = 0 and edge_n = infinity); classes:
+    the names of a classifier's outputs in order (multiclass: one per class; binary: the negative then the positive
+    class; multilabel: one per label column).
+    """
+
+    features: tuple[str, ...] | None = None
+    tokenizer: str | None = None
+    time_unit: str | None = None
+    edges: tuple[float, ...] | None = None
+    classes: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.features is not None:
+            object.__setattr__(self, "features", _names("feature names", self.features))
+        if self.tokenizer is not None and (not isinstance(self.tokenizer, str) or len(self.tokenizer) != 64
+                                           or any(c not in "0123456789abcdef" for c in self.tokenizer)):
+            raise ConfigError(f"the tokenizer's identity must be a sha256 in hex, got {repr(self.tokenizer)[:70]}")
+        if self.time_unit is not None:
+            check_time_unit(self.time_unit)
+        if self.edges is not None:
+            object.__setattr__(self, "edges", check_edges(self.edges))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", _names("class names", self.classes))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {"features": self.features, "tokenizer": self.tokenizer, "time_unit": self.time_unit,
+                "edges": self.edges, "classes": self.classes}
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()
+                if value is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Contract":
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a block's contract must be a mapping, got {type(data).__name__}")
+        unknown = sorted(set(data) - {"features", "tokenizer", "time_unit", "edges", "classes"})
+        if unknown:
+            raise ConfigError(f"a block's contract has unknown key(s): {', '.join(map(str, unknown))[:200]}")
+        return cls(**{key: value for key, value in data.items() if value is not None})
+
+    def merged_with(self, other: "Contract") -> "Contract":
+        """This contract with the fields `other` records and this one does not."""
+        return replace(self, **{key: value for key, value in vars(other).items()
+                                if value is not None and getattr(self, key) is None})
+
+    def full_edges(self) -> list[float] | None:
+        """The n + 1 edges the trainer bins times with (0 first, infinity last), or None."""
+        return None if self.edges is None else [0.0, *self.edges, math.inf]
+
+
+NO_CONTRACT = Contract()
+
+
+@dataclass(frozen=True)
+class Labelling:
+    """What a user says of a dataset's labels when training a block: the unit of labels.csv's times, survival bin
+    edges (and their unit, when they come from another block: `--bins-from`), and class names in order."""
+
+    time_unit: str | None = None
+    bins: tuple[float, ...] | None = None
+    bins_unit: str | None = None
+    classes: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for unit in (self.time_unit, self.bins_unit):
+            if unit is not None:
+                check_time_unit(unit)
+        if self.bins is not None:
+            object.__setattr__(self, "bins", check_edges(self.bins))
+        if self.classes is not None:
+            object.__setattr__(self, "classes", _names("class names", self.classes))
+        if self.bins_unit is not None and self.time_unit is None:
+            raise ConfigError(f"the bins are in {self.bins_unit}: give --time-unit, the unit of labels.csv's times")
+
+    @property
+    def unit(self) -> str | None:
+        """The unit the block records: its bins' unit, else the labels'."""
+        return self.bins_unit or self.time_unit
+
+    @property
+    def scale(self) -> float:
+        """The factor that turns labels.csv's times into the block's unit."""
+        return time_scale(self.time_unit, self.unit)
+
+    @classmethod
+    def from_contract(cls, contract: Contract, time_unit: str | None) -> "Labelling":
+        """`--bins-from`: another block's bins and unit, for labels in `time_unit`."""
+        if contract.edges is None:
+            raise ConfigError("that block records no survival bin edges (not a survival block, or an older file)")
+        if contract.time_unit is None and time_unit is not None:
+            raise ConfigError("that block records no time unit, so its bins cannot be read in "
+                              f"{time_unit}; give --bins and --time-unit instead")
+        return cls(time_unit, contract.edges, contract.time_unit)
