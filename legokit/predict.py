@@ -16,7 +16,7 @@ from .cache import TokenCache, encoded_once
 from .data.folder import DataError, DatasetFolder
 from .device import resolve_device
 from .errors import positive_int
-from .model import LegoModel, model_columns, model_inputs
+from .model import LegoModel, model_columns, model_contract, model_inputs
 from .progress import progress_bar
 from .tasks import prediction_columns
 
@@ -63,6 +63,7 @@ def predict_folder(model: LegoModel, data_dir: str | os.PathLike[str], batch_siz
 def _predict(model: LegoModel, data: DatasetFolder, target: torch.device, batch_size: int,
              progress: bool) -> Predictions:
     columns: dict[str, list[float]] = {}
+    classes = model_contract(model).classes
     with progress_bar("predicting", len(data.ids), enabled=progress, unit="samples") as advance:
         for start in range(0, len(data.ids), batch_size):
             ids = data.ids[start : start + batch_size]
@@ -73,7 +74,7 @@ def _predict(model: LegoModel, data: DatasetFolder, target: torch.device, batch_
                 sample = ids[int((~finite).nonzero()[0])]
                 raise DataError(f"{data.root}: sample {sample!r}: the model's output is NaN or infinite (check its "
                                 "inputs for extreme values)")
-            for name, values in prediction_columns(model.task, logits).items():
+            for name, values in prediction_columns(model.task, logits, classes).items():
                 columns.setdefault(name, []).extend(values.cpu().tolist())
             advance(len(ids), "")
     return Predictions(data.ids, columns, tuple(data.files()))

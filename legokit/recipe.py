@@ -13,6 +13,7 @@ from .artifact import KEY_CONFIG, KEY_KIND, KEY_PROVENANCE, read_input, read_met
 from .block import BlockConfig
 from .compose.graph import Graph
 from .compose.joins import check_joinable
+from .contract import TIME_UNITS
 from .errors import ConfigError, LegoError
 from .hubref import HubRef, cached_path, is_hub_ref, parse_ref, resolve
 from .persist import load_block, merge_files, save
@@ -25,7 +26,7 @@ from .yamlfile import MAX_YAML_BYTES, check_keys, read_yaml, require_mapping, wh
 
 TOP_KEYS = ("name", "description", "blocks", "operation", "data", "output")
 BLOCK_KEYS = ("artifact",)
-FUSE_KEYS = ("kind", "epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "encoders", "encoder_lr",
+FUSE_KEYS = ("kind", "time_unit", "epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "encoders", "encoder_lr",
              "freeze_encoders", "device")
 OPERATION_KEYS = {"merge": ("kind", "phase", "weights"), "stack": FUSE_KEYS, "weave": FUSE_KEYS}
 
@@ -48,6 +49,7 @@ class Operation:
     phase: str = DEFAULT_PHASE
     weights: Mapping[str, float] | str | None = None  # or "auto": from the blocks' validation metrics
     training: Mapping[str, Any] | None = None
+    time_unit: str | None = None  # the unit of the data's times, when not the blocks'
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,10 @@ class Recipe:
             raise ConfigError(f"{where(path, 'operation.kind')}: {kind!r}; choose one of {', '.join(OPERATION_KEYS)}")
         check_keys(path, "operation", data, OPERATION_KEYS[kind])
         if kind != "merge":
-            training = {k: v for k, v in data.items() if k != "kind"}
+            training = {k: v for k, v in data.items() if k not in ("kind", "time_unit")}
+            unit = data.get("time_unit")
+            if unit is not None and unit not in TIME_UNITS:
+                raise ConfigError(f"{where(path, 'operation.time_unit')}: {unit!r}; choose one of {', '.join(TIME_UNITS)}")
             if "freeze_encoders" in training:
                 if "encoders" in training:
                     raise ConfigError(f"{where(path, 'operation.freeze_encoders')}: deprecated, and encoders is given")
@@ -119,7 +124,7 @@ class Recipe:
                 replace(FUSE_TRAINING, **training)
             except ConfigError as exc:
                 raise ConfigError(f"{where(path, 'operation')}: {exc}") from exc
-            return Operation(kind, training=training)
+            return Operation(kind, training=training, time_unit=unit)
         phase = data.get("phase", DEFAULT_PHASE)
         if phase not in PHASE_MODES:
             raise ConfigError(f"{where(path, 'operation.phase')}: {phase!r}; choose one of {', '.join(PHASE_MODES)}")
@@ -198,5 +203,6 @@ class Recipe:
         if not self.data.is_dir():
             raise ConfigError(f"{where(self.path, 'data')}: no such folder ({self.data})")
         config = replace(FUSE_TRAINING, **dict(self.operation.training or {}), **({"device": device} if device else {}))
-        model, _ = fuse_blocks([load_block(p) for p in paths], self.data, self.operation.kind, config, progress=progress)
+        model, _ = fuse_blocks([load_block(p) for p in paths], self.data, self.operation.kind, config, progress=progress,
+                               time_unit=self.operation.time_unit)
         return save(model, self.output, provenance, inputs=[self.path, *paths, *data])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -67,13 +67,16 @@ class TaskSpec:
         return cls(data["kind"], data.get("n", 1))
 
 
-def prediction_columns(task: TaskSpec, logits: torch.Tensor) -> dict[str, torch.Tensor]:
+def prediction_columns(task: TaskSpec, logits: torch.Tensor,
+                       classes: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
     """Named per-sample outputs of a task's logits (b, n), for prediction files.
 
     survival: hazards h = sigmoid(logits) per bin, survival S_k = prod_{j<=k} (1 - h_j), risk = -sum_k S_k
     (MM-Lego Appendix D; higher risk = earlier event); multiclass: softmax probabilities; binary and
-    multilabel: sigmoid probabilities.
+    multilabel: sigmoid probabilities (binary: of the positive class). Multiclass and multilabel columns are named
+    `prob_<class>` by the model's class names (default 0..K-1).
     """
+    names = list(classes) if classes is not None and task.kind != "binary" else [str(k) for k in range(task.n)]
     if task.kind == "survival":
         hazards = torch.sigmoid(logits)
         survival = torch.cumprod(1 - hazards, dim=1)
@@ -83,8 +86,8 @@ def prediction_columns(task: TaskSpec, logits: torch.Tensor) -> dict[str, torch.
         return columns
     if task.kind == "multiclass":
         probabilities = torch.softmax(logits, dim=1)
-        return {f"prob_{k}": probabilities[:, k] for k in range(task.n)}
+        return {f"prob_{name}": probabilities[:, k] for k, name in enumerate(names)}
     probabilities = torch.sigmoid(logits)
     if task.kind == "binary":
         return {"prob": probabilities[:, 0]}
-    return {f"prob_{k}": probabilities[:, k] for k in range(task.n)}
+    return {f"prob_{name}": probabilities[:, k] for k, name in enumerate(names)}
