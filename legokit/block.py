@@ -165,7 +165,9 @@ class BlockConfig:
                               f"{len(contract.edges)}")
         if contract.classes is not None:
             wanted = 2 if task.kind == "binary" else task.n
-            if task.kind == "survival" or len(contract.classes) != wanted:
+            if task.kind == "survival":
+                raise ConfigError("class names are for classifiers; this block is for survival")
+            if len(contract.classes) != wanted:
                 raise ConfigError(f"task {task} takes {wanted} class names; the contract has {len(contract.classes)}")
 
     def _check_budget(self) -> None:

@@ -130,7 +130,7 @@ def _labelling(args: argparse.Namespace, base: Labelling, task: TaskSpec) -> tup
     takes its number of bins from the edges when --task does not say it."""
     classes = parse_names(args.classes) if args.classes else base.classes
     unit = args.time_unit or base.time_unit
-    if args.bins_from and args.bins:
+    if args.bins_from and args.bins is not None:
         raise ConfigError("give --bins or --bins-from, not both")
     if args.bins_from:
         try:
@@ -138,7 +138,7 @@ def _labelling(args: argparse.Namespace, base: Labelling, task: TaskSpec) -> tup
         except ConfigError as exc:
             raise ConfigError(f"--bins-from {args.bins_from}: {exc}") from exc
         labelling = replace(labelling, classes=classes)
-    elif args.bins:
+    elif args.bins is not None:
         labelling = Labelling(unit, parse_edges(args.bins), None, classes)
     else:
         labelling = replace(base, time_unit=unit, classes=classes)
@@ -216,7 +216,8 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> Result:
     predictions = predict_folder(model, args.data, batch_size=args.batch_size, device=args.device or "auto",
                                  progress=True, cache=not args.no_cache)
     path = predictions.write(args.output, inputs=[args.model, args.data, *predictions.sources])
-    console.print(f"[green]wrote[/] {len(predictions.ids)} predictions ({', '.join(predictions.columns)}) to {escape(str(path))}")
+    console.print(f"[green]wrote[/] {len(predictions.ids)} predictions ({escape(', '.join(predictions.columns))}) to "
+                  f"{escape(str(path))}")
     return {"output": str(path), "samples": len(predictions.ids), "columns": list(predictions.columns)}
 
 
@@ -261,7 +262,7 @@ def _train_wrapped(args: argparse.Namespace, console: Console) -> Result:
     if building:
         raise ConfigError(f"--block trains the block as it was wrapped; {', '.join(building)} would build another "
                           "(set them when wrapping)")
-    inputs = [args.block, args.data]
+    inputs = [args.block, args.data, args.bins_from]
     refuse_inputs(args.output, inputs)
     block = load_block(args.block)
     config = _training(args, TrainConfig())
@@ -285,7 +286,7 @@ def cmd_train(args: argparse.Namespace, console: Console) -> Result:
     if args.encoders not in (None, "auto", "finetune") or args.standardize:
         raise ConfigError(f"{'--standardize' if args.standardize else '--encoders ' + args.encoders} is for --block (a "
                           "built-in block always trains its encoder and standardises its inputs)")
-    inputs = [args.spec, args.data]
+    inputs = [args.spec, args.data, args.bins_from]
     refuse_inputs(args.output, inputs)
     if args.spec:
         spec = BlockSpec.from_yaml(args.spec)

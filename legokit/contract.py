@@ -13,8 +13,9 @@ from .errors import ConfigError
 
 # days per unit: a month is a twelfth of a Julian year
 TIME_UNITS: dict[str, float] = {"days": 1.0, "weeks": 7.0, "months": 365.25 / 12, "years": 365.25}
-MAX_NAMES = 65_536  # feature or class names one contract may hold (a block's input width is capped lower)
-MAX_NAME_CHARS = 256
+MAX_NAMES = 1 << 20  # feature names, class names or bin edges one contract may hold
+MAX_NAME_CHARS = 1024
+SHOWN = 8  # names quoted in one error message
 
 
 def _names(what: str, names: Any) -> tuple[str, ...]:
@@ -23,16 +24,22 @@ def _names(what: str, names: Any) -> tuple[str, ...]:
         raise ConfigError(f"{what} must be a list of names, got {type(names).__name__}")
     if len(names) > MAX_NAMES:
         raise ConfigError(f"{what}: {len(names):,} names; legokit caps a contract at {MAX_NAMES:,}")
-    for name in names:
-        if not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_CHARS or name != name.strip():
-            raise ConfigError(f"{what}: each name must be a non-empty string of at most {MAX_NAME_CHARS} characters "
-                              f"without surrounding spaces, got {repr(name)[:60]}")
     seen: set[str] = set()
     for name in names:
+        if (not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_CHARS or name != name.strip()
+                or not name.isprintable()):
+            raise ConfigError(f"{what}: each name must be a non-empty string of at most {MAX_NAME_CHARS} printable "
+                              f"characters without surrounding spaces, got {repr(name)[:60]}")
         if name in seen:
-            raise ConfigError(f"{what}: {name!r} appears twice")
+            raise ConfigError(f"{what}: {name[:60]!r} appears twice")
         seen.add(name)
     return tuple(names)
+
+
+def listed(names: Sequence[str], most: int = SHOWN) -> str:
+    """Names for a message: the first `most`, then how many in all."""
+    shown = ", ".join(str(n)[:60] for n in names[:most])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
 def check_time_unit(unit: Any) -> str:
@@ -41,31 +48,35 @@ def check_time_unit(unit: Any) -> str:
     return unit
 
 
-def check_edges(edges: Any) -> tuple[float, ...]:
-    """Inner survival bin edges: finite, positive, strictly increasing numbers."""
+def check_edges(edges: Any, strict: bool = False) -> tuple[float, ...]:
+    """Inner survival bin edges: finite, positive, non-decreasing numbers (quantiles of tied times can repeat: that
+    bin is empty); `strict` (edges a user gives) refuses repeats."""
     if isinstance(edges, (str, bytes)) or not isinstance(edges, Sequence):
         raise ConfigError(f"bin edges must be a list of numbers, got {type(edges).__name__}")
     if len(edges) > MAX_NAMES:
         raise ConfigError(f"{len(edges):,} bin edges; legokit caps a contract at {MAX_NAMES:,}")
     values = []
     for edge in edges:
-        if isinstance(edge, bool) or not isinstance(edge, (int, float)) or not math.isfinite(edge) or edge <= 0:
+        try:
+            value = float(edge) if isinstance(edge, (int, float)) and not isinstance(edge, bool) else math.nan
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value) or value <= 0:
             raise ConfigError(f"bin edges must be positive finite numbers, got {repr(edge)[:40]}")
-        values.append(float(edge))
-    if any(b <= a for a, b in zip(values, values[1:])):
-        raise ConfigError(f"bin edges must increase strictly, got {', '.join(f'{v:g}' for v in values)}")
+        values.append(value)
+    if any(b < a or (strict and b == a) for a, b in zip(values, values[1:])):
+        raise ConfigError(f"bin edges must increase{' strictly' if strict else ''}, got "
+                          f"{listed([f'{v:g}' for v in values])}")
     return tuple(values)
 
 
 def parse_edges(text: str) -> tuple[float, ...]:
     """Read `--bins 365,730,1460`: the inner edges of the survival bins (n - 1 numbers for n bins)."""
     try:
-        values = [float(part) for part in text.split(",") if part.strip()]
+        values = [float(part) for part in text.split(",")]
     except ValueError as exc:
-        raise ConfigError(f"--bins {text!r}: give increasing numbers separated by commas, e.g. 365,730,1460") from exc
-    if not values:
-        raise ConfigError(f"--bins {text!r}: no edges given")
-    return check_edges(values)
+        raise ConfigError(f"--bins {text[:60]!r}: give increasing numbers separated by commas, e.g. 365,730,1460") from exc
+    return check_edges(values, strict=True)
 
 
 def parse_names(text: str, what: str = "--classes") -> tuple[str, ...]:
@@ -159,7 +170,7 @@ class Labelling:
             if unit is not None:
                 check_time_unit(unit)
         if self.bins is not None:
-            object.__setattr__(self, "bins", check_edges(self.bins))
+            object.__setattr__(self, "bins", check_edges(self.bins, strict=self.bins_unit is None))
         if self.classes is not None:
             object.__setattr__(self, "classes", _names("class names", self.classes))
         if self.bins_unit is not None and self.time_unit is None:

@@ -69,8 +69,8 @@ def model_columns(model: LegoModel) -> dict[str, tuple[str, ...]]:
         if config.contract.features is not None and len(config.input_shape) == 1:
             columns[modality] = config.contract.features
         elif config.input_shape[0] is not None and len(config.input_shape) == 1:
-            log.warning("block %s records no feature names (an older file): its table columns are read by position",
-                        modality)
+            log.warning("block %s records no feature names (not trained by legokit train, or an older file): its "
+                        "table columns are read by position", modality)
     return columns
 
 

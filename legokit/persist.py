@@ -14,7 +14,7 @@ import torch
 
 from .archive import SAFETENSORS_CODES, program_records
 from .artifact import KEY_CONFIG, KEY_KIND, KEY_PROVENANCE, OpenedArtifact, Source, Stored, open_artifact
-from .artifact import read_metadata, refuse_inputs, write_streaming
+from .artifact import read_artifact, refuse_inputs, write_streaming
 from .block import BlockConfig, LegoBlock
 from .codec import GRAPH, PROGRAM_PREFIX
 from .compose.graph import Graph
@@ -64,15 +64,15 @@ def _parts(origin: OpenedArtifact) -> tuple[list[_Part], dict[str, float]]:
 def contract_of_file(path: str | os.PathLike[str]) -> Contract:
     """The task contract (time unit, bin edges, classes) of a block or merged/fused model file, read from its header
     alone (`legokit train --bins-from`)."""
-    metadata = read_metadata(path)
-    kind = kind_named(metadata.get(KEY_KIND, ""), Path(path))
+    artifact = read_artifact(path)  # verified against its checksum: these bins decide what a new block learns
+    kind = kind_named(artifact.kind, Path(path))
     if kind.name not in (BLOCK, MERGED, FUSED):
         raise ArtifactError(f"{path}: a {kind.name} artifact has no task contract; give a block or a model")
     try:
-        config = json.loads(metadata.get(KEY_CONFIG, "{}"))
+        config = artifact.config
         configs = [BlockConfig.from_dict(config)] if kind.name == BLOCK else \
             [BlockConfig.from_dict(c) for c in config["blocks"].values()]
-    except (json.JSONDecodeError, RecursionError, KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
         raise ArtifactError(f"{path}: corrupt config ({type(exc).__name__}: {brief(exc, 200)})") from exc
     return joined_contract(configs)
 

@@ -105,5 +105,7 @@ def check_labelling(task: TaskSpec, labelling: Labelling) -> None:
                           f"{task}: give --task survival:{len(labelling.bins) + 1}")
     if labelling.classes is not None:
         wanted = 2 if task.kind == "binary" else task.n
-        if task.kind == "survival" or len(labelling.classes) != wanted:
+        if task.kind == "survival":
+            raise ConfigError("class names are for classifiers; the task is survival")
+        if len(labelling.classes) != wanted:
             raise ConfigError(f"task {task} takes {wanted} class names, got {len(labelling.classes)}")

@@ -568,5 +568,5 @@ def test_a_forward_that_raises_ends_in_one_line(world, failure, message, command
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and ("out of memory" in last or failure.__name__ in last), done.stderr
     assert ("Traceback" in done.stderr) == verbose
-    if not verbose:
-        assert done.stderr.count("\n") == 1, done.stderr
+    if not verbose:  # the error in one line (a warning may come before it: this block records no feature names)
+        assert len([line for line in done.stderr.splitlines() if not line.startswith("warning: ")]) == 1, done.stderr

@@ -11,7 +11,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..block import BlockConfig
-from ..contract import Contract, check_edges
+from ..contract import Contract, check_edges, listed
 from ..errors import ConfigError
 from ..progress import log
 from .graph import BlockFacts, Graph
@@ -124,8 +124,8 @@ def _check_classes(configs: Sequence[BlockConfig], warn: bool) -> tuple[Contract
     for modality, classes in sorted(named.items()):
         if set(classes) != set(reference):
             only = sorted(set(reference) ^ set(classes))
-            raise ConfigError(f"class names differ: {first} has {', '.join(reference)}, {modality} has "
-                              f"{', '.join(classes)} ({', '.join(only)} in one only); train the blocks on one set of "
+            raise ConfigError(f"class names differ: {first} has {listed(reference)}, {modality} has "
+                              f"{listed(classes)} ({listed(only)} in one only); train the blocks on one set of "
                               "classes (--classes)")
         if classes == reference:
             continue
@@ -133,7 +133,8 @@ def _check_classes(configs: Sequence[BlockConfig], warn: bool) -> tuple[Contract
         if kind == "binary":
             outputs[modality] = OutputMap(negate=True)
         else:
-            outputs[modality] = OutputMap(order=tuple(classes.index(name) for name in reference))
+            position = {name: k for k, name in enumerate(classes)}
+            outputs[modality] = OutputMap(order=tuple(position[name] for name in reference))
     return Contract(classes=reference), outputs
 
 

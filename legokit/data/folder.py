@@ -38,6 +38,7 @@ class Table:
     path: Path
     columns: tuple[str, ...]
     rows: Mapping[str, torch.Tensor]
+    lines: Mapping[str, int] | None = None  # each sample's row number in the file (for messages)
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,8 @@ def read_table(name: str, path: Path, names: Sequence[str] | None = None) -> Tab
         raise DataError(f"{path}: no feature columns after 'id'")
     position: dict[str, int] = {}
     for index, column in enumerate(header[1:], start=1):
+        if not column:
+            raise DataError(f"{path}: column {index + 1} of the header has no name")
         if column in position:
             raise DataError(f"{path}: column {column!r} appears twice in the header")
         position[column] = index
@@ -137,14 +140,17 @@ def read_table(name: str, path: Path, names: Sequence[str] | None = None) -> Tab
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
             raise DataError(f"{path}: no column {shown}; the {name} block was trained on {len(names)} features named "
                             f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}")
-        extra = [c for c in position if c not in set(names)]
+        named = set(names)
+        extra = [c for c in position if c not in named]
         if extra:
             log.warning("%s: ignoring %d column(s) the %s block was not trained on: %s", path, len(extra), name,
                         ", ".join(extra[:10]) + (", ..." if len(extra) > 10 else ""))
     features: dict[str, torch.Tensor] = {}
+    lines: dict[str, int] = {}
     for number, sample, row in rows:
-        if not any(cell.strip() for cell in row[1:]):
-            continue  # an all-empty row: this sample lacks the modality
+        if not any(row[position[column]].strip() for column in wanted):
+            continue  # empty in every feature read: this sample lacks the modality
+        lines[sample] = number
         values = torch.tensor(
             [parse_number(path, number, column, row[position[column]]) for column in wanted], dtype=torch.float32
         )
@@ -154,7 +160,7 @@ def read_table(name: str, path: Path, names: Sequence[str] | None = None) -> Tab
         features[sample] = values
     if not features:
         raise DataError(f"{path}: modality {name} has no samples")
-    return Table(name, path, tuple(wanted), features)
+    return Table(name, path, tuple(wanted), features, lines)
 
 
 MAX_BATCH_BYTES = 1 << 30  # one modality's padded inputs for one batch
@@ -341,7 +347,7 @@ class DatasetFolder:
         """Every sample of every modality must be in labels.csv; else a DataError naming the file (and row)."""
         for modality in self.modalities.values():
             if isinstance(modality, Table):
-                for row, sample in enumerate(modality.rows, start=2):
+                for sample, row in (modality.lines or {}).items():
                     if sample not in known:
                         raise DataError(f"{modality.path}: row {row}, column id: {sample!r} is not in {labels}")
             else:

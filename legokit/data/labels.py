@@ -60,6 +60,9 @@ def _class_codes(path: Path, task: TaskSpec, cells: Sequence[tuple[int, str]],
     --classes), cells are mapped by name; without, they are integers 0..K-1 (binary: 0/1), or names sorted."""
     count = 2 if task.kind == "binary" else task.n
     names = [class_name(text) for _, text in cells]
+    for (row, _), name in zip(cells, names):
+        if not name:
+            raise DataError(f"{path}: row {row}, column label: empty (a sample without a label has no row)")
     if classes is None:
         if all(n.lstrip("-").isdigit() for n in names):
             codes = [_integer(path, row, "label", text, 0, count - 1) for row, text in cells]
@@ -72,7 +75,7 @@ def _class_codes(path: Path, task: TaskSpec, cells: Sequence[tuple[int, str]],
             raise DataError(f"{path}: task {task} has {count} classes, the label column has {len(classes)} "
                             f"({', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''}); give --task "
                             f"multiclass:{len(classes)}, or --classes")
-    index = {name: k for k, name in enumerate(classes)}
+    index = {class_name(name): k for k, name in enumerate(classes)}  # --classes 1.0 is class 1, as in a cell
     codes = []
     for (row, text), name in zip(cells, names):
         if name not in index:
@@ -89,6 +92,9 @@ def read_labels(path: Path, task: TaskSpec, classes: Sequence[str] | None = None
     them)."""
     header, rows = id_rows(path)
     columns = {name: position for position, name in enumerate(header)}
+    if len(columns) < len(header):
+        twice = next(name for name in header if header.count(name) > 1)
+        raise DataError(f"{path}: column {twice[:60]!r} appears twice in the header")
     if task.kind == "survival":
         wanted = ["time", "event"]
     elif task.kind == "multilabel":
@@ -111,6 +117,8 @@ def read_labels(path: Path, task: TaskSpec, classes: Sequence[str] | None = None
                 value = parse_number(path, number, name, text)
                 if value <= 0:
                     raise DataError(f"{path}: row {number}, column time: {text!r} must be positive")
+                if not math.isfinite(value * time_scale):
+                    raise DataError(f"{path}: row {number}, column time: {text!r} is out of range in the model's unit")
             elif name == "event" or task.kind == "multilabel":
                 value = _integer(path, number, name, text, 0, 1)
             else:
