@@ -87,8 +87,8 @@ def _write_site(source: Path, target: Path, modalities: Sequence[str], ids: Sequ
         (target / "splits.csv").write_text("id,split\n" + "".join(f"{i},test\n" for i in ids), encoding="utf-8")
 
 
-def _cli(*args: str) -> int:
-    return legokit(["-q", *args])
+def _cli(command: str, *args: str) -> int:
+    return legokit([command, "-q", *args])
 
 
 def _score(model: Path, data: Path, out: Path) -> float:
