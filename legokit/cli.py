@@ -135,7 +135,7 @@ def _labelling(args: argparse.Namespace, base: Labelling, task: TaskSpec) -> tup
     if args.bins_from:
         try:
             labelling = Labelling.from_contract(contract_of_file(args.bins_from), unit)
-        except ConfigError as exc:
+        except LegoError as exc:
             raise ConfigError(f"--bins-from {args.bins_from}: {exc}") from exc
         labelling = replace(labelling, classes=classes)
     elif args.bins is not None:

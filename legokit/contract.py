@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import unicodedata
 from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
@@ -15,6 +16,7 @@ from .errors import ConfigError
 TIME_UNITS: dict[str, float] = {"days": 1.0, "weeks": 7.0, "months": 365.25 / 12, "years": 365.25}
 MAX_NAMES = 1 << 20  # feature names, class names or bin edges one contract may hold
 MAX_NAME_CHARS = 1024
+MAX_TOTAL_CHARS = 16 << 20  # all of one contract's names: well within a header's 100 MB
 SHOWN = 8  # names quoted in one error message
 
 
@@ -25,15 +27,30 @@ def _names(what: str, names: Any) -> tuple[str, ...]:
     if len(names) > MAX_NAMES:
         raise ConfigError(f"{what}: {len(names):,} names; legokit caps a contract at {MAX_NAMES:,}")
     seen: set[str] = set()
+    total = 0
     for name in names:
-        if (not isinstance(name, str) or not name.strip() or len(name) > MAX_NAME_CHARS or name != name.strip()
-                or not name.isprintable()):
-            raise ConfigError(f"{what}: each name must be a non-empty string of at most {MAX_NAME_CHARS} printable "
-                              f"characters without surrounding spaces, got {repr(name)[:60]}")
+        problem = name_problem(name)
+        if problem:
+            raise ConfigError(f"{what}: {problem}")
         if name in seen:
             raise ConfigError(f"{what}: {name[:60]!r} appears twice")
         seen.add(name)
+        total += len(name)
+    if total > MAX_TOTAL_CHARS:
+        raise ConfigError(f"{what}: {total:,} characters in all; legokit caps a contract at {MAX_TOTAL_CHARS:,}")
     return tuple(names)
+
+
+def name_problem(name: Any) -> str | None:
+    """Why `name` cannot be a feature or class name (None when it can): a non-empty string of at most
+    MAX_NAME_CHARS characters, without surrounding spaces or control characters (a terminal would run them)."""
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        return f"a name must be a non-empty string without surrounding spaces, got {repr(name)[:60]}"
+    if len(name) > MAX_NAME_CHARS:
+        return f"a name of {len(name):,} characters, {repr(name)[:40]}...; the cap is {MAX_NAME_CHARS:,}"
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        return f"a name holds a control character: {repr(name)[:60]}"
+    return None
 
 
 def listed(names: Sequence[str], most: int = SHOWN) -> str:
@@ -169,8 +186,8 @@ class Labelling:
         for unit in (self.time_unit, self.bins_unit):
             if unit is not None:
                 check_time_unit(unit)
-        if self.bins is not None:
-            object.__setattr__(self, "bins", check_edges(self.bins, strict=self.bins_unit is None))
+        if self.bins is not None:  # quantile edges of another block may repeat; a user's are checked when read
+            object.__setattr__(self, "bins", check_edges(self.bins))
         if self.classes is not None:
             object.__setattr__(self, "classes", _names("class names", self.classes))
         if self.bins_unit is not None and self.time_unit is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 
 class LegoError(Exception):
     """Base of every error legokit raises on purpose; the CLI prints its message as one line and exits 1.
@@ -34,6 +36,17 @@ def brief(exc: BaseException, limit: int | None = None) -> str:
     characters (its class name when it has no message)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     return text if limit is None else text[:limit]
+
+
+def quoted(text: str, limit: int = 60) -> str:
+    """A string from a file, for a message: cut at `limit` characters, quoted, control characters escaped."""
+    return repr(text[:limit])
+
+
+def quoted_list(names: Sequence[str], most: int = 8) -> str:
+    """The first `most` strings from a file, quoted, and how many there are in all."""
+    shown = ", ".join(quoted(str(n)) for n in names[:most])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > most else "")
 
 
 def positive_int(name: str, value: object) -> int:

@@ -119,7 +119,7 @@ def _blocks_provenance(parts: Sequence[_Part]) -> dict[str, Any]:
     for part in parts:
         try:
             record = json.loads(part.origin.metadata.get(KEY_PROVENANCE, "{}"))
-        except (json.JSONDecodeError, RecursionError) as exc:
+        except (ValueError, RecursionError) as exc:  # ValueError: also an integer of over 4,300 digits
             raise ArtifactError(f"{part.origin.path}: corrupt header: legokit.provenance is not valid JSON") from exc
         if not isinstance(record, dict):
             record = {}

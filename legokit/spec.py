@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .block import BlockConfig, parse_latent
-from .contract import Labelling
+from .contract import Labelling, check_edges
 from .encoders import check_encoder_kwargs, list_encoders
 from .errors import ConfigError
 from .tasks import TaskSpec
@@ -75,7 +75,9 @@ class BlockSpec:
             if "name" in encoder:
                 given["encoder"] = str(encoder["name"])
             if any(k in data for k in LABEL_KEYS):
-                given["labelling"] = Labelling(data.get("time_unit"), data.get("bins"), None, data.get("classes"))
+                bins = data.get("bins")
+                given["labelling"] = Labelling(data.get("time_unit"), None if bins is None else check_edges(bins, strict=True),
+                                               None, data.get("classes"))
             return cls(
                 modality=str(data["modality"]),
                 encoder_kwargs=dict(require_mapping(path, "encoder.kwargs", encoder.get("kwargs", {}))),

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import yaml
 
 from .artifact import read_input
-from .errors import ConfigError
+from .errors import ConfigError, brief
 
 
 MAX_YAML_BYTES = 1024 * 1024
@@ -56,6 +56,8 @@ def read_yaml(path: str | os.PathLike[str], what: str) -> Mapping[str, Any]:
         raise ConfigError(f"{path}: not valid YAML{line} ({getattr(exc, 'problem', None) or exc})") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not a text file") from exc
+    except ValueError as exc:  # an integer of over 4,300 digits
+        raise ConfigError(f"{path}: not valid YAML ({brief(exc, 80)})") from exc
     return require_mapping(path, "", data if data is not None else {})
 
 

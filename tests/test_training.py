@@ -81,7 +81,7 @@ def _tiny_folder(tmp_path: Path, labels: str, table: str = "id,a,b\np1,1,2\np2,3
         ("id,time,event\np1,5,1\np2,x,0\np3,2,1\n", None, "labels.csv: row 3, column time: 'x' is not a number"),
         ("id,time,event\np1,5,2\np2,3,0\np3,2,1\n", None, "labels.csv: row 2, column event: '2' must be an integer from 0 to 1"),
         ("id,time,event\np1,-5,1\np2,3,0\np3,2,1\n", None, "labels.csv: row 2, column time: '-5' must be positive"),
-        ("id,days,event\np1,5,1\n", None, "labels.csv: task survival:4 needs column(s) time"),
+        ("id,days,event\np1,5,1\n", None, "labels.csv: task survival:4 needs column(s) 'time'"),
         ("id,time,event\np1,5,1\np2,3,0\n", None, "tab.csv: row 4, column id: 'p3' is not in"),
         ("id,time,event\np1,5,1\np2,3,0\np3,2,1\n", "id,a,b\np1,1,nan\np2,3,4\np3,5,6\n", "tab.csv: row 2, column b: nan"),
     ],

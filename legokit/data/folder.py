@@ -18,7 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
 from ..artifact import open_input, read_input, refuse_special_input
-from ..errors import LegoError, brief
+from ..contract import name_problem
+from ..errors import LegoError, brief, quoted, quoted_list
 from ..progress import log
 from ..text import TextEncoder, TextSpec, padded
 from .batch import ModalityBatch
@@ -126,25 +127,27 @@ def read_table(name: str, path: Path, names: Sequence[str] | None = None) -> Tab
     header, rows = id_rows(path)
     if len(header) < 2:
         raise DataError(f"{path}: no feature columns after 'id'")
+    wanted = list(header[1:]) if names is None else list(names)
+    read = set(wanted)
     position: dict[str, int] = {}
     for index, column in enumerate(header[1:], start=1):
-        if not column:
-            raise DataError(f"{path}: column {index + 1} of the header has no name")
+        if column not in read:
+            continue  # an extra column: ignored, whatever its name
+        problem = name_problem(column)
+        if problem:
+            raise DataError(f"{path}: column {index + 1} of the header: {problem}")
         if column in position:
-            raise DataError(f"{path}: column {column!r} appears twice in the header")
+            raise DataError(f"{path}: column {quoted(column)} appears twice in the header")
         position[column] = index
-    wanted = list(header[1:]) if names is None else list(names)
     if names is not None:
         missing = [n for n in names if n not in position]
         if missing:
-            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-            raise DataError(f"{path}: no column {shown}; the {name} block was trained on {len(names)} features named "
-                            f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''}")
-        named = set(names)
-        extra = [c for c in position if c not in named]
+            raise DataError(f"{path}: no column {quoted_list(missing)}; the {name} block was trained on {len(names)} "
+                            f"features named {quoted_list(names, 5)}")
+        extra = [c for c in header[1:] if c not in read]
         if extra:
             log.warning("%s: ignoring %d column(s) the %s block was not trained on: %s", path, len(extra), name,
-                        ", ".join(extra[:10]) + (", ..." if len(extra) > 10 else ""))
+                        quoted_list(extra))
     features: dict[str, torch.Tensor] = {}
     lines: dict[str, int] = {}
     for number, sample, row in rows:

@@ -11,6 +11,8 @@ from typing import Mapping, Sequence
 import torch
 
 from ..tasks import TaskSpec
+from ..contract import name_problem
+from ..errors import quoted, quoted_list
 from .folder import DataError, id_rows, parse_number, read_csv_rows, refuse_repeated_id
 
 SPLITS = ("train", "val", "test")
@@ -45,8 +47,11 @@ def _integer(path: Path, row: int, column: str, text: str, low: int, high: int) 
 
 
 def class_name(text: str) -> str:
-    """A label cell as a class name: stripped, and an integral number written as an integer (`1.0` is class 1)."""
+    """A label cell as a class name: stripped, and an integral number written as an integer (`1.0` is class 1;
+    `1_2` stays a name, though Python reads it as 12)."""
     text = text.strip()
+    if "_" in text:
+        return text
     try:
         value = float(text)
     except ValueError:
@@ -63,24 +68,32 @@ def _class_codes(path: Path, task: TaskSpec, cells: Sequence[tuple[int, str]],
     for (row, _), name in zip(cells, names):
         if not name:
             raise DataError(f"{path}: row {row}, column label: empty (a sample without a label has no row)")
+        problem = name_problem(name)
+        if problem:
+            raise DataError(f"{path}: row {row}, column label: {problem}")
     if classes is None:
         if all(n.lstrip("-").isdigit() for n in names):
             codes = [_integer(path, row, "label", text, 0, count - 1) for row, text in cells]
             return codes, tuple(str(k) for k in range(count))
         if task.kind == "binary":
-            raise DataError(f"{path}: binary labels must be 0/1 (found {sorted(set(names))[:4]}); or name the "
-                            "classes, negative first: --classes NEG,POS")
+            raise DataError(f"{path}: binary labels must be 0/1 (found {quoted_list(sorted(set(names)), 4)}); or name "
+                            "the classes, negative first: --classes NEG,POS")
         classes = sorted(set(names))
         if len(classes) != count:
             raise DataError(f"{path}: task {task} has {count} classes, the label column has {len(classes)} "
-                            f"({', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''}); give --task "
-                            f"multiclass:{len(classes)}, or --classes")
-    index = {class_name(name): k for k, name in enumerate(classes)}  # --classes 1.0 is class 1, as in a cell
+                            f"({quoted_list(classes)}); give --task multiclass:{len(classes)}, or --classes")
+    normal = [class_name(name) for name in classes]  # --classes 1.0 is class 1, as in a cell
+    index = {name: k for k, name in enumerate(normal)}
+    if len(index) < len(normal):
+        twice = next(name for k, name in enumerate(normal) if index[name] != k)
+        raise DataError(f"{path}: the classes {quoted_list([c for c, n in zip(classes, normal) if n == twice])} name "
+                        "one class; give each class once")
+    classes = normal
     codes = []
     for (row, text), name in zip(cells, names):
         if name not in index:
-            raise DataError(f"{path}: row {row}, column label: {text.strip()[:40]!r} is not one of the classes "
-                            f"{', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''}")
+            raise DataError(f"{path}: row {row}, column label: {quoted(text.strip(), 40)} is not one of the classes "
+                            f"{quoted_list(classes)}")
         codes.append(index[name])
     return codes, tuple(classes)
 
@@ -92,9 +105,6 @@ def read_labels(path: Path, task: TaskSpec, classes: Sequence[str] | None = None
     them)."""
     header, rows = id_rows(path)
     columns = {name: position for position, name in enumerate(header)}
-    if len(columns) < len(header):
-        twice = next(name for name in header if header.count(name) > 1)
-        raise DataError(f"{path}: column {twice[:60]!r} appears twice in the header")
     if task.kind == "survival":
         wanted = ["time", "event"]
     elif task.kind == "multilabel":
@@ -105,7 +115,14 @@ def read_labels(path: Path, task: TaskSpec, classes: Sequence[str] | None = None
         wanted = ["label"]
     missing = [name for name in wanted if name not in columns]
     if missing:
-        raise DataError(f"{path}: task {task} needs column(s) {', '.join(missing)}; the file has {', '.join(header)}")
+        raise DataError(f"{path}: task {task} needs column(s) {quoted_list(missing)}; the file has "
+                        f"{quoted_list(header)}")
+    first: dict[str, int] = {}
+    read = set(wanted)
+    for position, name in enumerate(header):
+        first.setdefault(name, position)
+        if name in read and first[name] != position:
+            raise DataError(f"{path}: column {quoted(name)} appears twice in the header")
     ids: list[str] = []
     values: dict[str, list[float]] = {name: [] for name in wanted}
     cells: list[tuple[int, str]] = []
