@@ -15,7 +15,7 @@ from .data.batch import ModalityBatch, as_batches
 from .encoders import FOREIGN, ExportedEncoder, build_encoder, token_input
 from .encoders.contract import INPUT_DTYPES
 from .encoders.stack import MAX_DEPTH, MAX_FEATURES, MAX_PARAMETERS, MAX_WIDTH, bounded_int
-from .contract import Contract, tokenizer_digest
+from .contract import Contract, check_task_terms, tokenizer_digest
 from .errors import ConfigError, ShapeError
 from .layers import TaskHead, UpdateLayer
 from .pretrained import HubMixin
@@ -150,7 +150,7 @@ class BlockConfig:
 
     def _check_contract(self) -> None:
         """The contract must describe this block: one feature name per input feature, the tokenizer it carries, bin
-        edges and a time unit only for survival (n - 1 edges for n bins), one class name per output."""
+        edges, a time unit and class names as the task takes them (`contract.check_task_terms`)."""
         contract, task = self.contract, self.task
         if not isinstance(contract, Contract):
             raise ConfigError(f"a block's contract must be a Contract, got {type(contract).__name__}")
@@ -158,17 +158,7 @@ class BlockConfig:
             raise ConfigError(f"the contract names {len(contract.features)} features; the input has {self.features}")
         if contract.tokenizer is not None and (self.text is None or contract.tokenizer != tokenizer_digest(self.text.tokenizer)):
             raise ConfigError("the contract's tokenizer is not the one the block carries")
-        if task.kind != "survival" and (contract.edges is not None or contract.time_unit is not None):
-            raise ConfigError(f"bin edges and a time unit are for survival blocks; this one is {task}")
-        if contract.edges is not None and len(contract.edges) != task.n - 1:
-            raise ConfigError(f"task {task} has {task.n} bins, so {task.n - 1} inner bin edges; the contract has "
-                              f"{len(contract.edges)}")
-        if contract.classes is not None:
-            wanted = 2 if task.kind == "binary" else task.n
-            if task.kind == "survival":
-                raise ConfigError("class names are for classifiers; this block is for survival")
-            if len(contract.classes) != wanted:
-                raise ConfigError(f"task {task} takes {wanted} class names; the contract has {len(contract.classes)}")
+        check_task_terms(task, contract.edges, contract.time_unit, contract.classes)
 
     def _check_budget(self) -> None:
         """Refuse, by arithmetic alone, a latent and update layers over MAX_PARAMETERS (each size is capped, their

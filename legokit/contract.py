@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Mapping, Sequence
 
 from .errors import ConfigError
+from .tasks import TaskSpec
 
 # days per unit: a month is a twelfth of a Julian year
 TIME_UNITS: dict[str, float] = {"days": 1.0, "weeks": 7.0, "months": 365.25 / 12, "years": 365.25}
@@ -99,6 +100,23 @@ def parse_edges(text: str) -> tuple[float, ...]:
 def parse_names(text: str, what: str = "--classes") -> tuple[str, ...]:
     """Read `--classes no,yes`: names separated by commas."""
     return _names(what, [part.strip() for part in text.split(",")])
+
+
+def check_task_terms(task: TaskSpec, edges: Sequence[float] | None, time_unit: str | None,
+                     classes: Sequence[str] | None) -> None:
+    """Bin edges and a time unit only for survival (n - 1 edges for n bins); class names only for classifiers, one
+    per output (binary: two, negative first). One rule for a block's contract and for what a user gives."""
+    if task.kind != "survival" and (edges is not None or time_unit is not None):
+        raise ConfigError(f"bin edges and a time unit are for survival tasks; the task is {task}")
+    if edges is not None and len(edges) != task.n - 1:
+        raise ConfigError(f"{len(edges)} bin edges make {len(edges) + 1} bins, but the task is {task}: give --task "
+                          f"survival:{len(edges) + 1}")
+    if classes is not None:
+        if task.kind == "survival":
+            raise ConfigError("class names are for classifiers; the task is survival")
+        wanted = 2 if task.kind == "binary" else task.n
+        if len(classes) != wanted:
+            raise ConfigError(f"task {task} takes {wanted} class names, got {len(classes)}")
 
 
 def tokenizer_digest(tokenizer: str) -> str:

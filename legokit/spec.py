@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .block import BlockConfig, parse_latent
-from .contract import Labelling, check_edges
+from .contract import Labelling, check_edges, check_task_terms
 from .encoders import check_encoder_kwargs, list_encoders
 from .errors import ConfigError
 from .tasks import TaskSpec
@@ -98,16 +98,5 @@ class BlockSpec:
 
 
 def check_labelling(task: TaskSpec, labelling: Labelling) -> None:
-    """Bins and a time unit only for survival (n - 1 edges for n bins); class names only for classifiers, one per
-    output (binary: two, negative first)."""
-    if task.kind != "survival" and (labelling.bins is not None or labelling.time_unit is not None):
-        raise ConfigError(f"bins and a time unit are for survival tasks; the task is {task}")
-    if labelling.bins is not None and len(labelling.bins) != task.n - 1:
-        raise ConfigError(f"{len(labelling.bins)} bin edges make {len(labelling.bins) + 1} bins, but the task is "
-                          f"{task}: give --task survival:{len(labelling.bins) + 1}")
-    if labelling.classes is not None:
-        wanted = 2 if task.kind == "binary" else task.n
-        if task.kind == "survival":
-            raise ConfigError("class names are for classifiers; the task is survival")
-        if len(labelling.classes) != wanted:
-            raise ConfigError(f"task {task} takes {wanted} class names, got {len(labelling.classes)}")
+    """What a user says of the labels must fit the task (`contract.check_task_terms`)."""
+    check_task_terms(task, labelling.bins, labelling.time_unit, labelling.classes)

@@ -96,9 +96,9 @@ def _check_survival(configs: Sequence[BlockConfig], provenance: Mapping[str, Any
     edges = {c.modality: recorded_edges(c, provenance.get(c.modality)) for c in configs}
     known = {m: e for m, e in edges.items() if e is not None}
     first = next(iter(sorted(known)), None)
+    unit = next(iter(known_units.values()), None)
     for modality in sorted(known):
         if not _same_edges(known[modality], known[first]):
-            unit = next(iter(known_units.values()), None)
             raise ConfigError(f"survival bins differ: {first} splits time at {_shown_edges(known[first], unit)}, "
                               f"{modality} at {_shown_edges(known[modality], unit)}; their hazards are for other "
                               f"intervals. Train one with --bins-from the other's file (or both with one --bins)")
@@ -106,7 +106,6 @@ def _check_survival(configs: Sequence[BlockConfig], provenance: Mapping[str, Any
         if warn:
             log.warning("block %s records no survival bin edges (an older file): its bins cannot be checked against "
                         "the other blocks'", modality)
-    unit = next(iter(known_units.values()), None)
     return Contract(time_unit=unit, edges=known[first] if first is not None else None)
 
 
