@@ -18,7 +18,7 @@ from ..spectral import to_spatial
 from .composite import CompositeModel
 from .graph import Graph
 from .joins import Join, block_facts, check_joinable
-from .merge import MergeConfig, head_width, merge_head_tensors
+from .merge import MergeConfig, head_width, merge_head_tensors, own_blocks
 
 FUSE_MODES: tuple[str, ...] = ("stack", "weave")
 
@@ -110,14 +110,16 @@ class FusedModel(CompositeModel):
 
 def fuse(blocks: Sequence[LegoBlock], mode: str = "stack") -> FusedModel:
     """A fused model of blocks, in the given order, its head initialised from the blocks' merged (SLERP) head.
-    Fine-tune it afterwards (`legokit.train.train_model`, the paper's 2 epochs)."""
+    Fine-tune it afterwards (`legokit.train.train_model`, the paper's 2 epochs). The model holds copies of the
+    blocks (`merge.own_blocks`): fine-tuning it leaves the caller's blocks as they were, so the same blocks can be
+    fused again (stack, then weave) from where they started."""
     config = FuseConfig(mode, tuple(b.modality for b in blocks))
     join = check_fusable(list(blocks), mode)
     merge_config = MergeConfig(tuple(sorted((b.modality, 1.0) for b in blocks)))
     heads = {b.modality: join.head(b.modality, b.task_head.state_dict()) for b in blocks}
     head = TaskHead(head_width(blocks[0].config), blocks[0].config.task.out_features)
     head.load_state_dict(merge_head_tensors(heads, merge_config))
-    return FusedModel({b.modality: b for b in blocks}, head, config)
+    return FusedModel({b.modality: b for b in own_blocks(blocks)}, head, config)
 
 
 def fused_config(model: FusedModel) -> dict[str, Any]:

@@ -4,6 +4,7 @@ SLERP (K = 2) or its order-independent spherical mean (K > 2)."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 from dataclasses import dataclass
@@ -174,11 +175,21 @@ def expand(models: Sequence[LegoBlock | MergedModel]) -> tuple[list[LegoBlock], 
     return blocks, known
 
 
+def own_blocks(blocks: Sequence[LegoBlock]) -> list[LegoBlock]:
+    """Deep copies of the blocks, for a merged or fused model of its own: training, adapting (adapters wrap layers
+    in place), freezing or switching it to eval mode never changes the caller's blocks, so the same blocks can be
+    fused twice. Copied as one list, so that what blocks share stays shared between the copies. A token source bound
+    by `cache.encoded_once` stays with the original; the cache is keyed by content (`cache.keys`), not by block, so
+    the copies' frozen encoders find the tokens the originals' encoders left."""
+    bound = {id(b.token_source): None for b in blocks if getattr(b, "token_source", None) is not None}
+    return copy.deepcopy(list(blocks), bound)
+
+
 def merge(models: Sequence[LegoBlock | MergedModel], weights: Sequence[float] | Mapping[str, float] | str | None = None,
           phase: str = DEFAULT_PHASE) -> MergedModel:
     """LegoMerge of K >= 2 blocks (merged models count as their blocks, so a model grows by merging a new block
-    into it, with the same result as merging all blocks at once). Every block is used; returned in eval mode.
-    `weights="auto"` weighs each block by its recorded validation metric (`auto_weights`)."""
+    into it, with the same result as merging all blocks at once). Every block is used, as a copy (`own_blocks`);
+    returned in eval mode. `weights="auto"` weighs each block by its recorded validation metric (`auto_weights`)."""
     blocks, known = expand(models)
     by_modality = {b.modality: b for b in blocks}
     join = check_joinable([b.config for b in blocks], {m: getattr(b, "provenance", {}) for m, b in by_modality.items()})
@@ -189,7 +200,7 @@ def merge(models: Sequence[LegoBlock | MergedModel], weights: Sequence[float] | 
     first = by_modality[config.modalities[0]].config
     head = TaskHead(head_width(first), first.task.out_features)
     head.load_state_dict(merge_head_tensors(heads, config))
-    model = MergedModel(by_modality, head, config)
+    model = MergedModel(dict(zip(by_modality, own_blocks(list(by_modality.values())))), head, config)
     model.provenance = {"blocks": {m: dict(getattr(b, "provenance", {})) for m, b in sorted(by_modality.items())}}
     return model.eval()  # merging trains nothing: ready for inference
 
