@@ -27,7 +27,7 @@ from .yamlfile import MAX_YAML_BYTES, check_keys, read_yaml, require_mapping, wh
 TOP_KEYS = ("name", "description", "blocks", "operation", "data", "output")
 BLOCK_KEYS = ("artifact",)
 FUSE_KEYS = ("kind", "time_unit", "epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "encoders", "encoder_lr",
-             "freeze_encoders", "device")
+             "modality_dropout", "freeze_encoders", "device")
 OPERATION_KEYS = {"merge": ("kind", "phase", "weights"), "stack": FUSE_KEYS, "weave": FUSE_KEYS}
 
 

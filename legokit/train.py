@@ -17,6 +17,7 @@ from torch import nn
 
 from .cache import TokenCache, blocks_of, encoded_once, pretrained
 from .data.batch import ModalityBatch
+from .data.dropout import check_rate, drop_modalities
 from .data.training import SplitData
 from .device import resolve_device
 from .distributed import device_for, world
@@ -51,6 +52,9 @@ class TrainConfig:
     encoders: str = "auto"
     encoder_lr: float | None = None  # default: lr x ENCODER_LR_SCALE
     compile: bool = False
+    # modality dropout: each training step drops each of a sample's modalities with this probability, never all of
+    # them, so that a fused model or an adapter does not rely on a modality some samples lack (`data.dropout`)
+    modality_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience"):
@@ -65,6 +69,7 @@ class TrainConfig:
                                   f"number, got {value!r}")
         if self.encoders not in ENCODER_MODES:
             raise ConfigError(f"encoders must be one of {', '.join(ENCODER_MODES)}, got {self.encoders!r}")
+        check_rate(self.modality_dropout, "modality_dropout")
 
     @property
     def pretrained_lr(self) -> float:
@@ -203,6 +208,8 @@ class Trainer:
         self.model, self.data, self.task, self.config, self.inputs = model, data, task, config, inputs
         self.shuffler = random.Random(config.seed)
         self.place = world()
+        # modality dropout's own stream (one per process), apart from the global RNG: the same draws in every run
+        self.dropping = torch.Generator().manual_seed(config.seed + self.place.rank)
         self.device = resolve_device(device_for(config.device))
         model.to(self.device)
         self.modalities = list(model.modalities)
@@ -237,10 +244,12 @@ class Trainer:
                 log.warning("%s", note)
 
     def step(self, ids: Sequence[str]) -> torch.Tensor:
-        """One optimiser step on these samples; returns the batch loss (detached)."""
+        """One optimiser step on these samples (after `inputs`, then modality dropout); returns the loss, detached."""
         batches, targets = self.data.batch(ids, self.edges)
         if self.inputs is not None:
             batches = self.inputs(batches, ids)
+        if self.config.modality_dropout:  # training batches only: validation and test see every modality
+            batches = drop_modalities(batches, self.config.modality_dropout, self.dropping)
         targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             logits = self.call(_to(batches, self.device))
