@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from contextlib import suppress
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -118,7 +118,8 @@ def _trained(result: TrainResult, path: Path | None) -> Result:
 def _training(args: argparse.Namespace, base: TrainConfig) -> TrainConfig:
     """The operation's training defaults (`base`) with the flags that were given."""
     given = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "device",
-                                           "encoders", "encoder_lr") if getattr(args, k, None) is not None}
+                                           "encoders", "encoder_lr", "modality_dropout")
+             if getattr(args, k, None) is not None}
     return replace(base, **given, **({"compile": True} if getattr(args, "compile", False) else {}))
 
 
@@ -333,7 +334,8 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> Result:
     adapted, result, counts = adapt(base, args.data, args.adapter, args.rank, args.at, args.missing, args.test_missing,
                                     config, allow_overlap=args.allow_overlap, missing_rate=args.missing_rate,
                                     missing_split=args.missing_split, test_missing_rate=args.test_missing_rate,
-                                    train_head=args.train_head, cache=not args.no_cache, time_unit=args.time_unit)
+                                    train_head=args.train_head, cache=not args.no_cache, time_unit=args.time_unit,
+                                    train_complete=args.ssf_train_complete)
     for warning in counts.pop("warnings", []):
         log.warning("%s", warning)
     adapter = adapted.adapters[-1]
@@ -345,8 +347,8 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> Result:
     protocol = args.missing or f"eta {args.missing_rate:g}, split {args.missing_split:g}"
     console.print(f"best epoch {result.best_epoch}: val {_metrics_text(result.val)}, test {_metrics_text(result.test)} "
                   f"(missing: {escape(protocol)})")
-    record = {"adapted": {"data": args.data, "missing": protocol, "best_epoch": result.best_epoch,
-                          "val": result.val, "test": result.test, "trainable": counts, "samples": result.samples}}
+    record = {"adapted": {"data": args.data, "missing": protocol, "config": asdict(config),
+                          "best_epoch": result.best_epoch, "val": result.val, "test": result.test, "trainable": counts, "samples": result.samples}}
     path = save_adapter(adapted, adapter, args.output, base.source_sha256, record, inputs=[args.model, args.data])
     console.print(f"[green]wrote[/] {escape(str(path))} (fits base sha256 {base.source_sha256[:12]})")
     return {**_trained(result, path), "missing": protocol, "parameters": counts}
@@ -467,6 +469,10 @@ def _training_flags(defaults: TrainConfig, spec: bool = False) -> argparse.Argum
                        f"ones at --encoder-lr) (default {defaults.encoders}{either})")
     flags.add_argument("--encoder-lr", type=float, help=f"learning rate of fine-tuned pretrained encoders (default: "
                        f"--lr x {ENCODER_LR_SCALE:g})")
+    flags.add_argument("--modality-dropout", type=float, metavar="RATE", help="drop each of a training sample's "
+                       "modalities with this probability at every step, never all of them (a sample with one is never "
+                       "changed), so that the model does not rely on a modality some samples lack (default "
+                       f"{defaults.modality_dropout:g}{either})")
     flags.add_argument("--compile", action="store_true", help="run the training steps through torch.compile")
     return flags
 
@@ -626,6 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--test-missing", help="independent per-modality rates for the test metrics")
     adapt.add_argument("--train-head", action=argparse.BooleanOptionalAction, default=None,
                        help="train the task head too (default: yes for MoRA, no for SSF, as its paper does)")
+    adapt.add_argument("--ssf-train-complete", action="store_true", help="SSF: also learn a scale and shift set for "
+                       "samples with every modality (default: they keep the base model's predictions, as the SSF "
+                       "paper adapts for the missing combinations only)")
     adapt.add_argument("--allow-overlap", action="store_true", help="report test metrics on samples the base model "
                        "was trained or validated on (refused by default), with a warning")
     adapt.add_argument("-o", "--output", required=True, help="the adapter artifact to write (.st)")

@@ -330,12 +330,17 @@ def set_encoders(model: nn.Module, mode: str) -> list[Any]:
 
 
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
-    """The trainable parameters in two groups: fine-tuned pretrained encoders at `config.pretrained_lr` (a
-    pretrained backbone moves less than the layers learned from scratch), everything else at `config.lr`."""
+    """The trainable parameters in groups: fine-tuned pretrained encoders at `config.pretrained_lr` (a pretrained
+    backbone moves less than the layers learned from scratch), parameters a module names in `no_weight_decay`
+    without weight decay, everything else at `config.lr`."""
     slow = {id(p) for b in blocks_of(model).values() if pretrained(b) for p in b.encoder.parameters() if p.requires_grad}
+    # parameters whose identity is not 0 (an SSF scale is 1) must not decay towards 0: AdamW's decay shrinks every
+    # row of a tensor that has a gradient, those of modality combinations absent from the batch too
+    undecayed = {id(getattr(m, name)) for m in model.modules() for name in getattr(m, "no_weight_decay", ())}
     trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) not in slow]},
-              {"params": [p for p in trainable if id(p) in slow], "lr": config.pretrained_lr}]
+    groups = [{"params": [p for p in trainable if id(p) not in slow | undecayed]},
+              {"params": [p for p in trainable if id(p) in slow and id(p) not in undecayed], "lr": config.pretrained_lr},
+              {"params": [p for p in trainable if id(p) in undecayed], "weight_decay": 0.0}]
     return [group for group in groups if group["params"]]
 
 

@@ -125,7 +125,8 @@ def fuse_blocks(blocks: Sequence[LegoBlock], data_dir: str | os.PathLike[str], m
                 time_unit: str | None = None) -> tuple[FusedModel, TrainResult]:
     """LegoFuse: stack or weave the blocks (which must join: `compose.joins`), then fine-tune on (paired) data for a
     few epochs (default 2) with the blocks' bins; frozen pretrained encoders (the default, `config.encoders`) run
-    once per sample through `cache`. `time_unit`: the unit of the folder's times, when not the blocks'."""
+    once per sample through `cache`. `time_unit`: the unit of the folder's times, when not the blocks'. The model
+    fine-tunes copies of the blocks (`fuse`): the caller's blocks stay as they were."""
     torch.manual_seed(config.seed)
     model = fuse(list(blocks), mode)
     task = model.task
@@ -217,7 +218,8 @@ ADAPT_METHODS = ("head", "mora", "ssf", "full")
 def parameter_counts(model: nn.Module) -> dict[str, float]:
     """Trainable and total parameters and the trainable share in percent; for an adapter also the parameters one
     sample uses (one modality set: MoRA's shared A and one B per available modality at most, SSF's one scale and
-    shift per site), the share of all sets, and the adapter's size against the layers it adapts."""
+    shift per site; a complete sample uses none unless SSF's `train_complete`), the share of all sets, and the
+    adapter's size against the layers it adapts."""
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     counts = {"trainable": trainable, "total": total, "percent": 100.0 * trainable / total}
@@ -227,7 +229,8 @@ def parameter_counts(model: nn.Module) -> dict[str, float]:
         all_sets = sum(p.numel() for p in adapter.parameters())
         sets = 2 ** len(adapter.modalities) if adapter.kind == "ssf" else len(adapter.modalities)
         shared = sum(site.down.numel() for site in adapter.sites.values()) if adapter.kind == "mora" else 0
-        one_set = shared + (all_sets - shared) // sets
+        stored = adapter.trained_combinations if adapter.kind == "ssf" else sets  # SSF's complete set may be none
+        one_set = shared + (all_sets - shared) // stored
         modules = canonical_modules(model.base)
         adapted = sum(p.numel() for name in adapter.placement for p in modules[name].parameters())
         counts.update({"adapter_one_set": one_set, "adapter_all_sets": all_sets, "sets": sets,
@@ -260,19 +263,23 @@ def missing_protocol(model: nn.Module, data: SplitData, modalities: Sequence[str
 
 
 def prepare_adaptation(model: nn.Module, method: str, rank: int = DEFAULT_RANK, at: str | None = None,
-                       train_head: bool | None = None) -> nn.Module:
+                       train_head: bool | None = None, train_complete: bool = False) -> nn.Module:
     """The model ready for one way of adapting to missing modalities: `head` (only the head trains), `mora` (the
     adapter and the head), `ssf` (only the adapter, head and base frozen as the SSF paper does, unless
-    `train_head`), or `full` (everything trains)."""
+    `train_head`), or `full` (everything trains). SSF learns scale and shift sets for the combinations with a
+    modality missing, complete samples keeping the pretrained model (Reza et al., arXiv:2310.03986), unless
+    `train_complete` (SSF only) learns one for the complete combination too."""
     if method not in ADAPT_METHODS:
         raise ConfigError(f"unknown adaptation {method!r}; choose one of {', '.join(ADAPT_METHODS)}")
+    if train_complete and method != "ssf":
+        raise ConfigError(f"train_complete is an SSF setting; the {method!r} adaptation does not take it")
     modalities = list(model.modalities)
     if method == "full":
         model.requires_grad_(True)
         return model
     model.requires_grad_(False)
     if method in ("mora", "ssf"):
-        adapter = MoRA(modalities, rank=rank) if method == "mora" else SSF(modalities)
+        adapter = MoRA(modalities, rank=rank) if method == "mora" else SSF(modalities, train_complete=train_complete)
         model = attach(model, adapter, at)
     if method == "head" or (train_head if train_head is not None else method == "mora"):
         model.head.requires_grad_(True)
@@ -285,11 +292,12 @@ def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mor
           progress: bool = True, allow_overlap: bool = False, missing_rate: float | None = DEFAULT_MISSING_RATE,
           missing_split: float = DEFAULT_MISSING_SPLIT, test_missing_rate: float | None = None,
           train_head: bool | None = None, cache: TokenCache | bool | None = True,
-          time_unit: str | None = None) -> tuple[nn.Module, TrainResult, dict[str, Any]]:
+          time_unit: str | None = None, train_complete: bool = False) -> tuple[nn.Module, TrainResult, dict[str, Any]]:
     """Train a missing-modality adaptation on a dataset folder. Default protocol, MoRA's: a total missing rate
     `missing_rate` (eta) shared between the modalities (`missing_split`) on the training and validation splits, and
     `test_missing_rate` (default: the same) for the reported test metrics. `train_missing`/`test_missing` (e.g.
-    tab=0.3) draw each modality independently instead. Dummies are the training means."""
+    tab=0.3) draw each modality independently instead. Dummies are the training means. `train_complete` (SSF only):
+    also learn a scale and shift set for samples with every modality, which otherwise keep the base's predictions."""
     data, task, modalities = labelled_data(model, data_dir, config.seed, splits, time_unit)
     warnings = refuse_overlap(provenance_of(model), data.ids("test", modalities), "test", allow_overlap)
     train_inputs = missing_protocol(model, data, modalities, ("train", "val"), train_missing, missing_rate,
@@ -299,7 +307,7 @@ def adapt(model: nn.Module, data_dir: str | os.PathLike[str], method: str = "mor
     test_inputs = missing_protocol(model, data, modalities, ("test",), test_missing or train_missing,
                                    test_rate, missing_split, config.seed + 1)
     torch.manual_seed(config.seed)  # the adapter's initial weights are the seed's, whatever ran before
-    prepared = prepare_adaptation(model, method, rank, at, train_head)
+    prepared = prepare_adaptation(model, method, rank, at, train_head, train_complete)
     if method == "full" and config.encoders == "auto":  # "full" trains everything, pretrained encoders included
         config = replace(config, encoders="finetune")
     counts = parameter_counts(prepared)

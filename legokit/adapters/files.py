@@ -46,7 +46,9 @@ def save_adapter(adapted: Adapted, adapter: Adapter, path: str | os.PathLike[str
 
 @dataclass(frozen=True)
 class AdapterPlan:
-    """An adapter file's config, checked: its type, modalities, rank, sites (key -> two sizes) and placement."""
+    """An adapter file's config, checked: its type, modalities, rank, sites (key -> two sizes), placement, and for
+    SSF whether the complete combination trained (`train_complete`: a file without the key was written before it
+    existed, when it always did)."""
 
     type: str
     modalities: tuple[str, ...]
@@ -54,6 +56,7 @@ class AdapterPlan:
     sites: dict[str, tuple[int, int]]
     placement: tuple[str, ...]
     base_sha256: str
+    train_complete: bool = True
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every adapter tensor's name and shape this plan builds, by arithmetic alone."""
@@ -63,7 +66,7 @@ class AdapterPlan:
             if self.type == "mora":  # [in, out]: down (r, in), up (M, out, r)
                 shapes[f"sites.{key}.down"] = (self.rank, first)
                 shapes[f"sites.{key}.up"] = (count, second, self.rank)
-            else:  # [channels, dim]: scale and shift (2^M, channels)
+            else:  # [channels, dim]: scale and shift (2^M, channels), the complete row the identity or trained
                 shapes[f"sites.{key}.scale"] = shapes[f"sites.{key}.shift"] = (2**count, first)
         return shapes
 
@@ -118,7 +121,7 @@ def _placement(path: Path, config: Mapping[str, Any], sites: Mapping[str, Any]) 
 
 def read_plan(path: Path, config: Mapping[str, Any]) -> AdapterPlan:
     """An adapter file's config checked field by field (types, modality count, rank, site sizes, placement, base
-    hash) before anything is built from it; any problem is a one-line ArtifactError."""
+    hash, SSF's `train_complete`) before anything is built from it; any problem is a one-line ArtifactError."""
     kind = _field(path, config, "type", str)
     if kind not in _TYPES:
         raise ArtifactError(f"{path}: unknown adapter type {kind[:40]!r}")
@@ -139,7 +142,8 @@ def read_plan(path: Path, config: Mapping[str, Any]) -> AdapterPlan:
         raise ArtifactError(f"{path}: corrupt adapter config: base_sha256 is not a sha256 hex digest")
     if "head_trained" in config:
         _field(path, config, "head_trained", bool)
-    return AdapterPlan(kind, modalities, rank, sizes, placement, base)
+    train_complete = _field(path, config, "train_complete", bool) if "train_complete" in config else True
+    return AdapterPlan(kind, modalities, rank, sizes, placement, base, train_complete)
 
 
 def check_tensors(path: Path, plan: AdapterPlan, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -167,9 +171,9 @@ def build_adapter(plan: AdapterPlan, state: Mapping[str, torch.Tensor]) -> Adapt
             for key, (in_features, out_features) in plan.sites.items():
                 adapter.sites[key] = MoRASite(in_features, out_features, plan.rank, len(plan.modalities))
         else:
-            adapter = SSF(plan.modalities)
+            adapter = SSF(plan.modalities, train_complete=plan.train_complete)
             for key, (channels, dim) in plan.sites.items():
-                adapter.sites[key] = SSFSite(channels, 2 ** len(plan.modalities), dim)
+                adapter.sites[key] = SSFSite(channels, 2 ** len(plan.modalities), dim, plan.train_complete)
     adapter.load_state_dict(dict(state), assign=True)
     adapter.placement = list(plan.placement)
     return adapter

@@ -1,11 +1,19 @@
-"""SSF for missing modalities (Reza et al., arXiv:2310.03986): a per-channel scale and shift after every linear,
-convolution and normalisation layer of the targeted modules, with one parameter set per combination of available
-modalities, chosen per sample. Scale starts at 1 and shift at 0 (upstream SSF draws them around those values), so
-the adapted model starts as the base, which stays frozen, its head too unless asked (`prepare_adaptation`)."""
+"""SSF for missing modalities (Reza et al., arXiv:2310.03986, Sec. 3.2): a per-channel scale gamma and shift beta
+after every linear, convolution and normalisation layer of the targeted modules, h' = gamma * h + beta, with one
+(gamma, beta) set per combination of available modalities, chosen per sample. Scale starts at 1 and shift at 0
+(upstream SSF draws them around those values), so the adapted model starts as the base, which stays frozen, its
+head too unless asked (`prepare_adaptation`).
+
+The paper pretrains the network on all modalities, freezes it, and learns SSF parameters for the combinations with
+modalities missing: the model for complete samples is the pretrained one. So by default the all-present combination
+is the identity (scale 1, shift 0), not a parameter: complete samples pass through every site unchanged and their
+predictions stay the base's exactly, whatever training does. `SSF(modalities, train_complete=True)` trains a set for
+that combination too (what legokit did before; adapter files without the `train_complete` key load that way). An
+adapter file always holds one row per combination (2^M); without `train_complete` its complete row is the identity."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import nn
@@ -33,19 +41,50 @@ def channels_of(module: nn.Module) -> tuple[int, int]:
 
 
 class SSFSite(nn.Module):
-    def __init__(self, channels: int, combinations: int, dim: int):
+    """The (gamma, beta) sets of one site, a row per combination of available modalities (bit m of a combination's
+    index: modality m is there). Unless `train_complete`, the last combination (all present) has no row: it is the
+    identity, outside every gradient and every optimiser step; `state_dict` still lists one row per combination
+    (the identity in the last), so that an adapter file has the same tensors either way."""
+
+    no_weight_decay = ("scale",)  # a scale's identity is 1: weight decay would pull it to 0 (`train.parameter_groups`)
+
+    def __init__(self, channels: int, combinations: int, dim: int, train_complete: bool = False):
         super().__init__()
         self.dim = dim
-        self.scale = nn.Parameter(torch.ones(combinations, channels))
-        self.shift = nn.Parameter(torch.zeros(combinations, channels))
+        self.train_complete = train_complete
+        rows = combinations if train_complete else combinations - 1
+        self.scale = nn.Parameter(torch.ones(rows, channels))
+        self.shift = nn.Parameter(torch.zeros(rows, channels))
 
     def forward(self, out: torch.Tensor, combination: torch.Tensor) -> torch.Tensor:
+        rows = self.scale.shape[0]
+        complete = None if self.train_complete else combination == rows  # all present: index 2^M - 1 == rows
+        if complete is not None:
+            combination = combination.clamp(max=rows - 1)  # any row; complete samples take `out` below
         scale, shift = self.scale[combination].to(out.dtype), self.shift[combination].to(out.dtype)
         if self.dim == -1:
             shape = (out.shape[0], *([1] * (out.dim() - 2)), -1)
         else:
             shape = (out.shape[0], -1, *([1] * (out.dim() - 2)))
-        return out * scale.reshape(shape) + shift.reshape(shape)
+        adapted = out * scale.reshape(shape) + shift.reshape(shape)
+        if complete is None:
+            return adapted
+        return torch.where(complete.reshape(out.shape[0], *([1] * (out.dim() - 1))), out, adapted)
+
+    def _save_to_state_dict(self, destination: dict[str, Any], prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if not self.train_complete:  # one row per combination, as a file holds them: the complete one is the identity
+            for name, value in (("scale", 1.0), ("shift", 0.0)):
+                rows = destination[prefix + name]
+                destination[prefix + name] = torch.cat([rows, rows.new_full((1, rows.shape[1]), value)])
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        if not self.train_complete:  # the complete combination's row (the identity, as saved) is not a parameter
+            for name in ("scale", "shift"):
+                table = state_dict.get(prefix + name)
+                if isinstance(table, torch.Tensor) and table.dim() == 2 and table.shape[0] == self.scale.shape[0] + 1:
+                    state_dict[prefix + name] = table[:-1]
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
 
 class SSFWrapped(Sited):
@@ -57,11 +96,24 @@ class SSFWrapped(Sited):
 
 
 class SSF(Adapter):
-    """Scale-and-shift features per modality combination (2^M sets for M modalities), after every linear,
-    convolution and normalisation layer inside the targeted modules (default: every update layer)."""
+    """Scale-and-shift features per modality combination, after every linear, convolution and normalisation layer
+    inside the targeted modules (default: every update layer). As in Reza et al. (arXiv:2310.03986), the sets are
+    learned for the combinations with modalities missing (2^M - 1 for M modalities) and complete samples keep the
+    pretrained model; `train_complete=True` learns a set for the complete combination too (2^M sets)."""
 
     kind = "ssf"
     default_at = "all"
+
+    def __init__(self, modalities: Sequence[str], train_complete: bool = False):
+        super().__init__(modalities)
+        if not isinstance(train_complete, bool):
+            raise ConfigError(f"SSF train_complete must be True or False, got {train_complete!r}")
+        self.train_complete = train_complete
+
+    @property
+    def trained_combinations(self) -> int:
+        """How many (gamma, beta) sets train: 2^M, or 2^M - 1 when the complete combination is the identity."""
+        return 2 ** len(self.modalities) - (0 if self.train_complete else 1)
 
     def expand(self, model: nn.Module, targets: list[str]) -> list[str]:
         modules = canonical_modules(model)
@@ -78,7 +130,7 @@ class SSF(Adapter):
 
     def make_site(self, module: nn.Module) -> nn.Module:
         channels, dim = self.sizes_for(module)
-        return SSFSite(channels, 2 ** len(self.modalities), dim)
+        return SSFSite(channels, 2 ** len(self.modalities), dim, self.train_complete)
 
     def sizes_for(self, module: nn.Module) -> list[int]:
         return list(channels_of(module.inner if isinstance(module, Sited) else module))
@@ -91,4 +143,4 @@ class SSF(Adapter):
 
     def config(self) -> dict[str, Any]:
         sites = {key: self.site_sizes(site) for key, site in self.sites.items()}
-        return {**super().config(), "sites": sites}
+        return {**super().config(), "sites": sites, "train_complete": self.train_complete}
