@@ -13,6 +13,7 @@ import math
 import mmap
 import os
 import re
+import shutil
 import stat
 import struct
 import tempfile
@@ -189,6 +190,30 @@ def atomic_output(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLi
         if isinstance(exc, OSError) and not isinstance(exc, ArtifactError):
             raise ArtifactError(f"{path}: cannot write there ({exc.strerror or exc})") from exc
         raise
+
+
+def write_folder_atomic(path: str | os.PathLike[str], files: Iterable[tuple[str, bytes]]) -> int:
+    """Write a new folder of files that appears whole or not at all: written into a temporary folder beside `path`,
+    renamed in one step (an existing `path` is never replaced: an ArtifactError). Returns the number of files."""
+    path = Path(path)
+    if os.path.lexists(path):
+        raise ArtifactError(f"{path}: already exists; legokit writes a new folder there, never over one")
+    try:
+        temp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot write there ({exc.strerror or exc})") from exc
+    count = 0
+    try:
+        for name, data in files:
+            if Path(name).name != name or name in ("", ".", ".."):
+                raise ArtifactError(f"{path}: {name!r} is not a plain file name")
+            (temp / name).write_bytes(data)
+            count += 1
+        os.rename(temp, path)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return count
 
 
 def _umask() -> int:

@@ -1,15 +1,19 @@
-"""Baselines the demo compares LegoMerge and LegoFuse against: a late-fusion concatenation model trained end to
-end, and a Cox proportional-hazards model (ridge-penalised partial likelihood, Breslow ties)."""
+"""Baselines the demo and the benchmarks compare LegoMerge and LegoFuse against: a late-fusion concatenation model
+trained end to end, and a Cox proportional-hazards model (ridge-penalised partial likelihood, Breslow ties) on every
+modality's summary features, the classical model a practitioner fits by hand."""
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from .data.batch import ModalityBatch
+from .data.training import SplitData
 from .encoders import build_encoder
+from .summaries import sequence_summaries
 from .tasks import TaskSpec
 
 
@@ -76,3 +80,49 @@ def cox_fit(x: torch.Tensor, times: torch.Tensor, events: torch.Tensor, alpha: f
 
     optimizer.step(objective)
     return beta.detach()
+
+
+def summary_features(batch: ModalityBatch, time_feature: int | None = 0) -> torch.Tensor:
+    """A modality as one row per sample for a classical model: a table's row as it is; a sequence's last value,
+    mean and slope over time of each feature and its token count (`legokit.summaries`; time is feature
+    `time_feature` of each token, as in the bundled folders)."""
+    if batch.x.dim() == 2:
+        return batch.x
+    return sequence_summaries(batch.x, batch.mask, time_feature)
+
+
+def _summary_rows(data: SplitData, modalities: Sequence[str], ids: Sequence[str],
+                  fills: Mapping[str, tuple[torch.Tensor, bool]], time_feature: int | None) -> torch.Tensor:
+    """Each sample's summary features of these modalities side by side; a modality a sample lacks is its training
+    mean, plus a missing flag for the modalities that some training sample lacks (`fills[m]`: mean, flagged)."""
+    parts = []
+    for m in modalities:
+        batch = data.folder.batch(list(ids), [m])[m]
+        present = rearrange(batch.presence(), "b -> b 1")
+        mean, flagged = fills[m]
+        parts.append(torch.where(present, summary_features(batch, time_feature), mean))
+        if flagged:
+            parts.append((~present).to(mean.dtype))
+    return torch.cat(parts, dim=1)
+
+
+def summary_cox_risks(data: SplitData, modalities: Sequence[str], train: Sequence[str], ids: Sequence[str],
+                      time_feature: int | None = 0, alpha: float = 0.1) -> dict[str, float]:
+    """Risks of `ids` under a Cox model fit on `train` (the samples that have any of `modalities`) over every
+    modality's summary features (`summary_features`), standardised on the training samples: Cox with summary
+    features, the baseline the toolkit has to beat."""
+    holding = {m: data.folder.ids_of(m) for m in modalities}
+    train = [i for i in train if any(i in holding[m] for m in modalities)]
+    fills = {}
+    for m in modalities:
+        having = [i for i in train if i in holding[m]]
+        mean = summary_features(data.folder.batch(having, [m])[m], time_feature).mean(0)
+        fills[m] = (mean, len(having) < len(train))
+    x = _summary_rows(data, modalities, train, fills, time_feature)
+    mean, sd = x.mean(0), x.std(0).clamp_min(1e-8)
+    targets = data.labels.select(train)
+    beta = cox_fit((x - mean) / sd, targets["time"], targets["event"], alpha)
+    if not ids:
+        return {}
+    x_ids = (_summary_rows(data, modalities, ids, fills, time_feature).double() - mean.double()) / sd.double()
+    return dict(zip(ids, (x_ids @ beta).tolist()))

@@ -1,4 +1,5 @@
 """Encoders a LegoBlock can wrap: named encoders in an open registry (the built-ins `snn`, `abmil`, `mlp`, `tokens`,
+`longitudinal`,
 and any a user registers with `register_encoder`, as timm's `register_model`) and foreign programs (`export`)."""
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from torch import nn
 from ..errors import ConfigError
 from .abmil import ABMIL
 from .foreign import ExportedEncoder
+from .longitudinal import LongitudinalSummary
 from .mlp import MLP
 from .snn import SNN
 from .stack import within_budget
 from .tokens import FeatureTokens
 
 FOREIGN = "export"
-BUILTIN: dict[str, type[nn.Module]] = {"snn": SNN, "abmil": ABMIL, "mlp": MLP, "tokens": FeatureTokens}
+BUILTIN: dict[str, type[nn.Module]] = {"snn": SNN, "abmil": ABMIL, "mlp": MLP, "tokens": FeatureTokens,
+                                   "longitudinal": LongitudinalSummary}
 _ENCODERS: dict[str, type[nn.Module]] = dict(BUILTIN)
 
 
@@ -93,5 +96,5 @@ def token_input(encoder: nn.Module) -> bool | None:
     return getattr(encoder, "token_input", None)
 
 
-__all__ = ["ABMIL", "FOREIGN", "MLP", "SNN", "FeatureTokens", "ExportedEncoder", "build_encoder", "check_encoder_kwargs",
+__all__ = ["ABMIL", "FOREIGN", "MLP", "SNN", "FeatureTokens", "ExportedEncoder", "LongitudinalSummary", "build_encoder", "check_encoder_kwargs",
            "encoder_class", "list_encoders", "register_encoder"]
