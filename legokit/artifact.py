@@ -29,7 +29,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from .archive import capped_json
-from .errors import ArtifactError, LegoError
+from .errors import ArtifactError, LegoError, quoted
 from .version import __version__
 
 FORMAT_TAG = "legokit-artifact"
@@ -194,7 +194,8 @@ def atomic_output(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLi
 
 def write_folder_atomic(path: str | os.PathLike[str], files: Iterable[tuple[str, bytes]]) -> int:
     """Write a new folder of files that appears whole or not at all: written into a temporary folder beside `path`,
-    renamed in one step (an existing `path` is never replaced: an ArtifactError). Returns the number of files."""
+    renamed in one step (an existing `path` is never replaced: an ArtifactError; nor is a file written twice: each
+    name once, a plain file name). The folder gets the usual mode (0777 less the umask). Returns the number of files."""
     path = Path(path)
     if os.path.lexists(path):
         raise ArtifactError(f"{path}: already exists; legokit writes a new folder there, never over one")
@@ -202,18 +203,24 @@ def write_folder_atomic(path: str | os.PathLike[str], files: Iterable[tuple[str,
         temp = Path(tempfile.mkdtemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent))
     except OSError as exc:
         raise ArtifactError(f"{path}: cannot write there ({exc.strerror or exc})") from exc
-    count = 0
+    written: set[str] = set()
     try:
         for name, data in files:
-            if Path(name).name != name or name in ("", ".", ".."):
-                raise ArtifactError(f"{path}: {name!r} is not a plain file name")
-            (temp / name).write_bytes(data)
-            count += 1
-        os.rename(temp, path)
-    except BaseException:
+            if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..") or "\0" in name:
+                raise ArtifactError(f"{path}: {quoted(str(name))} is not a plain file name")
+            if name in written:
+                raise ArtifactError(f"{path}: {quoted(name)} is given twice; each file is written once")
+            written.add(name)
+            with open(temp / name, "xb") as out:
+                out.write(data)
+        os.chmod(temp, 0o777 & ~_umask())  # mkdtemp makes 0700; a new folder gets the usual mode
+        os.rename(temp, path)  # onto an existing non-empty folder or a file this fails: nothing is replaced
+    except BaseException as exc:
         shutil.rmtree(temp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise ArtifactError(f"{path}: cannot write there ({exc.strerror or exc})") from exc
         raise
-    return count
+    return len(written)
 
 
 def _umask() -> int:

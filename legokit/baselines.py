@@ -11,6 +11,7 @@ from einops import rearrange
 from torch import nn
 
 from .data.batch import ModalityBatch
+from .data.folder import DataError
 from .data.training import SplitData
 from .encoders import build_encoder
 from .summaries import sequence_summaries
@@ -110,12 +111,20 @@ def summary_cox_risks(data: SplitData, modalities: Sequence[str], train: Sequenc
                       time_feature: int | None = 0, alpha: float = 0.1) -> dict[str, float]:
     """Risks of `ids` under a Cox model fit on `train` (the samples that have any of `modalities`) over every
     modality's summary features (`summary_features`), standardised on the training samples: Cox with summary
-    features, the baseline the toolkit has to beat."""
+    features, the baseline the toolkit has to beat. An id lacking every modality is scored at the training means
+    (with its missing flags). Fewer than two such training samples, or a modality none of them has, is a DataError:
+    its features would be NaN, and so every risk."""
     holding = {m: data.folder.ids_of(m) for m in modalities}
     train = [i for i in train if any(i in holding[m] for m in modalities)]
+    if len(train) < 2:
+        raise DataError(f"Cox with summary features needs two training samples with {', '.join(modalities)}; "
+                        f"{len(train)} have any")
     fills = {}
     for m in modalities:
         having = [i for i in train if i in holding[m]]
+        if not having:
+            raise DataError(f"modality {m}: none of the {len(train)} training samples has it; Cox with summary "
+                            "features cannot fill it in (leave it out)")
         mean = summary_features(data.folder.batch(having, [m])[m], time_feature).mean(0)
         fills[m] = (mean, len(having) < len(train))
     x = _summary_rows(data, modalities, train, fills, time_feature)

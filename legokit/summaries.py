@@ -20,9 +20,12 @@ def sequence_summaries(x: torch.Tensor, mask: torch.Tensor | None = None, time_f
     """(b, n, f) tokens in time order (oldest first, padding after the real tokens) -> (b, 3f + 1): each feature's
     last value, mean and least-squares slope against feature `time_feature` (token position when None), then
     log(1 + number of tokens). A slope needs two tokens whose times spread by more than `min_spread` in variance;
-    otherwise it is 0. A sample with no token gives zeros."""
+    otherwise it is 0. A sample with no token gives zeros. Computed in float64 and clipped to `x`'s dtype's finite
+    range, so finite inputs (any float32 a dataset folder holds) give finite summaries."""
+    dtype = x.dtype
+    x = x.to(torch.float64)
     b, n, f = x.shape
-    real = torch.ones(b, n, dtype=torch.bool, device=x.device) if mask is None else mask
+    real = torch.ones(b, n, dtype=torch.bool, device=x.device) if mask is None else mask.to(torch.bool)
     weight = rearrange(real.to(x.dtype), "b n -> b n 1")
     count = reduce(weight, "b n 1 -> b 1", "sum")
     safe = count.clamp_min(1.0)
@@ -39,4 +42,6 @@ def sequence_summaries(x: torch.Tensor, mask: torch.Tensor | None = None, time_f
     covariance = reduce(centred * (x - rearrange(mean, "b f -> b 1 f")), "b n f -> b f", "sum") / safe
     defined = (count >= 2) & (spread > min_spread)
     slope = torch.where(defined, covariance / spread.clamp_min(min_spread), torch.zeros_like(covariance))
-    return torch.cat([last, mean, slope, torch.log1p(count)], dim=1)
+    limit = torch.finfo(dtype).max if dtype.is_floating_point else torch.finfo(torch.float32).max
+    out = torch.cat([last, mean, slope, torch.log1p(count)], dim=1).clamp(-limit, limit)
+    return out.to(dtype if dtype.is_floating_point else torch.float32)

@@ -5,8 +5,8 @@ parts (`Trainer.step`, `.epoch`, `.validate`, `Selection`, callbacks) so that ne
 from __future__ import annotations
 
 import copy
-import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Protocol, Sequence
@@ -63,10 +63,10 @@ class TrainConfig:
             value = getattr(self, name)
             if name == "encoder_lr" and value is None:
                 continue
-            if (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or not math.isfinite(value)
-                    or (name != "weight_decay" and value == 0)):
+            if (not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= sys.float_info.max
+                    or (name != "weight_decay" and value == 0)):  # compared as is: a huge int is no OverflowError
                 raise ConfigError(f"{name} must be a {'non-negative' if name == 'weight_decay' else 'positive'} "
-                                  f"number, got {value!r}")
+                                  f"number, got {repr(value)[:40]}")
         if self.encoders not in ENCODER_MODES:
             raise ConfigError(f"encoders must be one of {', '.join(ENCODER_MODES)}, got {self.encoders!r}")
         check_rate(self.modality_dropout, "modality_dropout")

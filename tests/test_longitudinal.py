@@ -83,9 +83,11 @@ def test_longitudinal_encoder_is_built_in_checked_and_reads_only_real_tokens(pbc
     padded = torch.cat([batch.x, torch.randn(6, 3, batch.x.shape[2])], dim=1)
     mask = torch.cat([batch.mask, torch.zeros(6, 3, dtype=torch.bool)], dim=1)
     assert torch.allclose(encoder(padded, mask), out, atol=1e-6)
-    for bad in ({"time_feature": 99}, {"time_feature": True}, {"hidden": 0}, {"depth": 10**6}):
+    for bad in ({"time_feature": -2}, {"time_feature": True}, {"hidden": 0}, {"depth": 10**6}):
         with pytest.raises(ConfigError, match="longitudinal encoder"):
             check_encoder_kwargs("longitudinal", {"in_features": 4, **bad} if "time_feature" in bad else bad)
+    with pytest.raises(ConfigError, match="time_feature 99 is outside tokens of 4 features"):
+        build_encoder("longitudinal", {"in_features": 4, "time_feature": 99})  # a spec names no in_features
     sizes = type(encoder).infer_kwargs(encoder.state_dict())
     assert sizes == {"in_features": batch.x.shape[2], "hidden": 16, "depth": 2}
 

@@ -160,6 +160,12 @@ def check_tensors(path: Path, plan: AdapterPlan, tensors: Mapping[str, torch.Ten
     unexpected = sorted(k for k in tensors if k not in expected and not k.startswith("head."))
     if unexpected:
         raise ArtifactError(f"{path}: unexpected tensor '{unexpected[0][:80]}'")
+    if plan.type == "ssf" and not plan.train_complete:  # the complete row is the identity, never silently dropped
+        for key in plan.sites:
+            for name, identity in (("scale", 1.0), ("shift", 0.0)):
+                if not bool((tensors[f"adapter.sites.{key}.{name}"][-1] == identity).all()):
+                    raise ArtifactError(f"{path}: train_complete is false, but site {key[:80]!r} holds a {name} "
+                                        f"other than the identity ({identity:g}) for complete samples")
 
 
 def build_adapter(plan: AdapterPlan, state: Mapping[str, torch.Tensor]) -> Adapter:

