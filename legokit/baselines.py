@@ -92,19 +92,24 @@ def summary_features(batch: ModalityBatch, time_feature: int | None = 0) -> torc
     return sequence_summaries(batch.x, batch.mask, time_feature)
 
 
-def _summary_rows(data: SplitData, modalities: Sequence[str], ids: Sequence[str],
-                  fills: Mapping[str, tuple[torch.Tensor, bool]], time_feature: int | None) -> torch.Tensor:
-    """Each sample's summary features of these modalities side by side; a modality a sample lacks is its training
-    mean, plus a missing flag for the modalities that some training sample lacks (`fills[m]`: mean, flagged)."""
-    parts = []
-    for m in modalities:
-        batch = data.folder.batch(list(ids), [m])[m]
-        present = rearrange(batch.presence(), "b -> b 1")
-        mean, flagged = fills[m]
-        parts.append(torch.where(present, summary_features(batch, time_feature), mean))
+def _summaries(data: SplitData, modality: str, ids: Sequence[str],
+               time_feature: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """These samples' summary features of one modality (zeros where a sample lacks it) and which have it (b,)."""
+    batch = data.folder.batch(list(ids), [modality])[modality]
+    return summary_features(batch, time_feature), batch.presence()
+
+
+def _summary_rows(parts: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                  fills: Sequence[tuple[torch.Tensor, bool]]) -> torch.Tensor:
+    """Modalities' summary features side by side; a modality a sample lacks is its training mean, plus a missing flag
+    for the modalities that some training sample lacks (`fills`: mean, flagged, per modality)."""
+    columns = []
+    for (features, present), (mean, flagged) in zip(parts, fills):
+        present = rearrange(present, "b -> b 1")
+        columns.append(torch.where(present, features, mean))
         if flagged:
-            parts.append((~present).to(mean.dtype))
-    return torch.cat(parts, dim=1)
+            columns.append((~present).to(mean.dtype))
+    return torch.cat(columns, dim=1)
 
 
 def summary_cox_risks(data: SplitData, modalities: Sequence[str], train: Sequence[str], ids: Sequence[str],
@@ -114,24 +119,23 @@ def summary_cox_risks(data: SplitData, modalities: Sequence[str], train: Sequenc
     features, the baseline the toolkit has to beat. An id lacking every modality is scored at the training means
     (with its missing flags). Fewer than two such training samples, or a modality none of them has, is a DataError:
     its features would be NaN, and so every risk."""
-    holding = {m: data.folder.ids_of(m) for m in modalities}
-    train = [i for i in train if any(i in holding[m] for m in modalities)]
+    train = [i for i in train if any(i in data.folder.ids_of(m) for m in modalities)]
     if len(train) < 2:
         raise DataError(f"Cox with summary features needs two training samples with {', '.join(modalities)}; "
                         f"{len(train)} have any")
-    fills = {}
-    for m in modalities:
-        having = [i for i in train if i in holding[m]]
-        if not having:
+    parts = [_summaries(data, m, train, time_feature) for m in modalities]
+    fills = []
+    for m, (features, present) in zip(modalities, parts):
+        if not present.any():
             raise DataError(f"modality {m}: none of the {len(train)} training samples has it; Cox with summary "
                             "features cannot fill it in (leave it out)")
-        mean = summary_features(data.folder.batch(having, [m])[m], time_feature).mean(0)
-        fills[m] = (mean, len(having) < len(train))
-    x = _summary_rows(data, modalities, train, fills, time_feature)
+        fills.append((features[present].mean(0), not bool(present.all())))
+    x = _summary_rows(parts, fills)
     mean, sd = x.mean(0), x.std(0).clamp_min(1e-8)
     targets = data.labels.select(train)
     beta = cox_fit((x - mean) / sd, targets["time"], targets["event"], alpha)
     if not ids:
         return {}
-    x_ids = (_summary_rows(data, modalities, ids, fills, time_feature).double() - mean.double()) / sd.double()
+    scored = _summary_rows([_summaries(data, m, ids, time_feature) for m in modalities], fills)
+    x_ids = (scored.double() - mean.double()) / sd.double()
     return dict(zip(ids, (x_ids @ beta).tolist()))

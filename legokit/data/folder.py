@@ -260,6 +260,7 @@ class DatasetFolder:
         self._bags: dict[Path, torch.Tensor] = {}
         self._tokenizers: dict[str, TextEncoder] = {}
         self._ids: dict[str, dict[str, list[int]]] = {}
+        self._holding: dict[str, frozenset[str]] = {}
         for name, shape in self.shapes.items():
             table, folder = self.root / f"{name}.csv", self.root / name
             if isinstance(shape, TextSpec):
@@ -337,14 +338,16 @@ class DatasetFolder:
                 found.append(modality.path)
         return found
 
-    def ids_of(self, name: str) -> set[str]:
-        """The samples that have modality `name`."""
-        modality = self.modalities.get(name)
-        if modality is None:
-            return set()
-        if isinstance(modality, Texts):
-            return set(modality.texts)
-        return set(modality.rows if isinstance(modality, Table) else modality.files)
+    def ids_of(self, name: str) -> frozenset[str]:
+        """The samples that have modality `name` (made once per modality: callers test membership per sample)."""
+        if name not in self._holding:
+            modality = self.modalities.get(name)
+            if modality is None:
+                return frozenset()
+            found = modality.texts if isinstance(modality, Texts) else modality.rows if isinstance(modality, Table) \
+                else modality.files
+            self._holding[name] = frozenset(found)
+        return self._holding[name]
 
     def check_known(self, known: set[str], labels: Path) -> None:
         """Every sample of every modality must be in labels.csv; else a DataError naming the file (and row)."""
