@@ -24,8 +24,8 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from legokit.block import BlockConfig, EncoderSpec, LegoBlock
 from legokit.encoders import SNN
+from legokit.nn.block import BlockConfig, EncoderSpec, LegoBlock
 from legokit.tasks import TaskSpec
 
 ENCODERS = {"tab": ("snn", (76,)), "bag": ("mlp", (128, 256))}
@@ -66,18 +66,34 @@ class ReferenceStyleBlock(nn.Module):
     to unit norm along its channels before each step, 1-D FFTs over the channels (computed once for Re, once for Im,
     once for the tokens), einsum attention with an explicit softmax, a SELU feed-forward, a head on Re channel means."""
 
-    def __init__(self, encoder: nn.Module, latent: int, depth: int, context: int, heads: int = 8, dim_head: int = 64,
-                 out_features: int = 4):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        latent: int,
+        depth: int,
+        context: int,
+        heads: int = 8,
+        dim_head: int = 64,
+        out_features: int = 4,
+    ):
         super().__init__()
-        self.encoder, self.heads, self.scale = encoder, heads, dim_head ** -0.5
+        self.encoder, self.heads, self.scale = encoder, heads, dim_head**-0.5
         self.latent = nn.Parameter(torch.randn(latent, latent))
         inner = heads * dim_head
-        self.steps = nn.ModuleList(nn.ModuleDict({
-            "norm_q": nn.LayerNorm(latent), "norm_context": nn.LayerNorm(context),
-            "to_q": nn.Linear(latent, inner, bias=False), "to_kv": nn.Linear(context, 2 * inner, bias=False),
-            "to_out": nn.Linear(inner, latent), "norm_ff": nn.LayerNorm(latent),
-            "ff": nn.Sequential(nn.Linear(latent, 4 * latent), nn.SELU(), nn.Linear(4 * latent, latent)),
-        }) for _ in range(depth))
+        self.steps = nn.ModuleList(
+            nn.ModuleDict(
+                {
+                    "norm_q": nn.LayerNorm(latent),
+                    "norm_context": nn.LayerNorm(context),
+                    "to_q": nn.Linear(latent, inner, bias=False),
+                    "to_kv": nn.Linear(context, 2 * inner, bias=False),
+                    "to_out": nn.Linear(inner, latent),
+                    "norm_ff": nn.LayerNorm(latent),
+                    "ff": nn.Sequential(nn.Linear(latent, 4 * latent), nn.SELU(), nn.Linear(4 * latent, latent)),
+                }
+            )
+            for _ in range(depth)
+        )
         self.head = nn.Sequential(nn.LayerNorm(latent), nn.Linear(latent, out_features))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,8 +139,15 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(model: nn.Module, shape: tuple[int, ...], batch: int, device: torch.device, backward: bool, autocast: bool,
-            repeats: int) -> tuple[float, int]:
+def measure(
+    model: nn.Module,
+    shape: tuple[int, ...],
+    batch: int,
+    device: torch.device,
+    backward: bool,
+    autocast: bool,
+    repeats: int,
+) -> tuple[float, int]:
     """(samples per second, memory bytes) of forward (or forward+backward) passes."""
     x = torch.randn(batch, *shape, device=device)
     saved = 0
@@ -186,30 +209,74 @@ def main(argv: list[str] | None = None) -> int:
             for latent in latents:
                 for depth in (2, 8):
                     for batch in (64, 512):
-                        heavy = latent == 256 and (batch == 512 or depth == 8) or (encoder == "bag" and batch == 512 and depth == 8)
+                        heavy = (
+                            latent == 256
+                            and (batch == 512 or depth == 8)
+                            or (encoder == "bag" and batch == 512 and depth == 8)
+                        )
                         if device.type == "cpu" and heavy:
                             continue  # minutes per pass on two cores; run it on a GPU
                         block = make_block(latent, depth, encoder).to(device)
                         plain = PlainBlock(block)
-                        result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                                  "encoder": encoder, "latent": latent, "depth": depth, "batch": batch}
+                        result = {
+                            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                            "encoder": encoder,
+                            "latent": latent,
+                            "depth": depth,
+                            "batch": batch,
+                        }
                         for backward in (False, True):
                             name = "fwd_bwd" if backward else "fwd"
                             (ours, ours_mem), (base, base_mem) = interleaved(
-                                lambda: measure(block, shape, batch, device, backward, device.type == "cuda", args.repeats),
-                                lambda: measure(plain, shape, batch, device, backward, False, args.repeats), args.rounds)
-                            result.update({f"{name}_legokit": ours, f"{name}_plain": base, f"{name}_ratio": ours / base,
-                                           f"{name}_memory_legokit": ours_mem, f"{name}_memory_plain": base_mem})
+                                lambda: measure(
+                                    block, shape, batch, device, backward, device.type == "cuda", args.repeats
+                                ),
+                                lambda: measure(plain, shape, batch, device, backward, False, args.repeats),
+                                args.rounds,
+                            )
+                            result.update(
+                                {
+                                    f"{name}_legokit": ours,
+                                    f"{name}_plain": base,
+                                    f"{name}_ratio": ours / base,
+                                    f"{name}_memory_legokit": ours_mem,
+                                    f"{name}_memory_plain": base_mem,
+                                }
+                            )
                         rows.append(result)
     table = Table(title="LegoBlock vs a plain implementation (samples/s; memory: CUDA peak, or CPU saved activations)")
-    for column in ("device", "encoder", "latent", "depth", "batch", "fwd", "plain fwd", "ratio", "fwd+bwd", "plain fwd+bwd", "ratio",
-                   "mem fwd+bwd", "plain mem"):
+    for column in (
+        "device",
+        "encoder",
+        "latent",
+        "depth",
+        "batch",
+        "fwd",
+        "plain fwd",
+        "ratio",
+        "fwd+bwd",
+        "plain fwd+bwd",
+        "ratio",
+        "mem fwd+bwd",
+        "plain mem",
+    ):
         table.add_column(column, justify="right")
     for r in rows:
-        table.add_row(r["device"], r["encoder"], f"{r['latent']}x{r['latent']}", str(r["depth"]), str(r["batch"]),
-                      f"{r['fwd_legokit']:,.0f}", f"{r['fwd_plain']:,.0f}", f"{r['fwd_ratio']:.2f}x",
-                      f"{r['fwd_bwd_legokit']:,.0f}", f"{r['fwd_bwd_plain']:,.0f}", f"{r['fwd_bwd_ratio']:.2f}x",
-                      f"{r['fwd_bwd_memory_legokit'] / 1e6:,.0f} MB", f"{r['fwd_bwd_memory_plain'] / 1e6:,.0f} MB")
+        table.add_row(
+            r["device"],
+            r["encoder"],
+            f"{r['latent']}x{r['latent']}",
+            str(r["depth"]),
+            str(r["batch"]),
+            f"{r['fwd_legokit']:,.0f}",
+            f"{r['fwd_plain']:,.0f}",
+            f"{r['fwd_ratio']:.2f}x",
+            f"{r['fwd_bwd_legokit']:,.0f}",
+            f"{r['fwd_bwd_plain']:,.0f}",
+            f"{r['fwd_bwd_ratio']:.2f}x",
+            f"{r['fwd_bwd_memory_legokit'] / 1e6:,.0f} MB",
+            f"{r['fwd_bwd_memory_plain'] / 1e6:,.0f} MB",
+        )
     Console(width=170).print(table)
     reference = []
     for device in devices:
@@ -220,17 +287,28 @@ def main(argv: list[str] | None = None) -> int:
                 name = "fwd_bwd" if backward else "fwd"
                 (a, _), (b, _) = interleaved(
                     lambda: measure(ours, (76,), batch, device, backward, device.type == "cuda", args.repeats),
-                    lambda: measure(theirs, (76,), batch, device, backward, False, args.repeats), args.rounds)
+                    lambda: measure(theirs, (76,), batch, device, backward, False, args.repeats),
+                    args.rounds,
+                )
                 result.update({f"{name}_legokit": a, f"{name}_reference": b, f"{name}_ratio": a / b})
             reference.append(result)
-    table = Table(title="LegoBlock vs a reference-style block at the public code's configuration (64x64, depth 2, "
-                        "8 heads x 64, SNN + Linear encoder; samples/s)")
+    table = Table(
+        title="LegoBlock vs a reference-style block at the public code's configuration (64x64, depth 2, "
+        "8 heads x 64, SNN + Linear encoder; samples/s)"
+    )
     for column in ("device", "batch", "fwd", "reference fwd", "ratio", "fwd+bwd", "reference fwd+bwd", "ratio"):
         table.add_column(column, justify="right")
     for r in reference:
-        table.add_row(r["device"], str(r["batch"]), f"{r['fwd_legokit']:,.0f}", f"{r['fwd_reference']:,.0f}",
-                      f"{r['fwd_ratio']:.2f}x", f"{r['fwd_bwd_legokit']:,.0f}", f"{r['fwd_bwd_reference']:,.0f}",
-                      f"{r['fwd_bwd_ratio']:.2f}x")
+        table.add_row(
+            r["device"],
+            str(r["batch"]),
+            f"{r['fwd_legokit']:,.0f}",
+            f"{r['fwd_reference']:,.0f}",
+            f"{r['fwd_ratio']:.2f}x",
+            f"{r['fwd_bwd_legokit']:,.0f}",
+            f"{r['fwd_bwd_reference']:,.0f}",
+            f"{r['fwd_bwd_ratio']:.2f}x",
+        )
     Console(width=170).print(table)
     if args.json:
         Path(args.json).write_text(json.dumps({"plain": rows, "reference": reference}, indent=2))

@@ -49,9 +49,25 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(tmp) / "data"
         write_pbc(data)
         jobs = {
-            "demo --seeds 1": lambda extra: ["legokit", "demo", "--seeds", "1", "--out", str(Path(tmp) / "demo"), *extra],
-            "train labs block": lambda extra: ["legokit", "train", str(data), "--spec", str(SPEC), "-o",
-                                               str(Path(tmp) / f"labs-{time.monotonic_ns()}.st"), *extra],
+            "demo --seeds 1": lambda extra: [
+                "legokit",
+                "demo",
+                "--seeds",
+                "1",
+                "--out",
+                str(Path(tmp) / "demo"),
+                *extra,
+            ],
+            "train labs block": lambda extra: [
+                "legokit",
+                "train",
+                str(data),
+                "--spec",
+                str(SPEC),
+                "-o",
+                str(Path(tmp) / f"labs-{time.monotonic_ns()}.st"),
+                *extra,
+            ],
         }
         for competitors in args.competitors:
             busy = _busy(competitors)
@@ -59,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(1.0)  # let the competitors get going
                 for job, command in jobs.items():
                     for policy, extra in policies.items():
-                        rows.append({"job": job, "policy": policy, "competitors": competitors,
-                                     "seconds": _wall(command(extra))})
+                        rows.append(
+                            {"job": job, "policy": policy, "competitors": competitors, "seconds": _wall(command(extra))}
+                        )
             finally:
                 for process in busy:
                     process.kill()
@@ -72,8 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         base = quiet.get((r["job"], r["policy"]))
         r["ratio"] = r["seconds"] / base if base else None
-        table.add_row(r["job"], r["policy"], str(r["competitors"]), f"{r['seconds']:.1f}",
-                      f"{r['ratio']:.2f}x" if r["ratio"] else "—")
+        table.add_row(
+            r["job"],
+            r["policy"],
+            str(r["competitors"]),
+            f"{r['seconds']:.1f}",
+            f"{r['ratio']:.2f}x" if r["ratio"] else "—",
+        )
     Console(width=140).print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

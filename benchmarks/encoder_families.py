@@ -19,9 +19,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import save_file
@@ -51,7 +51,9 @@ def write_family_data(folder: Path) -> Path:
         writer.writerow(["id", "text"])
         for row in labs:
             words = [f"{name} {'high' if float(row[col]) > cut else 'low'}" for col, (name, cut) in WORDS.items()]
-            words += [f"{sign} {'present' if float(row[sign]) > 0 else 'absent'}" for sign in ("ascites", "edema", "spiders")]
+            words += [
+                f"{sign} {'present' if float(row[sign]) > 0 else 'absent'}" for sign in ("ascites", "edema", "spiders")
+            ]
             words.append(f"stage {int(float(row['stage']))}")
             writer.writerow([row["id"], " ".join(words)])
     (folder / "img").mkdir(exist_ok=True)
@@ -68,21 +70,43 @@ def _tokenizer(path: Path) -> None:
     """A word-level BERT-style tokenizer ([CLS] text [SEP]) over the notes' vocabulary, as tokenizer.json."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-    words = ["bilirubin", "albumin", "prothrombin", "high", "low", "ascites", "edema", "spiders", "present",
-             "absent", "stage", "1", "2", "3", "4"]
+    words = [
+        "bilirubin",
+        "albumin",
+        "prothrombin",
+        "high",
+        "low",
+        "ascites",
+        "edema",
+        "spiders",
+        "present",
+        "absent",
+        "stage",
+        "1",
+        "2",
+        "3",
+        "4",
+    ]
     vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
     tokenizer.save(str(path))
 
 
 def bert(folder: Path) -> tuple[Path, list[str]]:
     from transformers import BertConfig, BertModel
 
-    config = BertConfig(vocab_size=19, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=19,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     path = folder / "bert"
     BertModel(config).save_pretrained(path)
     _tokenizer(path / "tokenizer.json")
@@ -92,8 +116,15 @@ def bert(folder: Path) -> tuple[Path, list[str]]:
 def vit(folder: Path) -> tuple[Path, list[str]]:
     from transformers import ViTConfig, ViTModel
 
-    config = ViTConfig(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=1,
-                       num_attention_heads=2, intermediate_size=64)
+    config = ViTConfig(
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+    )
     path = folder / "vit"
     ViTModel(config, add_pooling_layer=False).save_pretrained(path)
     return path, ["--modality", "img"]
@@ -115,8 +146,9 @@ class VisitTransformer(nn.Module):
 def transformer(folder: Path) -> tuple[Path, list[str]]:
     module = VisitTransformer().eval()
     dims = {0: Dim.DYNAMIC, 1: Dim.DYNAMIC}
-    program = torch.export.export(module, (torch.randn(2, 3, 13), torch.zeros(2, 3, dtype=torch.bool)),
-                                  dynamic_shapes=(dims, dims))
+    program = torch.export.export(
+        module, (torch.randn(2, 3, 13), torch.zeros(2, 3, dtype=torch.bool)), dynamic_shapes=(dims, dims)
+    )
     path = folder / "transformer.pt2"
     torch.export.save(program, path)
     return path, ["--modality", "visits"]
@@ -163,8 +195,16 @@ class PictureCNN(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-                                 nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2))
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(8, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -234,7 +274,9 @@ FAMILIES = (
     Family("gru", "nn.GRU + Linear, pickled module (--trust-pickle)", gru),
     Family("cnn", "CNN with batch norm, 4-D feature map, pickled in train mode", cnn),
     Family("dict", "module returning a dict, torch.export .pt2 (--output-key)", table_dict),
-    Family("sklearn", "scikit-learn MLPClassifier weights, TorchScript (--trust-pickle)", sklearn_mlp, ("--standardize",)),
+    Family(
+        "sklearn", "scikit-learn MLPClassifier weights, TorchScript (--trust-pickle)", sklearn_mlp, ("--standardize",)
+    ),
 )
 
 RELOAD = """
@@ -270,15 +312,19 @@ def reference_output(block_path: Path, out: Path) -> Path:
 
 def reloads_identically(block_path: Path, work: Path) -> bool:
     saved = reference_output(block_path, work / f"{block_path.stem}.reference.safetensors")
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(RELOAD), str(block_path), str(saved)],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(RELOAD), str(block_path), str(saved)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     return done.stdout.strip().endswith("identical") and "different" not in done.stdout
 
 
 def main(argv: list[str] | None = None) -> int:
     import tempfile
 
-    from legokit.cli import main as cli
+    from legokit.cli.commands import main as cli
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", help="also write the table as JSON")
@@ -297,15 +343,24 @@ def main(argv: list[str] | None = None) -> int:
             if status:
                 rows.append({"family": family.name, "description": family.description, "wrapped": False})
                 continue
-            rows.append({"family": family.name, "description": family.description, "wrapped": True,
-                         "wrap_seconds": round(seconds, 2), "size_bytes": target.stat().st_size,
-                         "bit_identical_after_reload": reloads_identically(target, work)})
+            rows.append(
+                {
+                    "family": family.name,
+                    "description": family.description,
+                    "wrapped": True,
+                    "wrap_seconds": round(seconds, 2),
+                    "size_bytes": target.stat().st_size,
+                    "bit_identical_after_reload": reloads_identically(target, work),
+                }
+            )
     print("| family | encoder | wrap | file size | bit-identical after reload |")
     print("| --- | --- | --- | --- | --- |")
     for row in rows:
         if row["wrapped"]:
-            print(f"| {row['family']} | {row['description']} | {row['wrap_seconds']:.1f} s | "
-                  f"{row['size_bytes'] / 1024:,.0f} KiB | {'yes' if row['bit_identical_after_reload'] else 'no'} |")
+            print(
+                f"| {row['family']} | {row['description']} | {row['wrap_seconds']:.1f} s | "
+                f"{row['size_bytes'] / 1024:,.0f} KiB | {'yes' if row['bit_identical_after_reload'] else 'no'} |"
+            )
         else:
             print(f"| {row['family']} | {row['description']} | failed | — | — |")
     if args.json:

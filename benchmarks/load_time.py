@@ -25,12 +25,22 @@ from legokit.wrap import wrap_builtin, wrap_module
 
 def _blocks(folder: Path) -> dict[str, Path]:
     torch.manual_seed(0)
-    builtin = wrap_builtin("snn", None, "labs", "survival:4", {"in_features": 17, "hidden": 64}, latent=(32, 32),
-                           dim_head=32, device="cpu")
-    foreign = wrap_module(nn.Sequential(nn.Linear(13, 64), nn.GELU(), nn.Linear(64, 64)), "visits", "survival:4",
-                          (None, 13), latent=(32, 32), dim_head=32, device="cpu")
-    return {"built-in snn block": legokit.save_block(builtin, folder / "labs.st"),
-            "wrapped foreign block": legokit.save_block(foreign, folder / "visits.st")}
+    builtin = wrap_builtin(
+        "snn", None, "labs", "survival:4", {"in_features": 17, "hidden": 64}, latent=(32, 32), dim_head=32, device="cpu"
+    )
+    foreign = wrap_module(
+        nn.Sequential(nn.Linear(13, 64), nn.GELU(), nn.Linear(64, 64)),
+        "visits",
+        "survival:4",
+        (None, 13),
+        latent=(32, 32),
+        dim_head=32,
+        device="cpu",
+    )
+    return {
+        "built-in snn block": legokit.save_block(builtin, folder / "labs.st"),
+        "wrapped foreign block": legokit.save_block(foreign, folder / "visits.st"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,7 +59,9 @@ def main(argv: list[str] | None = None) -> int:
                 legokit.load(path)
                 times.append(time.perf_counter() - started)
             results[name] = {"median_ms": 1000 * statistics.median(times), "size_bytes": path.stat().st_size}
-            print(f"{name}: {results[name]['median_ms']:.1f} ms median of {args.repeats} ({path.stat().st_size:,} bytes)")
+            print(
+                f"{name}: {results[name]['median_ms']:.1f} ms median of {args.repeats} ({path.stat().st_size:,} bytes)"
+            )
         name, path = "wrapped foreign block, load + first forward", Path(tmp) / "visits.st"
         x, mask = torch.randn(32, 9, 13), torch.ones(32, 9, dtype=torch.bool)
         times = []

@@ -27,7 +27,7 @@ CHILD = """
 import json, os, resource, shutil, sys, time
 mode, out, *paths = sys.argv[1:]
 import torch, legokit
-from legokit.persist import merge_files
+from legokit.artifacts.files import merge_files
 start = time.perf_counter()
 if mode == "merge":
     merge_files(paths, out)
@@ -40,13 +40,16 @@ elif mode == "copy":
 seconds = time.perf_counter() - start
 # VmHWM belongs to this address space (exec starts a fresh one); ru_maxrss would carry the parent's peak over
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
-peak = int(status["VmHWM"].split()[0]) * 1024 if "VmHWM" in status else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = int(status["VmHWM"].split()[0]) * 1024 if "VmHWM" in status else own
 print(json.dumps({"seconds": seconds, "peak_rss": peak}))
 """
 
 
 def _child(mode: str, out: Path, paths: list[Path]) -> dict[str, float]:
-    result = subprocess.run([sys.executable, "-c", CHILD, mode, str(out), *map(str, paths)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, str(out), *map(str, paths)], capture_output=True, text=True
+    )
     if result.returncode:
         raise SystemExit(result.stderr)
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -56,13 +59,14 @@ def _make_block(path: Path, megabytes: float, seed: int) -> int:
     """An SNN block whose first weight is about `megabytes` (float32); returns that tensor's size in bytes."""
     import torch
 
-    from legokit.persist import save_block
+    from legokit.artifacts.files import save_block
     from legokit.wrap import wrap_builtin
 
     width = int(math.sqrt(megabytes * 1e6 / 4))
     torch.manual_seed(seed)
-    block = wrap_builtin("snn", None, f"m{seed}", "survival:4", {"in_features": width, "hidden": width, "depth": 1},
-                         device="cpu")
+    block = wrap_builtin(
+        "snn", None, f"m{seed}", "survival:4", {"in_features": width, "hidden": width, "depth": 1}, device="cpu"
+    )
     save_block(block, path)
     return width * width * 4
 
@@ -111,14 +115,29 @@ def main(argv: list[str] | None = None) -> int:
         for size in (float(s) for s in args.sizes.split(",")):
             rows.append(measure(size, args.repeats, Path(tmp)))
     table = Table(title="legokit merge (2 blocks, streamed) vs copying the same bytes")
-    for column in ("block", "merge s", "copy s", "merge/copy", "largest tensor", "interp. RSS", "merge peak RSS",
-                   "(peak-interp)/largest"):
+    for column in (
+        "block",
+        "merge s",
+        "copy s",
+        "merge/copy",
+        "largest tensor",
+        "interp. RSS",
+        "merge peak RSS",
+        "(peak-interp)/largest",
+    ):
         table.add_column(column, justify="right")
     mb = lambda b: f"{b / 1e6:,.1f} MB"  # noqa: E731
     for r in rows:
-        table.add_row(f"{r['block_mb']:g} MB", f"{r['merge_seconds']:.3f}", f"{r['copy_seconds']:.3f}",
-                      f"{r['merge_over_copy']:.2f}x", mb(r["largest_tensor_bytes"]), mb(r["interpreter_rss_bytes"]),
-                      mb(r["merge_peak_rss_bytes"]), f"{r['rss_above_interpreter_over_largest']:.3f}")
+        table.add_row(
+            f"{r['block_mb']:g} MB",
+            f"{r['merge_seconds']:.3f}",
+            f"{r['copy_seconds']:.3f}",
+            f"{r['merge_over_copy']:.2f}x",
+            mb(r["largest_tensor_bytes"]),
+            mb(r["interpreter_rss_bytes"]),
+            mb(r["merge_peak_rss_bytes"]),
+            f"{r['rss_above_interpreter_over_largest']:.3f}",
+        )
     Console(width=160).print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))

@@ -2,7 +2,8 @@
 ensemble, late fusion, LegoMerge and LegoFuse, on four real survival cohorts that install from the package
 registries, over seeded random 70/15/15 splits. Every c-index is given on all test samples and on the subgroups that
 lack a modality; paired differences (merge − best block, fuse − best block, fuse − merge, best legokit − Cox with
-summary features) come with two-level bootstrap 95% intervals (`legokit.paired`). Prints tables and writes JSON.
+summary features) come with two-level bootstrap 95% intervals (`legokit.training.paired`). Prints tables and writes
+JSON.
 
     python -m benchmarks.merge_vs_blocks [--datasets pbc gse7390 actg175 nafld] [--seeds 5] [--json out.json]
     python -m benchmarks.merge_vs_blocks --study composition|heads|training [--seeds 3]   # VALIDATION only
@@ -25,17 +26,15 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 import torch
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from legokit.baselines import LateFusion, summary_cox_risks
-from legokit.block import DEFAULT_HEAD_FEATURES, DEFAULT_SHARED_INIT, DEFAULT_UPDATE, LegoBlock
 from legokit.compose.merge import merge
 from legokit.data.actg175 import write_actg175
 from legokit.data.bundled import write_pbc
@@ -43,12 +42,14 @@ from legokit.data.folder import modality_shape
 from legokit.data.gse7390 import write_gse7390
 from legokit.data.nafld import write_nafld
 from legokit.data.training import SplitData
-from legokit.metrics import concordance_index, risk_from_logits
-from legokit.paired import PairedDifference, paired_cindex
+from legokit.nn.block import DEFAULT_HEAD_FEATURES, DEFAULT_SHARED_INIT, DEFAULT_UPDATE, LegoBlock
 from legokit.spec import BlockSpec
 from legokit.tasks import TaskSpec
-from legokit.train import FUSE_TRAINING, TrainConfig, predict_logits, train_model
-from legokit.workflows import fuse_blocks, train_block
+from legokit.training.baselines import LateFusion, summary_cox_risks
+from legokit.training.metrics import concordance_index, risk_from_logits
+from legokit.training.paired import PairedDifference, paired_cindex
+from legokit.training.trainer import FUSE_TRAINING, TrainConfig, predict_logits, train_model
+from legokit.training.workflows import fuse_blocks, train_block
 
 TASK = TaskSpec("survival", 4)
 ALL = "all"
@@ -86,9 +87,19 @@ class Settings:
 
     def spec(self, modality: str, kind: str, seed: int) -> BlockSpec:
         encoder, kwargs = self.table if kind == "table" else self.sequence
-        return BlockSpec(modality, encoder, kwargs, latent=(32, 32), depth=2, task=TASK, dim_head=32,
-                         update=self.update, head_features=self.head_features, shared_init=self.shared_init,
-                         training=replace(self.training, seed=seed))
+        return BlockSpec(
+            modality,
+            encoder,
+            kwargs,
+            latent=(32, 32),
+            depth=2,
+            task=TASK,
+            dim_head=32,
+            update=self.update,
+            head_features=self.head_features,
+            shared_init=self.shared_init,
+            training=replace(self.training, seed=seed),
+        )
 
 
 SNN = ("snn", {"hidden": 64, "depth": 2, "dropout": 0.1})
@@ -102,31 +113,36 @@ PAPER = Settings(SNN, ABMIL, "real", "re-im", shared_init=False, training=V01_TR
 # the first study (block math), with v0.1 training settings
 HEADS = {
     "v0.1: snn, Re update, Re+Im head": PAPER,
-    **{name: Settings(table, sequence, update, head, shared_init=shared, training=V01_TRAINING)
-       for name, (table, sequence, update, head, shared) in {
-           "snn, Re head": (SNN, ABMIL, "real", "real", False),
-           "snn, |F|+phase head": (SNN, ABMIL, "real", "polar", False),
-           "snn, complex update": (SNN, ABMIL, "complex", "re-im", False),
-           "snn, shared init": (SNN, ABMIL, "real", "re-im", True),
-           "snn, shared init, Re head": (SNN, ABMIL, "real", "real", True),
-           "snn, shared init, complex update": (SNN, ABMIL, "complex", "re-im", True),
-           "tokens, shared init": (TOKENS, MLP_TOKENS, "real", "re-im", True),
-           "tokens, shared init, Re head": (TOKENS, MLP_TOKENS, "real", "real", True),
-           "tokens, shared init, complex update": (TOKENS, MLP_TOKENS, "complex", "re-im", True),
-       }.items()},
+    **{
+        name: Settings(table, sequence, update, head, shared_init=shared, training=V01_TRAINING)
+        for name, (table, sequence, update, head, shared) in {
+            "snn, Re head": (SNN, ABMIL, "real", "real", False),
+            "snn, |F|+phase head": (SNN, ABMIL, "real", "polar", False),
+            "snn, complex update": (SNN, ABMIL, "complex", "re-im", False),
+            "snn, shared init": (SNN, ABMIL, "real", "re-im", True),
+            "snn, shared init, Re head": (SNN, ABMIL, "real", "real", True),
+            "snn, shared init, complex update": (SNN, ABMIL, "complex", "re-im", True),
+            "tokens, shared init": (TOKENS, MLP_TOKENS, "real", "re-im", True),
+            "tokens, shared init, Re head": (TOKENS, MLP_TOKENS, "real", "real", True),
+            "tokens, shared init, complex update": (TOKENS, MLP_TOKENS, "complex", "re-im", True),
+        }.items()
+    },
 }
 # the second study (training settings), with the block math the first one chose
 CHOSEN = Settings(SNN, ABMIL, "real", "real", training=V01_TRAINING)
 TRAINING = {
     "v0.1 training: lr 1e-3, wd 0.01, patience 8, 40 epochs": CHOSEN,
-    **{f"lr {lr}, wd {wd}, patience 15, 60 epochs": replace(CHOSEN, training=TrainConfig(
-        epochs=60, lr=float(lr), weight_decay=float(wd), patience=15)) for lr, wd in (("1e-3", "0.1"), ("3e-4", "0.1"),
-                                                                                      ("3e-4", "0.01"))},
+    **{
+        f"lr {lr}, wd {wd}, patience 15, 60 epochs": replace(
+            CHOSEN, training=TrainConfig(epochs=60, lr=float(lr), weight_decay=float(wd), patience=15)
+        )
+        for lr, wd in (("1e-3", "0.1"), ("3e-4", "0.1"), ("3e-4", "0.01"))
+    },
 }
 
 
 def new_defaults() -> Settings:
-    """The library's defaults: `legokit.block`'s update, head and initialisation, `TrainConfig`'s training,
+    """The library's defaults: `legokit.nn.block`'s update, head and initialisation, `TrainConfig`'s training,
     `FUSE_TRAINING`'s fine-tuning, and the sequence encoder the `sequence` study chose."""
     return Settings(SNN, LONGITUDINAL, DEFAULT_UPDATE, DEFAULT_HEAD_FEATURES, DEFAULT_SHARED_INIT, TrainConfig())
 
@@ -160,16 +176,28 @@ class Split:
         return found
 
     def to_json(self) -> dict:
-        return {"name": self.name, "ids": self.ids, "time": self.time.tolist(), "event": self.event.tolist(),
-                "has": {m: v.tolist() for m, v in self.has.items()},
-                "risks": {m: [None if math.isnan(r) else r for r in v.tolist()] for m, v in self.risks.items()}}
+        return {
+            "name": self.name,
+            "ids": self.ids,
+            "time": self.time.tolist(),
+            "event": self.event.tolist(),
+            "has": {m: v.tolist() for m, v in self.has.items()},
+            "risks": {m: [None if math.isnan(r) else r for r in v.tolist()] for m, v in self.risks.items()},
+        }
 
     @classmethod
-    def from_json(cls, data: Mapping) -> "Split":
-        return cls(data["name"], list(data["ids"]), torch.tensor(data["time"], dtype=torch.float64),
-                   torch.tensor(data["event"], dtype=torch.bool), {m: torch.tensor(v) for m, v in data["has"].items()},
-                   {m: torch.tensor([math.nan if r is None else r for r in v], dtype=torch.float64)
-                    for m, v in data["risks"].items()})
+    def from_json(cls, data: Mapping) -> Split:
+        return cls(
+            data["name"],
+            list(data["ids"]),
+            torch.tensor(data["time"], dtype=torch.float64),
+            torch.tensor(data["event"], dtype=torch.bool),
+            {m: torch.tensor(v) for m, v in data["has"].items()},
+            {
+                m: torch.tensor([math.nan if r is None else r for r in v], dtype=torch.float64)
+                for m, v in data["risks"].items()
+            },
+        )
 
     def cindex(self, model: str, group: torch.Tensor) -> float:
         """The model's c-index on the group's samples (NaN when it does not score them all, or none is comparable)."""
@@ -186,8 +214,13 @@ def _split(data: SplitData, name: str, modalities: Sequence[str]) -> Split:
     return Split(name, ids, targets["time"].double(), targets["event"].bool(), has)
 
 
-def _score(splits: Sequence[Split], data: SplitData, column: str, model: torch.nn.Module | Mapping[str, float],
-           modalities: Sequence[str] | None = None) -> None:
+def _score(
+    splits: Sequence[Split],
+    data: SplitData,
+    column: str,
+    model: torch.nn.Module | Mapping[str, float],
+    modalities: Sequence[str] | None = None,
+) -> None:
     """Add a model's risks (a model to run, or risks by id) to each split, on the samples it can score."""
     for split in splits:
         if isinstance(model, torch.nn.Module):
@@ -199,9 +232,13 @@ def _score(splits: Sequence[Split], data: SplitData, column: str, model: torch.n
         split.risks[column] = torch.tensor([found.get(i, math.nan) for i in split.ids], dtype=torch.float64)
 
 
-def _blocks(folder: Path, dataset: Dataset, settings: Settings, seed: int, splits: dict[str, str]) -> dict[str, LegoBlock]:
-    return {m: train_block(folder, settings.spec(m, kind, seed), splits, progress=False)[0]
-            for m, kind in dataset.modalities.items()}
+def _blocks(
+    folder: Path, dataset: Dataset, settings: Settings, seed: int, splits: dict[str, str]
+) -> dict[str, LegoBlock]:
+    return {
+        m: train_block(folder, settings.spec(m, kind, seed), splits, progress=False)[0]
+        for m, kind in dataset.modalities.items()
+    }
 
 
 @dataclass
@@ -213,8 +250,15 @@ class SeedRun:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def run_seed(folder: Path, dataset: Dataset, seed: int, settings: Settings, step: Callable[[], None],
-             test: bool = True, columns: Sequence[str] = ()) -> SeedRun:
+def run_seed(
+    folder: Path,
+    dataset: Dataset,
+    seed: int,
+    settings: Settings,
+    step: Callable[[], None],
+    test: bool = True,
+    columns: Sequence[str] = (),
+) -> SeedRun:
     """Every model of the table for one seed, scored on the validation split (and the test split when `test`)."""
     modalities = list(dataset.modalities)
     began = time.perf_counter()
@@ -238,35 +282,58 @@ def run_seed(folder: Path, dataset: Dataset, seed: int, settings: Settings, step
     train = data.ids("train")
     if wanted("Cox"):
         for m in modalities:
-            timed("Cox", lambda m=m: _score(scored, data, f"Cox summaries {m}", summary_cox_risks(
-                data, [m], train, [i for s in scored for i in s.ids if i in data.folder.ids_of(m)])))
-        timed("Cox", lambda: _score(scored, data, COX_ALL, summary_cox_risks(
-            data, modalities, train, [i for s in scored for i in s.ids])))
+            timed(
+                "Cox",
+                lambda m=m: _score(
+                    scored,
+                    data,
+                    f"Cox summaries {m}",
+                    summary_cox_risks(
+                        data, [m], train, [i for s in scored for i in s.ids if i in data.folder.ids_of(m)]
+                    ),
+                ),
+            )
+        timed(
+            "Cox",
+            lambda: _score(
+                scored, data, COX_ALL, summary_cox_risks(data, modalities, train, [i for s in scored for i in s.ids])
+            ),
+        )
     if wanted("ensemble"):
         for split in scored:
             stacked = torch.stack([split.risks[f"block {m}"] for m in modalities])
             split.risks["ensemble (mean risk)"] = stacked.nanmean(dim=0)
     if wanted("late fusion"):
+
         def late_fusion() -> None:
-            late = LateFusion({m: settings.table if k == "table" else settings.sequence
-                               for m, k in dataset.modalities.items()},
-                              shapes, TASK, {m: data.normalization(m, data.ids("train", [m])) for m in modalities})
+            late = LateFusion(
+                {m: settings.table if k == "table" else settings.sequence for m, k in dataset.modalities.items()},
+                shapes,
+                TASK,
+                {m: data.normalization(m, data.ids("train", [m])) for m in modalities},
+            )
             torch.manual_seed(seed)
             train_model(late, data, TASK, replace(settings.training, seed=seed), progress=False)
             _score(scored, data, "late fusion", late.cpu())
+
         timed("late fusion", late_fusion)
     step()
     timed("merge", lambda: _score(scored, data, "merge", merge(list(blocks.values()))))
     if wanted("merge auto"):
-        timed("merge", lambda: _score(scored, data, "merge (auto weights)", merge(list(blocks.values()), weights="auto")))
+        timed(
+            "merge", lambda: _score(scored, data, "merge (auto weights)", merge(list(blocks.values()), weights="auto"))
+        )
     step()
     for mode in ("stack", "weave"):
         if mode == "weave" and not wanted("fuse weave"):
             continue
+
         def fused(mode: str = mode) -> None:
-            model, _ = fuse_blocks(list(blocks.values()), folder, mode, replace(settings.fusing, seed=seed),
-                                   data.splits, progress=False)
+            model, _ = fuse_blocks(
+                list(blocks.values()), folder, mode, replace(settings.fusing, seed=seed), data.splits, progress=False
+            )
             _score(scored, data, f"fuse {mode}", model)
+
         timed("fuse", fused)
     step()
     return run
@@ -280,22 +347,32 @@ def composition_seed(folder: Path, dataset: Dataset, seed: int, step: Callable[[
     data = SplitData.load(folder, shapes, TASK, seed)
     run = SeedRun(_split(data, "val", modalities), _split(data, "test", modalities))
     settings = new_defaults()
-    tables = {m: train_block(folder, settings.spec(m, kind, seed), data.splits, progress=False)[0]
-              for m, kind in dataset.modalities.items() if kind == "table"}
+    tables = {
+        m: train_block(folder, settings.spec(m, kind, seed), data.splits, progress=False)[0]
+        for m, kind in dataset.modalities.items()
+        if kind == "table"
+    }
     for m, block in tables.items():
         _score([run.val], data, f"block {m}", block, [m])
     sequences = [m for m, kind in dataset.modalities.items() if kind == "sequence"]
     for encoder, chosen in SEQUENCE_ENCODERS.items() if sequences else [("", None)]:
         blocks = dict(tables)
         for m in sequences:
-            blocks[m] = train_block(folder, replace(settings, sequence=chosen).spec(m, "sequence", seed), data.splits,
-                                    progress=False)[0]
+            blocks[m] = train_block(
+                folder, replace(settings, sequence=chosen).spec(m, "sequence", seed), data.splits, progress=False
+            )[0]
             _score([run.val], data, f"block {m} ({encoder})", blocks[m], [m])
         tag = f" ({encoder})" if encoder else ""
         _score([run.val], data, f"merge{tag}", merge([blocks[m] for m in modalities]))
         for rate in DROPOUT_RATES:
-            model, _ = fuse_blocks([blocks[m] for m in modalities], folder, "stack",
-                                   replace(FUSE_TRAINING, seed=seed, modality_dropout=rate), data.splits, progress=False)
+            model, _ = fuse_blocks(
+                [blocks[m] for m in modalities],
+                folder,
+                "stack",
+                replace(FUSE_TRAINING, seed=seed, modality_dropout=rate),
+                data.splits,
+                progress=False,
+            )
             _score([run.val], data, f"fuse stack{tag}, dropout {rate:g}", model)
         step()
     return run
@@ -311,8 +388,11 @@ def best_of(runs: Sequence[SeedRun], candidates: Sequence[str], group: str) -> l
     for run in runs:
         mask = run.val.groups().get(group)
         scores = {c: run.val.cindex(c, mask) for c in candidates if c in run.val.risks} if mask is not None else {}
-        scores = {c: v for c, v in scores.items() if not math.isnan(v) and not run.test.risks[c][
-            run.test.groups()[group]].isnan().any()}
+        scores = {
+            c: v
+            for c, v in scores.items()
+            if not math.isnan(v) and not run.test.risks[c][run.test.groups()[group]].isnan().any()
+        }
         chosen.append(max(scores, key=scores.get) if scores else "")
     return chosen
 
@@ -324,8 +404,10 @@ def paired(runs: Sequence[SeedRun], a: Sequence[str], b: Sequence[str], group: s
         mask = run.test.groups().get(group)
         if mask is None or not model_a or not model_b or not bool(run.test.event[mask].any()):
             return None
-        for part, value in zip(parts, (run.test.risks[model_a][mask], run.test.risks[model_b][mask],
-                                       run.test.time[mask], run.test.event[mask])):
+        for part, value in zip(
+            parts,
+            (run.test.risks[model_a][mask], run.test.risks[model_b][mask], run.test.time[mask], run.test.event[mask]),
+        ):
             part.append(value)
     return paired_cindex(*parts)
 
@@ -342,11 +424,13 @@ def comparisons(runs: Sequence[SeedRun], dataset: Dataset) -> dict[str, dict[str
         best_block = best_of(runs, blocks, group)
         best_legokit = best_of(runs, list(LEGOKIT) + blocks, group)
         n = len(runs)
-        for label, a, b in (("merge − best block", ["merge"] * n, best_block),
-                            ("fuse stack − best block", ["fuse stack"] * n, best_block),
-                            ("fuse stack − merge", ["fuse stack"] * n, ["merge"] * n),
-                            ("best legokit − Cox summaries, all modalities", best_legokit, [COX_ALL] * n),
-                            ("best legokit − best Cox summaries", best_legokit, best_of(runs, cox, group))):
+        for label, a, b in (
+            ("merge − best block", ["merge"] * n, best_block),
+            ("fuse stack − best block", ["fuse stack"] * n, best_block),
+            ("fuse stack − merge", ["fuse stack"] * n, ["merge"] * n),
+            ("best legokit − Cox summaries, all modalities", best_legokit, [COX_ALL] * n),
+            ("best legokit − best Cox summaries", best_legokit, best_of(runs, cox, group)),
+        ):
             rows.setdefault(label, {})[group] = paired(runs, a, b, group)
     return rows
 
@@ -363,8 +447,10 @@ def report(name: str, runs: Sequence[SeedRun], split: str, console: Console) -> 
     dataset = DATASETS[name]
     groups = list(getattr(runs[0], split).groups())
     models = list(getattr(runs[0], split).risks)
-    scores = {m: {g: [getattr(r, split).cindex(m, getattr(r, split).groups()[g]) for r in runs] for g in groups}
-              for m in models}
+    scores = {
+        m: {g: [getattr(r, split).cindex(m, getattr(r, split).groups()[g]) for r in runs] for g in groups}
+        for m in models
+    }
     sizes = {g: statistics.fmean(int(getattr(r, split).groups()[g].sum()) for r in runs) for g in groups}
     table = Table(title=f"{dataset.title}: {split} c-index, mean ± s.d. over {len(runs)} seeds")
     table.add_column("model")
@@ -373,8 +459,12 @@ def report(name: str, runs: Sequence[SeedRun], split: str, console: Console) -> 
     for m in models:
         table.add_row(m, *(_cell(scores[m][g]) for g in groups))
     console.print(table)
-    out: dict = {"groups": sizes, "c_index": scores, "seconds": [r.seconds for r in runs],
-                 "runs": [{"val": r.val.to_json(), "test": r.test.to_json()} for r in runs]}
+    out: dict = {
+        "groups": sizes,
+        "c_index": scores,
+        "seconds": [r.seconds for r in runs],
+        "runs": [{"val": r.val.to_json(), "test": r.test.to_json()} for r in runs],
+    }
     if split == "test":
         rows = comparisons(runs, dataset)
         table = Table(title=f"{dataset.title}: paired test c-index differences, mean [95% bootstrap interval]")
@@ -384,9 +474,13 @@ def report(name: str, runs: Sequence[SeedRun], split: str, console: Console) -> 
         for label, cells in rows.items():
             table.add_row(label, *(cells[g].cell() if cells.get(g) else "—" for g in groups))
         console.print(table)
-        out["paired"] = {label: {g: None if d is None else {"mean": d.mean, "low": d.low, "high": d.high,
-                                                            "per_seed": d.per_seed}
-                                 for g, d in cells.items()} for label, cells in rows.items()}
+        out["paired"] = {
+            label: {
+                g: None if d is None else {"mean": d.mean, "low": d.low, "high": d.high, "per_seed": d.per_seed}
+                for g, d in cells.items()
+            }
+            for label, cells in rows.items()
+        }
     return out
 
 
@@ -397,8 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", choices=sorted(DATASETS), default=list(DATASETS))
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--study", choices=sorted(STUDIES) + ["composition"],
-                        help="compare candidate settings on validation splits")
+    parser.add_argument(
+        "--study", choices=sorted(STUDIES) + ["composition"], help="compare candidate settings on validation splits"
+    )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--from-json", help="print the tables of an earlier run's JSON (its per-seed risks) again")
     args = parser.parse_args(argv)
@@ -406,9 +501,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.from_json:
         earlier = json.loads(Path(args.from_json).read_text())
         for name, by_settings in earlier["results"].items():
-            for label, found in by_settings.items():
-                runs = [SeedRun(Split.from_json(r["val"]), Split.from_json(r["test"]), s)
-                        for r, s in zip(found["runs"], found["seconds"])]
+            for found in by_settings.values():
+                runs = [
+                    SeedRun(Split.from_json(r["val"]), Split.from_json(r["test"]), s)
+                    for r, s in zip(found["runs"], found["seconds"])
+                ]
                 report(name, runs, "val" if earlier["study"] else "test", console)
         return 0
     results: dict[str, dict] = {}
@@ -426,13 +523,22 @@ def main(argv: list[str] | None = None) -> int:
                 for seed in range(args.seeds):
                     bar.update(job, description=f"{name} {label} seed {seed + 1}/{args.seeds}")
                     advance = lambda: bar.advance(job)  # noqa: E731
-                    runs.append(composition_seed(folder, dataset, seed, advance) if args.study == "composition" else
-                                run_seed(folder, dataset, seed, settings, advance, test=not args.study,
-                                         columns=STUDY_COLUMNS.get(args.study, ())))
+                    runs.append(
+                        composition_seed(folder, dataset, seed, advance)
+                        if args.study == "composition"
+                        else run_seed(
+                            folder,
+                            dataset,
+                            seed,
+                            settings,
+                            advance,
+                            test=not args.study,
+                            columns=STUDY_COLUMNS.get(args.study, ()),
+                        )
+                    )
                 split = "val" if args.study else "test"
                 console.print(f"[bold]{name}[/bold], {label}: folder written in {written:.1f} s")
-                results.setdefault(name, {})[label] = {"folder_seconds": written,
-                                                       **report(name, runs, split, console)}
+                results.setdefault(name, {})[label] = {"folder_seconds": written, **report(name, runs, split, console)}
     if args.json:
         Path(args.json).write_text(json.dumps({"study": args.study, "seeds": args.seeds, "results": results}, indent=2))
     return 0

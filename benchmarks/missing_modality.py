@@ -33,10 +33,10 @@ from legokit.data.bundled import write_pbc
 from legokit.data.folder import modality_shape
 from legokit.data.gse7390 import write_gse7390
 from legokit.data.training import SplitData
-from legokit.metrics import task_loss
 from legokit.spec import BlockSpec
-from legokit.train import TrainConfig
-from legokit.workflows import adapt, evaluate_missing, fuse_blocks, train_block
+from legokit.training.metrics import task_loss
+from legokit.training.trainer import TrainConfig
+from legokit.training.workflows import adapt, evaluate_missing, fuse_blocks, train_block
 
 RATES = (0.3, 0.7)
 METHODS = ("head", "mora", "ssf", "full")
@@ -82,14 +82,16 @@ def run(name: str, seeds: int, folder: Path) -> dict:
         blocks = []
         for modality, encoder in ((first, first_encoder), (second, second_encoder)):
             spec = BlockSpec(modality, encoder, {"hidden": 32}, latent=(16, 16), dim_head=16).override(
-                seed=seed, epochs=30, patience=6)
+                seed=seed, epochs=30, patience=6
+            )
             blocks.append(train_block(folder, spec, progress=False)[0])
         fused, _ = fuse_blocks(blocks, folder, "stack", TrainConfig(epochs=2, seed=seed), progress=False)
         config = TrainConfig(epochs=20, patience=5, seed=seed)
         for train_rate in RATES:
             for at in ("tokens", "first"):  # the MoRA placements, compared on validation
-                _, result, _ = adapt(copy.deepcopy(fused), folder, "mora", at=at, missing_rate=train_rate,
-                                     config=config, progress=False)
+                _, result, _ = adapt(
+                    copy.deepcopy(fused), folder, "mora", at=at, missing_rate=train_rate, config=config, progress=False
+                )
                 placement.setdefault(f"eta {train_rate:g}", {}).setdefault(at, []).append(result.val["c_index"])
             for method in METHODS:
                 model = copy.deepcopy(fused)  # adapters attach in place; each method starts from the same model
@@ -102,10 +104,21 @@ def run(name: str, seeds: int, folder: Path) -> dict:
                     metrics = evaluate_missing(adapted, folder, None, seed=seed, missing_rate=test_rate)
                     key = f"{train_rate:g} -> {test_rate:g}"
                     cells.setdefault(key, {}).setdefault(method, []).append(metrics["c_index"])
-    share = {m: {k: statistics.fmean(c[k] for c in v) for k in ("percent", "percent_one_set", "percent_all_sets")
-                 if k in v[0]} for m, v in counts.items()}
-    return {"modalities": list(modalities), "cells": cells, "mora_placement_val": placement, "trainable": share,
-            "training_memory_bytes": {m: statistics.fmean(v) for m, v in memory.items()}}
+    share = {
+        m: {
+            k: statistics.fmean(c[k] for c in v)
+            for k in ("percent", "percent_one_set", "percent_all_sets")
+            if k in v[0]
+        }
+        for m, v in counts.items()
+    }
+    return {
+        "modalities": list(modalities),
+        "cells": cells,
+        "mora_placement_val": placement,
+        "trainable": share,
+        "training_memory_bytes": {m: statistics.fmean(v) for m, v in memory.items()},
+    }
 
 
 def _cell(values: list[float]) -> str:
@@ -126,22 +139,32 @@ def main(argv: list[str] | None = None) -> int:
             results[name] = run(name, args.seeds, Path(tmp))
         result = results[name]
         m1, m2 = result["modalities"]
-        table = Table(title=f"{name} ({m1} / {m2}): test c-index, mean ± s.d. over {args.seeds} seeds; "
-                            "train eta -> test eta (MoRA's protocol)")
+        table = Table(
+            title=f"{name} ({m1} / {m2}): test c-index, mean ± s.d. over {args.seeds} seeds; "
+            "train eta -> test eta (MoRA's protocol)"
+        )
         table.add_column("train eta -> test eta")
         for method in METHODS:
             table.add_column(NAMES[method], justify="right")
         for key, scores in result["cells"].items():
             table.add_row(key, *(_cell(scores[m]) for m in METHODS))
         table.add_row("trainable parameters", *(f"{result['trainable'][m]['percent']:.2f}%" for m in METHODS))
-        table.add_row("adapter, one modality set / all sets", "—", *(
-            f"{result['trainable'][m]['percent_one_set']:.2f}% / {result['trainable'][m]['percent_all_sets']:.2f}%"
-            for m in ("mora", "ssf")), "—")
+        table.add_row(
+            "adapter, one modality set / all sets",
+            "—",
+            *(
+                f"{result['trainable'][m]['percent_one_set']:.2f}% / {result['trainable'][m]['percent_all_sets']:.2f}%"
+                for m in ("mora", "ssf")
+            ),
+            "—",
+        )
         table.add_row("est. training memory", *(f"{result['training_memory_bytes'][m] / 1e6:.2f} MB" for m in METHODS))
         console.print(table)
         for key, found in result["mora_placement_val"].items():
-            console.print(f"{name}, MoRA placement, validation c-index at train {key}: " +
-                          ", ".join(f"{at} {_cell(values)}" for at, values in found.items()))
+            console.print(
+                f"{name}, MoRA placement, validation c-index at train {key}: "
+                + ", ".join(f"{at} {_cell(values)}" for at, values in found.items())
+            )
     console.print(f"{time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -22,11 +22,11 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from legokit.block import BlockConfig, EncoderSpec, LegoBlock
 from legokit.compose.fuse import fuse
 from legokit.compose.merge import merge
 from legokit.encoders import MLP
-from legokit.layers import CrossAttention
+from legokit.nn.block import BlockConfig, EncoderSpec, LegoBlock
+from legokit.nn.layers import CrossAttention
 from legokit.tasks import TaskSpec
 
 TOKENS, FEATURES, HIDDEN = 16, 32, 64
@@ -41,7 +41,9 @@ class PairwiseFusion(nn.Module):
         self.modalities = modalities
         self.encoders = nn.ModuleDict({m: MLP(FEATURES, HIDDEN, 2, 0.0) for m in modalities})
         self.pairs = list(itertools.combinations(modalities, 2))
-        self.attend = nn.ModuleList(CrossAttention(HIDDEN, HIDDEN, heads=1, dim_head=HIDDEN) for _ in range(2 * len(self.pairs)))
+        self.attend = nn.ModuleList(
+            CrossAttention(HIDDEN, HIDDEN, heads=1, dim_head=HIDDEN) for _ in range(2 * len(self.pairs))
+        )
         self.head = nn.Linear(2 * len(self.pairs) * HIDDEN, out)
 
     def forward(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -84,9 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     for count in (2, 4, 8, 16):
         made = blocks(count)
         inputs = {b.modality: torch.randn(args.batch, TOKENS, FEATURES) for b in made}
-        models = {"merge": merge(made), "stack": fuse(made, "stack"), "weave": fuse(made, "weave"),
-                  "pairwise cross-attention": PairwiseFusion([b.modality for b in made])}
-        rows.append({"modalities": count, **{name: milliseconds(m.train(), inputs, args.repeats) for name, m in models.items()}})
+        models = {
+            "merge": merge(made),
+            "stack": fuse(made, "stack"),
+            "weave": fuse(made, "weave"),
+            "pairwise cross-attention": PairwiseFusion([b.modality for b in made]),
+        }
+        rows.append(
+            {"modalities": count, **{name: milliseconds(m.train(), inputs, args.repeats) for name, m in models.items()}}
+        )
     names = [k for k in rows[0] if k != "modalities"]
     table = Table(title=f"ms per forward+backward, batch {args.batch} (growth vs M = 2 in brackets)")
     table.add_column("M", justify="right")

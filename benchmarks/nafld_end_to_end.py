@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from legokit.cli import main as legokit
+from legokit.cli.commands import main as legokit
 from legokit.data.folder import modality_shape
 from legokit.data.nafld import write_nafld
 from legokit.data.training import SplitData
@@ -30,8 +30,9 @@ BLOCKS = Path(__file__).resolve().parent.parent / "blocks"
 def load_seconds(folder: Path, seed: int) -> float:
     """Reading the folder once as a command does: labels, the split, every table row and every labs file."""
     began = time.perf_counter()
-    data = SplitData.load(folder, {m: modality_shape(folder, m) for m in ("table", "labs")}, TaskSpec("survival", 4),
-                          seed)
+    data = SplitData.load(
+        folder, {m: modality_shape(folder, m) for m in ("table", "labs")}, TaskSpec("survival", 4), seed
+    )
     data.folder.batch(data.labels.ids)
     return time.perf_counter() - began
 
@@ -58,18 +59,56 @@ def main(argv: list[str] | None = None) -> int:
         epochs = ["--epochs", str(args.epochs)] if args.epochs else []
         steps = {
             "write the folder": lambda: _written(data),
-            "train table block": lambda: legokit(["train", "-q", str(data), "--spec", str(BLOCKS / "nafld-table.yaml"),
-                                                  *seed, *epochs, "-o", str(work / "table.st")]),
-            "train labs block": lambda: legokit(["train", "-q", str(data), "--spec", str(BLOCKS / "nafld-labs.yaml"),
-                                                 *seed, *epochs, "-o", str(work / "labs.st")]),
-            "merge": lambda: legokit(["merge", "-q", str(work / "table.st"), str(work / "labs.st"),
-                                      "-o", str(work / "merged.st")]),
-            "fuse (stack)": lambda: legokit(["fuse", "-q", str(work / "table.st"), str(work / "labs.st"), "--mode",
-                                             "stack", "--data", str(data), *seed, "-o", str(work / "fused.st")]),
-            "eval merged": lambda: legokit(["eval", "-q", str(work / "merged.st"), str(data),
-                                            "--json", str(work / "merged.json")]),
-            "eval fused": lambda: legokit(["eval", "-q", str(work / "fused.st"), str(data),
-                                           "--json", str(work / "fused.json")]),
+            "train table block": lambda: legokit(
+                [
+                    "train",
+                    "-q",
+                    str(data),
+                    "--spec",
+                    str(BLOCKS / "nafld-table.yaml"),
+                    *seed,
+                    *epochs,
+                    "-o",
+                    str(work / "table.st"),
+                ]
+            ),
+            "train labs block": lambda: legokit(
+                [
+                    "train",
+                    "-q",
+                    str(data),
+                    "--spec",
+                    str(BLOCKS / "nafld-labs.yaml"),
+                    *seed,
+                    *epochs,
+                    "-o",
+                    str(work / "labs.st"),
+                ]
+            ),
+            "merge": lambda: legokit(
+                ["merge", "-q", str(work / "table.st"), str(work / "labs.st"), "-o", str(work / "merged.st")]
+            ),
+            "fuse (stack)": lambda: legokit(
+                [
+                    "fuse",
+                    "-q",
+                    str(work / "table.st"),
+                    str(work / "labs.st"),
+                    "--mode",
+                    "stack",
+                    "--data",
+                    str(data),
+                    *seed,
+                    "-o",
+                    str(work / "fused.st"),
+                ]
+            ),
+            "eval merged": lambda: legokit(
+                ["eval", "-q", str(work / "merged.st"), str(data), "--json", str(work / "merged.json")]
+            ),
+            "eval fused": lambda: legokit(
+                ["eval", "-q", str(work / "fused.st"), str(data), "--json", str(work / "fused.json")]
+            ),
         }
         for name, step in steps.items():
             began = time.perf_counter()
@@ -91,12 +130,24 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(name, f"{value:.1f}")
     console.print(table)
     share = (seconds["write the folder"] + readers * loading) / total
-    console.print(f"reading the folder once: {loading:.1f} s; writing it plus {readers} reads: {share:.1%} of the total")
+    console.print(
+        f"reading the folder once: {loading:.1f} s; writing it plus {readers} reads: {share:.1%} of the total"
+    )
     console.print(f"test c-index: merged {metrics['merged']}, fused {metrics['fused']}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"seed": args.seed, "seconds": seconds, "total": total,
-                                               "load_once": loading, "data_share": share, "c_index": metrics},
-                                              indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "seed": args.seed,
+                    "seconds": seconds,
+                    "total": total,
+                    "load_once": loading,
+                    "data_share": share,
+                    "c_index": metrics,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -33,8 +33,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 from rich.console import Console
@@ -57,26 +57,32 @@ MODELS = {  # eval name -> label in the tables
 
 # --- data -----------------------------------------------------------------------------------------------------------
 
+
 def read_folder(folder: Path) -> tuple[dict[str, int], dict[str, str], dict[str, dict[str, str]]]:
     """labels, splits and each view's texts of a dataset folder written by iu_xray.prepare."""
+
     def rows(name: str) -> list[list[str]]:
         with open(folder / name, newline="", encoding="utf-8") as handle:
             return list(csv.reader(handle))[1:]
+
     labels = {i: int(y) for i, y in rows("labels.csv")}
-    splits = {i: s for i, s in rows("splits.csv")}
-    texts = {view: {i: t for i, t in rows(f"{view}.csv")} for view in VIEWS}
+    splits = dict(rows("splits.csv"))
+    texts = {view: dict(rows(f"{view}.csv")) for view in VIEWS}
     return labels, splits, texts
 
 
 # --- TF-IDF + logistic regression -------------------------------------------------------------------------------------
 
+
 def _vectorizer():
     from sklearn.feature_extraction.text import TfidfVectorizer
+
     return TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True)
 
 
 def _fit_scores(train_x, train_y, others: Sequence, c: float) -> list[np.ndarray]:
     from sklearn.linear_model import LogisticRegression
+
     model = LogisticRegression(C=c, max_iter=5000).fit(train_x, train_y)
     return [model.predict_proba(x)[:, 1] for x in others]
 
@@ -94,8 +100,9 @@ def _features(variant: str, texts: Mapping[str, Mapping[str, str]], split_ids: M
         vectorizer = _vectorizer().fit(corpora["train"])
         return {s: vectorizer.transform(c) for s, c in corpora.items()}
     if variant == "concat":
-        corpora = {s: [f"{text('findings', i)} {text('impression', i)}".strip() for i in ids]
-                   for s, ids in split_ids.items()}
+        corpora = {
+            s: [f"{text('findings', i)} {text('impression', i)}".strip() for i in ids] for s, ids in split_ids.items()
+        }
         vectorizer = _vectorizer().fit(corpora["train"])
         return {s: vectorizer.transform(c) for s, c in corpora.items()}
     parts = []
@@ -106,14 +113,19 @@ def _features(variant: str, texts: Mapping[str, Mapping[str, str]], split_ids: M
     return {s: hstack([p[s] for p in parts]).tocsr() for s in split_ids}
 
 
-def tfidf_baseline(labels: Mapping[str, int], splits: Mapping[str, str],
-                   texts: Mapping[str, Mapping[str, str]]) -> dict:
+def tfidf_baseline(
+    labels: Mapping[str, int], splits: Mapping[str, str], texts: Mapping[str, Mapping[str, str]]
+) -> dict:
     """TF-IDF + LR per view and on both views; C (and, for both views, the variant) chosen on validation AUC."""
     from sklearn.metrics import roc_auc_score
+
     started = time.perf_counter()
     results = {}
-    for name, variants in (("findings", ("findings",)), ("impression", ("impression",)),
-                           ("both", ("concat", "hstack"))):
+    for name, variants in (
+        ("findings", ("findings",)),
+        ("impression", ("impression",)),
+        ("both", ("concat", "hstack")),
+    ):
         having = (lambda i: i in texts[name]) if name in VIEWS else (lambda i: True)
         split_ids = {s: [i for i in labels if splits[i] == s and having(i)] for s in ("train", "val", "test")}
         y = {s: np.array([labels[i] for i in ids]) for s, ids in split_ids.items()}
@@ -125,12 +137,19 @@ def tfidf_baseline(labels: Mapping[str, int], splits: Mapping[str, str],
                 val_auc = float(roc_auc_score(y["val"], val))
                 candidates[variant] = max(candidates.get(variant, 0.0), val_auc)
                 if best is None or val_auc > best["val_auc"]:
-                    best = {"variant": variant, "C": c, "val_auc": val_auc, "test_auc": float(roc_auc_score(y["test"], test)),
-                            "samples": {s: len(ids) for s, ids in split_ids.items()},
-                            "test_ids": split_ids["test"], "test_scores": test.tolist()}
+                    best = {
+                        "variant": variant,
+                        "C": c,
+                        "val_auc": val_auc,
+                        "test_auc": float(roc_auc_score(y["test"], test)),
+                        "samples": {s: len(ids) for s, ids in split_ids.items()},
+                        "test_ids": split_ids["test"],
+                        "test_scores": test.tolist(),
+                    }
         best["val_auc_by_variant"] = candidates  # each variant's best validation AUC over the C grid
-        best["sample_set"] = (f"test samples with {name}" if name in VIEWS else
-                              "all test samples; a missing view is an empty string")
+        best["sample_set"] = (
+            f"test samples with {name}" if name in VIEWS else "all test samples; a missing view is an empty string"
+        )
         results[name] = best
     results["seconds"] = time.perf_counter() - started
     return results
@@ -138,8 +157,9 @@ def tfidf_baseline(labels: Mapping[str, int], splits: Mapping[str, str],
 
 # --- legokit through its CLI ------------------------------------------------------------------------------------------
 
+
 class Runner:
-    """Runs `python -m legokit.cli ...` in a subprocess, logs its output, times it."""
+    """Runs `python -m legokit.cli.commands ...` in a subprocess, logs its output, times it."""
 
     def __init__(self, out: Path, env: dict[str, str], console: Console):
         self.logs = out / "logs"
@@ -172,12 +192,16 @@ def _epochs(result: Mapping) -> dict:
     encoding = result.get("encoding") or {}  # per modality, when the JSON carries the encoding pass
     encoded = [row.get("seconds") for row in encoding.values() if isinstance(row, Mapping)]
     total = result.get("seconds")
-    return {"epochs": len(history), "best_epoch": result.get("best_epoch"), "seconds": total,
-            "first_epoch_s": seconds[0] if known else None,
-            "later_epoch_s": statistics.fmean(seconds[1:]) if known and len(seconds) > 1 else None,
-            "outside_epochs_s": total - sum(seconds) if known and isinstance(total, (int, float)) else None,
-            "encoding_s": sum(encoded) if encoded and all(isinstance(s, (int, float)) for s in encoded) else None,
-            "encoding": encoding}
+    return {
+        "epochs": len(history),
+        "best_epoch": result.get("best_epoch"),
+        "seconds": total,
+        "first_epoch_s": seconds[0] if known else None,
+        "later_epoch_s": statistics.fmean(seconds[1:]) if known and len(seconds) > 1 else None,
+        "outside_epochs_s": total - sum(seconds) if known and isinstance(total, (int, float)) else None,
+        "encoding_s": sum(encoded) if encoded and all(isinstance(s, (int, float)) for s in encoded) else None,
+        "encoding": encoding,
+    }
 
 
 def _predictions(path: Path) -> dict[str, float]:
@@ -188,6 +212,7 @@ def _predictions(path: Path) -> dict[str, float]:
 def paired_bootstrap(y: np.ndarray, a: np.ndarray, b: np.ndarray, seed: int, n: int = BOOTSTRAP) -> dict:
     """AUC(a) - AUC(b) on the same samples, and its percentile 95% interval over `n` resamples of the samples."""
     from sklearn.metrics import roc_auc_score
+
     rng = np.random.default_rng([BOOTSTRAP_SEED, seed])
     diffs = []
     for _ in range(n):
@@ -196,14 +221,18 @@ def paired_bootstrap(y: np.ndarray, a: np.ndarray, b: np.ndarray, seed: int, n: 
             continue  # one class only: AUC undefined, resample skipped
         diffs.append(roc_auc_score(y[rows], a[rows]) - roc_auc_score(y[rows], b[rows]))
     low, high = np.percentile(diffs, [2.5, 97.5])
-    return {"difference": float(roc_auc_score(y, a) - roc_auc_score(y, b)), "low": float(low), "high": float(high),
-            "resamples": len(diffs)}
+    return {
+        "difference": float(roc_auc_score(y, a) - roc_auc_score(y, b)),
+        "low": float(low),
+        "high": float(high),
+        "resamples": len(diffs),
+    }
 
 
 def write_test_inputs(folder: Path, data: Path, splits: Mapping[str, str]) -> int:
     """A folder with only the test samples' texts (no labels): what `predict` is timed on."""
     folder.mkdir(parents=True, exist_ok=True)
-    test = set(i for i, s in splits.items() if s == "test")
+    test = {i for i, s in splits.items() if s == "test"}
     for view in VIEWS:
         with open(data / f"{view}.csv", newline="", encoding="utf-8") as source:
             rows = list(csv.reader(source))
@@ -212,8 +241,17 @@ def write_test_inputs(folder: Path, data: Path, splits: Mapping[str, str]) -> in
     return len(test)
 
 
-def run_legokit(out: Path, data: Path, seeds: int, epochs: int | None, cache: bool, keep: bool, console: Console,
-                baseline_both: dict, labels: Mapping[str, int]) -> dict:
+def run_legokit(
+    out: Path,
+    data: Path,
+    seeds: int,
+    epochs: int | None,
+    cache: bool,
+    keep: bool,
+    console: Console,
+    baseline_both: dict,
+    labels: Mapping[str, int],
+) -> dict:
     env = dict(os.environ)
     if cache:
         env["LEGOKIT_CACHE"] = str(out / "cache")
@@ -230,27 +268,90 @@ def run_legokit(out: Path, data: Path, seeds: int, epochs: int | None, cache: bo
     wrapped = {}
     for view in VIEWS:
         wrapped[view] = artifacts / f"{view}.wrapped.st"
-        run(f"wrap {view}", f"wrap.{view}", "wrap", str(minilm), "--modality", view, "--task", "binary",
-            "--latent", "32x32", "-o", str(wrapped[view]), "--json", str(reports / f"wrap.{view}.json"))
+        run(
+            f"wrap {view}",
+            f"wrap.{view}",
+            "wrap",
+            str(minilm),
+            "--modality",
+            view,
+            "--task",
+            "binary",
+            "--latent",
+            "32x32",
+            "-o",
+            str(wrapped[view]),
+            "--json",
+            str(reports / f"wrap.{view}.json"),
+        )
     test_inputs = out / "data-test"
     n_test = write_test_inputs(test_inputs, data, read_folder(data)[1])
     per_seed = []
     for seed in range(seeds):
-        console.print(f"[bold]seed {seed}[/] ({'cold' if seed == 0 else 'warm'} cache)" if cache else f"[bold]seed {seed}[/]")
+        console.print(
+            f"[bold]seed {seed}[/] ({'cold' if seed == 0 else 'warm'} cache)" if cache else f"[bold]seed {seed}[/]"
+        )
         st = {name: artifacts / f"{name}.{seed}.st" for name in MODELS}
         training = {}
         for view in VIEWS:
             path = reports / f"train.{view}.{seed}.json"
-            run(f"train {view}", f"train.{view}.{seed}", "train", str(data), "--block", str(wrapped[view]), "-o",
-                str(st[view]), "--seed", str(seed), *train_flags, "--json", str(path))
+            run(
+                f"train {view}",
+                f"train.{view}.{seed}",
+                "train",
+                str(data),
+                "--block",
+                str(wrapped[view]),
+                "-o",
+                str(st[view]),
+                "--seed",
+                str(seed),
+                *train_flags,
+                "--json",
+                str(path),
+            )
             training[f"train {view}"] = _epochs(json.loads(path.read_text()))
-        run("merge", f"merge.{seed}", "merge", str(st["findings"]), str(st["impression"]), "-o", str(st["merged"]),
-            "--json", str(reports / f"merge.{seed}.json"))
-        run("merge auto", f"merge_auto.{seed}", "merge", str(st["findings"]), str(st["impression"]), "--weights",
-            "auto", "-o", str(st["merged_auto"]), "--json", str(reports / f"merge_auto.{seed}.json"))
+        run(
+            "merge",
+            f"merge.{seed}",
+            "merge",
+            str(st["findings"]),
+            str(st["impression"]),
+            "-o",
+            str(st["merged"]),
+            "--json",
+            str(reports / f"merge.{seed}.json"),
+        )
+        run(
+            "merge auto",
+            f"merge_auto.{seed}",
+            "merge",
+            str(st["findings"]),
+            str(st["impression"]),
+            "--weights",
+            "auto",
+            "-o",
+            str(st["merged_auto"]),
+            "--json",
+            str(reports / f"merge_auto.{seed}.json"),
+        )
         path = reports / f"fuse.{seed}.json"
-        run("fuse", f"fuse.{seed}", "fuse", str(st["findings"]), str(st["impression"]), "--data", str(data), "-o",
-            str(st["fused"]), "--seed", str(seed), *train_flags, "--json", str(path))
+        run(
+            "fuse",
+            f"fuse.{seed}",
+            "fuse",
+            str(st["findings"]),
+            str(st["impression"]),
+            "--data",
+            str(data),
+            "-o",
+            str(st["fused"]),
+            "--seed",
+            str(seed),
+            *train_flags,
+            "--json",
+            str(path),
+        )
         training["fuse"] = _epochs(json.loads(path.read_text()))
         scores = {}
         for name in MODELS:
@@ -259,8 +360,16 @@ def run_legokit(out: Path, data: Path, seeds: int, epochs: int | None, cache: bo
             found = json.loads(path.read_text())
             scores[name] = {"auc": found["auc"], "samples": found["samples"], "split_source": found["split_source"]}
         predictions = out / "predictions" / f"fused.{seed}.csv"
-        run("predict fused", f"predict.fused.{seed}", "predict", str(st["fused"]), str(test_inputs), *no_cache,
-            "-o", str(predictions))
+        run(
+            "predict fused",
+            f"predict.fused.{seed}",
+            "predict",
+            str(st["fused"]),
+            str(test_inputs),
+            *no_cache,
+            "-o",
+            str(predictions),
+        )
         fused = _predictions(predictions)
         ids = baseline_both["test_ids"]
         y = np.array([labels[i] for i in ids])
@@ -270,11 +379,18 @@ def run_legokit(out: Path, data: Path, seeds: int, epochs: int | None, cache: bo
         if not keep:
             for name in MODELS:
                 st[name].unlink(missing_ok=True)
-    return {"per_seed": per_seed, "times": run.times, "predict_samples": n_test, "cache": cache, "epochs": epochs,
-            "minilm": str(minilm)}
+    return {
+        "per_seed": per_seed,
+        "times": run.times,
+        "predict_samples": n_test,
+        "cache": cache,
+        "epochs": epochs,
+        "minilm": str(minilm),
+    }
 
 
 # --- report -----------------------------------------------------------------------------------------------------------
+
 
 def _mean_sd(values: Sequence[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
@@ -289,72 +405,131 @@ def report(results: dict, console: Console) -> None:
     seeds = len(lego["per_seed"])
     console.print(iu_xray.describe(counts))
 
-    auc = Table(title=f"abnormal vs normal report: test AUC (fixed split; legokit mean ± s.d. over {seeds} seed(s))",
-                title_justify="left")
+    auc = Table(
+        title=f"abnormal vs normal report: test AUC (fixed split; legokit mean ± s.d. over {seeds} seed(s))",
+        title_justify="left",
+    )
     for column in ("model", "test samples", "test AUC", "val AUC / choice"):
         auc.add_column(column, justify="left" if column == "model" else "right")
-    for name, label in (("findings", "TF-IDF + LR: findings"), ("impression", "TF-IDF + LR: impression"),
-                        ("both", "TF-IDF + LR: both views")):
+    for name, label in (
+        ("findings", "TF-IDF + LR: findings"),
+        ("impression", "TF-IDF + LR: impression"),
+        ("both", "TF-IDF + LR: both views"),
+    ):
         row = base[name]
-        auc.add_row(label, f"{row['samples']['test']}: {row['sample_set']}", f"{row['test_auc']:.3f}",
-                    f"{row['val_auc']:.3f}, C={row['C']:g}" + (f", {row['variant']} (val: " + ", ".join(
-                        f"{k} {v:.3f}" for k, v in row["val_auc_by_variant"].items()) + ")" if name == "both" else ""))
+        auc.add_row(
+            label,
+            f"{row['samples']['test']}: {row['sample_set']}",
+            f"{row['test_auc']:.3f}",
+            f"{row['val_auc']:.3f}, C={row['C']:g}"
+            + (
+                f", {row['variant']} (val: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in row["val_auc_by_variant"].items())
+                + ")"
+                if name == "both"
+                else ""
+            ),
+        )
     for name, label in MODELS.items():
         values = [s["scores"][name]["auc"] for s in lego["per_seed"]]
         samples = sorted({s["scores"][name]["samples"] for s in lego["per_seed"]})
-        what = "test samples with findings" if name == "findings" else \
-            "test samples with impression" if name == "impression" else "all test samples"
+        what = (
+            "test samples with findings"
+            if name == "findings"
+            else "test samples with impression"
+            if name == "impression"
+            else "all test samples"
+        )
         auc.add_row(label, f"{'/'.join(map(str, samples))}: {what}", _mean_sd(values), "")
     console.print(auc)
 
-    paired = Table(title="fused - TF-IDF + LR (both views), paired on the same test samples; bootstrap 95% interval "
-                         f"over samples ({BOOTSTRAP} resamples)", title_justify="left")
+    paired = Table(
+        title="fused - TF-IDF + LR (both views), paired on the same test samples; bootstrap 95% interval "
+        f"over samples ({BOOTSTRAP} resamples)",
+        title_justify="left",
+    )
     for column in ("seed", "samples", "fused AUC (from predict)", "TF-IDF both AUC", "difference", "95% interval"):
         paired.add_column(column, justify="right")
     for s in lego["per_seed"]:
         p = s["fused_vs_tfidf_both"]
-        paired.add_row(str(s["seed"]), str(p["samples"]), f"{base['both']['test_auc'] + p['difference']:.3f}",
-                       f"{base['both']['test_auc']:.3f}", f"{p['difference']:+.3f}", f"[{p['low']:+.3f}, {p['high']:+.3f}]")
+        paired.add_row(
+            str(s["seed"]),
+            str(p["samples"]),
+            f"{base['both']['test_auc'] + p['difference']:.3f}",
+            f"{base['both']['test_auc']:.3f}",
+            f"{p['difference']:+.3f}",
+            f"[{p['low']:+.3f}, {p['high']:+.3f}]",
+        )
     console.print(paired)
 
     cold = "seed 0 (cold cache)" if lego["cache"] else "seed 0"
-    timing = Table(title="wall time per command (s), each a fresh process" +
-                         ("" if lego["cache"] else "; --no-cache"), title_justify="left")
+    timing = Table(
+        title="wall time per command (s), each a fresh process" + ("" if lego["cache"] else "; --no-cache"),
+        title_justify="left",
+    )
     for column in ("command", cold, "later seeds, mean", "all seeds, mean"):
         timing.add_column(column, justify="left" if column == "command" else "right")
     for key, values in lego["times"].items():
         note = f" ({lego['predict_samples']} test samples)" if key.startswith("predict") else ""
-        timing.add_row(key + note, f"{values[0]:.1f}", f"{statistics.fmean(values[1:]):.1f}" if len(values) > 1 else "n/a",
-                       f"{statistics.fmean(values):.1f}")
+        timing.add_row(
+            key + note,
+            f"{values[0]:.1f}",
+            f"{statistics.fmean(values[1:]):.1f}" if len(values) > 1 else "n/a",
+            f"{statistics.fmean(values):.1f}",
+        )
     timing.add_row("TF-IDF + LR baseline (all fits, in process)", f"{base['seconds']:.1f}", "", "")
     console.print(timing)
 
-    epochs = Table(title="training time from the --json history (s): first vs later epochs; encoding pass: the frozen "
-                         "encoders' pass before epoch 1 (n/a unless the JSON carries it); outside epochs = JSON total - "
-                         "epochs (final val/test scoring); loading, encoding and saving show in the wall time",
-                   title_justify="left")
-    for column in ("command", "seed", "epochs (best)", "first epoch", "later epochs, mean", "encoding pass",
-                   "outside epochs", "total (JSON seconds)"):
+    epochs = Table(
+        title="training time from the --json history (s): first vs later epochs; encoding pass: the frozen "
+        "encoders' pass before epoch 1 (n/a unless the JSON carries it); outside epochs = JSON total - "
+        "epochs (final val/test scoring); loading, encoding and saving show in the wall time",
+        title_justify="left",
+    )
+    for column in (
+        "command",
+        "seed",
+        "epochs (best)",
+        "first epoch",
+        "later epochs, mean",
+        "encoding pass",
+        "outside epochs",
+        "total (JSON seconds)",
+    ):
         epochs.add_column(column, justify="left" if column == "command" else "right")
     for s in lego["per_seed"]:
         for key, row in s["training"].items():
-            epochs.add_row(key, str(s["seed"]), f"{row['epochs']} ({row['best_epoch']})", _s(row["first_epoch_s"]),
-                           _s(row["later_epoch_s"]), _s(row["encoding_s"]), _s(row["outside_epochs_s"]),
-                           _s(row["seconds"]))
+            epochs.add_row(
+                key,
+                str(s["seed"]),
+                f"{row['epochs']} ({row['best_epoch']})",
+                _s(row["first_epoch_s"]),
+                _s(row["later_epoch_s"]),
+                _s(row["encoding_s"]),
+                _s(row["outside_epochs_s"]),
+                _s(row["seconds"]),
+            )
     console.print(epochs)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3, help="legokit seeds 0..N-1 (default 3)")
-    parser.add_argument("--out", default="benchmark-results/pretrained_text", help="output folder (data, artifacts, "
-                        "logs, results.json)")
+    parser.add_argument(
+        "--out", default="benchmark-results/pretrained_text", help="output folder (data, artifacts, logs, results.json)"
+    )
     parser.add_argument("--limit", type=int, help="a stratified subset of this many reports (a quick smoke run)")
     parser.add_argument("--epochs", type=int, help="passed to train and fuse (default: legokit's)")
-    parser.add_argument("--no-cache", action="store_true", help="pass --no-cache to train, fuse, eval and predict "
-                        "(default: a fresh cache folder under --out)")
-    parser.add_argument("--keep-artifacts", action="store_true", help="keep each seed's trained, merged and fused "
-                        ".st files (about 180 MB per block)")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="pass --no-cache to train, fuse, eval and predict (default: a fresh cache folder under --out)",
+    )
+    parser.add_argument(
+        "--keep-artifacts",
+        action="store_true",
+        help="keep each seed's trained, merged and fused .st files (about 180 MB per block)",
+    )
     args = parser.parse_args(argv)
     console = Console(width=160)
     out = Path(args.out).resolve()
@@ -365,19 +540,36 @@ def main(argv: list[str] | None = None) -> int:
     counts = iu_xray.prepare(data, args.limit)
     labels, splits, texts = read_folder(data)
     base = tfidf_baseline(labels, splits, texts)
-    console.print(f"TF-IDF + LR: test AUC findings {base['findings']['test_auc']:.3f}, impression "
-                  f"{base['impression']['test_auc']:.3f}, both ({base['both']['variant']}) {base['both']['test_auc']:.3f} "
-                  f"({base['seconds']:.1f} s)")
+    console.print(
+        f"TF-IDF + LR: test AUC findings {base['findings']['test_auc']:.3f}, impression "
+        f"{base['impression']['test_auc']:.3f}, both ({base['both']['variant']}) {base['both']['test_auc']:.3f} "
+        f"({base['seconds']:.1f} s)"
+    )
     with open(out / "tfidf_both.test.csv", "w", newline="") as handle:
-        csv.writer(handle, lineterminator="\n").writerows([("id", "prob"), *zip(base["both"]["test_ids"],
-                                                                               base["both"]["test_scores"])])
-    lego = run_legokit(out, data, args.seeds, args.epochs, not args.no_cache, args.keep_artifacts, console,
-                       base["both"], labels)
-    results = {"data": counts, "tfidf": {k: ({kk: vv for kk, vv in v.items() if kk not in ("test_ids", "test_scores")}
-                                             if isinstance(v, dict) else v) for k, v in base.items()},
-               "legokit": lego, "seconds": time.perf_counter() - started,
-               "settings": {"seeds": args.seeds, "limit": args.limit, "epochs": args.epochs, "cache": not args.no_cache,
-                            "split_seed": iu_xray.SPLIT_SEED, "bootstrap": BOOTSTRAP, "C_grid": list(C_GRID)}}
+        csv.writer(handle, lineterminator="\n").writerows(
+            [("id", "prob"), *zip(base["both"]["test_ids"], base["both"]["test_scores"])]
+        )
+    lego = run_legokit(
+        out, data, args.seeds, args.epochs, not args.no_cache, args.keep_artifacts, console, base["both"], labels
+    )
+    results = {
+        "data": counts,
+        "tfidf": {
+            k: ({kk: vv for kk, vv in v.items() if kk not in ("test_ids", "test_scores")} if isinstance(v, dict) else v)
+            for k, v in base.items()
+        },
+        "legokit": lego,
+        "seconds": time.perf_counter() - started,
+        "settings": {
+            "seeds": args.seeds,
+            "limit": args.limit,
+            "epochs": args.epochs,
+            "cache": not args.no_cache,
+            "split_seed": iu_xray.SPLIT_SEED,
+            "bootstrap": BOOTSTRAP,
+            "C_grid": list(C_GRID),
+        },
+    }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     report(results, console)
     console.print(f"{results['seconds']:.0f} s; results in {out / 'results.json'}")

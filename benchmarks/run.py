@@ -23,7 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     block_throughput.main(["--json", str(out / "block_throughput.json")] + (["--quick"] if args.quick else []))
     modality_scaling.main(["--json", str(out / "modality_scaling.json")])
-    merge_stream.main(["--json", str(out / "merge_stream.json")] + (["--sizes", "10", "--repeats", "3"] if args.quick else []))
+    merge_stream.main(
+        ["--json", str(out / "merge_stream.json")] + (["--sizes", "10", "--repeats", "3"] if args.quick else [])
+    )
     fft_axes.main(["--json", str(out / "fft_axes.json")] + (["--seeds", "2"] if args.quick else []))
     missing_modality.main(["--json", str(out / "missing_modality.json")] + (["--seeds", "1"] if args.quick else []))
     return 0

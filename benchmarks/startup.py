@@ -21,7 +21,7 @@ from pathlib import Path
 HEAVY = ("torch._dynamo", "torch._export.serde.serialize", "torch.export.pt2_archive._package", "transformers")
 PROBE = """
 import contextlib, io, sys
-from legokit.cli import main
+from legokit.cli.commands import main
 with contextlib.redirect_stdout(io.StringIO()):
     try:
         main(sys.argv[1:])
@@ -38,8 +38,14 @@ def _block(folder: Path) -> Path:
     import legokit
 
     torch.manual_seed(0)
-    block = legokit.wrap_module(nn.Sequential(nn.Linear(13, 64), nn.GELU(), nn.Linear(64, 64)), "visits",
-                                "survival:4", (None, 13), latent=(32, 32), device="cpu")
+    block = legokit.wrap_module(
+        nn.Sequential(nn.Linear(13, 64), nn.GELU(), nn.Linear(64, 64)),
+        "visits",
+        "survival:4",
+        (None, 13),
+        latent=(32, 32),
+        device="cpu",
+    )
     return legokit.save_block(block, folder / "visits.st")
 
 
@@ -57,16 +63,26 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         block = _block(Path(tmp))
         cli = [sys.executable, "-m", "legokit.cli"]
-        commands = {"python -c 'import torch'": [sys.executable, "-c", "import torch"],
-                    "legokit --version": [*cli, "--version"], "legokit --help": [*cli, "--help"],
-                    "legokit inspect visits.st": [*cli, "inspect", str(block)]}
+        commands = {
+            "python -c 'import torch'": [sys.executable, "-c", "import torch"],
+            "legokit --version": [*cli, "--version"],
+            "legokit --help": [*cli, "--help"],
+            "legokit inspect visits.st": [*cli, "inspect", str(block)],
+        }
         times: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.repeats):  # interleaved, so that a busy spell on a shared machine hits every command
             for name, command in commands.items():
                 times[name].append(_seconds(command))
-        loaded = {name: subprocess.run([sys.executable, "-c", PROBE.format(heavy=HEAVY), *command[3:]],
-                                       capture_output=True, text=True, check=True).stdout.strip()
-                  for name, command in commands.items() if name.startswith("legokit")}
+        loaded = {
+            name: subprocess.run(
+                [sys.executable, "-c", PROBE.format(heavy=HEAVY), *command[3:]],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            for name, command in commands.items()
+            if name.startswith("legokit")
+        }
     floor = statistics.median(times["python -c 'import torch'"])
     print(f"{'command':30} {'median s':>9} {'x import torch':>15}  heavy modules loaded")
     rows = {}

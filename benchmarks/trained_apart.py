@@ -19,13 +19,13 @@ import shutil
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
 
 from rich.console import Console
 from rich.table import Table
 
-from legokit.cli import main as legokit
+from legokit.cli.commands import main as legokit
 from legokit.data.actg175 import write_actg175
 from legokit.data.bundled import write_pbc
 
@@ -35,8 +35,13 @@ COHORTS: Mapping[str, tuple[Callable[[Path], object], str, str, dict[str, str]]]
     "pbc": (write_pbc, "labs", "visits", {"labs": "blocks/labs.yaml", "visits": "blocks/visits.yaml"}),
     "actg175": (write_actg175, "clinical", "immune", {}),
 }
-ROWS = ("site A block", "site B block", "merge, trained apart (shared bins)", "merge - site A block (paired)",
-        "merge, trained together (reference)")
+ROWS = (
+    "site A block",
+    "site B block",
+    "merge, trained apart (shared bins)",
+    "merge - site A block (paired)",
+    "merge, trained together (reference)",
+)
 
 
 def _table(path: Path) -> tuple[list[str], dict[str, list[str]]]:
@@ -45,8 +50,9 @@ def _table(path: Path) -> tuple[list[str], dict[str, list[str]]]:
     return rows[0], {row[0]: row for row in rows[1:]}
 
 
-def _write_table(path: Path, header: Sequence[str], rows: Mapping[str, list[str]], ids: Sequence[str],
-                 order: Sequence[int]) -> None:
+def _write_table(
+    path: Path, header: Sequence[str], rows: Mapping[str, list[str]], ids: Sequence[str], order: Sequence[int]
+) -> None:
     """A table of these ids with its feature columns in `order` (the id column first)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="", encoding="utf-8") as handle:
@@ -57,8 +63,15 @@ def _write_table(path: Path, header: Sequence[str], rows: Mapping[str, list[str]
                 writer.writerow([sample, *(rows[sample][1 + k] for k in order)])
 
 
-def _write_site(source: Path, target: Path, modalities: Sequence[str], ids: Sequence[str], years: bool,
-                shuffle: random.Random | None, test_only: bool = False) -> None:
+def _write_site(
+    source: Path,
+    target: Path,
+    modalities: Sequence[str],
+    ids: Sequence[str],
+    years: bool,
+    shuffle: random.Random | None,
+    test_only: bool = False,
+) -> None:
     """A site's folder: labels (days, or years), its modalities for its patients, tables' columns shuffled."""
     header, labels = _table(source / "labels.csv")
     target.mkdir(parents=True)
@@ -107,7 +120,7 @@ def run_seed(cohort: str, seed: int, work: Path) -> dict[str, float | bool]:
     ids = sorted(labels)
     random.Random(seed).shuffle(ids)
     held = ids[: round(0.15 * len(ids))]
-    rest = ids[len(held):]
+    rest = ids[len(held) :]
     site_a, site_b = rest[: len(rest) // 2], rest[len(rest) // 2 :]
     run = work / f"seed-{seed}"
     shuffle = random.Random(seed + 7)
@@ -140,8 +153,13 @@ def run_seed(cohort: str, seed: int, work: Path) -> dict[str, float | bool]:
         "merge, trained together (reference)": _score(run / "together.st", run / "C", run / "t.json"),
     }
     scores["merge - site A block (paired)"] = scores["merge, trained apart (shared bins)"] - scores["site A block"]
-    return {**scores, "refused without shared bins": refused, "held-out patients": len(held),
-            "site A patients": len(site_a), "site B patients": len(site_b)}
+    return {
+        **scores,
+        "refused without shared bins": refused,
+        "held-out patients": len(held),
+        "site A patients": len(site_a),
+        "site B patients": len(site_b),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,17 +182,25 @@ def main(argv: list[str] | None = None) -> int:
         table.add_column(f"{cohort} (A: {a}, days; B: {b}, years)")
     for row in ROWS:
         cells = []
-        for cohort, seeds in results.items():
+        for seeds in results.values():
             values = [float(s[row]) for s in seeds]
             mean, sd = statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{mean:+.3f} ± {sd:.3f}" if "paired" in row else f"{mean:.3f} ± {sd:.3f}")
         table.add_row(row, *cells)
-    table.add_row("merge without shared bins refused",
-                  *(f"{sum(bool(s['refused without shared bins']) for s in seeds)} of {len(seeds)}"
-                    for seeds in results.values()))
-    table.add_row("patients: site A / site B / held out",
-                  *(f"{seeds[0]['site A patients']} / {seeds[0]['site B patients']} / {seeds[0]['held-out patients']}"
-                    for seeds in results.values()))
+    table.add_row(
+        "merge without shared bins refused",
+        *(
+            f"{sum(bool(s['refused without shared bins']) for s in seeds)} of {len(seeds)}"
+            for seeds in results.values()
+        ),
+    )
+    table.add_row(
+        "patients: site A / site B / held out",
+        *(
+            f"{seeds[0]['site A patients']} / {seeds[0]['site B patients']} / {seeds[0]['held-out patients']}"
+            for seeds in results.values()
+        ),
+    )
     Console().print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2), encoding="utf-8")

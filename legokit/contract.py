@@ -7,11 +7,12 @@ from __future__ import annotations
 import hashlib
 import math
 import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from .errors import ConfigError
-from .tasks import TaskSpec
+from legokit.errors import ConfigError
+from legokit.tasks import TaskSpec
 
 # days per unit: a month is a twelfth of a Julian year
 TIME_UNITS: dict[str, float] = {"days": 1.0, "weeks": 7.0, "months": 365.25 / 12, "years": 365.25}
@@ -83,8 +84,9 @@ def check_edges(edges: Any, strict: bool = False) -> tuple[float, ...]:
             raise ConfigError(f"bin edges must be positive finite numbers, got {repr(edge)[:40]}")
         values.append(value)
     if any(b < a or (strict and b == a) for a, b in zip(values, values[1:])):
-        raise ConfigError(f"bin edges must increase{' strictly' if strict else ''}, got "
-                          f"{listed([f'{v:g}' for v in values])}")
+        raise ConfigError(
+            f"bin edges must increase{' strictly' if strict else ''}, got {listed([f'{v:g}' for v in values])}"
+        )
     return tuple(values)
 
 
@@ -93,7 +95,9 @@ def parse_edges(text: str) -> tuple[float, ...]:
     try:
         values = [float(part) for part in text.split(",")]
     except ValueError as exc:
-        raise ConfigError(f"--bins {text[:60]!r}: give increasing numbers separated by commas, e.g. 365,730,1460") from exc
+        raise ConfigError(
+            f"--bins {text[:60]!r}: give increasing numbers separated by commas, e.g. 365,730,1460"
+        ) from exc
     return check_edges(values, strict=True)
 
 
@@ -102,15 +106,18 @@ def parse_names(text: str, what: str = "--classes") -> tuple[str, ...]:
     return _names(what, [part.strip() for part in text.split(",")])
 
 
-def check_task_terms(task: TaskSpec, edges: Sequence[float] | None, time_unit: str | None,
-                     classes: Sequence[str] | None) -> None:
+def check_task_terms(
+    task: TaskSpec, edges: Sequence[float] | None, time_unit: str | None, classes: Sequence[str] | None
+) -> None:
     """Bin edges and a time unit only for survival (n - 1 edges for n bins); class names only for classifiers, one
     per output (binary: two, negative first). One rule for a block's contract and for what a user gives."""
     if task.kind != "survival" and (edges is not None or time_unit is not None):
         raise ConfigError(f"bin edges and a time unit are for survival tasks; the task is {task}")
     if edges is not None and len(edges) != task.n - 1:
-        raise ConfigError(f"{len(edges)} bin edges make {len(edges) + 1} bins, but the task is {task}: give --task "
-                          f"survival:{len(edges) + 1}")
+        raise ConfigError(
+            f"{len(edges)} bin edges make {len(edges) + 1} bins, but the task is {task}: give --task "
+            f"survival:{len(edges) + 1}"
+        )
     if classes is not None:
         if task.kind == "survival":
             raise ConfigError("class names are for classifiers; the task is survival")
@@ -152,8 +159,11 @@ class Contract:
     def __post_init__(self) -> None:
         if self.features is not None:
             object.__setattr__(self, "features", _names("feature names", self.features))
-        if self.tokenizer is not None and (not isinstance(self.tokenizer, str) or len(self.tokenizer) != 64
-                                           or any(c not in "0123456789abcdef" for c in self.tokenizer)):
+        if self.tokenizer is not None and (
+            not isinstance(self.tokenizer, str)
+            or len(self.tokenizer) != 64
+            or any(c not in "0123456789abcdef" for c in self.tokenizer)
+        ):
             raise ConfigError(f"the tokenizer's identity must be a sha256 in hex, got {repr(self.tokenizer)[:70]}")
         if self.time_unit is not None:
             check_time_unit(self.time_unit)
@@ -163,13 +173,19 @@ class Contract:
             object.__setattr__(self, "classes", _names("class names", self.classes))
 
     def to_dict(self) -> dict[str, Any]:
-        data = {"features": self.features, "tokenizer": self.tokenizer, "time_unit": self.time_unit,
-                "edges": self.edges, "classes": self.classes}
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()
-                if value is not None}
+        data = {
+            "features": self.features,
+            "tokenizer": self.tokenizer,
+            "time_unit": self.time_unit,
+            "edges": self.edges,
+            "classes": self.classes,
+        }
+        return {
+            key: list(value) if isinstance(value, tuple) else value for key, value in data.items() if value is not None
+        }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Contract":
+    def from_dict(cls, data: Mapping[str, Any]) -> Contract:
         if not isinstance(data, Mapping):
             raise ConfigError(f"a block's contract must be a mapping, got {type(data).__name__}")
         unknown = sorted(set(data) - {"features", "tokenizer", "time_unit", "edges", "classes"})
@@ -177,10 +193,12 @@ class Contract:
             raise ConfigError(f"a block's contract has unknown key(s): {', '.join(map(str, unknown))[:200]}")
         return cls(**{key: value for key, value in data.items() if value is not None})
 
-    def merged_with(self, other: "Contract") -> "Contract":
+    def merged_with(self, other: Contract) -> Contract:
         """This contract with the fields `other` records and this one does not."""
-        return replace(self, **{key: value for key, value in vars(other).items()
-                                if value is not None and getattr(self, key) is None})
+        return replace(
+            self,
+            **{key: value for key, value in vars(other).items() if value is not None and getattr(self, key) is None},
+        )
 
     def full_edges(self) -> list[float] | None:
         """The n + 1 edges the trainer bins times with (0 first, infinity last), or None."""
@@ -222,11 +240,13 @@ class Labelling:
         return time_scale(self.time_unit, self.unit)
 
     @classmethod
-    def from_contract(cls, contract: Contract, time_unit: str | None) -> "Labelling":
+    def from_contract(cls, contract: Contract, time_unit: str | None) -> Labelling:
         """`--bins-from`: another block's bins and unit, for labels in `time_unit`."""
         if contract.edges is None:
             raise ConfigError("that block records no survival bin edges (not a survival block, or an older file)")
         if contract.time_unit is None and time_unit is not None:
-            raise ConfigError("that block records no time unit, so its bins cannot be read in "
-                              f"{time_unit}; give --bins and --time-unit instead")
+            raise ConfigError(
+                "that block records no time unit, so its bins cannot be read in "
+                f"{time_unit}; give --bins and --time-unit instead"
+            )
         return cls(time_unit, contract.edges, contract.time_unit)

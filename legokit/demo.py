@@ -2,42 +2,55 @@
 splits it trains a labs block and a visits block, merges them (no training), fuses them (stack, 2 epochs), and
 compares them with baselines: each block alone, a naive ensemble (mean of the blocks' risks), a late-fusion
 concatenation model trained end to end, Cox models on the labs table and on every modality's summary features (the
-labs table plus each visit feature's last value, mean and slope, and the visit count), and LegoMerge of blocks trained on
-disjoint halves of the training patients (MM-Lego Appendix F), and LegoMerge weighted by each block's
+labs table plus each visit feature's last value, mean and slope, and the visit count), and LegoMerge of blocks
+trained on disjoint halves of the training patients (MM-Lego Appendix F), and LegoMerge weighted by each block's
 validation c-index (`weights="auto"`). Metric: c-index on the test split."""
 
 from __future__ import annotations
 
 import json
+import logging
 import random
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
-from typing import Callable
+from typing import cast
 
 import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from .artifact import read_input, write_atomic
-from .baselines import LateFusion, cox_fit, summary_cox_risks
-from .compose.merge import merge
-from .contract import Labelling
-from .data.bundled import write_pbc
-from .data.folder import modality_shape
-from .data.training import SplitData
-from .errors import ConfigError, positive_int
-from .metrics import concordance_index, risk_from_logits
-from .persist import save
-from .spec import BlockSpec
-from .train import FUSE_TRAINING, predict_logits, train_model
-from .workflows import fuse_blocks, train_block
+from legokit.artifacts.files import save
+from legokit.compose.merge import merge
+from legokit.contract import Labelling
+from legokit.data.bundled import write_pbc
+from legokit.data.folder import Table, modality_shape
+from legokit.data.training import SplitData
+from legokit.errors import ConfigError, positive_int
+from legokit.io.atomic import write_atomic
+from legokit.io.inputs import read_input
+from legokit.progress import log
+from legokit.spec import BlockSpec
+from legokit.training.baselines import LateFusion, cox_fit, summary_cox_risks
+from legokit.training.metrics import concordance_index, risk_from_logits
+from legokit.training.trainer import FUSE_TRAINING, predict_logits, train_model
+from legokit.training.workflows import fuse_blocks, train_block
 
-MODELS = ("LegoBlock labs", "LegoBlock visits", "Ensemble (mean risk)", "Late fusion (concat, end to end)",
-          "Cox PH (labs table)", "Cox PH (labs + visit summaries)", "LegoMerge", "LegoMerge (auto weights)", "LegoMerge (unpaired halves)",
-          "LegoFuse (stack, 2 epochs)")
+MODELS = (
+    "LegoBlock labs",
+    "LegoBlock visits",
+    "Ensemble (mean risk)",
+    "Late fusion (concat, end to end)",
+    "Cox PH (labs table)",
+    "Cox PH (labs + visit summaries)",
+    "LegoMerge",
+    "LegoMerge (auto weights)",
+    "LegoMerge (unpaired halves)",
+    "LegoFuse (stack, 2 epochs)",
+)
 
 
 MARKER = ".legokit-demo"  # in every folder the demo made: the only folders it writes into again
@@ -48,12 +61,14 @@ def claim_folder(out: Path) -> None:
     name, so a user's data/labels.csv would be lost): new and empty folders get the marker, marked ones are reused."""
     if out.exists() or out.is_symlink():
         if not out.is_dir():
-            raise ConfigError(f"{out}: exists and is not a folder; choose another --out")
+            raise ConfigError(f"{out}: exists and is not a folder; choose another -o/--output")
         if (out / MARKER).is_file():
             return
         if any(out.iterdir()):
-            raise ConfigError(f"{out}: a folder that legokit demo did not make, and not empty; the demo writes "
-                              "only into a new or empty folder (or one it made): choose another --out")
+            raise ConfigError(
+                f"{out}: a folder that legokit demo did not make, and not empty; the demo writes "
+                "only into a new or empty folder (or one it made): choose another -o/--output"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -63,7 +78,7 @@ def claim_folder(out: Path) -> None:
 
 def default_spec(name: str) -> BlockSpec:
     """The shipped spec of a demo block (blocks/NAME.yaml, also inside the package)."""
-    with resources.as_file(resources.files("legokit").joinpath("specs", f"{name}.yaml")) as path:
+    with resources.as_file(resources.files("legokit").joinpath("specs").joinpath(f"{name}.yaml")) as path:
         return BlockSpec.from_yaml(path)
 
 
@@ -94,10 +109,14 @@ class DemoResult:
             "data": self.data,
             "seconds": self.seconds,
             "models": {
-                m: {"all_test": self.summary(self.all_test[m]) if m in self.all_test else None,
+                m: {
+                    "all_test": self.summary(self.all_test[m]) if m in self.all_test else None,
                     "test_with_visits": self.summary(self.with_visits[m]),
-                    "per_seed_all_test": self.all_test.get(m), "per_seed_with_visits": self.with_visits[m]}
-                for m in MODELS if m in self.with_visits
+                    "per_seed_all_test": self.all_test.get(m),
+                    "per_seed_with_visits": self.with_visits[m],
+                }
+                for m in MODELS
+                if m in self.with_visits
             },
         }
 
@@ -112,7 +131,7 @@ def _risks(model: torch.nn.Module, data: SplitData, ids: list[str]) -> dict[str,
 
 
 def _cox_risks(data: SplitData, train: list[str], test: list[str]) -> dict[str, float]:
-    table = data.folder.modalities["labs"].rows
+    table = cast(Table, data.folder.modalities["labs"]).rows  # the demo's labs are a table (labs.csv)
     x_train = torch.stack([table[i] for i in train])
     mean, sd = x_train.mean(0), x_train.std(0).clamp_min(1e-8)
     targets = data.labels.select(train)
@@ -121,8 +140,15 @@ def _cox_risks(data: SplitData, train: list[str], test: list[str]) -> dict[str, 
     return dict(zip(test, (((x_test - mean.double()) / sd.double()) @ beta).tolist()))
 
 
-def run_seed(folder: Path, seed: int, out: Path, labs_spec: BlockSpec, visits_spec: BlockSpec,
-             result: DemoResult, step: Callable[[str], None]) -> None:
+def run_seed(
+    folder: Path,
+    seed: int,
+    out: Path,
+    labs_spec: BlockSpec,
+    visits_spec: BlockSpec,
+    result: DemoResult,
+    step: Callable[[str], None],
+) -> None:
     shapes = {name: modality_shape(folder, name) for name in ("labs", "visits")}
     data = SplitData.load(folder, shapes, labs_spec.task, seed)  # a seeded random 70/15/15 split
     splits = data.splits
@@ -148,20 +174,34 @@ def run_seed(folder: Path, seed: int, out: Path, labs_spec: BlockSpec, visits_sp
     result.add("LegoMerge (auto weights)", _cindex(auto_risk, data, test), _cindex(auto_risk, data, test_visits))
 
     step("fuse")
-    fused, _ = fuse_blocks([labs, visits], folder, "stack",
-                           replace(FUSE_TRAINING, seed=seed, device=labs_spec.training.device), splits, progress=False)
+    fused, _ = fuse_blocks(
+        [labs, visits],
+        folder,
+        "stack",
+        replace(FUSE_TRAINING, seed=seed, device=labs_spec.training.device),
+        splits,
+        progress=False,
+    )
     fused_risk = _risks(fused, data, test)
     result.add("LegoFuse (stack, 2 epochs)", _cindex(fused_risk, data, test), _cindex(fused_risk, data, test_visits))
 
     step("late fusion")
     train = data.ids("train")
     normalization = {m: data.normalization(m, train) for m in ("labs", "visits")}
-    late = LateFusion({"labs": (labs_spec.encoder, dict(labs_spec.encoder_kwargs)),
-                       "visits": (visits_spec.encoder, dict(visits_spec.encoder_kwargs))},
-                      {"labs": labs.config.input_shape, "visits": visits.config.input_shape}, labs_spec.task, normalization)
+    late = LateFusion(
+        {
+            "labs": (labs_spec.encoder, dict(labs_spec.encoder_kwargs)),
+            "visits": (visits_spec.encoder, dict(visits_spec.encoder_kwargs)),
+        },
+        {"labs": labs.config.input_shape, "visits": visits.config.input_shape},
+        labs_spec.task,
+        normalization,
+    )
     train_model(late, data, labs_spec.task, labs_spec.training, progress=False)
     late_risk = _risks(late.cpu(), data, test)
-    result.add("Late fusion (concat, end to end)", _cindex(late_risk, data, test), _cindex(late_risk, data, test_visits))
+    result.add(
+        "Late fusion (concat, end to end)", _cindex(late_risk, data, test), _cindex(late_risk, data, test_visits)
+    )
 
     step("Cox")
     cox = _cox_risks(data, data.ids("train", ["labs"]), test)
@@ -196,12 +236,18 @@ def write_splits(folder: Path, spec: BlockSpec) -> Path:
     return folder / "splits.csv"
 
 
-def run_demo(out: str | Path = "legokit-demo", seeds: int = 5, progress: bool = True,
-             console: Console | None = None, device: str | None = None) -> DemoResult:
+def run_demo(
+    out: str | Path = "legokit-demo",
+    seeds: int = 5,
+    progress: bool = True,
+    console: Console | None = None,
+    device: str | None = None,
+) -> DemoResult:
     """Run the demo; artifacts go to `out/seed-K/`, the first seed's also to `out/` (for recipes/merge.yaml) with
     their split in `out/data/splits.csv`, the table to `out/results.json`. `out` must be new, empty, or a folder an
-    earlier demo made (`claim_folder`). `device`: where to train (default: the specs', auto). Progress is a bar on
-    a terminal, else a line per finished step (logs, CI)."""
+    earlier demo made (`claim_folder`). `device`: where to train (default: the specs', auto). Progress goes to
+    standard error, never among the results: a bar on a terminal (`console`, default standard error), else a logged
+    line per finished step (logs, CI); `--quiet` (the log level) turns both off."""
     positive_int("--seeds", seeds)
     started = time.perf_counter()
     out = Path(out)
@@ -209,23 +255,25 @@ def run_demo(out: str | Path = "legokit-demo", seeds: int = 5, progress: bool = 
     folder = out / "data"
     counts = write_pbc(folder)
     (folder / "splits.csv").unlink(missing_ok=True)  # a previous run's: every seed draws its own split
-    labs_spec, visits_spec = default_spec("labs").override(device=device), default_spec("visits").override(device=device)
+    labs_spec = default_spec("labs").override(device=device)
+    visits_spec = default_spec("visits").override(device=device)
     result = DemoResult(list(range(seeds)), data=counts)
     steps = 7  # the step() calls of run_seed
-    console = console or Console()
+    console = console or Console(stderr=True)
+    progress = progress and log.isEnabledFor(logging.INFO)
     lines = progress and not console.is_terminal
     with Progress(transient=True, disable=not progress or lines, console=console) as bar:
         job = bar.add_task("demo", total=seeds * steps)
         for seed in range(seeds):
             running: list[tuple[str, float]] = []  # the step under way, and when it started
 
-            def finish(seed: int = seed) -> None:
+            def finish(seed: int = seed, running: list[tuple[str, float]] = running) -> None:
                 if lines and running:
                     name, began = running.pop()
-                    console.print(f"seed {seed + 1}/{seeds}: {name} done in {time.perf_counter() - began:.1f} s")
+                    log.info("seed %d/%d: %s done in %.1f s", seed + 1, seeds, name, time.perf_counter() - began)
 
-            def step(name: str, seed: int = seed) -> None:
-                finish()
+            def step(name: str, seed: int = seed, running: list[tuple[str, float]] = running) -> None:
+                finish(seed, running)
                 running.append((name, time.perf_counter()))
                 bar.update(job, advance=1, description=f"seed {seed + 1}/{seeds}: {name}")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class LegoError(Exception):
@@ -21,6 +21,10 @@ class ConfigError(LegoError, ValueError):
 
 class ArtifactError(LegoError):
     """A `.st` file cannot be read as a legokit artifact: missing, corrupt, foreign, too new or inconsistent."""
+
+
+class WriteError(LegoError):
+    """An output cannot be written: its folder is missing, it is one of the command's inputs, or the write failed."""
 
 
 class ShapeError(LegoError, ValueError):

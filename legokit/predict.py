@@ -5,20 +5,22 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import cast
 
 import torch
+from torch import nn
 
-from .artifact import write_atomic
-from .cache import TokenCache, encoded_once
-from .data.folder import DataError, DatasetFolder
-from .device import resolve_device
-from .errors import positive_int
-from .model import LegoModel, model_columns, model_contract, model_inputs
-from .progress import progress_bar
-from .tasks import prediction_columns
+from legokit.cache import TokenCache, encoded_once
+from legokit.data.folder import DataError, DatasetFolder
+from legokit.device import resolve_device
+from legokit.errors import positive_int
+from legokit.interface import LegoModel, model_columns, model_contract, model_inputs
+from legokit.io.atomic import write_atomic
+from legokit.progress import progress_bar
+from legokit.tasks import prediction_columns
 
 
 @dataclass(frozen=True)
@@ -47,21 +49,28 @@ DEFAULT_BATCH = 256  # samples per forward pass when predicting
 
 
 @torch.no_grad()
-def predict_folder(model: LegoModel, data_dir: str | os.PathLike[str], batch_size: int = DEFAULT_BATCH,
-                   device: str | torch.device = "auto", progress: bool = False,
-                   cache: TokenCache | bool | None = True) -> Predictions:
+def predict_folder(
+    model: LegoModel,
+    data_dir: str | os.PathLike[str],
+    batch_size: int = DEFAULT_BATCH,
+    device: str | torch.device = "auto",
+    progress: bool = False,
+    cache: TokenCache | bool | None = True,
+) -> Predictions:
     """Task outputs (risk and hazards, or probabilities) for every sample that has at least one of the model's
     modalities in the dataset folder; pretrained encoders run once per sample through `cache` (`legokit.cache`)."""
     positive_int("batch size", batch_size)
     data = DatasetFolder(data_dir, model_inputs(model), model_columns(model))
     target = resolve_device(device)
-    model = model.to(target).eval()
-    with encoded_once(model, data, data.ids, TokenCache.resolve(cache), progress=progress):
+    module = cast(nn.Module, model)  # every LegoModel is an nn.Module (a block, a merged, fused or adapted model)
+    module.to(target).eval()  # in place
+    with encoded_once(module, data, data.ids, TokenCache.resolve(cache), progress=progress):
         return _predict(model, data, target, batch_size, progress)
 
 
-def _predict(model: LegoModel, data: DatasetFolder, target: torch.device, batch_size: int,
-             progress: bool) -> Predictions:
+def _predict(
+    model: LegoModel, data: DatasetFolder, target: torch.device, batch_size: int, progress: bool
+) -> Predictions:
     columns: dict[str, list[float]] = {}
     classes = model_contract(model).classes
     with progress_bar("predicting", len(data.ids), enabled=progress, unit="samples") as advance:
@@ -72,8 +81,10 @@ def _predict(model: LegoModel, data: DatasetFolder, target: torch.device, batch_
             finite = torch.isfinite(logits).all(dim=1)
             if not finite.all():
                 sample = ids[int((~finite).nonzero()[0])]
-                raise DataError(f"{data.root}: sample {sample!r}: the model's output is NaN or infinite (check its "
-                                "inputs for extreme values)")
+                raise DataError(
+                    f"{data.root}: sample {sample!r}: the model's output is NaN or infinite (check its "
+                    "inputs for extreme values)"
+                )
             for name, values in prediction_columns(model.task, logits, classes).items():
                 columns.setdefault(name, []).extend(values.cpu().tolist())
             advance(len(ids), "")

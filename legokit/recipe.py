@@ -5,30 +5,42 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from .artifact import KEY_CONFIG, KEY_KIND, KEY_PROVENANCE, read_input, read_metadata, refuse_inputs
-from .block import BlockConfig
-from .compose.graph import Graph
-from .compose.joins import check_joinable
-from .contract import TIME_UNITS
-from .errors import ConfigError, LegoError
-from .hubref import HubRef, cached_path, is_hub_ref, parse_ref, resolve
-from .persist import load_block, merge_files, save
-from .progress import log
-from .registry import BLOCK
-from .spectral import DEFAULT_PHASE, PHASE_MODES
-from .train import FUSE_TRAINING
-from .workflows import fuse_blocks
-from .yamlfile import MAX_YAML_BYTES, check_keys, read_yaml, require_mapping, where
+from legokit.artifacts.files import load_block, save
+from legokit.artifacts.format import KEY_CONFIG, KEY_KIND, KEY_PROVENANCE, read_metadata
+from legokit.artifacts.merging import merge_files
+from legokit.artifacts.registry import BLOCK
+from legokit.compose.graph import Graph
+from legokit.compose.joins import check_joinable
+from legokit.compose.modes import fusion_modes
+from legokit.contract import TIME_UNITS
+from legokit.errors import ConfigError, LegoError
+from legokit.hub.refs import HubRef, cached_path, is_hub_ref, parse_ref, resolve
+from legokit.io.atomic import refuse_inputs
+from legokit.io.inputs import read_input
+from legokit.io.yamlfile import MAX_YAML_BYTES, check_keys, read_yaml, require_mapping, where
+from legokit.nn.block import BlockConfig
+from legokit.nn.spectral import DEFAULT_PHASE, PHASE_MODES
+from legokit.progress import log
+from legokit.schema import RECIPE, file_keys
+from legokit.training.trainer import FUSE_TRAINING, TrainConfig
+from legokit.training.workflows import fuse_blocks
 
 TOP_KEYS = ("name", "description", "blocks", "operation", "data", "output")
 BLOCK_KEYS = ("artifact",)
-FUSE_KEYS = ("kind", "time_unit", "epochs", "batch_size", "lr", "weight_decay", "patience", "seed", "encoders", "encoder_lr",
-             "modality_dropout", "freeze_encoders", "device")
-OPERATION_KEYS = {"merge": ("kind", "phase", "weights"), "stack": FUSE_KEYS, "weave": FUSE_KEYS}
+# a fuse recipe's operation: its kind, the data's time unit, every `TrainConfig` key (`legokit.schema`), and the
+# deprecated freeze_encoders
+FUSE_KEYS = ("kind", "time_unit", *file_keys(TrainConfig, RECIPE), "freeze_encoders")
+MERGE_KEYS = ("kind", "phase", "weights")
+
+
+def operation_keys() -> dict[str, tuple[str, ...]]:
+    """Each operation a recipe may name (merge, or a registered fusion mode) and the keys it takes."""
+    return {"merge": MERGE_KEYS, **dict.fromkeys(fusion_modes(), FUSE_KEYS)}
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,7 @@ class Recipe:
     text: str = ""  # the file as written, embedded in what the recipe makes
 
     @classmethod
-    def from_yaml(cls, path: str | os.PathLike[str]) -> "Recipe":
+    def from_yaml(cls, path: str | os.PathLike[str]) -> Recipe:
         path = Path(path)
         data = read_yaml(path, "recipe")
         check_keys(path, "", data, TOP_KEYS)
@@ -89,35 +101,51 @@ class Recipe:
                     raise ConfigError(f"{where(path, key + '.artifact')}: {exc}") from exc
             else:
                 blocks.append(BlockRef(str(modality), artifact, path=(base / artifact)))
-        operation = cls._operation(path, require_mapping(path, "operation", data["operation"]), [b.modality for b in blocks])
+        operation = cls._operation(
+            path, require_mapping(path, "operation", data["operation"]), [b.modality for b in blocks]
+        )
         output = data["output"]
         if not isinstance(output, str) or not output:
             raise ConfigError(f"{where(path, 'output')}: must be a file path")
         folder = data.get("data")
         if operation.kind != "merge" and not isinstance(folder, str):
-            raise ConfigError(f"{where(path, 'data')}: missing (a {operation.kind} recipe fine-tunes on a dataset folder)")
+            raise ConfigError(
+                f"{where(path, 'data')}: missing (a {operation.kind} recipe fine-tunes on a dataset folder)"
+            )
         if folder is not None and not isinstance(folder, str):
             raise ConfigError(f"{where(path, 'data')}: must be a folder path")
         name = data.get("name", path.stem)
-        return cls(path, str(name), tuple(blocks), operation, base / output, str(data.get("description", "")),
-                   None if folder is None else base / folder,
-                   read_input(path, ConfigError, limit=MAX_YAML_BYTES).decode("utf-8", errors="replace"))
+        return cls(
+            path,
+            str(name),
+            tuple(blocks),
+            operation,
+            base / output,
+            str(data.get("description", "")),
+            None if folder is None else base / folder,
+            read_input(path, ConfigError, limit=MAX_YAML_BYTES).decode("utf-8", errors="replace"),
+        )
 
     @staticmethod
     def _operation(path: Path, data: Mapping[str, Any], modalities: list[str]) -> Operation:
         kind = data.get("kind")
-        if kind not in OPERATION_KEYS:
-            raise ConfigError(f"{where(path, 'operation.kind')}: {kind!r}; choose one of {', '.join(OPERATION_KEYS)}")
-        check_keys(path, "operation", data, OPERATION_KEYS[kind])
+        keys = operation_keys()
+        if kind not in keys:
+            raise ConfigError(f"{where(path, 'operation.kind')}: {kind!r}; choose one of {', '.join(keys)}")
+        check_keys(path, "operation", data, keys[kind])
         if kind != "merge":
             training = {k: v for k, v in data.items() if k not in ("kind", "time_unit")}
             unit = data.get("time_unit")
-            if unit is not None and unit not in TIME_UNITS:
-                raise ConfigError(f"{where(path, 'operation.time_unit')}: {unit!r}; choose one of {', '.join(TIME_UNITS)}")
+            if unit is not None and (not isinstance(unit, str) or unit not in TIME_UNITS):
+                raise ConfigError(
+                    f"{where(path, 'operation.time_unit')}: {repr(unit)[:40]}; choose one of {', '.join(TIME_UNITS)}"
+                )
             if "freeze_encoders" in training:
                 if "encoders" in training:
                     raise ConfigError(f"{where(path, 'operation.freeze_encoders')}: deprecated, and encoders is given")
-                log.warning("%s: deprecated; use encoders: frozen, auto or finetune", where(path, "operation.freeze_encoders"))
+                log.warning(
+                    "%s: deprecated; use encoders: frozen, auto or finetune", where(path, "operation.freeze_encoders")
+                )
                 frozen = training.pop("freeze_encoders")
                 training["encoders"] = {True: "frozen", False: "finetune"}.get(frozen, frozen)
             try:
@@ -177,7 +205,9 @@ class Recipe:
             except (LegoError, KeyError, TypeError, ValueError, RecursionError) as exc:
                 raise ConfigError(f"{where(self.path, key)}: {exc}") from exc
             if config.modality != block.modality:
-                raise ConfigError(f"{where(self.path, key)}: the artifact's modality is {config.modality!r}, not {block.modality!r}")
+                raise ConfigError(
+                    f"{where(self.path, key)}: the artifact's modality is {config.modality!r}, not {block.modality!r}"
+                )
             configs[block.modality] = config
         graph = self.graph()
         if len(configs) == len(self.blocks):
@@ -187,12 +217,16 @@ class Recipe:
                 raise ConfigError(f"{where(self.path, 'blocks')}: {exc}") from exc
         return graph
 
-    def run(self, progress: bool = True, device: str | None = None) -> Path:
+    def run(
+        self, progress: bool = True, device: str | None = None, output: str | os.PathLike[str] | None = None
+    ) -> Path:
         """Execute the recipe: LegoMerge of its blocks, or LegoFuse and fine-tuning on its data (on `device`, else
-        the recipe's, else auto), into its output."""
+        the recipe's, else auto), into `output` (default: the recipe's)."""
+        if output is not None:
+            return replace(self, output=Path(output)).run(progress, device)
         self.check(download=True)
-        paths = [self.local_path(b, download=True) for b in self.blocks]
-        data = [self.data] if self.operation.kind != "merge" else []
+        paths = [found for b in self.blocks if (found := self.local_path(b, download=True)) is not None]
+        data = [self.data] if self.operation.kind != "merge" and self.data is not None else []
         refuse_inputs(self.output, [self.path, *paths, *data])  # the recipe, its blocks and its data stay as they are
         # the recipe travels verbatim in the artifact (and its model card), as mergekit does
         provenance = {"recipe": {"path": str(self.path), "name": self.name, "text": self.text}}
@@ -200,9 +234,16 @@ class Recipe:
             weights = self.operation.weights
             weights = dict(weights) if isinstance(weights, Mapping) else weights
             return merge_files(paths, self.output, weights, self.operation.phase, provenance)
-        if not self.data.is_dir():
+        if self.data is None or not self.data.is_dir():
             raise ConfigError(f"{where(self.path, 'data')}: no such folder ({self.data})")
-        config = replace(FUSE_TRAINING, **dict(self.operation.training or {}), **({"device": device} if device else {}))
-        model, _ = fuse_blocks([load_block(p) for p in paths], self.data, self.operation.kind, config, progress=progress,
-                               time_unit=self.operation.time_unit)
+        settings: dict[str, Any] = {**dict(self.operation.training or {}), **({"device": device} if device else {})}
+        config = replace(FUSE_TRAINING, **settings)
+        model, _ = fuse_blocks(
+            [load_block(p) for p in paths],
+            self.data,
+            self.operation.kind,
+            config,
+            progress=progress,
+            time_unit=self.operation.time_unit,
+        )
         return save(model, self.output, provenance, inputs=[self.path, *paths, *data])

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
-from .errors import ConfigError
+from legokit.errors import ConfigError
 
 TASK_KINDS: tuple[str, ...] = ("survival", "multiclass", "binary", "multilabel")
 
@@ -41,7 +42,7 @@ class TaskSpec:
         return self.n
 
     @classmethod
-    def parse(cls, text: str) -> "TaskSpec":
+    def parse(cls, text: str) -> TaskSpec:
         """Read `survival:4`, `multiclass:3`, `binary` or `multilabel:5`."""
         kind, sep, size = text.strip().partition(":")
         if not sep:
@@ -63,12 +64,13 @@ class TaskSpec:
         return {"kind": self.kind, "n": self.n}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TaskSpec":
+    def from_dict(cls, data: dict[str, Any]) -> TaskSpec:
         return cls(data["kind"], data.get("n", 1))
 
 
-def prediction_columns(task: TaskSpec, logits: torch.Tensor,
-                       classes: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+def prediction_columns(
+    task: TaskSpec, logits: torch.Tensor, classes: Sequence[str] | None = None
+) -> dict[str, torch.Tensor]:
     """Named per-sample outputs of a task's logits (b, n), for prediction files.
 
     survival: hazards h = sigmoid(logits) per bin, survival S_k = prod_{j<=k} (1 - h_j), risk = -sum_k S_k

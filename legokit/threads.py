@@ -4,13 +4,13 @@ not by 5-20x: torch's default of one thread per core spins those threads against
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 
-from .errors import ConfigError, positive_int
-from .progress import log
+from legokit.errors import ConfigError, positive_int
+from legokit.progress import log
 
 # latents up to this many cells (32x32) gain nothing measurable from a second thread (docs/benchmarks.md, "Threads")
 SMALL_LATENT = 32 * 32
@@ -49,9 +49,14 @@ def _omp_threads(text: str) -> int:
     return int(digits) if len(digits) <= 18 else 10**18  # past any CPU count; int() refuses 4,300+ digits
 
 
-def choose_threads(requested: int | None = None, latent_cells: int | None = None,
-                   environ: Mapping[str, str] | None = None, cpus: int | None = None,
-                   busy: float | None = None, encoder_parameters: int = 0) -> ThreadChoice:
+def choose_threads(
+    requested: int | None = None,
+    latent_cells: int | None = None,
+    environ: Mapping[str, str] | None = None,
+    cpus: int | None = None,
+    busy: float | None = None,
+    encoder_parameters: int = 0,
+) -> ThreadChoice:
     """`--threads` if given, else OMP_NUM_THREADS if set, else 1 for small latents with small encoders, else the
     usable CPUs that the load average leaves idle (at least 1): an encoder of LARGE_ENCODER parameters or more
     (a pretrained one) costs far more per sample than the latent."""
@@ -75,8 +80,9 @@ def capped(choice: ThreadChoice, cpus: int | None = None) -> ThreadChoice:
     cpus = usable_cpus() if cpus is None else cpus
     if choice.threads <= cpus:
         return choice
-    log.warning("%s asks for %d CPU threads; this process may use %d CPUs: using %d", choice.reason, choice.threads,
-                cpus, cpus)
+    log.warning(
+        "%s asks for %d CPU threads; this process may use %d CPUs: using %d", choice.reason, choice.threads, cpus, cpus
+    )
     return ThreadChoice(cpus, f"{choice.reason} {choice.threads}, capped to the {cpus} usable CPUs")
 
 

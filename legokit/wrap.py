@@ -11,30 +11,42 @@ from __future__ import annotations
 import io
 import os
 import struct
+import warnings
 import zipfile
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as safetensors_load
 from torch import nn
 
-from .archive import check_torch_save
-from .artifact import FORMAT_TAG, KEY_FORMAT, header_of_bytes, open_input, read_input
-from .block import BlockConfig, EncoderSpec, LegoBlock, format_shape
-from .device import resolve_device
-from .encoders import FOREIGN, build_encoder, encoder_class
-from .encoders.contract import INPUT_DTYPES, LAYOUTS, MASK_KEYWORDS, Contract
-from .encoders.foreign import (example_input, export_encoder, load_program, probe_contract, program_from_torchscript,
-                               program_module)
-from .encoders.foreign import program_input_shape, sanitize_program
-from .encoders.huggingface import is_hf_folder, load_hf_folder
-from .errors import ArtifactError, ConfigError, EncoderError, brief
-from .tasks import TaskSpec
-from .text import TextSpec
+from legokit.artifacts.allowlist import check_torch_save
+from legokit.artifacts.format import FORMAT_TAG, KEY_FORMAT, header_of_bytes
+from legokit.device import resolve_device
+from legokit.encoders import FOREIGN, build_encoder, encoder_class, list_encoders
+from legokit.encoders.contract import INPUT_DTYPES, LAYOUTS, MASK_KEYWORDS, Contract
+from legokit.encoders.foreign import (
+    example_input,
+    export_encoder,
+    load_program,
+    probe_contract,
+    program_from_torchscript,
+    program_input_shape,
+    program_module,
+    sanitize_program,
+)
+from legokit.encoders.huggingface import is_hf_folder, load_hf_folder
+from legokit.encoders.registry import Encoder
+from legokit.errors import ArtifactError, ConfigError, EncoderError, brief
+from legokit.io.inputs import open_input, read_input
+from legokit.nn.block import Architecture, BlockConfig, EncoderSpec, LegoBlock, format_shape
+from legokit.schema import SPEC, check_keys, file_keys
+from legokit.tasks import TaskSpec
+from legokit.text.spec import TextSpec
 
 EXPORT, TORCHSCRIPT, PICKLE, SAFETENSORS = "torch.export program", "TorchScript archive", "pickle", "safetensors"
 HF_FOLDER = "Hugging Face model folder"
@@ -134,16 +146,36 @@ def wrap_module(
             program = export_encoder(module, input_shape, contract)
     except EncoderError as exc:
         raise EncoderError(f"{origin}: {exc}") from exc
-    block = block_from_program(program, contract, modality, task, input_shape, text, origin, device,
-                               latent=latent, depth=depth, fft_axes=fft_axes, **options)
+    block = block_from_program(
+        program,
+        contract,
+        modality,
+        task,
+        input_shape,
+        text,
+        origin,
+        device,
+        latent=latent,
+        depth=depth,
+        fft_axes=fft_axes,
+        **options,
+    )
     if how.train_mode:  # dropout drawn at every run: its outputs are not cached (`legokit.cache`)
         block.provenance["exported_in_train_mode"] = True
     return block
 
 
-def block_from_program(program: bytes, contract: Contract, modality: str, task: TaskSpec | str,
-                       input_shape: tuple[int | None, ...], text: TextSpec | None = None, origin: str = "encoder",
-                       device: str | torch.device = "auto", **settings: Any) -> LegoBlock:
+def block_from_program(
+    program: bytes,
+    contract: Contract,
+    modality: str,
+    task: TaskSpec | str,
+    input_shape: tuple[int | None, ...],
+    text: TextSpec | None = None,
+    origin: str = "encoder",
+    device: str | torch.device = "auto",
+    **settings: Any,
+) -> LegoBlock:
     """A block around a checked program that follows the plain contract (see `encoders.contract`); `settings` are
     the block's (`BlockConfig`: latent, depth, fft_axes, ...)."""
     graph = program_module(program)
@@ -152,8 +184,9 @@ def block_from_program(program: bytes, contract: Contract, modality: str, task: 
         out = graph(x) if contract.mask_keyword is None else graph(x, torch.ones(x.shape[:2], dtype=torch.bool))
     kwargs = {"mask_keyword": contract.mask_keyword, "output": contract.output, "layout": contract.layout}
     spec = EncoderSpec(FOREIGN, kwargs, int(out.shape[-1]))
-    config = _block_config(modality, spec, input_shape, task, {"input_dtype": contract.input_dtype, "text": text,
-                                                               **settings})
+    config = _block_config(
+        modality, spec, input_shape, task, {"input_dtype": contract.input_dtype, "text": text, **settings}
+    )
     block = LegoBlock(config, program=program)
     block.provenance = {"encoder_contract": contract.describe(None in input_shape)}
     return _check_block(block, resolve_device(device), origin)
@@ -173,8 +206,8 @@ def wrap_builtin(
     origin: str = "encoder",
     **options: Any,
 ) -> LegoBlock:
-    """A block around a built-in encoder, its sizes read off the state dict where --arch-kwargs leaves them out."""
-    cls = encoder_class(arch)
+    """A block around a built-in encoder, its sizes read off the state dict where --encoder-kwargs leaves them out."""
+    cls = cast("type[Encoder]", encoder_class(arch))
     inferred = cls.infer_kwargs(state_dict) if state_dict else {}
     if state_dict and not inferred:
         keys = ", ".join(list(state_dict)[:3])
@@ -182,7 +215,7 @@ def wrap_builtin(
     kwargs = {**inferred, **dict(arch_kwargs or {})}
     if "in_features" not in kwargs:
         if input_shape is None:
-            raise ConfigError(f"{origin}: encoder {arch} needs in_features (in --arch-kwargs) or --input-shape")
+            raise ConfigError(f"{origin}: encoder {arch} needs in_features (in --encoder-kwargs) or --input-shape")
         kwargs["in_features"] = input_shape[-1]
     encoder = build_encoder(arch, kwargs)
     if state_dict is not None:
@@ -195,13 +228,16 @@ def wrap_builtin(
         if problems:
             raise EncoderError(f"{origin}: state dict does not fit encoder {arch} {kwargs}: {', '.join(problems[:4])}")
     if input_shape is None:
-        input_shape = (None, kwargs["in_features"]) if cls.token_input else (kwargs["in_features"],)
+        input_shape = (None, kwargs["in_features"]) if getattr(cls, "token_input", False) else (kwargs["in_features"],)
     if input_shape[-1] != kwargs["in_features"]:
-        raise ConfigError(f"{origin}: input shape {format_shape(input_shape)} ends in {input_shape[-1]} features, "
-                          f"but the encoder takes {kwargs['in_features']}")
-    spec = EncoderSpec(arch, kwargs, encoder.out_dim)
-    config = _block_config(modality, spec, input_shape, task,
-                           {"latent": latent, "depth": depth, "fft_axes": fft_axes, **options})
+        raise ConfigError(
+            f"{origin}: input shape {format_shape(input_shape)} ends in {input_shape[-1]} features, "
+            f"but the encoder takes {kwargs['in_features']}"
+        )
+    spec = EncoderSpec(arch, kwargs, cast(Encoder, encoder).out_dim)
+    config = _block_config(
+        modality, spec, input_shape, task, {"latent": latent, "depth": depth, "fft_axes": fft_axes, **options}
+    )
     block = _check_block(LegoBlock(config, encoder=encoder), resolve_device(device), origin)
     if state_dict is not None:  # pretrained weights: frozen by default, the encoder's outputs cached
         block.provenance = {"wrapped": arch}
@@ -236,8 +272,10 @@ def sniff(path: Path) -> str:
         return SAFETENSORS
     if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
         return PICKLE
-    raise EncoderError(f"{path}: {_looks_like(head)}, not an encoder: give a torch.export program (.pt2), a "
-                       "TorchScript archive, a state dict (.pt, .safetensors) or a Hugging Face model folder")
+    raise EncoderError(
+        f"{path}: {_looks_like(head)}, not an encoder: give a torch.export program (.pt2), a "
+        "TorchScript archive, a state dict (.pt, .safetensors) or a Hugging Face model folder"
+    )
 
 
 def _looks_like(head: bytes) -> str:
@@ -267,14 +305,20 @@ def _read_pickle(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor] | nn
     data = read_input(path, EncoderError)
     if not trust_pickle:
         if data[:4] != b"PK\x03\x04":
-            raise EncoderError(f"{path}: a pickle in the legacy torch.save format (before PyTorch 1.6), which legokit "
-                               "does not read: save it again with torch.save, or pass --trust-pickle if you trust it")
+            raise EncoderError(
+                f"{path}: a pickle in the legacy torch.save format (before PyTorch 1.6), which legokit "
+                "does not read: save it again with torch.save, or pass --trust-pickle if you trust it"
+            )
         check_torch_save(data, str(path))
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=not trust_pickle)  # checked: allowlist or trust
+        obj = torch.load(
+            io.BytesIO(data), map_location="cpu", weights_only=not trust_pickle
+        )  # checked: allowlist or trust
     except (ImportError, AttributeError) as exc:
-        raise EncoderError(f"{path}: the pickled object needs code that cannot be imported here "
-                           f"({brief(exc, 160)}); run where its class is importable") from exc
+        raise EncoderError(
+            f"{path}: the pickled object needs code that cannot be imported here "
+            f"({brief(exc, 160)}); run where its class is importable"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - torch's reader fails on foreign bytes with many types
         raise EncoderError(f"{path}: not a readable torch file ({brief(exc, 160)})") from exc
     if isinstance(obj, nn.Module):
@@ -301,37 +345,64 @@ def default_output(encoder: str | os.PathLike[str]) -> Path:
     return path.parent / f"{path.name if path.is_dir() else path.stem}.st"
 
 
+# wrap_file's keywords before the architecture became one `Architecture`: accepted for one release, with a warning
+OLD_KEYWORDS = {"arch": "encoder", "arch_kwargs": "encoder_kwargs"}
+
+
+def _old_keywords(
+    old: Mapping[str, Any], encoder: str | None, encoder_kwargs: Mapping[str, Any] | None, architecture: Architecture
+) -> tuple[str | None, Mapping[str, Any] | None, Architecture]:
+    """The encoder, its kwargs and the architecture with wrap_file's deprecated keywords (`arch`, `arch_kwargs`, and
+    `latent`, `depth`, ... one by one) folded in, each with a DeprecationWarning naming the new spelling."""
+    settings = file_keys(Architecture, SPEC)
+    check_keys(old, (*OLD_KEYWORDS, *settings), "wrap_file: keyword ")
+    for key in old:
+        new = OLD_KEYWORDS.get(key, f"architecture=Architecture({key}=...)")
+        warnings.warn(f"wrap_file({key}=...) is deprecated: use {new}", DeprecationWarning, stacklevel=3)
+    encoder = old.get("arch", encoder)
+    encoder_kwargs = old.get("arch_kwargs", encoder_kwargs)
+    changed: dict[str, Any] = {k: (tuple(v) if k == "latent" else v) for k, v in old.items() if k in settings}
+    return encoder, encoder_kwargs, replace(architecture, **changed) if changed else architecture
+
+
 def wrap_file(
     path: str | os.PathLike[str],
     modality: str,
     task: TaskSpec | str,
     input_shape: tuple[int | None, ...] | None = None,
-    arch: str | None = None,
-    arch_kwargs: Mapping[str, Any] | None = None,
+    encoder: str | None = None,
+    encoder_kwargs: Mapping[str, Any] | None = None,
     trust_pickle: bool = False,
-    latent: tuple[int, int] = BlockConfig.latent,
-    depth: int = BlockConfig.depth,
-    fft_axes: str = BlockConfig.fft_axes,
+    architecture: Architecture = Architecture(),
     device: str | torch.device = "auto",
     how: WrapOptions = WrapOptions(),
-    **options: Any,
+    **deprecated: Any,
 ) -> LegoBlock:
-    """Wrap an encoder file: a torch.export program (.pt2), a state dict of a built-in `arch`, a local Hugging Face
-    model folder, or, with `trust_pickle`, a pickled module or a TorchScript archive (both run code from the file)."""
+    """Wrap an encoder file: a torch.export program (.pt2), a state dict of the built-in `encoder`, a local Hugging
+    Face model folder, or, with `trust_pickle`, a pickled module or a TorchScript archive (both run code from the
+    file). `architecture`: the block's latent, depth, ... (`Architecture`); `deprecated`: the old `arch`,
+    `arch_kwargs`, `latent`, `depth`, ... keywords, for one release."""
+    if not isinstance(architecture, Architecture):
+        raise ConfigError(
+            f"architecture must be an Architecture, got {type(architecture).__name__} (latent, depth, ... go inside it)"
+        )
+    encoder, encoder_kwargs, architecture = _old_keywords(deprecated, encoder, encoder_kwargs, architecture)
     path = Path(path)
     if not path.exists():
         raise EncoderError(f"{path}: no such file")
     if not path.is_file() and not path.is_dir():
         raise EncoderError(f"{path}: not a regular file (a pipe or a device)")
     kind = sniff(path)
-    common = dict(latent=latent, depth=depth, fft_axes=fft_axes, device=device, origin=str(path), **options)
-    if kind in (EXPORT, TORCHSCRIPT, HF_FOLDER) and arch is not None:
-        raise ConfigError(f"{path}: is a {kind}; --arch is only for state dicts")
+    common = dict(device=device, origin=str(path), **architecture.settings())
+    if kind in (EXPORT, TORCHSCRIPT, HF_FOLDER) and encoder is not None:
+        raise ConfigError(f"{path}: is a {kind}; --encoder is only for state dicts")
     if kind == HF_FOLDER:
         found = load_hf_folder(path)
         if input_shape is not None and tuple(input_shape) != found.input_shape:
-            raise ConfigError(f"{path}: --input-shape {format_shape(input_shape)} disagrees with the model's "
-                              f"{format_shape(found.input_shape)}")
+            raise ConfigError(
+                f"{path}: --input-shape {format_shape(input_shape)} disagrees with the model's "
+                f"{format_shape(found.input_shape)}"
+            )
         dtype = WrapOptions(found.input_dtype, how.mask, how.output, how.layout, how.train_mode)
         return wrap_module(found.module, modality, task, found.input_shape, how=dtype, text=found.text, **common)
     if kind == EXPORT:
@@ -341,9 +412,11 @@ def wrap_file(
         return wrap_module(program_module(program, "the program"), modality, task, input_shape, how=how, **common)
     if kind == TORCHSCRIPT:
         if not trust_pickle:
-            raise EncoderError(f"{path}: a TorchScript archive; loading one compiles its code, which can call any "
-                               "operator (file access included). Export the module with torch.export instead, or pass "
-                               "--trust-pickle if you trust the file")
+            raise EncoderError(
+                f"{path}: a TorchScript archive; loading one compiles its code, which can call any "
+                "operator (file access included). Export the module with torch.export instead, or pass "
+                "--trust-pickle if you trust the file"
+            )
         if input_shape is None:
             raise ConfigError(f"{path}: a TorchScript archive does not record its input shape; give --input-shape")
         data = read_input(path, EncoderError)
@@ -351,16 +424,21 @@ def wrap_file(
             scripted = torch.jit.load(io.BytesIO(data), map_location="cpu")  # checked: only with --trust-pickle
         except Exception as exc:  # noqa: BLE001 - the TorchScript reader fails with many types
             raise EncoderError(f"{path}: corrupt TorchScript archive ({brief(exc, 160)})") from exc
-        return wrap_module(program_from_torchscript(scripted, input_shape), modality, task, input_shape, how=how, **common)
+        return wrap_module(
+            program_from_torchscript(scripted, input_shape), modality, task, input_shape, how=how, **common
+        )
     state = _read_safetensors(path) if kind == SAFETENSORS else _read_pickle(path, trust_pickle)
     if isinstance(state, nn.Module):
         if input_shape is None:
             raise ConfigError(f"{path}: a pickled module does not record its input shape; give --input-shape")
         return wrap_module(state, modality, task, input_shape, how=how, **common)
-    if arch is None:
-        raise ConfigError(f"{path}: is a state dict; name its architecture with --arch (snn, abmil or mlp), or save "
-                          "the module itself (torch.export, TorchScript, or a Hugging Face folder)")
-    return wrap_builtin(arch, state, modality, task, arch_kwargs, input_shape, **common)
+    if encoder is None:
+        raise ConfigError(
+            f"{path}: is a state dict; name its built-in encoder with --encoder "
+            f"({', '.join(list_encoders())}), or save the module itself (torch.export, TorchScript, or a "
+            "Hugging Face folder)"
+        )
+    return wrap_builtin(encoder, state, modality, task, encoder_kwargs, input_shape, **common)
 
 
 def _program_mask(path: Path, names: list[str], asked: str | None) -> str | None:
@@ -371,20 +449,27 @@ def _program_mask(path: Path, names: list[str], asked: str | None) -> str | None
             raise ConfigError(f"{path}: --mask {asked}: the program takes no mask input (its inputs: {names[0]})")
         return "none"
     if len(names) > 2:
-        raise EncoderError(f"{path}: the program takes inputs {', '.join(names)}; legokit gives an encoder its input "
-                           "and, optionally, a padding mask")
+        raise EncoderError(
+            f"{path}: the program takes inputs {', '.join(names)}; legokit gives an encoder its input "
+            "and, optionally, a padding mask"
+        )
     if asked == "none":
-        raise ConfigError(f"{path}: --mask none: the program takes a second input, {names[1]}, and needs the mask there")
+        raise ConfigError(
+            f"{path}: --mask none: the program takes a second input, {names[1]}, and needs the mask there"
+        )
     if asked not in ("auto", None):
         return asked
     if names[1] not in MASK_KEYWORDS:
-        raise ConfigError(f"{path}: the program's second input is {names[1]}; say which convention it takes with "
-                          f"--mask ({', '.join(f'{k}: {v}' for k, v in MASK_KEYWORDS.items())})")
+        raise ConfigError(
+            f"{path}: the program's second input is {names[1]}; say which convention it takes with "
+            f"--mask ({', '.join(f'{k}: {v}' for k, v in MASK_KEYWORDS.items())})"
+        )
     return names[1]
 
 
-def _agreed_shape(path: Path, given: tuple[int | None, ...] | None,
-                  traced: tuple[int | None, ...] | None) -> tuple[int | None, ...]:
+def _agreed_shape(
+    path: Path, given: tuple[int | None, ...] | None, traced: tuple[int | None, ...] | None
+) -> tuple[int | None, ...]:
     """The input shape from --input-shape and the program's own record, which must agree where both are fixed."""
     if given is None:
         if traced is None:
@@ -393,6 +478,7 @@ def _agreed_shape(path: Path, given: tuple[int | None, ...] | None,
     if traced is not None and len(traced) == len(given):
         for mine, theirs in zip(given, traced):
             if theirs is not None and mine != theirs:
-                raise ConfigError(f"{path}: --input-shape {format_shape(given)} disagrees with the program's "
-                                  f"{format_shape(traced)}")
+                raise ConfigError(
+                    f"{path}: --input-shape {format_shape(given)} disagrees with the program's {format_shape(traced)}"
+                )
     return tuple(given)

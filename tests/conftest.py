@@ -64,7 +64,9 @@ def abmil_block():
 @pytest.fixture
 def mlp_block():
     torch.manual_seed(2)
-    return wrap_builtin("mlp", None, "seq", "multilabel:2", {"in_features": 4, "hidden": 16}, input_shape=(None, 4), **SMALL)
+    return wrap_builtin(
+        "mlp", None, "seq", "multilabel:2", {"in_features": 4, "hidden": 16}, input_shape=(None, 4), **SMALL
+    )
 
 
 def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -76,15 +78,13 @@ def run_python(code: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     """The real console entry point, in a fresh process."""
-    return subprocess.run(
-        [sys.executable, "-m", "legokit.cli", *args], capture_output=True, text=True, timeout=300
-    )
+    return subprocess.run([sys.executable, "-m", "legokit.cli", *args], capture_output=True, text=True, timeout=300)
 
 
 def cli_here(*args: str) -> subprocess.CompletedProcess[str]:
     """The CLI's `main` in this process, output captured: for tests that need no fresh interpreter (each start
     costs seconds of torch import); the entry point itself is exercised through `run_cli` elsewhere."""
-    from legokit.cli import main
+    from legokit.cli.commands import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -18,12 +18,15 @@ import pickle
 import struct
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from hypothesis import strategies as st
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
+from legokit.artifacts.format import KEY_CHECKSUM, KEY_CONFIG, seal, tensors_digest
 from legokit.errors import LegoError
 
 REPORT_ENV = "LEGOKIT_HOSTILE_REPORT"
@@ -66,7 +69,7 @@ class Outcome:
 def _digests(paths: list[Path]) -> dict[Path, str]:
     found = {}
     for path in paths:
-        for file in ([path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []):
+        for file in [path] if path.is_file() else sorted(path.rglob("*")) if path.is_dir() else []:
             if file.is_file():
                 found[file] = hashlib.sha256(file.read_bytes()).hexdigest()
     return found
@@ -100,13 +103,25 @@ def run_case(family: str, action: Callable[[], object], inputs: list[Path], mark
 
 # ---- archive mutations: records added in every place the loaders read, and the allowlist's other rules ----
 
-PROGRAM_PLACES = ("models/other.json", "data/weights/extra", "data/constants/extra", "data/sample_inputs/model.pt",
-                  "data.pkl", "constants.pkl", "extra/x.pkl", "data/weights/model_weights_config.json.pt",
-                  ".data/payload", "models/model.pt", "data/constants/lifted_tensor_0", "archive_format.pkl")
+PROGRAM_PLACES = (
+    "models/other.json",
+    "data/weights/extra",
+    "data/constants/extra",
+    "data/sample_inputs/model.pt",
+    "data.pkl",
+    "constants.pkl",
+    "extra/x.pkl",
+    "data/weights/model_weights_config.json.pt",
+    ".data/payload",
+    "models/model.pt",
+    "data/constants/lifted_tensor_0",
+    "archive_format.pkl",
+)
 
 
-def _rewrite_zip(program: bytes, change: Callable[[dict[str, bytes]], None], deflate: set[str] = frozenset(),
-                 root: str | None = None) -> bytes:
+def _rewrite_zip(
+    program: bytes, change: Callable[[dict[str, bytes]], None], deflate: set[str] = frozenset(), root: str | None = None
+) -> bytes:
     archive = zipfile.ZipFile(io.BytesIO(program))
     old_root = archive.namelist()[0].split("/", 1)[0]
     records = {n.split("/", 1)[1]: archive.read(n) for n in archive.namelist()}
@@ -130,25 +145,41 @@ def program_mutations(program: bytes, marker: Path) -> st.SearchStrategy[bytes]:
         def change(records: dict[str, bytes]) -> None:
             name = f"data/{which}/model_{which}_config.json"
             config = json.loads(records[name])
-            config["config"]["evil"] = {"path_name": "evil", "is_param": False, "use_pickle": True,
-                                        "tensor_meta": {"dtype": 7, "sizes": []}}
+            config["config"]["evil"] = {
+                "path_name": "evil",
+                "is_param": False,
+                "use_pickle": True,
+                "tensor_meta": {"dtype": 7, "sizes": []},
+            }
             records[name] = json.dumps(config).encode()
             records[f"data/{which}/evil"] = evil
+
         return _rewrite_zip(program, change)
 
     def object_constant(prefix: str, which: str) -> bytes:
         """A record named the way torch's loader unpickles (custom_obj_*, opaque_obj_*), declared as a raw tensor
         of exactly its length, with use_pickle false: it must still be refused."""
+
         def change(records: dict[str, bytes]) -> None:
             name = f"data/{which}/model_{which}_config.json"
             config = json.loads(records[name])
-            config["config"]["evil"] = {"path_name": f"{prefix}0", "is_param": False, "use_pickle": False,
-                                        "tensor_meta": {"dtype": 1, "sizes": [{"as_int": len(evil)}],
-                                                        "strides": [{"as_int": 1}], "requires_grad": False,
-                                                        "storage_offset": {"as_int": 0},
-                                                        "device": {"type": "cpu", "index": None}, "layout": 7}}
+            config["config"]["evil"] = {
+                "path_name": f"{prefix}0",
+                "is_param": False,
+                "use_pickle": False,
+                "tensor_meta": {
+                    "dtype": 1,
+                    "sizes": [{"as_int": len(evil)}],
+                    "strides": [{"as_int": 1}],
+                    "requires_grad": False,
+                    "storage_offset": {"as_int": 0},
+                    "device": {"type": "cpu", "index": None},
+                    "layout": 7,
+                },
+            }
             records[name] = json.dumps(config).encode()
             records[f"data/{which}/{prefix}0"] = evil
+
         return _rewrite_zip(program, change)
 
     def json_edit(name: str, text: bytes) -> bytes:
@@ -159,45 +190,78 @@ def program_mutations(program: bytes, marker: Path) -> st.SearchStrategy[bytes]:
             model = json.loads(records["models/model.json"])
             model["graph_module"]["graph"]["custom_obj_values"] = {"obj": {"name": "evil", "class_fqn": "os.system"}}
             records["models/model.json"] = json.dumps(model).encode()
+
         return _rewrite_zip(program, change)
 
     def resize(delta: int) -> bytes:
         def change(records: dict[str, bytes]) -> None:
             name = next(n for n in records if n.startswith("data/weights/weight_"))
-            records[name] = records[name][: max(0, len(records[name]) + delta)] if delta < 0 else records[name] + b"\0" * delta
+            records[name] = (
+                records[name][: max(0, len(records[name]) + delta)] if delta < 0 else records[name] + b"\0" * delta
+            )
+
         return _rewrite_zip(program, change)
 
-    json_records = ("models/model.json", "data/weights/model_weights_config.json",
-                    "data/constants/model_constants_config.json")
-    junk = st.one_of(st.just(evil), st.binary(max_size=64), st.just(b"{}"), st.just(b"[" * 5000 + b"]" * 5000),
-                     st.just(b'{"config": {}}'))
+    json_records = (
+        "models/model.json",
+        "data/weights/model_weights_config.json",
+        "data/constants/model_constants_config.json",
+    )
+    junk = st.one_of(
+        st.just(evil),
+        st.binary(max_size=64),
+        st.just(b"{}"),
+        st.just(b"[" * 5000 + b"]" * 5000),
+        st.just(b'{"config": {}}'),
+    )
     return st.one_of(
         st.builds(add_record, st.sampled_from(PROGRAM_PLACES), junk),
         st.builds(pickled_weight, st.sampled_from(["weights", "constants"])),
-        st.builds(object_constant, st.sampled_from(["opaque_obj_", "custom_obj_", "tensor_x", "weight_"]),
-                  st.sampled_from(["weights", "constants"])),
+        st.builds(
+            object_constant,
+            st.sampled_from(["opaque_obj_", "custom_obj_", "tensor_x", "weight_"]),
+            st.sampled_from(["weights", "constants"]),
+        ),
         st.builds(json_edit, st.sampled_from(json_records), junk),
         st.just(custom_objects()),
         st.builds(resize, st.sampled_from([-4, -1, 1, 4, 1 << 20])),
         st.builds(lambda n: _rewrite_zip(program, lambda r: None, deflate={n}), st.sampled_from(json_records)),
         st.builds(lambda root: _rewrite_zip(program, lambda r: None, root=root), st.sampled_from(["", "..", "a/b"])),
         st.builds(lambda cut: program[:cut], st.integers(0, len(program) - 1)),
-        st.builds(lambda at, byte: program[:at] + bytes([byte]) + program[at + 1:],
-                  st.integers(0, len(program) - 1), st.integers(0, 255)),
+        st.builds(
+            lambda at, byte: program[:at] + bytes([byte]) + program[at + 1 :],
+            st.integers(0, len(program) - 1),
+            st.integers(0, 255),
+        ),
     )
 
 
 # ---- headers of .st files: metadata and configs resealed, so that they reach the parsers ----
 
-CONFIG_FIELDS = ("latent", "depth", "heads", "dim_head", "ff_mult", "input_shape", "fft_axes", "dropout", "task",
-                 "encoder", "modality", "input_dtype", "text")
+CONFIG_FIELDS = (
+    "latent",
+    "depth",
+    "heads",
+    "dim_head",
+    "ff_mult",
+    "input_shape",
+    "fft_axes",
+    "dropout",
+    "task",
+    "encoder",
+    "modality",
+    "input_dtype",
+    "text",
+)
 HUGE = st.sampled_from([0, -1, 10**6, 10**7, 2**31, 10**18, 1.5, "64", None, [], {}, [10**6, 10**6], [64, 64, 64]])
 
 
 def config_edits() -> st.SearchStrategy[tuple[str, object]]:
     """(field, value) edits of a block config: huge sizes, wrong types, nonsense."""
-    return st.tuples(st.sampled_from(CONFIG_FIELDS), st.one_of(HUGE, st.text(max_size=8),
-                                                               st.dictionaries(st.text(max_size=4), HUGE, max_size=3)))
+    return st.tuples(
+        st.sampled_from(CONFIG_FIELDS),
+        st.one_of(HUGE, st.text(max_size=8), st.dictionaries(st.text(max_size=4), HUGE, max_size=3)),
+    )
 
 
 def header_with(data: bytes, change: Callable[[dict], None]) -> bytes:
@@ -209,3 +273,16 @@ def header_with(data: bytes, change: Callable[[dict], None]) -> bytes:
     encoded = json.dumps(header).encode()
     encoded += b" " * (-len(encoded) % 8)
     return struct.pack("<Q", len(encoded)) + encoded + body
+
+
+def resealed(source: Path, target: Path, change: Callable[[dict], object]) -> Path:
+    """A copy of an artifact with its config changed and its checksum recomputed, as a hostile writer would."""
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    tensors = load_file(source)
+    config = json.loads(metadata[KEY_CONFIG])
+    change(config)
+    metadata[KEY_CONFIG] = json.dumps(config)
+    metadata[KEY_CHECKSUM] = seal(metadata, tensors_digest(tensors))
+    save_file(tensors, target, metadata=metadata)
+    return target

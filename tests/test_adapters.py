@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from legokit import ConfigError, ShapeError, load, save
-from legokit.adapters import Adapted, MissingRates, MoRA, SSF, attach, detach
+from legokit.adapters import SSF, Adapted, MissingRates, MoRA, attach, detach
 from legokit.adapters.files import attach_file, save_adapter
 from legokit.compose.fuse import fuse
 from legokit.compose.merge import merge
@@ -26,8 +26,10 @@ def _blocks():
 
 def _inputs(observed_seq=(True, False, True, False)):
     torch.manual_seed(1)
-    return {"tab": ModalityBatch(torch.randn(4, 10)),
-            "seq": ModalityBatch(torch.randn(4, 6, 5), observed=torch.tensor(observed_seq))}
+    return {
+        "tab": ModalityBatch(torch.randn(4, 10)),
+        "seq": ModalityBatch(torch.randn(4, 6, 5), observed=torch.tensor(observed_seq)),
+    }
 
 
 def _randomise(adapter):
@@ -36,11 +38,20 @@ def _randomise(adapter):
             parameter.normal_()
 
 
-@pytest.mark.parametrize("make", [lambda b: fuse(list(b), "stack"), lambda b: fuse(list(b), "weave"), lambda b: merge(list(b))],
-                         ids=["stack", "weave", "merge"])
-@pytest.mark.parametrize("adapter, at", [(lambda: MoRA(["tab", "seq"], rank=4), "first"),
-                                         (lambda: MoRA(["tab", "seq"], rank=2), "all"),
-                                         (lambda: SSF(["tab", "seq"]), "all")], ids=["mora-first", "mora-all", "ssf"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda b: fuse(list(b), "stack"), lambda b: fuse(list(b), "weave"), lambda b: merge(list(b))],
+    ids=["stack", "weave", "merge"],
+)
+@pytest.mark.parametrize(
+    "adapter, at",
+    [
+        (lambda: MoRA(["tab", "seq"], rank=4), "first"),
+        (lambda: MoRA(["tab", "seq"], rank=2), "all"),
+        (lambda: SSF(["tab", "seq"]), "all"),
+    ],
+    ids=["mora-first", "mora-all", "ssf"],
+)
 def test_an_adapted_model_starts_exactly_as_its_base(make, adapter, at):
     model = make(_blocks()).eval()
     inputs = _inputs()
@@ -72,10 +83,14 @@ def test_mora_is_vectorised_and_equals_a_per_sample_loop():
     x = torch.randn(7, 2, 6)
     mask = torch.rand(7, 3) > 0.5
     site = adapter.sites["0"]
-    expected = torch.stack([
-        linear(x[i]) + sum(site.up[m] @ (site.down @ x[i].T) for m in range(3) if mask[i, m]).T
-        if mask[i].any() else linear(x[i]) for i in range(7)
-    ])
+    expected = torch.stack(
+        [
+            linear(x[i]) + sum(site.up[m] @ (site.down @ x[i].T) for m in range(3) if mask[i, m]).T
+            if mask[i].any()
+            else linear(x[i])
+            for i in range(7)
+        ]
+    )
     assert torch.allclose(adapted(x, modality_mask=mask), expected, atol=1e-5)
 
 
@@ -97,11 +112,14 @@ def test_adapters_attach_to_any_module_given_a_mask():
     assert torch.equal(detach(detach(adapted))(x), before)
 
 
-@pytest.mark.parametrize("mask, message", [
-    (torch.ones(3, 2, dtype=torch.bool), "modality mask is for 3 samples, the input here has 4"),
-    (torch.ones(4, 3, dtype=torch.bool), r"must be bool \(batch, 2\)"),
-    (torch.ones(4, 2), r"must be bool \(batch, 2\)"),
-])
+@pytest.mark.parametrize(
+    "mask, message",
+    [
+        (torch.ones(3, 2, dtype=torch.bool), "modality mask is for 3 samples, the input here has 4"),
+        (torch.ones(4, 3, dtype=torch.bool), r"must be bool \(batch, 2\)"),
+        (torch.ones(4, 2), r"must be bool \(batch, 2\)"),
+    ],
+)
 def test_masks_that_disagree_with_the_data_are_a_clear_error(mask, message):
     model = attach(fuse(list(_blocks()), "stack").eval(), MoRA(["tab", "seq"]))
     with pytest.raises(ShapeError, match=message):
@@ -144,9 +162,10 @@ def test_save_attach_detach_round_trip_and_another_base_is_refused(tmp_path):
 
 def test_missing_rates_make_zero_dummies_drawn_per_sample_and_seeded():
     rates = MissingRates.parse("seq=0.5", seed=3)
-    batch = {"tab": ModalityBatch(torch.ones(200, 2)),
-             "seq": ModalityBatch(torch.ones(200, 3, 2), torch.ones(200, 3, dtype=torch.bool),
-                                  torch.arange(200) % 10 != 0)}
+    batch = {
+        "tab": ModalityBatch(torch.ones(200, 2)),
+        "seq": ModalityBatch(torch.ones(200, 3, 2), torch.ones(200, 3, dtype=torch.bool), torch.arange(200) % 10 != 0),
+    }
     ids = [f"p{i}" for i in range(200)]
     out = rates.apply(batch, ids, ["tab", "seq"])
     seq = out["seq"]
@@ -166,22 +185,36 @@ def test_missing_rates_make_zero_dummies_drawn_per_sample_and_seeded():
 def test_only_the_adapter_and_the_head_train(tmp_path):
     from legokit.data.bundled import write_pbc
     from legokit.spec import BlockSpec
-    from legokit.train import TrainConfig
-    from legokit.workflows import adapt, train_block
+    from legokit.training.trainer import TrainConfig
+    from legokit.training.workflows import adapt, train_block
 
     write_pbc(tmp_path / "pbc")
-    blocks = [train_block(tmp_path / "pbc", BlockSpec(m, e, {"hidden": 16}, latent=(8, 16), dim_head=16).override(epochs=2),
-                          progress=False)[0] for m, e in (("labs", "snn"), ("visits", "abmil"))]
+    blocks = [
+        train_block(
+            tmp_path / "pbc",
+            BlockSpec(m, e, {"hidden": 16}, latent=(8, 16), dim_head=16).override(epochs=2),
+            progress=False,
+        )[0]
+        for m, e in (("labs", "snn"), ("visits", "abmil"))
+    ]
     model = fuse(blocks, "stack")
     frozen = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("head.")}
     head = {k: v.clone() for k, v in model.head.state_dict().items()}
-    adapted, result, counts = adapt(model, tmp_path / "pbc", "mora", train_missing="labs=0.7",
-                                    config=TrainConfig(epochs=3, lr=1e-2, device="cpu"), progress=False)
+    adapted, result, counts = adapt(
+        model,
+        tmp_path / "pbc",
+        "mora",
+        train_missing="labs=0.7",
+        config=TrainConfig(epochs=3, lr=1e-2, device="cpu"),
+        progress=False,
+    )
     state = adapted.base.state_dict()
     unwrapped = {k.replace(".inner", ""): v for k, v in state.items()}
     assert all(torch.equal(v, unwrapped[k]) for k, v in frozen.items())
     assert any(not torch.equal(v, adapted.base.head.state_dict()[k]) for k, v in head.items())
-    assert counts["trainable"] == sum(p.numel() for p in adapted.adapters.parameters()) + sum(v.numel() for v in head.values())
+    assert counts["trainable"] == sum(p.numel() for p in adapted.adapters.parameters()) + sum(
+        v.numel() for v in head.values()
+    )
     assert 0 < counts["percent"] < 5
 
 
@@ -191,18 +224,57 @@ def test_cli_adapt_prints_trainable_share_and_eval_uses_the_adapter(tmp_path):
     write_pbc(tmp_path / "pbc")
     flags = ["--latent", "8x16", "--epochs", "2", "--device", "cpu"]
     for modality, encoder in (("labs", "snn"), ("visits", "abmil")):
-        result = cli_here("train", str(tmp_path / "pbc"), "--modality", modality, "--encoder", encoder, *flags,
-                         "-o", str(tmp_path / f"{modality}.st"))
+        result = cli_here(
+            "train",
+            str(tmp_path / "pbc"),
+            "--modality",
+            modality,
+            "--encoder",
+            encoder,
+            *flags,
+            "-o",
+            str(tmp_path / f"{modality}.st"),
+        )
         assert result.returncode == 0, result.stderr
-    fused = cli_here("fuse", str(tmp_path / "labs.st"), str(tmp_path / "visits.st"), "--data", str(tmp_path / "pbc"),
-                    "--device", "cpu", "-o", str(tmp_path / "fused.st"))
+    fused = cli_here(
+        "fuse",
+        str(tmp_path / "labs.st"),
+        str(tmp_path / "visits.st"),
+        "--data",
+        str(tmp_path / "pbc"),
+        "--device",
+        "cpu",
+        "-o",
+        str(tmp_path / "fused.st"),
+    )
     assert fused.returncode == 0, fused.stderr
-    adapted = cli_here("adapt", str(tmp_path / "fused.st"), "--adapter", "mora", "--data", str(tmp_path / "pbc"),
-                      "--missing", "labs=0.5", "--epochs", "2", "--device", "cpu", "-o", str(tmp_path / "f.mora.st"))
+    adapted = cli_here(
+        "adapt",
+        str(tmp_path / "fused.st"),
+        "--adapter",
+        "mora",
+        "--data",
+        str(tmp_path / "pbc"),
+        "--missing",
+        "labs=0.5",
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "-o",
+        str(tmp_path / "f.mora.st"),
+    )
     assert adapted.returncode == 0, adapted.stderr
     assert "trainable parameters:" in adapted.stdout and "% of the" in adapted.stdout
-    evaluated = cli_here("eval", str(tmp_path / "fused.st"), str(tmp_path / "pbc"), "--adapter", str(tmp_path / "f.mora.st"),
-                        "--missing", "labs=0.5,visits=1.0")
+    evaluated = cli_here(
+        "eval",
+        str(tmp_path / "fused.st"),
+        str(tmp_path / "pbc"),
+        "--adapter",
+        str(tmp_path / "f.mora.st"),
+        "--missing",
+        "labs=0.5,visits=1.0",
+    )
     assert evaluated.returncode == 0 and "c_index" in evaluated.stdout, evaluated.stderr
     wrong = cli_here("eval", str(tmp_path / "labs.st"), str(tmp_path / "pbc"), "--adapter", str(tmp_path / "f.mora.st"))
     assert wrong.returncode == 1 and "trained on base" in wrong.stderr

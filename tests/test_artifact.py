@@ -12,7 +12,8 @@ from safetensors.torch import load_file, save_file
 
 import legokit
 from legokit import ArtifactError, ShapeError, load_block, save_block
-from legokit.artifact import FORMAT_VERSION, KEY_CHECKSUM, KEY_CONFIG, KEY_VERSION, read_metadata
+from legokit.artifacts.format import FORMAT_VERSION, KEY_CHECKSUM, KEY_CONFIG, KEY_VERSION, read_metadata
+from legokit.errors import WriteError
 
 from .conftest import VisitEncoder, run_python
 
@@ -39,7 +40,9 @@ def _roundtrip_in_fresh_process(block, x, tmp_path, mask=None):
     return expected, load_file(tmp_path / "out.safetensors")["out"]
 
 
-@pytest.mark.parametrize("fixture, shape", [("snn_block", (5, 10)), ("abmil_block", (5, 7, 5)), ("mlp_block", (5, 3, 4))])
+@pytest.mark.parametrize(
+    "fixture, shape", [("snn_block", (5, 10)), ("abmil_block", (5, 7, 5)), ("mlp_block", (5, 3, 4))]
+)
 def test_builtin_block_reloads_bit_identical_in_a_fresh_process(fixture, shape, request, tmp_path):
     block = request.getfixturevalue(fixture)
     expected, got = _roundtrip_in_fresh_process(block, torch.randn(*shape), tmp_path)
@@ -48,7 +51,9 @@ def test_builtin_block_reloads_bit_identical_in_a_fresh_process(fixture, shape, 
 
 def test_foreign_encoder_reloads_bit_identical_where_its_class_is_unknown(tmp_path):
     torch.manual_seed(3)
-    block = legokit.wrap_module(VisitEncoder(), "visits", "survival:4", (None, 6), latent=(8, 16), dim_head=16, device="cpu")
+    block = legokit.wrap_module(
+        VisitEncoder(), "visits", "survival:4", (None, 6), latent=(8, 16), dim_head=16, device="cpu"
+    )
     x = torch.randn(4, 5, 6)
     expected, got = _roundtrip_in_fresh_process(block, x, tmp_path)
     assert torch.equal(expected, got)
@@ -56,7 +61,9 @@ def test_foreign_encoder_reloads_bit_identical_where_its_class_is_unknown(tmp_pa
 
 def test_foreign_encoder_stays_fine_tunable_after_loading(tmp_path):
     torch.manual_seed(4)
-    block = legokit.wrap_module(VisitEncoder(), "visits", "binary", (None, 6), latent=(8, 16), dim_head=16, device="cpu")
+    block = legokit.wrap_module(
+        VisitEncoder(), "visits", "binary", (None, 6), latent=(8, 16), dim_head=16, device="cpu"
+    )
     loaded = load_block(save_block(block, tmp_path / "a.st")).train()
     encoder_params = list(loaded.encoder.parameters())
     assert encoder_params and all(p.requires_grad for p in encoder_params)
@@ -96,7 +103,7 @@ def test_save_leaves_no_temporary_file_and_replaces_the_target_atomically(snn_bl
 def test_save_refuses_to_overwrite_an_input_file(snn_block, tmp_path):
     source = tmp_path / "encoder.pt"
     source.write_bytes(b"precious")
-    with pytest.raises(ArtifactError, match="refusing to overwrite an input file"):
+    with pytest.raises(WriteError, match="refusing to overwrite an input file"):
         save_block(snn_block, source, inputs=[source])
     assert source.read_bytes() == b"precious"
 
@@ -110,7 +117,7 @@ def test_failed_save_keeps_the_previous_file(snn_block, tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "fsync", broken)
-    with pytest.raises(ArtifactError, match="a.st: cannot write there \\(disk full\\)"):
+    with pytest.raises(WriteError, match="a.st: cannot write there \\(disk full\\)"):
         save_block(snn_block, target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.st"]
@@ -131,7 +138,9 @@ def _rewrite(path, mutate_tensors=None, mutate_metadata=None, reseal=False):
     if mutate_metadata:
         mutate_metadata(metadata)
     if reseal:
-        metadata[KEY_CHECKSUM] = legokit.artifact.seal(metadata, legokit.artifact.tensors_digest(tensors))
+        metadata[KEY_CHECKSUM] = legokit.artifacts.format.seal(
+            metadata, legokit.artifacts.format.tensors_digest(tensors)
+        )
     save_file(tensors, path, metadata=metadata)
 
 
@@ -173,7 +182,9 @@ def test_a_safetensors_file_of_another_program_is_a_clean_error(tmp_path):
 def test_a_newer_format_version_asks_for_an_upgrade(snn_block, tmp_path):
     path = save_block(snn_block, tmp_path / "a.st")
     _rewrite(path, mutate_metadata=lambda m: m.update({KEY_VERSION: str(FORMAT_VERSION + 1)}))
-    with pytest.raises(ArtifactError, match=f"format version {FORMAT_VERSION + 1}; this legokit reads up to {FORMAT_VERSION}"):
+    with pytest.raises(
+        ArtifactError, match=f"format version {FORMAT_VERSION + 1}; this legokit reads up to {FORMAT_VERSION}"
+    ):
         load_block(path)
 
 

@@ -14,9 +14,7 @@ from legokit.wrap import wrap_builtin
 from .conftest import SMALL
 
 
-@pytest.mark.parametrize(
-    "task, width", [("survival:4", 4), ("multiclass:3", 3), ("binary", 1), ("multilabel:5", 5)]
-)
+@pytest.mark.parametrize("task, width", [("survival:4", 4), ("multiclass:3", 3), ("binary", 1), ("multilabel:5", 5)])
 def test_head_emits_one_logit_per_task_output(task, width):
     block = wrap_builtin("snn", None, "tab", task, {"in_features": 10, "hidden": 16}, **SMALL)
     out = block(torch.randn(7, 10))
@@ -33,8 +31,15 @@ def test_encode_returns_a_complex_frequency_domain_latent(snn_block):
 
 def test_encoder_runs_once_per_forward_whatever_the_depth():
     calls = []
-    config = BlockConfig("tab", EncoderSpec("snn", {"in_features": 10, "hidden": 16}, 16), (10,), TaskSpec("binary"),
-                         latent=(8, 16), depth=5, dim_head=16)
+    config = BlockConfig(
+        "tab",
+        EncoderSpec("snn", {"in_features": 10, "hidden": 16}, 16),
+        (10,),
+        TaskSpec("binary"),
+        latent=(8, 16),
+        depth=5,
+        dim_head=16,
+    )
     block = LegoBlock(config)
     block.encoder.register_forward_hook(lambda *_: calls.append(1))
     block(torch.randn(4, 10))
@@ -60,7 +65,9 @@ def test_imaginary_part_passes_through_an_update_step_unchanged(snn_block):
 def test_fft_axes_choice_changes_the_latent():
     torch.manual_seed(0)
     both = wrap_builtin("snn", None, "tab", "binary", {"in_features": 10, "hidden": 16}, fft_axes="both", **SMALL)
-    channels = wrap_builtin("snn", None, "tab", "binary", {"in_features": 10, "hidden": 16}, fft_axes="channels", **SMALL)
+    channels = wrap_builtin(
+        "snn", None, "tab", "binary", {"in_features": 10, "hidden": 16}, fft_axes="channels", **SMALL
+    )
     channels.load_state_dict(both.state_dict())
     x = torch.randn(2, 10)
     assert not torch.allclose(both.encode(x), channels.encode(x))
@@ -87,7 +94,7 @@ def test_gradients_reach_the_latent_the_layers_and_the_encoder(snn_block, mlp_bl
 def test_one_token_attention_takes_the_exact_shortcut(heads):
     """With one key the softmax weight is 1 for every query: the shortcut (no query projection, no softmax) must
     equal full attention, computed here over two copies of the token (two equal keys also give the value)."""
-    from legokit.layers import CrossAttention
+    from legokit.nn.layers import CrossAttention
 
     torch.manual_seed(heads)
     attention = CrossAttention(32, 24, heads=heads, dim_head=8)

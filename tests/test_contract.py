@@ -20,23 +20,30 @@ import torch
 
 import legokit
 from legokit import ArtifactError, ConfigError, LegoError
-from legokit.artifact import read_metadata, write_artifact
-from legokit.block import BlockConfig
-from legokit.codec import block_tensors
+from legokit.artifacts.format import read_metadata, write_artifact
+from legokit.artifacts.kinds.block import block_tensors
+from legokit.artifacts.merging import contract_of_file
+from legokit.artifacts.registry import BLOCK
 from legokit.contract import Contract, Labelling, parse_edges
 from legokit.data.bundled import write_pbc
 from legokit.data.folder import DataError, read_table, read_texts
 from legokit.data.labels import random_split, read_labels
 from legokit.data.training import SplitData
-from legokit.metrics import survival_bins
-from legokit.persist import contract_of_file
+from legokit.nn.block import BlockConfig
 from legokit.recipe import Recipe
-from legokit.registry import BLOCK
 from legokit.spec import BlockSpec
 from legokit.tasks import TaskSpec
-from legokit.train import TrainConfig
-from legokit.workflows import build_block, evaluate_model, fuse_blocks, labelled_data, labelled_for, train_block
-from legokit.workflows import train_wrapped_block
+from legokit.training.metrics import survival_bins
+from legokit.training.trainer import TrainConfig
+from legokit.training.workflows import (
+    build_block,
+    evaluate_model,
+    fuse_blocks,
+    labelled_data,
+    labelled_for,
+    train_block,
+    train_wrapped_block,
+)
 
 from .conftest import cli_here
 
@@ -150,8 +157,13 @@ def pbc(tmp_path_factory):
         "vitals_years": _train(data, VITALS, Labelling("years", (1.0, 2.0, 4.0))),
     }
     paths = {name: legokit.save_block(block, root / f"{name}.st") for name, block in blocks.items()}
-    return {"root": root, "data": data, "blocks": blocks, "paths": paths,
-            "shuffled": _shuffled_copy(data, root / "shuffled")}
+    return {
+        "root": root,
+        "data": data,
+        "blocks": blocks,
+        "paths": paths,
+        "shuffled": _shuffled_copy(data, root / "shuffled"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -175,8 +187,18 @@ def classes(tmp_path_factory):
 def test_train_with_bins_records_schema_unit_and_edges_and_inspect_shows_them(pbc, tmp_path):
     data = pbc["data"]
     out = tmp_path / "labs.st"
-    code = cli_here("train", str(data), "--spec", str(_spec_file(tmp_path, LABS)), "--bins", "365,730,1460",
-                    "--time-unit", "days", "-o", str(out))
+    code = cli_here(
+        "train",
+        str(data),
+        "--spec",
+        str(_spec_file(tmp_path, LABS)),
+        "--bins",
+        "365,730,1460",
+        "--time-unit",
+        "days",
+        "-o",
+        str(out),
+    )
     assert code.returncode == 0, code.stderr
     header, _ = _read(data / "labs.csv")
     contract = legokit.load_block(out).config.contract
@@ -191,8 +213,18 @@ def test_train_with_bins_records_schema_unit_and_edges_and_inspect_shows_them(pb
 
 def test_the_number_of_bins_is_inferred_from_the_edges_when_no_task_is_given(pbc, tmp_path):
     out = tmp_path / "labs3.st"
-    code = cli_here("train", str(pbc["data"]), "--spec", str(_spec_file(tmp_path, LABS)), "--bins", "400,1200",
-                    "--time-unit", "weeks", "-o", str(out))
+    code = cli_here(
+        "train",
+        str(pbc["data"]),
+        "--spec",
+        str(_spec_file(tmp_path, LABS)),
+        "--bins",
+        "400,1200",
+        "--time-unit",
+        "weeks",
+        "-o",
+        str(out),
+    )
     assert code.returncode == 0, code.stderr
     block = legokit.load_block(out)
     assert str(block.config.task) == "survival:3"
@@ -228,12 +260,17 @@ def test_fuse_and_train_block_read_table_columns_by_name(pbc):
     labs, visits = pbc["blocks"]["labs"], pbc["blocks"]["visits"]
     fused = {}
     for name in ("data", "shuffled"):
-        model, result = fuse_blocks([copy.deepcopy(labs), copy.deepcopy(visits)], pbc[name],
-                                    config=TrainConfig(epochs=1, device="cpu"), progress=False)
+        model, result = fuse_blocks(
+            [copy.deepcopy(labs), copy.deepcopy(visits)],
+            pbc[name],
+            config=TrainConfig(epochs=1, device="cpu"),
+            progress=False,
+        )
         fused[name] = (result.test, _predictions(model, pbc["data"]))
     assert fused["data"] == fused["shuffled"]
-    retrained, _ = train_wrapped_block(pbc["shuffled"], legokit.load_block(pbc["paths"]["labs"]),
-                                       TrainConfig(epochs=1, device="cpu"), progress=False)
+    retrained, _ = train_wrapped_block(
+        pbc["shuffled"], legokit.load_block(pbc["paths"]["labs"]), TrainConfig(epochs=1, device="cpu"), progress=False
+    )
     assert retrained.config.contract.features == labs.config.contract.features
     assert retrained.config.contract.edges == DAYS.bins
 
@@ -244,7 +281,9 @@ def test_a_missing_column_is_refused_by_name_and_extra_columns_are_ignored_with_
     folder = tmp_path / "missing"
     _table(pbc["data"] / "labs.csv", folder / "labs.csv", [c for c in header[1:] if c != "bili"])
     shutil.copy(pbc["data"] / "labels.csv", folder / "labels.csv")
-    with pytest.raises(DataError, match=r"labs\.csv: no column 'bili'; the labs block was trained on 17 features") as exc:
+    with pytest.raises(
+        DataError, match=r"labs\.csv: no column 'bili'; the labs block was trained on 17 features"
+    ) as exc:
         legokit.predict_folder(labs, folder, device="cpu")
     _one_line(exc.value)
     with pytest.raises(DataError, match="no column 'bili'"):
@@ -253,8 +292,11 @@ def test_a_missing_column_is_refused_by_name_and_extra_columns_are_ignored_with_
     extra = tmp_path / "extra"
     shutil.copytree(pbc["data"], extra)
     original, rows = _read(pbc["data"] / "labs.csv")
-    _write(extra / "labs.csv", [*original[:3], "height", *original[3:]],
-           [[*row[:3], str(150 + k), *row[3:]] for k, row in enumerate(rows)])
+    _write(
+        extra / "labs.csv",
+        [*original[:3], "height", *original[3:]],
+        [[*row[:3], str(150 + k), *row[3:]] for k, row in enumerate(rows)],
+    )
     with legokit_warnings() as messages:
         found = _predictions(labs, extra)
     assert found == _predictions(labs, pbc["data"])
@@ -312,9 +354,11 @@ def _join(how: str, pbc, first: str, second: str, tmp_path: Path) -> None:
         legokit.fuse([blocks[first], blocks[second]])
     elif how == "recipe":
         recipe = tmp_path / "recipe.yaml"
-        recipe.write_text(f"blocks:\n  {blocks[first].modality}: {{artifact: {paths[first]}}}\n"
-                          f"  {blocks[second].modality}: {{artifact: {paths[second]}}}\n"
-                          f"operation: {{kind: merge}}\noutput: {out}\n")
+        recipe.write_text(
+            f"blocks:\n  {blocks[first].modality}: {{artifact: {paths[first]}}}\n"
+            f"  {blocks[second].modality}: {{artifact: {paths[second]}}}\n"
+            f"operation: {{kind: merge}}\noutput: {out}\n"
+        )
         Recipe.from_yaml(recipe).check()
     else:
         grown = legokit.merge([blocks["labs"], blocks["visits"]])
@@ -342,8 +386,9 @@ def test_blocks_with_one_set_of_bins_join_every_way(pbc, tmp_path):
     merged = legokit.merge_files([pbc["paths"]["labs"], pbc["paths"]["visits"]], tmp_path / "m.st")
     assert contract_of_file(merged) == Contract(time_unit="days", edges=DAYS.bins)
     legokit.fuse([pbc["blocks"]["labs"], pbc["blocks"]["visits"]])
-    grown = legokit.merge_files([merged, legokit.save_block(_train(pbc["data"], VITALS, DAYS), tmp_path / "v.st")],
-                                tmp_path / "grown.st")
+    grown = legokit.merge_files(
+        [merged, legokit.save_block(_train(pbc["data"], VITALS, DAYS), tmp_path / "v.st")], tmp_path / "grown.st"
+    )
     assert legokit.load(grown).modalities == ["labs", "visits", "vitals"]
 
 
@@ -354,8 +399,18 @@ def test_class_names_are_sorted_by_default_fixed_by_classes_and_name_the_predict
     data = classes["data"]
     assert classes["blocks"]["labs"].config.contract.classes == ("cat", "dog", "eel")
     out = tmp_path / "ordered.st"
-    code = cli_here("train", str(data), "--spec", str(_spec_file(tmp_path, LABS)), "--task", "multiclass:3",
-                    "--classes", "eel,cat,dog", "-o", str(out))
+    code = cli_here(
+        "train",
+        str(data),
+        "--spec",
+        str(_spec_file(tmp_path, LABS)),
+        "--task",
+        "multiclass:3",
+        "--classes",
+        "eel,cat,dog",
+        "-o",
+        str(out),
+    )
     assert code.returncode == 0, code.stderr
     block = legokit.load_block(out)
     assert block.config.contract.classes == ("eel", "cat", "dog")
@@ -375,8 +430,9 @@ def test_integer_labels_are_classes_and_binary_names_need_classes(classes, tmp_p
     spec = str(_spec_file(tmp_path, LABS))
     refused = cli_here("train", str(data), "--spec", spec, "--task", "binary", "-o", str(tmp_path / "b.st"))
     assert refused.returncode == 1 and "binary labels must be 0/1" in refused.stderr and "--classes" in refused.stderr
-    named = cli_here("train", str(data), "--spec", spec, "--task", "binary", "--classes", "yes,no",
-                     "-o", str(tmp_path / "b.st"))
+    named = cli_here(
+        "train", str(data), "--spec", spec, "--task", "binary", "--classes", "yes,no", "-o", str(tmp_path / "b.st")
+    )
     assert named.returncode == 0, named.stderr
     assert legokit.load_block(tmp_path / "b.st").config.contract.classes == ("yes", "no")
     labels = read_labels(data / "labels.csv", TaskSpec("binary", 1), ("yes", "no"))
@@ -387,13 +443,19 @@ def test_multilabel_columns_are_read_by_name_and_named_in_predictions(classes, t
     data = tmp_path / "data"
     shutil.copytree(classes["data"], data)
     _, rows = _read(classes["data"] / "labels.csv")
-    _write(data / "labels.csv", ["id", "feline", "aquatic"],
-           [[i, int(label == "cat"), int(label == "eel")] for i, label in rows])
+    _write(
+        data / "labels.csv",
+        ["id", "feline", "aquatic"],
+        [[i, int(label == "cat"), int(label == "eel")] for i, label in rows],
+    )
     block = _train(data, LABS, task="multilabel:2")
     assert block.config.contract.classes == ("feline", "aquatic")
     assert list(_predictions(block, data)) == ["prob_feline", "prob_aquatic"]
-    _write(data / "labels.csv", ["id", "aquatic", "feline"],
-           [[i, int(label == "eel"), int(label == "cat")] for i, label in rows])
+    _write(
+        data / "labels.csv",
+        ["id", "aquatic", "feline"],
+        [[i, int(label == "eel"), int(label == "cat")] for i, label in rows],
+    )
     swapped = read_labels(data / "labels.csv", TaskSpec("multilabel", 2), block.config.contract.classes)
     cats = [k for k, (_, label) in enumerate(rows) if label == "cat"]
     assert swapped.targets["label"][cats, 0].eq(1).all() and swapped.targets["label"][cats, 1].eq(0).all()
@@ -415,9 +477,16 @@ def test_merging_blocks_with_classes_in_another_order_maps_them_by_name(classes,
     permuted = _relabelled(visits, [2, 0, 1], ("eel", "cat", "dog"))
     alone = _predictions(visits, classes["data"])["prob_eel"]
     assert list(_predictions(permuted, classes["data"])["prob_eel"].values()) == pytest.approx(list(alone.values()))
-    for model in (legokit.merge([labs, permuted]), legokit.merge([permuted, labs]), legokit.load(legokit.merge_files(
-            [legokit.save_block(labs, tmp_path / "l.st"), legokit.save_block(permuted, tmp_path / "v.st")],
-            tmp_path / "m.st"))):
+    for model in (
+        legokit.merge([labs, permuted]),
+        legokit.merge([permuted, labs]),
+        legokit.load(
+            legokit.merge_files(
+                [legokit.save_block(labs, tmp_path / "l.st"), legokit.save_block(permuted, tmp_path / "v.st")],
+                tmp_path / "m.st",
+            )
+        ),
+    ):
         found = _predictions(model, classes["data"])
         assert list(found) == ["prob_cat", "prob_dog", "prob_eel"]
         for name, values in reference.items():
@@ -442,8 +511,9 @@ def test_a_binary_block_with_reversed_class_names_has_its_logit_negated(classes,
     found = _predictions(legokit.merge([labs, reversed_visits]), data)["prob"]
     assert list(found.values()) == pytest.approx(list(expected.values()), abs=1e-6)
     unmapped = _relabelled(visits, [0], ("yes", "no"))  # names reversed, weights kept: another model
-    assert list(_predictions(legokit.merge([labs, unmapped]), data)["prob"].values()) != \
-        pytest.approx(list(expected.values()), abs=1e-6)
+    assert list(_predictions(legokit.merge([labs, unmapped]), data)["prob"].values()) != pytest.approx(
+        list(expected.values()), abs=1e-6
+    )
 
 
 def test_blocks_with_other_class_sets_or_initialisation_are_refused(classes):
@@ -522,8 +592,11 @@ def test_a_hostile_contract_in_a_header_is_a_one_line_error(pbc, tmp_path, contr
         BlockConfig.from_dict(config)
     _one_line(direct.value)
     path = write_artifact(tmp_path / "hostile.st", BLOCK, config, block_tensors(block))
-    for action in (lambda: legokit.load(path), lambda: contract_of_file(path),
-                   lambda: legokit.merge_files([path, pbc["paths"]["visits"]], tmp_path / "m.st")):
+    for action in (
+        lambda: legokit.load(path),
+        lambda: contract_of_file(path),
+        lambda: legokit.merge_files([path, pbc["paths"]["visits"]], tmp_path / "m.st"),
+    ):
         with pytest.raises(LegoError) as exc:
             action()
         assert isinstance(exc.value, (ConfigError, ArtifactError))
@@ -551,8 +624,7 @@ def test_blocks_trained_apart_at_two_sites_merge_and_are_scored_on_a_third(tmp_p
 
     def site_b_folder(name: str, unit: float) -> Path:
         folder = tmp_path / name
-        _write(folder / "labels.csv", header,
-               [[i, repr(float(t) / unit), e] for i, t, e in rows if i in site_b])
+        _write(folder / "labels.csv", header, [[i, repr(float(t) / unit), e] for i, t, e in rows if i in site_b])
         (folder / "visits").mkdir()
         for sample in site_b:
             if (full / "visits" / f"{sample}.safetensors").exists():
@@ -575,10 +647,27 @@ def test_blocks_trained_apart_at_two_sites_merge_and_are_scored_on_a_third(tmp_p
         assert result.returncode == 0, result.stderr
 
     train(str(a), "--spec", spec_labs, "--time-unit", "days", "-o", str(tmp_path / "a.st"))
-    train(str(b_years), "--spec", spec_visits, "--bins-from", str(tmp_path / "a.st"), "--time-unit", "years",
-          "-o", str(tmp_path / "b.st"))
-    unitless = cli_here("train", str(b_years), "--spec", spec_visits, "--bins-from", str(tmp_path / "a.st"),
-                        "-o", str(tmp_path / "b-unitless.st"))  # days or years? legokit does not guess
+    train(
+        str(b_years),
+        "--spec",
+        spec_visits,
+        "--bins-from",
+        str(tmp_path / "a.st"),
+        "--time-unit",
+        "years",
+        "-o",
+        str(tmp_path / "b.st"),
+    )
+    unitless = cli_here(
+        "train",
+        str(b_years),
+        "--spec",
+        spec_visits,
+        "--bins-from",
+        str(tmp_path / "a.st"),
+        "-o",
+        str(tmp_path / "b-unitless.st"),
+    )  # days or years? legokit does not guess
     assert unitless.returncode == 1 and "give --time-unit" in unitless.stderr, unitless.stderr
     contract_a = legokit.load_block(tmp_path / "a.st").config.contract
     contract_b = legokit.load_block(tmp_path / "b.st").config.contract
@@ -607,8 +696,22 @@ def test_bins_from_the_output_file_is_refused_before_training(pbc, tmp_path):
     target = tmp_path / "o.st"
     shutil.copyfile(pbc["paths"]["labs"], target)
     before = target.read_bytes()
-    result = cli_here("train", str(pbc["data"]), "--modality", "labs", "--epochs", "1", "--latent", "8x16",
-                      "--bins-from", str(target), "--time-unit", "days", "-o", str(target))
+    result = cli_here(
+        "train",
+        str(pbc["data"]),
+        "--modality",
+        "labs",
+        "--epochs",
+        "1",
+        "--latent",
+        "8x16",
+        "--bins-from",
+        str(target),
+        "--time-unit",
+        "days",
+        "-o",
+        str(target),
+    )
     assert result.returncode == 1 and "error:" in result.stderr
     assert target.read_bytes() == before
 
@@ -632,8 +735,12 @@ def test_class_names_with_markup_are_printed_as_text(classes, tmp_path):
     renamed = {"cat": "[red]x[/red]", "dog": "[/oops]", "eel": "c,d"}
     _write(data / "labels.csv", header, [[row[0], renamed[row[1]]] for row in rows])
     spec = _spec_file(tmp_path, LABS)
-    assert cli_here("train", str(data), "--spec", str(spec), "--task", "multiclass:3", "-o",
-                    str(tmp_path / "m.st")).returncode == 0
+    assert (
+        cli_here(
+            "train", str(data), "--spec", str(spec), "--task", "multiclass:3", "-o", str(tmp_path / "m.st")
+        ).returncode
+        == 0
+    )
     result = cli_here("predict", str(tmp_path / "m.st"), str(data), "-o", str(tmp_path / "p.csv"))
     assert result.returncode == 0, result.stderr
     assert "prob_[red]x[/red]" in result.stdout
@@ -668,9 +775,19 @@ def test_class_names_in_a_message_are_bounded_and_control_characters_refused():
 
 
 def _classifier_config(n: int) -> dict:
-    return {"modality": "tab", "encoder": {"name": "snn", "kwargs": {"in_features": 4, "hidden": 8}, "out_dim": 8},
-            "input_shape": [4], "task": {"kind": "multiclass", "n": n}, "latent": [8, 16], "depth": 1,
-            "fft_axes": "both", "heads": 1, "dim_head": 16, "ff_mult": 4, "dropout": 0.0}
+    return {
+        "modality": "tab",
+        "encoder": {"name": "snn", "kwargs": {"in_features": 4, "hidden": 8}, "out_dim": 8},
+        "input_shape": [4],
+        "task": {"kind": "multiclass", "n": n},
+        "latent": [8, 16],
+        "depth": 1,
+        "fft_axes": "both",
+        "heads": 1,
+        "dim_head": 16,
+        "ff_mult": 4,
+        "dropout": 0.0,
+    }
 
 
 def test_labels_and_tables_with_ambiguous_headers_or_cells_are_one_line_errors(tmp_path):
@@ -701,7 +818,10 @@ def test_given_class_names_match_cells_as_numbers_do(tmp_path):
 def test_bins_flag_must_be_a_full_list(pbc, tmp_path):
     for bins in ("", "1,,2", "nan", "2,1"):
         result = cli_here("train", str(pbc["data"]), "--modality", "labs", "--bins", bins, "-o", str(tmp_path / "x.st"))
-        assert result.returncode == 1 and ("--bins" in result.stderr or "bin edges" in result.stderr), (bins, result.stderr)
+        assert result.returncode == 1 and ("--bins" in result.stderr or "bin edges" in result.stderr), (
+            bins,
+            result.stderr,
+        )
         assert not (tmp_path / "x.st").exists()
 
 

@@ -10,12 +10,26 @@ import torch
 from legokit import load
 from legokit.data.bundled import write_pbc
 from legokit.data.training import SplitData
-from legokit.distributed import World
 from legokit.tasks import TaskSpec
-from legokit.train import predict_logits
+from legokit.training.distributed import World
+from legokit.training.trainer import predict_logits
 
-FLAGS = ["--modality", "labs", "--encoder-kwargs", '{"hidden": 16, "dropout": 0.0}', "--latent", "8x16",
-         "--epochs", "3", "--patience", "3", "--batch-size", "32", "--device", "cpu"]
+FLAGS = [
+    "--modality",
+    "labs",
+    "--encoder-kwargs",
+    '{"hidden": 16, "dropout": 0.0}',
+    "--latent",
+    "8x16",
+    "--epochs",
+    "3",
+    "--patience",
+    "3",
+    "--batch-size",
+    "32",
+    "--device",
+    "cpu",
+]
 
 
 def test_a_world_shards_a_global_batch_by_rank():
@@ -27,12 +41,41 @@ def test_a_world_shards_a_global_batch_by_rank():
 
 def test_two_gloo_processes_match_one_process_on_the_same_global_batch(tmp_path):
     write_pbc(tmp_path / "data")
-    single = subprocess.run([sys.executable, "-m", "legokit.cli", "train", str(tmp_path / "data"), *FLAGS,
-                             "-o", str(tmp_path / "single.st")], capture_output=True, text=True, timeout=300)
+    single = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "legokit.cli",
+            "train",
+            str(tmp_path / "data"),
+            *FLAGS,
+            "-o",
+            str(tmp_path / "single.st"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert single.returncode == 0, single.stderr
-    launched = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                               "-m", "legokit.cli", "train", str(tmp_path / "data"), *FLAGS, "-o", str(tmp_path / "ddp.st")],
-                              capture_output=True, text=True, timeout=300)
+    launched = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "legokit.cli",
+            "train",
+            str(tmp_path / "data"),
+            *FLAGS,
+            "-o",
+            str(tmp_path / "ddp.st"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert launched.returncode == 0, launched.stderr
     assert launched.stdout.count("wrote") == 1  # rank 0 alone reports and writes
     one, two = load(tmp_path / "single.st"), load(tmp_path / "ddp.st")

@@ -12,16 +12,31 @@ import pytest
 import torch
 
 import legokit
+from legokit.artifacts.files import load_block, save_block
 from legokit.cache import TokenCache, list_cache
-from legokit.cli import main
-from legokit.persist import load_block, save_block
-from legokit.train import TrainConfig
-from legokit.workflows import evaluate_model, fuse_blocks, train_wrapped_block
+from legokit.cli.commands import main
+from legokit.training.trainer import TrainConfig
+from legokit.training.workflows import evaluate_model, fuse_blocks, train_wrapped_block
 
 from .textmodels import bert_folder
 
-WORDS = ["bilirubin", "albumin", "prothrombin", "high", "low", "ascites", "edema", "spiders", "present", "absent",
-         "stage", "1", "2", "3", "4"]
+WORDS = [
+    "bilirubin",
+    "albumin",
+    "prothrombin",
+    "high",
+    "low",
+    "ascites",
+    "edema",
+    "spiders",
+    "present",
+    "absent",
+    "stage",
+    "1",
+    "2",
+    "3",
+    "4",
+]
 SAMPLES = 48
 
 
@@ -53,8 +68,14 @@ def wrapped(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     paths = {}
     for seed, modality in enumerate(("notes", "reports")):
-        block = legokit.wrap_file(bert_folder(root / f"bert-{modality}", seed), modality=modality, task="binary",
-                                  latent=(8, 8), depth=1, device="cpu")
+        block = legokit.wrap_file(
+            bert_folder(root / f"bert-{modality}", seed),
+            modality=modality,
+            task="binary",
+            latent=(8, 8),
+            depth=1,
+            device="cpu",
+        )
         paths[modality] = save_block(block, root / f"{modality}.wrapped.st")
     data = _write_folder(root / "data", {"notes": _texts(0), "reports": _texts(1)})
     return paths, data
@@ -77,8 +98,9 @@ class Counter:
 def _train(path, data, cache, epochs=3, **config):
     block = load_block(path)
     counter = Counter(block)
-    trained, result = train_wrapped_block(data, block, TrainConfig(epochs=epochs, patience=epochs, device="cpu",
-                                                                   **config), progress=False, cache=cache)
+    trained, result = train_wrapped_block(
+        data, block, TrainConfig(epochs=epochs, patience=epochs, device="cpu", **config), progress=False, cache=cache
+    )
     return trained, result, counter
 
 
@@ -113,13 +135,15 @@ def test_cached_tokens_are_the_encoder_tokens_and_training_follows(wrapped):
         with cached_encoders(block, TokenCache(None)):
             block.tokens(batch.x[::2], batch.mask[::2])  # half of them cached first, in another batch
             got, got_mask = block.tokens(batch.x, batch.mask)
-    assert torch.equal(got_mask, want_mask[:, : got_mask.shape[1]]) and not want_mask[:, got_mask.shape[1]:].any()
+    assert torch.equal(got_mask, want_mask[:, : got_mask.shape[1]]) and not want_mask[:, got_mask.shape[1] :].any()
     assert torch.allclose(got[got_mask], want[want_mask], atol=1e-5)
     cached, with_cache, _ = _train(paths["notes"], data, False)
     plain, without, counter = _train(paths["notes"], data, None)
     assert counter.samples > 2 * SAMPLES  # the encoder ran in every epoch and validation pass
     assert with_cache.best_epoch == without.best_epoch
-    assert [round(r["train_loss"], 4) for r in with_cache.history] == [round(r["train_loss"], 4) for r in without.history]
+    assert [round(r["train_loss"], 4) for r in with_cache.history] == [
+        round(r["train_loss"], 4) for r in without.history
+    ]
 
 
 def test_a_changed_sample_or_encoder_is_encoded_again(wrapped, tmp_path):
@@ -147,7 +171,7 @@ def test_a_fine_tuned_encoder_is_never_cached(wrapped, tmp_path):
 
 
 def test_fine_tuned_pretrained_encoders_get_their_own_smaller_learning_rate(wrapped):
-    from legokit.train import parameter_groups, set_encoders
+    from legokit.training.trainer import parameter_groups, set_encoders
 
     paths, _ = wrapped
     block = load_block(paths["notes"])
@@ -165,8 +189,9 @@ def test_fuse_and_eval_reuse_what_training_encoded(wrapped, tmp_path):
     notes, _, _ = _train(paths["notes"], data, TokenCache(root), epochs=1)
     reports, _, _ = _train(paths["reports"], data, TokenCache(root), epochs=1)
     counters = [Counter(notes), Counter(reports)]
-    fused, _ = fuse_blocks([notes, reports], data, config=TrainConfig(epochs=2, device="cpu"), progress=False,
-                           cache=TokenCache(root))
+    fused, _ = fuse_blocks(
+        [notes, reports], data, config=TrainConfig(epochs=2, device="cpu"), progress=False, cache=TokenCache(root)
+    )
     assert [c.samples for c in counters] == [0, 0]  # fuse keeps wrapped encoders frozen, as train does
     assert all(not p.requires_grad for b in fused.blocks.values() for p in b.encoder.parameters())
     metrics = evaluate_model(fused, data, cache=TokenCache(root), allow_overlap=True)
@@ -218,16 +243,34 @@ def test_the_cache_command_lists_and_clears(wrapped, tmp_path, monkeypatch, caps
     assert "no cached encoder with a key starting 'ffff'" in capsys.readouterr().err
     assert main(["cache", "clear", listed["encoders"][0]["key"][:8]]) == 0
     assert list_cache(tmp_path / "c") == []
-    assert main(["train", str(data), "--block", str(paths["notes"]), "--epochs", "1", "-o", str(out), "-q",
-                 "--no-cache"]) == 0
+    assert (
+        main(["train", str(data), "--block", str(paths["notes"]), "--epochs", "1", "-o", str(out), "-q", "--no-cache"])
+        == 0
+    )
     assert list_cache(tmp_path / "c") == []
 
 
 def test_the_old_flags_still_work_with_a_warning(wrapped, tmp_path, capsys):
     paths, data = wrapped
     out = tmp_path / "notes.st"
-    assert main(["train", str(data), "--block", str(paths["notes"]), "--epochs", "1", "-o", str(out),
-                 "--finetune-encoder", "--json", str(tmp_path / "r.json")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(data),
+                "--block",
+                str(paths["notes"]),
+                "--epochs",
+                "1",
+                "-o",
+                str(out),
+                "--finetune-encoder",
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
     assert "--finetune-encoder is deprecated: use --encoders finetune" in capsys.readouterr().err
     assert load_block(out).provenance["trained"]["encoder"] == "fine-tuned"
 
@@ -334,8 +377,13 @@ def _vector_block():
     from legokit.wrap import wrap_module
 
     torch.manual_seed(0)
-    return wrap_module(nn.Sequential(nn.Linear(4, 8), nn.Tanh()), "vitals", "binary", (4,), latent=(4, 8), depth=1,
-                       device="cpu").eval().requires_grad_(False)
+    return (
+        wrap_module(
+            nn.Sequential(nn.Linear(4, 8), nn.Tanh()), "vitals", "binary", (4,), latent=(4, 8), depth=1, device="cpu"
+        )
+        .eval()
+        .requires_grad_(False)
+    )
 
 
 def test_a_gradient_that_reaches_the_input_bypasses_the_cache():
@@ -359,8 +407,16 @@ def test_a_program_that_draws_random_numbers_is_not_cached_and_an_eval_export_is
 
     paths, _ = wrapped
     assert cacheable(load_block(paths["notes"]))  # its eval-mode graph keeps dropout (off) and attention (no dropout)
-    noisy = wrap_module(nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.01)), "vitals", "binary", (4,), latent=(4, 8),
-                        depth=1, device="cpu", how=WrapOptions(train_mode=True))
+    noisy = wrap_module(
+        nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.01)),
+        "vitals",
+        "binary",
+        (4,),
+        latent=(4, 8),
+        depth=1,
+        device="cpu",
+        how=WrapOptions(train_mode=True),
+    )
     assert not cacheable(noisy)
     noisy.provenance.pop("exported_in_train_mode")  # the mark lost (a program exported so by its author)
     assert not cacheable(noisy)
@@ -374,8 +430,9 @@ def test_an_adapter_inside_the_encoder_turns_its_cache_off():
     from legokit.wrap import wrap_builtin
 
     encoder = build_encoder("mlp", {"in_features": 4, "hidden": 8, "depth": 1})
-    block = wrap_builtin("mlp", encoder.state_dict(), "vitals", "binary", input_shape=(4,), latent=(4, 8), depth=1,
-                         device="cpu")
+    block = wrap_builtin(
+        "mlp", encoder.state_dict(), "vitals", "binary", input_shape=(4,), latent=(4, 8), depth=1, device="cpu"
+    )
     assert cacheable(block)
     assert not cacheable(attach(block, SSF(["vitals"]), "encoder").base)
 
@@ -399,15 +456,27 @@ def test_samples_repeated_in_a_batch_are_encoded_once(wrapped):
 def test_missing_modality_adaptation_gives_the_same_numbers_with_the_cache(wrapped, method):
     import copy
 
-    from legokit.workflows import adapt
+    from legokit.training.workflows import adapt
 
     paths, data = wrapped
-    fused, _ = fuse_blocks([load_block(paths["notes"]), load_block(paths["reports"])], data,
-                           config=TrainConfig(epochs=1, device="cpu"), progress=False, cache=False)
+    fused, _ = fuse_blocks(
+        [load_block(paths["notes"]), load_block(paths["reports"])],
+        data,
+        config=TrainConfig(epochs=1, device="cpu"),
+        progress=False,
+        cache=False,
+    )
     runs = {}
     for cache in (None, False):  # every batch runs the encoders; the encoders' outputs kept (dummies too)
-        _, result, _ = adapt(copy.deepcopy(fused), data, method, config=TrainConfig(epochs=2, patience=2, device="cpu"),
-                             progress=False, cache=cache, allow_overlap=True)
+        _, result, _ = adapt(
+            copy.deepcopy(fused),
+            data,
+            method,
+            config=TrainConfig(epochs=2, patience=2, device="cpu"),
+            progress=False,
+            cache=cache,
+            allow_overlap=True,
+        )
         runs[cache] = result
     assert runs[False].encoding and not runs[None].encoding
     for a, b in zip(runs[None].history, runs[False].history):

@@ -9,10 +9,10 @@ from torch import nn
 from torch.export import Dim
 
 from legokit import ConfigError, EncoderError, load_block, save_block
-from legokit.cli import main
+from legokit.cli.commands import main
 from legokit.data.folder import DatasetFolder
 from legokit.encoders.recurrent import exportable_copy
-from legokit.text import TextSpec
+from legokit.text.spec import TextSpec
 from legokit.wrap import WrapOptions, wrap_file, wrap_module
 
 OPTS = dict(latent=(8, 16), device="cpu", dim_head=16)
@@ -118,13 +118,16 @@ def test_a_program_with_a_fixed_length_is_refused_with_the_length(tmp_path):
         wrap_file(path, "seq", "binary", input_shape=(None, 6), **OPTS)
 
 
-@pytest.mark.parametrize("content, looks", [
-    (b"# My encoder\n\nTrained on our cohort.\n", "a text file"),
-    (b"a,b\n", "a CSV file"),
-    (b"hello", "a text file"),
-    (b"", "empty file"),
-    (bytes(range(200, 256)) * 4, "unknown binary format"),
-])
+@pytest.mark.parametrize(
+    "content, looks",
+    [
+        (b"# My encoder\n\nTrained on our cohort.\n", "a text file"),
+        (b"a,b\n", "a CSV file"),
+        (b"hello", "a text file"),
+        (b"", "empty file"),
+        (bytes(range(200, 256)) * 4, "unknown binary format"),
+    ],
+)
 def test_files_that_are_not_encoders_are_one_line_errors_naming_what_they_look_like(tmp_path, capsys, content, looks):
     path = tmp_path / "encoder.pt"
     path.write_bytes(content)
@@ -211,8 +214,12 @@ def test_a_programs_mask_input_takes_the_convention_named_by_mask(tmp_path):
 
     dims = {0: Dim.DYNAMIC, 1: Dim.DYNAMIC}
     path = tmp_path / "masked.pt2"
-    torch.export.save(torch.export.export(Masked(), (torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.bool)),
-                                          dynamic_shapes=(dims, dims)), path)
+    torch.export.save(
+        torch.export.export(
+            Masked(), (torch.randn(2, 3, 4), torch.zeros(2, 3, dtype=torch.bool)), dynamic_shapes=(dims, dims)
+        ),
+        path,
+    )
     with pytest.raises(ConfigError, match="second input is pad; say which convention"):
         wrap_file(path, "seq", "binary", **OPTS)
     block = wrap_file(path, "seq", "binary", how=WrapOptions(mask="src_key_padding_mask"), **OPTS)
@@ -225,8 +232,14 @@ def test_a_hugging_face_folder_whose_weights_do_not_fit_is_refused(tmp_path):
     transformers = pytest.importorskip("transformers")
     from safetensors.torch import load_file, save_file
 
-    config = transformers.BertConfig(vocab_size=19, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=32)
+    config = transformers.BertConfig(
+        vocab_size=19,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=32,
+    )
     transformers.BertModel(config).save_pretrained(tmp_path / "bert")
     weights = load_file(tmp_path / "bert" / "model.safetensors")
     save_file(dict(list(weights.items())[:5]), tmp_path / "bert" / "model.safetensors", metadata={"format": "pt"})
@@ -253,8 +266,11 @@ def test_train_and_eval_refuse_to_write_into_their_data_folder(tmp_path, capsys,
     model = save_block(wrap_module(nn.Linear(17, 8), "labs", "survival:4", (17,), **OPTS), tmp_path / "labs.st")
     target = data / "labels.csv"
     before = target.read_bytes()
-    args = (["train", str(data), "--modality", "labs", "-o", str(target)] if command == "train"
-            else ["eval", str(model), str(data), "--json", str(target)])
+    args = (
+        ["train", str(data), "--modality", "labs", "-o", str(target)]
+        if command == "train"
+        else ["eval", str(model), str(data), "--json", str(target)]
+    )
     assert main(args) == 1
     assert "refusing to overwrite an input file" in capsys.readouterr().err
     assert target.read_bytes() == before

@@ -14,10 +14,10 @@ import torch
 
 from benchmarks.encoder_families import FAMILIES, LATENT, reference_output, write_family_data
 from legokit import save_block
-from legokit.cli import main
+from legokit.cli.commands import main
 from legokit.spec import BlockSpec
-from legokit.train import TrainConfig
-from legokit.workflows import train_block
+from legokit.training.trainer import TrainConfig
+from legokit.training.workflows import train_block
 
 from .conftest import run_python
 
@@ -30,7 +30,7 @@ import json, sys
 sys.modules["transformers"] = None  # the blocks must work without the library that defined their encoders
 import torch, legokit
 from safetensors.torch import load_file
-from legokit.cli import main
+from legokit.cli.commands import main
 from legokit.predict import predict_folder
 
 data, labs, jobs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
@@ -47,7 +47,8 @@ for name, wrapped, reference, work, flags in jobs:
     model = legokit.load(merged)
     runs = {size: predict_folder(model, data, batch_size=size, device="cpu") for size in (1, 7, 256)}
     columns = runs[256].columns
-    spread = max(abs(a - b) for size in (1, 7) for col in columns for a, b in zip(runs[size].columns[col], columns[col]))
+    spread = max(abs(a - b) for size in (1, 7) for col in columns
+                 for a, b in zip(runs[size].columns[col], columns[col]))
     provenance = legokit.load_block(trained).provenance["trained"]
     results[name] = {"identical": identical, "spread": spread, "samples": len(runs[256].ids),
                      "ids_agree": runs[1].ids == runs[7].ids == runs[256].ids, "encoder": provenance["encoder"],
@@ -61,8 +62,13 @@ def family_data(tmp_path_factory):
     """The PBC folder with every family's modality, and a built-in labs block (same latent) to merge with."""
     root = tmp_path_factory.mktemp("families")
     data = write_family_data(root / "data")
-    spec = BlockSpec("labs", encoder_kwargs={"hidden": 32}, latent=(16, 16), dim_head=16,
-                     training=TrainConfig(epochs=3, device="cpu"))
+    spec = BlockSpec(
+        "labs",
+        encoder_kwargs={"hidden": 32},
+        latent=(16, 16),
+        dim_head=16,
+        training=TrainConfig(epochs=3, device="cpu"),
+    )
     labs, _ = train_block(data, spec, progress=False)
     return root, data, save_block(labs, root / "labs.st")
 
@@ -111,7 +117,10 @@ def test_training_a_wrapped_block_keeps_a_frozen_encoder_and_moves_the_rest(fami
     wrapped, trained = tmp_path / "t.st", tmp_path / "trained.st"
     with contextlib.redirect_stdout(io.StringIO()):
         assert main(["wrap", str(source), *flags, *LATENT, "-o", str(wrapped)]) == 0
-        assert main(["train", str(data), "--block", str(wrapped), "--epochs", "2", "--device", "cpu", "-o", str(trained)]) == 0
+        assert (
+            main(["train", str(data), "--block", str(wrapped), "--epochs", "2", "--device", "cpu", "-o", str(trained)])
+            == 0
+        )
     import legokit
 
     before, after = legokit.load_block(wrapped).state_dict(), legokit.load_block(trained).state_dict()

@@ -14,8 +14,8 @@ from legokit.compose.fuse import fuse
 from legokit.compose.merge import merge, own_blocks
 from legokit.data.bundled import write_pbc
 from legokit.spec import BlockSpec
-from legokit.train import TrainConfig
-from legokit.workflows import fuse_blocks, train_block
+from legokit.training.trainer import TrainConfig
+from legokit.training.workflows import fuse_blocks, train_block
 from legokit.wrap import wrap_builtin
 
 from .conftest import SMALL
@@ -27,8 +27,14 @@ CONFIG = TrainConfig(epochs=1, lr=1e-2, device="cpu")
 def pbc(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fuse-copies") / "pbc"
     write_pbc(folder)
-    blocks = [train_block(folder, BlockSpec(m, e, {"hidden": 16}, latent=(8, 16), depth=1, dim_head=16)
-                          .override(epochs=1), progress=False)[0] for m, e in (("labs", "snn"), ("visits", "abmil"))]
+    blocks = [
+        train_block(
+            folder,
+            BlockSpec(m, e, {"hidden": 16}, latent=(8, 16), depth=1, dim_head=16).override(epochs=1),
+            progress=False,
+        )[0]
+        for m, e in (("labs", "snn"), ("visits", "abmil"))
+    ]
     return folder, blocks
 
 

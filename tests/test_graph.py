@@ -7,8 +7,9 @@ import torch
 
 import legokit
 from legokit import ConfigError, Graph
+from legokit.artifacts.files import save_block
+from legokit.artifacts.merging import merge_files
 from legokit.compose.graph import BlockFacts
-from legokit.persist import merge_files, save_block
 from legokit.wrap import wrap_builtin
 
 from .conftest import SMALL, VisitEncoder, run_python

@@ -21,7 +21,7 @@ from safetensors.torch import save as safetensors_bytes
 from legokit.cache import TokenCache, clear_cache, list_cache
 from legokit.cache import store as store_module
 from legokit.cache.store import MAX_HANDLES, MAX_SHARD_HEADER, Entry
-from legokit.cli import main
+from legokit.cli.commands import main
 from legokit.errors import ConfigError
 from tests.test_encoder_cache import SAMPLES, Logged, _train, wrapped  # noqa: F401 - `wrapped` is a fixture
 
@@ -103,13 +103,16 @@ def test_a_shard_with_a_huge_header_is_skipped_before_its_header_is_read(tmp_pat
     assert "skipping a cache shard" in seen[0] and "1 more" in seen[0]
 
 
-@pytest.mark.parametrize("tokens, mask", [
-    (torch.zeros(2, WIDTH, dtype=torch.float16), torch.ones(2, dtype=torch.bool)),  # another dtype
-    (torch.zeros(2, WIDTH + 1), torch.ones(2, dtype=torch.bool)),  # another width
-    (torch.zeros(3, WIDTH), torch.ones(2, dtype=torch.bool)),  # tokens and mask disagree
-    (torch.zeros(2, WIDTH), torch.ones(2, dtype=torch.int64)),  # a mask that is not bool
-    (torch.zeros(1, 2, WIDTH), torch.ones(1, 2, dtype=torch.bool)),  # another rank
-])
+@pytest.mark.parametrize(
+    "tokens, mask",
+    [
+        (torch.zeros(2, WIDTH, dtype=torch.float16), torch.ones(2, dtype=torch.bool)),  # another dtype
+        (torch.zeros(2, WIDTH + 1), torch.ones(2, dtype=torch.bool)),  # another width
+        (torch.zeros(3, WIDTH), torch.ones(2, dtype=torch.bool)),  # tokens and mask disagree
+        (torch.zeros(2, WIDTH), torch.ones(2, dtype=torch.int64)),  # a mask that is not bool
+        (torch.zeros(1, 2, WIDTH), torch.ones(1, 2, dtype=torch.bool)),  # another rank
+    ],
+)
 def test_entries_of_the_wrong_dtype_or_shape_are_never_trusted(tmp_path, tokens, mask):
     folder = _fill(tmp_path)
     _shard(folder, "z.safetensors", {f"{_sample(0)}.tokens": tokens, f"{_sample(0)}.mask": mask})
@@ -119,14 +122,17 @@ def test_entries_of_the_wrong_dtype_or_shape_are_never_trusted(tmp_path, tokens,
     _one_line(seen)
 
 
-@pytest.mark.parametrize("names", [
-    ("../../etc.tokens", "../../etc.mask"),  # not hex
-    (f"{_sample(0xabc).upper()}.tokens", f"{_sample(0xabc).upper()}.mask"),  # not lower-case hex
-    (f"{_sample(5)}.tokens\n", f"{_sample(5)}.mask\n"),  # a newline after the name: not a name legokit writes
-    (f"{_sample(5)}.tokens",),  # tokens without their mask
-    (f"{_sample(5)}.mask",),
-    (f"{_sample(5)}.tokens", f"{_sample(5)}.mask", "extra"),
-])
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("../../etc.tokens", "../../etc.mask"),  # not hex
+        (f"{_sample(0xABC).upper()}.tokens", f"{_sample(0xABC).upper()}.mask"),  # not lower-case hex
+        (f"{_sample(5)}.tokens\n", f"{_sample(5)}.mask\n"),  # a newline after the name: not a name legokit writes
+        (f"{_sample(5)}.tokens",),  # tokens without their mask
+        (f"{_sample(5)}.mask",),
+        (f"{_sample(5)}.tokens", f"{_sample(5)}.mask", "extra"),
+    ],
+)
 def test_a_shard_with_foreign_tensor_names_or_an_incomplete_entry_is_skipped(tmp_path, names):
     folder = _fill(tmp_path)
     tensors = {n: torch.ones(2, WIDTH) if not n.endswith(".mask") else torch.ones(2, dtype=torch.bool) for n in names}
@@ -198,8 +204,13 @@ def test_an_encoder_tokens_folder_that_is_a_link_is_not_followed(tmp_path):
 def test_an_encoder_json_that_is_huge_deeply_nested_not_json_or_a_fifo_lists_as_unknown(tmp_path):
     folder = _fill(tmp_path)
     info = folder / "encoder.json"
-    for content in (b"{" * 100_000, b"[" * 5000 + b"]" * 5000, b"\xff\xfe not json", b" " * (2 << 20),
-                    b'{"modality": "\\u001b[31mred\\nline", "encoder": "' + b"x" * 5000 + b'"}'):
+    for content in (
+        b"{" * 100_000,
+        b"[" * 5000 + b"]" * 5000,
+        b"\xff\xfe not json",
+        b" " * (2 << 20),
+        b'{"modality": "\\u001b[31mred\\nline", "encoder": "' + b"x" * 5000 + b'"}',
+    ):
         info.unlink()
         info.write_bytes(content)
         with _no_hang():
@@ -485,7 +496,10 @@ def test_a_hostile_folder_beside_good_shards_costs_a_training_run_nothing(wrappe
     (folder / "huge.safetensors").write_bytes(struct.pack("<Q", 1 << 62) + b"{}")
     (folder / "zero.safetensors").symlink_to("/dev/zero")
     os.mkfifo(folder / "pipe.safetensors")
-    bad = {f"{'0' * 32}.tokens": torch.zeros(1, 3, dtype=torch.float16), f"{'0' * 32}.mask": torch.ones(1, dtype=torch.bool)}
+    bad = {
+        f"{'0' * 32}.tokens": torch.zeros(1, 3, dtype=torch.float16),
+        f"{'0' * 32}.mask": torch.ones(1, dtype=torch.bool),
+    }
     _shard(folder, "bad.safetensors", bad, {"format": "legokit-encoder-tokens", "encoder": key})
     (folder / "encoder.json").write_bytes(b"[" * 100_000)
     with _no_hang(120), Logged() as seen:
@@ -505,15 +519,17 @@ WRITER = textwrap.dedent("""
     part = cache.of(sys.argv[2], 4, {})
     first = int(sys.argv[3])
     for i in range(first, first + 200):
-        part.put(f"{i:032x}", store.Entry(torch.full((i % 5 + 1, 4), float(i)), torch.ones(i % 5 + 1, dtype=torch.bool)))
+        rows = i % 5 + 1
+        part.put(f"{i:032x}", store.Entry(torch.full((rows, 4), float(i)), torch.ones(rows, dtype=torch.bool)))
     cache.close()
 """)
 
 
 def test_two_writers_and_a_reader_of_one_encoder_folder(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), KEY, str(first)], env=env)
-               for first in (0, 100)]  # samples 100-199 written by both
+    writers = [
+        subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), KEY, str(first)], env=env) for first in (0, 100)
+    ]  # samples 100-199 written by both
     seen, rounds = set(), 0
     while any(w.poll() is None for w in writers) or rounds < 2:
         rounds += 1

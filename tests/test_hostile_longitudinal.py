@@ -21,28 +21,29 @@ import legokit
 from legokit import ArtifactError, ConfigError, LegoError
 from legokit.adapters import SSF, attach
 from legokit.adapters.files import attach_file, save_adapter
-from legokit.artifact import read_artifact, write_artifact, write_folder_atomic
-from legokit.baselines import summary_cox_risks
+from legokit.artifacts.format import read_artifact, write_artifact
+from legokit.artifacts.registry import ADAPTER, BLOCK
 from legokit.compose.fuse import fuse
-from legokit.data import ModalityBatch
-from legokit.data import nafld
+from legokit.data import ModalityBatch, nafld
 from legokit.data.bundled import write_pbc
 from legokit.data.dropout import check_rate
 from legokit.data.folder import DataError, load_bag, modality_shape
 from legokit.data.training import SplitData
 from legokit.encoders import build_encoder, check_encoder_kwargs
-from legokit.registry import ADAPTER, BLOCK
+from legokit.encoders.summaries import sequence_summaries
+from legokit.errors import WriteError
+from legokit.io.atomic import write_folder_atomic
 from legokit.spec import BlockSpec
-from legokit.summaries import sequence_summaries
 from legokit.tasks import TaskSpec
-from legokit.train import TrainConfig
+from legokit.training.baselines import summary_cox_risks
+from legokit.training.trainer import TrainConfig
 from legokit.wrap import wrap_builtin
 
 from .conftest import SMALL
 from .hostile import payload_bytes
 
-
 # ---- NAFLD: the bytes hashed are the bytes unpickled ------------------------------------------------------------
+
 
 def test_nafld_unpickles_the_bytes_it_hashed_not_a_file_swapped_after_the_check(tmp_path, monkeypatch):
     pandas = pytest.importorskip("pandas")
@@ -77,34 +78,35 @@ def test_nafld_refuses_a_file_over_its_cap_before_reading_it(tmp_path, monkeypat
 
 # ---- write_folder_atomic ----------------------------------------------------------------------------------------
 
+
 def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
 def test_a_folder_never_writes_a_name_twice(tmp_path):
-    with pytest.raises(ArtifactError, match="'a.bin' is given twice"):
+    with pytest.raises(WriteError, match="'a.bin' is given twice"):
         write_folder_atomic(tmp_path / "out", [("a.bin", b"1"), ("a.bin", b"2")])
     assert not (tmp_path / "out").exists() and not _leftovers(tmp_path)
 
 
 @pytest.mark.parametrize("name", ["a\0b", 3, b"a", "a/b", "/abs", "..", ""])
 def test_a_folder_refuses_names_that_are_not_plain_file_names_as_one_line_errors(tmp_path, name):
-    with pytest.raises(ArtifactError, match="is not a plain file name") as caught:
+    with pytest.raises(WriteError, match="is not a plain file name") as caught:
         write_folder_atomic(tmp_path / "out", [("ok.bin", b"1"), (name, b"2")])
     assert "\n" not in str(caught.value) and not (tmp_path / "out").exists() and not _leftovers(tmp_path)
 
 
-def test_a_folders_system_errors_are_artifact_errors_and_leave_nothing(tmp_path):
-    with pytest.raises(ArtifactError, match="File name too long"):
+def test_a_folders_system_errors_are_write_errors_and_leave_nothing(tmp_path):
+    with pytest.raises(WriteError, match="File name too long"):
         write_folder_atomic(tmp_path / "out", [("x" * 300, b"1")])
-    with pytest.raises(ArtifactError, match="cannot write there"):
+    with pytest.raises(WriteError, match="cannot write there"):
         write_folder_atomic(tmp_path / "missing" / "out", [("a.bin", b"1")])
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 def test_a_folder_is_never_written_through_a_dangling_link(tmp_path):
     os.symlink(tmp_path / "elsewhere", tmp_path / "out")
-    with pytest.raises(ArtifactError, match="already exists"):
+    with pytest.raises(WriteError, match="already exists"):
         write_folder_atomic(tmp_path / "out", [("a.bin", b"1")])
     assert not (tmp_path / "elsewhere").exists() and os.path.islink(tmp_path / "out")
 
@@ -124,8 +126,10 @@ HUGE_TOKENS = {
     "huge times": (torch.tensor([[[1e30, 1.0], [-1e30, 2.0]]]), None),
     "values near float32's max": (torch.tensor([[[0.0, 3e38], [1.0, 3e38]]]), None),
     "sums past float32's max": (torch.full((1, 400, 2), 1e37), None),
-    "huge values with padding": (torch.tensor([[[0.0, -3e38], [1.0, 3e38], [3e38, 3e38]]]),
-                                 torch.tensor([[True, True, False]])),
+    "huge values with padding": (
+        torch.tensor([[[0.0, -3e38], [1.0, 3e38], [3e38, 3e38]]]),
+        torch.tensor([[True, True, False]]),
+    ),
     "float16 past its max": (torch.tensor([[[0.0, 60000.0], [10.0, 60000.0]]], dtype=torch.float16), None),
 }
 
@@ -164,10 +168,13 @@ def test_summaries_of_a_single_token_and_of_padding_only_are_finite_and_slopeles
 
 # ---- the longitudinal encoder's kwargs, from specs and from crafted .st files ----------------------------------
 
+
 def test_a_spec_may_name_a_time_feature_past_the_first_before_the_data_gives_in_features(tmp_path):
     spec = tmp_path / "spec.yaml"
-    spec.write_text(json.dumps({"modality": "labs", "encoder": {"name": "longitudinal",
-                                                                "kwargs": {"time_feature": 2}}}), encoding="utf-8")
+    spec.write_text(
+        json.dumps({"modality": "labs", "encoder": {"name": "longitudinal", "kwargs": {"time_feature": 2}}}),
+        encoding="utf-8",
+    )
     assert BlockSpec.from_yaml(spec).encoder_kwargs == {"time_feature": 2}
     with pytest.raises(ConfigError, match="time_feature 2 is outside tokens of 2 features"):
         build_encoder("longitudinal", {"in_features": 2, "time_feature": 2})
@@ -186,9 +193,19 @@ def longitudinal_file(tmp_path_factory):
     return root, read_artifact(legokit.save(block, root / "block.st"))
 
 
-@pytest.mark.parametrize("edit", [{"time_feature": v} for v in ("0", -2, 3, 10**30, 2.0, True, False, None, [0])]
-                         + [{"in_features": 4}, {"hidden": 10**9}, {"depth": 10**9}, {"depth": 0},
-                            {"in_features": 5_592_406}, {"dropout": float("nan")}, {"bogus": 1}])
+@pytest.mark.parametrize(
+    "edit",
+    [{"time_feature": v} for v in ("0", -2, 3, 10**30, 2.0, True, False, None, [0])]
+    + [
+        {"in_features": 4},
+        {"hidden": 10**9},
+        {"depth": 10**9},
+        {"depth": 0},
+        {"in_features": 5_592_406},
+        {"dropout": float("nan")},
+        {"bogus": 1},
+    ],
+)
 def test_a_crafted_longitudinal_block_file_is_a_one_line_error(longitudinal_file, edit):
     root, source = longitudinal_file
     config = json.loads(json.dumps(source.config))
@@ -209,6 +226,7 @@ def test_a_crafted_longitudinal_block_file_with_time_feature_minus_one_runs_fini
 
 
 # ---- SSF's train_complete in adapter files ---------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def ssf_file(tmp_path_factory):
@@ -240,8 +258,7 @@ def _complete_row(name: str, table: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("which", ["scale", "shift"])
 def test_an_ssf_file_without_train_complete_whose_complete_row_is_not_the_identity_is_refused(ssf_file, which):
     assert ssf_file[2].config["train_complete"] is False
-    path = _ssf_case(ssf_file, lambda c: None,
-                     lambda n, t: _complete_row(n, t) if n.endswith(f".{which}") else t)
+    path = _ssf_case(ssf_file, lambda c: None, lambda n, t: _complete_row(n, t) if n.endswith(f".{which}") else t)
     with pytest.raises(ArtifactError, match=f"train_complete is false, but site .* holds a {which} other than"):
         attach_file(legokit.load(ssf_file[1]), path)
 
@@ -266,6 +283,7 @@ def test_an_ssf_file_missing_a_combinations_row_is_refused(ssf_file, complete):
 
 
 # ---- modality dropout's rate and the other training numbers ----------------------------------------------------
+
 
 @pytest.mark.parametrize("value", [10**400, -(10**400), 10**20, float("inf"), float("nan"), 1, "0.5", True, None])
 def test_a_dropout_rate_out_of_range_is_a_config_error_not_an_overflow(value):
@@ -293,12 +311,14 @@ def test_a_specs_huge_integer_dropout_rate_is_a_one_line_config_error(tmp_path):
 
 # ---- Cox with summary features ---------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def pbc(tmp_path_factory) -> SplitData:
     folder = tmp_path_factory.mktemp("pbc")
     write_pbc(folder)
-    return SplitData.load(folder, {m: modality_shape(folder, m) for m in ("labs", "visits")},
-                          TaskSpec("survival", 4), 0)
+    return SplitData.load(
+        folder, {m: modality_shape(folder, m) for m in ("labs", "visits")}, TaskSpec("survival", 4), 0
+    )
 
 
 def test_summary_cox_refuses_a_modality_no_training_sample_has(pbc):

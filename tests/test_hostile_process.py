@@ -14,9 +14,9 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import torch
@@ -25,22 +25,26 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 import legokit
-from legokit.artifact import refuse_inputs, write_atomic
-from legokit.cli import _finite
+from legokit.cli.commands import _finite
 from legokit.data.folder import DataError, modality_shape, read_texts
 from legokit.data.training import SplitData
 from legokit.demo import MARKER, claim_folder, run_demo
+from legokit.io.atomic import refuse_inputs, write_atomic
 from legokit.predict import predict_folder
 from legokit.tasks import TaskSpec
 from legokit.threads import ThreadChoice, apply_threads, usable_cpus
-from legokit.workflows import evaluate_model
+from legokit.training.workflows import evaluate_model
 from legokit.wrap import wrap_builtin
 
 from .conftest import cli_here
 from .hostile import run_case
 
-CASES = settings(max_examples=40, deadline=None, derandomize=True,
-                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+CASES = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 SMALL = dict(latent=(4, 8), dim_head=8, device="cpu")
 LIMIT = 5.0  # seconds a case may take; one that blocks (a pipe opened for reading) is stopped here
 
@@ -52,6 +56,7 @@ class Hung(BaseException):
 @contextmanager
 def deadline(seconds: float = LIMIT) -> Iterator[None]:
     """Stop the case after `seconds` (an open() blocked on a pipe is interrupted by the signal)."""
+
     def stop(signum: int, frame: object) -> None:
         raise Hung(f"blocked for over {seconds} s")
 
@@ -73,8 +78,14 @@ def world(tmp_path_factory):
     seq = wrap_builtin("mlp", None, "seq", "binary", {"in_features": 4, "hidden": 8}, input_shape=(None, 4), **SMALL)
     data = root / "data"
     _dataset(data, [i % 2 for i in range(12)])
-    return {"root": root, "data": data, "marker": root / "ran-code", "tab": legokit.save_block(tab, root / "tab.st"),
-            "seq": legokit.save_block(seq, root / "seq.st"), "blocks": {"tab": tab.eval(), "seq": seq.eval()}}
+    return {
+        "root": root,
+        "data": data,
+        "marker": root / "ran-code",
+        "tab": legokit.save_block(tab, root / "tab.st"),
+        "seq": legokit.save_block(seq, root / "seq.st"),
+        "blocks": {"tab": tab.eval(), "seq": seq.eval()},
+    }
 
 
 def _dataset(folder: Path, labels: list[int]) -> Path:
@@ -146,6 +157,7 @@ def _devnull_intact() -> None:
 
 # ---- 5. special files as outputs: refused before any work, never replaced ----
 
+
 def _output_commands(world, case: Path, target: str) -> dict[str, list[str]]:
     tab, seq, data = str(world["tab"]), str(world["seq"]), str(world["data"])
     other = str(case / "other.out")
@@ -155,20 +167,45 @@ def _output_commands(world, case: Path, target: str) -> dict[str, list[str]]:
         "eval --json": ["eval", tab, data, "--json", target],
         "eval --plot": ["eval", tab, data, "--plot", target],
         "train -o": ["train", data, "--modality", "tab", "--task", "binary", "--latent", "4x8", "-o", target],
-        "train --plot": ["train", data, "--modality", "tab", "--task", "binary", "--latent", "4x8", "-o", other,
-                         "--plot", target],
+        "train --plot": [
+            "train",
+            data,
+            "--modality",
+            "tab",
+            "--task",
+            "binary",
+            "--latent",
+            "4x8",
+            "-o",
+            other,
+            "--plot",
+            target,
+        ],
         "inspect --json": ["inspect", tab, "--json", target],
         "merge -o": ["merge", tab, seq, "-o", target],
         "merge --json": ["merge", tab, seq, "-o", other, "--json", target],
         "fuse -o": ["fuse", tab, seq, "--data", data, "-o", target],
-        "adapt -o": ["adapt", tab, "--adapter", "ssf", "--data", data, "-o", target],
-        "demo --json": ["demo", "--out", str(case / "demo"), "--json", target],
+        "adapt -o": ["adapt", tab, "--method", "ssf", "--data", data, "-o", target],
+        "demo --json": ["demo", "-o", str(case / "demo"), "--json", target],
         "pull -o": ["pull", "org/name", "-o", target],
     }
 
 
-OUTPUT_COMMANDS = ("predict -o", "predict --json", "eval --json", "eval --plot", "train -o", "train --plot",
-                   "inspect --json", "merge -o", "merge --json", "fuse -o", "adapt -o", "demo --json", "pull -o")
+OUTPUT_COMMANDS = (
+    "predict -o",
+    "predict --json",
+    "eval --json",
+    "eval --plot",
+    "train -o",
+    "train --plot",
+    "inspect --json",
+    "merge -o",
+    "merge --json",
+    "fuse -o",
+    "adapt -o",
+    "demo --json",
+    "pull -o",
+)
 
 
 @settings(CASES, max_examples=70)
@@ -197,9 +234,12 @@ def test_the_library_writers_refuse_special_files_too(world, kind):
     make_special(target, kind)
     before = file_type(target)
     block = legokit.load(world["tab"])
-    for write in (lambda: write_atomic(target, b"x"), lambda: legokit.save_block(block, target),
-                  lambda: predict_folder(block, world["data"], device="cpu").write(target)):
-        with deadline(), pytest.raises(legokit.ArtifactError, match="not a regular file|is a directory"):
+    for write in (
+        lambda: write_atomic(target, b"x"),
+        lambda: legokit.save_block(block, target),
+        lambda: predict_folder(block, world["data"], device="cpu").write(target),
+    ):
+        with deadline(), pytest.raises(legokit.WriteError, match="not a regular file|is a directory"):
             write()
     assert file_type(target) == before
     _devnull_intact()
@@ -208,7 +248,7 @@ def test_the_library_writers_refuse_special_files_too(world, kind):
 def test_dev_null_itself_is_refused_as_an_output_and_stays_a_device():
     """Checked without writing: the check every writer runs first (as root, a write would replace the node)."""
     for path in ("/dev/null", "/dev/zero"):
-        with pytest.raises(legokit.ArtifactError, match="character device, not a regular file"):
+        with pytest.raises(legokit.WriteError, match="character device, not a regular file"):
             refuse_inputs(path, [])
     _devnull_intact()
     if os.geteuid() != 0:  # the whole command, only where a bug could not replace the system's node
@@ -235,18 +275,26 @@ def _entry_points(world, folder: Path) -> dict[str, tuple[Callable[[], object], 
     every = {"labels.csv", "splits.csv"}
     return {
         "predict tab": (lambda: predict_folder(tab, folder, device="cpu"), {"tab.csv"}),
-        "predict seq": (lambda: predict_folder(seq, folder, device="cpu"), {"seq/s3.safetensors", "seq/s0.safetensors"}),
+        "predict seq": (
+            lambda: predict_folder(seq, folder, device="cpu"),
+            {"seq/s3.safetensors", "seq/s0.safetensors"},
+        ),
         "eval tab": (lambda: evaluate_model(tab, folder, split="all"), {*every, "tab.csv"}),
-        "load seq": (lambda: SplitData.load(folder, {"seq": (None, 4)}, binary).batch([f"s{i}" for i in range(12)]),
-                     {*every, "seq/s3.safetensors", "seq/s0.safetensors"}),
+        "load seq": (
+            lambda: SplitData.load(folder, {"seq": (None, 4)}, binary).batch([f"s{i}" for i in range(12)]),
+            {*every, "seq/s3.safetensors", "seq/s0.safetensors"},
+        ),
         "shape seq": (lambda: modality_shape(folder, "seq"), {"seq/s0.safetensors"}),
         "texts": (lambda: read_texts("notes", folder), {"notes/s2.txt"}),
     }
 
 
 @settings(CASES, max_examples=70)
-@given(kind=st.sampled_from(INPUT_KINDS), name=st.sampled_from(INPUT_FILES),
-       entry=st.sampled_from(["predict tab", "predict seq", "eval tab", "load seq", "shape seq", "texts"]))
+@given(
+    kind=st.sampled_from(INPUT_KINDS),
+    name=st.sampled_from(INPUT_FILES),
+    entry=st.sampled_from(["predict tab", "predict seq", "eval tab", "load seq", "shape seq", "texts"]),
+)
 def test_a_pipe_or_device_named_like_a_dataset_file_is_refused_without_blocking(world, kind, name, entry):
     folder = _dataset(_case_dir(world), [i % 2 for i in range(12)])
     target = folder / name
@@ -284,12 +332,14 @@ def test_an_artifact_spec_or_recipe_that_is_a_special_file_is_one_line(world, ki
     target = case / "input"
     make_special(target, kind)
     data, out = str(world["data"]), str(case / "o.st")
-    args = {"predict MODEL": ["predict", str(target), data, "-o", str(case / "p.csv")],
-            "merge MODEL": ["merge", str(target), str(world["tab"]), "-o", out],
-            "inspect MODEL": ["inspect", str(target)],
-            "train --spec": ["train", data, "--spec", str(target), "--modality", "tab", "-o", out],
-            "run RECIPE": ["run", str(target)],
-            "train --block": ["train", data, "--block", str(target), "-o", out]}[command]
+    args = {
+        "predict MODEL": ["predict", str(target), data, "-o", str(case / "p.csv")],
+        "merge MODEL": ["merge", str(target), str(world["tab"]), "-o", out],
+        "inspect MODEL": ["inspect", str(target)],
+        "train --spec": ["train", data, "--spec", str(target), "--modality", "tab", "-o", out],
+        "run RECIPE": ["run", str(target)],
+        "train --block": ["train", data, "--block", str(target), "-o", out],
+    }[command]
     with deadline():
         _one_line(cli_here(*args), f"{command} as {kind}")
     assert not (case / "o.st").exists()
@@ -298,13 +348,25 @@ def test_an_artifact_spec_or_recipe_that_is_a_special_file_is_one_line(world, ki
 
 # ---- 6. the demo never writes into a folder it did not make ----
 
-USER_FILES = ("data/labels.csv", "data/labs.csv", "data/splits.csv", "data/visits/1.safetensors", "labs.st",
-              "results.json", "seed-0/labs.st", "notes.txt", ".hidden", "data/README.txt")
+USER_FILES = (
+    "data/labels.csv",
+    "data/labs.csv",
+    "data/splits.csv",
+    "data/visits/1.safetensors",
+    "labs.st",
+    "results.json",
+    "seed-0/labs.st",
+    "notes.txt",
+    ".hidden",
+    "data/README.txt",
+)
 
 
 @settings(CASES, max_examples=30)
-@given(files=st.dictionaries(st.sampled_from(USER_FILES), st.binary(max_size=32), min_size=1, max_size=4),
-       via=st.sampled_from(["folder", "link to the folder", "cli"]))
+@given(
+    files=st.dictionaries(st.sampled_from(USER_FILES), st.binary(max_size=32), min_size=1, max_size=4),
+    via=st.sampled_from(["folder", "link to the folder", "cli"]),
+)
 def test_the_demo_refuses_a_folder_of_the_users_and_leaves_it_untouched(world, files, via):
     case = _case_dir(world)
     mine = case / "mine"
@@ -318,7 +380,7 @@ def test_the_demo_refuses_a_folder_of_the_users_and_leaves_it_untouched(world, f
     listing = sorted(str(p.relative_to(mine)) for p in mine.rglob("*"))
     if via == "cli":
         with deadline():
-            message = _one_line(cli_here("demo", "--out", str(out), "--seeds", "1", "--device", "cpu"), "demo")
+            message = _one_line(cli_here("demo", "-o", str(out), "--seeds", "1", "--device", "cpu"), "demo")
         assert str(out) in message
     else:
         with deadline():
@@ -337,7 +399,7 @@ def test_the_demo_refuses_an_out_that_is_not_a_folder(world, kind):
     else:
         make_special(out, "fifo" if kind == "fifo" else "link to /dev/null")
     with deadline():
-        message = _one_line(cli_here("demo", "--out", str(out), "--seeds", "1"), kind)
+        message = _one_line(cli_here("demo", "-o", str(out), "--seeds", "1"), kind)
     assert "is not a folder" in message
     assert kind != "file" or out.read_bytes() == b"mine"
     _devnull_intact()
@@ -356,8 +418,11 @@ def test_the_demo_takes_new_and_empty_folders_and_its_own_again(world):
 
 # ---- 7. threads: capped to the usable CPUs, bad values one line ----
 
-THREAD_FLAGS = st.one_of(st.integers(-3, 4).map(str), st.integers(5, 10**30).map(str),
-                         st.sampled_from(["100000", "1e5", "abc", "", "0x10", "３", "2.5", "-0", "9" * 400]))
+THREAD_FLAGS = st.one_of(
+    st.integers(-3, 4).map(str),
+    st.integers(5, 10**30).map(str),
+    st.sampled_from(["100000", "1e5", "abc", "", "0x10", "３", "2.5", "-0", "9" * 400]),
+)
 
 
 @contextmanager
@@ -407,8 +472,12 @@ def test_any_threads_flag_is_capped_or_refused_in_one_line(world, value):
         assert (number > usable_cpus()) == ("CPU threads" in done.stderr), done.stderr
 
 
-OMP_VALUES = st.one_of(st.integers(1, 10**12).map(str), st.sampled_from(
-    ["100000", "0", "-3", "abc", "4,2", " 8 ", "100000,2", "9" * 5000, "²", "２", "1", "", "0,4", "1e5", "00012"]))
+OMP_VALUES = st.one_of(
+    st.integers(1, 10**12).map(str),
+    st.sampled_from(
+        ["100000", "0", "-3", "abc", "4,2", " 8 ", "100000,2", "9" * 5000, "²", "２", "1", "", "0,4", "1e5", "00012"]
+    ),
+)
 
 
 @settings(CASES, max_examples=30)
@@ -437,12 +506,14 @@ def test_applied_threads_never_exceed_the_cpus(threads, cpus):
 
 # ---- 7. standard output closed by its reader; a huge thread count in a fresh process ----
 
+
 def _piped(command: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`legokit COMMAND | head -c 0`: the reader is gone before legokit writes (what `| head -c 10` is once it has
     its ten bytes, made certain rather than a race), with pipefail so that legokit's status is the pipeline's."""
     line = f"set -o pipefail; {sys.executable} -m legokit.cli {command} | head -c 0"
-    return subprocess.run(["bash", "-c", line], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        ["bash", "-c", line], capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+    )
 
 
 def test_rich_output_to_a_closed_pipe_ends_quietly(world):
@@ -453,14 +524,17 @@ def test_rich_output_to_a_closed_pipe_ends_quietly(world):
 
 def test_json_to_a_closed_pipe_with_a_huge_thread_count_ends_quietly(world):
     """`--json - | head`, with --threads and OMP_NUM_THREADS far above the CPUs: no segfault, no traceback, exit 1."""
-    done = _piped(f"predict {world['tab']} {world['data']} -o {world['root'] / 'h.csv'} --threads 100000 --json -",
-                  {"OMP_NUM_THREADS": "100000"})
+    done = _piped(
+        f"predict {world['tab']} {world['data']} -o {world['root'] / 'h.csv'} --threads 100000 --json -",
+        {"OMP_NUM_THREADS": "100000"},
+    )
     assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr, done.stderr
     assert done.returncode == 1 and done.stdout == "", done.stderr
     assert "asks for 100000 CPU threads" in done.stderr and "Segmentation" not in done.stderr
 
 
 # ---- 7. JSON output is valid JSON; a one-class split says its metric is undefined ----
+
 
 def _strict(text: str) -> object:
     def refuse(name: str) -> None:
@@ -469,14 +543,32 @@ def _strict(text: str) -> object:
     return json.loads(text, parse_constant=refuse)
 
 
-@pytest.mark.parametrize("task, labels", [("binary", [0] * 12), ("binary", [1] * 12), ("multiclass:3", [2] * 12),
-                                          ("binary", [0, 1] * 4 + [1, 1, 0, 1])])
+@pytest.mark.parametrize(
+    "task, labels",
+    [("binary", [0] * 12), ("binary", [1] * 12), ("multiclass:3", [2] * 12), ("binary", [0, 1] * 4 + [1, 1, 0, 1])],
+)
 def test_a_one_class_split_gives_valid_json_with_null_and_a_warning(world, task, labels):
     folder = _dataset(_case_dir(world), labels)
     report, block = folder.parent / "train.json", folder.parent / "b.st"
     with deadline(30):
-        done = cli_here("train", str(folder), "--modality", "tab", "--task", task, "--latent", "4x8", "--epochs", "2",
-                        "--device", "cpu", "-o", str(block), "--json", str(report))
+        done = cli_here(
+            "train",
+            str(folder),
+            "--modality",
+            "tab",
+            "--task",
+            task,
+            "--latent",
+            "4x8",
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+            "-o",
+            str(block),
+            "--json",
+            str(report),
+        )
     assert done.returncode == 0, done.stderr
     result = _strict(report.read_text())
     assert result["val"]["auc"] is None and "undefined" in done.stderr
@@ -489,9 +581,13 @@ def test_a_one_class_split_gives_valid_json_with_null_and_a_warning(world, task,
 
 
 FLOATS = st.floats(allow_nan=True, allow_infinity=True)
-NESTED = st.recursive(st.one_of(FLOATS, st.integers(), st.text(max_size=4), st.none(), st.booleans()),
-                      lambda inner: st.one_of(st.lists(inner, max_size=4), st.tuples(inner, inner),
-                                              st.dictionaries(st.text(max_size=4), inner, max_size=4)), max_leaves=12)
+NESTED = st.recursive(
+    st.one_of(FLOATS, st.integers(), st.text(max_size=4), st.none(), st.booleans()),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.tuples(inner, inner), st.dictionaries(st.text(max_size=4), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 @settings(CASES, max_examples=30)
@@ -504,9 +600,12 @@ def test_json_output_of_any_result_is_strict_json(value):
 
 # ---- 7. splits.csv (and every id-keyed CSV) names each id once ----
 
+
 @settings(CASES, max_examples=40)
-@given(rows=st.lists(st.tuples(st.integers(0, 11), st.sampled_from(["train", "val", "test"])), min_size=12,
-                     max_size=16), which=st.sampled_from(["splits.csv", "labels.csv", "tab.csv"]))
+@given(
+    rows=st.lists(st.tuples(st.integers(0, 11), st.sampled_from(["train", "val", "test"])), min_size=12, max_size=16),
+    which=st.sampled_from(["splits.csv", "labels.csv", "tab.csv"]),
+)
 def test_an_id_listed_twice_is_an_error_naming_the_id_and_its_rows(world, rows, which):
     folder = _dataset(_case_dir(world), [i % 2 for i in range(12)])
     ids = [f"s{i}" for i, _ in rows]
@@ -530,7 +629,9 @@ def test_an_id_listed_twice_is_an_error_naming_the_id_and_its_rows(world, rows, 
     _clean(run_case("ids", load, [folder], world["marker"]), which)
     if first_twice is not None:
         rows_of = [n + 2 for n, i in enumerate(ids) if i == first_twice][:2]
-        assert raised and f"id {first_twice!r} appears twice, on rows {rows_of[0]} and {rows_of[1]}" in raised[0], raised
+        assert raised and f"id {first_twice!r} appears twice, on rows {rows_of[0]} and {rows_of[1]}" in raised[0], (
+            raised
+        )
 
 
 # ---- 7. a model whose forward fails: one line, exit 1; -v shows the traceback ----
@@ -539,12 +640,13 @@ FAILURES = st.sampled_from([RuntimeError, MemoryError, IndexError, torch.OutOfMe
 
 
 @settings(CASES, max_examples=16)
-@given(failure=FAILURES, message=st.text(max_size=40), command=st.sampled_from(["predict", "eval"]),
-       verbose=st.booleans())
+@given(
+    failure=FAILURES, message=st.text(max_size=40), command=st.sampled_from(["predict", "eval"]), verbose=st.booleans()
+)
 def test_a_forward_that_raises_ends_in_one_line(world, failure, message, command, verbose):
-    import legokit.cli
+    import legokit.cli.commands
 
-    real_load = legokit.cli.load
+    real_load = legokit.cli.commands.load
 
     def load_failing(*args, **kwargs):
         model = real_load(*args, **kwargs)
@@ -556,14 +658,17 @@ def test_a_forward_that_raises_ends_in_one_line(world, failure, message, command
         return model
 
     out = world["root"] / "failing.csv"
-    args = (["predict", str(world["tab"]), str(world["data"]), "-o", str(out)] if command == "predict" else
-            ["eval", str(world["tab"]), str(world["data"]), "--split", "all"])
-    legokit.cli.load = load_failing
+    args = (
+        ["predict", str(world["tab"]), str(world["data"]), "-o", str(out)]
+        if command == "predict"
+        else ["eval", str(world["tab"]), str(world["data"]), "--split", "all"]
+    )
+    legokit.cli.commands.load = load_failing
     try:
         with deadline():
             done = cli_here(*args, *(["-v"] if verbose else []))
     finally:
-        legokit.cli.load = real_load
+        legokit.cli.commands.load = real_load
     assert done.returncode == 1, done.stderr
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and ("out of memory" in last or failure.__name__ in last), done.stderr

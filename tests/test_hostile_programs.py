@@ -6,6 +6,7 @@ adapt, from_pretrained), `merge_files`, `wrap_file` on a .pt2, and a forward pas
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -13,8 +14,9 @@ import shutil
 import subprocess
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import torch
@@ -24,18 +26,23 @@ from torch import nn
 from torch.export import Dim
 
 import legokit
-from legokit.artifact import write_artifact
-from legokit.codec import PROGRAM_PREFIX, block_tensors
+from legokit.artifacts.format import write_artifact
+from legokit.artifacts.kinds.block import block_tensors
+from legokit.artifacts.kinds.common import PROGRAM_PREFIX
+from legokit.artifacts.registry import BLOCK
+from legokit.artifacts.symexpr import ExprError, parse_expr
 from legokit.encoders.cost import Caps, check_cost, measure
 from legokit.encoders.foreign import load_program, program_module, sanitize_program
-from legokit.registry import BLOCK
-from legokit.symexpr import ExprError, parse_expr
 from legokit.wrap import wrap_file, wrap_module
 
 from .hostile import _rewrite_zip, run_case
 
-CASES = settings(max_examples=100, deadline=None, derandomize=True,
-                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+CASES = settings(
+    max_examples=100,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 SMALL = dict(latent=(4, 8), dim_head=8, device="cpu")
 SECONDS = 5.0
 
@@ -58,8 +65,13 @@ def world(tmp_path_factory):
     torch.manual_seed(0)
     foreign = wrap_module(Tokens(), "seq", "survival:4", (None, 3), **SMALL)
     builtin = legokit.wrap.wrap_builtin("snn", None, "labs", "survival:4", {"in_features": 2, "hidden": 8}, **SMALL)
-    return {"root": root, "foreign": foreign, "program": foreign.program(), "marker": root / "ran-code",
-            "builtin_path": legokit.save_block(builtin, root / "builtin.st")}
+    return {
+        "root": root,
+        "foreign": foreign,
+        "program": foreign.program(),
+        "marker": root / "ran-code",
+        "builtin_path": legokit.save_block(builtin, root / "builtin.st"),
+    }
 
 
 def _case_dir(world) -> Path:
@@ -74,6 +86,7 @@ def _edit_model(program: bytes, change: Callable[[dict], None]) -> bytes:
         model = json.loads(records["models/model.json"])
         change(model)
         records["models/model.json"] = json.dumps(model).encode()
+
     return _rewrite_zip(program, edit)
 
 
@@ -105,12 +118,15 @@ def _every_entry_point(world, program: bytes, family: str, what: str) -> None:
     inputs = [block, pt2, world["builtin_path"]]
     marker = world["marker"]
     _clean(run_case(family, lambda: _forward(block), inputs, marker), f"load+forward {what}")
-    _clean(run_case(family, lambda: legokit.merge_files([block, world["builtin_path"]], folder / "m.st"), inputs,
-                    marker), f"merge {what}")
+    _clean(
+        run_case(family, lambda: legokit.merge_files([block, world["builtin_path"]], folder / "m.st"), inputs, marker),
+        f"merge {what}",
+    )
     _clean(run_case(family, lambda: wrap_file(pt2, "seq", "binary", **SMALL), inputs, marker), f"wrap {what}")
 
 
 # ---- family 1: shape expressions (the strings torch hands to sympy) ----
+
 
 def _expr_places(model: dict) -> list[dict]:
     """Every SymExpr object of a program's JSON (sizes, strides, offsets, symbolic values), found by walking it."""
@@ -129,16 +145,39 @@ def _expr_places(model: dict) -> list[dict]:
 def _payloads(marker: Path) -> st.SearchStrategy[str]:
     run = f"__import__('os').system('touch {marker}')"
     templates = [
-        run, f"({run}, {{orig}})[1]", f"Add({{orig}}, Integer(0)) if {run} else {{orig}}", f"{{orig}}.__class__",
-        f"Symbol('s0').__class__.__init__.__globals__", "Pow(Integer(10), Integer(99999999))",
-        "Pow(Pow(Integer(99), Integer(8)), Integer(8))", "Integer(" + "9" * 40 + ")", "Mul(" * 40 + "Integer(1)" + ")" * 40,
-        "lambda: 0", "{orig}; import os", "Symbol('__import__')", "Symbol('s999999', positive=True)",
-        "Function('eval')(Integer(1))", "Symbol('s0', evaluate=True)", "{orig} + 1", "S.true", "Integer(1)[0]",
-        "Integer('1')", "Mod({orig})", "Max(" + ", ".join(["{orig}"] * 70) + ")", "Integer(1)\x00", "Symbol(\"s0\")",
-        "Symbol('s0', positive=True, positive=True)", "Integer(१)", "  ", "",
+        run,
+        f"({run}, {{orig}})[1]",
+        f"Add({{orig}}, Integer(0)) if {run} else {{orig}}",
+        "{orig}.__class__",
+        "Symbol('s0').__class__.__init__.__globals__",
+        "Pow(Integer(10), Integer(99999999))",
+        "Pow(Pow(Integer(99), Integer(8)), Integer(8))",
+        "Integer(" + "9" * 40 + ")",
+        "Mul(" * 40 + "Integer(1)" + ")" * 40,
+        "lambda: 0",
+        "{orig}; import os",
+        "Symbol('__import__')",
+        "Symbol('s999999', positive=True)",
+        "Function('eval')(Integer(1))",
+        "Symbol('s0', evaluate=True)",
+        "{orig} + 1",
+        "S.true",
+        "Integer(1)[0]",
+        "Integer('1')",
+        "Mod({orig})",
+        "Max(" + ", ".join(["{orig}"] * 70) + ")",
+        "Integer(1)\x00",
+        'Symbol("s0")',
+        "Symbol('s0', positive=True, positive=True)",
+        "Integer(१)",
+        "  ",
+        "",
     ]
-    return st.one_of(st.sampled_from(templates), st.text(max_size=40), st.text(alphabet="()',=SymbolIntegrMuAd 0123456789_",
-                                                                              max_size=60))
+    return st.one_of(
+        st.sampled_from(templates),
+        st.text(max_size=40),
+        st.text(alphabet="()',=SymbolIntegrMuAd 0123456789_", max_size=60),
+    )
 
 
 @CASES
@@ -165,34 +204,70 @@ def _model_json(program: bytes) -> bytes:
 
 # ---- family 2: every other string torch interprets, by its role ----
 
-TARGETS = ["_operator.attrgetter", "_operator.methodcaller", "_operator.call", "builtins.eval", "os.system",
-           "torch.ops.aten.add.Tensor.__globals__", "torch.ops.aten.__class__.__init__", "torch.ops.aten.add",
-           "torch.ops.higher_order.while_loop", "torch.ops.higher_order.auto_functionalized", "#custom:evil",
-           "torch.ops.aten.from_file.default", "torch.ops.aten._local_scalar_dense.default.__call__",
-           "torch.ops.myns.op.default", "math.__loader__", "torch.load", "torch.sym_int.__globals__", "importlib.import_module",
-           "torch.ops.aten.resize_.default", "torch.ops.aten.set_.source_Tensor", "torch.ops.aten.zeros.out",
-           "torch.ops.aten._sparse_coo_tensor_with_dims_and_tensors.default", "torch.ops.aten._to_dense.default",
-           "torch.ops.higher_order.map_impl", "torch.ops.aten._unsafe_index.Tensor", "torch.ops.aten.linalg_inv.default",
-           "torch.ops.aten.add.out"]
+TARGETS = [
+    "_operator.attrgetter",
+    "_operator.methodcaller",
+    "_operator.call",
+    "builtins.eval",
+    "os.system",
+    "torch.ops.aten.add.Tensor.__globals__",
+    "torch.ops.aten.__class__.__init__",
+    "torch.ops.aten.add",
+    "torch.ops.higher_order.while_loop",
+    "torch.ops.higher_order.auto_functionalized",
+    "#custom:evil",
+    "torch.ops.aten.from_file.default",
+    "torch.ops.aten._local_scalar_dense.default.__call__",
+    "torch.ops.myns.op.default",
+    "math.__loader__",
+    "torch.load",
+    "torch.sym_int.__globals__",
+    "importlib.import_module",
+    "torch.ops.aten.resize_.default",
+    "torch.ops.aten.set_.source_Tensor",
+    "torch.ops.aten.zeros.out",
+    "torch.ops.aten._sparse_coo_tensor_with_dims_and_tensors.default",
+    "torch.ops.aten._to_dense.default",
+    "torch.ops.higher_order.map_impl",
+    "torch.ops.aten._unsafe_index.Tensor",
+    "torch.ops.aten.linalg_inv.default",
+    "torch.ops.aten.add.out",
+]
 NAMES = ["x; import os", "__import__", "a.b", "1abc", "class", "x\ny", "é", "", "a" * 300, "__class__", "x = 1"]
-SPECS = ['[1, {"type": "collections.namedtuple", "context": "null", "children_spec": []}]',
-         '[1, {"type": "builtins.dict", "context": "{\\"__enum__\\": \\"os.system\\"}", "children_spec": []}]',
-         '[2, {}]', 'not json', '[1, {"type": "builtins.tuple", "context": "null", "children_spec": [], "x": 1}]',
-         '[1, {"type": "torch.fx.immutable_collections.immutable_dict", "context": "[]", "children_spec": []}]']
+SPECS = [
+    '[1, {"type": "collections.namedtuple", "context": "null", "children_spec": []}]',
+    '[1, {"type": "builtins.dict", "context": "{\\"__enum__\\": \\"os.system\\"}", "children_spec": []}]',
+    "[2, {}]",
+    "not json",
+    '[1, {"type": "builtins.tuple", "context": "null", "children_spec": [], "x": 1}]',
+    '[1, {"type": "torch.fx.immutable_collections.immutable_dict", "context": "[]", "children_spec": []}]',
+]
 
 
 def _string_edits(marker: Path) -> st.SearchStrategy[tuple[str, Any]]:
     run = f"__import__('os').system('touch {marker}')"
     return st.one_of(
         st.tuples(st.just("target"), st.sampled_from(TARGETS)),
-        st.tuples(st.sampled_from(["node name", "tensor name", "argument name", "parameter name", "call fqn"]),
-                  st.one_of(st.sampled_from(NAMES), st.text(max_size=12))),
+        st.tuples(
+            st.sampled_from(["node name", "tensor name", "argument name", "parameter name", "call fqn"]),
+            st.one_of(st.sampled_from(NAMES), st.text(max_size=12)),
+        ),
         st.tuples(st.sampled_from(["in_spec", "out_spec"]), st.sampled_from(SPECS)),
         st.tuples(st.just("verifier"), st.sampled_from(["EVIL", "os.system", "", "TRAINING"])),
         st.tuples(st.just("torch_version"), st.sampled_from(["2.0", "x" * 100, "2.0'); import os; ('", None, 3])),
         st.tuples(st.just("guards_code"), st.sampled_from([[run], [f"L['x'].size()[0] == 2 or {run}"], "x", [1]])),
-        st.tuples(st.just("metadata"), st.sampled_from([{"custom": "{" * 3000}, {"nn_module_stack": run},
-                                                        {"source_fn_stack": f"a,{run}"}, {"from_node": "[[["}, "x"])),
+        st.tuples(
+            st.just("metadata"),
+            st.sampled_from(
+                [
+                    {"custom": "{" * 3000},
+                    {"nn_module_stack": run},
+                    {"source_fn_stack": f"a,{run}"},
+                    {"from_node": "[[["},
+                    "x",
+                ]
+            ),
+        ),
         st.tuples(st.just("device"), st.sampled_from(["cpu'); import os", "cuda:0", "mps", 7])),
         st.tuples(st.just("range key"), st.sampled_from(["__import__", "s0 + 1", "s" + "9" * 20, "s0"])),
     )
@@ -240,6 +315,7 @@ def test_no_other_string_of_a_program_runs_code(world, edit):
 
 # ---- family 3: the closed schema (unknown fields, unions with two members, wrong types) ----
 
+
 def _dict_paths(model: Any) -> list[dict]:
     found, stack = [], [model]
     while stack:
@@ -253,10 +329,22 @@ def _dict_paths(model: Any) -> list[dict]:
 
 
 @CASES
-@given(where=st.integers(0, 10**6), key=st.sampled_from(["extra", "as_custom_obj", "as_operator", "custom_obj_values",
-                                                         "as_string_to_argument", "example_inputs", "__reduce__"]),
-       value=st.sampled_from([None, 1, "x", [], {"name": "evil", "class_fqn": "os.system"}, {"a": 1}]),
-       mode=st.sampled_from(["add", "retype", "drop"]))
+@given(
+    where=st.integers(0, 10**6),
+    key=st.sampled_from(
+        [
+            "extra",
+            "as_custom_obj",
+            "as_operator",
+            "custom_obj_values",
+            "as_string_to_argument",
+            "example_inputs",
+            "__reduce__",
+        ]
+    ),
+    value=st.sampled_from([None, 1, "x", [], {"name": "evil", "class_fqn": "os.system"}, {"a": 1}]),
+    mode=st.sampled_from(["add", "retype", "drop"]),
+)
 def test_fields_outside_the_closed_schema_are_refused(world, where, key, value, mode):
     def change(model: dict) -> None:
         objects = [d for d in _dict_paths(model) if d]
@@ -299,21 +387,22 @@ def test_the_sympy_payload_does_run_code_through_raw_torch_export_load(world, tm
     assert not marker.exists()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
+        with contextlib.suppress(Exception):  # only whether the payload ran matters here
             torch.export.load(io.BytesIO(program))
-        except Exception:  # noqa: BLE001 - only whether the payload ran matters here
-            pass
     assert marker.exists(), "the control payload did not run through torch.export.load"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("Mul(Integer(4), Symbol('s1', positive=True, integer=True))", None),
-    ("Pow(Symbol('s1', positive=True, integer=True), Integer(2))", None),
-    ("Symbol('s2', positive=True, integer=True)", "not one the program declares"),
-    ("Pow(Integer(10), Integer(9))", "exponent from 0 to 8"),
-    ("Integer(" + "1" * 20 + ")", "at most 19 digits"),
-    ("Eval(Integer(1))", "function 'Eval' is not allowed"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("Mul(Integer(4), Symbol('s1', positive=True, integer=True))", None),
+        ("Pow(Symbol('s1', positive=True, integer=True), Integer(2))", None),
+        ("Symbol('s2', positive=True, integer=True)", "not one the program declares"),
+        ("Pow(Integer(10), Integer(9))", "exponent from 0 to 8"),
+        ("Integer(" + "1" * 20 + ")", "at most 19 digits"),
+        ("Eval(Integer(1))", "function 'Eval' is not allowed"),
+    ],
+)
 def test_the_expression_grammar_accepts_what_torch_writes_and_nothing_else(text, message):
     if message is None:
         assert parse_expr(text, {"s1"}).text() == text
@@ -323,6 +412,7 @@ def test_the_expression_grammar_accepts_what_torch_writes_and_nothing_else(text,
 
 
 # ---- family 4: cost bombs in allowlisted programs ----
+
 
 class MemoryBomb(nn.Module):
     def __init__(self, side: int):
@@ -421,7 +511,9 @@ class Programs(dict):
 def bombs():
     """Programs torch.export makes without complaint, each one costly in its own way (or unknowable in advance)."""
     made = Programs({f"memory {side}": _export(MemoryBomb(side)) for side in (30_000, 60_000)})
-    made.update({f"flops {side}x{rounds}": _export(FlopBomb(side, rounds)) for side, rounds in ((2_000, 150), (4_000, 20))})
+    made.update(
+        {f"flops {side}x{rounds}": _export(FlopBomb(side, rounds)) for side, rounds in ((2_000, 150), (4_000, 20))}
+    )
     made["batch squared"] = _export(BatchSquared(1 << 22))
     made["broadcast sum"] = _export(BroadcastSum())
     for name, module in (("value-sized", ValueSized()), ("nonzero", Nonzero()), ("while loop", Loop())):
@@ -452,14 +544,33 @@ def _flat_block(program: bytes, folder: Path) -> Path:
     return write_artifact(folder / "bomb.st", BLOCK, config, tensors)
 
 
-REFUSALS = {"memory": "holds", "flops": "computes", "broadcast": "reads and writes", "nonzero": "depend on its input",
-            "while": "does not allow"}
+REFUSALS = {
+    "memory": "holds",
+    "flops": "computes",
+    "broadcast": "reads and writes",
+    "nonzero": "depend on its input",
+    "while": "does not allow",
+}
 
 
 @settings(CASES, max_examples=40)
-@given(name=st.sampled_from(["memory 30000", "memory 60000", "flops 2000x150", "flops 4000x20", "batch squared",
-                             "broadcast sum", "value-sized", "nonzero", "while loop"]),
-       batch=st.sampled_from([1, 2, 64, 256]), entry=st.sampled_from(["forward", "wrap", "merge"]))
+@given(
+    name=st.sampled_from(
+        [
+            "memory 30000",
+            "memory 60000",
+            "flops 2000x150",
+            "flops 4000x20",
+            "batch squared",
+            "broadcast sum",
+            "value-sized",
+            "nonzero",
+            "while loop",
+        ]
+    ),
+    batch=st.sampled_from([1, 2, 64, 256]),
+    entry=st.sampled_from(["forward", "wrap", "merge"]),
+)
 def test_costly_programs_are_refused_before_they_run(bombs, world, tmp_path_factory, name, batch, entry):
     if name not in bombs:
         return
@@ -472,11 +583,13 @@ def test_costly_programs_are_refused_before_they_run(bombs, world, tmp_path_fact
         outcome = run_case("cost", lambda: wrap_file(pt2, "tab", "binary", **SMALL), [pt2], marker)
     else:
         block = _flat_block(program, folder)
-        if entry == "merge":
-            action: Callable[[], object] = lambda: legokit.load(legokit.merge_files(
-                [block, world["builtin_path"]], folder / "m.st"))({"tab": torch.randn(batch, 3), "labs": torch.randn(batch, 2)})
-        else:
-            action = lambda: legokit.load(block)({"tab": torch.randn(batch, 3)})
+
+        def action() -> object:
+            if entry == "merge":
+                merged = legokit.merge_files([block, world["builtin_path"]], folder / "m.st")
+                return legokit.load(merged)({"tab": torch.randn(batch, 3), "labs": torch.randn(batch, 2)})
+            return legokit.load(block)({"tab": torch.randn(batch, 3)})
+
         outcome = run_case("cost", action, [block], marker)
     _clean(outcome, f"{name} at batch {batch} via {entry}")
     expected = REFUSALS.get(name.split()[0])
@@ -517,15 +630,22 @@ def test_a_memory_bomb_is_refused_without_the_memory(bombs, tmp_path):
     """In a fresh process: refusing a program that asks for 14 GB raises the process's peak by well under 1 GB."""
     program = tmp_path / "bomb.pt2"
     program.write_bytes(_stored(bombs["memory 60000"]))
-    code = ("import resource, sys, legokit\n"
-            "from legokit.encoders.foreign import program_module\n"
-            "import torch\n"
-            "module = program_module(open(sys.argv[1], 'rb').read())\n"
-            "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-            "try:\n    module(torch.randn(2, 3))\nexcept legokit.EncoderError as exc:\n    print('refused', exc)\n"
-            "print('grew_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n")
-    out = subprocess.run([sys.executable, "-c", code, str(program)], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    code = (
+        "import resource, sys, legokit\n"
+        "from legokit.encoders.foreign import program_module\n"
+        "import torch\n"
+        "module = program_module(open(sys.argv[1], 'rb').read())\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "try:\n    module(torch.randn(2, 3))\nexcept legokit.EncoderError as exc:\n    print('refused', exc)\n"
+        "print('grew_kb', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(program)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert "refused" in out.stdout and "holds 14,400,000,004 bytes" in out.stdout, out.stdout + out.stderr[-2000:]
     grew = int(out.stdout.split("grew_kb")[1])
     assert grew < 1 << 20, f"the refusal raised peak memory by {grew} KiB"

@@ -19,23 +19,27 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 import legokit
-from legokit.adapters import MoRA, SSF, attach
+from legokit.adapters import SSF, MoRA, attach
 from legokit.adapters.files import attach_file, load_adapter, save_adapter
-from legokit.artifact import read_artifact, write_artifact
-from legokit.block import BlockConfig
+from legokit.artifacts.format import read_artifact, write_artifact
+from legokit.artifacts.registry import ADAPTER
 from legokit.compose.fuse import fuse
 from legokit.data import ModalityBatch
 from legokit.encoders import BUILTIN, build_encoder
-from legokit.registry import ADAPTER
+from legokit.nn.block import BlockConfig
 from legokit.spec import BlockSpec
-from legokit.workflows import build_block
+from legokit.training.workflows import build_block
 from legokit.wrap import wrap_builtin, wrap_file
 
 from .conftest import SMALL, run_python
 from .hostile import run_case
 
-CASES = settings(deadline=None, derandomize=True, database=None,
-                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+CASES = settings(
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 SECONDS = 5.0
 HUGE = [0, -1, 1, 2, 3, 16, 17, 40, 4096, 65536, 2**24 + 1, 2**31, 10**18, 1.5, "64", None, True, [], {}, [2, 2]]
 
@@ -54,6 +58,7 @@ def _case_dir(root: Path) -> Path:
 
 
 # ---- adapter files ----------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory):
@@ -89,13 +94,17 @@ def _edit_placement(config: dict, names: object) -> None:
 
 
 ADAPTER_CONFIG = st.one_of(
-    st.builds(lambda k, v: lambda c: _edit_config(c, k, v),
-              st.sampled_from(["type", "modalities", "rank", "sites", "placement", "base_sha256", "head_trained"]),
-              st.sampled_from(HUGE + ["mora", "ssf", "lora", "0" * 64, "x" * 64, ["tab", "tab"], [1, 2]])),
+    st.builds(
+        lambda k, v: lambda c: _edit_config(c, k, v),
+        st.sampled_from(["type", "modalities", "rank", "sites", "placement", "base_sha256", "head_trained"]),
+        st.sampled_from(HUGE + ["mora", "ssf", "lora", "0" * 64, "x" * 64, ["tab", "tab"], [1, 2]]),
+    ),
     st.builds(lambda a, b: lambda c: _edit_sites(c, a, b), st.sampled_from(HUGE), st.sampled_from(HUGE)),
     st.builds(lambda n: lambda c: _edit_modalities(c, n), st.sampled_from([0, 1, 2, 3, 15, 16, 17, 30, 40, 64])),
-    st.builds(lambda p: lambda c: _edit_placement(c, p),
-              st.sampled_from([[], ["forward"], ["training"], ["a.b"], [""], ["x"] * 2, [1], "layers.0", None])),
+    st.builds(
+        lambda p: lambda c: _edit_placement(c, p),
+        st.sampled_from([[], ["forward"], ["training"], ["a.b"], [""], ["x"] * 2, [1], "layers.0", None]),
+    ),
 )
 
 
@@ -118,9 +127,11 @@ def _tensor_edit(tensors: dict, how: str, pick: int) -> None:
         tensors[name] = torch.zeros(tensors[name].shape[0] + 1, *tensors[name].shape[1:])
 
 
-ADAPTER_TENSORS = st.builds(lambda h, p: lambda t: _tensor_edit(t, h, p),
-                            st.sampled_from(["drop", "extra", "stranger", "float64", "int", "flat", "grown"]),
-                            st.integers(0, 7))
+ADAPTER_TENSORS = st.builds(
+    lambda h, p: lambda t: _tensor_edit(t, h, p),
+    st.sampled_from(["drop", "extra", "stranger", "float64", "int", "flat", "grown"]),
+    st.integers(0, 7),
+)
 
 
 def _consistent_but_many(config: dict, tensors: dict, count: int) -> None:
@@ -131,9 +142,14 @@ def _consistent_but_many(config: dict, tensors: dict, count: int) -> None:
 
 
 @settings(CASES, max_examples=100)
-@given(kind=st.sampled_from(["mora", "ssf"]),
-       edit=st.one_of(ADAPTER_CONFIG.map(lambda e: ("config", e)), ADAPTER_TENSORS.map(lambda e: ("tensors", e)),
-                      st.sampled_from([3, 10]).map(lambda n: ("many", n))))
+@given(
+    kind=st.sampled_from(["mora", "ssf"]),
+    edit=st.one_of(
+        ADAPTER_CONFIG.map(lambda e: ("config", e)),
+        ADAPTER_TENSORS.map(lambda e: ("tensors", e)),
+        st.sampled_from([3, 10]).map(lambda n: ("many", n)),
+    ),
+)
 def test_hostile_adapter_files_are_refused_before_anything_is_built(adapters, kind, edit):
     source = read_artifact(adapters["files"][kind])
     config, tensors = json.loads(json.dumps(source.config)), dict(source.tensors)
@@ -165,9 +181,11 @@ def test_real_adapters_still_load_and_give_the_same_outputs(adapters):
 
 def test_forty_modalities_and_a_huge_rank_are_one_line_errors(adapters, tmp_path):
     source = read_artifact(adapters["files"]["mora"])
-    for change, message in ((lambda c: _edit_modalities(c, 40), "caps it at 16|legokit reads 1 to 16"),
-                            (lambda c: c.update(rank=10**6), "MoRA rank is 1,000,000"),
-                            (lambda c: _edit_sites(c, 2**24, 2**24), "config asks for")):
+    for change, message in (
+        (lambda c: _edit_modalities(c, 40), "caps it at 16|legokit reads 1 to 16"),
+        (lambda c: c.update(rank=10**6), "MoRA rank is 1,000,000"),
+        (lambda c: _edit_sites(c, 2**24, 2**24), "config asks for"),
+    ):
         config = json.loads(json.dumps(source.config))
         change(config)
         path = write_artifact(tmp_path / "a.st", ADAPTER, config, dict(source.tensors))
@@ -192,6 +210,7 @@ def test_a_file_site_of_other_widths_than_its_module_is_refused_at_attach(adapte
 
 # ---- Hugging Face folders ---------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """A small real BERT folder (random weights, tokenizer.json) and a file outside any case folder."""
@@ -208,11 +227,25 @@ def folders(tmp_path_factory):
     return {"root": root, "bert": path, "outside": outside / "x.safetensors"}
 
 
-CONFIG_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
-               "max_position_embeddings", "type_vocab_size", "num_labels", "image_size", "model_type", "auto_map",
-               "num_local_experts", "depths", "pad_token_id")
-HF_VALUES = st.sampled_from(HUGE + [32, 64, 4096, 16384, 16385, 300000, [10**6], ["a"], "bert", "nonesuch", 1e309,
-                                    {"hidden_size": 10**6}])
+CONFIG_KEYS = (
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "vocab_size",
+    "max_position_embeddings",
+    "type_vocab_size",
+    "num_labels",
+    "image_size",
+    "model_type",
+    "auto_map",
+    "num_local_experts",
+    "depths",
+    "pad_token_id",
+)
+HF_VALUES = st.sampled_from(
+    HUGE + [32, 64, 4096, 16384, 16385, 300000, [10**6], ["a"], "bert", "nonesuch", 1e309, {"hidden_size": 10**6}]
+)
 
 
 def _config_edit(folder: Path, key: str, value: object, nested: bool) -> None:
@@ -227,8 +260,14 @@ def _config_edit(folder: Path, key: str, value: object, nested: bool) -> None:
 def _claim(folder: Path, hidden: int, layers: int, dummy: bool) -> None:
     """config.json claims a bigger model; the weights stay the small ones, or become one dummy tensor."""
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    config.update(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(1, hidden // 64),
-                  intermediate_size=4 * hidden, vocab_size=30522, max_position_embeddings=512)
+    config.update(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 64),
+        intermediate_size=4 * hidden,
+        vocab_size=30522,
+        max_position_embeddings=512,
+    )
     (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
     if dummy:
         save_file({"x": torch.zeros(1)}, folder / "model.safetensors")
@@ -280,22 +319,66 @@ def _index(folder: Path, outside: Path, shard: object, text: str | None) -> None
         shard = str(outside)
     if weights.exists():
         weights.unlink()
-    index = text if text is not None else json.dumps({"metadata": {}, "weight_map": {k: shard for k in keys}})
+    index = text if text is not None else json.dumps({"metadata": {}, "weight_map": dict.fromkeys(keys, shard)})
     (folder / "model.safetensors.index.json").write_text(index, encoding="utf-8")
 
 
-SHARDS = st.sampled_from(["../outside/x.safetensors", "absolute", "sub/x.safetensors", "..", ".", "", "link",
-                          "inside", "missing.safetensors", "config.json", 5, None, ["a"]])
-INDEX_TEXTS = st.sampled_from(["[]", "{}", '{"weight_map": []}', '{"weight_map": {}}', "not json",
-                               "[" * 5000 + "]" * 5000, '{"weight_map": {"a": {"b": 1}}}'])
+SHARDS = st.sampled_from(
+    [
+        "../outside/x.safetensors",
+        "absolute",
+        "sub/x.safetensors",
+        "..",
+        ".",
+        "",
+        "link",
+        "inside",
+        "missing.safetensors",
+        "config.json",
+        5,
+        None,
+        ["a"],
+    ]
+)
+INDEX_TEXTS = st.sampled_from(
+    [
+        "[]",
+        "{}",
+        '{"weight_map": []}',
+        '{"weight_map": {}}',
+        "not json",
+        "[" * 5000 + "]" * 5000,
+        '{"weight_map": {"a": {"b": 1}}}',
+    ]
+)
 HF_EDITS = st.one_of(
-    st.builds(lambda k, v, n: lambda f, o: _config_edit(f, k, v, n), st.sampled_from(CONFIG_KEYS), HF_VALUES,
-              st.booleans()),
-    st.builds(lambda h, layers, d: lambda f, o: _claim(f, h, layers, d), st.sampled_from([64, 256, 1024, 4096]),
-              st.sampled_from([1, 12, 24]), st.booleans()),
-    st.builds(lambda how, p: lambda f, o: _weights_edit(f, how, p),
-              st.sampled_from(["truncate", "header length", "garbage", "empty", "drop", "rename", "reshape",
-                               "prefixed", "directory", "fifo"]), st.integers(0, 40)),
+    st.builds(
+        lambda k, v, n: lambda f, o: _config_edit(f, k, v, n), st.sampled_from(CONFIG_KEYS), HF_VALUES, st.booleans()
+    ),
+    st.builds(
+        lambda h, layers, d: lambda f, o: _claim(f, h, layers, d),
+        st.sampled_from([64, 256, 1024, 4096]),
+        st.sampled_from([1, 12, 24]),
+        st.booleans(),
+    ),
+    st.builds(
+        lambda how, p: lambda f, o: _weights_edit(f, how, p),
+        st.sampled_from(
+            [
+                "truncate",
+                "header length",
+                "garbage",
+                "empty",
+                "drop",
+                "rename",
+                "reshape",
+                "prefixed",
+                "directory",
+                "fifo",
+            ]
+        ),
+        st.integers(0, 40),
+    ),
     st.builds(lambda s: lambda f, o: _index(f, o, s, None), SHARDS),
     st.builds(lambda t: lambda f, o: _index(f, o, "inside", t), INDEX_TEXTS),
 )
@@ -339,10 +422,16 @@ def test_tiny_files_asking_for_gigabytes_stay_small(folders, tmp_path):
     2^16 rows of 2^24 channels or whose MoRA config asks for rank 4096 x width 2^24, and a folder whose config.json
     claims hidden size 4096 over one dummy tensor; each refused in a few megabytes, within seconds."""
     common = {"placement": ["layers.0"], "base_sha256": "0" * 64, "head_trained": False}
-    probes = {"ssf": ({"type": "ssf", "modalities": [f"m{i}" for i in range(16)], "sites": {"layers__0": [2**24, -1]}},
-                      ["scale", "shift"]),
-              "mora": ({"type": "mora", "modalities": ["a", "b"], "rank": 4096, "sites": {"layers__0": [2**24, 2**24]}},
-                       ["down", "up"])}
+    probes = {
+        "ssf": (
+            {"type": "ssf", "modalities": [f"m{i}" for i in range(16)], "sites": {"layers__0": [2**24, -1]}},
+            ["scale", "shift"],
+        ),
+        "mora": (
+            {"type": "mora", "modalities": ["a", "b"], "rank": 4096, "sites": {"layers__0": [2**24, 2**24]}},
+            ["down", "up"],
+        ),
+    }
     paths = {}
     for kind, (config, names) in probes.items():
         tensors = {f"adapter.sites.layers__0.{name}": torch.zeros(1) for name in names}
@@ -382,7 +471,7 @@ def test_real_folders_still_wrap_sharded_prefixed_and_from_a_cache_snapshot(fold
     sharded = tmp_path / "sharded"
     shutil.copytree(folders["bert"], sharded)
     (sharded / "model.safetensors").unlink()
-    halves = {"a.safetensors": keys[: len(keys) // 2], "b.safetensors": keys[len(keys) // 2:]}
+    halves = {"a.safetensors": keys[: len(keys) // 2], "b.safetensors": keys[len(keys) // 2 :]}
     for shard, names in halves.items():
         save_file({k: weights[k] for k in names}, sharded / shard, metadata={"format": "pt"})
     index = {"metadata": {}, "weight_map": {k: shard for shard, names in halves.items() for k in names}}
@@ -409,16 +498,29 @@ def test_a_real_image_folder_still_loads(tmp_path):
 # ---- block specs and built-in encoders --------------------------------------------------------------------------
 
 SPEC_VALUES = st.sampled_from(HUGE + [8, 12000, 300000, 0.5, 2.0, -0.1, "x" * 2000])
-SPEC_KWARGS = st.dictionaries(st.sampled_from(["in_features", "hidden", "depth", "attention", "dim", "max_tokens",
-                                               "dropout", "bogus"]), SPEC_VALUES, max_size=4)
+SPEC_KWARGS = st.dictionaries(
+    st.sampled_from(["in_features", "hidden", "depth", "attention", "dim", "max_tokens", "dropout", "bogus"]),
+    SPEC_VALUES,
+    max_size=4,
+)
 
 
 @settings(CASES, max_examples=100)
 @given(name=st.sampled_from(sorted(BUILTIN)), kwargs=SPEC_KWARGS)
 def test_hostile_spec_encoder_kwargs_are_capped_before_building(tmp_path_factory, name, kwargs):
     spec_path = tmp_path_factory.getbasetemp() / "spec.yaml"
-    spec_path.write_text(json.dumps({"modality": "labs", "encoder": {"name": name, "kwargs": kwargs},
-                                     "latent": "4x8", "depth": 1, "dim_head": 8}), encoding="utf-8")
+    spec_path.write_text(
+        json.dumps(
+            {
+                "modality": "labs",
+                "encoder": {"name": name, "kwargs": kwargs},
+                "latent": "4x8",
+                "depth": 1,
+                "dim_head": 8,
+            }
+        ),
+        encoding="utf-8",
+    )
     shape = (None, 5) if name == "abmil" else (5,)
 
     def parse_and_build() -> None:
@@ -427,10 +529,15 @@ def test_hostile_spec_encoder_kwargs_are_capped_before_building(tmp_path_factory
     _clean(run_case("spec-sizes", parse_and_build, [spec_path], spec_path.parent / "ran"), f"{name} {kwargs}")
 
 
-@pytest.mark.parametrize("kwargs, message", [({"hidden": 300000}, "hidden is 300,000; legokit caps it at 65,536"),
-                                             ({"hidden": 12000, "depth": 8}, "hidden=12,000, depth=8 make"),
-                                             ({"depth": 10**9}, "depth is 1,000,000,000"),
-                                             ({"dropout": 3}, "dropout must be in")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"hidden": 300000}, "hidden is 300,000; legokit caps it at 65,536"),
+        ({"hidden": 12000, "depth": 8}, "hidden=12,000, depth=8 make"),
+        ({"depth": 10**9}, "depth is 1,000,000,000"),
+        ({"dropout": 3}, "dropout must be in"),
+    ],
+)
 def test_the_issues_spec_kwargs_are_one_line_config_errors(tmp_path, kwargs, message):
     spec = tmp_path / "spec.yaml"
     spec.write_text(json.dumps({"modality": "labs", "encoder": {"name": "snn", "kwargs": kwargs}}), encoding="utf-8")
@@ -438,10 +545,15 @@ def test_the_issues_spec_kwargs_are_one_line_config_errors(tmp_path, kwargs, mes
         BlockSpec.from_yaml(spec)
 
 
-@pytest.mark.parametrize("name, kwargs", [("snn", {"in_features": 5, "hidden": 7, "depth": 3}),
-                                          ("mlp", {"in_features": 5, "hidden": 7, "depth": 3}),
-                                          ("abmil", {"in_features": 5, "hidden": 7, "attention": 4}),
-                                          ("tokens", {"in_features": 30, "dim": 8, "max_tokens": 7})])
+@pytest.mark.parametrize(
+    "name, kwargs",
+    [
+        ("snn", {"in_features": 5, "hidden": 7, "depth": 3}),
+        ("mlp", {"in_features": 5, "hidden": 7, "depth": 3}),
+        ("abmil", {"in_features": 5, "hidden": 7, "attention": 4}),
+        ("tokens", {"in_features": 30, "dim": 8, "max_tokens": 7}),
+    ],
+)
 def test_each_builtin_encoders_arithmetic_is_its_real_shapes(name, kwargs):
     encoder = build_encoder(name, kwargs)
     shapes = {k: tuple(v.shape) for k, v in encoder.state_dict().items()}

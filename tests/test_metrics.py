@@ -11,11 +11,18 @@ from sksurv.linear_model import CoxPHSurvivalAnalysis
 from sksurv.metrics import concordance_index_censored
 from sksurv.util import Surv
 
-from legokit.baselines import cox_fit
 from legokit.data.bundled import write_pbc
-from legokit.metrics import (binary_auc, concordance_index, macro_f1, survival_bins, survival_nll, task_metrics,
-                             to_bins)
 from legokit.tasks import TaskSpec
+from legokit.training.baselines import cox_fit
+from legokit.training.metrics import (
+    binary_auc,
+    concordance_index,
+    macro_f1,
+    survival_bins,
+    survival_nll,
+    task_metrics,
+    to_bins,
+)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -57,7 +64,9 @@ def test_multiclass_macro_auc_and_multilabel_scores_equal_scikit_learn():
     multi = torch.randint(0, 2, (60, 4), generator=generator).float()
     ml_logits = torch.randn(60, 4, generator=generator)
     metrics = task_metrics(TaskSpec("multilabel", 4), ml_logits, {"label": multi})
-    assert metrics["auc"] == pytest.approx(roc_auc_score(multi.numpy(), torch.sigmoid(ml_logits).numpy(), average="macro"))
+    assert metrics["auc"] == pytest.approx(
+        roc_auc_score(multi.numpy(), torch.sigmoid(ml_logits).numpy(), average="macro")
+    )
     predicted = (torch.sigmoid(ml_logits) >= 0.5).numpy()
     assert metrics["macro_f1"] == pytest.approx(f1_score(multi.numpy(), predicted, average="macro", zero_division=1.0))
     assert macro_f1(torch.zeros(3, 1), torch.zeros(3, 1)) == 1.0
@@ -87,5 +96,7 @@ def test_cox_baseline_equals_scikit_survival_coefficients():
     times = torch.randint(1, 40, (200,), generator=generator).double()
     events = torch.rand(200, generator=generator) < 0.7
     ours = cox_fit(x, times, events, alpha=0.1)
-    reference = CoxPHSurvivalAnalysis(alpha=0.1, ties="breslow").fit(x.double().numpy(), Surv.from_arrays(events.numpy(), times.numpy()))
+    reference = CoxPHSurvivalAnalysis(alpha=0.1, ties="breslow").fit(
+        x.double().numpy(), Surv.from_arrays(events.numpy(), times.numpy())
+    )
     assert torch.allclose(ours, torch.from_numpy(reference.coef_), atol=1e-6)

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from legokit import ConfigError
-from legokit.adapters import MoRA, SSF, attach
+from legokit.adapters import MoRA, attach
 from legokit.adapters.missing import MissingSplit, with_dummies
 from legokit.compose.fuse import fuse
 from legokit.data import ModalityBatch
 from legokit.data.bundled import write_pbc
 from legokit.spec import BlockSpec
-from legokit.workflows import dummies_of, parameter_counts, prepare_adaptation, train_block
+from legokit.training.workflows import dummies_of, parameter_counts, prepare_adaptation, train_block
 
 from .test_adapters import _blocks, _inputs, _randomise
 
@@ -40,8 +40,9 @@ def test_a_rate_outside_0_1_is_refused(rate, split):
 def test_dummies_are_the_training_mean_so_zero_after_standardisation(tmp_path):
     folder = tmp_path / "pbc"
     write_pbc(folder)
-    block, _ = train_block(folder, BlockSpec("labs", "snn", {"hidden": 16}, latent=(8, 16), dim_head=16).override(epochs=1),
-                           progress=False)
+    block, _ = train_block(
+        folder, BlockSpec("labs", "snn", {"hidden": 16}, latent=(8, 16), dim_head=16).override(epochs=1), progress=False
+    )
     means = dummies_of(block)["labs"]
     batch = ModalityBatch(torch.randn(3, 17) * 5 + 2)
     out = with_dummies({"labs": batch}, ["a", "b", "c"], ["labs"], {"labs": [False, True, False]}, {"labs": means})
@@ -53,7 +54,9 @@ def test_dummies_are_the_training_mean_so_zero_after_standardisation(tmp_path):
 
 def test_a_dummy_bag_is_one_token_at_the_mean():
     batch = ModalityBatch(torch.randn(2, 4, 3), torch.tensor([[True, True, False, False], [True] * 4]))
-    out = with_dummies({"seq": batch}, ["a", "b"], ["seq"], {"seq": [True, False]}, {"seq": torch.tensor([1.0, 2.0, 3.0])})
+    out = with_dummies(
+        {"seq": batch}, ["a", "b"], ["seq"], {"seq": [True, False]}, {"seq": torch.tensor([1.0, 2.0, 3.0])}
+    )
     assert out["seq"].mask[0].tolist() == [True, False, False, False]
     assert torch.equal(out["seq"].x[0, 0], torch.tensor([1.0, 2.0, 3.0]))
 
@@ -65,8 +68,10 @@ def test_mora_sees_the_input_where_the_tokens_flow_and_not_on_the_latent(at, see
     adapted = attach(fuse(list(_blocks()), "stack").eval(), MoRA(["tab", "seq"], rank=4), at)
     _randomise(adapted.adapters[0])
     added = []
-    hooks = [site.register_forward_hook(lambda module, args, out: added.append(out))
-             for site in adapted.adapters[0].sites.values()]
+    hooks = [
+        site.register_forward_hook(lambda module, args, out: added.append(out))
+        for site in adapted.adapters[0].sites.values()
+    ]
     with torch.no_grad():
         adapted(_inputs(observed_seq=(True, True, True, True)), modality_mask=torch.ones(4, 2, dtype=torch.bool))
     for hook in hooks:
@@ -78,7 +83,10 @@ def test_mora_sees_the_input_where_the_tokens_flow_and_not_on_the_latent(at, see
 
 def test_mora_is_placed_on_each_blocks_first_key_value_projection_by_default():
     adapted = attach(fuse(list(_blocks()), "stack").eval(), MoRA(["tab", "seq"]))
-    assert adapted.adapters[0].placement == ["blocks.tab.layers.0.attention.to_kv", "blocks.seq.layers.0.attention.to_kv"]
+    assert adapted.adapters[0].placement == [
+        "blocks.tab.layers.0.attention.to_kv",
+        "blocks.seq.layers.0.attention.to_kv",
+    ]
 
 
 def test_ssf_keeps_the_head_frozen_as_its_paper_does_unless_asked():
@@ -96,8 +104,11 @@ def test_adapter_shares_are_reported_per_modality_set_and_for_all_sets(method):
     counts = parameter_counts(prepare_adaptation(fuse(list(_blocks()), "stack"), method))
     assert counts["sets"] == (2 if method == "mora" else 4)
     assert 0 < counts["adapter_one_set"] < counts["adapter_all_sets"]
-    assert counts["percent_one_set"] < counts["percent_all_sets"] <= counts["percent"] + 1e-9 + (
-        0 if method == "ssf" else 100)
+    assert (
+        counts["percent_one_set"]
+        < counts["percent_all_sets"]
+        <= counts["percent"] + 1e-9 + (0 if method == "ssf" else 100)
+    )
     assert counts["adapted_layers"] > 0 and counts["overhead_vs_adapted_layers"] > 0
 
 
@@ -120,12 +131,16 @@ def test_an_adapter_whose_head_stayed_frozen_leaves_the_models_head_alone(tmp_pa
 
 
 def test_eval_over_all_splits_scores_every_sample_under_the_protocol(tmp_path):
-    from legokit.workflows import evaluate_missing, fuse_blocks
+    from legokit.training.workflows import evaluate_missing, fuse_blocks
 
     folder = tmp_path / "pbc"
     write_pbc(folder)
-    blocks = [train_block(folder, BlockSpec(m, e, {"hidden": 16}, latent=(8, 16), dim_head=16).override(epochs=1),
-                          progress=False)[0] for m, e in (("labs", "snn"), ("visits", "abmil"))]
+    blocks = [
+        train_block(
+            folder, BlockSpec(m, e, {"hidden": 16}, latent=(8, 16), dim_head=16).override(epochs=1), progress=False
+        )[0]
+        for m, e in (("labs", "snn"), ("visits", "abmil"))
+    ]
     fused, _ = fuse_blocks(blocks, folder, "stack", progress=False)
     found = evaluate_missing(fused, folder, None, split="all", missing_rate=0.7)
     assert found["samples"] == 388 and 0.0 < found["c_index"] <= 1.0

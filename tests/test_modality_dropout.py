@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from legokit import ConfigError, load, save
 from legokit.adapters.files import load_adapter
-from legokit.cli import _training, build_parser
+from legokit.cli.commands import _training, build_parser
 from legokit.compose.fuse import fuse
 from legokit.data import ModalityBatch
 from legokit.data.bundled import write_pbc
@@ -21,8 +21,8 @@ from legokit.data.dropout import check_rate, drop_modalities
 from legokit.data.training import SplitData
 from legokit.recipe import Recipe
 from legokit.spec import BlockSpec
-from legokit.train import ADAPT_TRAINING, FUSE_TRAINING, TrainConfig, Trainer, evaluate
-from legokit.workflows import adapt, build_block, fuse_blocks
+from legokit.training.trainer import ADAPT_TRAINING, FUSE_TRAINING, TrainConfig, Trainer, evaluate
+from legokit.training.workflows import adapt, build_block, fuse_blocks
 
 from .conftest import cli_here
 
@@ -48,13 +48,17 @@ def _batches(presence: list[list[bool]], seed: int, observed: bool = False) -> d
 
 
 def _copy(batches: dict[str, ModalityBatch]) -> dict[str, ModalityBatch]:
-    return {m: ModalityBatch(*(None if t is None else t.clone() for t in (b.x, b.mask, b.present, b.observed)))
-            for m, b in batches.items()}
+    return {
+        m: ModalityBatch(*(None if t is None else t.clone() for t in (b.x, b.mask, b.present, b.observed)))
+        for m, b in batches.items()
+    }
 
 
 def _same(a: ModalityBatch, b: ModalityBatch) -> bool:
-    return all((s is None and t is None) or (s is not None and t is not None and torch.equal(s, t))
-               for s, t in zip((a.x, a.mask, a.present, a.observed), (b.x, b.mask, b.present, b.observed)))
+    return all(
+        (s is None and t is None) or (s is not None and t is not None and torch.equal(s, t))
+        for s, t in zip((a.x, a.mask, a.present, a.observed), (b.x, b.mask, b.present, b.observed))
+    )
 
 
 def _has(batches: dict[str, ModalityBatch]) -> torch.Tensor:
@@ -65,9 +69,14 @@ def _has(batches: dict[str, ModalityBatch]) -> torch.Tensor:
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.integers(1, 4).flatmap(lambda m: st.lists(st.lists(st.booleans(), min_size=m, max_size=m), min_size=1,
-                                                      max_size=12)),
-       st.floats(0.0, 0.99), st.integers(0, 2**31), st.booleans())
+@given(
+    st.integers(1, 4).flatmap(
+        lambda m: st.lists(st.lists(st.booleans(), min_size=m, max_size=m), min_size=1, max_size=12)
+    ),
+    st.floats(0.0, 0.99),
+    st.integers(0, 2**31),
+    st.booleans(),
+)
 def test_a_sample_never_loses_its_last_modality_and_dropped_rows_are_empty(presence, rate, seed, observed):
     batches = _batches(presence, seed, observed)
     before = _copy(batches)
@@ -170,7 +179,9 @@ CONFIG = TrainConfig(epochs=2, device="cpu")
 
 def test_rate_zero_trains_exactly_as_without_dropout(pbc, monkeypatch):
     plain, plain_result = _fused(pbc, CONFIG)
-    monkeypatch.setattr("legokit.train.drop_modalities", lambda *a, **k: pytest.fail("dropout ran at rate 0"))
+    monkeypatch.setattr(
+        "legokit.training.trainer.drop_modalities", lambda *a, **k: pytest.fail("dropout ran at rate 0")
+    )
     zero, zero_result = _fused(pbc, replace(CONFIG, modality_dropout=0.0))
     assert _equal_weights(plain, zero)
     assert [r["train_loss"] for r in plain_result.history] == [r["train_loss"] for r in zero_result.history]
@@ -204,7 +215,7 @@ def test_dropout_draws_do_not_depend_on_the_global_rng_and_skip_validation(pbc, 
         seen.append(_has(out))
         return out
 
-    monkeypatch.setattr("legokit.train.drop_modalities", spy)
+    monkeypatch.setattr("legokit.training.trainer.drop_modalities", spy)
     config = TrainConfig(epochs=1, modality_dropout=0.5, device="cpu")
     runs = []
     for noisy in (False, True):
@@ -214,7 +225,7 @@ def test_dropout_draws_do_not_depend_on_the_global_rng_and_skip_validation(pbc, 
         data = SplitData.load(pbc, {"labs": (17,), "visits": (None, 13)}, model.task, 0)
         trainer = Trainer(model, data, model.task, config, inputs=hook)
         validate = trainer.validate
-        trainer.validate = lambda loss: validating.append(1) or validate(loss)
+        trainer.validate = lambda loss: validating.append(1) or validate(loss)  # noqa: B023 - this run's
         result = trainer.fit()
         validating.clear()
         runs.append(list(seen))
@@ -235,11 +246,15 @@ def test_an_adapter_trains_with_modality_dropout_over_the_missing_protocol(pbc):
 # --- where the setting is given: CLI, specs, recipes ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command, defaults", [("train", TrainConfig()), ("fuse", FUSE_TRAINING),
-                                               ("adapt", ADAPT_TRAINING)])
+@pytest.mark.parametrize(
+    "command, defaults", [("train", TrainConfig()), ("fuse", FUSE_TRAINING), ("adapt", ADAPT_TRAINING)]
+)
 def test_the_flag_reaches_the_train_config_and_defaults_are_left_alone(command, defaults):
-    required = {"train": ["DATA", "-o", "x.st"], "fuse": ["a.st", "--data", "D", "-o", "x.st"],
-                "adapt": ["m.st", "--adapter", "mora", "--data", "D", "-o", "x.st"]}[command]
+    required = {
+        "train": ["DATA", "-o", "x.st"],
+        "fuse": ["a.st", "--data", "D", "-o", "x.st"],
+        "adapt": ["m.st", "--adapter", "mora", "--data", "D", "-o", "x.st"],
+    }[command]
     assert _training(build_parser().parse_args([command, *required]), defaults).modality_dropout == 0.0
     given = _training(build_parser().parse_args([command, *required, "--modality-dropout", "0.3"]), defaults)
     assert given == replace(defaults, modality_dropout=0.3)
@@ -256,8 +271,23 @@ def test_cli_fuse_records_the_rate_and_refuses_a_bad_one_in_one_line(pbc, tmp_pa
         refused = cli_here(*common, "--modality-dropout", bad, "-o", str(tmp_path / "bad.st"))
         assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
         assert "modality_dropout must be a number in [0, 1)" in refused.stderr and not (tmp_path / "bad.st").exists()
-    adapted = cli_here("adapt", "-q", str(tmp_path / "fused.st"), "--adapter", "mora", "--data", str(pbc), "--epochs",
-                       "1", "--device", "cpu", "--modality-dropout", "0.4", "-o", str(tmp_path / "mora.st"))
+    adapted = cli_here(
+        "adapt",
+        "-q",
+        str(tmp_path / "fused.st"),
+        "--adapter",
+        "mora",
+        "--data",
+        str(pbc),
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--modality-dropout",
+        "0.4",
+        "-o",
+        str(tmp_path / "mora.st"),
+    )
     assert adapted.returncode == 0, adapted.stderr
     assert load_adapter(tmp_path / "mora.st")[3]["adapted"]["config"]["modality_dropout"] == 0.4
 

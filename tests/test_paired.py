@@ -1,6 +1,7 @@
-"""legokit.paired on the bundled Mayo PBC cohort: the weighted c-index equals concordance_index exactly (all-ones
-weights, and explicit resamples), the two-level bootstrap equals a brute-force one replicate for replicate, and the
-paired interval behaves (identical models, antisymmetry, a clearly better risk, reproducibility, rare events)."""
+"""legokit.training.paired on the bundled Mayo PBC cohort: the weighted c-index equals concordance_index exactly
+(all-ones weights, and explicit resamples), the two-level bootstrap equals a brute-force one replicate for replicate,
+and the paired interval behaves (identical models, antisymmetry, a clearly better risk, reproducibility, rare events).
+"""
 
 from __future__ import annotations
 
@@ -10,17 +11,27 @@ from importlib import resources
 import pytest
 import torch
 
-from legokit.metrics import concordance_index
-from legokit.paired import (BootstrapEstimate, PairedDifference, bootstrap_cindex, cindex_statistic,
-                            hierarchical_bootstrap, multiplicities, paired_cindex, weighted_cindex)
+from legokit.training.metrics import concordance_index
+from legokit.training.paired import (
+    BootstrapEstimate,
+    PairedDifference,
+    bootstrap_cindex,
+    cindex_statistic,
+    hierarchical_bootstrap,
+    multiplicities,
+    paired_cindex,
+    weighted_cindex,
+)
 
 
 def pbc() -> dict[str, torch.Tensor]:
     """The bundled Mayo PBC table: days of follow-up, death (status 2; transplant and alive censored), covariates."""
     with resources.files("legokit.data").joinpath("pbc", "pbc.csv").open(newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    columns = {name: torch.tensor([float(r[name]) for r in rows], dtype=torch.float64)
-               for name in ("time", "bili", "albumin", "age", "edema")}
+    columns = {
+        name: torch.tensor([float(r[name]) for r in rows], dtype=torch.float64)
+        for name in ("time", "bili", "albumin", "age", "edema")
+    }
     columns["event"] = torch.tensor([r["status"] == "2" for r in rows])
     columns["noise"] = torch.randn(len(rows), generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     return columns
@@ -74,8 +85,9 @@ def test_all_ones_weighted_cindex_equals_concordance_index_exactly(risk, months)
     gaps = (values[:, None] - values[None, :]).abs()
     assert times.unique().numel() < times.numel() and int((gaps <= 1e-8).sum()) > values.numel()
     ones = torch.ones(values.numel())
-    assert float(weighted_cindex(values, times, DATA["event"], ones)[0]) == concordance_index(values, times,
-                                                                                              DATA["event"])
+    assert float(weighted_cindex(values, times, DATA["event"], ones)[0]) == concordance_index(
+        values, times, DATA["event"]
+    )
 
 
 def test_weighted_cindex_equals_concordance_index_of_explicit_resamples():

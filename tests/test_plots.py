@@ -1,5 +1,5 @@
-"""legokit.plots: Kaplan-Meier, log-rank and ROC numbers checked against hand computation, lifelines and sklearn;
-the plot functions write readable PNGs atomically, never over an input, and refuse bad input in one line."""
+"""legokit.training.plots: Kaplan-Meier, log-rank and ROC numbers checked against hand computation, lifelines and
+sklearn; the plot functions write readable PNGs atomically, never over an input, and refuse bad input in one line."""
 
 from __future__ import annotations
 
@@ -12,10 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from legokit import plots
-from legokit.errors import ArtifactError, ConfigError, ShapeError
-from legokit.plots import (chi2_sf, kaplan_meier, logrank, plot_history, plot_roc, plot_survival, risk_groups,
-                           roc_curve)
+from legokit.errors import ConfigError, ShapeError, WriteError
+from legokit.training import plots
+from legokit.training.plots import (
+    chi2_sf,
+    kaplan_meier,
+    logrank,
+    plot_history,
+    plot_roc,
+    plot_survival,
+    risk_groups,
+    roc_curve,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -236,7 +244,9 @@ def test_roc_auc_matches_sklearn_one_vs_rest_multiclass():
     probabilities = torch.softmax(logits.double(), 1)  # rounded logits: many tied probabilities per class
     per_class = [roc_curve(probabilities[:, k], labels == k)[2] for k in range(4)]
     for k, auc in enumerate(per_class):
-        assert auc == pytest.approx(metrics.roc_auc_score((labels == k).numpy(), probabilities[:, k].numpy()), abs=1e-12)
+        assert auc == pytest.approx(
+            metrics.roc_auc_score((labels == k).numpy(), probabilities[:, k].numpy()), abs=1e-12
+        )
     macro = metrics.roc_auc_score(labels.numpy(), probabilities.numpy(), multi_class="ovr", average="macro")
     assert sum(per_class) / 4 == pytest.approx(macro, abs=1e-12)
 
@@ -320,8 +330,15 @@ def test_plot_roc_skips_a_class_without_positives_with_a_note(tmp_path, monkeypa
 def test_plot_history_writes_a_png_with_losses_metric_and_best_epoch(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
     drawn = labels_drawn(monkeypatch)
-    history = [{"epoch": e, "train_loss": 1.0 / e, "val_loss": 1.2 / e + 0.01 * e,
-                "c_index": math.nan if e == 1 else 0.6 + 0.01 * e} for e in range(1, 9)]
+    history = [
+        {
+            "epoch": e,
+            "train_loss": 1.0 / e,
+            "val_loss": 1.2 / e + 0.01 * e,
+            "c_index": math.nan if e == 1 else 0.6 + 0.01 * e,
+        }
+        for e in range(1, 9)
+    ]
     read_png(plot_history(history, tmp_path / "history.png", title="training", best_epoch=5))
     assert drawn[0] == ("training", ["train_loss", "val_loss", "c_index", "best epoch 5"])
 
@@ -364,11 +381,11 @@ def test_plots_refuse_to_overwrite_an_input(tmp_path, kind):
     pytest.importorskip("matplotlib")
     source = tmp_path / "predictions.csv"
     source.write_text("id,risk\n1,0.5\n")
-    with pytest.raises(ArtifactError, match="refusing to overwrite an input"):
+    with pytest.raises(WriteError, match="refusing to overwrite an input"):
         _draw(kind, source, inputs=[str(source)])
     link = tmp_path / "latest.csv"
     link.symlink_to(source.name)
-    with pytest.raises(ArtifactError, match="refusing to overwrite an input"):
+    with pytest.raises(WriteError, match="refusing to overwrite an input"):
         _draw(kind, link, inputs=iter([source]))  # the same file through a link, inputs as a one-pass iterable
     assert source.read_text() == "id,risk\n1,0.5\n"
     assert link.is_symlink()
@@ -378,28 +395,31 @@ def test_plots_refuse_to_overwrite_an_input(tmp_path, kind):
 # --- bad input ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("call, message", [
-    (lambda: kaplan_meier(torch.tensor([1.0, 2]), torch.tensor([1, 0, 1])), "mismatched lengths"),
-    (lambda: kaplan_meier(torch.tensor([]), torch.tensor([])), "empty"),
-    (lambda: kaplan_meier(torch.tensor([1.0, 2]), torch.tensor([1, 2])), "0 or 1"),
-    (lambda: kaplan_meier(torch.tensor([1.0, math.nan]), torch.tensor([1, 0])), "NaN"),
-    (lambda: kaplan_meier(torch.ones(2, 2), torch.ones(2, 2)), "shape"),
-    (lambda: risk_groups(torch.tensor([0.1, math.nan, 0.3])), "NaN"),
-    (lambda: logrank(torch.ones(3), torch.ones(3), torch.tensor([0, 1])), "mismatched lengths"),
-    (lambda: roc_curve(torch.rand(4), torch.tensor([0, 1, 0.5, 1])), "0 or 1"),
-    (lambda: plot_survival(torch.tensor([0.1, math.nan]), torch.ones(2), torch.ones(2), "x.png"), "NaN"),
-    (lambda: plot_survival(torch.rand(3), torch.ones(2), torch.ones(2), "x.png"), "mismatched lengths"),
-    (lambda: plot_survival(torch.rand(2), torch.ones(2), torch.tensor([0, 3]), "x.png"), "0 or 1"),
-    (lambda: plot_survival(torch.tensor([]), torch.tensor([]), torch.tensor([]), "x.png"), "empty"),
-    (lambda: plot_roc(torch.rand(4, 2, 2), torch.zeros(4), "x.png"), "shape"),
-    (lambda: plot_roc(torch.rand(5), torch.zeros(4), "x.png"), "mismatched lengths"),
-    (lambda: plot_roc(torch.rand(4, 3), torch.tensor([0, 1, 3, 2]), "x.png"), "class indices"),
-    (lambda: plot_roc(torch.tensor([[0.5, math.nan]]), torch.tensor([0]), "x.png"), "NaN"),
-    (lambda: plot_roc(torch.empty(0, 3), torch.empty(0), "x.png"), "empty"),
-    (lambda: plot_history([], "x.png"), "non-empty"),
-    (lambda: plot_history([{"train_loss": 1.0}], "x.png"), "'epoch'"),
-    (lambda: plot_history([{"epoch": 1, "train_loss": "low"}], "x.png"), "not a number"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: kaplan_meier(torch.tensor([1.0, 2]), torch.tensor([1, 0, 1])), "mismatched lengths"),
+        (lambda: kaplan_meier(torch.tensor([]), torch.tensor([])), "empty"),
+        (lambda: kaplan_meier(torch.tensor([1.0, 2]), torch.tensor([1, 2])), "0 or 1"),
+        (lambda: kaplan_meier(torch.tensor([1.0, math.nan]), torch.tensor([1, 0])), "NaN"),
+        (lambda: kaplan_meier(torch.ones(2, 2), torch.ones(2, 2)), "shape"),
+        (lambda: risk_groups(torch.tensor([0.1, math.nan, 0.3])), "NaN"),
+        (lambda: logrank(torch.ones(3), torch.ones(3), torch.tensor([0, 1])), "mismatched lengths"),
+        (lambda: roc_curve(torch.rand(4), torch.tensor([0, 1, 0.5, 1])), "0 or 1"),
+        (lambda: plot_survival(torch.tensor([0.1, math.nan]), torch.ones(2), torch.ones(2), "x.png"), "NaN"),
+        (lambda: plot_survival(torch.rand(3), torch.ones(2), torch.ones(2), "x.png"), "mismatched lengths"),
+        (lambda: plot_survival(torch.rand(2), torch.ones(2), torch.tensor([0, 3]), "x.png"), "0 or 1"),
+        (lambda: plot_survival(torch.tensor([]), torch.tensor([]), torch.tensor([]), "x.png"), "empty"),
+        (lambda: plot_roc(torch.rand(4, 2, 2), torch.zeros(4), "x.png"), "shape"),
+        (lambda: plot_roc(torch.rand(5), torch.zeros(4), "x.png"), "mismatched lengths"),
+        (lambda: plot_roc(torch.rand(4, 3), torch.tensor([0, 1, 3, 2]), "x.png"), "class indices"),
+        (lambda: plot_roc(torch.tensor([[0.5, math.nan]]), torch.tensor([0]), "x.png"), "NaN"),
+        (lambda: plot_roc(torch.empty(0, 3), torch.empty(0), "x.png"), "empty"),
+        (lambda: plot_history([], "x.png"), "non-empty"),
+        (lambda: plot_history([{"train_loss": 1.0}], "x.png"), "'epoch'"),
+        (lambda: plot_history([{"epoch": 1, "train_loss": "low"}], "x.png"), "not a number"),
+    ],
+)
 def test_bad_input_is_a_one_line_shape_error(call, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ShapeError, match=message) as caught:

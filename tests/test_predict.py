@@ -8,9 +8,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from legokit.artifacts.files import save
 from legokit.compose.merge import merge
 from legokit.data.folder import DataError
-from legokit.persist import save
 from legokit.predict import predict_folder
 from legokit.wrap import wrap_builtin
 
@@ -47,8 +47,10 @@ def test_predictions_use_whatever_modalities_each_sample_has(tmp_path):
     assert all(v == v for values in predictions.columns.values() for v in values)
 
 
-@pytest.mark.parametrize("task, columns", [("multiclass:3", ["prob_0", "prob_1", "prob_2"]), ("binary", ["prob"]),
-                                           ("multilabel:2", ["prob_0", "prob_1"])])
+@pytest.mark.parametrize(
+    "task, columns",
+    [("multiclass:3", ["prob_0", "prob_1", "prob_2"]), ("binary", ["prob"]), ("multilabel:2", ["prob_0", "prob_1"])],
+)
 def test_prediction_columns_follow_the_task(tmp_path, task, columns):
     model, _, _ = _model(task)
     predictions = predict_folder(model, _folder(tmp_path), device="cpu")
@@ -104,8 +106,15 @@ def test_cli_merge_then_inspect_shows_the_graph(tmp_path):
     _, tab, seq = _model()
     save(tab, tmp_path / "tab.st")
     save(seq, tmp_path / "seq.st")
-    result = cli_here("merge", str(tmp_path / "tab.st"), str(tmp_path / "seq.st"), "--weights", "0.5,0.5",
-                     "-o", str(tmp_path / "model.st"))
+    result = cli_here(
+        "merge",
+        str(tmp_path / "tab.st"),
+        str(tmp_path / "seq.st"),
+        "--weights",
+        "0.5,0.5",
+        "-o",
+        str(tmp_path / "model.st"),
+    )
     assert result.returncode == 0, result.stderr
     shown = cli_here("inspect", str(tmp_path / "model.st"))
     assert shown.returncode == 0 and "merge (phase=paper)" in shown.stdout and "input:seq" in shown.stdout

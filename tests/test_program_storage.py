@@ -18,16 +18,16 @@ from hypothesis import strategies as st
 from torch import nn
 
 import legokit
-import legokit.artifact
-import legokit.codec
-from legokit.archive import SAFETENSORS_CODES
-from legokit.archive import program_records
-from legokit.artifact import read_artifact, read_artifact_summary, write_artifact
-from legokit.codec import GRAPH, PROGRAM_PREFIX, block_tensors
-from legokit.describe import describe
+import legokit.artifacts.format
+import legokit.artifacts.kinds.block
+from legokit.artifacts.allowlist import SAFETENSORS_CODES, program_records
+from legokit.artifacts.describe import describe
+from legokit.artifacts.format import read_artifact, read_artifact_summary, write_artifact
+from legokit.artifacts.kinds.block import block_tensors
+from legokit.artifacts.kinds.common import GRAPH, PROGRAM_PREFIX
+from legokit.artifacts.registry import BLOCK
 from legokit.encoders.foreign import DTYPE_CODES, fill_program, load_program, thin_program
 from legokit.errors import ArtifactError, EncoderError
-from legokit.registry import BLOCK
 from legokit.wrap import wrap_module
 
 from .hostile import _rewrite_zip, program_mutations
@@ -77,10 +77,11 @@ def _records(program: bytes) -> dict[str, int]:
 
 def _full_layout(monkeypatch) -> None:
     """Save as legokit did before thin programs: the whole program beside the state dict."""
-    monkeypatch.setattr(legokit.codec, "thin_program", lambda program, state: program)
+    monkeypatch.setattr(legokit.artifacts.kinds.block, "thin_program", lambda program, state: program)
 
 
 # ---- the pure helpers -------------------------------------------------------------------------------------------
+
 
 def test_dtype_codes_are_torch_exports_own():
     from torch._export.serde.serialize import _TORCH_TO_SERIALIZE_DTYPE
@@ -88,7 +89,7 @@ def test_dtype_codes_are_torch_exports_own():
     for dtype, code in DTYPE_CODES.items():
         assert _TORCH_TO_SERIALIZE_DTYPE[dtype].value == code
     for name, code in SAFETENSORS_CODES.items():
-        assert DTYPE_CODES[legokit.artifact.TORCH_DTYPES[name]] == code
+        assert DTYPE_CODES[legokit.artifacts.format.TORCH_DTYPES[name]] == code
 
 
 def test_thin_then_fill_gives_the_program_back(bert):
@@ -138,6 +139,7 @@ def test_tied_weights_and_views_are_stored_once_or_kept(tmp_path):
 
 # ---- a block file ----------------------------------------------------------------------------------------------
 
+
 def test_a_wrapped_bert_block_holds_its_weights_once(bert, tmp_path, monkeypatch):
     block, path = bert["blocks"]["notes"], bert["paths"]["notes"]
     tensors = block_tensors(block)
@@ -147,8 +149,10 @@ def test_a_wrapped_bert_block_holds_its_weights_once(bert, tmp_path, monkeypatch
     program = tensors[KEY].numpy().tobytes()
     structure = sum(n for name, n in _records(program).items() if name.endswith(".json"))
     ratio = size / (encoder + own)
-    print(f"thin block file: {size:,} bytes; encoder weights {encoder:,}, block tensors {own:,}, program JSON "
-          f"{structure:,}: {ratio:.3f}x (without the JSON {(size - structure) / (encoder + own):.3f}x)")
+    print(
+        f"thin block file: {size:,} bytes; encoder weights {encoder:,}, block tensors {own:,}, program JSON "
+        f"{structure:,}: {ratio:.3f}x (without the JSON {(size - structure) / (encoder + own):.3f}x)"
+    )
     # the graph's JSON is a fixed cost (about 120 kB for this tiny BERT, 19% of its 0.56 MB of weights)
     assert size - structure <= 1.1 * (encoder + own)
     _full_layout(monkeypatch)
@@ -197,6 +201,7 @@ def test_an_old_full_program_file_still_loads_and_merges(bert, tmp_path, monkeyp
 
 # ---- crafted files ---------------------------------------------------------------------------------------------
 
+
 def _crafted(bert, tmp_path: Path, change, program: bytes | None = None) -> Path:
     tensors = dict(read_artifact(bert["paths"]["notes"]).tensors)
     if program is not None:
@@ -215,12 +220,22 @@ def _one_line_refusal(path: Path, pattern: str) -> str:
 WORD = GRAPH + "module.embeddings.word_embeddings.weight"
 
 
-@pytest.mark.parametrize("tensor", [torch.zeros(999, 64), torch.zeros(1000, 64, dtype=torch.float64),
-                                    torch.zeros(64000), torch.zeros(1000, 64, dtype=torch.int32)])
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        torch.zeros(999, 64),
+        torch.zeros(1000, 64, dtype=torch.float64),
+        torch.zeros(64000),
+        torch.zeros(1000, 64, dtype=torch.int32),
+    ],
+)
 def test_a_thin_program_beside_a_tensor_of_another_size_or_dtype_is_refused(bert, tmp_path, tensor):
     path = _crafted(bert, tmp_path, lambda tensors: tensors.__setitem__(WORD, tensor))
-    message = _one_line_refusal(path, "record data/weights/weight_0 is empty, and the tensor beside it for "
-                                      "module.embeddings.word_embeddings.weight is")
+    message = _one_line_refusal(
+        path,
+        "record data/weights/weight_0 is empty, and the tensor beside it for "
+        "module.embeddings.word_embeddings.weight is",
+    )
     assert "F32 [1000, 64]" in message
     with pytest.raises(ArtifactError, match="record data/weights/weight_0 is empty|is F64; legokit merges float32"):
         legokit.merge_files([path, bert["paths"]["reports"]], tmp_path / "m.st")
@@ -236,23 +251,30 @@ def _edit_weights_config(program: bytes, change) -> bytes:
         config = json.loads(records["data/weights/model_weights_config.json"])
         change(config["config"])
         records["data/weights/model_weights_config.json"] = json.dumps(config).encode()
+
     return _rewrite_zip(program, edit)
 
 
 def _meta(fqn: str = "module.embeddings.word_embeddings.weight", **fields):
     def change(config: dict) -> None:
         config[fqn]["tensor_meta"].update(fields)
+
     return change
 
 
-@pytest.mark.parametrize("change, pattern", [
-    # a huge shape in tensor_meta, and a tensor of that shape claimed beside it: refused, nothing allocated
-    (_meta(sizes=[{"as_int": 10**12}, {"as_int": 64}], strides=[{"as_int": 64}, {"as_int": 1}]),
-     "is F32 \\[1000, 64\\], not F32 \\[1000000000000, 64\\]"),
-    # a view (offset, strides) cannot be rebuilt from a tensor alone
-    (_meta(storage_offset={"as_int": 64}), "none of its tensors covers it whole"),
-    (_meta(strides=[{"as_int": 1}, {"as_int": 1000}]), "none of its tensors covers it whole"),
-])
+@pytest.mark.parametrize(
+    "change, pattern",
+    [
+        # a huge shape in tensor_meta, and a tensor of that shape claimed beside it: refused, nothing allocated
+        (
+            _meta(sizes=[{"as_int": 10**12}, {"as_int": 64}], strides=[{"as_int": 64}, {"as_int": 1}]),
+            "is F32 \\[1000, 64\\], not F32 \\[1000000000000, 64\\]",
+        ),
+        # a view (offset, strides) cannot be rebuilt from a tensor alone
+        (_meta(storage_offset={"as_int": 64}), "none of its tensors covers it whole"),
+        (_meta(strides=[{"as_int": 1}, {"as_int": 1000}]), "none of its tensors covers it whole"),
+    ],
+)
 def test_a_crafted_thin_program_is_refused_before_anything_is_allocated(bert, tmp_path, change, pattern):
     thin = read_artifact(bert["paths"]["notes"]).tensors[KEY].numpy().tobytes()
     path = _crafted(bert, tmp_path, lambda tensors: None, _edit_weights_config(thin, change))
@@ -264,26 +286,31 @@ def test_a_record_of_the_wrong_length_is_still_refused(bert, tmp_path):
 
     def shorten(records: dict[str, bytes]) -> None:
         records["data/weights/weight_1"] = b"\0" * 8  # neither whole nor exactly empty
+
     path = _crafted(bert, tmp_path, lambda tensors: None, _rewrite_zip(thin, shorten))
     _one_line_refusal(path, "record data/weights/weight_1 holds 8 bytes")
 
     def empty_constant(records: dict[str, bytes]) -> None:
         records["data/constants/tensor_0"] = b""  # constants are never refilled
+
     path = _crafted(bert, tmp_path, lambda tensors: None, _rewrite_zip(thin, empty_constant))
     _one_line_refusal(path, "record data/constants/tensor_0 holds 0 bytes")
 
     def extra(records: dict[str, bytes]) -> None:
         records["data/weights/extra.pkl"] = b""
+
     path = _crafted(bert, tmp_path, lambda tensors: None, _rewrite_zip(thin, extra))
     _one_line_refusal(path, "record data/weights/extra.pkl is not part of a torch.export program")
 
     def data_record(records: dict[str, bytes]) -> None:
         records[".data/payload"] = b"x"  # torch's writer replaces .data/ records: refused, not dropped
+
     path = _crafted(bert, tmp_path, lambda tensors: None, _rewrite_zip(thin, data_record))
     _one_line_refusal(path, "record .data/payload is not part of a torch.export program")
 
     def long_version(records: dict[str, bytes]) -> None:
         records[".data/version"] = b"9" * 5000
+
     path = _crafted(bert, tmp_path, lambda tensors: None, _rewrite_zip(thin, long_version))
     _one_line_refusal(path, "record .data/version is 5,000 bytes")
 
@@ -304,12 +331,16 @@ def small(tmp_path_factory):
     torch.manual_seed(0)
     block = wrap_module(Tokens(), "seq", "binary", (None, 3), latent=(4, 8), dim_head=8, device="cpu")
     state = block.encoder.graph.state_dict()
-    return {"thin": thin_program(block.program(), state), "state": state,
-            "marker": tmp_path_factory.mktemp("marker") / "ran-code"}
+    return {
+        "thin": thin_program(block.program(), state),
+        "state": state,
+        "marker": tmp_path_factory.mktemp("marker") / "ran-code",
+    }
 
 
 def _thin_mutations(thin: bytes) -> st.SearchStrategy[bytes]:
     """Edits that only a thin program can have: records emptied, refilled wrongly, views and shapes changed."""
+
     def records(change) -> bytes:
         return _rewrite_zip(thin, change)
 
@@ -320,6 +351,7 @@ def _thin_mutations(thin: bytes) -> st.SearchStrategy[bytes]:
         def change(config: dict) -> None:
             entry = list(config.values())[which % len(config)]
             entry["tensor_meta"][field] = value
+
         return _edit_weights_config(thin, change)
 
     def shape(which: int, sizes: list[int]) -> bytes:
@@ -330,30 +362,52 @@ def _thin_mutations(thin: bytes) -> st.SearchStrategy[bytes]:
                 strides[i] = strides[i + 1] * sizes[i + 1]
             entry["tensor_meta"]["sizes"] = [{"as_int": n} for n in sizes]
             entry["tensor_meta"]["strides"] = [{"as_int": n} for n in strides]
+
         return _edit_weights_config(thin, change)
 
     def path_of_first(target: str) -> bytes:
         def change(config: dict) -> None:
             first = next(iter(config.values()))
             first["path_name"] = target
+
         return _edit_weights_config(thin, change)
 
-    names = st.sampled_from(["data/weights/weight_0", "data/weights/weight_1", "data/weights/weight_9",
-                             "data/constants/tensor_0", ".data/version", "data/sample_inputs/model.pt"])
+    names = st.sampled_from(
+        [
+            "data/weights/weight_0",
+            "data/weights/weight_1",
+            "data/weights/weight_9",
+            "data/constants/tensor_0",
+            ".data/version",
+            "data/sample_inputs/model.pt",
+        ]
+    )
     return st.one_of(
         st.builds(set_record, names, st.sampled_from([b"", b"\0" * 4, b"\0" * 72, b"\0" * 24, b"\0" * 96])),
         st.builds(shape, st.integers(0, 3), st.lists(st.sampled_from([0, 1, 2, 3, 6, 18, 10**12]), max_size=3)),
-        st.builds(meta, st.integers(0, 3), st.just("strides"),
-                  st.lists(st.builds(lambda n: {"as_int": n}, st.sampled_from([0, 1, 3, 6])), min_size=1, max_size=2)),
-        st.builds(meta, st.integers(0, 3), st.just("storage_offset"),
-                  st.builds(lambda n: {"as_int": n}, st.sampled_from([0, 1, 10**9]))),
+        st.builds(
+            meta,
+            st.integers(0, 3),
+            st.just("strides"),
+            st.lists(st.builds(lambda n: {"as_int": n}, st.sampled_from([0, 1, 3, 6])), min_size=1, max_size=2),
+        ),
+        st.builds(
+            meta,
+            st.integers(0, 3),
+            st.just("storage_offset"),
+            st.builds(lambda n: {"as_int": n}, st.sampled_from([0, 1, 10**9])),
+        ),
         st.builds(meta, st.integers(0, 3), st.just("dtype"), st.sampled_from([1, 5, 7, 8, 13, 99])),
         st.builds(path_of_first, st.sampled_from(["weight_1", "weight_2", "weight_3", "tensor_0", "evil"])),
     )
 
 
-@settings(max_examples=150, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=150,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_loading_and_merging_agree_on_every_crafted_thin_program(small, data):
     """What merge accepts (the thin archive checked with the tensors beside it) is exactly what load accepts (the
@@ -377,6 +431,7 @@ def test_loading_and_merging_agree_on_every_crafted_thin_program(small, data):
 
 # ---- merge ---------------------------------------------------------------------------------------------------------
 
+
 def test_a_merge_of_two_thin_blocks_holds_each_encoder_once_and_loads(bert, tmp_path):
     a, b = bert["paths"]["notes"], bert["paths"]["reports"]
     merged = legokit.merge_files([a, b], tmp_path / "m.st")
@@ -386,8 +441,11 @@ def test_a_merge_of_two_thin_blocks_holds_each_encoder_once_and_loads(bert, tmp_
     stored = read_artifact(merged).tensors
     for modality in ("notes", "reports"):
         program = stored[f"{PROGRAM_PREFIX}blocks.{modality}.encoder"].numpy().tobytes()
-        beside = {n[len(f"blocks.{modality}.{GRAPH}"):]: (DTYPE_CODES[t.dtype], tuple(t.shape))
-                  for n, t in stored.items() if n.startswith(f"blocks.{modality}.{GRAPH}")}
+        beside = {
+            n[len(f"blocks.{modality}.{GRAPH}") :]: (DTYPE_CODES[t.dtype], tuple(t.shape))
+            for n, t in stored.items()
+            if n.startswith(f"blocks.{modality}.{GRAPH}")
+        }
         assert program_records(program, beside=beside).refill  # thin
     model = legokit.load(merged)
     for modality, block in bert["blocks"].items():
@@ -395,7 +453,7 @@ def test_a_merge_of_two_thin_blocks_holds_each_encoder_once_and_loads(bert, tmp_
 
 
 def test_a_fused_model_holds_each_encoder_once(bert, tmp_path):
-    from legokit.codec import composite_tensors
+    from legokit.artifacts.kinds.composite import composite_tensors
 
     merged = legokit.load(legokit.merge_files([bert["paths"]["notes"], bert["paths"]["reports"]], tmp_path / "m.st"))
     tensors = composite_tensors(merged)
@@ -406,13 +464,14 @@ def test_a_fused_model_holds_each_encoder_once(bert, tmp_path):
 
 # ---- task 2: describe and `legokit merge` with programs held as placeholders ------------------------------------
 
+
 def test_a_summary_describes_programs_it_holds_as_placeholders(bert, tmp_path, monkeypatch):
     merged = legokit.merge_files([bert["paths"]["notes"], bert["paths"]["reports"]], tmp_path / "m.st")
     summary = read_artifact_summary(merged, small=16)
     key = f"{PROGRAM_PREFIX}blocks.notes.encoder"
     assert summary.tensors[key].device.type == "meta" and key in summary.digests
     full = describe(merged)
-    monkeypatch.setattr(legokit.artifact, "SUMMARY_SMALL", 16)
+    monkeypatch.setattr(legokit.artifacts.format, "SUMMARY_SMALL", 16)
     facts = describe(merged, verify=False)
     assert facts["blocks"]["notes"]["encoder"] == full["blocks"]["notes"]["encoder"]
     assert facts["blocks"]["reports"]["encoder"] == full["blocks"]["reports"]["encoder"]
@@ -420,9 +479,9 @@ def test_a_summary_describes_programs_it_holds_as_placeholders(bert, tmp_path, m
 
 
 def test_the_merge_command_exits_0_when_the_summary_holds_placeholders(bert, tmp_path, monkeypatch, capsys):
-    from legokit.cli import main
+    from legokit.cli.commands import main
 
-    monkeypatch.setattr(legokit.artifact, "SUMMARY_SMALL", 16)
+    monkeypatch.setattr(legokit.artifacts.format, "SUMMARY_SMALL", 16)
     out = tmp_path / "m.st"
     assert main(["merge", str(bert["paths"]["notes"]), str(bert["paths"]["reports"]), "-o", str(out)]) == 0
     assert "sha256" in capsys.readouterr().out

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from legokit import ConfigError
+from legokit.artifacts.files import load, save_block
 from legokit.recipe import Recipe
-from legokit.persist import load, save_block
 from legokit.wrap import wrap_builtin
 
-from .conftest import SMALL, run_cli
+from .conftest import SMALL, cli_here, run_cli
 
 RECIPES = sorted((Path(__file__).parent.parent / "recipes").glob("*.yaml"))
 
@@ -52,7 +52,7 @@ def demo_like(tmp_path_factory):
     """The PBC data folder and two small trained blocks, as `legokit demo` would leave them."""
     from legokit.data.bundled import write_pbc
     from legokit.spec import BlockSpec
-    from legokit.workflows import train_block
+    from legokit.training.workflows import train_block
 
     folder = tmp_path_factory.mktemp("demo-data")
     write_pbc(folder)
@@ -113,8 +113,14 @@ def test_recipe_paths_are_relative_to_the_recipe_and_settings_reach_the_model(tm
         (GOOD.replace("{tab: 2}", "{img: 2}"), "recipe.yaml: operation.weights.img: not one of the recipe's blocks"),
         (GOOD.replace("output: out/model.st", ""), "recipe.yaml: output: missing"),
         (GOOD.replace("name: test", "nmae: test"), "recipe.yaml: nmae: unknown key; did you mean 'name'?"),
-        (GOOD.replace("{artifact: tab.st}", "{artefact: tab.st}"), "blocks.tab.artefact: unknown key; did you mean 'artifact'?"),
-        (GOOD.replace("tab.st}", "hf://just-a-repo}"), "blocks.tab.artifact: 'hf://just-a-repo': a Hub reference needs"),
+        (
+            GOOD.replace("{artifact: tab.st}", "{artefact: tab.st}"),
+            "blocks.tab.artefact: unknown key; did you mean 'artifact'?",
+        ),
+        (
+            GOOD.replace("tab.st}", "hf://just-a-repo}"),
+            "blocks.tab.artifact: 'hf://just-a-repo': a Hub reference needs",
+        ),
         ("blocks: [a, b\n", "recipe.yaml: not valid YAML at line"),
     ],
 )
@@ -169,3 +175,13 @@ def test_cli_recipe_error_is_one_line_and_exit_1(tmp_path):
     result = run_cli("run", str(_write(tmp_path, GOOD.replace("phase:", "phse:"))))
     assert result.returncode == 1
     assert "operation.phse: unknown key" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_run_writes_to_output_instead_of_the_recipes_output_and_never_over_an_input(tmp_path):
+    recipe = Recipe.from_yaml(_write(tmp_path, GOOD))
+    _make_blocks(recipe)
+    done = cli_here("run", str(recipe.path), "-o", str(tmp_path / "elsewhere.st"))
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "elsewhere.st").is_file() and not (tmp_path / "out").exists()
+    refused = cli_here("run", str(recipe.path), "-o", str(tmp_path / "tab.st"))
+    assert refused.returncode == 1 and "refusing to overwrite an input file" in refused.stderr

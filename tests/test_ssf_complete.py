@@ -15,13 +15,13 @@ from legokit import ArtifactError, ConfigError
 from legokit.adapters import SSF, attach
 from legokit.adapters.base import availability
 from legokit.adapters.files import attach_file, load_adapter, save_adapter
-from legokit.artifact import read_artifact, write_artifact
+from legokit.artifacts.format import read_artifact, write_artifact
+from legokit.artifacts.registry import ADAPTER
 from legokit.compose.fuse import fuse
 from legokit.data.bundled import write_pbc
-from legokit.registry import ADAPTER
 from legokit.spec import BlockSpec
-from legokit.train import TrainConfig, parameter_groups
-from legokit.workflows import adapt, labelled_data, parameter_counts, prepare_adaptation, train_block
+from legokit.training.trainer import TrainConfig, parameter_groups
+from legokit.training.workflows import adapt, labelled_data, parameter_counts, prepare_adaptation, train_block
 from legokit.wrap import wrap_builtin
 
 from .conftest import SMALL
@@ -36,8 +36,14 @@ def pbc(tmp_path_factory):
     root = tmp_path_factory.mktemp("ssf-complete")
     folder = root / "pbc"
     write_pbc(folder)
-    blocks = [train_block(folder, BlockSpec(m, e, {"hidden": 16}, latent=(8, 16), depth=1, dim_head=16)
-                          .override(epochs=1), progress=False)[0] for m, e in (("labs", "snn"), ("visits", "abmil"))]
+    blocks = [
+        train_block(
+            folder,
+            BlockSpec(m, e, {"hidden": 16}, latent=(8, 16), depth=1, dim_head=16).override(epochs=1),
+            progress=False,
+        )[0]
+        for m, e in (("labs", "snn"), ("visits", "abmil"))
+    ]
     base_path = legokit.save(fuse(blocks, "stack"), root / "base.st")
     base = legokit.load(base_path)
     data, _, modalities = labelled_data(base, folder, 0)
@@ -46,8 +52,15 @@ def pbc(tmp_path_factory):
     complete = availability(batches, modalities).all(dim=1)
     assert 0 < int(complete.sum()) < len(ids)  # both kinds of samples are there
     complete_batches, _ = data.batch([i for i, c in zip(ids, complete) if c])
-    return {"root": root, "folder": folder, "base": base_path, "batches": batches, "complete": complete,
-            "logits": _logits(base, batches), "complete_batches": complete_batches}
+    return {
+        "root": root,
+        "folder": folder,
+        "base": base_path,
+        "batches": batches,
+        "complete": complete,
+        "logits": _logits(base, batches),
+        "complete_batches": complete_batches,
+    }
 
 
 def _logits(model, batches):
@@ -161,7 +174,7 @@ def test_the_complete_rows_get_no_gradient_and_no_weight_decay(pbc):
 
 def test_train_complete_is_an_ssf_setting_and_a_bool():
     model = fuse([_small("tab", 0), _small("lab", 1)], "stack")
-    with pytest.raises(ConfigError, match="train_complete is an SSF setting"):
+    with pytest.raises(ConfigError, match="train_complete is a setting of SSF only"):
         prepare_adaptation(model, "mora", train_complete=True)
     with pytest.raises(ConfigError, match="must be True or False"):
         SSF(["tab", "lab"], train_complete="yes")
@@ -184,9 +197,14 @@ def test_ssf_scales_train_without_weight_decay_so_unseen_combinations_stay_the_i
     assert undecayed == {id(site.scale) for site in sites}
     optimiser = torch.optim.AdamW(groups, lr=0.1, weight_decay=0.5)
     complete = pbc["complete"]
-    lacking = {m: b.__class__(b.x[~complete], None if b.mask is None else b.mask[~complete],
-                              None if b.present is None else b.present[~complete])
-               for m, b in pbc["batches"].items()}
+    lacking = {
+        m: b.__class__(
+            b.x[~complete],
+            None if b.mask is None else b.mask[~complete],
+            None if b.present is None else b.present[~complete],
+        )
+        for m, b in pbc["batches"].items()
+    }
     model(lacking).sum().backward()
     site = next(site for site in sites if site.scale.grad is not None)
     rows = site.scale.grad.abs().sum(dim=1) == 0  # combinations these samples do not have

@@ -58,13 +58,39 @@ def test_the_cli_says_which_thread_count_it_chose(tmp_path, monkeypatch):
 
     write_pbc(tmp_path / "pbc")
     monkeypatch.delenv("OMP_NUM_THREADS")
-    done = cli_here("train", str(tmp_path / "pbc"), "--modality", "labs", "--latent", "8x16", "--epochs", "1",
-                    "--device", "cpu", "-o", str(tmp_path / "labs.st"))
+    done = cli_here(
+        "train",
+        str(tmp_path / "pbc"),
+        "--modality",
+        "labs",
+        "--latent",
+        "8x16",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "-o",
+        str(tmp_path / "labs.st"),
+    )
     assert done.returncode == 0, done.stderr
-    assert "CPU threads: 1 (latent of 128 cells" in done.stdout
-    flagged = cli_here("train", str(tmp_path / "pbc"), "--modality", "labs", "--latent", "8x16", "--epochs", "1",
-                       "--device", "cpu", "--threads", "2", "-o", str(tmp_path / "labs2.st"))
-    assert flagged.returncode == 0 and "CPU threads: 2 (--threads)" in flagged.stdout
+    assert "CPU threads: 1 (latent of 128 cells" in done.stderr  # a log line: standard error, not results
+    flagged = cli_here(
+        "train",
+        str(tmp_path / "pbc"),
+        "--modality",
+        "labs",
+        "--latent",
+        "8x16",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--threads",
+        "2",
+        "-o",
+        str(tmp_path / "labs2.st"),
+    )
+    assert flagged.returncode == 0 and "CPU threads: 2 (--threads)" in flagged.stderr
     torch.set_num_threads(1)
 
 

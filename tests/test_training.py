@@ -5,6 +5,7 @@ from __future__ import annotations
 import filecmp
 import io
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -16,13 +17,13 @@ from legokit.compose.fuse import fuse
 from legokit.compose.merge import merge
 from legokit.data import ModalityBatch
 from legokit.data.bundled import write_pbc
-from legokit.data.gse7390 import write_gse7390
 from legokit.data.folder import DataError
+from legokit.data.gse7390 import write_gse7390
 from legokit.data.training import SplitData
 from legokit.spec import BlockSpec
 from legokit.tasks import TaskSpec
-from legokit.train import TrainConfig, evaluate, train_model
-from legokit.workflows import build_block, evaluate_model, fuse_blocks, train_block
+from legokit.training.trainer import TrainConfig, evaluate, train_model
+from legokit.training.workflows import build_block, evaluate_model, fuse_blocks, train_block
 
 from .conftest import cli_here
 
@@ -79,11 +80,19 @@ def _tiny_folder(tmp_path: Path, labels: str, table: str = "id,a,b\np1,1,2\np2,3
     "labels, table, message",
     [
         ("id,time,event\np1,5,1\np2,x,0\np3,2,1\n", None, "labels.csv: row 3, column time: 'x' is not a number"),
-        ("id,time,event\np1,5,2\np2,3,0\np3,2,1\n", None, "labels.csv: row 2, column event: '2' must be an integer from 0 to 1"),
+        (
+            "id,time,event\np1,5,2\np2,3,0\np3,2,1\n",
+            None,
+            "labels.csv: row 2, column event: '2' must be an integer from 0 to 1",
+        ),
         ("id,time,event\np1,-5,1\np2,3,0\np3,2,1\n", None, "labels.csv: row 2, column time: '-5' must be positive"),
         ("id,days,event\np1,5,1\n", None, "labels.csv: task survival:4 needs column(s) 'time'"),
         ("id,time,event\np1,5,1\np2,3,0\n", None, "tab.csv: row 4, column id: 'p3' is not in"),
-        ("id,time,event\np1,5,1\np2,3,0\np3,2,1\n", "id,a,b\np1,1,nan\np2,3,4\np3,5,6\n", "tab.csv: row 2, column b: nan"),
+        (
+            "id,time,event\np1,5,1\np2,3,0\np3,2,1\n",
+            "id,a,b\np1,1,nan\np2,3,4\np3,5,6\n",
+            "tab.csv: row 2, column b: nan",
+        ),
     ],
 )
 def test_bad_labelled_data_is_named_by_file_row_and_column(tmp_path, labels, table, message):
@@ -125,8 +134,9 @@ def test_training_restores_the_best_validation_epoch_not_the_last(pbc):
     data = SplitData.load(pbc, {"labs": (17,)}, SURVIVAL, seed=0)
     block = build_block(_spec("labs", "snn"), (17,))
     block.set_normalization(*data.normalization("labs", data.ids("train")))
-    result = train_model(block, data, SURVIVAL, TrainConfig(epochs=12, patience=4, lr=3e-3, seed=0, device="cpu"),
-                         progress=False)
+    result = train_model(
+        block, data, SURVIVAL, TrainConfig(epochs=12, patience=4, lr=3e-3, seed=0, device="cpu"), progress=False
+    )
     chosen = result.history[result.best_epoch - 1]["c_index"]
     assert result.val["c_index"] == pytest.approx(chosen, abs=1e-9)
     assert chosen == max(h["c_index"] for h in result.history)
@@ -228,8 +238,12 @@ def test_gse7390_blocks_merge_and_fuse_above_chance_on_held_out_data(tmp_path, c
     root = write_gse7390(tmp_path / "gse7390")
     fused_scores = []
     for seed in range(3):
-        clinical = BlockSpec("clinical", "snn", {"hidden": 32}, latent=(16, 16), dim_head=16).override(seed=seed, epochs=15, patience=5)
-        genes = BlockSpec("genes", "snn", {"hidden": 32}, latent=(16, 16), dim_head=16).override(seed=seed, epochs=15, patience=5)
+        clinical = BlockSpec("clinical", "snn", {"hidden": 32}, latent=(16, 16), dim_head=16).override(
+            seed=seed, epochs=15, patience=5
+        )
+        genes = BlockSpec("genes", "snn", {"hidden": 32}, latent=(16, 16), dim_head=16).override(
+            seed=seed, epochs=15, patience=5
+        )
         c, _ = train_block(root, clinical, progress=False)
         g, _ = train_block(root, genes, progress=False)
         data = SplitData.load(root, {"clinical": (4,), "genes": (76,)}, SURVIVAL, seed)
@@ -245,7 +259,15 @@ def test_demo_runs_on_bundled_data_and_writes_its_table_and_artifacts(tmp_path):
     from legokit.demo import MODELS, run_demo
 
     log = io.StringIO()
-    result = run_demo(tmp_path / "demo", seeds=1, console=Console(file=log))  # not a terminal: a line per step
+    handler, logger = logging.StreamHandler(log), logging.getLogger("legokit")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:  # not a terminal: a logged line per step (on standard error from the CLI)
+        result = run_demo(tmp_path / "demo", seeds=1, console=Console(file=io.StringIO()))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
     lines = log.getvalue().splitlines()
     assert len(lines) == 7 and lines[0].startswith("seed 1/1: labs block done in ")
     assert lines[-1].startswith("seed 1/1: unpaired halves done in ")
@@ -264,12 +286,33 @@ def test_demo_runs_on_bundled_data_and_writes_its_table_and_artifacts(tmp_path):
 
 def test_cli_train_fuse_eval_on_a_dataset_folder(pbc, tmp_path):
     spec_flags = ["--latent", "8x16", "--epochs", "3", "--device", "cpu"]
-    labs = cli_here("train", str(pbc), "--modality", "labs", "--encoder-kwargs", '{"hidden": 16}', *spec_flags, "-o", str(tmp_path / "labs.st"))
+    labs = cli_here(
+        "train",
+        str(pbc),
+        "--modality",
+        "labs",
+        "--encoder-kwargs",
+        '{"hidden": 16}',
+        *spec_flags,
+        "-o",
+        str(tmp_path / "labs.st"),
+    )
     assert labs.returncode == 0, labs.stderr
-    visits = cli_here("train", str(pbc), "--modality", "visits", "--encoder", "abmil", *spec_flags, "-o", str(tmp_path / "visits.st"))
+    visits = cli_here(
+        "train", str(pbc), "--modality", "visits", "--encoder", "abmil", *spec_flags, "-o", str(tmp_path / "visits.st")
+    )
     assert visits.returncode == 0, visits.stderr
-    fused = cli_here("fuse", str(tmp_path / "labs.st"), str(tmp_path / "visits.st"), "--data", str(pbc), "--device", "cpu",
-                    "-o", str(tmp_path / "fused.st"))
+    fused = cli_here(
+        "fuse",
+        str(tmp_path / "labs.st"),
+        str(tmp_path / "visits.st"),
+        "--data",
+        str(pbc),
+        "--device",
+        "cpu",
+        "-o",
+        str(tmp_path / "fused.st"),
+    )
     assert fused.returncode == 0, fused.stderr
     metrics = tmp_path / "metrics.json"
     evaluated = cli_here("eval", str(tmp_path / "fused.st"), str(pbc), "--json", str(metrics))

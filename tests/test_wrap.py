@@ -11,7 +11,7 @@ from torch import nn
 
 import legokit
 from legokit import ConfigError, EncoderError, load_block
-from legokit.cli import main
+from legokit.cli.commands import main
 from legokit.encoders import SNN
 from legokit.wrap import wrap_file
 
@@ -25,7 +25,9 @@ CLI_SMALL = ["--latent", "8x16", "--device", "cpu"]
 def export_file(tmp_path):
     torch.manual_seed(0)
     module = VisitEncoder()
-    program = torch.export.export(module, (torch.randn(2, 3, 6),), dynamic_shapes=({0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC},))
+    program = torch.export.export(
+        module, (torch.randn(2, 3, 6),), dynamic_shapes=({0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC},)
+    )
     path = tmp_path / "visits.pt2"
     torch.export.save(program, path)
     return path, module
@@ -94,7 +96,7 @@ def test_state_dict_in_safetensors_or_nested_in_a_checkpoint_is_accepted(snn_sta
 
 
 def test_state_dict_without_arch_names_the_flag(snn_state_file):
-    with pytest.raises(ConfigError, match="is a state dict; name its architecture with --arch"):
+    with pytest.raises(ConfigError, match="is a state dict; name its built-in encoder with --encoder"):
         wrap_file(snn_state_file[0], "tab", "binary", **OPTS)
 
 
@@ -145,8 +147,19 @@ def test_a_legokit_artifact_is_not_an_encoder(snn_block, tmp_path):
 
 def test_cli_wrap_then_inspect_in_fresh_processes(snn_state_file, tmp_path):
     out = tmp_path / "tab.st"
-    wrapped = run_cli("wrap", str(snn_state_file[0]), "--arch", "snn", "--modality", "tab", "--task", "survival:4",
-                      *CLI_SMALL, "-o", str(out))
+    wrapped = run_cli(
+        "wrap",
+        str(snn_state_file[0]),
+        "--encoder",
+        "snn",
+        "--modality",
+        "tab",
+        "--task",
+        "survival:4",
+        *CLI_SMALL,
+        "-o",
+        str(out),
+    )
     assert wrapped.returncode == 0, wrapped.stderr
     assert "wrote" in wrapped.stdout
     inspected = run_cli("inspect", str(out), "--json", "-")
@@ -161,7 +174,11 @@ def test_cli_wrap_then_inspect_in_fresh_processes(snn_state_file, tmp_path):
     "make, args, message",
     [
         (lambda p: p.write_text("hello"), ["inspect"], "not a safetensors file"),
-        (lambda p: torch.save(nn.Linear(2, 2), p), ["wrap", "--modality", "tab", "-o", "x.st"], "pickled Python object"),
+        (
+            lambda p: torch.save(nn.Linear(2, 2), p),
+            ["wrap", "--modality", "tab", "-o", "x.st"],
+            "pickled Python object",
+        ),
         (lambda p: None, ["inspect"], "no such file"),
     ],
     ids=["text-file", "pickled-module", "missing"],
@@ -182,7 +199,7 @@ def test_cli_bad_input_is_one_line_exit_1_no_traceback(tmp_path, make, args, mes
 def test_cli_output_never_overwrites_its_input(snn_state_file, capsys):
     path, _ = snn_state_file
     before = path.read_bytes()
-    status = main(["wrap", str(path), "--arch", "snn", "--modality", "tab", *CLI_SMALL, "-o", str(path)])
+    status = main(["wrap", str(path), "--encoder", "snn", "--modality", "tab", *CLI_SMALL, "-o", str(path)])
     assert status == 1
     assert "refusing to overwrite an input file" in capsys.readouterr().err
     assert path.read_bytes() == before
@@ -194,13 +211,13 @@ def test_cli_output_never_overwrites_its_input(snn_state_file, capsys):
         (["--latent", "64by64"], "latent shape must look like 64x64"),
         (["--task", "survival"], "needs a size"),
         (["--task", "regression:1"], "unknown task"),
-        (["--arch-kwargs", "{hidden: 3}"], "--arch-kwargs is not valid JSON"),
+        (["--encoder-kwargs", "{hidden: 3}"], "--encoder-kwargs is not valid JSON"),
         (["--modality", "tab lab"], "modality name must be"),
-        (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--depth", "0"], "" ),
+        (["--device", "cuda:0"] if not torch.cuda.is_available() else ["--depth", "0"], ""),
     ],
 )
 def test_cli_bad_flags_are_one_line_errors(snn_state_file, tmp_path, capsys, flags, message):
-    base = ["wrap", str(snn_state_file[0]), "--arch", "snn", "--modality", "tab", "-o", str(tmp_path / "o.st")]
+    base = ["wrap", str(snn_state_file[0]), "--encoder", "snn", "--modality", "tab", "-o", str(tmp_path / "o.st")]
     status = main(base + flags)
     err = capsys.readouterr().err
     assert status == 1

@@ -16,8 +16,15 @@ def bert_folder(folder: Path, seed: int, **config: int) -> Path:
     from benchmarks.encoder_families import _tokenizer
 
     torch.manual_seed(seed)
-    sizes = {"vocab_size": 19, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-             "intermediate_size": 64, "max_position_embeddings": 64, **config}
+    sizes = {
+        "vocab_size": 19,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "max_position_embeddings": 64,
+        **config,
+    }
     transformers.BertModel(transformers.BertConfig(**sizes)).save_pretrained(folder)
     _tokenizer(folder / "tokenizer.json")
     return folder

@@ -3,15 +3,22 @@ read while the model runs, and `Adapted`, a model with adapters attached."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
-from ..data.batch import ModalityBatch
-from ..errors import ConfigError, ShapeError
-from ..layers import UpdateLayer
+from legokit.data.batch import ModalityBatch
+from legokit.encoders.stack import bounded_int
+from legokit.errors import ConfigError, ShapeError
+from legokit.nn.layers import UpdateLayer
+
+if TYPE_CHECKING:
+    from legokit.interface import LegoModel
+    from legokit.nn.block import LegoBlock
+    from legokit.tasks import TaskSpec
 
 
 def site_key(name: str) -> str:
@@ -26,7 +33,9 @@ def _unwrap(module: nn.Module) -> nn.Module:
 
 
 def _child(module: nn.Module, part: str) -> nn.Module:
-    return module[int(part)] if part.isdigit() and isinstance(module, (nn.Sequential, nn.ModuleList)) else getattr(module, part)
+    if part.isdigit() and isinstance(module, (nn.Sequential, nn.ModuleList)):
+        return module[int(part)]
+    return getattr(module, part)
 
 
 def find_module(model: nn.Module, name: str) -> nn.Module:
@@ -63,7 +72,8 @@ def first_update_layers(model: nn.Module) -> list[str]:
     """The paper's "first block": the first update layer a sample's latent meets. For a fused model, the first
     block's first layer; for a merged model, the first layer of every block (each block starts its own latent)."""
     prefixes = _prefixes(model, "first")
-    return [f"{prefixes[m]}layers.0" for m in model.first_blocks]
+    first = cast("list[str]", model.first_blocks)  # a legokit model (it has block prefixes): `LegoModel.first_blocks`
+    return [f"{prefixes[m]}layers.0" for m in first]
 
 
 def token_projections(model: nn.Module) -> list[str]:
@@ -84,7 +94,9 @@ def resolve_sites(model: nn.Module, at: str | Sequence[str]) -> list[str]:
     if at == "all":
         names = update_layers(model)
         if not names:
-            raise ConfigError(f"'all' means every LegoBlock update layer; a {type(model).__name__} has none: name modules")
+            raise ConfigError(
+                f"'all' means every LegoBlock update layer; a {type(model).__name__} has none: name modules"
+            )
         return names
     names = [n.strip() for n in at.split(",")] if isinstance(at, str) else list(at)
     modules = canonical_modules(model)
@@ -108,12 +120,19 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
 
 
 MAX_MODALITIES = 16  # SSF keeps a parameter set per combination of modalities: 2^16 at this cap
+MAX_SITE_WIDTH = 2**24  # what an adapter file's site sizes may ask for
 
 
 class Adapter(nn.Module):
-    """Parameters for a set of sites, one set per site, conditioned on which modalities each sample has."""
+    """Parameters for a set of sites, one set per site, conditioned on which modalities each sample has. A method
+    (MoRA, SSF, a user's) subclasses it and registers with `legokit.adapters.registry.register_adapter`; the hooks
+    below are all that `attach`, `prepare_adaptation` and adapter files call on it."""
 
-    kind = "adapter"
+    kind = "adapter"  # the registered name, which adapter files record as their `type`
+    summary = ""  # a few words for help texts (`registry.describe_adapters`)
+    options: tuple[str, ...] = ()  # the `AdaptConfig` settings its constructor takes by keyword (MoRA: rank)
+    trains_head = False  # whether the model's head trains with it unless `train_head` says otherwise
+    default_at = "first"  # where it is attached unless told (`resolve_sites`)
 
     def __init__(self, modalities: Sequence[str]):
         super().__init__()
@@ -138,36 +157,85 @@ class Adapter(nn.Module):
     def bound(self, mask: torch.Tensor) -> Iterator[None]:
         """Make the (b, M) bool mask available to every site of this adapter while the model runs."""
         if mask.dtype != torch.bool or mask.dim() != 2 or mask.shape[1] != len(self.modalities):
-            raise ShapeError(f"modality mask must be bool (batch, {len(self.modalities)}) for modalities "
-                             f"{', '.join(self.modalities)}; got {mask.dtype} {tuple(mask.shape)}")
+            raise ShapeError(
+                f"modality mask must be bool (batch, {len(self.modalities)}) for modalities "
+                f"{', '.join(self.modalities)}; got {mask.dtype} {tuple(mask.shape)}"
+            )
         self._mask = mask
         try:
             yield
         finally:
             self._mask = None
 
-    default_at = "first"
-
     def expand(self, model: nn.Module, targets: list[str]) -> list[str]:
         """The modules that get a site, given the targeted ones (MoRA: themselves; SSF: the layers inside)."""
         return targets
 
     def make_site(self, module: nn.Module) -> nn.Module:
+        """A fresh site for `module`, of the sizes it takes."""
+        return self.build_site(self.sizes_for(module))
+
+    def build_site(self, sizes: Sequence[int]) -> nn.Module:
+        """A fresh site of these sizes (as `config()` records them), for a module or, on the meta device, a file."""
         raise NotImplementedError
 
     def sizes_for(self, module: nn.Module) -> list[int]:
-        """The sizes a site for `module` has (as `config()` records them), by arithmetic on the module alone."""
+        """The two sizes a site for `module` has (as `config()` records them), by arithmetic on the module alone."""
         raise NotImplementedError
 
     def site_sizes(self, site: nn.Module) -> list[int]:
         """The sizes a site has, as `config()` records them."""
         raise NotImplementedError
 
-    def wrap(self, name: str, module: nn.Module) -> nn.Module:
+    def site_shapes(self, sizes: Sequence[int]) -> dict[str, tuple[int, ...]]:
+        """Each tensor of a site of these sizes, by name in the site's state dict, and its shape: arithmetic alone, so
+        that an adapter file is checked before anything is built from it."""
         raise NotImplementedError
 
+    def wrap(self, name: str, module: nn.Module) -> nn.Module:
+        """`module` (at `name`) wrapped so that its site acts on it (a `Sited` subclass)."""
+        raise NotImplementedError
+
+    @classmethod
+    def check_sizes(cls, key: str, sizes: Sequence[Any]) -> None:
+        """Refuse a file's two site sizes that this method cannot build (default: positive widths under the cap)."""
+        for size in sizes:
+            bounded_int(f"site {key} width", size, MAX_SITE_WIDTH)
+
+    @classmethod
+    def read_options(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """The constructor settings (`options`) an adapter file's config records (default: those it holds, which the
+        constructor then checks); a ConfigError when they cannot be right."""
+        return {option: config[option] for option in cls.options if option in config}
+
+    def check_stored(self, sites: Iterable[str], state: Mapping[str, torch.Tensor]) -> None:
+        """Refuse a file's tensors (`state`, of the planned shapes) that the method's invariants forbid."""
+
+    @property
+    def sets(self) -> int:
+        """How many parameter sets it holds, one per modality pattern it tells apart (MoRA: one per modality)."""
+        return len(self.modalities)
+
+    @property
+    def trained_sets(self) -> int:
+        """How many of the sets are parameters (SSF's complete combination may be the fixed identity)."""
+        return self.sets
+
+    def shared_parameters(self) -> int:
+        """Parameters every sample uses whatever its modalities (MoRA's shared down-projections)."""
+        return 0
+
     def config(self) -> dict[str, Any]:
-        return {"type": self.kind, "modalities": list(self.modalities), "placement": list(self.placement)}
+        """What an adapter file records besides its tensors: type, modalities, placement, each site's sizes, and the
+        constructor settings (`options`, read from the attributes of the same names)."""
+        sites = {key: self.site_sizes(site) for key, site in self.sites.items()}
+        return {
+            "type": self.kind,
+            "modalities": list(self.modalities),
+            "placement": list(self.placement),
+            "sites": sites,
+            **{option: getattr(self, option) for option in self.options},
+        }
 
 
 class Sited(nn.Module):
@@ -200,8 +268,8 @@ class Sited(nn.Module):
 
 def availability(inputs: Mapping[str, ModalityBatch | torch.Tensor], modalities: Sequence[str]) -> torch.Tensor:
     """(b, M) from a legokit input mapping: a modality is available where it is given, present and observed."""
-    size = next(iter(inputs.values()))
-    size = (size.x if isinstance(size, ModalityBatch) else size).shape[0]
+    given = next(iter(inputs.values()))
+    size = (given.x if isinstance(given, ModalityBatch) else given).shape[0]
     columns = []
     for name in modalities:
         value = inputs.get(name)
@@ -225,34 +293,39 @@ class Adapted(nn.Module):
         for adapter in adapters:
             attach(self, adapter)
 
-    # the model interface (`legokit.model.LegoModel`) is the base's: an adapted model trains, predicts and is
+    # the model interface (`legokit.interface.LegoModel`) is the base's: an adapted model trains, predicts and is
     # evaluated like any other
     @property
+    def _model(self) -> LegoModel:
+        """The base as the legokit model it is (the properties below are defined for legokit models only)."""
+        return cast("LegoModel", self.base)
+
+    @property
     def modalities(self) -> list[str]:
-        return list(self.base.modalities)
+        return list(self._model.modalities)
 
     @property
-    def task(self) -> Any:
-        return self.base.task
+    def task(self) -> TaskSpec:
+        return self._model.task
 
     @property
-    def blocks(self) -> Mapping[str, nn.Module]:
-        return self.base.blocks
+    def blocks(self) -> Mapping[str, LegoBlock]:
+        return self._model.blocks
 
     @property
     def head(self) -> nn.Module:
-        return self.base.head
+        return self._model.head
 
     @property
     def provenance(self) -> dict[str, Any]:
-        return self.base.provenance
+        return self._model.provenance
 
     @property
     def source_sha256(self) -> str | None:
         return getattr(self.base, "source_sha256", None)
 
     def forward(self, *args: Any, modality_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-        with _bind_all(self.adapters, args, modality_mask):
+        with _bind_all(cast("Sequence[Adapter]", self.adapters), args, modality_mask):  # `attach` adds Adapters only
             return self.base(*args, **kwargs)
 
 
@@ -314,13 +387,16 @@ def detach(adapted: Adapted, adapter: Adapter | None = None) -> nn.Module:
     when no adapter is left, else the Adapted model."""
     if not adapted.adapters:
         return adapted.base
-    index = len(adapted.adapters) - 1 if adapter is None else next(
-        (i for i, a in enumerate(adapted.adapters) if a is adapter), None)
+    index = (
+        len(adapted.adapters) - 1
+        if adapter is None
+        else next((i for i, a in enumerate(adapted.adapters) if a is adapter), None)
+    )
     if index is None:
         raise ConfigError("that adapter is not attached to this model")
     if index != len(adapted.adapters) - 1:
         raise ConfigError("detach adapters in the reverse order of attaching them")
-    target = adapted.adapters[index]
+    target = cast(Adapter, adapted.adapters[index])  # `attach` adds Adapters only
     for name in target.placement:
         module = find_module(adapted.base, name)
         if isinstance(module, Sited) and module.adapter is target:

@@ -5,31 +5,34 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..artifact import read_artifact, write_artifact
-from ..encoders.stack import bounded_int
-from ..errors import ArtifactError, ConfigError, brief
-from ..hubref import local_artifact
-from ..registry import ADAPTER
-from .base import MAX_MODALITIES, Adapted, Adapter, attach, site_key
-from .mora import MAX_RANK, MoRA, MoRASite
-from .ssf import SSF, SSFSite
+from legokit.adapters.base import MAX_MODALITIES, Adapted, Adapter, attach, site_key
+from legokit.adapters.registry import adapter_class, adapter_names
+from legokit.artifacts.format import read_artifact, write_artifact
+from legokit.artifacts.registry import ADAPTER
+from legokit.errors import ArtifactError, ConfigError, brief
+from legokit.hub.refs import local_artifact
 
 # what an adapter file's config may ask for; its tensors must then hold exactly that
 MAX_SITES = 4096
-MAX_SITE_WIDTH = 2**24
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_TYPES = ("mora", "ssf")
 
 
-def save_adapter(adapted: Adapted, adapter: Adapter, path: str | os.PathLike[str], base_sha256: str | None,
-                 provenance: Mapping[str, Any] | None = None, inputs: Iterable[str | os.PathLike[str]] = ()) -> Path:
+def save_adapter(
+    adapted: Adapted,
+    adapter: Adapter,
+    path: str | os.PathLike[str],
+    base_sha256: str | None,
+    provenance: Mapping[str, Any] | None = None,
+    inputs: Iterable[str | os.PathLike[str]] = (),
+) -> Path:
     """Write one adapter, the head it trained with (none when the head stayed frozen, as SSF's does by default, so
     that attaching it never puts the base head back over another adapter's), and the base's content hash; `inputs`
     are never replaced."""
@@ -46,29 +49,28 @@ def save_adapter(adapted: Adapted, adapter: Adapter, path: str | os.PathLike[str
 
 @dataclass(frozen=True)
 class AdapterPlan:
-    """An adapter file's config, checked: its type, modalities, rank, sites (key -> two sizes), placement, and for
-    SSF whether the complete combination trained (`train_complete`: a file without the key was written before it
-    existed, when it always did)."""
+    """An adapter file's config, checked: its type (a registered method), modalities, sites (key -> two sizes),
+    placement, base, and the method's own settings (`options`: MoRA's rank, SSF's `train_complete`)."""
 
     type: str
     modalities: tuple[str, ...]
-    rank: int
     sites: dict[str, tuple[int, int]]
     placement: tuple[str, ...]
     base_sha256: str
-    train_complete: bool = True
+    options: dict[str, Any]
+
+    def adapter(self) -> Adapter:
+        """The plan's adapter without its sites: its settings only, nothing allocated."""
+        return adapter_class(self.type)(self.modalities, **self.options)
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
         """Every adapter tensor's name and shape this plan builds, by arithmetic alone."""
-        shapes: dict[str, tuple[int, ...]] = {}
-        count = len(self.modalities)
-        for key, (first, second) in self.sites.items():
-            if self.type == "mora":  # [in, out]: down (r, in), up (M, out, r)
-                shapes[f"sites.{key}.down"] = (self.rank, first)
-                shapes[f"sites.{key}.up"] = (count, second, self.rank)
-            else:  # [channels, dim]: scale and shift (2^M, channels), the complete row the identity or trained
-                shapes[f"sites.{key}.scale"] = shapes[f"sites.{key}.shift"] = (2**count, first)
-        return shapes
+        adapter = self.adapter()
+        return {
+            f"sites.{key}.{name}": shape
+            for key, sizes in self.sites.items()
+            for name, shape in adapter.site_shapes(sizes).items()
+        }
 
 
 def _field(path: Path, config: Mapping[str, Any], key: str, kind: type) -> Any:
@@ -89,19 +91,15 @@ def _modalities(path: Path, config: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _sizes(path: Path, kind: str, key: Any, value: Any) -> tuple[int, int]:
-    """One site's two sizes: MoRA's [in, out] widths, SSF's [channels, channel dim (-1 or 1)]."""
+def _sizes(path: Path, method: type[Adapter], key: Any, value: Any) -> tuple[int, int]:
+    """One site's two sizes, as its method records them (MoRA's [in, out] widths, SSF's [channels, channel dim])."""
     if not isinstance(key, str) or not isinstance(value, list) or len(value) != 2:
         raise ArtifactError(f"{path}: corrupt adapter config: site {repr(key)[:40]} must list two sizes")
-    first, second = value
     try:
-        bounded_int(f"site {key} width", first, MAX_SITE_WIDTH)
-        if kind == "mora":
-            bounded_int(f"site {key} width", second, MAX_SITE_WIDTH)
-        elif second not in (-1, 1) or isinstance(second, bool):
-            raise ConfigError(f"site {key} channel dim must be -1 or 1, got {repr(second)[:20]}")
+        method.check_sizes(key, value)
     except ConfigError as exc:
         raise ArtifactError(f"{path}: corrupt adapter config: {exc}") from exc
+    first, second = value
     return first, second
 
 
@@ -120,34 +118,34 @@ def _placement(path: Path, config: Mapping[str, Any], sites: Mapping[str, Any]) 
 
 
 def read_plan(path: Path, config: Mapping[str, Any]) -> AdapterPlan:
-    """An adapter file's config checked field by field (types, modality count, rank, site sizes, placement, base
-    hash, SSF's `train_complete`) before anything is built from it; any problem is a one-line ArtifactError."""
+    """An adapter file's config checked field by field (type, modality count, the method's settings, site sizes,
+    placement, base hash) before anything is built from it; any problem is a one-line ArtifactError."""
     kind = _field(path, config, "type", str)
-    if kind not in _TYPES:
-        raise ArtifactError(f"{path}: unknown adapter type {kind[:40]!r}")
+    if kind not in adapter_names():
+        raise ArtifactError(f"{path}: unknown adapter type {kind[:40]!r} (legokit knows {', '.join(adapter_names())})")
+    method = adapter_class(kind)
     modalities = _modalities(path, config)
-    rank = 0
-    if kind == "mora":
-        try:
-            rank = bounded_int("MoRA rank", config.get("rank"), MAX_RANK)
-        except ConfigError as exc:
-            raise ArtifactError(f"{path}: corrupt adapter config: {exc}") from exc
+    try:
+        options = method.read_options(config)
+        method(modalities, **options)  # its constructor checks them too; without sites it allocates nothing
+    except ConfigError as exc:
+        raise ArtifactError(f"{path}: corrupt adapter config: {exc}") from exc
     sites = _field(path, config, "sites", dict)
     if len(sites) > MAX_SITES:
         raise ArtifactError(f"{path}: an adapter with {len(sites):,} sites; legokit reads up to {MAX_SITES:,}")
-    sizes = {key: _sizes(path, kind, key, value) for key, value in sites.items()}
+    sizes = {key: _sizes(path, method, key, value) for key, value in sites.items()}
     placement = _placement(path, config, sizes)
     base = _field(path, config, "base_sha256", str)
     if not _SHA256.match(base):
         raise ArtifactError(f"{path}: corrupt adapter config: base_sha256 is not a sha256 hex digest")
     if "head_trained" in config:
         _field(path, config, "head_trained", bool)
-    train_complete = _field(path, config, "train_complete", bool) if "train_complete" in config else True
-    return AdapterPlan(kind, modalities, rank, sizes, placement, base, train_complete)
+    return AdapterPlan(kind, modalities, sizes, placement, base, options)
 
 
 def check_tensors(path: Path, plan: AdapterPlan, tensors: Mapping[str, torch.Tensor]) -> None:
-    """Every tensor the plan builds is in the file, float32, of the planned shape; nothing else is, but the head."""
+    """Every tensor the plan builds is in the file, float32, of the planned shape; nothing else is, but the head; and
+    the method's invariants hold (SSF without `train_complete`: the complete row is the identity)."""
     expected = {f"adapter.{name}": shape for name, shape in plan.shapes().items()}
     for name, shape in expected.items():
         stored = tensors.get(name)
@@ -160,26 +158,20 @@ def check_tensors(path: Path, plan: AdapterPlan, tensors: Mapping[str, torch.Ten
     unexpected = sorted(k for k in tensors if k not in expected and not k.startswith("head."))
     if unexpected:
         raise ArtifactError(f"{path}: unexpected tensor '{unexpected[0][:80]}'")
-    if plan.type == "ssf" and not plan.train_complete:  # the complete row is the identity, never silently dropped
-        for key in plan.sites:
-            for name, identity in (("scale", 1.0), ("shift", 0.0)):
-                if not bool((tensors[f"adapter.sites.{key}.{name}"][-1] == identity).all()):
-                    raise ArtifactError(f"{path}: train_complete is false, but site {key[:80]!r} holds a {name} "
-                                        f"other than the identity ({identity:g}) for complete samples")
+    state = {k[len("adapter.") :]: v for k, v in tensors.items() if k.startswith("adapter.")}
+    try:
+        plan.adapter().check_stored(plan.sites, state)
+    except ConfigError as exc:
+        raise ArtifactError(f"{path}: {exc}") from exc
 
 
 def build_adapter(plan: AdapterPlan, state: Mapping[str, torch.Tensor]) -> Adapter:
     """The adapter of a checked plan, built on the meta device and given the file's tensors (checked against the
     plan by `check_tensors`): nothing is allocated beyond what the file holds."""
     with torch.device("meta"):
-        if plan.type == "mora":
-            adapter: Adapter = MoRA(plan.modalities, rank=plan.rank)
-            for key, (in_features, out_features) in plan.sites.items():
-                adapter.sites[key] = MoRASite(in_features, out_features, plan.rank, len(plan.modalities))
-        else:
-            adapter = SSF(plan.modalities, train_complete=plan.train_complete)
-            for key, (channels, dim) in plan.sites.items():
-                adapter.sites[key] = SSFSite(channels, 2 ** len(plan.modalities), dim, plan.train_complete)
+        adapter = plan.adapter()
+        for key, sizes in plan.sites.items():
+            adapter.sites[key] = adapter.build_site(sizes)
     adapter.load_state_dict(dict(state), assign=True)
     adapter.placement = list(plan.placement)
     return adapter
@@ -192,12 +184,12 @@ def load_adapter(path: str | os.PathLike[str]) -> tuple[Adapter, dict[str, torch
     artifact = read_artifact(local_artifact(path), expect_kind=ADAPTER)
     plan = read_plan(artifact.path, artifact.config)
     check_tensors(artifact.path, plan, artifact.tensors)
-    state = {k[len("adapter."):]: v for k, v in artifact.tensors.items() if k.startswith("adapter.")}
+    state = {k[len("adapter.") :]: v for k, v in artifact.tensors.items() if k.startswith("adapter.")}
     try:
         adapter = build_adapter(plan, state)
     except (ConfigError, RuntimeError) as exc:
         raise ArtifactError(f"{artifact.path}: adapter tensors do not match its config ({brief(exc, 160)})") from exc
-    head = {k[len("head."):]: v for k, v in artifact.tensors.items() if k.startswith("head.")}
+    head = {k[len("head.") :]: v for k, v in artifact.tensors.items() if k.startswith("head.")}
     return adapter, head, plan.base_sha256, dict(artifact.provenance)
 
 
@@ -207,8 +199,10 @@ def attach_file(model: nn.Module, path: str | os.PathLike[str]) -> Adapted:
     actual = getattr(model, "source_sha256", None)
     if actual != base_sha:
         shown = "a model not loaded from a file" if actual is None else f"base {actual[:12]}"
-        raise ConfigError(f"{path}: this adapter was trained on base {base_sha[:12]}, not on {shown}; "
-                          "attach it to the artifact it was trained on")
+        raise ConfigError(
+            f"{path}: this adapter was trained on base {base_sha[:12]}, not on {shown}; "
+            "attach it to the artifact it was trained on"
+        )
     adapted = attach(model, adapter)
     if not head:  # the head stayed frozen while this adapter trained: the model's head is the one it trained with
         return adapted

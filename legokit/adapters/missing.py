@@ -6,13 +6,13 @@ adapters are told of: the training mean, so that it is zero after the block's st
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 
-from ..data.batch import ModalityBatch
-from ..errors import ConfigError
+from legokit.data.batch import ModalityBatch
+from legokit.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,7 @@ class MissingRates:
                 raise ConfigError(f"missing rate of {name} must be in [0, 1], got {rate!r}")
 
     @classmethod
-    def parse(cls, text: str | None, seed: int = 0) -> "MissingRates":
+    def parse(cls, text: str | None, seed: int = 0) -> MissingRates:
         """Read `tab=0.3,seq=1.0` (30% of tab missing, all seq missing)."""
         if not text:
             return cls({}, seed)
@@ -47,7 +47,9 @@ class MissingRates:
     def check(self, modalities: Sequence[str]) -> None:
         unknown = sorted(set(self.rates) - set(modalities))
         if unknown:
-            raise ConfigError(f"missing rate for {unknown[0]!r}, which the model does not take ({', '.join(modalities)})")
+            raise ConfigError(
+                f"missing rate for {unknown[0]!r}, which the model does not take ({', '.join(modalities)})"
+            )
 
     def _missing(self, modality: str, sample: str) -> bool:
         rate = self.rates.get(modality, 0.0)
@@ -56,16 +58,25 @@ class MissingRates:
         draw = hashlib.sha256(f"{self.seed}|{modality}|{sample}".encode()).digest()
         return int.from_bytes(draw[:8], "little") / 2**64 < rate
 
-    def apply(self, batches: Mapping[str, ModalityBatch], ids: Sequence[str], modalities: Sequence[str],
-              dummies: Mapping[str, torch.Tensor] | None = None) -> dict[str, ModalityBatch]:
+    def apply(
+        self,
+        batches: Mapping[str, ModalityBatch],
+        ids: Sequence[str],
+        modalities: Sequence[str],
+        dummies: Mapping[str, torch.Tensor] | None = None,
+    ) -> dict[str, ModalityBatch]:
         """Every modality of the model for these samples, missing ones (drawn, or absent in the data) as dummies."""
         drawn = {m: [self._missing(m, i) for i in ids] for m in modalities}
         return with_dummies(batches, ids, modalities, drawn, dummies)
 
 
-def with_dummies(batches: Mapping[str, ModalityBatch], ids: Sequence[str], modalities: Sequence[str],
-                 drawn: Mapping[str, Sequence[bool]], dummies: Mapping[str, torch.Tensor] | None = None,
-                 ) -> dict[str, ModalityBatch]:
+def with_dummies(
+    batches: Mapping[str, ModalityBatch],
+    ids: Sequence[str],
+    modalities: Sequence[str],
+    drawn: Mapping[str, Sequence[bool]],
+    dummies: Mapping[str, torch.Tensor] | None = None,
+) -> dict[str, ModalityBatch]:
     """The batches with each drawn-missing (or absent) input replaced by its dummy, per-feature values that default
     to zeros (a bag becomes one dummy token): present for the model, not observed for the adapters."""
     size = len(ids)
@@ -123,8 +134,9 @@ class MissingSplit:
     def assign(self, ids: Sequence[str], complete: Sequence[str], modalities: Sequence[str]) -> dict[str, str]:
         """Which modality each affected sample misses: round(rate * n) of the n complete samples among `ids`."""
         keep = set(complete)
-        pool = sorted((i for i in ids if i in keep),
-                      key=lambda i: hashlib.sha256(f"{self.seed}|split|{i}".encode()).digest())
+        pool = sorted(
+            (i for i in ids if i in keep), key=lambda i: hashlib.sha256(f"{self.seed}|split|{i}".encode()).digest()
+        )
         total = round(self.rate * len(pool))
         bounds, cumulative = [], 0.0
         for share in self.shares(modalities):
@@ -133,12 +145,17 @@ class MissingSplit:
         bounds[-1] = total
         chosen, start = {}, 0
         for modality, end in zip(modalities, bounds):
-            chosen.update({i: modality for i in pool[start:end]})
+            chosen.update(dict.fromkeys(pool[start:end], modality))
             start = end
         return chosen
 
-    def applier(self, data_ids: Mapping[str, Sequence[str]], complete: Sequence[str], modalities: Sequence[str],
-                dummies: Mapping[str, torch.Tensor] | None = None):
+    def applier(
+        self,
+        data_ids: Mapping[str, Sequence[str]],
+        complete: Sequence[str],
+        modalities: Sequence[str],
+        dummies: Mapping[str, torch.Tensor] | None = None,
+    ):
         """A batch rewriter for the trainer: the assignment is drawn once per split (exact counts per split)."""
         chosen: dict[str, str] = {}
         for ids in data_ids.values():

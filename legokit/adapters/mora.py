@@ -8,15 +8,17 @@ the start so that the adapted model equals the base. Vectorised over the batch w
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from ..encoders.stack import bounded_int
-from ..errors import ConfigError
-from ..layers import UpdateLayer
-from .base import Adapter, Sited, site_key
+from legokit.adapters.base import Adapter, Sited, site_key
+from legokit.adapters.registry import register_adapter
+from legokit.encoders.stack import bounded_int
+from legokit.errors import ConfigError
+from legokit.nn.layers import UpdateLayer
 
 
 def features_of(module: nn.Module) -> tuple[int, int]:
@@ -26,9 +28,12 @@ def features_of(module: nn.Module) -> tuple[int, int]:
         return width, width
     if isinstance(module, Sited):
         return features_of(module.inner)
-    if hasattr(module, "in_features") and hasattr(module, "out_features"):
-        return int(module.in_features), int(module.out_features)
-    raise ConfigError(f"cannot tell the input and output width of a {type(module).__name__}; give MoRA(features=(in, out))")
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):  # read as nn.Linear has them
+        linear = cast(nn.Linear, module)
+        return int(linear.in_features), int(linear.out_features)
+    raise ConfigError(
+        f"cannot tell the input and output width of a {type(module).__name__}; give MoRA(features=(in, out))"
+    )
 
 
 class MoRASite(nn.Module):
@@ -52,13 +57,16 @@ DEFAULT_RANK = 4  # the MoRA paper's
 MAX_RANK = 4096
 
 
+@register_adapter("mora")
 class MoRA(Adapter):
     """Modality-aware LoRA over `modalities`, rank `rank` (the paper: 4). Placed by default where the input enters
     (`tokens`: the key/value projection of each block's first update step, which reads the encoder's tokens; the
     paper puts MoRA in the first block because that block sees the input), or at the `first` update layer (whose
     input, the learned latent, is the same for every sample), `all` update layers, or named modules."""
 
-    kind = "mora"
+    summary = "modality-aware LoRA"
+    options = ("rank",)
+    trains_head = True  # the paper trains the head with the adapter
     default_at = "tokens"
 
     def __init__(self, modalities: Sequence[str], rank: int = DEFAULT_RANK, features: tuple[int, int] | None = None):
@@ -66,19 +74,27 @@ class MoRA(Adapter):
         self.rank = bounded_int("MoRA rank", rank, MAX_RANK)
         self.features = features
 
-    def make_site(self, module: nn.Module) -> nn.Module:
-        in_features, out_features = self.features or features_of(module)
+    def build_site(self, sizes: Sequence[int]) -> nn.Module:
+        in_features, out_features = sizes
         return MoRASite(in_features, out_features, self.rank, len(self.modalities))
 
     def sizes_for(self, module: nn.Module) -> list[int]:
         return list(self.features or features_of(module))
 
     def site_sizes(self, site: nn.Module) -> list[int]:
-        return [site.down.shape[1], site.up.shape[1]]  # [in, out]
+        mora = cast(MoRASite, site)  # `build_site` makes every site
+        return [mora.down.shape[1], mora.up.shape[1]]  # [in, out]
+
+    def site_shapes(self, sizes: Sequence[int]) -> dict[str, tuple[int, ...]]:
+        in_features, out_features = sizes  # down (r, in), up (M, out, r)
+        return {"down": (self.rank, in_features), "up": (len(self.modalities), out_features, self.rank)}
 
     def wrap(self, name: str, module: nn.Module) -> nn.Module:
         return MoRAWrapped(module, self, site_key(name))
 
-    def config(self) -> dict[str, Any]:
-        sites = {key: self.site_sizes(site) for key, site in self.sites.items()}
-        return {**super().config(), "rank": self.rank, "sites": sites}
+    @classmethod
+    def read_options(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        return {"rank": bounded_int("MoRA rank", config.get("rank"), MAX_RANK)}
+
+    def shared_parameters(self) -> int:
+        return sum(cast(MoRASite, site).down.numel() for site in self.sites.values())  # `build_site` makes every site

@@ -13,13 +13,16 @@ adapter file always holds one row per combination (2^M); without `train_complete
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from .base import Adapter, Sited, canonical_modules, site_key
+from legokit.adapters.base import MAX_SITE_WIDTH, Adapter, Sited, canonical_modules, site_key
+from legokit.adapters.registry import register_adapter
+from legokit.encoders.stack import bounded_int
+from legokit.errors import ConfigError
 
 CHANNELS_LAST = (nn.Linear, nn.LayerNorm)
 CHANNELS_FIRST = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm)
@@ -95,13 +98,16 @@ class SSFWrapped(Sited):
         return self.site(out, (mask.long() * powers).sum(dim=1))
 
 
+@register_adapter("ssf")
 class SSF(Adapter):
     """Scale-and-shift features per modality combination, after every linear, convolution and normalisation layer
     inside the targeted modules (default: every update layer). As in Reza et al. (arXiv:2310.03986), the sets are
     learned for the combinations with modalities missing (2^M - 1 for M modalities) and complete samples keep the
     pretrained model; `train_complete=True` learns a set for the complete combination too (2^M sets)."""
 
-    kind = "ssf"
+    summary = "scale and shift"
+    options = ("train_complete",)
+    trains_head = False  # head and base frozen, as the SSF paper does
     default_at = "all"
 
     def __init__(self, modalities: Sequence[str], train_complete: bool = False):
@@ -122,25 +128,66 @@ class SSF(Adapter):
             if isinstance(modules[target], CHANNELS_LAST + CHANNELS_FIRST):
                 layers.append(target)
                 continue
-            layers += [name for name, inner in modules.items()
-                       if name.startswith(target + ".") and isinstance(inner, CHANNELS_LAST + CHANNELS_FIRST)]
+            layers += [
+                name
+                for name, inner in modules.items()
+                if name.startswith(target + ".") and isinstance(inner, CHANNELS_LAST + CHANNELS_FIRST)
+            ]
         if not layers:
             raise ConfigError(f"no linear, convolution or normalisation layer inside {', '.join(targets)}")
         return layers
 
-    def make_site(self, module: nn.Module) -> nn.Module:
-        channels, dim = self.sizes_for(module)
+    def build_site(self, sizes: Sequence[int]) -> nn.Module:
+        channels, dim = sizes
         return SSFSite(channels, 2 ** len(self.modalities), dim, self.train_complete)
 
     def sizes_for(self, module: nn.Module) -> list[int]:
         return list(channels_of(module.inner if isinstance(module, Sited) else module))
 
     def site_sizes(self, site: nn.Module) -> list[int]:
-        return [site.scale.shape[1], site.dim]  # [channels, channel dim]
+        ssf = cast(SSFSite, site)  # `build_site` makes every site
+        return [ssf.scale.shape[1], ssf.dim]  # [channels, channel dim]
+
+    def site_shapes(self, sizes: Sequence[int]) -> dict[str, tuple[int, ...]]:
+        channels = sizes[0]  # scale and shift (2^M, channels): the complete row the identity or trained
+        return {"scale": (2 ** len(self.modalities), channels), "shift": (2 ** len(self.modalities), channels)}
 
     def wrap(self, name: str, module: nn.Module) -> nn.Module:
         return SSFWrapped(module, self, site_key(name))
 
-    def config(self) -> dict[str, Any]:
-        sites = {key: self.site_sizes(site) for key, site in self.sites.items()}
-        return {**super().config(), "sites": sites, "train_complete": self.train_complete}
+    @classmethod
+    def check_sizes(cls, key: str, sizes: Sequence[Any]) -> None:
+        """[channels, channel dim]: the dim is -1 (channels last) or 1 (channels first)."""
+        channels, dim = sizes
+        bounded_int(f"site {key} width", channels, MAX_SITE_WIDTH)
+        if dim not in (-1, 1) or isinstance(dim, bool):
+            raise ConfigError(f"site {key} channel dim must be -1 or 1, got {repr(dim)[:20]}")
+
+    @classmethod
+    def read_options(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """A file without `train_complete` was written before the setting existed, when the complete set trained."""
+        value = config.get("train_complete", True)
+        if not isinstance(value, bool):
+            raise ConfigError(f"train_complete must be a bool, got {repr(value)[:40]}")
+        return {"train_complete": value}
+
+    def check_stored(self, sites: Iterable[str], state: Mapping[str, torch.Tensor]) -> None:
+        """Without `train_complete` the complete row is the identity: a file holding another is refused, never
+        silently dropped."""
+        if self.train_complete:
+            return
+        for key in sites:
+            for name, identity in (("scale", 1.0), ("shift", 0.0)):
+                if not bool((state[f"sites.{key}.{name}"][-1] == identity).all()):
+                    raise ConfigError(
+                        f"train_complete is false, but site {key[:80]!r} holds a {name} other than the "
+                        f"identity ({identity:g}) for complete samples"
+                    )
+
+    @property
+    def sets(self) -> int:
+        return 2 ** len(self.modalities)
+
+    @property
+    def trained_sets(self) -> int:
+        return self.trained_combinations

@@ -6,16 +6,18 @@ its parameters do not train and it runs in eval mode; an adapter inside it, or a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..encoders import FOREIGN
-from ..progress import log, progress_bar
-from .keys import encoder_key, real_length, sample_keys
-from .store import Entry, TokenCache
+from legokit.cache.keys import encoder_key, real_length, sample_keys
+from legokit.cache.store import Entry, TokenCache
+from legokit.encoders import FOREIGN
+from legokit.progress import log, progress_bar
+from legokit.torch_internals import op_schema, version_counter
 
 PRETRAINED_MARKS = ("wrapped_from", "encoder_contract", "wrapped")  # provenance that `wrap` leaves on a block
 # masked inputs are padded to a multiple of ROUNDING tokens and run ROUNDING-wide buckets at a fixed batch size: few
@@ -45,7 +47,8 @@ def _draws(node: Any) -> bool:
     target = node.target
     if node.op != "call_function" or torch.Tag.nondeterministic_seeded not in getattr(target, "tags", ()):
         return False
-    names = [a.name for a in target._schema.arguments] if hasattr(target, "_schema") else []
+    schema = op_schema(target)
+    names = [a.name for a in schema.arguments] if schema is not None else []
 
     def argument(name: str, default: Any) -> Any:
         if name in node.kwargs:
@@ -72,8 +75,12 @@ def cacheable(block: Any) -> bool:
     """A pretrained encoder whose outputs depend on its inputs alone: no adapter inside, not exported in train mode,
     no random operation in its program."""
     provenance = getattr(block, "provenance", None) or {}
-    return (pretrained(block) and not _adapted(block) and not provenance.get("exported_in_train_mode")
-            and not _random(block))
+    return (
+        pretrained(block)
+        and not _adapted(block)
+        and not provenance.get("exported_in_train_mode")
+        and not _random(block)
+    )
 
 
 def _tensors(block: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -84,7 +91,7 @@ def _tensors(block: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
 
 def _versions(tensors: list[torch.Tensor]) -> list[int]:
     """In-place modification counters: a weight loaded or stepped since they were read makes them differ."""
-    return [t._version for t in tensors]
+    return [version_counter(t) for t in tensors]
 
 
 class CachedTokens:
@@ -111,8 +118,9 @@ class CachedTokens:
             return False
         if _versions(buffers) != self.buffers:
             if len(buffers) != len(self.buffer_values) or not all(
-                    a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.detach(), b)
-                    for a, b in zip(buffers, self.buffer_values)):
+                a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.detach(), b)
+                for a, b in zip(buffers, self.buffer_values)
+            ):
                 return False
             self.buffers = _versions(buffers)
         return True
@@ -127,7 +135,9 @@ class CachedTokens:
             self.key(block)
         return x.device.type == self.device
 
-    def __call__(self, block: Any, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    def __call__(
+        self, block: Any, x: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         if not self.applies(block, x):
             return None
         keys = sample_keys(x.cpu(), None if mask is None else mask.cpu())
@@ -210,6 +220,7 @@ def cached_encoders(model: nn.Module, cache: TokenCache | None, training: bool =
     attached: list[Any] = []
     try:
         for block in blocks_of(model).values() if cache is not None else []:
+            assert cache is not None
             if not cacheable(block) or (training and not frozen(block)):
                 continue
             info = {"modality": block.modality, "encoder": _describe(block)}
@@ -224,8 +235,14 @@ def cached_encoders(model: nn.Module, cache: TokenCache | None, training: bool =
 
 
 @contextmanager
-def encoded_once(model: nn.Module, data: Any, ids: Sequence[str], cache: TokenCache | None, training: bool = False,
-                 progress: bool = True) -> Iterator[dict[str, dict[str, float]]]:
+def encoded_once(
+    model: nn.Module,
+    data: Any,
+    ids: Sequence[str],
+    cache: TokenCache | None,
+    training: bool = False,
+    progress: bool = True,
+) -> Iterator[dict[str, dict[str, float]]]:
     """`cached_encoders` with its encoding pass (`encode_ahead`) over `ids` done first: what train, eval and predict
     run their samples in; yields the pass's report (empty when no block is cached)."""
     with cached_encoders(model, cache, training) as cached:
@@ -239,8 +256,9 @@ def _describe(block: Any) -> str:
     return f"{kind}, {spec.out_dim}-d tokens" + (f", wrapped from {contract}" if contract else "")
 
 
-def encode_ahead(model: nn.Module, data: Any, ids: Sequence[str], progress: bool = True,
-                 batch_size: int = 64) -> dict[str, dict[str, float]]:
+def encode_ahead(
+    model: nn.Module, data: Any, ids: Sequence[str], progress: bool = True, batch_size: int = 64
+) -> dict[str, dict[str, float]]:
     """Encode, before any epoch, every sample of `ids` that a cached block has not seen: samples sorted by length
     and run in batches of similar length (little padding), with a progress bar (or a line every ~10 s off a
     terminal). `data` is a dataset folder (or a split of one). Returns per modality: samples found in the cache,
@@ -265,14 +283,16 @@ def encode_ahead(model: nn.Module, data: Any, ids: Sequence[str], progress: bool
             log.info("%s: the encoder outputs of all %d samples are in the cache", modality, len(having))
             continue
         if len(todo) < len(having):
-            log.info("%s: %d of %d samples' encoder outputs are in the cache", modality, len(having) - len(todo), len(having))
+            log.info(
+                "%s: %d of %d samples' encoder outputs are in the cache", modality, len(having) - len(todo), len(having)
+            )
         started = time.perf_counter()
         device = next(block.parameters()).device
         was_training = block.encoder.training
         block.encoder.eval()
         try:
             with progress_bar(f"encoding {modality}", len(todo), progress, "samples") as advance, torch.no_grad():
-                for group in _groups(sorted(todo), batch_size, lambda n: _padded_width(block, n)):
+                for group in _groups(sorted(todo), batch_size, lambda n: _padded_width(block, n)):  # noqa: B023 - used in this iteration
                     batch = folder.batch(group, [modality])[modality]
                     mask = None if batch.mask is None else batch.mask.to(device)
                     block.tokens(batch.x.to(device), mask)

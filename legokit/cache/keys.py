@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
-from ..artifact import tensor_bytes
-from ..version import __version__
+from legokit.artifacts.format import tensor_bytes
+from legokit.version import __version__
 
 TAG = b"legokit-encoder-tokens-1"  # changes when what an entry holds changes
 
@@ -28,9 +28,14 @@ def encoder_key(block: Any) -> str:
     (a GPU's kernels round otherwise than a CPU's)."""
     digest = hashlib.sha256(TAG)
     config = block.config
-    conventions = {"encoder": config.encoder.to_dict(), "input_shape": list(config.input_shape),
-                   "input_dtype": config.input_dtype, "torch": torch.__version__, "legokit": __version__,
-                   "device": block.input_shift.device.type}
+    conventions = {
+        "encoder": config.encoder.to_dict(),
+        "input_shape": list(config.input_shape),
+        "input_dtype": config.input_dtype,
+        "torch": torch.__version__,
+        "legokit": __version__,
+        "device": block.input_shift.device.type,
+    }
     _add(digest, "conventions", json.dumps(conventions, sort_keys=True, default=str).encode())
     program = block.program()
     if program is not None:
@@ -57,7 +62,7 @@ def sample_keys(x: torch.Tensor, mask: torch.Tensor | None) -> list[str]:
         digest = hashlib.blake2b(digest_size=16)
         sample = x[row] if lengths is None else x[row, : lengths[row]]
         _add(digest, f"{sample.dtype}|{tuple(sample.shape)}", tensor_bytes(sample))
-        if mask is not None:
+        if mask is not None and lengths is not None:
             _add(digest, "mask", tensor_bytes(mask[row, : lengths[row]]))
         keys.append(digest.hexdigest())
     return keys

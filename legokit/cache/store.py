@@ -13,18 +13,21 @@ import secrets
 import shutil
 import stat
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from ..artifact import Header, Stored, _parse_header, header_of_bytes, open_input, read_input, stored_tensor, write_atomic
-from ..errors import ArtifactError, ConfigError, LegoError
-from ..jsoncap import capped_json
-from ..progress import log
-from ..version import __version__
+from legokit.artifacts.format import Header, Stored, _parse_header, header_of_bytes, stored_tensor
+from legokit.errors import ArtifactError, ConfigError, LegoError
+from legokit.io.atomic import write_atomic
+from legokit.io.inputs import open_input, read_input
+from legokit.io.jsoncap import capped_json
+from legokit.progress import log
+from legokit.version import __version__
 
 CACHE_ENV = "LEGOKIT_CACHE"
 MEMORY_ENV = "LEGOKIT_CACHE_MEMORY"
@@ -192,8 +195,11 @@ class EncoderTokens:
             self.pending[sample] = entry
             self.pending_bytes += entry.nbytes
             self.unkept_bytes += 0 if kept else entry.nbytes
-            if (len(self.pending) >= SHARD_ENTRIES or self.pending_bytes >= SHARD_BYTES
-                    or self.unkept_bytes >= OVER_BUDGET):
+            if (
+                len(self.pending) >= SHARD_ENTRIES
+                or self.pending_bytes >= SHARD_BYTES
+                or self.unkept_bytes >= OVER_BUDGET
+            ):
                 self.flush()
 
     def flush(self) -> None:
@@ -213,8 +219,9 @@ class EncoderTokens:
             write_atomic(path, data)
             self.signatures[path] = _signature(os.stat(path))
         except (OSError, LegoError) as exc:
-            log.warning("the encoder cache in %s cannot be written (%s); going on without it", _line(self.folder),
-                        _line(exc))
+            log.warning(
+                "the encoder cache in %s cannot be written (%s); going on without it", _line(self.folder), _line(exc)
+            )
             self.folder = None
             return
         for sample in pending:
@@ -279,11 +286,19 @@ class EncoderTokens:
             tokens, mask = pair.get("tokens"), pair.get("mask")
             if tokens is None or mask is None:
                 raise ArtifactError(f"entry {sample} is incomplete")
-            fits = (tokens.dtype == "F32" and mask.dtype == "BOOL" and len(tokens.shape) == 2 and len(mask.shape) == 1
-                    and tokens.shape == (mask.shape[0], self.out_dim) and mask.shape[0] <= MAX_TOKENS)
+            fits = (
+                tokens.dtype == "F32"
+                and mask.dtype == "BOOL"
+                and len(tokens.shape) == 2
+                and len(mask.shape) == 1
+                and tokens.shape == (mask.shape[0], self.out_dim)
+                and mask.shape[0] <= MAX_TOKENS
+            )
             if not fits:
-                raise ArtifactError(f"entry {sample} has tokens {tokens.dtype} {tokens.shape}, mask {mask.dtype} "
-                                    f"{mask.shape}; the encoder gives ({self.out_dim})-wide float32 tokens")
+                raise ArtifactError(
+                    f"entry {sample} has tokens {tokens.dtype} {tokens.shape}, mask {mask.dtype} "
+                    f"{mask.shape}; the encoder gives ({self.out_dim})-wide float32 tokens"
+                )
             found[sample] = (path, tokens, mask)
         self.signatures[path] = signature
         return found
@@ -335,12 +350,12 @@ class TokenCache:
         self.encoders: dict[str, EncoderTokens] = {}
 
     @classmethod
-    def default(cls) -> "TokenCache":
+    def default(cls) -> TokenCache:
         """On disk under `cache_root()`."""
         return cls(cache_root())
 
     @classmethod
-    def resolve(cls, cache: "TokenCache | bool | None") -> "TokenCache | None":
+    def resolve(cls, cache: TokenCache | bool | None) -> TokenCache | None:
         """A run's cache from what a caller passes: True (on disk, the default), False (memory only: `--no-cache`),
         None (none at all: every batch runs its encoders), or a cache."""
         if isinstance(cache, TokenCache) or cache is None:
@@ -398,8 +413,15 @@ def _cached_encoder(folder: Path) -> CachedEncoder:
                     samples += sum(1 for name in shard_header(Path(entry.path))[0].layout if name.endswith(".mask"))
                 except (ArtifactError, OSError):
                     continue
-    return CachedEncoder(folder.name, folder, _line(info.get("modality", "?"), 80), _line(info.get("encoder", "?"), 200),
-                         samples, size, modified)
+    return CachedEncoder(
+        folder.name,
+        folder,
+        _line(info.get("modality", "?"), 80),
+        _line(info.get("encoder", "?"), 200),
+        samples,
+        size,
+        modified,
+    )
 
 
 def list_cache(root: str | os.PathLike[str] | None = None) -> list[CachedEncoder]:
@@ -407,8 +429,10 @@ def list_cache(root: str | os.PathLike[str] | None = None) -> list[CachedEncoder
     a run would read), nothing else there."""
     base = (cache_root() if root is None else Path(root)) / FOLDER
     if base.is_symlink():
-        raise ConfigError(f"{_line(base)} is a symbolic link; legokit keeps its cache in a real folder (set {CACHE_ENV} "
-                          "to move the cache)")
+        raise ConfigError(
+            f"{_line(base)} is a symbolic link; legokit keeps its cache in a real folder (set {CACHE_ENV} "
+            "to move the cache)"
+        )
     try:
         folders = sorted(base.iterdir()) if base.is_dir() else []
     except OSError as exc:
@@ -429,8 +453,9 @@ def clear_cache(root: str | os.PathLike[str] | None = None, keys: tuple[str, ...
     returns what was deleted. Only legokit's own folders (this user's, named by a hash) are touched."""
     for key in keys:
         if not _PREFIX.fullmatch(key):
-            raise ConfigError(f"a cache key is hex digits (the start of one that legokit cache list shows), got "
-                              f"{_line(key, 80)!r}")
+            raise ConfigError(
+                f"a cache key is hex digits (the start of one that legokit cache list shows), got {_line(key, 80)!r}"
+            )
     listed = list_cache(root)
     chosen = [c for c in listed if not keys or any(c.key.startswith(k.lower()) for k in keys)]
     unknown = [k for k in keys if not any(c.key.startswith(k.lower()) for c in listed)]

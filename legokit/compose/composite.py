@@ -1,29 +1,32 @@
 """What merged and fused models share: blocks by modality, one task head, a settings object, a composition graph
-and provenance, and the `legokit.model.LegoModel` interface over them."""
+and provenance, and the `legokit.interface.LegoModel` interface over them."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any, cast
 
 import torch
 from torch import nn
 
-from ..block import LegoBlock
-from ..data.batch import ModalityBatch, as_batches, batch_size
-from ..errors import ShapeError
-from ..layers import TaskHead
-from ..pretrained import HubMixin
-from ..spectral import pool_spectrum
-from ..tasks import TaskSpec
-from .graph import Graph
+from legokit.compose.graph import Graph
+from legokit.data.batch import ModalityBatch, as_batches, batch_size
+from legokit.errors import ShapeError
+from legokit.hub.pretrained import HubMixin
+from legokit.nn.block import LegoBlock
+from legokit.nn.layers import TaskHead
+from legokit.nn.spectral import pool_spectrum
+from legokit.tasks import TaskSpec
 
 
 class CompositeModel(HubMixin, nn.Module):
     """Blocks (in `order`) that write one latent, read by one task head; subclasses say how (`encode`)."""
 
+    blocks: Mapping[str, LegoBlock]  # an nn.ModuleDict at runtime, typed as what it holds (torch types it by Module)
+
     def __init__(self, blocks: Mapping[str, LegoBlock], order: list[str], head: TaskHead, config: Any, graph: Graph):
         super().__init__()
-        self.blocks = nn.ModuleDict({m: blocks[m] for m in order})
+        self.blocks = cast("Mapping[str, LegoBlock]", nn.ModuleDict({m: blocks[m] for m in order}))
         self.head = head
         self.config = config
         self.graph = graph

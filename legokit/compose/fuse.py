@@ -1,48 +1,45 @@
-"""LegoFuse (MM-Lego Section 3): blocks passing one latent from block to block (`stack`) or from layer to layer
-across blocks (`weave`), then fine-tuned for a few epochs. A modality missing for a sample skips its updates for
-that sample only; the head starts from the blocks' merged head."""
+"""LegoFuse (MM-Lego Section 3): blocks passing one latent from block to block (`stack`), from layer to layer
+across blocks (`weave`), or in any registered mode's schedule (`compose.modes`), then fine-tuned for a few epochs.
+A modality missing for a sample skips its updates for that sample only; the head starts from the blocks' merged head."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from einops import rearrange
 
-from ..block import BlockConfig, LegoBlock
-from ..data.batch import ModalityBatch
-from ..errors import ConfigError, ShapeError
-from ..layers import TaskHead
-from ..spectral import to_spatial
-from .composite import CompositeModel
-from .graph import Graph
-from .joins import Join, block_facts, check_joinable
-from .merge import MergeConfig, head_width, merge_head_tensors, own_blocks
-
-FUSE_MODES: tuple[str, ...] = ("stack", "weave")
+from legokit.compose.composite import CompositeModel
+from legokit.compose.graph import Graph
+from legokit.compose.joins import Join, block_facts, check_joinable
+from legokit.compose.merge import MergeConfig, head_width, merge_head_tensors, own_blocks
+from legokit.compose.modes import mode_named
+from legokit.data.batch import ModalityBatch
+from legokit.errors import ConfigError, ShapeError
+from legokit.nn.block import BlockConfig, LegoBlock
+from legokit.nn.layers import TaskHead
+from legokit.nn.spectral import to_spatial
 
 
 @dataclass(frozen=True)
 class FuseConfig:
-    """`stack` or `weave`, and the order in which the blocks update the latent."""
+    """A registered fusion mode's name (`stack`, `weave`, ...), and the order in which the blocks update the latent."""
 
     mode: str
     order: tuple[str, ...]
 
     def __post_init__(self) -> None:
-        if self.mode not in FUSE_MODES:
-            raise ConfigError(f"fuse mode must be one of {', '.join(FUSE_MODES)}, got {self.mode!r}")
+        mode_named(self.mode)
+        if not isinstance(self.order, tuple) or not all(isinstance(m, str) for m in self.order):
+            raise ConfigError(f"fuse order must be a list of modality names, got {repr(self.order)[:60]}")
 
 
 def check_fusable(blocks: Sequence[LegoBlock], mode: str, warn: bool = True) -> Join:
-    """Fusion needs what merging needs (`check_joinable`); weave also one depth."""
+    """Fusion needs what merging needs (`check_joinable`), and what its mode asks (weave: one depth)."""
     join = check_joinable([b.config for b in blocks], {b.modality: getattr(b, "provenance", {}) for b in blocks}, warn)
-    if mode == "weave":
-        depths = {b.modality: b.config.depth for b in blocks}
-        if len(set(depths.values())) > 1:
-            shown = ", ".join(f"{m} {d}" for m, d in depths.items())
-            raise ConfigError(f"weave interleaves the blocks' layers step by step, so they need one depth; got {shown}")
+    mode_named(mode).check({b.modality: b.config for b in blocks})
     return join
 
 
@@ -50,9 +47,9 @@ class FusedModel(CompositeModel):
     """Blocks joined by stacking or weaving their update steps on one latent, with one task head."""
 
     def __init__(self, blocks: Mapping[str, LegoBlock], head: TaskHead, config: FuseConfig, graph: Graph | None = None):
-        ordered = [blocks[m] for m in config.order]
         if sorted(config.order) != sorted(blocks):
             raise ConfigError(f"fuse order {list(config.order)} must name each block once: {sorted(blocks)}")
+        ordered = [blocks[m] for m in config.order]
         check_fusable(ordered, config.mode, warn=False)
         graph = graph if graph is not None else Graph.for_operation(config.mode, config.order, order=list(config.order))
         super().__init__(blocks, list(config.order), head, config, graph)
@@ -76,12 +73,11 @@ class FusedModel(CompositeModel):
         present = torch.stack([context[m][2] for m in order])
         missing = ~present.any(dim=0)
         if not self.training and bool(missing.any()):  # no host sync inside a training step
-            raise ShapeError(f"sample {int(missing.nonzero()[0, 0])} has none of the modalities {', '.join(self.modalities)}")
-        first = self.blocks[self.config.order[0]]
-        latent = first.start(present.shape[1])
-        steps = [(m, s) for m in order for s in range(self.blocks[m].config.depth)]
-        if self.config.mode == "weave":
-            steps = [(m, s) for s in range(first.config.depth) for m in order]
+            raise ShapeError(
+                f"sample {int(missing.nonzero()[0, 0])} has none of the modalities {', '.join(self.modalities)}"
+            )
+        latent = self.blocks[self.config.order[0]].start(present.shape[1])
+        steps = mode_named(self.config.mode).schedule(order, {m: self.blocks[m].config.depth for m in order})
         spectrum = latent
         for position, (modality, step) in enumerate(steps):
             block = self.blocks[modality]
@@ -110,8 +106,8 @@ class FusedModel(CompositeModel):
 
 def fuse(blocks: Sequence[LegoBlock], mode: str = "stack") -> FusedModel:
     """A fused model of blocks, in the given order, its head initialised from the blocks' merged (SLERP) head.
-    Fine-tune it afterwards (`legokit.train.train_model`, the paper's 2 epochs). The model holds copies of the
-    blocks (`merge.own_blocks`): fine-tuning it leaves the caller's blocks as they were, so the same blocks can be
+    Fine-tune it afterwards (`legokit.training.trainer.train_model`, the paper's 2 epochs). The model holds copies of
+    the blocks (`merge.own_blocks`): fine-tuning it leaves the caller's blocks as they were, so the same blocks can be
     fused again (stack, then weave) from where they started."""
     config = FuseConfig(mode, tuple(b.modality for b in blocks))
     join = check_fusable(list(blocks), mode)
@@ -132,5 +128,8 @@ def fused_config(model: FusedModel) -> dict[str, Any]:
 
 def parse_fused_config(data: Mapping[str, Any]) -> tuple[dict[str, BlockConfig], FuseConfig, Graph]:
     blocks = {m: BlockConfig.from_dict(c) for m, c in data["blocks"].items()}
-    config = FuseConfig(data["fuse"]["mode"], tuple(data["fuse"]["order"]))
+    order = data["fuse"]["order"]
+    if not isinstance(order, list):
+        raise ConfigError(f"fuse order must be a list of modality names, got {repr(order)[:60]}")
+    config = FuseConfig(data["fuse"]["mode"], tuple(order))
     return blocks, config, Graph.from_json(data["graph"])

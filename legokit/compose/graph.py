@@ -1,17 +1,27 @@
-"""The composition graph: a networkx DiGraph of typed nodes (input, block, merge, stack, weave, adapter, head),
-validated before anything runs and executed in topological order. Stored in artifacts as node-link JSON."""
+"""The composition graph: a networkx DiGraph of typed nodes (input, block, merge, a fusion mode such as stack or
+weave, adapter, head), validated before anything runs and executed in topological order. Stored in artifacts as
+node-link JSON."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import networkx as nx
 
-from ..errors import ConfigError
+from legokit.compose.modes import fusion_modes
+from legokit.errors import ConfigError
 
-NODE_TYPES: tuple[str, ...] = ("input", "block", "merge", "stack", "weave", "adapter", "head")
-OPERATIONS: tuple[str, ...] = ("merge", "stack", "weave")
+
+def operations() -> tuple[str, ...]:
+    """The operations that join blocks: merge, and each registered fusion mode (`compose.modes`)."""
+    return ("merge", *fusion_modes())
+
+
+def node_types() -> tuple[str, ...]:
+    """Every type a node may have: inputs, blocks, the operations, adapters and the head."""
+    return ("input", "block", *operations(), "adapter", "head")
 
 
 @dataclass(frozen=True)
@@ -30,10 +40,10 @@ class Graph:
         self.nx = graph if graph is not None else nx.DiGraph()
 
     @classmethod
-    def for_operation(cls, operation: str, modalities: Iterable[str], **params: Any) -> "Graph":
+    def for_operation(cls, operation: str, modalities: Iterable[str], **params: Any) -> Graph:
         """input:M -> block:M for each modality, all into one operation node, then the head."""
-        if operation not in OPERATIONS:
-            raise ConfigError(f"unknown operation {operation!r}; choose one of {', '.join(OPERATIONS)}")
+        if operation not in operations():
+            raise ConfigError(f"unknown operation {operation!r}; choose one of {', '.join(operations())}")
         graph = cls()
         graph.add(operation, operation, **params)
         graph.add("head", "head")
@@ -46,8 +56,8 @@ class Graph:
         return graph
 
     def add(self, name: str, type: str, **attrs: Any) -> None:
-        if type not in NODE_TYPES:
-            raise ConfigError(f"node {name!r}: unknown node type {type!r}; choose one of {', '.join(NODE_TYPES)}")
+        if type not in node_types():
+            raise ConfigError(f"node {name!r}: unknown node type {type!r}; choose one of {', '.join(node_types())}")
         self.nx.add_node(name, type=type, **attrs)
 
     def type(self, node: str) -> str:
@@ -75,7 +85,7 @@ class Graph:
             cycle = " -> ".join(str(edge[0]) for edge in nx.find_cycle(g))
             raise ConfigError(f"the graph has a cycle: {cycle}")
         for node, data in g.nodes(data=True):
-            if data.get("type") not in NODE_TYPES:
+            if data.get("type") not in node_types():
                 raise ConfigError(f"node {node!r}: unknown node type {data.get('type')!r}")
         head = self.head()
         seen: dict[str, str] = {}
@@ -93,9 +103,11 @@ class Graph:
                 raise ConfigError(f"block {node!r}: no block artifact for modality {modality!r}")
             if not nx.has_path(g, node, head):
                 raise ConfigError(f"block {node!r} does not reach the head")
-        for node in self.nodes_of("merge") + self.nodes_of("stack") + self.nodes_of("weave"):
+        for node in [n for operation in operations() for n in self.nodes_of(operation)]:
             if g.in_degree(node) < 2:
-                raise ConfigError(f"{self.type(node)} node {node!r} joins {g.in_degree(node)} block(s); it needs at least 2")
+                raise ConfigError(
+                    f"{self.type(node)} node {node!r} joins {g.in_degree(node)} block(s); it needs at least 2"
+                )
         used = [blocks[m] for m in self.modalities()]
         for facts in used[1:]:
             if facts.latent != used[0].latent:
@@ -104,7 +116,9 @@ class Graph:
                     f"{facts.modality} has {facts.latent[0]}x{facts.latent[1]} (wrap or train them with one --latent)"
                 )
             if facts.task != used[0].task:
-                raise ConfigError(f"tasks disagree: {used[0].modality} is {used[0].task}, {facts.modality} is {facts.task}")
+                raise ConfigError(
+                    f"tasks disagree: {used[0].modality} is {used[0].task}, {facts.modality} is {facts.task}"
+                )
 
     def order(self) -> list[str]:
         """Nodes in a topological order that is the same on every run (ties broken by name)."""
@@ -122,7 +136,7 @@ class Graph:
         return nx.node_link_data(self.nx, edges="edges")
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Graph":
+    def from_json(cls, data: Mapping[str, Any]) -> Graph:
         try:
             return cls(nx.node_link_graph(dict(data), directed=True, edges="edges"))
         except (KeyError, TypeError, ValueError, nx.NetworkXError) as exc:

@@ -5,30 +5,34 @@ contract (time unit and bin edges, or class names: classes in another order are 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
-from ..block import BlockConfig
-from ..contract import Contract, check_edges, listed
-from ..errors import ConfigError
-from ..progress import log
-from .graph import BlockFacts, Graph
+from legokit.compose.graph import BlockFacts, Graph
+from legokit.contract import Contract, check_edges, listed
+from legokit.errors import ConfigError
+from legokit.nn.block import BlockConfig
+from legokit.progress import log
 
 # what each agreement protects, and the flag or spec key that sets it
 AGREEMENTS = {
     "fft_axes": ("FFT axes", "their spectra are not comparable; train them with one --fft-axes"),
     "update": ("update", "build them with one (wrap --update, or the spec key update)"),
     "head_features": ("head features", "build them with one (wrap --head-features, or the spec key head_features)"),
-    "shared_init": ("shared initialisation", "merging assumes blocks that started from one base; retrain the older "
-                    "block with this legokit (shared_init: true is the default)"),
+    "shared_init": (
+        "shared initialisation",
+        "merging assumes blocks that started from one base; retrain the older "
+        "block with this legokit (shared_init: true is the default)",
+    ),
 }
 EDGE_TOLERANCE = 1e-9  # relative: edges read back from JSON, or converted between units, agree to rounding
 
 
 def block_facts(config: BlockConfig) -> BlockFacts:
-    return BlockFacts(config.modality, tuple(config.latent), str(config.task))
+    return BlockFacts(config.modality, config.latent, str(config.task))  # latent: checked to be a 2-tuple
 
 
 @dataclass(frozen=True)
@@ -91,21 +95,29 @@ def _check_survival(configs: Sequence[BlockConfig], provenance: Mapping[str, Any
     known_units = {m: u for m, u in units.items() if u is not None}
     if len(set(known_units.values())) > 1 or (known_units and len(known_units) < len(units)):
         shown = ", ".join(f"{m} in {u or 'an unrecorded unit'}" for m, u in sorted(units.items()))
-        raise ConfigError(f"time units differ ({shown}): train each block with --bins-from one of them, giving "
-                          "--time-unit for its labels, so that they share one unit and one set of bins")
+        raise ConfigError(
+            f"time units differ ({shown}): train each block with --bins-from one of them, giving "
+            "--time-unit for its labels, so that they share one unit and one set of bins"
+        )
     edges = {c.modality: recorded_edges(c, provenance.get(c.modality)) for c in configs}
     known = {m: e for m, e in edges.items() if e is not None}
     first = next(iter(sorted(known)), None)
     unit = next(iter(known_units.values()), None)
     for modality in sorted(known):
+        assert first is not None  # known is not empty inside this loop
         if not _same_edges(known[modality], known[first]):
-            raise ConfigError(f"survival bins differ: {first} splits time at {_shown_edges(known[first], unit)}, "
-                              f"{modality} at {_shown_edges(known[modality], unit)}; their hazards are for other "
-                              f"intervals. Train one with --bins-from the other's file (or both with one --bins)")
+            raise ConfigError(
+                f"survival bins differ: {first} splits time at {_shown_edges(known[first], unit)}, "
+                f"{modality} at {_shown_edges(known[modality], unit)}; their hazards are for other "
+                f"intervals. Train one with --bins-from the other's file (or both with one --bins)"
+            )
     for modality in sorted(set(edges) - set(known)):
         if warn:
-            log.warning("block %s records no survival bin edges (an older file): its bins cannot be checked against "
-                        "the other blocks'", modality)
+            log.warning(
+                "block %s records no survival bin edges (an older file): its bins cannot be checked against "
+                "the other blocks'",
+                modality,
+            )
     return Contract(time_unit=unit, edges=known[first] if first is not None else None)
 
 
@@ -113,8 +125,10 @@ def _check_classes(configs: Sequence[BlockConfig], warn: bool) -> tuple[Contract
     named = {c.modality: c.contract.classes for c in configs if c.contract.classes is not None}
     for modality in sorted({c.modality for c in configs} - set(named)):
         if warn:
-            log.warning("block %s records no class names (an older file): its outputs are taken in the other "
-                        "blocks' order", modality)
+            log.warning(
+                "block %s records no class names (an older file): its outputs are taken in the other blocks' order",
+                modality,
+            )
     if not named:
         return Contract(), {}
     first = min(named)
@@ -123,9 +137,11 @@ def _check_classes(configs: Sequence[BlockConfig], warn: bool) -> tuple[Contract
     for modality, classes in sorted(named.items()):
         if set(classes) != set(reference):
             only = sorted(set(reference) ^ set(classes))
-            raise ConfigError(f"class names differ: {first} has {listed(reference)}, {modality} has "
-                              f"{listed(classes)} ({listed(only)} in one only); train the blocks on one set of "
-                              "classes (--classes)")
+            raise ConfigError(
+                f"class names differ: {first} has {listed(reference)}, {modality} has "
+                f"{listed(classes)} ({listed(only)} in one only); train the blocks on one set of "
+                "classes (--classes)"
+            )
         if classes == reference:
             continue
         kind = configs[0].task.kind
@@ -137,8 +153,9 @@ def _check_classes(configs: Sequence[BlockConfig], warn: bool) -> tuple[Contract
     return Contract(classes=reference), outputs
 
 
-def check_joinable(configs: Sequence[BlockConfig], provenance: Mapping[str, Any] | None = None,
-                   warn: bool = True) -> Join:
+def check_joinable(
+    configs: Sequence[BlockConfig], provenance: Mapping[str, Any] | None = None, warn: bool = True
+) -> Join:
     """Decide whether these blocks can be joined into one model; a ConfigError names the first disagreement and
     its fix. `provenance` (per modality) supplies older files' recorded bin edges; `warn` logs what an older file
     does not record."""
@@ -147,7 +164,9 @@ def check_joinable(configs: Sequence[BlockConfig], provenance: Mapping[str, Any]
     seen: set[str] = set()
     for config in configs:
         if config.modality in seen:
-            raise ConfigError(f"modality {config.modality!r} appears twice; a joined model takes one block per modality")
+            raise ConfigError(
+                f"modality {config.modality!r} appears twice; a joined model takes one block per modality"
+            )
         seen.add(config.modality)
     graph = Graph.for_operation("merge", sorted(seen))
     graph.validate({c.modality: block_facts(c) for c in configs})

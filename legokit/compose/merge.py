@@ -6,23 +6,23 @@ from __future__ import annotations
 
 import copy
 import math
-
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
-from ..block import BlockConfig, LegoBlock
-from ..data.batch import ModalityBatch
-from ..errors import ConfigError, ShapeError
-from ..layers import TaskHead
-from ..metrics import PRIMARY
-from ..spectral import DEFAULT_PHASE, PHASE_MODES, merge_spectra, pooled_width
-from ..sphere import spherical_mean
-from ..tasks import TaskSpec
-from .composite import CompositeModel
-from .graph import Graph
-from .joins import block_facts, check_joinable
+from legokit.compose.composite import CompositeModel
+from legokit.compose.graph import Graph
+from legokit.compose.joins import block_facts, check_joinable
+from legokit.data.batch import ModalityBatch
+from legokit.errors import ConfigError, ShapeError
+from legokit.nn.block import BlockConfig, LegoBlock
+from legokit.nn.layers import TaskHead
+from legokit.nn.spectral import DEFAULT_PHASE, PHASE_MODES, merge_spectra, pooled_width
+from legokit.nn.sphere import spherical_mean
+from legokit.tasks import TaskSpec
+from legokit.training.metrics import PRIMARY
 
 HEAD_RULE = "slerp (K=2) / weighted Karcher mean of directions x weighted mean norm (K>2), per tensor"
 
@@ -56,9 +56,13 @@ def normalized(weights: Sequence[float]) -> list[float]:
     return [w / total * len(weights) for w in weights]
 
 
-def resolve_weights(modalities: Sequence[str], weights: Sequence[float] | Mapping[str, float] | str | None,
-                    known: Mapping[str, float] | None = None, tasks: Mapping[str, TaskSpec] | None = None,
-                    provenance: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[tuple[str, float], ...]:
+def resolve_weights(
+    modalities: Sequence[str],
+    weights: Sequence[float] | Mapping[str, float] | str | None,
+    known: Mapping[str, float] | None = None,
+    tasks: Mapping[str, TaskSpec] | None = None,
+    provenance: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[tuple[str, float], ...]:
     """One weight per modality, sorted by modality: given as a list in block order, a mapping, `auto` (from the
     blocks' `tasks` and `provenance`: `auto_weights`), or defaults (1.0, or the weight a grown model already had)."""
     known = dict(known or {})
@@ -101,8 +105,10 @@ def auto_weights(tasks: Mapping[str, TaskSpec], provenance: Mapping[str, Mapping
         val = trained.get("val") if isinstance(trained, Mapping) else None
         metric = val.get(name) if isinstance(val, Mapping) else None
         if metric is None:
-            raise ConfigError(f"block {modality} has no validation {name} in its provenance; --weights auto needs "
-                              "blocks trained by legokit train (or give the weights)")
+            raise ConfigError(
+                f"block {modality} has no validation {name} in its provenance; --weights auto needs "
+                "blocks trained by legokit train (or give the weights)"
+            )
         if isinstance(metric, bool) or not isinstance(metric, (int, float)) or not 0.0 <= metric <= 1.0:
             shown = repr(metric)[:40]
             raise ConfigError(f"block {modality}: its recorded validation {name} is {shown}, not a number in [0, 1]")
@@ -124,7 +130,9 @@ class MergedModel(CompositeModel):
     """A multimodal model from merged blocks: each present modality's block encodes its input, the latents are
     merged per sample (Eq. 4), and the merged head reads the merged latent. Executes its composition graph."""
 
-    def __init__(self, blocks: Mapping[str, LegoBlock], head: TaskHead, config: MergeConfig, graph: Graph | None = None):
+    def __init__(
+        self, blocks: Mapping[str, LegoBlock], head: TaskHead, config: MergeConfig, graph: Graph | None = None
+    ):
         check_joinable([blocks[m].config for m in sorted(blocks)], warn=False)
         graph = graph if graph is not None else Graph.for_operation("merge", sorted(blocks), phase=config.phase)
         super().__init__(blocks, sorted(blocks), head, config, graph)
@@ -158,8 +166,12 @@ class MergedModel(CompositeModel):
     def encode(self, inputs: Mapping[str, ModalityBatch]) -> torch.Tensor:
         """The merged frequency-domain latent (b, c, d) of a batch in which any subset of modalities may be missing."""
         self.check_inputs(inputs)
-        run = {"input": self._run_input(inputs), "block": self._run_block, "merge": self._run_merge,
-               "head": lambda node, values: next(iter(values.values()))}
+        run = {
+            "input": self._run_input(inputs),
+            "block": self._run_block,
+            "merge": self._run_merge,
+            "head": lambda node, values: next(iter(values.values())),
+        }
         return self.graph.execute(run)
 
 
@@ -185,17 +197,27 @@ def own_blocks(blocks: Sequence[LegoBlock]) -> list[LegoBlock]:
     return copy.deepcopy(list(blocks), bound)
 
 
-def merge(models: Sequence[LegoBlock | MergedModel], weights: Sequence[float] | Mapping[str, float] | str | None = None,
-          phase: str = DEFAULT_PHASE) -> MergedModel:
+def merge(
+    models: Sequence[LegoBlock | MergedModel],
+    weights: Sequence[float] | Mapping[str, float] | str | None = None,
+    phase: str = DEFAULT_PHASE,
+) -> MergedModel:
     """LegoMerge of K >= 2 blocks (merged models count as their blocks, so a model grows by merging a new block
     into it, with the same result as merging all blocks at once). Every block is used, as a copy (`own_blocks`);
     returned in eval mode. `weights="auto"` weighs each block by its recorded validation metric (`auto_weights`)."""
     blocks, known = expand(models)
     by_modality = {b.modality: b for b in blocks}
     join = check_joinable([b.config for b in blocks], {m: getattr(b, "provenance", {}) for m, b in by_modality.items()})
-    config = MergeConfig(resolve_weights([b.modality for b in blocks], weights, known,
-                                         {m: b.config.task for m, b in by_modality.items()},
-                                         {m: getattr(b, "provenance", {}) for m, b in by_modality.items()}), phase)
+    config = MergeConfig(
+        resolve_weights(
+            [b.modality for b in blocks],
+            weights,
+            known,
+            {m: b.config.task for m, b in by_modality.items()},
+            {m: getattr(b, "provenance", {}) for m, b in by_modality.items()},
+        ),
+        phase,
+    )
     heads = {m: join.head(m, b.task_head.state_dict()) for m, b in by_modality.items()}
     first = by_modality[config.modalities[0]].config
     head = TaskHead(head_width(first), first.task.out_features)

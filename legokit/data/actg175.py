@@ -12,12 +12,25 @@ import importlib.util
 import math
 from pathlib import Path
 
-from ..artifact import write_atomic
-from ..errors import ConfigError
+from legokit.errors import ConfigError
+from legokit.io.atomic import write_atomic
 
 LANDMARK_DAYS = 175.0
-CLINICAL = ["age", "wtkg", "hemo", "homo", "drugs", "karnof", "oprior", "z30", "preanti", "race", "gender", "str2",
-            "symptom"]
+CLINICAL = [
+    "age",
+    "wtkg",
+    "hemo",
+    "homo",
+    "drugs",
+    "karnof",
+    "oprior",
+    "z30",
+    "preanti",
+    "race",
+    "gender",
+    "str2",
+    "symptom",
+]
 ARMS = ["arm_zdv", "arm_zdv_ddi", "arm_zdv_zal", "arm_ddi"]
 STRATA = ["strat_naive", "strat_1_52_weeks", "strat_over_52_weeks"]
 IMMUNE = ["cd40", "cd420", "cd80", "cd820"]
@@ -53,8 +66,12 @@ def write_actg175(folder: Path) -> Path:
         "immune.csv": (IMMUNE, [[math.log1p(float(r[c])) for c in IMMUNE] for r in rows]),
     }
     for name, (columns, values) in tables.items():
-        lines = ["id," + ",".join(columns)] + [f"{i}," + ",".join(f"{v:.6g}" for v in row) for i, row in zip(ids, values)]
+        lines = ["id," + ",".join(columns)] + [
+            f"{i}," + ",".join(f"{v:.6g}" for v in row) for i, row in zip(ids, values)
+        ]
         write_atomic(folder / name, ("\n".join(lines) + "\n").encode())
-    labels = ["id,time,event"] + [f"{i},{float(r['days']) - LANDMARK_DAYS:g},{int(r['cens'])}" for i, r in zip(ids, rows)]
+    labels = ["id,time,event"] + [
+        f"{i},{float(r['days']) - LANDMARK_DAYS:g},{int(r['cens'])}" for i, r in zip(ids, rows)
+    ]
     write_atomic(folder / "labels.csv", ("\n".join(labels) + "\n").encode())
     return folder

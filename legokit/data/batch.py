@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 
-from ..errors import ShapeError
+from legokit.errors import ShapeError
 
 
 @dataclass(frozen=True)
@@ -23,8 +23,13 @@ class ModalityBatch:
     observed: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        if self.present is not None and (self.present.dtype != torch.bool or tuple(self.present.shape) != (self.x.shape[0],)):
-            raise ShapeError(f"present must be bool of shape ({self.x.shape[0]},), got {self.present.dtype} {tuple(self.present.shape)}")
+        if self.present is not None and (
+            self.present.dtype != torch.bool or tuple(self.present.shape) != (self.x.shape[0],)
+        ):
+            raise ShapeError(
+                f"present must be bool of shape ({self.x.shape[0]},), "
+                f"got {self.present.dtype} {tuple(self.present.shape)}"
+            )
 
     def presence(self) -> torch.Tensor:
         """The (b,) availability mask, all True when none was given."""
@@ -38,9 +43,11 @@ class ModalityBatch:
             return self.presence()
         return self.presence() & self.observed
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "ModalityBatch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ModalityBatch:
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return ModalityBatch(move(self.x), move(self.mask), move(self.present), move(self.observed))
+        return ModalityBatch(
+            self.x.to(device, non_blocking=non_blocking), move(self.mask), move(self.present), move(self.observed)
+        )
 
 
 def batch_size(inputs: Mapping[str, ModalityBatch]) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from ..artifact import write_atomic
+from legokit.io.atomic import write_atomic
 
 LOG = {"bili", "chol", "copper", "alk.phos", "ast", "trig", "protime"}
 SIGNS = ["ascites", "hepato", "spiders", "edema"]
@@ -29,7 +29,9 @@ VISIT_LABS = ["bili", "chol", "albumin", "alk.phos", "ast", "platelet", "protime
 
 
 def _rows(name: str) -> list[dict[str, str]]:
-    with resources.files("legokit.data").joinpath("pbc", name).open(newline="", encoding="utf-8") as handle:
+    source = resources.files("legokit.data").joinpath("pbc").joinpath(name)
+    # newline= is valid at runtime (a pathlib or zipfile Path on 3.10+); the stubs' Traversable.open omits it
+    with source.open(newline="", encoding="utf-8") as handle:  # type: ignore[call-overload]
         return list(csv.DictReader(handle))
 
 
@@ -55,34 +57,57 @@ def write_pbc(folder: str | os.PathLike[str], landmark_days: float = 365.0) -> d
     patients = [r for r in _rows("pbc.csv") if float(r["time"]) > landmark_days]
     kept = {r["id"] for r in patients}
     labs_columns = ["age", "male", "in_trial", *SIGNS, *LABS, "stage"]
-    table = [
-        [float(r["age"]), 1.0 if r["sex"] == "m" else 0.0, 0.0 if r["trt"] in ("", "NA") else 1.0,
-         *(_value(r, c) for c in SIGNS + LABS), _value(r, "stage")]
-        for r in patients
+    table = _impute(
+        [
+            [
+                float(r["age"]),
+                1.0 if r["sex"] == "m" else 0.0,
+                0.0 if r["trt"] in ("", "NA") else 1.0,
+                *(_value(r, c) for c in SIGNS + LABS),
+                _value(r, "stage"),
+            ]
+            for r in patients
+        ]
+    )
+    labels = ["id,time,event"] + [
+        f"{r['id']},{float(r['time']) - landmark_days:g},{1 if r['status'] == '2' else 0}" for r in patients
     ]
-    table = _impute(table)
-    labels = ["id,time,event"] + [f"{r['id']},{float(r['time']) - landmark_days:g},{1 if r['status'] == '2' else 0}"
-                                  for r in patients]
     write_atomic(folder / "labels.csv", ("\n".join(labels) + "\n").encode())
-    lines = [",".join(["id", *labs_columns])] + [",".join([r["id"], *(f"{v:.6g}" for v in row)]) for r, row in zip(patients, table)]
+    lines = [",".join(["id", *labs_columns])] + [
+        ",".join([r["id"], *(f"{v:.6g}" for v in row)]) for r, row in zip(patients, table)
+    ]
     write_atomic(folder / "labs.csv", ("\n".join(lines) + "\n").encode())
     visits = [v for v in _rows("pbcseq.csv") if v["id"] in kept and float(v["day"]) <= landmark_days]
-    visit_table = _impute([
-        [(landmark_days - float(v["day"])) / 365.25, *(_value(v, c) for c in SIGNS + VISIT_LABS), _value(v, "stage")]
-        for v in visits
-    ])
+    visit_table = _impute(
+        [
+            [
+                (landmark_days - float(v["day"])) / 365.25,
+                *(_value(v, c) for c in SIGNS + VISIT_LABS),
+                _value(v, "stage"),
+            ]
+            for v in visits
+        ]
+    )
     by_patient: dict[str, list[list[float]]] = {}
     for visit, row in zip(visits, visit_table):
         by_patient.setdefault(visit["id"], []).append(row)
     for patient, rows in by_patient.items():
-        write_atomic(folder / "visits" / f"{patient}.safetensors",
-                     safetensors_bytes({"x": torch.tensor(rows, dtype=torch.float32)}))
+        write_atomic(
+            folder / "visits" / f"{patient}.safetensors",
+            safetensors_bytes({"x": torch.tensor(rows, dtype=torch.float32)}),
+        )
     readme = (
         "PBC landmark dataset written by legokit.data.bundled.write_pbc "
-        f"(landmark {landmark_days:g} days). Source: R survival package (pbc, pbcseq); see legokit/data/pbc/SOURCE.md.\n"
-        f"visits/ID.safetensors: x (visits, features) with features years_before_landmark, {', '.join(SIGNS + VISIT_LABS)}, "
+        f"(landmark {landmark_days:g} days). Source: R survival package (pbc, pbcseq); "
+        "see legokit/data/pbc/SOURCE.md.\n"
+        "visits/ID.safetensors: x (visits, features) with features years_before_landmark, "
+        f"{', '.join(SIGNS + VISIT_LABS)}, "
         "stage (log of bili, chol, alk.phos, ast, protime).\n"
     )
     write_atomic(folder / "README.txt", readme.encode())
-    return {"patients": len(patients), "events": sum(r["status"] == "2" for r in patients),
-            "with_visits": len(by_patient), "visits": len(visits)}
+    return {
+        "patients": len(patients),
+        "events": sum(r["status"] == "2" for r in patients),
+        "with_visits": len(by_patient),
+        "visits": len(visits),
+    }

@@ -3,12 +3,12 @@ so that a multimodal model does not learn to rely on a modality that some sample
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 
-from ..errors import ConfigError
-from .batch import ModalityBatch, batch_size
+from legokit.data.batch import ModalityBatch, batch_size
+from legokit.errors import ConfigError
 
 
 def check_rate(value: object, name: str = "modality_dropout") -> float:
@@ -19,8 +19,9 @@ def check_rate(value: object, name: str = "modality_dropout") -> float:
     return float(value) + 0.0
 
 
-def drop_modalities(batches: Mapping[str, ModalityBatch], rate: float,
-                    generator: torch.Generator) -> dict[str, ModalityBatch]:
+def drop_modalities(
+    batches: Mapping[str, ModalityBatch], rate: float, generator: torch.Generator
+) -> dict[str, ModalityBatch]:
     """New batches in which each modality a sample has (present and observed) is dropped with probability `rate`,
     drawn from `generator`; when a draw would drop all of a sample's modalities, one of them, drawn at random, is
     kept, so a sample with one modality is never changed. A dropped row is `present` False (and not `observed`) with
@@ -52,5 +53,6 @@ def _without(batch: ModalityBatch, gone: torch.Tensor) -> ModalityBatch:
         return torch.where(gone.reshape(-1, *([1] * (t.dim() - 1))), torch.zeros((), dtype=t.dtype, device=t.device), t)
 
     observed = None if batch.observed is None else batch.observed & ~gone
-    return ModalityBatch(zeroed(batch.x), None if batch.mask is None else zeroed(batch.mask), batch.presence() & ~gone,
-                         observed)
+    return ModalityBatch(
+        zeroed(batch.x), None if batch.mask is None else zeroed(batch.mask), batch.presence() & ~gone, observed
+    )

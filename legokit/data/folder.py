@@ -9,22 +9,23 @@ import csv
 import io
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence, Union
+from typing import cast
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 
-from ..artifact import open_input, read_input, refuse_special_input
-from ..contract import name_problem
-from ..errors import LegoError, brief, quoted, quoted_list
-from ..progress import log
-from ..text import TextEncoder, TextSpec, padded
-from .batch import ModalityBatch
+from legokit.contract import name_problem
+from legokit.data.batch import ModalityBatch
+from legokit.errors import LegoError, brief, quoted, quoted_list
+from legokit.io.inputs import open_input, read_input, refuse_special_input
+from legokit.progress import log
+from legokit.text.spec import TextEncoder, TextSpec, padded
 
-InputSpec = Union[Sequence[Union[int, None]], TextSpec]  # a per-sample shape, or raw text read through a tokenizer
+InputSpec = Sequence[int | None] | TextSpec  # a per-sample shape, or raw text read through a tokenizer
 
 
 class DataError(LegoError, ValueError):
@@ -84,7 +85,9 @@ def parse_number(path: Path, row: int, column: str, text: str) -> float:
     except ValueError as exc:
         raise DataError(f"{path}: row {row}, column {column}: {text!r} is not a number") from exc
     if not math.isfinite(value):
-        raise DataError(f"{path}: row {row}, column {column}: {text} (missing values must be imputed or the row dropped)")
+        raise DataError(
+            f"{path}: row {row}, column {column}: {text} (missing values must be imputed or the row dropped)"
+        )
     return value
 
 
@@ -142,12 +145,19 @@ def read_table(name: str, path: Path, names: Sequence[str] | None = None) -> Tab
     if names is not None:
         missing = [n for n in names if n not in position]
         if missing:
-            raise DataError(f"{path}: no column {quoted_list(missing)}; the {name} block was trained on {len(names)} "
-                            f"features named {quoted_list(names, 5)}")
+            raise DataError(
+                f"{path}: no column {quoted_list(missing)}; the {name} block was trained on {len(names)} "
+                f"features named {quoted_list(names, 5)}"
+            )
         extra = [c for c in header[1:] if c not in read]
         if extra:
-            log.warning("%s: ignoring %d column(s) the %s block was not trained on: %s", path, len(extra), name,
-                        quoted_list(extra))
+            log.warning(
+                "%s: ignoring %d column(s) the %s block was not trained on: %s",
+                path,
+                len(extra),
+                name,
+                quoted_list(extra),
+            )
     features: dict[str, torch.Tensor] = {}
     lines: dict[str, int] = {}
     for number, sample, row in rows:
@@ -249,8 +259,12 @@ class DatasetFolder:
     inputs from folders). Ids are the union over modalities, sorted; `batch(ids)` builds padded, masked inputs.
     Bags are read once and kept in memory."""
 
-    def __init__(self, root: str | os.PathLike[str], inputs: Mapping[str, InputSpec],
-                 columns: Mapping[str, Sequence[str]] | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        inputs: Mapping[str, InputSpec],
+        columns: Mapping[str, Sequence[str]] | None = None,
+    ):
         self.root = Path(root)
         columns = dict(columns or {})
         if not self.root.is_dir():
@@ -273,8 +287,10 @@ class DatasetFolder:
             elif len(shape) >= 2 and folder.is_dir():
                 self.modalities[name] = read_bags(name, folder)
         if not self.modalities:
-            wanted = ", ".join(f"{n}.csv or {n}/ID.txt" if isinstance(s, TextSpec) else f"{n}.csv" if len(s) == 1
-                               else f"{n}/" for n, s in self.shapes.items())
+            wanted = ", ".join(
+                f"{n}.csv or {n}/ID.txt" if isinstance(s, TextSpec) else f"{n}.csv" if len(s) == 1 else f"{n}/"
+                for n, s in self.shapes.items()
+            )
             raise DataError(f"{self.root}: holds none of the model's modalities (looked for {wanted})")
         ids: set[str] = set()
         for name in self.modalities:
@@ -289,19 +305,24 @@ class DatasetFolder:
 
     def _bag_batch(self, bags: Bags, ids: Sequence[str]) -> ModalityBatch:
         shape = self.shapes[bags.name]
+        assert isinstance(shape, tuple)  # bags hold tensors; text modalities are read as `Texts`
         loaded = [self._bag(bags.files[i], shape) if i in bags.files else None for i in ids]
         present = torch.tensor([x is not None for x in loaded])
         if shape[0] is not None:  # fixed-shape samples (an image): stacked, a missing one is zeros
-            xs = torch.stack([x if x is not None else torch.zeros(shape) for x in loaded])
+            fixed = cast("tuple[int, ...]", shape)  # an open dimension past the first is not supported here
+            xs = torch.stack([x if x is not None else torch.zeros(fixed) for x in loaded])
             return ModalityBatch(xs, None, present)
         longest = max((x.shape[0] for x in loaded if x is not None), default=1)
-        padded = len(ids) * longest * math.prod(shape[1:]) * 4
+        token = cast("tuple[int, ...]", shape[1:])  # a bag of tokens: only their number may be open here
+        padded = len(ids) * longest * math.prod(token) * 4
         if padded > MAX_BATCH_BYTES:
             sample = next(i for i, x in zip(ids, loaded) if x is not None and x.shape[0] == longest)
-            raise DataError(f"{bags.files[sample]}: {longest:,} tokens; a batch of {len(ids)} padded to it would take "
-                            f"{padded / 2**30:.1f} GiB (cap {MAX_BATCH_BYTES / 2**30:.0f} GiB): lower --batch-size, or "
-                            "split the sample")
-        xs = torch.zeros(len(ids), longest, *shape[1:])
+            raise DataError(
+                f"{bags.files[sample]}: {longest:,} tokens; a batch of {len(ids)} padded to it would take "
+                f"{padded / 2**30:.1f} GiB (cap {MAX_BATCH_BYTES / 2**30:.0f} GiB): lower --batch-size, or "
+                "split the sample"
+            )
+        xs = torch.zeros(len(ids), longest, *token)
         mask = torch.zeros(len(ids), longest, dtype=torch.bool)
         for row, x in enumerate(loaded):
             if x is not None:
@@ -344,8 +365,13 @@ class DatasetFolder:
             modality = self.modalities.get(name)
             if modality is None:
                 return frozenset()
-            found = modality.texts if isinstance(modality, Texts) else modality.rows if isinstance(modality, Table) \
+            found = (
+                modality.texts
+                if isinstance(modality, Texts)
+                else modality.rows
+                if isinstance(modality, Table)
                 else modality.files
+            )
             self._holding[name] = frozenset(found)
         return self._holding[name]
 

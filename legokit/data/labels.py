@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 
-from ..tasks import TaskSpec
-from ..contract import name_problem
-from ..errors import quoted, quoted_list
-from .folder import DataError, id_rows, parse_number, read_csv_rows, refuse_repeated_id
+from legokit.contract import name_problem
+from legokit.data.folder import DataError, id_rows, parse_number, read_csv_rows, refuse_repeated_id
+from legokit.errors import quoted, quoted_list
+from legokit.tasks import TaskSpec
 
 SPLITS = ("train", "val", "test")
 
@@ -59,8 +59,9 @@ def class_name(text: str) -> str:
     return str(int(value)) if math.isfinite(value) and value == int(value) else text
 
 
-def _class_codes(path: Path, task: TaskSpec, cells: Sequence[tuple[int, str]],
-                 classes: Sequence[str] | None) -> tuple[list[int], tuple[str, ...]]:
+def _class_codes(
+    path: Path, task: TaskSpec, cells: Sequence[tuple[int, str]], classes: Sequence[str] | None
+) -> tuple[list[int], tuple[str, ...]]:
     """Class indices of `label` cells and the class names they follow. With `classes` (a trained block's, or
     --classes), cells are mapped by name; without, they are integers 0..K-1 (binary: 0/1), or names sorted."""
     count = 2 if task.kind == "binary" else task.n
@@ -76,24 +77,32 @@ def _class_codes(path: Path, task: TaskSpec, cells: Sequence[tuple[int, str]],
             codes = [_integer(path, row, "label", text, 0, count - 1) for row, text in cells]
             return codes, tuple(str(k) for k in range(count))
         if task.kind == "binary":
-            raise DataError(f"{path}: binary labels must be 0/1 (found {quoted_list(sorted(set(names)), 4)}); or name "
-                            "the classes, negative first: --classes NEG,POS")
+            raise DataError(
+                f"{path}: binary labels must be 0/1 (found {quoted_list(sorted(set(names)), 4)}); or name "
+                "the classes, negative first: --classes NEG,POS"
+            )
         classes = sorted(set(names))
         if len(classes) != count:
-            raise DataError(f"{path}: task {task} has {count} classes, the label column has {len(classes)} "
-                            f"({quoted_list(classes)}); give --task multiclass:{len(classes)}, or --classes")
+            raise DataError(
+                f"{path}: task {task} has {count} classes, the label column has {len(classes)} "
+                f"({quoted_list(classes)}); give --task multiclass:{len(classes)}, or --classes"
+            )
     normal = [class_name(name) for name in classes]  # --classes 1.0 is class 1, as in a cell
     index = {name: k for k, name in enumerate(normal)}
     if len(index) < len(normal):
         twice = next(name for k, name in enumerate(normal) if index[name] != k)
-        raise DataError(f"{path}: the classes {quoted_list([c for c, n in zip(classes, normal) if n == twice])} name "
-                        "one class; give each class once")
+        raise DataError(
+            f"{path}: the classes {quoted_list([c for c, n in zip(classes, normal) if n == twice])} name "
+            "one class; give each class once"
+        )
     classes = normal
     codes = []
     for (row, text), name in zip(cells, names):
         if name not in index:
-            raise DataError(f"{path}: row {row}, column label: {quoted(text.strip(), 40)} is not one of the classes "
-                            f"{quoted_list(classes)}")
+            raise DataError(
+                f"{path}: row {row}, column label: {quoted(text.strip(), 40)} is not one of the classes "
+                f"{quoted_list(classes)}"
+            )
         codes.append(index[name])
     return codes, tuple(classes)
 
@@ -115,8 +124,9 @@ def read_labels(path: Path, task: TaskSpec, classes: Sequence[str] | None = None
         wanted = ["label"]
     missing = [name for name in wanted if name not in columns]
     if missing:
-        raise DataError(f"{path}: task {task} needs column(s) {quoted_list(missing)}; the file has "
-                        f"{quoted_list(header)}")
+        raise DataError(
+            f"{path}: task {task} needs column(s) {quoted_list(missing)}; the file has {quoted_list(header)}"
+        )
     first: dict[str, int] = {}
     read = set(wanted)
     for position, name in enumerate(header):
@@ -146,8 +156,10 @@ def read_labels(path: Path, task: TaskSpec, classes: Sequence[str] | None = None
         raise DataError(f"{path}: no samples")
     found: tuple[str, ...] | None = None
     if task.kind == "survival":
-        targets = {"time": torch.tensor(values["time"], dtype=torch.float64) * time_scale,
-                   "event": torch.tensor(values["event"], dtype=torch.bool)}
+        targets = {
+            "time": torch.tensor(values["time"], dtype=torch.float64) * time_scale,
+            "event": torch.tensor(values["event"], dtype=torch.bool),
+        }
     elif task.kind == "multilabel":
         targets = {"label": torch.tensor([values[n] for n in wanted], dtype=torch.float32).T.contiguous()}
         found = tuple(wanted)

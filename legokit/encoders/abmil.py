@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from einops import einsum, rearrange
 from torch import nn
 
-from .stack import MAX_FEATURES, MAX_WIDTH, bounded_dropout, bounded_int, within_budget
+from legokit.encoders.registry import register_encoder
+from legokit.encoders.stack import MAX_FEATURES, MAX_WIDTH, bounded_dropout, bounded_int, within_budget
 
 
+@register_encoder("abmil")
 class ABMIL(nn.Module):
     """Pools a bag (b, n, in_features) with a padding mask (b, n) into one token (b, hidden).
 
@@ -24,8 +27,11 @@ class ABMIL(nn.Module):
 
     def __init__(self, in_features: int, hidden: int = 128, attention: int = 64, dropout: float = 0.1):
         super().__init__()
-        within_budget("abmil", self.weight_shapes(in_features, hidden, attention, dropout),
-                      {"in_features": in_features, "hidden": hidden, "attention": attention})
+        within_budget(
+            "abmil",
+            self.weight_shapes(in_features, hidden, attention, dropout),
+            {"in_features": in_features, "hidden": hidden, "attention": attention},
+        )
         self.embed = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout))
         self.attention_v = nn.Linear(hidden, attention)
         self.attention_u = nn.Linear(hidden, attention)
@@ -33,17 +39,25 @@ class ABMIL(nn.Module):
         self.out_dim = hidden
 
     @staticmethod
-    def weight_shapes(in_features: int, hidden: int = 128, attention: int = 64, dropout: float = 0.1) -> dict[str, tuple[int, ...]]:
+    def weight_shapes(
+        in_features: int, hidden: int = 128, attention: int = 64, dropout: float = 0.1
+    ) -> dict[str, tuple[int, ...]]:
         """The parameter shapes these settings make, by arithmetic alone (checked before anything is allocated); a
         size over its cap is a ConfigError."""
         bounded_int("abmil encoder in_features", in_features, MAX_FEATURES)
         bounded_int("abmil encoder hidden", hidden, MAX_WIDTH)
         bounded_int("abmil encoder attention", attention, MAX_WIDTH)
         bounded_dropout("abmil encoder dropout", dropout)
-        return {"embed.0.weight": (hidden, in_features), "embed.0.bias": (hidden,),
-                "attention_v.weight": (attention, hidden), "attention_v.bias": (attention,),
-                "attention_u.weight": (attention, hidden), "attention_u.bias": (attention,),
-                "attention_w.weight": (1, attention), "attention_w.bias": (1,)}
+        return {
+            "embed.0.weight": (hidden, in_features),
+            "embed.0.bias": (hidden,),
+            "attention_v.weight": (attention, hidden),
+            "attention_v.bias": (attention,),
+            "attention_u.weight": (attention, hidden),
+            "attention_u.bias": (attention,),
+            "attention_w.weight": (1, attention),
+            "attention_w.bias": (1,),
+        }
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.embed(x)

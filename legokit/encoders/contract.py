@@ -18,7 +18,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from ..errors import ConfigError, EncoderError
+from legokit.errors import ConfigError, EncoderError
 
 # keyword -> what it means; the first one an encoder's forward names receives the padding mask
 MASK_KEYWORDS: Mapping[str, str] = {
@@ -55,13 +55,20 @@ class Contract:
         of any length)."""
         parts = ["integer token ids" if self.input_dtype == "int64" else "float inputs"]
         if variable:
-            parts.append(f"padding mask as {self.mask_keyword} ({MASK_KEYWORDS[self.mask_keyword]})" if self.mask_keyword
-                         else "takes no padding mask, so samples run in groups of equal length, unpadded")
+            parts.append(
+                f"padding mask as {self.mask_keyword} ({MASK_KEYWORDS[self.mask_keyword]})"
+                if self.mask_keyword
+                else "takes no padding mask, so samples run in groups of equal length, unpadded"
+            )
         if self.output is not None:
             parts.append(f"output {self.output!r}")
-        parts.append({"tokens": "output read as tokens (b, n, e) or one token (b, e)",
-                      "channels": "output (b, c, t) read as t tokens of c features",
-                      "map": "output (b, c, h, w) read as h*w tokens of c features"}[self.layout])
+        parts.append(
+            {
+                "tokens": "output read as tokens (b, n, e) or one token (b, e)",
+                "channels": "output (b, c, t) read as t tokens of c features",
+                "map": "output (b, c, h, w) read as h*w tokens of c features",
+            }[self.layout]
+        )
         return "; ".join(parts)
 
 
@@ -87,7 +94,9 @@ def pick_output(out: Any, selector: str | int | None = None) -> tuple[torch.Tens
                 raise EncoderError(f"the encoder returns a {type(out).__name__} with no tensor in it")
             selector = keys[0]
         if str(selector) not in keys:
-            raise EncoderError(f"--output-key {selector!r}: the encoder's {type(out).__name__} holds {', '.join(map(str, keys))}")
+            raise EncoderError(
+                f"--output-key {selector!r}: the encoder's {type(out).__name__} holds {', '.join(map(str, keys))}"
+            )
         return out[str(selector)], str(selector)
     if isinstance(out, (tuple, list)):
         positions = [i for i, v in enumerate(out) if isinstance(v, torch.Tensor)]
@@ -96,8 +105,10 @@ def pick_output(out: Any, selector: str | int | None = None) -> tuple[torch.Tens
                 raise EncoderError(f"the encoder returns a {type(out).__name__} with no tensor in it")
             selector = positions[0]
         if not isinstance(selector, int) or selector not in positions:
-            raise EncoderError(f"--output-key {selector!r}: the encoder's {type(out).__name__} has tensors at positions "
-                               f"{', '.join(map(str, positions))}")
+            raise EncoderError(
+                f"--output-key {selector!r}: the encoder's {type(out).__name__} has tensors at positions "
+                f"{', '.join(map(str, positions))}"
+            )
         return out[selector], selector
     raise EncoderError(f"the encoder returns a {type(out).__name__}; expected a tensor, a tuple or a dict of tensors")
 

@@ -20,18 +20,28 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import (DataDependentOutputException, DynamicOutputShapeException, FakeTensor,
-                                          FakeTensorMode)
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry, sdpa_flop_count
 
-from ..errors import ConfigError, EncoderError, brief
+from legokit.errors import ConfigError, EncoderError, brief
+from legokit.torch_internals import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    FakeTensor,
+    FakeTensorMode,
+    HigherOrderOperator,
+    TorchDispatchMode,
+    op_schema,
+    tree_flatten,
+)
 
 GiB = 1 << 30
 # caps on one run of a program, with the environment variables that change them: on 2 CPU cores a run at the caps
 # takes a few seconds (FLOPs), and never holds more than a GiB
-MEMORY_ENV, TRAFFIC_ENV, FLOPS_ENV = "LEGOKIT_MAX_PROGRAM_MEMORY", "LEGOKIT_MAX_PROGRAM_TRAFFIC", "LEGOKIT_MAX_PROGRAM_FLOPS"
+MEMORY_ENV, TRAFFIC_ENV, FLOPS_ENV = (
+    "LEGOKIT_MAX_PROGRAM_MEMORY",
+    "LEGOKIT_MAX_PROGRAM_TRAFFIC",
+    "LEGOKIT_MAX_PROGRAM_FLOPS",
+)
 DEFAULT_MEMORY = 1 * GiB
 DEFAULT_TRAFFIC = 16 * GiB
 DEFAULT_FLOPS = 2 * 10**11
@@ -59,17 +69,28 @@ class Caps:
     flops: int = DEFAULT_FLOPS
 
     @classmethod
-    def from_env(cls) -> "Caps":
+    def from_env(cls) -> Caps:
         """The caps, each raised or lowered by its environment variable (a number of bytes or FLOPs)."""
-        return cls(*(_env_number(name, default) for name, default in
-                     ((MEMORY_ENV, DEFAULT_MEMORY), (TRAFFIC_ENV, DEFAULT_TRAFFIC), (FLOPS_ENV, DEFAULT_FLOPS))))
+        return cls(
+            *(
+                _env_number(name, default)
+                for name, default in (
+                    (MEMORY_ENV, DEFAULT_MEMORY),
+                    (TRAFFIC_ENV, DEFAULT_TRAFFIC),
+                    (FLOPS_ENV, DEFAULT_FLOPS),
+                )
+            )
+        )
 
     def values(self) -> tuple[int, int, int]:
         return self.peak_bytes, self.traffic_bytes, self.flops
 
 
-NAMES = (("holds", "bytes at once", MEMORY_ENV), ("reads and writes", "bytes", TRAFFIC_ENV),
-         ("computes", "floating-point operations", FLOPS_ENV))
+NAMES = (
+    ("holds", "bytes at once", MEMORY_ENV),
+    ("reads and writes", "bytes", TRAFFIC_ENV),
+    ("computes", "floating-point operations", FLOPS_ENV),
+)
 
 
 def _env_number(name: str, default: int) -> int:
@@ -132,7 +153,7 @@ class _Meter(TorchDispatchMode):
             self.flops += max(c[1] for c in costs)
         elif name in ("wrap_with_set_grad_enabled", "wrap_with_autocast"):
             at = 1 if name == "wrap_with_set_grad_enabled" else 4
-            self._count_body(args[at], list(args[at + 1:]), 1)
+            self._count_body(args[at], list(args[at + 1 :]), 1)
         else:  # the schema allows no other; one that got here is refused rather than run uncounted
             raise EncoderError(f"higher-order operator {name[:40]} is not one legokit can bound")
 
@@ -150,13 +171,13 @@ class _Meter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
-        if isinstance(func, torch._ops.HigherOrderOperator):  # noqa: SLF001 - torch's public HOP type lives here
+        if isinstance(func, HigherOrderOperator):
             self._bodies(func, args)
         out = func(*args, **kwargs)
         self.flops += _flops(func, args, kwargs, out)
         outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
         self.traffic += sum(_bytes(t) for t in tree_flatten((args, kwargs))[0]) + sum(_bytes(t) for t in outputs)
-        schema = getattr(func, "_schema", None)
+        schema = op_schema(func)
         if schema is not None and any(r.alias_info is not None for r in schema.returns):
             return out
         for tensor in outputs:
@@ -187,12 +208,16 @@ def _measured(graph: nn.Module, args: tuple[torch.Tensor, ...], what: str, grad:
     except EncoderError as exc:
         raise EncoderError(f"{what}: {exc}") from exc
     except (DataDependentOutputException, DynamicOutputShapeException) as exc:
-        raise EncoderError(f"{what}: its output shapes depend on its input values ({brief(exc, 80)}), so its cost "
-                           "cannot be bounded before it runs; legokit refuses such programs") from exc
+        raise EncoderError(
+            f"{what}: its output shapes depend on its input values ({brief(exc, 80)}), so its cost "
+            "cannot be bounded before it runs; legokit refuses such programs"
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - a program fails inside any operator, with any type
         samples = int(args[0].shape[0]) if args and args[0].dim() else 1
-        raise EncoderError(f"{what} fails at batch size {samples}: export it with dynamic_shapes (batch axis "
-                           f"Dim.DYNAMIC), legokit runs encoders on any number of samples ({brief(exc, 100)})") from exc
+        raise EncoderError(
+            f"{what} fails at batch size {samples}: export it with dynamic_shapes (batch axis "
+            f"Dim.DYNAMIC), legokit runs encoders on any number of samples ({brief(exc, 100)})"
+        ) from exc
 
 
 def _over(cost: Cost, caps: Caps, what: str) -> str | None:
@@ -252,16 +277,18 @@ class CostGuard:
             return
         if kwargs or not all(isinstance(v, torch.Tensor) and v.dim() for v in values):
             raise EncoderError(f"{self.what}: an exported program takes batched tensors, by position")
-        key = (_grad(module), *((tuple(v.shape), v.dtype) for v in values))
+        grad = _grad(module)
+        key = (grad, *((tuple(v.shape), v.dtype) for v in values))
         if key in self.checked:
             return
         one = self.one(tuple(args))
         samples = int(args[0].shape[0])
         if samples > 1:
-            cost = _measured(module, tuple(args), self.what, key[0])
+            cost = _measured(module, tuple(args), self.what, grad)
             if _superlinear(cost, one, samples):
-                raise EncoderError(f"{self.what}: its cost grows faster than the batch (measured at {samples} samples "
-                                   "against one)")
+                raise EncoderError(
+                    f"{self.what}: its cost grows faster than the batch (measured at {samples} samples against one)"
+                )
             problem = _over(cost, self.caps, f"a run of {samples} samples")
             if problem:
                 raise EncoderError(f"{self.what}: {problem}; run fewer samples at once")

@@ -14,7 +14,8 @@ import json
 import logging
 import re
 import warnings
-from typing import TYPE_CHECKING, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 from einops import rearrange
@@ -23,32 +24,33 @@ from torch import nn
 if TYPE_CHECKING:
     from torch.export import ExportedProgram
 
-from ..archive import PROGRAM_JSON, SAMPLE_INPUTS, Beside, Records, program_records, refill_records, whole_tensor
-from ..errors import EncoderError, ShapeError
-from .contract import INPUT_DTYPES, Contract, EncoderCall, mask_keyword, pick_output
-from .cost import guard
-from .recurrent import exportable_copy
+from legokit.artifacts.allowlist import (
+    PROGRAM_JSON,
+    SAMPLE_INPUTS,
+    Beside,
+    Records,
+    program_records,
+    refill_records,
+    whole_tensor,
+)
+from legokit.encoders.contract import INPUT_DTYPES, Contract, EncoderCall, mask_keyword, pick_output
+from legokit.encoders.cost import guard
+from legokit.encoders.recurrent import exportable_copy
+from legokit.errors import EncoderError, ShapeError
+from legokit.torch_internals import DTYPE_CODES, WEIGHTS_DIR, WRITER_RECORDS, pt2_archive_writer, ts2ep_converter
+
 
 def _archive(records: Records, keep_samples: bool = False) -> bytes:
     """A fresh PT2 archive holding exactly the checked records (sample inputs emptied unless `keep_samples`),
     written by torch's writer."""
     out = io.BytesIO()
-    from torch.export.pt2_archive._package import PT2ArchiveWriter  # torch.export loads its compiler stack
-
-    writer = PT2ArchiveWriter(out)
+    writer = pt2_archive_writer(out)  # torch.export loads its compiler stack: imported on the first call
     for name, data in records.data.items():
-        if name.startswith(".data/"):
+        if name.startswith(WRITER_RECORDS):
             continue  # the writer adds its own version records
         writer.write_bytes(name, b"" if name == SAMPLE_INPUTS and not keep_samples else data)
     writer.close()
     return out.getvalue()
-
-
-# torch dtypes of a legokit file -> torch.export's serialized dtype codes (torch._export.serde.schema.ScalarType)
-DTYPE_CODES: Mapping[torch.dtype, int] = {
-    torch.uint8: 1, torch.int8: 2, torch.int16: 3, torch.int32: 4, torch.int64: 5, torch.float16: 6,
-    torch.float32: 7, torch.float64: 8, torch.complex64: 10, torch.bool: 12, torch.bfloat16: 13,
-}
 
 
 def tensor_layouts(tensors: Mapping[str, torch.Tensor]) -> Beside:
@@ -77,7 +79,7 @@ def thin_program(program: bytes, state: Mapping[str, torch.Tensor]) -> bytes:
     table = json.loads(records.data[PROGRAM_JSON[1]])["config"]
     users: dict[str, list[str]] = {}
     for fqn, meta in table.items():
-        users.setdefault("data/weights/" + meta["path_name"], []).append(fqn)
+        users.setdefault(WEIGHTS_DIR + meta["path_name"], []).append(fqn)
     data = dict(records.data)
     emptied = False
     for record, fqns in users.items():
@@ -165,14 +167,16 @@ def program_sha256(program: bytes) -> str:
     return hashlib.sha256(program).hexdigest()
 
 
-def example_input(input_shape: tuple[int | None, ...], batch: int = 2, tokens: int = 3,
-                  dtype: str = "float32") -> torch.Tensor:
+def example_input(
+    input_shape: tuple[int | None, ...], batch: int = 2, tokens: int = 3, dtype: str = "float32"
+) -> torch.Tensor:
     """A zero input of the given per-sample shape, with `tokens` for each variable (None) dimension."""
     return torch.zeros(batch, *(tokens if d is None else d for d in input_shape), dtype=INPUT_DTYPES[dtype])
 
 
-def random_input(input_shape: tuple[int | None, ...], batch: int, tokens: int, dtype: str,
-                 generator: torch.Generator) -> torch.Tensor:
+def random_input(
+    input_shape: tuple[int | None, ...], batch: int, tokens: int, dtype: str, generator: torch.Generator
+) -> torch.Tensor:
     """A random input for checks: normal floats, or token ids 0/1 (valid for any vocabulary)."""
     size = (batch, *(tokens if d is None else d for d in input_shape))
     if dtype == "int64":
@@ -200,8 +204,14 @@ def _shape(input_shape: tuple[int | None, ...]) -> str:
     return ", ".join("n" if d is None else str(d) for d in input_shape)
 
 
-def probe_contract(module: nn.Module, input_shape: tuple[int | None, ...], input_dtype: str | None = None,
-                   mask: str | None = "auto", output: str | int | None = None, layout: str | None = None) -> Contract:
+def probe_contract(
+    module: nn.Module,
+    input_shape: tuple[int | None, ...],
+    input_dtype: str | None = None,
+    mask: str | None = "auto",
+    output: str | int | None = None,
+    layout: str | None = None,
+) -> Contract:
     """Decide how to call a live module, from its signature and forward passes: the input dtype (token ids when
     float inputs fail), its padding-mask keyword, which output tensor to read, and its output layout."""
     keyword = (mask_keyword(module) if mask == "auto" else mask) if variable(input_shape) else None
@@ -214,30 +224,46 @@ def probe_contract(module: nn.Module, input_shape: tuple[int | None, ...], input
         except Exception as exc:  # noqa: BLE001 - a user's module can raise anything on an input it does not take
             failure = failure or exc
     else:
-        raise EncoderError(f"the encoder fails on an input of shape (batch, {_shape(input_shape)}): {_first_line(failure)}")
+        raise EncoderError(
+            f"the encoder fails on an input of shape (batch, {_shape(input_shape)}): {_first_line(failure)}"
+        )
     tensor, selector = pick_output(out, output)
     if not tensor.is_floating_point():
         raise EncoderError(f"the encoder returns {tensor.dtype} values; legokit reads real-valued (float) features")
-    channels = tensor.dim() == 3 and variable(input_shape) and _tracks_last_axis(module, input_shape, dtype, keyword, selector)
+    channels = (
+        tensor.dim() == 3 and variable(input_shape) and _tracks_last_axis(module, input_shape, dtype, keyword, selector)
+    )
     if layout is None:
         layout = "map" if tensor.dim() == 4 else "channels" if channels else "tokens"
     elif layout == "channels" and tensor.dim() == 3 and variable(input_shape) and not channels:
-        raise EncoderError(f"--layout channels: the output {tuple(tensor.shape)} does not have the token count on its "
-                           "last axis; it reads as (b, n, e) tokens")
+        raise EncoderError(
+            f"--layout channels: the output {tuple(tensor.shape)} does not have the token count on its "
+            "last axis; it reads as (b, n, e) tokens"
+        )
     expected = {"tokens": (2, 3), "channels": (3,), "map": (4,)}[layout]
     if tensor.dim() not in expected:
-        raise EncoderError(f"the encoder's output has shape {tuple(tensor.shape)}; legokit reads (b, e) or (b, n, e) "
-                           "tokens, (b, c, t) conv maps (--layout channels) or (b, c, h, w) feature maps (--layout map)")
+        raise EncoderError(
+            f"the encoder's output has shape {tuple(tensor.shape)}; legokit reads (b, e) or (b, n, e) "
+            "tokens, (b, c, t) conv maps (--layout channels) or (b, c, h, w) feature maps (--layout map)"
+        )
     return Contract(dtype, keyword, selector, layout)
 
 
-def _tracks_last_axis(module: nn.Module, input_shape: tuple[int | None, ...], dtype: str, keyword: str | None,
-                      selector: str | int | None) -> bool:
+def _tracks_last_axis(
+    module: nn.Module, input_shape: tuple[int | None, ...], dtype: str, keyword: str | None, selector: str | int | None
+) -> bool:
     """True for a (b, c, t) conv map: its last axis, not its second, follows the number of input tokens."""
     call = EncoderCall(module, Contract(dtype, keyword, selector, "tokens"))
     with torch.no_grad():
-        short, long = (_run_or_refuse(call, (example_input(input_shape, tokens=t, dtype=dtype),),
-                                      f"the encoder fails with {t} tokens", FIXED_SHAPE_HINT) for t in (4, 9))
+        short, long = (
+            _run_or_refuse(
+                call,
+                (example_input(input_shape, tokens=t, dtype=dtype),),
+                f"the encoder fails with {t} tokens",
+                FIXED_SHAPE_HINT,
+            )
+            for t in (4, 9)
+        )
     return short.shape[1] == long.shape[1] and short.shape[2] != long.shape[2]
 
 
@@ -248,9 +274,11 @@ def _export_error(exc: BaseException) -> EncoderError:
     fixed += re.findall(r"size\(\)\[(\d+)\] as dynamic but your code specialized it to be a constant \((\d+)\)", text)
     if fixed:
         names = ", ".join(f"{'the batch' if d == '0' else f'input dimension {d}'} (fixed at {n})" for d, n in fixed)
-        return EncoderError(f"torch.export could not keep {names} dynamic: your code specialized it to be a constant. "
-                            "Remove shape-dependent Python code there, or export the encoder yourself with "
-                            "dynamic_shapes and wrap the .pt2")
+        return EncoderError(
+            f"torch.export could not keep {names} dynamic: your code specialized it to be a constant. "
+            "Remove shape-dependent Python code there, or export the encoder yourself with "
+            "dynamic_shapes and wrap the .pt2"
+        )
     return EncoderError(f"torch.export could not trace the encoder: {_first_line(exc)}")
 
 
@@ -285,8 +313,13 @@ CHECK_BATCHES = (1, 3)
 CHECK_TOKENS = (1, 5, 17)
 
 
-def check_program(graph: nn.Module, reference: nn.Module, input_shape: tuple[int | None, ...], contract: Contract,
-                  tolerance: float = 1e-4) -> None:
+def check_program(
+    graph: nn.Module,
+    reference: nn.Module,
+    input_shape: tuple[int | None, ...],
+    contract: Contract,
+    tolerance: float = 1e-4,
+) -> None:
     """Run an exported encoder at batch sizes 1 and 3 and token counts 1, 5 and 17 beside the module it came from;
     a failure or a different result is refused with the shape that shows it."""
     generator = torch.Generator().manual_seed(0)
@@ -302,12 +335,16 @@ def check_program(graph: nn.Module, reference: nn.Module, input_shape: tuple[int
             if len(args) == 2 and got.dim() == 3 and got.shape == want.shape and got.shape[1] == tokens:
                 got, want = got[args[1]], want[args[1]]  # padded positions are free to differ (nested-tensor paths)
             if got.shape != want.shape or not torch.allclose(got, want, rtol=tolerance, atol=tolerance, equal_nan=True):
-                raise EncoderError(f"the exported encoder differs from the module at {where}: it depends on Python "
-                                   "code that torch.export fixed at the example shape")
+                raise EncoderError(
+                    f"the exported encoder differs from the module at {where}: it depends on Python "
+                    "code that torch.export fixed at the example shape"
+                )
 
 
-FIXED_SHAPE_HINT = ("; it only runs at the shape it was exported or scripted with. Export it with "
-                    "dynamic_shapes (batch and token axes Dim.DYNAMIC), or wrap the module or a state dict instead")
+FIXED_SHAPE_HINT = (
+    "; it only runs at the shape it was exported or scripted with. Export it with "
+    "dynamic_shapes (batch and token axes Dim.DYNAMIC), or wrap the module or a state dict instead"
+)
 
 
 def _run_or_refuse(module: nn.Module, args: tuple[torch.Tensor, ...], what: str, hint: str) -> torch.Tensor:
@@ -331,14 +368,15 @@ def program_input_shape(program: ExportedProgram) -> tuple[int | None, ...] | No
 
 def program_from_torchscript(scripted: torch.jit.ScriptModule, input_shape: tuple[int | None, ...]) -> nn.Module:
     """A TorchScript module as an exported program's module (TorchScript itself is deprecated upstream)."""
-    from torch._export.converter import TS2EPConverter
-
+    converter = ts2ep_converter()  # the compiler stack: imported on the first call
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return TS2EPConverter(scripted, (example_input(input_shape),)).convert().module()
+            return converter(scripted, (example_input(input_shape),)).convert().module()
     except Exception as exc:  # noqa: BLE001 - the converter raises many types
-        raise EncoderError(f"the TorchScript module could not be converted to torch.export: {_first_line(exc)}") from exc
+        raise EncoderError(
+            f"the TorchScript module could not be converted to torch.export: {_first_line(exc)}"
+        ) from exc
 
 
 def _unpadded_groups(lengths: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
@@ -365,7 +403,7 @@ class ExportedEncoder(nn.Module):
         self.graph = _rebuilt(program, "the encoder program")
         self.cost = guard(self.graph, "the encoder program")
 
-    def train(self, mode: bool = True) -> "ExportedEncoder":
+    def train(self, mode: bool = True) -> ExportedEncoder:
         self.training = mode
         return self
 
@@ -375,21 +413,30 @@ class ExportedEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The program's own output, (b, e) or (b, n, e), for one unpadded batch (a mask only if it takes one)."""
-        args = (x,) if not self.takes_mask else (
-            x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask)
+        args = (
+            (x,)
+            if not self.takes_mask
+            else (x, torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else mask)
+        )
         try:
             step = self.cost.chunk(args)
             if x.shape[0] <= step:
                 return self.graph(*args)
             # a batch over the cost caps runs in chunks that fit: an encoder's samples are independent
-            return torch.cat([self.graph(*(a[start:start + step] for a in args)) for start in range(0, x.shape[0], step)])
+            return torch.cat(
+                [self.graph(*(a[start : start + step] for a in args)) for start in range(0, x.shape[0], step)]
+            )
         except EncoderError:
             raise
         # a program from a file can fail inside any operator, with any type (an allocation, a shape, an assertion)
         except Exception as exc:  # noqa: BLE001
-            raise EncoderError(f"the encoder program failed on a batch of shape {tuple(x.shape)}: {_first_line(exc)}") from exc
+            raise EncoderError(
+                f"the encoder program failed on a batch of shape {tuple(x.shape)}: {_first_line(exc)}"
+            ) from exc
 
-    def encode_tokens(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode_tokens(
+        self, x: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Tokens (b, n, e) and their mask (None when every token is real)."""
         if mask is None:
             return self._run(x, None), None
@@ -405,7 +452,11 @@ class ExportedEncoder(nn.Module):
         for n, index in groups:
             out = self._run(x[index, :n], mask[index, :n])
             # a sequence-to-sequence encoder given a mask keeps it; any other output's tokens are all real
-            real = mask[index, :n] if self.takes_mask and out.shape[1] == n else torch.ones(out.shape[:2], dtype=torch.bool, device=x.device)
+            real = (
+                mask[index, :n]
+                if self.takes_mask and out.shape[1] == n
+                else torch.ones(out.shape[:2], dtype=torch.bool, device=x.device)
+            )
             outputs.append((index, out, real))
         width = max((out.shape[1] for _, out, _ in outputs), default=1)
         tokens = torch.zeros(x.shape[0], width, self.out_dim, device=x.device)

@@ -16,18 +16,24 @@ import math
 import os
 import re
 import struct
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
-from ..archive import load_json
-from ..artifact import open_input, read_header, read_input
-from ..errors import ArtifactError, ConfigError, EncoderError, brief
-from ..text import MAX_TOKENIZER_BYTES, TextEncoder, TextSpec
-from .cost import check_cost
+from legokit.artifacts.allowlist import load_json
+from legokit.artifacts.format import read_header
+from legokit.encoders.cost import check_cost
+from legokit.errors import ArtifactError, ConfigError, EncoderError, brief
+from legokit.io.inputs import open_input, read_input
+from legokit.text.spec import MAX_TOKENIZER_BYTES, TextEncoder, TextSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+    from transformers.core_model_loading import WeightRenaming
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -46,12 +52,37 @@ WIDTH, FEED_FORWARD, COUNT = 16384, 65536, 256
 POSITIONS = 8194  # 8192 tokens, plus the two a RoBERTa-style position table keeps before them
 SIZE_CAPS: Mapping[str, int] = {
     **dict.fromkeys(("hidden_size", "d_model", "n_embd", "embed_dim", "dim", "projection_dim", "d_kv"), WIDTH),
-    **dict.fromkeys(("intermediate_size", "ffn_dim", "d_ff", "n_inner", "hidden_dim", "encoder_ffn_dim",
-                     "decoder_ffn_dim", "moe_intermediate_size"), FEED_FORWARD),
-    **dict.fromkeys(("num_attention_heads", "n_head", "n_heads", "num_heads", "num_key_value_heads",
-                     "encoder_attention_heads", "decoder_attention_heads"), COUNT),
+    **dict.fromkeys(
+        (
+            "intermediate_size",
+            "ffn_dim",
+            "d_ff",
+            "n_inner",
+            "hidden_dim",
+            "encoder_ffn_dim",
+            "decoder_ffn_dim",
+            "moe_intermediate_size",
+        ),
+        FEED_FORWARD,
+    ),
+    **dict.fromkeys(
+        (
+            "num_attention_heads",
+            "n_head",
+            "n_heads",
+            "num_heads",
+            "num_key_value_heads",
+            "encoder_attention_heads",
+            "decoder_attention_heads",
+        ),
+        COUNT,
+    ),
     **dict.fromkeys(("max_position_embeddings", "n_positions"), POSITIONS),
-    "vocab_size": 2**20, "type_vocab_size": 2**16, "num_labels": 2**16, "image_size": 1024, "num_channels": 16,
+    "vocab_size": 2**20,
+    "type_vocab_size": 2**16,
+    "num_labels": 2**16,
+    "image_size": 1024,
+    "num_channels": 16,
 }
 # keys that count modules (layers, experts, blocks, groups): their values, and lists of them, stay small
 COUNT_KEY = re.compile(r"layers|depths?$|experts|blocks|groups|stages")
@@ -135,12 +166,20 @@ def check_config_sizes(folder: Path, data: Mapping[str, Any]) -> None:
         whole = [abs(v) for v in values if type(v) is int]
         figure = sum(whole) if COUNT_KEY.search(key) and key not in SIZE_CAPS else max(whole, default=0)
         if figure > (cap or MAX_ANY_INT):
-            raise EncoderError(f"{folder}/{CONFIG}: {key[:60]} is {figure:,}; legokit caps it at {cap or MAX_ANY_INT:,}")
+            raise EncoderError(
+                f"{folder}/{CONFIG}: {key[:60]} is {figure:,}; legokit caps it at {cap or MAX_ANY_INT:,}"
+            )
     image, patch = data.get("image_size"), data.get("patch_size")
-    if isinstance(image, int) and isinstance(patch, int) and not isinstance(patch, bool):
-        if patch < 1 or (image // patch) ** 2 > POSITIONS:
-            raise EncoderError(f"{folder}/{CONFIG}: image_size {image} in patches of {patch} makes over {POSITIONS:,} "
-                               "tokens; legokit caps it there")
+    if (
+        isinstance(image, int)
+        and isinstance(patch, int)
+        and not isinstance(patch, bool)
+        and (patch < 1 or (image // patch) ** 2 > POSITIONS)
+    ):
+        raise EncoderError(
+            f"{folder}/{CONFIG}: image_size {image} in patches of {patch} makes over {POSITIONS:,} "
+            "tokens; legokit caps it there"
+        )
 
 
 def _config(folder: Path) -> dict:
@@ -201,8 +240,10 @@ def stored_shapes(folder: Path, files: list[Path]) -> dict[str, tuple[int, ...]]
             shapes[name] = stored.shape
             held += stored.end - stored.start
         if len(shapes) > MAX_TENSORS or held > MAX_WEIGHT_BYTES:
-            raise EncoderError(f"{folder}: weights of {len(shapes):,} tensors, {held:,} bytes; legokit caps them at "
-                               f"{MAX_TENSORS:,} tensors, {MAX_WEIGHT_BYTES:,} bytes")
+            raise EncoderError(
+                f"{folder}: weights of {len(shapes):,} tensors, {held:,} bytes; legokit caps them at "
+                f"{MAX_TENSORS:,} tensors, {MAX_WEIGHT_BYTES:,} bytes"
+            )
     return shapes
 
 
@@ -214,13 +255,15 @@ def _renamer(model: nn.Module, expected: Mapping[str, Any]) -> Callable[[str], t
         from transformers.conversion_mapping import get_model_conversion_mapping
         from transformers.core_model_loading import WeightConverter, rename_source_key
 
-        transforms = get_model_conversion_mapping(model)
-        renamings = [t for t in transforms if not isinstance(t, WeightConverter)]
+        transforms = get_model_conversion_mapping(cast("PreTrainedModel", model))  # built by `_meta_model`
+        renamings = cast("list[WeightRenaming]", [t for t in transforms if not isinstance(t, WeightConverter)])
         converters = [t for t in transforms if isinstance(t, WeightConverter)]
     except Exception:  # noqa: BLE001 - an older transformers: its base-model prefix only
+
         def plain(key: str) -> tuple[str, bool]:
-            stripped = key[len(prefix) + 1:] if prefix and key.startswith(prefix + ".") else key
+            stripped = key[len(prefix) + 1 :] if prefix and key.startswith(prefix + ".") else key
             return stripped, False
+
         return plain
 
     def renamed(key: str) -> tuple[str, bool]:
@@ -229,6 +272,7 @@ def _renamer(model: nn.Module, expected: Mapping[str, Any]) -> Callable[[str], t
         except Exception:  # noqa: BLE001 - a renaming that fails on a hostile key leaves the key as it is
             return key, False
         return name, converter is not None
+
     return renamed
 
 
@@ -247,12 +291,16 @@ def check_weights_fit(folder: Path, model: nn.Module, stored: Mapping[str, tuple
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     total = sum(math.prod(shape) for shape in expected.values())
     if total > MAX_PARAMETERS:
-        raise EncoderError(f"{folder}/{CONFIG}: the model has {total:,} parameters; legokit caps it at {MAX_PARAMETERS:,}")
+        raise EncoderError(
+            f"{folder}/{CONFIG}: the model has {total:,} parameters; legokit caps it at {MAX_PARAMETERS:,}"
+        )
     # buffers a model makes for itself (causal masks, position tables) are in no file: their size has its own cap
     unstored = sum(b.numel() * b.element_size() for name, b in model.named_buffers() if name not in expected)
     if unstored > MAX_UNSTORED_BYTES:
-        raise EncoderError(f"{folder}/{CONFIG}: the model builds {unstored:,} bytes of buffers that no file holds (cap "
-                           f"{MAX_UNSTORED_BYTES:,}); lower max_position_embeddings or the layer count")
+        raise EncoderError(
+            f"{folder}/{CONFIG}: the model builds {unstored:,} bytes of buffers that no file holds (cap "
+            f"{MAX_UNSTORED_BYTES:,}); lower max_position_embeddings or the layer count"
+        )
     rename, found, converted = _renamer(model, expected), set(), 0
     for key, shape in stored.items():
         name, merged = rename(key)
@@ -260,8 +308,9 @@ def check_weights_fit(folder: Path, model: nn.Module, stored: Mapping[str, tuple
             converted += math.prod(shape)
         elif name in expected:
             if expected[name] != tuple(shape):
-                raise EncoderError(f"{folder}: tensor {key[:80]!r} has shape {tuple(shape)}; {CONFIG} makes it "
-                                   f"{expected[name]}")
+                raise EncoderError(
+                    f"{folder}: tensor {key[:80]!r} has shape {tuple(shape)}; {CONFIG} makes it {expected[name]}"
+                )
             found.add(name)
     optional = _optional(model)
     missing = [name for name in expected if name not in found]
@@ -270,9 +319,11 @@ def check_weights_fit(folder: Path, model: nn.Module, stored: Mapping[str, tuple
     held = sum(math.prod(expected[n]) for n in found) + converted
     if needed > converted or fresh > held:
         first = next((n for n in missing if not optional(n)), missing[0] if missing else "")
-        raise EncoderError(f"{folder}: the weights do not fit the model in {CONFIG}: {len(missing)} tensor(s) missing "
-                           f"({first[:80]}, ...), {needed + fresh:,} parameters the weights do not hold; legokit "
-                           "would wrap random weights, and builds nothing the files do not hold")
+        raise EncoderError(
+            f"{folder}: the weights do not fit the model in {CONFIG}: {len(missing)} tensor(s) missing "
+            f"({first[:80]}, ...), {needed + fresh:,} parameters the weights do not hold; legokit "
+            "would wrap random weights, and builds nothing the files do not hold"
+        )
 
 
 def _meta_model(transformers: Any, folder: Path, data: Mapping[str, Any]) -> tuple[Any, nn.Module]:
@@ -292,8 +343,10 @@ def _tokenizer(folder: Path) -> str:
     """The folder's tokenizer.json, checked (`tokenizer_check`) before the model is built, so that a hostile one is
     refused at wrap time, not at the first prediction."""
     if not os.path.lexists(folder / "tokenizer.json"):
-        raise EncoderError(f"{folder}: a text model needs its tokenizer.json beside config.json "
-                           "(save the tokenizer with save_pretrained())")
+        raise EncoderError(
+            f"{folder}: a text model needs its tokenizer.json beside config.json "
+            "(save the tokenizer with save_pretrained())"
+        )
     path = folder_file(folder, "tokenizer.json", "tokenizer")
     try:
         text = read_input(path, EncoderError, MAX_TOKENIZER_BYTES).decode("utf-8")
@@ -333,8 +386,10 @@ def _longest_input(module: nn.Module, data: dict, folder: Path) -> int:
             return length
         except Exception:  # noqa: BLE001 - a model fails with many types past its position table
             continue
-    raise EncoderError(f"{folder}: the model runs at none of {', '.join(map(str, candidates))} tokens; "
-                       "check max_position_embeddings in config.json")
+    raise EncoderError(
+        f"{folder}: the model runs at none of {', '.join(map(str, candidates))} tokens; "
+        "check max_position_embeddings in config.json"
+    )
 
 
 def _pixels(folder: Path, data: Mapping[str, Any]) -> tuple[int, int, int]:
@@ -343,8 +398,10 @@ def _pixels(folder: Path, data: Mapping[str, Any]) -> tuple[int, int, int]:
     sides = [size, size] if isinstance(size, int) else size
     values = [channels, *sides] if isinstance(sides, list) else []
     if len(values) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values):
-        raise EncoderError(f"{folder}/{CONFIG}: image_size and num_channels must be positive integers (image_size "
-                           "one side or [height, width])")
+        raise EncoderError(
+            f"{folder}/{CONFIG}: image_size and num_channels must be positive integers (image_size "
+            "one side or [height, width])"
+        )
     return values[0], values[1], values[2]
 
 
@@ -353,16 +410,23 @@ def _build(transformers: Any, folder: Path, config: Any) -> nn.Module:
     refused (a fresh pooler is allowed: legokit never reads it)."""
     try:
         module, info = transformers.AutoModel.from_pretrained(
-            str(folder), config=config, local_files_only=True, use_safetensors=True, trust_remote_code=False,
-            output_loading_info=True)
+            str(folder),
+            config=config,
+            local_files_only=True,
+            use_safetensors=True,
+            trust_remote_code=False,
+            output_loading_info=True,
+        )
     except Exception as exc:  # noqa: BLE001 - transformers raises many types for a folder it cannot read
         raise EncoderError(f"{folder}: transformers cannot build the model ({brief(exc, 200)})") from exc
     missing = sorted(k for k in info.get("missing_keys", ()) if not k.startswith("pooler."))
     mismatched = [str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys", ())]
     if missing or mismatched:
         names = ", ".join((missing + mismatched)[:3])
-        raise EncoderError(f"{folder}: the weights do not fit the model in config.json: {len(missing)} tensor(s) "
-                           f"missing, {len(mismatched)} of another shape ({names}, ...); legokit would wrap random weights")
+        raise EncoderError(
+            f"{folder}: the weights do not fit the model in config.json: {len(missing)} tensor(s) "
+            f"missing, {len(mismatched)} of another shape ({names}, ...); legokit would wrap random weights"
+        )
     return module.eval()
 
 
@@ -373,8 +437,9 @@ def load_hf_folder(folder: Path) -> FolderEncoder:
     try:
         import transformers
     except ImportError as exc:
-        raise EncoderError(f"{folder}: wrapping a Hugging Face model folder needs transformers: "
-                           "pip install 'legokit[hf]'") from exc
+        raise EncoderError(
+            f"{folder}: wrapping a Hugging Face model folder needs transformers: pip install 'legokit[hf]'"
+        ) from exc
     data = _config(folder)
     stored = stored_shapes(folder, weight_files(folder))
     config, meta = _meta_model(transformers, folder, data)
@@ -389,5 +454,6 @@ def load_hf_folder(folder: Path) -> FolderEncoder:
     if main_input == "pixel_values":
         shape = _pixels(folder, data)
         return FolderEncoder(module, shape, "float32", None, f"{name}, images {'x'.join(map(str, shape))}")
-    raise EncoderError(f"{folder}: a {name} takes {main_input}; legokit wraps text (input_ids) and image "
-                       "(pixel_values) models")
+    raise EncoderError(
+        f"{folder}: a {name} takes {main_input}; legokit wraps text (input_ids) and image (pixel_values) models"
+    )

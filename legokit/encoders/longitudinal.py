@@ -1,20 +1,23 @@
 """An encoder for irregular longitudinal measurements (a patient's tests up to a landmark, one token per test day):
-each feature's last value, mean and slope over time plus the number of tokens (`legokit.summaries`), then a
+each feature's last value, mean and slope over time plus the number of tokens (`legokit.encoders.summaries`), then a
 self-normalising MLP. It reads at least what a practitioner's last-value summary gives a Cox model, which an
 attention pool over the tokens (abmil) did not (docs/benchmarks.md, "Composed models vs practitioner baselines")."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..summaries import KINDS, sequence_summaries, summary_width
-from ..errors import ConfigError
-from .stack import MAX_FEATURES, bounded_int, layer_stack, stack_shapes, stack_sizes, within_budget
+from legokit.encoders.registry import register_encoder
+from legokit.encoders.stack import MAX_FEATURES, bounded_int, layer_stack, stack_shapes, stack_sizes, within_budget
+from legokit.encoders.summaries import KINDS, sequence_summaries, summary_width
+from legokit.errors import ConfigError
 
 
+@register_encoder("longitudinal")
 class LongitudinalSummary(nn.Module):
     """Maps tokens (b, n, in_features) in time order with a padding mask (b, n) to one token (b, hidden). Feature
     `time_feature` is each token's time (e.g. years before the landmark); -1 means token position."""
@@ -25,14 +28,23 @@ class LongitudinalSummary(nn.Module):
 
     def __init__(self, in_features: int, hidden: int = 64, depth: int = 2, dropout: float = 0.1, time_feature: int = 0):
         super().__init__()
-        within_budget("longitudinal", self.weight_shapes(in_features, hidden, depth, dropout, time_feature),
-                      {"in_features": in_features, "hidden": hidden, "depth": depth})
+        within_budget(
+            "longitudinal",
+            self.weight_shapes(in_features, hidden, depth, dropout, time_feature),
+            {"in_features": in_features, "hidden": hidden, "depth": depth},
+        )
         if time_feature >= in_features:
-            raise ConfigError(f"longitudinal encoder time_feature {time_feature} is outside tokens of {in_features} "
-                              "features; name a feature index in [0, in_features) or -1 (token position)")
+            raise ConfigError(
+                f"longitudinal encoder time_feature {time_feature} is outside tokens of {in_features} "
+                "features; name a feature index in [0, in_features) or -1 (token position)"
+            )
         self.time_feature = time_feature
-        self.net = layer_stack(summary_width(in_features), hidden, depth,
-                               lambda n, h: [nn.Linear(n, h), nn.SELU(), nn.AlphaDropout(dropout)])
+        self.net = layer_stack(
+            summary_width(in_features),
+            hidden,
+            depth,
+            lambda n, h: [nn.Linear(n, h), nn.SELU(), nn.AlphaDropout(dropout)],
+        )
         self.out_dim = hidden
         for module in self.net:
             if isinstance(module, nn.Linear):
@@ -40,18 +52,26 @@ class LongitudinalSummary(nn.Module):
                 nn.init.zeros_(module.bias)
 
     @staticmethod
-    def weight_shapes(in_features: int, hidden: int = 64, depth: int = 2, dropout: float = 0.1,
-                      time_feature: int = 0) -> dict[str, tuple[int, ...]]:
+    def weight_shapes(
+        in_features: int, hidden: int = 64, depth: int = 2, dropout: float = 0.1, time_feature: int = 0
+    ) -> dict[str, tuple[int, ...]]:
         """The parameter shapes these settings make, by arithmetic alone (checked before anything is allocated); a
         size over its cap, or a time feature that is not an index (-1 or more), is a ConfigError. Whether the index
         is inside the token is checked when the encoder is built: a spec names no in_features until the data does."""
         bounded_int("longitudinal encoder in_features", in_features, (MAX_FEATURES - 1) // len(KINDS))
         if isinstance(time_feature, bool) or not isinstance(time_feature, int) or not -1 <= time_feature < MAX_FEATURES:
-            raise ConfigError(f"longitudinal encoder time_feature must be a feature index (0 or more) or -1 "
-                              f"(token position), got {repr(time_feature)[:40]}")
-        return stack_shapes("longitudinal", summary_width(in_features), hidden, depth, dropout,
-                            lambda index, width, out: {f"net.{3 * index}.weight": (out, width),
-                                                       f"net.{3 * index}.bias": (out,)})
+            raise ConfigError(
+                f"longitudinal encoder time_feature must be a feature index (0 or more) or -1 "
+                f"(token position), got {repr(time_feature)[:40]}"
+            )
+        return stack_shapes(
+            "longitudinal",
+            summary_width(in_features),
+            hidden,
+            depth,
+            dropout,
+            lambda index, width, out: {f"net.{3 * index}.weight": (out, width), f"net.{3 * index}.bias": (out,)},
+        )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         time = None if self.time_feature == -1 else self.time_feature

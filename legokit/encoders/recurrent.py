@@ -9,13 +9,15 @@ with torch's `scan` operator, on the very same parameters, so a user's encoder e
 from __future__ import annotations
 
 import copy
-from typing import Callable
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from einops import rearrange
 from torch import nn
 
-from ..errors import EncoderError
+from legokit.errors import EncoderError
+from legokit.torch_internals import scan_operator
 
 Cell = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -41,17 +43,21 @@ class ScanRecurrent(nn.Module):
         self.layer = layer
         self.mode = layer.mode  # "LSTM", "GRU", "RNN_TANH" or "RNN_RELU"
 
-    def _direction(self, x: torch.Tensor, layer: int, suffix: str, h0: torch.Tensor, c0: torch.Tensor | None
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def _direction(
+        self, x: torch.Tensor, layer: int, suffix: str, h0: torch.Tensor, c0: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """One direction of one layer over time-major x (n, b, f): outputs (n, b, h), last h (and c)."""
-        from torch._higher_order_ops.scan import scan  # loads torch's compiler stack: only when a recurrence exports
+        scan = scan_operator()  # loads torch's compiler stack: only when a recurrence exports
 
-        get = lambda name: getattr(self.layer, f"{name}_l{layer}{suffix}", None)  # noqa: E731
+        def get(name: str) -> torch.Tensor:  # nn.RNNBase registers every layer's weights (and biases when it has them)
+            return getattr(self.layer, f"{name}_l{layer}{suffix}")
+
         w_ih, w_hh = get("weight_ih"), get("weight_hh")
         b_ih = get("bias_ih") if self.layer.bias else torch.zeros(w_ih.shape[0], dtype=x.dtype, device=x.device)
         b_hh = get("bias_hh") if self.layer.bias else torch.zeros(w_hh.shape[0], dtype=x.dtype, device=x.device)
         gates_in = x @ w_ih.T + b_ih
         if self.mode == "LSTM":
+
             def step(carry: tuple[torch.Tensor, torch.Tensor], g: torch.Tensor):
                 h, c = carry
                 i, f, cell, o = (g + h @ w_hh.T + b_hh).chunk(4, dim=-1)
@@ -62,6 +68,7 @@ class ScanRecurrent(nn.Module):
             (h, c), out = scan(step, (h0, c0), gates_in)
             return out, h, c
         if self.mode == "GRU":
+
             def step_gru(h: torch.Tensor, g: torch.Tensor):
                 h = _gru_cell(h, g, w_hh, b_hh)
                 return h, h.clone()
@@ -90,15 +97,16 @@ class ScanRecurrent(nn.Module):
         elif self.mode == "LSTM":
             h0, c0 = hx
         else:
-            h0, c0 = hx, None
+            h0, c0 = cast(torch.Tensor, hx), None  # hx is one tensor for a GRU or RNN (nn.RNNBase's interface)
         last_h, last_c = [], []
         for index in range(layer.num_layers):
             outputs = []
             for direction in range(directions):
                 state = index * directions + direction
                 inp = seq.flip(0) if direction else seq
-                out, h, c = self._direction(inp, index, "_reverse" if direction else "", h0[state],
-                                            None if c0 is None else c0[state])
+                out, h, c = self._direction(
+                    inp, index, "_reverse" if direction else "", h0[state], None if c0 is None else c0[state]
+                )
                 outputs.append(out.flip(0) if direction else out)
                 last_h.append(h)
                 last_c.append(c)
@@ -108,7 +116,7 @@ class ScanRecurrent(nn.Module):
         output = rearrange(seq, "n b h -> b n h") if layer.batch_first else seq
         h_n = torch.stack(last_h)
         if self.mode == "LSTM":
-            return output, (h_n, torch.stack(last_c))
+            return output, (h_n, torch.stack(cast("list[torch.Tensor]", last_c)))  # an LSTM gives every c
         return output, h_n
 
 

@@ -4,12 +4,13 @@ allocated, `depth` layers of one width (`snn`, `mlp`), and their sizes read back
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from legokit.errors import ConfigError
 
 # caps on what a config may ask for, so that a hostile file or spec cannot make legokit allocate gigabytes
 MAX_FEATURES = 2**24  # the widest input a block takes
@@ -39,18 +40,28 @@ def parameter_count(shapes: Mapping[str, tuple[int, ...]]) -> int:
     return sum(math.prod(shape) for shape in shapes.values())
 
 
-def within_budget(encoder: str, shapes: Mapping[str, tuple[int, ...]], sizes: Mapping[str, int]) -> dict[str, tuple[int, ...]]:
+def within_budget(
+    encoder: str, shapes: Mapping[str, tuple[int, ...]], sizes: Mapping[str, int]
+) -> dict[str, tuple[int, ...]]:
     """`shapes` when their parameters fit MAX_PARAMETERS; otherwise a ConfigError naming the sizes that make them."""
     total = parameter_count(shapes)
     if total > MAX_PARAMETERS:
         named = ", ".join(f"{key}={value:,}" for key, value in sizes.items())
-        raise ConfigError(f"encoder {encoder}: {named} make {total:,} parameters; legokit caps a built-in encoder at "
-                          f"{MAX_PARAMETERS:,}")
+        raise ConfigError(
+            f"encoder {encoder}: {named} make {total:,} parameters; legokit caps a built-in encoder at "
+            f"{MAX_PARAMETERS:,}"
+        )
     return dict(shapes)
 
 
-def stack_shapes(encoder: str, in_features: Any, hidden: Any, depth: Any, dropout: Any,
-                 layer: Callable[[int, int, int], dict[str, tuple[int, ...]]]) -> dict[str, tuple[int, ...]]:
+def stack_shapes(
+    encoder: str,
+    in_features: Any,
+    hidden: Any,
+    depth: Any,
+    dropout: Any,
+    layer: Callable[[int, int, int], dict[str, tuple[int, ...]]],
+) -> dict[str, tuple[int, ...]]:
     """The parameter shapes of `depth` layers of width `hidden` (`layer(index, width_in, hidden)` gives one layer's),
     each size checked against its cap first."""
     bounded_int(f"{encoder} encoder in_features", in_features, MAX_FEATURES)
@@ -65,7 +76,9 @@ def stack_shapes(encoder: str, in_features: Any, hidden: Any, depth: Any, dropou
     return shapes
 
 
-def layer_stack(in_features: int, hidden: int, depth: int, layer: Callable[[int, int], list[nn.Module]]) -> nn.Sequential:
+def layer_stack(
+    in_features: int, hidden: int, depth: int, layer: Callable[[int, int], list[nn.Module]]
+) -> nn.Sequential:
     """`depth` layers made by `layer(width_in, hidden)`, the first from `in_features`."""
     modules: list[nn.Module] = []
     width = in_features

@@ -4,16 +4,19 @@ cross-attention has many keys to choose among instead of one pooled vector."""
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .stack import MAX_FEATURES, MAX_WIDTH, bounded_dropout, bounded_int, within_budget
+from legokit.encoders.registry import register_encoder
+from legokit.encoders.stack import MAX_FEATURES, MAX_WIDTH, bounded_dropout, bounded_int, within_budget
 
 
+@register_encoder("tokens")
 class FeatureTokens(nn.Module):
     """Maps a feature vector (b, in_features) to tokens (b, t, dim): token k = x_group_k @ W_k + b_k.
 
@@ -28,8 +31,11 @@ class FeatureTokens(nn.Module):
 
     def __init__(self, in_features: int, dim: int = 64, max_tokens: int = 256, dropout: float = 0.0):
         super().__init__()
-        shapes = within_budget("tokens", self.weight_shapes(in_features, dim, max_tokens, dropout),
-                               {"in_features": in_features, "dim": dim})
+        shapes = within_budget(
+            "tokens",
+            self.weight_shapes(in_features, dim, max_tokens, dropout),
+            {"in_features": in_features, "dim": dim},
+        )
         self.count, self.group, _ = shapes["weight"]
         self.in_features = in_features
         self.weight = nn.Parameter(torch.empty(self.count, self.group, dim))
@@ -41,7 +47,9 @@ class FeatureTokens(nn.Module):
         self.out_dim = dim
 
     @staticmethod
-    def weight_shapes(in_features: int, dim: int = 64, max_tokens: int = 256, dropout: float = 0.0) -> dict[str, tuple[int, ...]]:
+    def weight_shapes(
+        in_features: int, dim: int = 64, max_tokens: int = 256, dropout: float = 0.0
+    ) -> dict[str, tuple[int, ...]]:
         """The parameter shapes these settings make, by arithmetic alone (a file's config is checked against its
         tensors with this before anything is allocated); a bad setting is a ConfigError."""
         bounded_int("tokens encoder in_features", in_features, MAX_FEATURES)

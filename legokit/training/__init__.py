@@ -1,0 +1,1 @@
+"""Training and scoring: the trainer, its workflows, metrics, baselines, paired statistics, figures, leakage guard."""

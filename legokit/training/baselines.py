@@ -1,0 +1,164 @@
+"""Baselines the demo and the benchmarks compare LegoMerge and LegoFuse against: a late-fusion concatenation model
+trained end to end, and a Cox proportional-hazards model (ridge-penalised partial likelihood, Breslow ties) on every
+modality's summary features, the classical model a practitioner fits by hand."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import cast
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from legokit.data.batch import ModalityBatch
+from legokit.data.folder import DataError
+from legokit.data.training import SplitData
+from legokit.encoders import Encoder, build_encoder
+from legokit.encoders.summaries import sequence_summaries
+from legokit.tasks import TaskSpec
+
+
+class LateFusion(nn.Module):
+    """Each modality's encoder pools to one vector (zeros plus a missing flag where a sample lacks it); the
+    vectors are concatenated and a linear head predicts the task. Trained end to end: the classic baseline."""
+
+    def __init__(
+        self,
+        encoders: Mapping[str, tuple[str, dict]],
+        shapes: Mapping[str, tuple[int | None, ...]],
+        task: TaskSpec,
+        normalization: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    ):
+        super().__init__()
+        self.order = sorted(encoders)
+        self.encoders = nn.ModuleDict(
+            {m: build_encoder(name, {"in_features": shapes[m][-1], **kwargs}) for m, (name, kwargs) in encoders.items()}
+        )
+        for m in self.order:
+            shift, scale = normalization[m]
+            self.register_buffer(f"shift_{m}", shift.clone())
+            self.register_buffer(f"scale_{m}", torch.where(scale > 0, scale, torch.ones_like(scale)))
+        width = sum(cast(Encoder, self.encoders[m]).out_dim + 1 for m in self.order)  # `build_encoder` checked it
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, task.out_features))
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.order)
+
+    def forward(self, inputs: Mapping[str, ModalityBatch]) -> torch.Tensor:
+        size = next(iter(inputs.values())).x.shape[0]
+        parts = []
+        for m in self.order:
+            encoder = self.encoders[m]
+            batch = inputs.get(m)
+            if batch is None:
+                device = cast(nn.Linear, self.head[1]).weight.device
+                parts += [
+                    torch.zeros(size, cast(Encoder, encoder).out_dim, device=device),
+                    torch.ones(size, 1, device=device),
+                ]
+                continue
+            x = (batch.x - getattr(self, f"shift_{m}")) / getattr(self, f"scale_{m}")
+            out = encoder(x, batch.mask) if getattr(encoder, "accepts_mask", False) else encoder(x)
+            if out.dim() == 3:
+                out = out.mean(dim=1)
+            present = batch.presence().to(out.dtype).unsqueeze(1)
+            parts += [out * present, 1 - present]
+        return self.head(torch.cat(parts, dim=1))
+
+
+def cox_fit(
+    x: torch.Tensor, times: torch.Tensor, events: torch.Tensor, alpha: float = 0.1, iterations: int = 100
+) -> torch.Tensor:
+    """Coefficients beta minimising -log PL(beta) + alpha/2 |beta|^2 (Breslow's partial likelihood for ties),
+    by L-BFGS in float64. Standardise x first; risk is x @ beta."""
+    x, times, events = x.double(), times.double(), events.bool()
+    order = torch.argsort(times, descending=True)
+    x, times, events = x[order], times[order], events[order]
+    beta = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    # risk set of a time t: every sample with time >= t; with times sorted descending, a prefix up to the last tie
+    last_tie = torch.searchsorted(-times, -times, right=True) - 1
+    optimizer = torch.optim.LBFGS(
+        [beta], max_iter=iterations, tolerance_grad=1e-10, tolerance_change=1e-12, line_search_fn="strong_wolfe"
+    )
+
+    def objective() -> torch.Tensor:
+        optimizer.zero_grad()
+        eta = x @ beta
+        log_risk_sets = torch.logcumsumexp(eta, dim=0)[last_tie]
+        loss = -(eta - log_risk_sets)[events].sum() + 0.5 * alpha * beta.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(objective)
+    return beta.detach()
+
+
+def summary_features(batch: ModalityBatch, time_feature: int | None = 0) -> torch.Tensor:
+    """A modality as one row per sample for a classical model: a table's row as it is; a sequence's last value,
+    mean and slope over time of each feature and its token count (`legokit.encoders.summaries`; time is feature
+    `time_feature` of each token, as in the bundled folders)."""
+    if batch.x.dim() == 2:
+        return batch.x
+    return sequence_summaries(batch.x, batch.mask, time_feature)
+
+
+def _summaries(
+    data: SplitData, modality: str, ids: Sequence[str], time_feature: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """These samples' summary features of one modality (zeros where a sample lacks it) and which have it (b,)."""
+    batch = data.folder.batch(list(ids), [modality])[modality]
+    return summary_features(batch, time_feature), batch.presence()
+
+
+def _summary_rows(
+    parts: Sequence[tuple[torch.Tensor, torch.Tensor]], fills: Sequence[tuple[torch.Tensor, bool]]
+) -> torch.Tensor:
+    """Modalities' summary features side by side; a modality a sample lacks is its training mean, plus a missing flag
+    for the modalities that some training sample lacks (`fills`: mean, flagged, per modality)."""
+    columns = []
+    for (features, present), (mean, flagged) in zip(parts, fills):
+        present = rearrange(present, "b -> b 1")
+        columns.append(torch.where(present, features, mean))
+        if flagged:
+            columns.append((~present).to(mean.dtype))
+    return torch.cat(columns, dim=1)
+
+
+def summary_cox_risks(
+    data: SplitData,
+    modalities: Sequence[str],
+    train: Sequence[str],
+    ids: Sequence[str],
+    time_feature: int | None = 0,
+    alpha: float = 0.1,
+) -> dict[str, float]:
+    """Risks of `ids` under a Cox model fit on `train` (the samples that have any of `modalities`) over every
+    modality's summary features (`summary_features`), standardised on the training samples: Cox with summary
+    features, the baseline the toolkit has to beat. An id lacking every modality is scored at the training means
+    (with its missing flags). Fewer than two such training samples, or a modality none of them has, is a DataError:
+    its features would be NaN, and so every risk."""
+    train = [i for i in train if any(i in data.folder.ids_of(m) for m in modalities)]
+    if len(train) < 2:
+        raise DataError(
+            f"Cox with summary features needs two training samples with {', '.join(modalities)}; {len(train)} have any"
+        )
+    parts = [_summaries(data, m, train, time_feature) for m in modalities]
+    fills = []
+    for m, (features, present) in zip(modalities, parts):
+        if not present.any():
+            raise DataError(
+                f"modality {m}: none of the {len(train)} training samples has it; Cox with summary "
+                "features cannot fill it in (leave it out)"
+            )
+        fills.append((features[present].mean(0), not bool(present.all())))
+    x = _summary_rows(parts, fills)
+    mean, sd = x.mean(0), x.std(0).clamp_min(1e-8)
+    targets = data.labels.select(train)
+    beta = cox_fit((x - mean) / sd, targets["time"], targets["event"], alpha)
+    if not ids:
+        return {}
+    scored = _summary_rows([_summaries(data, m, ids, time_feature) for m in modalities], fills)
+    x_ids = (scored.double() - mean.double()) / sd.double()
+    return dict(zip(ids, (x_ids @ beta).tolist()))
