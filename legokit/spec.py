@@ -88,10 +88,9 @@ class BlockSpec(Architecture, _Named):
                 description=str(data.get("description", "")),
                 **given,
             )
-        except ConfigError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
-        except TypeError as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
+        except (ConfigError, TypeError) as exc:
+            text = str(exc)  # a message that already names the file is not prefixed twice
+            raise ConfigError(text if text.startswith(f"{path}:") else f"{path}: {text}") from exc
 
     def override(self, **changes: Any) -> BlockSpec:
         """A copy with the given fields changed (None leaves a field as it is); training fields go to `training`."""

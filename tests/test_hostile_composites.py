@@ -13,6 +13,7 @@ from legokit.cli.commands import main
 from legokit.compose.fuse import fuse
 from legokit.compose.merge import merge
 from legokit.recipe import Recipe
+from legokit.spec import BlockSpec
 from legokit.training.trainer import TrainConfig
 from legokit.wrap import wrap_builtin
 
@@ -110,3 +111,18 @@ def test_an_old_and_a_new_spelling_that_agree_only_warn(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "x"), "-o", str(tmp_path / "x"), "--seeds", "0"]) == 1
     err = capsys.readouterr().err
     assert "--out is deprecated" in err and "disagree" not in err
+
+
+def test_a_block_config_without_a_size_its_encoder_needs_names_the_missing_key(tmp_path):
+    path = legokit.save_block(_block("tab", 0), tmp_path / "tab.st")
+    hostile = resealed(path, tmp_path / "hostile.st", lambda config: config["encoder"]["kwargs"].pop("in_features"))
+    with pytest.raises(ArtifactError, match="the config's encoder lacks in_features; its weights in the file have 10"):
+        legokit.load_block(hostile)
+
+
+def test_a_spec_error_names_its_file_once(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("modality: labs\nencoder:\n  name: snn\n  kwargs: [1]\n")
+    with pytest.raises(ConfigError) as caught:
+        BlockSpec.from_yaml(spec)
+    assert str(caught.value) == f"{spec}: encoder.kwargs: must be a mapping, got list"

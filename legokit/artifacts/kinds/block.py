@@ -88,6 +88,8 @@ def _check_builtin_sizes(path: Path, config: BlockConfig, weights: Mapping[str, 
     defaults = inspect.signature(cls).parameters
     for key, value in stored.items():
         asked = config.encoder.kwargs.get(key, defaults[key].default if key in defaults else None)
+        if asked is inspect.Parameter.empty:  # a size the encoder needs, neither in the config nor defaulted
+            raise ArtifactError(f"{path}: the config's encoder lacks {key}; its weights in the file have {value}")
         if asked != value:
             raise ArtifactError(
                 f"{path}: the config's encoder {key} is {asked!r}, its weights in the file have {value}"
