@@ -310,10 +310,9 @@ def _read_pickle(path: Path, trust_pickle: bool) -> dict[str, torch.Tensor] | nn
                 "does not read: save it again with torch.save, or pass --trust-pickle if you trust it"
             )
         check_torch_save(data, str(path))
+    safe = not trust_pickle  # untrusted bytes passed check_torch_save above; --trust-pickle is the user's own choice
     try:
-        obj = torch.load(
-            io.BytesIO(data), map_location="cpu", weights_only=not trust_pickle
-        )  # checked: allowlist or trust
+        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=safe)  # checked: allowlist or trusted
     except (ImportError, AttributeError) as exc:
         raise EncoderError(
             f"{path}: the pickled object needs code that cannot be imported here "

@@ -195,9 +195,7 @@ def _small_power(expr: Expr) -> bool:
     return exponent.head == "Integer" and 0 <= int(exponent.value or 0) <= MAX_EXPONENT and "Pow" not in base.heads()
 
 
-def parse_expr(
-    text: object, declared: Collection[str] | Callable[[str], bool]
-) -> Expr:  # checked: hand-written parser, no eval
+def parse_expr(text: object, declared: Collection[str] | Callable[[str], bool]) -> Expr:  # checked: own parser
     """Parse one expression whose symbols must all be `declared`; anything else raises ExprError."""
     if not isinstance(text, str) or not text.isascii():
         raise ExprError("an expression must be ASCII text")
