@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -20,6 +21,11 @@ MAX_NAMES = 1 << 20  # feature names, class names or bin edges one contract may 
 MAX_NAME_CHARS = 1024
 MAX_TOTAL_CHARS = 16 << 20  # all of one contract's names: well within a header's 100 MB
 SHOWN = 8  # names quoted in one error message
+# how legokit reads a number a user writes (a CSV cell, --bins): ASCII digits, an optional leading '-', an optional
+# decimal point, an optional exponent; nothing else (no '+', '_', other scripts' digits, spaces, inf, nan, 0x).
+# [0-9], not \d (which matches every script's digits); the fraction only after a '.', so no backtracking blow-up
+NUMBER = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?")
+NUMBER_RULE = "a number is ASCII digits with an optional leading '-', '.' and exponent, like -1.5e3, nothing around"
 
 
 def _names(what: str, names: Any) -> tuple[str, ...]:
@@ -90,14 +96,19 @@ def check_edges(edges: Any, strict: bool = False) -> tuple[float, ...]:
     return tuple(values)
 
 
+def number_value(text: str) -> float | None:
+    """The float `text` spells by legokit's number grammar (`NUMBER`), or None when it is no such number; may be
+    infinite (1e999). Every number read from a user's text goes through here, never through float() alone."""
+    return float(text) if NUMBER.fullmatch(text) else None
+
+
 def parse_edges(text: str) -> tuple[float, ...]:
     """Read `--bins 365,730,1460`: the inner edges of the survival bins (n - 1 numbers for n bins)."""
-    try:
-        values = [float(part) for part in text.split(",")]
-    except ValueError as exc:
+    values = [number_value(part) for part in text.split(",")]
+    if any(value is None for value in values):
         raise ConfigError(
-            f"--bins {text[:60]!r}: give increasing numbers separated by commas, e.g. 365,730,1460"
-        ) from exc
+            f"--bins {text[:60]!r}: give increasing numbers separated by commas, e.g. 365,730,1460 ({NUMBER_RULE})"
+        )
     return check_edges(values, strict=True)
 
 

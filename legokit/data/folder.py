@@ -1,5 +1,6 @@
 """Dataset folders: per modality either `NAME.csv` (an `id` column, then features) or `NAME/` holding `ID.safetensors`
-files with a tensor `x` of the block's per-sample shape ((tokens, features) for bags, (3, 32, 32) for an image).
+files with one tensor `x` of the block's per-sample shape ((tokens, features) for bags, (3, 32, 32) for an image),
+checked from the file's header before it is read.
 A text modality is `NAME.csv` with `id` and one text column, or `NAME/ID.txt` files. A sample may lack any
 modality: that is its missing mask."""
 
@@ -9,19 +10,19 @@ import csv
 import io
 import math
 import os
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as load_safetensors
 
-from legokit.contract import name_problem
+from legokit.contract import NUMBER_RULE, name_problem, number_value
 from legokit.data.batch import ModalityBatch
 from legokit.errors import LegoError, brief, quoted, quoted_list
 from legokit.io.inputs import open_input, read_input, refuse_special_input
+from legokit.io.jsoncap import capped_json
 from legokit.progress import log
 from legokit.text.spec import TextEncoder, TextSpec, padded
 
@@ -78,16 +79,21 @@ def read_csv_rows(path: Path) -> tuple[list[str], list[list[str]]]:
     return [h.strip() for h in header], rows
 
 
+MISSING_SPELLINGS = frozenset({"nan", "-nan", "na", "n/a", "null", "none", "inf", "-inf", "infinity", "-infinity"})
+
+
 def parse_number(path: Path, row: int, column: str, text: str) -> float:
-    """A finite float from a CSV cell; anything else is a DataError naming file, row and column."""
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise DataError(f"{path}: row {row}, column {column}: {text!r} is not a number") from exc
-    if not math.isfinite(value):
+    """A finite float from a CSV cell, spelled by legokit's number grammar (`legokit.contract.NUMBER`); anything else
+    is a DataError naming file, row and column. Every number read from a user's CSV goes through here."""
+    value = number_value(text)
+    if value is None and text.strip().lower() in MISSING_SPELLINGS:
         raise DataError(
-            f"{path}: row {row}, column {column}: {text} (missing values must be imputed or the row dropped)"
+            f"{path}: row {row}, column {column}: {text.strip()} (missing values must be imputed or the row dropped)"
         )
+    if value is None:
+        raise DataError(f"{path}: row {row}, column {column}: {quoted(text, 40)} is not a number ({NUMBER_RULE})")
+    if not math.isfinite(value):
+        raise DataError(f"{path}: row {row}, column {column}: {quoted(text, 40)} is out of range (|x| > 1.8e308)")
     return value
 
 
@@ -215,22 +221,134 @@ def read_bags(name: str, path: Path) -> Bags:
     return Bags(name, path, files)
 
 
-def load_bag(path: Path, shape: Sequence[int | None] = (None, None)) -> torch.Tensor:
-    """The tensor `x` of one sample's file, checked against the per-sample shape (None: any length, at least one)
-    and for NaN."""
-    try:
-        tensors = load_safetensors(read_input(path, DataError))
-    except (SafetensorError, OSError) as exc:
-        raise DataError(f"{path}: not a readable safetensors file ({brief(exc)})") from exc
-    x = tensors.get("x")
-    if x is None:
-        raise DataError(f"{path}: no tensor named 'x'")
+# what a sample's `x` may hold (safetensors dtype names): real numbers, read as float32
+SAMPLE_DTYPES: Mapping[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E4M3FNUZ": torch.float8_e4m3fnuz,
+    "F8_E5M2": torch.float8_e5m2,
+    "F8_E5M2FNUZ": torch.float8_e5m2fnuz,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+}
+MAX_SAMPLE_HEADER = 1 << 20  # a sample file's JSON header: `x` and its metadata take a few hundred bytes
+MAX_SAMPLE_BYTES = MAX_BATCH_BYTES  # one sample's `x`, stored and as float32: a larger one fits no batch
+
+
+@dataclass(frozen=True)
+class SampleLayout:
+    """Where a sample file's `x` lies, from its header alone: dtype, shape and absolute byte range."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int
+    nbytes: int
+
+
+def _sample_header(path: Path, fd: int) -> tuple[dict[str, Any], int, int]:
+    """A sample file's safetensors header (length capped, JSON through the capped reader) without its metadata,
+    where its data begin, and the file's size (`os.fstat`: what it really holds, however sparse)."""
+    size = os.fstat(fd).st_size
+    start = os.pread(fd, 8, 0)
+    if size < 8 or len(start) != 8:
+        raise DataError(f"{path}: not a safetensors file (only {size} bytes)")
+    (length,) = struct.unpack("<Q", start)
+    if length > MAX_SAMPLE_HEADER:
+        raise DataError(f"{path}: not a sample file (a header of {length:,} bytes; cap {MAX_SAMPLE_HEADER:,})")
+    text = os.pread(fd, length, 8) if 8 + length <= size else b""
+    if len(text) != length:
+        raise DataError(f"{path}: truncated (a header of {length:,} bytes in a file of {size:,})")
+    header = capped_json(text, lambda reason: DataError(f"{path}: not a readable safetensors file (header {reason})"))
+    if not isinstance(header, dict):
+        raise DataError(f"{path}: not a readable safetensors file (its header is no JSON object)")
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise DataError(f"{path}: not a readable safetensors file (metadata must map strings to strings)")
+    return header, 8 + length, size
+
+
+def _natural(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _shown(dims: Sequence[int]) -> str:
+    return str(tuple(dims))[:80]
+
+
+def _gib(count: int) -> str:
+    return f"{count / 2**30:,.1f} GiB" if count < 1 << 80 else "over 2^50 GiB"
+
+
+def sample_layout(path: Path, fd: int, shape: Sequence[int | None]) -> SampleLayout:
+    """Where `x` lies, checked from the header alone: the only tensor, a real dtype, the per-sample `shape` (None: any
+    length), within MAX_SAMPLE_BYTES, its range exactly the file's data (`os.fstat`); else a one-line DataError."""
+    header, base, size = _sample_header(path, fd)
+    entry = header.pop("x", None)
+    if entry is None:
+        raise DataError(
+            f"{path}: no tensor named 'x'" + (f" (it holds {quoted_list(list(header), 3)})" if header else "")
+        )
+    if header:
+        raise DataError(f"{path}: holds {quoted_list(list(header), 3)} beside 'x'; a sample file holds 'x' only")
+    dims = entry.get("shape") if isinstance(entry, dict) else None
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    if not isinstance(dims, list) or not isinstance(offsets, list) or len(offsets) != 2:
+        raise DataError(f"{path}: not a readable safetensors file ('x' needs a dtype, a shape and data_offsets)")
+    if not all(_natural(d) for d in (*dims, *offsets)):
+        raise DataError(f"{path}: not a readable safetensors file ('x' has a shape or offset that is no count)")
     shown = ", ".join("tokens" if d is None else str(d) for d in shape)
-    if x.dim() != len(shape) or x.shape[0] == 0 or any(d is not None and d != n for d, n in zip(shape, x.shape)):
-        raise DataError(f"{path}: 'x' must have shape ({shown}) with at least one token, got {tuple(x.shape)}")
-    if not (x.is_floating_point() or x.dtype in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
-        raise DataError(f"{path}: 'x' has dtype {x.dtype}; expected real numbers")
-    if not torch.isfinite(x).all():
+    if len(dims) != len(shape) or 0 in dims or any(d is not None and d != n for d, n in zip(shape, dims)):
+        raise DataError(f"{path}: 'x' must have shape ({shown}) with at least one token, got {_shown(dims)}")
+    dtype = SAMPLE_DTYPES.get(entry["dtype"]) if isinstance(entry.get("dtype"), str) else None
+    if dtype is None:
+        raise DataError(f"{path}: 'x' has dtype {quoted(str(entry.get('dtype')), 20)}; expected real numbers")
+    count = math.prod(dims)
+    nbytes, data = count * dtype.itemsize, size - base
+    if count * max(dtype.itemsize, 4) > MAX_SAMPLE_BYTES:  # as stored, and as the float32 it is read as
+        raise DataError(
+            f"{path}: 'x' of shape {_shown(dims)} takes {_gib(count * max(dtype.itemsize, 4))} as stored or read "
+            f"(cap {_gib(MAX_SAMPLE_BYTES)}); split the sample"
+        )
+    begin, end = offsets
+    if begin != 0 or end != nbytes or data != nbytes:
+        raise DataError(
+            f"{path}: the header places 'x' at data bytes {str(begin)[:24]}..{str(end)[:24]}, but its shape and "
+            f"dtype take {nbytes:,} bytes and the file holds {data:,}"
+        )
+    return SampleLayout(dtype, tuple(dims), base, nbytes)
+
+
+def _read_range(path: Path, fd: int, start: int, nbytes: int) -> torch.Tensor:
+    """Exactly `nbytes` bytes from `start`, read into a tensor allocated at that size (no whole-file read, no map)."""
+    data = torch.empty(nbytes, dtype=torch.uint8)
+    view = data.numpy().data
+    done = 0
+    os.lseek(fd, start, os.SEEK_SET)
+    while done < nbytes:
+        got = os.readv(fd, [view[done:]])
+        if not got:
+            raise DataError(f"{path}: truncated while read ({start + done:,} of {start + nbytes:,} bytes)")
+        done += got
+    return data
+
+
+def load_bag(path: Path, shape: Sequence[int | None] = (None, None)) -> torch.Tensor:
+    """The tensor `x` of one sample's file as float32, checked from the header first (`sample_layout`), then read
+    alone through the same descriptor, and checked for NaN and the float32 range."""
+    try:
+        with open_input(path, DataError) as handle:
+            layout = sample_layout(path, handle.fileno(), shape)
+            data = _read_range(path, handle.fileno(), layout.start, layout.nbytes)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read it ({exc.strerror or brief(exc)})") from exc
+    x = data.view(layout.dtype).reshape(layout.shape)
+    if x.is_floating_point() and not torch.isfinite(x if x.element_size() > 1 else x.float()).all():
         raise DataError(f"{path}: 'x' holds NaN or infinite values")
     x = x.float()
     if not torch.isfinite(x).all():
@@ -250,7 +368,11 @@ def modality_shape(root: str | os.PathLike[str], name: str) -> tuple[int | None,
         first = next(iter(sorted(folder.glob("*.safetensors"))), None)
         if first is None:
             raise DataError(f"{folder}: modality {name} has no ID.safetensors files")
-        return (None, int(load_bag(first).shape[1]))
+        try:
+            with open_input(first, DataError) as handle:  # the header only: no tensor byte is read
+                return (None, sample_layout(first, handle.fileno(), (None, None)).shape[1])
+        except OSError as exc:
+            raise DataError(f"{first}: cannot read it ({exc.strerror or brief(exc)})") from exc
     raise DataError(f"{root}: no modality {name!r} (looked for {name}.csv and {name}/)")
 
 

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import torch
 
-from legokit.contract import name_problem
+from legokit.contract import name_problem, number_value
 from legokit.data.folder import DataError, id_rows, parse_number, read_csv_rows, refuse_repeated_id
 from legokit.errors import quoted, quoted_list
 from legokit.tasks import TaskSpec
 
 SPLITS = ("train", "val", "test")
+ASCII_SPACE = " \t\r\n\x0b\x0c"  # what a label cell may have around it (as a class name, not as a number)
 
 
 @dataclass(frozen=True)
@@ -47,16 +48,11 @@ def _integer(path: Path, row: int, column: str, text: str, low: int, high: int) 
 
 
 def class_name(text: str) -> str:
-    """A label cell as a class name: stripped, and an integral number written as an integer (`1.0` is class 1;
-    `1_2` stays a name, though Python reads it as 12)."""
-    text = text.strip()
-    if "_" in text:
-        return text
-    try:
-        value = float(text)
-    except ValueError:
-        return text
-    return str(int(value)) if math.isfinite(value) and value == int(value) else text
+    """A label cell as a class name: ASCII spaces stripped (an NBSP is kept, and refused as a name), and an integral
+    number (legokit's number grammar) written as an integer (`1.0` is class 1; `1_2` and `+1` stay names)."""
+    text = text.strip(ASCII_SPACE)
+    value = number_value(text)
+    return str(int(value)) if value is not None and math.isfinite(value) and value == int(value) else text
 
 
 def _class_codes(
@@ -74,7 +70,7 @@ def _class_codes(
             raise DataError(f"{path}: row {row}, column label: {problem}")
     if classes is None:
         if all(n.lstrip("-").isdigit() for n in names):
-            codes = [_integer(path, row, "label", text, 0, count - 1) for row, text in cells]
+            codes = [_integer(path, row, "label", text.strip(ASCII_SPACE), 0, count - 1) for row, text in cells]
             return codes, tuple(str(k) for k in range(count))
         if task.kind == "binary":
             raise DataError(

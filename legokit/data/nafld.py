@@ -22,6 +22,7 @@ import importlib.util
 import io
 import lzma
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import numpy
 import torch
 from safetensors.torch import save as safetensors_bytes
 
-from legokit.errors import ConfigError
+from legokit.errors import ConfigError, WriteError
 from legokit.io.atomic import write_atomic, write_folder_atomic
 from legokit.io.inputs import read_input
 
@@ -111,9 +112,28 @@ def _tokens(tests: Any, medians: dict[str, float]) -> tuple[list[Any], Any]:
     return list(subject[starts]), [numpy.ascontiguousarray(x) for x in numpy.split(table, starts[1:])]
 
 
+def _refuse_existing(folder: Path) -> None:
+    if os.path.lexists(folder):
+        raise WriteError(f"{folder}: already exists; write_nafld writes a new folder, never into one")
+
+
+def _make_folder(folder: Path) -> None:
+    """Make the new folder (its parents as needed); one that appeared since the check is refused, not written into."""
+    _refuse_existing(folder)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir()
+    except FileExistsError as exc:
+        raise WriteError(f"{folder}: already exists; write_nafld writes a new folder, never into one") from exc
+    except OSError as exc:
+        raise WriteError(f"{folder}: cannot write there ({exc.strerror or exc})") from exc
+
+
 def write_nafld(folder: str | Path) -> dict[str, int]:
-    """Write the landmark folder (labels.csv, table.csv, labs/ID.safetensors, README.txt); returns counts."""
+    """Write the landmark folder (labels.csv, table.csv, labs/ID.safetensors, README.txt) as a new folder; returns
+    counts. An existing path (a folder, empty or not, a file, a link) is refused before anything is read or written."""
     folder = Path(folder)
+    _refuse_existing(folder)
     subjects = read_frame("nafld1")
     tests = read_frame("nafld2")
     if not _copies_hold(tests):
@@ -143,7 +163,7 @@ def write_nafld(folder: str | Path) -> dict[str, int]:
             ]
         )
     lines = ["id," + ",".join(TABLE)] + [f"{i}," + ",".join(f"{v:.6g}" for v in row) for i, row in zip(ids, rows)]
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_folder(folder)
     write_atomic(folder / "table.csv", ("\n".join(lines) + "\n").encode())
     labels = ["id,time,event"] + [
         f"n{i},{float(t) - LANDMARK_DAYS:g},{int(e)}"
