@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from legokit.cache import TokenCache, clear_cache, list_cache
+from legokit.cache import listing as listing_module
 from legokit.cache import store as store_module
 from legokit.cache.store import MAX_HANDLES, MAX_SHARD_HEADER, Entry
 from legokit.cli.commands import main
@@ -256,9 +257,13 @@ def test_a_shard_replaced_after_indexing_is_not_read_as_the_old_one(tmp_path):
     store = _store(tmp_path)
     assert _sample(0) in store
     (shard,) = folder.glob("*.safetensors")
-    swapped = {f"{_sample(i)}.tokens": torch.full((2, WIDTH), 99.0) for i in range(3)}
-    swapped.update({f"{_sample(i)}.mask": torch.ones(2, dtype=torch.bool) for i in range(3)})
-    data = safetensors_bytes(swapped, metadata=TAG)
+    other = tmp_path / "other"
+    store_other = _store(other)
+    for i in range(3):
+        store_other.put(_sample(i), _entry(99))  # a valid shard of the same layout: every entry's digest matches
+    store_other.close()
+    (replacement,) = (other / "encoder-tokens" / KEY).glob("*.safetensors")
+    data = replacement.read_bytes()
     assert len(data) == shard.stat().st_size
     (folder / "new").write_bytes(data)
     os.replace(folder / "new", shard)
@@ -401,7 +406,7 @@ def test_clear_warns_and_goes_on_when_a_folder_cannot_be_deleted(tmp_path, monke
     def refuse(path, *args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(store_module.shutil, "rmtree", refuse)
+    monkeypatch.setattr(listing_module.shutil, "rmtree", refuse)
     with Logged() as seen:
         assert clear_cache(tmp_path) == []
     _one_line(seen)
@@ -425,7 +430,7 @@ def test_list_goes_on_when_files_vanish_while_it_lists(tmp_path, monkeypatch):
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(store_module, "os", _Os(scandir=Vanishing))
+    monkeypatch.setattr(listing_module, "os", _Os(scandir=Vanishing))
     (listed,) = list_cache(tmp_path)
     assert listed.samples == 3
 

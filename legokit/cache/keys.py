@@ -13,12 +13,26 @@ from legokit.artifacts.format import tensor_bytes
 from legokit.version import __version__
 
 TAG = b"legokit-encoder-tokens-1"  # changes when what an entry holds changes
+ENTRY_TAG = b"legokit-cache-entry-1"  # what an entry's digest covers, in this order
+DIGEST_BYTES = 32  # sha256
 
 
-def _add(digest: Any, label: str, data: bytes) -> None:
-    """A length-prefixed part, so that no two different sequences of parts hash alike."""
+def _add(digest: Any, label: str, data: bytes | bytearray) -> None:
+    """A length-prefixed part, so that no two different sequences of parts hash alike (the data is not copied)."""
     for part in (label.encode(), data):
-        digest.update(len(part).to_bytes(8, "little") + part)
+        digest.update(len(part).to_bytes(8, "little"))
+        digest.update(part)
+
+
+def entry_digest(encoder: str, sample: str, tokens: bytes | bytearray, mask: bytes | bytearray) -> bytes:
+    """sha256 of an entry's stored bytes and of its names (the encoder's and the sample's keys): bytes changed on
+    disk, or read under another sample's name or in another encoder's folder, do not match it."""
+    digest = hashlib.sha256(ENTRY_TAG)
+    _add(digest, "encoder", encoder.encode())
+    _add(digest, "sample", sample.encode())
+    _add(digest, "tokens", tokens)
+    _add(digest, "mask", mask)
+    return digest.digest()
 
 
 def encoder_key(block: Any) -> str:
