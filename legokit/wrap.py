@@ -32,6 +32,7 @@ from legokit.encoders.contract import INPUT_DTYPES, LAYOUTS, MASK_KEYWORDS, Cont
 from legokit.encoders.foreign import (
     example_input,
     export_encoder,
+    functional,
     load_program,
     probe_contract,
     program_from_torchscript,
@@ -405,7 +406,7 @@ def wrap_file(
         dtype = WrapOptions(found.input_dtype, how.mask, how.output, how.layout, how.train_mode)
         return wrap_module(found.module, modality, task, found.input_shape, how=dtype, text=found.text, **common)
     if kind == EXPORT:
-        program = load_program(sanitize_program(read_input(path, EncoderError)))
+        program = functional(load_program(sanitize_program(read_input(path, EncoderError), True), in_place=True))
         input_shape = _agreed_shape(path, input_shape, program_input_shape(program))
         how = replace(how, mask=_program_mask(path, list(program.graph_signature.user_inputs), how.mask))
         return wrap_module(program_module(program, "the program"), modality, task, input_shape, how=how, **common)

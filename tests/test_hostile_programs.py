@@ -60,8 +60,11 @@ class Tokens(nn.Module):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
+    return make_world(tmp_path_factory.mktemp("programs"))
+
+
+def make_world(root: Path) -> dict[str, Any]:
     """A foreign sequence block (program with symbolic sizes), a built-in block to merge with, and a marker."""
-    root = tmp_path_factory.mktemp("programs")
     torch.manual_seed(0)
     foreign = wrap_module(Tokens(), "seq", "survival:4", (None, 3), **SMALL)
     builtin = legokit.wrap.wrap_builtin("snn", None, "labs", "survival:4", {"in_features": 2, "hidden": 8}, **SMALL)
@@ -548,7 +551,7 @@ REFUSALS = {
     "memory": "holds",
     "flops": "computes",
     "broadcast": "reads and writes",
-    "nonzero": "depend on its input",
+    "nonzero": "does not allow",
     "while": "does not allow",
 }
 

@@ -229,7 +229,11 @@ def _refill_source(record: str, users: list[tuple[str, Any]], needed: int, besid
 
 
 def program_records(
-    program: bytes, strict: bool = True, what: str = "the encoder program", beside: Beside | None = None
+    program: bytes,
+    strict: bool = True,
+    what: str = "the encoder program",
+    beside: Beside | None = None,
+    in_place: bool = False,
 ) -> Records:
     """The records of a torch.export archive that pass the allowlist: exactly one model named `model`, its JSON
     records, and raw tensor records listed in its weights/constants configs with the byte size their shape and dtype
@@ -238,7 +242,8 @@ def program_records(
 
     `beside` (a thin program stored in a `.st` file) lets a weight record be exactly empty when a tensor of the
     program covers it whole and the file holds a tensor of that fqn with the same dtype and shape (`Records.refill`
-    says which); every other record is checked as without it."""
+    says which); every other record is checked as without it. `in_place`: a user's program that `wrap` re-exports as
+    a pure function may write into its own tensors (`program_schema.operator`)."""
     archive, root = _zip(program, what, len(program))
     by_name = {e.filename[len(root) + 1 :]: e for e in archive.infolist()}
     models = [n for n in by_name if n.startswith(MODELS_DIR)]
@@ -259,7 +264,9 @@ def program_records(
         parsed = load_json(_read(archive, by_name[name].filename, what), f"{what}: {name}")
         # torch reads only the JSON re-written from the checked values (program_schema's docstring says why)
         configs[name] = (
-            canonical_program(parsed, what) if name == PROGRAM_JSON[0] else canonical_payload(parsed, what, name)
+            canonical_program(parsed, what, in_place)
+            if name == PROGRAM_JSON[0]
+            else canonical_payload(parsed, what, name)
         )
         records[name] = json.dumps(configs[name]).encode()
     reach: dict[str, int] = {}

@@ -17,9 +17,8 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import torch
-
 from legokit.artifacts.symexpr import ExprError, parse_expr, symbol_name
+from legokit.encoders.ops import graph_op_problem, in_place_problem
 from legokit.errors import EncoderError
 from legokit.io.jsoncap import capped_json
 from legokit.torch_internals import (
@@ -27,18 +26,15 @@ from legokit.torch_internals import (
     MEMORY_FORMAT_CODES,
     PROGRAM_JSON,
     SCALAR_TYPE_CODES,
-    OpOverloadPacket,
-    op_schema,
 )
 
 MAX_NAME = 256
 INT64 = (-(2**63), 2**63)
 
-# operators a program's graph may call, by their serialized names. aten and prims operators are resolved through
-# torch's operator registry and must name a real overload; Python's operators and the size helpers are listed one
-# by one (a bare `_operator.` prefix would let a graph reach attrgetter/methodcaller and walk into any module).
-OP_NAMESPACES = ("aten", "prims")
-# higher-order operators whose subgraphs the cost check counts (encoders.cost._Meter._bodies)
+# operators a program's graph may call, by their serialized names: aten operators from legokit's table of pure
+# operators with a cost formula (`encoders.ops`), the higher-order operators whose subgraphs the cost check counts
+# (encoders.cost._Meter._bodies), and Python's operators and size helpers one by one (a bare `_operator.` prefix
+# would let a graph reach attrgetter/methodcaller and walk into any module).
 HIGHER_ORDER = frozenset({"cond", "scan", "wrap_with_set_grad_enabled", "wrap_with_autocast"})
 PYTHON_OPS = frozenset(
     {
@@ -74,42 +70,6 @@ PYTHON_OPS = frozenset(
         ),
     }
 )
-# words an operator's name may not hold even when torch knows it: operators that touch files or memory maps; that
-# grow a tensor in place (memory the cost check would not see as a new tensor); that build sparse or nested tensors
-# or index without bounds checks (an index from the file would write outside its buffer)
-FORBIDDEN_OP_WORDS = ("file", "mmap", "resize", "sparse", "to_dense", "nested", "unsafe", "mkldnn", "storage")
-# and these by name: in-place storage swaps, and linear algebra whose work grows faster than the memory it touches
-# (the cost check counts FLOPs of products, convolutions and attention only); vector norms stay allowed
-FORBIDDEN_OPS = frozenset(
-    {
-        "set_",
-        "inverse",
-        "cholesky",
-        "cholesky_solve",
-        "cholesky_inverse",
-        "svd",
-        "qr",
-        "geqrf",
-        "orgqr",
-        "ormqr",
-        "triangular_solve",
-        "lu_solve",
-        "lu_unpack",
-        "det",
-        "logdet",
-        "slogdet",
-        "matrix_exp",
-        "matrix_power",
-        "pinverse",
-        "lstsq",
-        "eig",
-        "symeig",
-        "_lu_with_info",
-        "linalg_norm",
-        "linalg_matrix_norm",
-        "nuclear_norm",
-    }
-)
 
 DEVICES = frozenset({"cpu", "cuda", "meta"})
 VERIFIERS = frozenset({"", "ATEN", "TRAINING"})
@@ -118,10 +78,11 @@ TREE_TYPES = frozenset({"builtins.tuple", "builtins.list", "builtins.dict"})
 
 
 class Walk:
-    """One walk over a program's JSON: the symbols it declares, and where it is (for the error message)."""
+    """One walk over a program's JSON: the symbols it declares, and where it is (for the error message);
+    `in_place`: a user's program on its way to being re-exported as a pure function (see `operator`)."""
 
-    def __init__(self, what: str, declared: set[str]):
-        self.what, self.declared = what, declared
+    def __init__(self, what: str, declared: set[str], in_place: bool = False):
+        self.what, self.declared, self.in_place = what, declared, in_place
 
     def fail(self, where: str, problem: str) -> EncoderError:
         return EncoderError(f"{self.what}: {where}: {problem}")
@@ -233,7 +194,10 @@ def expression(walk: Walk, value: Any, where: str) -> str:
 
 
 def operator(walk: Walk, value: Any, where: str) -> str:
-    """A node's target: a real aten/prims overload, an allowed higher-order operator, or a listed Python operator."""
+    """A node's target: an overload of an operator in legokit's table (`encoders.ops.graph_op_problem`), an allowed
+    higher-order operator, or a listed Python operator. A user's program given to `wrap` (`walk.in_place`) may also
+    write into its own tensors: wrap re-exports it as a pure function before storing it, and the stored program
+    passes the strict check."""
     if not isinstance(value, str) or len(value) > MAX_NAME:
         raise walk.fail(where, "an operator must be a name")
     if value in PYTHON_OPS:
@@ -241,24 +205,13 @@ def operator(walk: Walk, value: Any, where: str) -> str:
     parts = value.split(".")
     if len(parts) == 4 and parts[:3] == ["torch", "ops", "higher_order"] and parts[3] in HIGHER_ORDER:
         return value
-    if len(parts) == 5 and parts[:2] == ["torch", "ops"] and parts[2] in OP_NAMESPACES and _real_overload(*parts[2:]):
-        name = parts[3]
-        linear_algebra = name.startswith(("linalg_", "_linalg_")) and name != "linalg_vector_norm"
-        if not any(word in name for word in FORBIDDEN_OP_WORDS) and name not in FORBIDDEN_OPS and not linear_algebra:
+    problem = "not an operator legokit reads"
+    if len(parts) == 5 and parts[:3] == ["torch", "ops", "aten"] and all(p.isidentifier() for p in parts[3:]):
+        in_place = walk.in_place and parts[3].endswith("_") and not parts[3].endswith("__")
+        problem = (in_place_problem if in_place else graph_op_problem)(*parts[2:]) or ""
+        if not problem:
             return value
-    raise walk.fail(where, f"the program calls {value[:80]}, which legokit does not allow")
-
-
-def _real_overload(namespace: str, name: str, overload: str) -> bool:
-    """Whether torch's registry holds this overload; looked up by name only, never by a path of attributes."""
-    if not (name.isidentifier() and overload.isidentifier()):
-        return False
-    packet = getattr(getattr(torch.ops, namespace), name, None) if name.isascii() else None
-    if not isinstance(packet, OpOverloadPacket) or overload not in packet.overloads():
-        return False
-    # an out= overload resizes its output argument to any size, unseen as a new tensor: programs never need one
-    schema = op_schema(getattr(packet, overload))
-    return schema is not None and not any(argument.is_out for argument in schema.arguments)
+    raise walk.fail(where, f"the program calls {value[:80]}, which legokit does not allow: {problem}")
 
 
 def tree_spec(walk: Walk, value: Any, where: str) -> str:
@@ -492,13 +445,8 @@ def _define() -> None:
     input_spec = union(
         "InputSpec", {"user_input": user_input, "parameter": parameter, "buffer": buffer, "tensor_constant": constant}
     )
-    output_spec = union(
-        "OutputSpec",
-        {
-            "user_output": record("UserOutputSpec", {"arg": "Argument"}),
-            "buffer_mutation": record("BufferMutationSpec", {"arg": tensor, "buffer_name": dotted}),
-        },
-    )
+    # a program that writes its buffers keeps state from one run to the next: not a pure function
+    output_spec = union("OutputSpec", {"user_output": record("UserOutputSpec", {"arg": "Argument"})})
     signature = record(
         "ModuleCallSignature",
         {
@@ -550,11 +498,12 @@ def _declared_symbol(walk: Walk, value: Any, where: str) -> str:
 _define()
 
 
-def canonical_program(model: Any, what: str) -> dict[str, Any]:
-    """The program's model JSON re-written from its checked values (see the module's docstring)."""
+def canonical_program(model: Any, what: str, in_place: bool = False) -> dict[str, Any]:
+    """The program's model JSON re-written from its checked values (see the module's docstring); `in_place`: a
+    user's program that `wrap` re-exports as a pure function (`operator`)."""
     ranges = model.get("range_constraints") if isinstance(model, dict) else None
     declared = {k for k in ranges if symbol_name(k)} if isinstance(ranges, dict) else set()
-    return SCHEMA["ExportedProgram"](Walk(what, declared), model, PROGRAM_JSON[0])
+    return SCHEMA["ExportedProgram"](Walk(what, declared, in_place), model, PROGRAM_JSON[0])
 
 
 def canonical_payload(config: Any, what: str, where: str) -> dict[str, Any]:

@@ -3,12 +3,14 @@
 A program from a file is code legokit did not write: an aten-only graph can still ask for gigabytes or loop for
 hours. Before a program first runs at an input shape, legokit runs it on fake tensors (shapes and dtypes, no data,
 no memory) and counts: the bytes its operators' new tensors hold at once (peak; with autograd's saved tensors when
-gradients are on), the bytes its operators read and write (broadcast views counted at their full size; subgraphs of
-scan once per step) and the floating-point operations of its products, convolutions and attention. One run of the
-program must keep to caps on all three. A batch over them is run in chunks of samples that fit (an encoder's
-samples are independent), and a chunk may cost no more than its samples would one by one: a program whose cost
-grows faster than the batch would hide it from the one-sample measurement. A program whose output shapes depend on
-its input values cannot be bounded in advance, and is refused.
+gradients are on; a broadcast operand a heavy operator may copy whole), the bytes its operators read and write
+(broadcast views counted at their full size; subgraphs of scan once per step) and the operations each operator's
+own formula gives (`encoders.ops`; an operator without one is refused, never counted as free; half precision
+products weigh more on CPU). One run of the program must keep to caps on all three, and one sample's output may not
+outgrow its input beyond a cap. A batch over them is run in chunks of samples that fit (an encoder's samples are
+independent), and a chunk may cost no more than its samples would one by one: a program whose cost grows faster
+than the batch would hide it from the one-sample measurement. A program whose output shapes depend on its input
+values cannot be bounded in advance, and is refused.
 """
 
 from __future__ import annotations
@@ -20,8 +22,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import flop_registry, sdpa_flop_count
 
+from legokit.encoders.ops import CPU_SLOWDOWN, OPS, Op, op_key, tensors
 from legokit.errors import ConfigError, EncoderError, brief
 from legokit.torch_internals import (
     DataDependentOutputException,
@@ -31,7 +33,6 @@ from legokit.torch_internals import (
     HigherOrderOperator,
     TorchDispatchMode,
     op_schema,
-    tree_flatten,
 )
 
 GiB = 1 << 30
@@ -45,16 +46,21 @@ MEMORY_ENV, TRAFFIC_ENV, FLOPS_ENV = (
 DEFAULT_MEMORY = 1 * GiB
 DEFAULT_TRAFFIC = 16 * GiB
 DEFAULT_FLOPS = 2 * 10**11
+# one sample's output may be at most OUTPUT_RATIO x its input's bytes plus this floor (a BERT's 512 x 768 float32
+# tokens are 1.5 MiB)
+OUTPUT_ENV, DEFAULT_OUTPUT, OUTPUT_RATIO = "LEGOKIT_MAX_PROGRAM_OUTPUT", 16 << 20, 64
 BATCH_SLACK = 64 << 20  # bytes or FLOPs a chunk may cost beyond its samples' (allocator rounding, shared buffers)
 
 
 @dataclass(frozen=True)
 class Cost:
-    """One run: the most bytes its tensors hold at once, the bytes its operators read and write, and its FLOPs."""
+    """One run: the most bytes its tensors hold at once, the bytes its operators read and write, its FLOPs, and the
+    bytes of its output at full size (a broadcast output is materialised by whoever keeps it)."""
 
     peak_bytes: int
     traffic_bytes: int
     flops: int
+    output_bytes: int = 0
 
     def values(self) -> tuple[int, int, int]:
         return self.peak_bytes, self.traffic_bytes, self.flops
@@ -67,6 +73,7 @@ class Caps:
     peak_bytes: int = DEFAULT_MEMORY
     traffic_bytes: int = DEFAULT_TRAFFIC
     flops: int = DEFAULT_FLOPS
+    output_bytes: int = DEFAULT_OUTPUT
 
     @classmethod
     def from_env(cls) -> Caps:
@@ -78,6 +85,7 @@ class Caps:
                     (MEMORY_ENV, DEFAULT_MEMORY),
                     (TRAFFIC_ENV, DEFAULT_TRAFFIC),
                     (FLOPS_ENV, DEFAULT_FLOPS),
+                    (OUTPUT_ENV, DEFAULT_OUTPUT),
                 )
             )
         )
@@ -110,14 +118,32 @@ def _bytes(value: Any) -> int:
     return value.numel() * value.element_size() if isinstance(value, torch.Tensor) else 0
 
 
-def _flops(func: Any, args: Any, kwargs: dict[str, Any], out: Any) -> int:
-    packet = getattr(func, "overloadpacket", None)
-    formula = flop_registry.get(packet)
-    if formula is not None:
-        return int(formula(*args, **kwargs, out_val=out))
-    if "scaled_dot_product" in str(packet) and len(args) >= 3:  # CPU attention has no formula of torch's own
-        return int(sdpa_flop_count(args[0].shape, args[1].shape, args[2].shape))
-    return 0
+def _broadcast(tensor: torch.Tensor) -> bool:
+    """A view that repeats elements (a stride of 0 along an axis longer than 1): smaller in memory than it reads."""
+    return any(stride == 0 and size > 1 for size, stride in zip(tensor.shape, tensor.stride()))
+
+
+LENIENT = Op(lambda args, kwargs, out: sum(t.numel() for t in tensors(out)))
+
+
+def _rule(func: Any, strict: bool) -> Op:
+    """The operator's table entry (`encoders.ops`); without one, a program's operator is refused, never counted as
+    free, and a library module's (`strict` off) counts one operation per output element."""
+    key = op_key(func)
+    rule = OPS.get(key)
+    if rule is None:
+        if strict:
+            raise EncoderError(f"operator {key[:60]} has no cost formula in legokit's table, so it is not run")
+        return LENIENT
+    return rule
+
+
+def _weighted(rule: Op, inputs: list[torch.Tensor], flops: int) -> int:
+    """FLOPs counted against the cap: half precision products run many times slower on CPU (`CPU_SLOWDOWN`)."""
+    if not rule.heavy:
+        return flops
+    slowdown = max((CPU_SLOWDOWN.get(t.dtype, 1) for t in inputs if t.device.type == "cpu"), default=1)
+    return flops * slowdown
 
 
 class _Meter(TorchDispatchMode):
@@ -127,8 +153,9 @@ class _Meter(TorchDispatchMode):
 
     supports_higher_order_operators = True
 
-    def __init__(self) -> None:
+    def __init__(self, strict: bool = True) -> None:
         super().__init__()
+        self.strict = strict
         self.live = self.peak = self.traffic = self.flops = 0
 
     def _free(self, size: int) -> None:
@@ -171,12 +198,18 @@ class _Meter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
+        rule = None
         if isinstance(func, HigherOrderOperator):
             self._bodies(func, args)
+        else:
+            rule = _rule(func, self.strict)
         out = func(*args, **kwargs)
-        self.flops += _flops(func, args, kwargs, out)
-        outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        self.traffic += sum(_bytes(t) for t in tree_flatten((args, kwargs))[0]) + sum(_bytes(t) for t in outputs)
+        inputs, outputs = tensors((args, kwargs)), tensors(out)
+        self.traffic += sum(_bytes(t) for t in inputs) + sum(_bytes(t) for t in outputs)
+        if rule is not None:
+            self.flops += _weighted(rule, inputs, int(rule.flops(args, kwargs, out)))
+            if rule.heavy:  # a broadcast operand may be copied whole while the operator runs
+                self.peak = max(self.peak, self.live + sum(_bytes(t) for t in inputs if _broadcast(t)))
         schema = op_schema(func)
         if schema is not None and any(r.alias_info is not None for r in schema.returns):
             return out
@@ -188,23 +221,25 @@ class _Meter(TorchDispatchMode):
         return out
 
 
-def measure(graph: nn.Module, args: tuple[torch.Tensor, ...], grad: bool = False) -> Cost:
+def measure(graph: nn.Module, args: tuple[torch.Tensor, ...], grad: bool = False, strict: bool = True) -> Cost:
     """Run `graph` on fake copies of `args` and count what the real run would cost (see the module's docstring);
-    `grad`: as in training, where autograd keeps what the backward pass needs."""
-    meter = _Meter()
+    `grad`: as in training, where autograd keeps what the backward pass needs; `strict`: a program, whose every
+    operator must be in the table (off for a library's own module, as a Hugging Face model is before export)."""
+    meter = _Meter(strict)
     with FakeTensorMode(allow_non_fake_inputs=True) as mode:
         fake = tuple(mode.from_tensor(a) for a in args)
         with meter, torch.set_grad_enabled(grad):
             out = graph(*fake)
+        output = sum(_bytes(t) for t in tensors(out))
         del out
-    return Cost(meter.peak, meter.traffic, meter.flops)
+    return Cost(meter.peak, meter.traffic, meter.flops, output)
 
 
-def _measured(graph: nn.Module, args: tuple[torch.Tensor, ...], what: str, grad: bool) -> Cost:
+def _measured(graph: nn.Module, args: tuple[torch.Tensor, ...], what: str, grad: bool, strict: bool = True) -> Cost:
     """`measure`, with its failures as one-line EncoderErrors: a program that cannot run on fake inputs of this
     shape will not run on real ones either (and must not get to try)."""
     try:
-        return measure(graph, args, grad)
+        return measure(graph, args, grad, strict)
     except EncoderError as exc:
         raise EncoderError(f"{what}: {exc}") from exc
     except (DataDependentOutputException, DynamicOutputShapeException) as exc:
@@ -226,6 +261,19 @@ def _over(cost: Cost, caps: Caps, what: str) -> str | None:
         if used > cap:
             return f"{what} {verb} {used:,} {unit} (cap {cap:,}; {env} raises it if you trust the program)"
     return None
+
+
+def _too_large(cost: Cost, inputs: tuple[torch.Tensor, ...], caps: Caps) -> str | None:
+    """Whether one sample's output outgrows its input beyond the cap: at most `OUTPUT_RATIO` times the input's bytes
+    plus the floor (`LEGOKIT_MAX_PROGRAM_OUTPUT`); an encoder summarises its input, it does not inflate it."""
+    given = sum(_bytes(t) for t in inputs)
+    allowed = OUTPUT_RATIO * given + caps.output_bytes
+    if cost.output_bytes <= allowed:
+        return None
+    return (
+        f"one sample's output is {cost.output_bytes:,} bytes from {given:,} bytes of input (cap {allowed:,}: "
+        f"{OUTPUT_RATIO} x the input + {caps.output_bytes:,}; {OUTPUT_ENV} raises it if you trust the program)"
+    )
 
 
 def _superlinear(batch: Cost, one: Cost, samples: int) -> bool:
@@ -257,8 +305,9 @@ class CostGuard:
         grad = _grad(self.graph)
         key = (grad, *((tuple(a.shape[1:]), a.dtype) for a in args))
         if key not in self.per_sample:
-            cost = _measured(self.graph, tuple(a[:1] for a in args), self.what, grad)
-            problem = _over(cost, self.caps, "one sample's forward pass")
+            first = tuple(a[:1] for a in args)
+            cost = _measured(self.graph, first, self.what, grad)
+            problem = _over(cost, self.caps, "one sample's forward pass") or _too_large(cost, first, self.caps)
             if problem:
                 raise EncoderError(f"{self.what}: {problem}")
             self.per_sample[key] = cost
@@ -304,7 +353,7 @@ def guard(graph: nn.Module, what: str) -> CostGuard:
 def check_cost(graph: nn.Module, args: tuple[torch.Tensor, ...], what: str, caps: Caps | None = None) -> Cost:
     """One run's cost, refused over the caps: for a module legokit runs once as it is (a Hugging Face model probed
     at its longest input)."""
-    cost = _measured(graph, args, what, _grad(graph))
+    cost = _measured(graph, args, what, _grad(graph), strict=False)
     problem = _over(cost, caps or Caps.from_env(), "one run")
     if problem:
         raise EncoderError(f"{what}: {problem}")

@@ -15,7 +15,7 @@ import logging
 import re
 import warnings
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from einops import rearrange
@@ -37,7 +37,14 @@ from legokit.encoders.contract import INPUT_DTYPES, Contract, EncoderCall, mask_
 from legokit.encoders.cost import guard
 from legokit.encoders.recurrent import exportable_copy
 from legokit.errors import EncoderError, ShapeError
-from legokit.torch_internals import DTYPE_CODES, WEIGHTS_DIR, WRITER_RECORDS, pt2_archive_writer, ts2ep_converter
+from legokit.torch_internals import (
+    DTYPE_CODES,
+    WEIGHTS_DIR,
+    WRITER_RECORDS,
+    op_schema,
+    pt2_archive_writer,
+    ts2ep_converter,
+)
 
 
 def _archive(records: Records, keep_samples: bool = False) -> bytes:
@@ -115,19 +122,41 @@ def fill_program(thin: bytes, tensors: Mapping[str, torch.Tensor], what: str = "
     return _archive(Records(data), keep_samples=True)
 
 
-def sanitize_program(program: bytes) -> bytes:
+def sanitize_program(program: bytes, in_place: bool = False) -> bytes:
     """Rebuild a user's PT2 archive from the records that pass the allowlist (`archive.program_records`), with its
-    pickled sample inputs emptied: loading the result unpickles nothing."""
-    return _archive(program_records(program, strict=False, what="the exported program"))
+    pickled sample inputs emptied: loading the result unpickles nothing. `in_place`: a user's program on its way to
+    `functional` (it may write into its own tensors)."""
+    return _archive(program_records(program, strict=False, what="the exported program", in_place=in_place))
 
 
-def load_program(program: bytes) -> ExportedProgram:
+def functional(program: ExportedProgram) -> ExportedProgram:
+    """The program with its in-place operators replaced by their pure twins (torch's functionalization, keeping
+    every other operator as it is): what a block stores, so that a stored program never writes to a tensor. A
+    program without one is returned as it is."""
+    if not any(node.op == "call_function" and _writes(node.target) for node in program.graph.nodes):
+        return program
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return program.run_decompositions({})
+    except Exception as exc:  # noqa: BLE001 - torch's functionalization raises many types
+        raise EncoderError(f"the program cannot be made a pure function ({_first_line(exc)[:120]})") from exc
+
+
+def _writes(target: Any) -> bool:
+    """Whether an operator writes into one of its arguments (an in-place or out= overload)."""
+    schema = op_schema(target)
+    return schema is not None and any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments)
+
+
+def load_program(program: bytes, in_place: bool = False) -> ExportedProgram:
     """Deserialize a program that passes the strict allowlist; anything else (corrupt bytes, pickled parts, extra
     records) is an EncoderError, raised before torch's loader sees a byte. Torch reads an archive rebuilt from the
-    checked records, so no difference between two zip readers can smuggle unchecked bytes in."""
+    checked records, so no difference between two zip readers can smuggle unchecked bytes in. `in_place`: a user's
+    program that `wrap` passes through `functional` before it runs."""
     import torch.export  # loaded when a program is first read, not when legokit is imported
 
-    rebuilt = _archive(program_records(program, strict=True))
+    rebuilt = _archive(program_records(program, strict=True, in_place=in_place))
     quiet = logging.getLogger("torch.export")
     level = quiet.level
     try:
@@ -302,6 +331,7 @@ def export_encoder(module: nn.Module, input_shape: tuple[int | None, ...], contr
             program = torch.export.export(call, args, dynamic_shapes=shapes)
     except Exception as exc:  # noqa: BLE001 - torch.export raises many types; the user needs one clear line
         raise _export_error(exc) from exc
+    program = functional(program)
     buffer = io.BytesIO()
     torch.export.save(program, buffer)
     clean = sanitize_program(buffer.getvalue())

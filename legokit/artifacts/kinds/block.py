@@ -15,6 +15,7 @@ import torch
 from legokit.artifacts.format import Artifact
 from legokit.artifacts.kinds.common import (
     PROGRAM_PREFIX,
+    check_loaded,
     check_state,
     common_facts,
     common_rows,
@@ -148,6 +149,8 @@ def block_from_tensors(
     state = {k: v for k, v in tensors.items() if not k.startswith(PROGRAM_PREFIX)}
     check_state(path, block, state, prefix)
     block.load_state_dict({name[len(prefix) :]: value for name, value in state.items() if name.startswith(prefix)})
+    if encoder is not None:
+        check_loaded(path, block, state, prefix)
     return block
 
 

@@ -41,6 +41,22 @@ def check_state(path: Path, module: nn.Module, tensors: Mapping[str, torch.Tenso
         raise ArtifactError(f"{path}: unexpected tensor '{unexpected[0]}'")
 
 
+def _bits(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+
+
+def check_loaded(path: Path, module: nn.Module, tensors: Mapping[str, torch.Tensor], prefix: str = "") -> None:
+    """After loading, every tensor of the module equals the file's bit for bit: a program whose weights config
+    points two names at one record ties them, and the last one loaded would silently win."""
+    for name, value in module.state_dict().items():
+        stored = tensors[prefix + name]
+        if value.dtype != stored.dtype or not torch.equal(_bits(value), _bits(stored)):
+            raise ArtifactError(
+                f"{path}: tensor '{prefix + name}' is not what the block loads: its program ties it to another "
+                "weight that the file holds with other values"
+            )
+
+
 def count_params(tensors: Mapping[str, torch.Tensor], prefix: str = "") -> int:
     """Parameters stored under `prefix`, programs (byte strings) left out."""
     return sum(t.numel() for k, t in tensors.items() if k.startswith(prefix) and not k.startswith(PROGRAM_PREFIX))
