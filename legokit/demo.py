@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import re
+import secrets
+import stat
 import statistics
 import time
 from collections.abc import Callable
@@ -24,14 +28,16 @@ from rich.console import Console
 from rich.progress import Progress
 
 from legokit.artifacts.files import save
+from legokit.cache import CACHE_ENV, cache_root
 from legokit.compose.merge import merge
 from legokit.contract import Labelling
 from legokit.data.bundled import write_pbc
 from legokit.data.folder import Table, modality_shape
 from legokit.data.training import SplitData
-from legokit.errors import ConfigError, positive_int
+from legokit.errors import ConfigError, LegoError, positive_int
 from legokit.io.atomic import write_atomic
 from legokit.io.inputs import read_input
+from legokit.io.outputs import refuse_links_below, refuse_links_on_the_way, refuse_system_path
 from legokit.progress import log
 from legokit.spec import BlockSpec
 from legokit.training.baselines import LateFusion, cox_fit, summary_cox_risks
@@ -54,26 +60,122 @@ MODELS = (
 
 
 MARKER = ".legokit-demo"  # in every folder the demo made: the only folders it writes into again
+REGISTRY = "demo-folders"  # in the user's legokit cache folder: one file per folder the demo made, named by its token
+_TOKEN = re.compile(r"[0-9a-f]{32}")
+_AGAIN = "the demo reuses only a folder it made itself: remove the folder or choose another -o/--output"
 
 
-def claim_folder(out: Path) -> None:
-    """Make `out` the demo's folder, refusing one it did not make that holds anything (the demo replaces files by
-    name, so a user's data/labels.csv would be lost): new and empty folders get the marker, marked ones are reused."""
-    if out.exists() or out.is_symlink():
-        if not out.is_dir():
-            raise ConfigError(f"{out}: exists and is not a folder; choose another -o/--output")
-        if (out / MARKER).is_file():
+def claim_folder(out: str | os.PathLike[str]) -> None:
+    """Make `out` the demo's folder before anything is written: a new or empty folder gets a marker (`_mark`); a
+    marked one is reused only when its marker is its own (`_check_marker`) and nothing below it is a link."""
+    # the demo replaces files by name: a user's folder, or one reached through a link, would lose its files
+    out = Path(out)
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder; choose another -o/--output")
+    refuse_system_path(out)
+    if out.is_dir():
+        try:
+            marked, listed = os.path.lexists(out / MARKER), any(out.iterdir())
+        except OSError as exc:
+            raise ConfigError(f"{out}: cannot list it ({exc.strerror or exc}); choose another -o/--output") from exc
+        if marked:
+            _check_marker(out)
+            refuse_links_below(out)
             return
-        if any(out.iterdir()):
+        if listed:
             raise ConfigError(
                 f"{out}: a folder that legokit demo did not make, and not empty; the demo writes "
                 "only into a new or empty folder (or one it made): choose another -o/--output"
             )
+    record = _record_folder()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"{out}: cannot make the folder ({exc.strerror or exc})") from exc
-    write_atomic(out / MARKER, b"made by legokit demo: it may replace its own files here\n")
+    refuse_links_below(out)
+    _mark(out, record)
+
+
+def _identity(out: Path) -> tuple[int, int]:
+    """The folder's device and inode: a copy (cp -a) or another folder has others."""
+    info = os.stat(out)
+    return info.st_dev, info.st_ino
+
+
+def _record_folder() -> Path:
+    """The user's own record of the demo's folders (in the legokit cache folder), made private if new; a ConfigError
+    when it cannot be kept, before anything is written."""
+    record = cache_root() / REGISTRY
+    try:
+        record.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"{record}: cannot keep the demo's record there ({exc.strerror or exc}); set {CACHE_ENV}"
+        ) from exc
+    trouble = _private_trouble(record)
+    if trouble:
+        raise ConfigError(f"{trouble}; the demo keeps the tokens of its folders there (set {CACHE_ENV} to move it)")
+    return record
+
+
+def _mark(out: Path, record: Path) -> None:
+    """Write the marker of a folder the demo now owns (its device, inode and a random token), after keeping the token
+    in the user's own record, which a copy of the folder cannot carry."""
+    (dev, ino), token = _identity(out), secrets.token_hex(16)
+    write_atomic(record / token, f"{dev} {ino}\n".encode())
+    marker = {"made_by": "legokit demo", "dev": dev, "ino": ino, "token": token}
+    write_atomic(out / MARKER, (json.dumps(marker) + "\n").encode())
+
+
+def _check_marker(out: Path) -> None:
+    """Refuse a marked folder unless its marker is the demo's own for this very folder: a regular file naming the
+    folder's device and inode (a copy has others) and a token this user's record keeps for that folder."""
+    marker = out / MARKER
+    try:
+        mode, info = os.lstat(marker).st_mode, os.stat(out)
+    except OSError as exc:
+        raise ConfigError(f"{out}: cannot check its {MARKER} ({exc.strerror or exc}); {_AGAIN}") from exc
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{out}: its {MARKER} is not a regular file; {_AGAIN}")
+    try:
+        record = json.loads(read_input(marker, ConfigError, limit=4096))
+        dev, ino, token = record["dev"], record["ino"], record["token"]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"{out}: its {MARKER} is not one this legokit wrote; {_AGAIN}") from exc
+    if not isinstance(token, str) or not _TOKEN.fullmatch(token) or [dev, ino] != [info.st_dev, info.st_ino]:
+        raise ConfigError(f"{out}: its {MARKER} was made for another folder (a copy?); {_AGAIN}")
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise ConfigError(f"{out}: belongs to another user; {_AGAIN}")
+    kept = cache_root() / REGISTRY / token
+    try:
+        if _private_trouble(kept.parent) or not stat.S_ISREG(os.lstat(kept).st_mode):
+            raise OSError("not a regular file of a private folder")
+        known = read_input(kept, ConfigError, limit=64).decode("ascii").split()
+    except (OSError, LegoError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{out}: its {MARKER} is not in this user's record ({kept.parent}); {_AGAIN}") from exc
+    if known != [str(dev), str(ino)]:
+        raise ConfigError(f"{out}: its {MARKER} does not match this user's record ({kept}); {_AGAIN}")
+
+
+def _private_trouble(folder: Path) -> str | None:
+    """Why the user's record folder cannot be trusted (None: it can, or it is not made yet): a link, not a folder,
+    another user's, or writable by others (who could then record folders of theirs)."""
+    try:
+        info = os.lstat(folder)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{folder} is not a folder"
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        return f"{folder} belongs to another user"
+    return f"{folder} is writable by other users" if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) else None
+
+
+def _safe(out: Path, path: Path) -> Path:
+    """`path`, below the demo's folder `out`, once no part of it is a link or a special file (checked just before
+    it is written or read)."""
+    refuse_links_on_the_way(out, path)
+    return path
 
 
 def default_spec(name: str) -> BlockSpec:
@@ -220,10 +322,10 @@ def run_seed(
     unpaired = _risks(merge([labs_a, visits_b]), data, test)
     result.add("LegoMerge (unpaired halves)", _cindex(unpaired, data, test), _cindex(unpaired, data, test_visits))
 
-    seed_dir = out / f"seed-{seed}"
-    seed_dir.mkdir(parents=True, exist_ok=True)
+    seed_dir = _safe(out, out / f"seed-{seed}")
+    seed_dir.mkdir(exist_ok=True)
     for name, model in (("labs", labs), ("visits", visits), ("merged", merged), ("fused", fused)):
-        save(model, seed_dir / f"{name}.st")
+        save(model, _safe(out, seed_dir / f"{name}.st"))
 
 
 def write_splits(folder: Path, spec: BlockSpec) -> Path:
@@ -251,10 +353,10 @@ def run_demo(
     positive_int("--seeds", seeds)
     started = time.perf_counter()
     out = Path(out)
-    claim_folder(out)
+    claim_folder(out)  # also refuses a link or a special file anywhere below it, before anything is written
     folder = out / "data"
     counts = write_pbc(folder)
-    (folder / "splits.csv").unlink(missing_ok=True)  # a previous run's: every seed draws its own split
+    _safe(out, folder / "splits.csv").unlink(missing_ok=True)  # a previous run's: every seed draws its own split
     labs_spec = default_spec("labs").override(device=device)
     visits_spec = default_spec("visits").override(device=device)
     result = DemoResult(list(range(seeds)), data=counts)
@@ -280,8 +382,9 @@ def run_demo(
             run_seed(folder, seed, out, labs_spec, visits_spec, result, step)
             finish()
     for name in ("labs", "visits", "merged", "fused"):
-        write_atomic(out / f"{name}.st", read_input(out / "seed-0" / f"{name}.st"))
+        write_atomic(_safe(out, out / f"{name}.st"), read_input(_safe(out, out / "seed-0" / f"{name}.st")))
+    _safe(out, folder / "splits.csv")
     write_splits(folder, labs_spec)
     result.seconds = time.perf_counter() - started
-    write_atomic(out / "results.json", json.dumps(result.to_json(), indent=2).encode())
+    write_atomic(_safe(out, out / "results.json"), json.dumps(result.to_json(), indent=2).encode())
     return result

@@ -22,6 +22,7 @@ from legokit.errors import ConfigError, LegoError
 from legokit.hub.refs import HubRef, cached_path, is_hub_ref, parse_ref, resolve
 from legokit.io.atomic import refuse_inputs
 from legokit.io.inputs import read_input
+from legokit.io.outputs import check_output
 from legokit.io.yamlfile import MAX_YAML_BYTES, check_keys, read_yaml, require_mapping, where
 from legokit.nn.block import BlockConfig
 from legokit.nn.spectral import DEFAULT_PHASE, PHASE_MODES
@@ -41,6 +42,34 @@ MERGE_KEYS = ("kind", "phase", "weights")
 def operation_keys() -> dict[str, tuple[str, ...]]:
     """Each operation a recipe may name (merge, or a registered fusion mode) and the keys it takes."""
     return {"merge": MERGE_KEYS, **dict.fromkeys(fusion_modes(), FUSE_KEYS)}
+
+
+def _text(path: Path, key: str, value: Any, what: str) -> str | None:
+    """A recipe value that must be a string, or absent (None); a list, mapping, number or bool names the key."""
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{where(path, key)}: must be {what}, got {type(value).__name__} {repr(value)[:40]}")
+    return value
+
+
+def _blocks(path: Path, data: Any) -> list[BlockRef]:
+    """The recipe's blocks: modality name -> {artifact: a path relative to the recipe, or a Hub reference}."""
+    blocks = []
+    for modality, entry in require_mapping(path, "blocks", data).items():
+        key = f"blocks.{modality}"
+        _text(path, key, modality, "a modality name (a string key)")
+        entry = require_mapping(path, key, entry)
+        check_keys(path, key, entry, BLOCK_KEYS)
+        artifact = _text(path, key + ".artifact", entry.get("artifact"), "a path or hf://org/repo/file.st")
+        if not artifact:
+            raise ConfigError(f"{where(path, key + '.artifact')}: missing (a path or hf://org/repo/file.st)")
+        if is_hub_ref(artifact):
+            try:
+                blocks.append(BlockRef(modality, artifact, hub=parse_ref(artifact)))
+            except ConfigError as exc:
+                raise ConfigError(f"{where(path, key + '.artifact')}: {exc}") from exc
+        else:
+            blocks.append(BlockRef(modality, artifact, path=(path.parent / artifact)))
+    return blocks
 
 
 @dataclass(frozen=True)
@@ -86,42 +115,27 @@ class Recipe:
             if key not in data:
                 raise ConfigError(f"{where(path, key)}: missing")
         base = path.parent
-        blocks = []
-        for modality, entry in require_mapping(path, "blocks", data["blocks"]).items():
-            key = f"blocks.{modality}"
-            entry = require_mapping(path, key, entry)
-            check_keys(path, key, entry, BLOCK_KEYS)
-            artifact = entry.get("artifact")
-            if not isinstance(artifact, str) or not artifact:
-                raise ConfigError(f"{where(path, key + '.artifact')}: missing (a path or hf://org/repo/file.st)")
-            if is_hub_ref(artifact):
-                try:
-                    blocks.append(BlockRef(str(modality), artifact, hub=parse_ref(artifact)))
-                except ConfigError as exc:
-                    raise ConfigError(f"{where(path, key + '.artifact')}: {exc}") from exc
-            else:
-                blocks.append(BlockRef(str(modality), artifact, path=(base / artifact)))
+        name = _text(path, "name", data.get("name"), "a string")
+        description = _text(path, "description", data.get("description"), "a string")
+        blocks = _blocks(path, data["blocks"])
         operation = cls._operation(
             path, require_mapping(path, "operation", data["operation"]), [b.modality for b in blocks]
         )
-        output = data["output"]
-        if not isinstance(output, str) or not output:
+        output = _text(path, "output", data["output"], "a file path")
+        if not output:
             raise ConfigError(f"{where(path, 'output')}: must be a file path")
-        folder = data.get("data")
-        if operation.kind != "merge" and not isinstance(folder, str):
+        folder = _text(path, "data", data.get("data"), "a folder path")
+        if operation.kind != "merge" and not folder:
             raise ConfigError(
                 f"{where(path, 'data')}: missing (a {operation.kind} recipe fine-tunes on a dataset folder)"
             )
-        if folder is not None and not isinstance(folder, str):
-            raise ConfigError(f"{where(path, 'data')}: must be a folder path")
-        name = data.get("name", path.stem)
         return cls(
             path,
-            str(name),
+            path.stem if name is None else name,
             tuple(blocks),
             operation,
             base / output,
-            str(data.get("description", "")),
+            description or "",
             None if folder is None else base / folder,
             read_input(path, ConfigError, limit=MAX_YAML_BYTES).decode("utf-8", errors="replace"),
         )
@@ -130,8 +144,8 @@ class Recipe:
     def _operation(path: Path, data: Mapping[str, Any], modalities: list[str]) -> Operation:
         kind = data.get("kind")
         keys = operation_keys()
-        if kind not in keys:
-            raise ConfigError(f"{where(path, 'operation.kind')}: {kind!r}; choose one of {', '.join(keys)}")
+        if not isinstance(kind, str) or kind not in keys:
+            raise ConfigError(f"{where(path, 'operation.kind')}: {repr(kind)[:40]}; choose one of {', '.join(keys)}")
         check_keys(path, "operation", data, keys[kind])
         if kind != "merge":
             training = {k: v for k, v in data.items() if k not in ("kind", "time_unit")}
@@ -141,23 +155,27 @@ class Recipe:
                     f"{where(path, 'operation.time_unit')}: {repr(unit)[:40]}; choose one of {', '.join(TIME_UNITS)}"
                 )
             if "freeze_encoders" in training:
+                frozen = training.pop("freeze_encoders")
                 if "encoders" in training:
                     raise ConfigError(f"{where(path, 'operation.freeze_encoders')}: deprecated, and encoders is given")
+                if not isinstance(frozen, bool):
+                    raise ConfigError(f"{where(path, 'operation.freeze_encoders')}: must be true or false")
                 log.warning(
                     "%s: deprecated; use encoders: frozen, auto or finetune", where(path, "operation.freeze_encoders")
                 )
-                frozen = training.pop("freeze_encoders")
-                training["encoders"] = {True: "frozen", False: "finetune"}.get(frozen, frozen)
+                training["encoders"] = "frozen" if frozen else "finetune"
             try:
                 replace(FUSE_TRAINING, **training)
             except ConfigError as exc:
                 raise ConfigError(f"{where(path, 'operation')}: {exc}") from exc
             return Operation(kind, training=training, time_unit=unit)
         phase = data.get("phase", DEFAULT_PHASE)
-        if phase not in PHASE_MODES:
-            raise ConfigError(f"{where(path, 'operation.phase')}: {phase!r}; choose one of {', '.join(PHASE_MODES)}")
+        if not isinstance(phase, str) or phase not in PHASE_MODES:
+            raise ConfigError(
+                f"{where(path, 'operation.phase')}: {repr(phase)[:40]}; choose one of {', '.join(PHASE_MODES)}"
+            )
         weights = data.get("weights")
-        if weights is not None and weights != "auto":
+        if weights is not None and not (isinstance(weights, str) and weights == "auto"):
             weights = dict(require_mapping(path, "operation.weights", weights))
             for modality, weight in weights.items():
                 if modality not in modalities:
@@ -224,9 +242,10 @@ class Recipe:
         the recipe's, else auto), into `output` (default: the recipe's)."""
         if output is not None:
             return replace(self, output=Path(output)).run(progress, device)
+        data = [self.data] if self.operation.kind != "merge" and self.data is not None else []
+        check_output(self.output, [self.path, *(b.path for b in self.blocks), *data])  # before any download or work
         self.check(download=True)
         paths = [found for b in self.blocks if (found := self.local_path(b, download=True)) is not None]
-        data = [self.data] if self.operation.kind != "merge" and self.data is not None else []
         refuse_inputs(self.output, [self.path, *paths, *data])  # the recipe, its blocks and its data stay as they are
         # the recipe travels verbatim in the artifact (and its model card), as mergekit does
         provenance = {"recipe": {"path": str(self.path), "name": self.name, "text": self.text}}

@@ -43,7 +43,8 @@ from legokit.demo import MODELS, claim_folder, default_spec, run_demo
 from legokit.encoders import list_encoders
 from legokit.errors import ConfigError, LegoError, brief
 from legokit.hub.publish import pull, push
-from legokit.io.atomic import refuse_inputs, write_atomic
+from legokit.io.atomic import write_atomic
+from legokit.io.outputs import check_outputs
 from legokit.nn.block import Architecture, parse_input_shape
 from legokit.nn.spectral import DEFAULT_PHASE, PHASE_MODES
 from legokit.predict import DEFAULT_BATCH, predict_folder
@@ -199,7 +200,6 @@ def cmd_wrap(args: argparse.Namespace, console: Console) -> Result:
     output = Path(args.output) if args.output else default_output(args.path)
     source = Path(args.path)
     inputs = [source, *(p for p in source.rglob("*") if p.is_file())] if source.is_dir() else [source]
-    refuse_inputs(output, inputs)  # before the export: a folder's weights or tokenizer are inputs too
     block = wrap_file(
         args.path,
         modality=args.modality,
@@ -237,7 +237,6 @@ def cmd_merge(args: argparse.Namespace, console: Console) -> Result:
 
 
 def cmd_predict(args: argparse.Namespace, console: Console) -> Result:
-    refuse_inputs(args.output, [args.model, args.data])
     model = load(args.model)
     predictions = predict_folder(
         model,
@@ -305,8 +304,8 @@ def _report_training(
     return _trained(result, path)
 
 
-def _train_wrapped(args: argparse.Namespace, console: Console) -> Result:
-    """`legokit train DATA --block wrapped.st`: train a wrapped block's latent, updates and head."""
+def _refuse_rebuilding(args: argparse.Namespace) -> None:
+    """`train --block` with flags that would build another block: a usage error, said before the outputs are checked."""
     named = [
         ("--spec", args.spec),
         ("--encoder", args.encoder),
@@ -321,8 +320,11 @@ def _train_wrapped(args: argparse.Namespace, console: Console) -> Result:
             f"--block trains the block as it was wrapped; {', '.join(building)} would build another "
             "(set them when wrapping)"
         )
+
+
+def _train_wrapped(args: argparse.Namespace, console: Console) -> Result:
+    """`legokit train DATA --block wrapped.st`: train a wrapped block's latent, updates and head."""
     inputs = [args.block, args.data, args.bins_from]
-    refuse_inputs(args.output, inputs)
     block = load_block(args.block)
     config = _training(args, TrainConfig())
     _use_threads(args, console, block.config.latent, _encoder_parameters([block]))
@@ -349,7 +351,6 @@ def cmd_train(args: argparse.Namespace, console: Console) -> Result:
             "built-in block always trains its encoder and standardises its inputs)"
         )
     inputs = [args.spec, args.data, args.bins_from]
-    refuse_inputs(args.output, inputs)
     if args.spec:
         spec = BlockSpec.from_yaml(args.spec)
     elif args.modality:
@@ -378,7 +379,6 @@ def cmd_train(args: argparse.Namespace, console: Console) -> Result:
 def cmd_fuse(args: argparse.Namespace, console: Console) -> Result:
     config = _training(args, FUSE_TRAINING)
     inputs = [*args.blocks, args.data]
-    refuse_inputs(args.output, inputs)
     blocks = [load_block(path) for path in args.blocks]
     _use_threads(args, console, blocks[0].config.latent, _encoder_parameters(blocks))
     with session(config.device) as place:
@@ -393,7 +393,6 @@ def cmd_fuse(args: argparse.Namespace, console: Console) -> Result:
 
 
 def cmd_adapt(args: argparse.Namespace, console: Console) -> Result:
-    refuse_inputs(args.output, [args.model, args.data])
     base = load(args.model)
     config = _training(args, ADAPT_TRAINING)
     if args.method is None:
@@ -611,7 +610,10 @@ class _Deprecated(argparse.Action):
 
 
 def _refuse_clashes(args: argparse.Namespace) -> None:
-    """An old spelling and its new one given with different values: refused, whichever came last."""
+    """An old spelling and its new one given with different values, or `train --block` with flags that would build
+    another block: refused before the outputs are checked."""
+    if args.command == "train" and args.block:
+        _refuse_rebuilding(args)
     clashes = list(getattr(args, "clashes", []))
     for dest, value, old, new in getattr(args, "spelled", []):
         if getattr(args, dest) != value:  # the new spelling came after the old one
@@ -654,7 +656,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--json", metavar="PATH", help="also write the command's result as JSON to PATH ('-': standard output)"
+        "--json",
+        metavar="PATH",
+        help="also write the command's result as JSON to PATH ('-': standard output); checked before any work, as "
+        "every output is",
     )
     common.add_argument("-q", "--quiet", action="store_true", help="print only warnings and errors (no progress)")
     common.add_argument("-v", "--verbose", action="store_true", help="also print debug messages")
@@ -771,14 +776,22 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--batch-size", type=int, default=DEFAULT_BATCH, help="samples per forward pass (default %(default)s)"
     )
-    predict.add_argument("-o", "--output", required=True, help="CSV file to write: id, then the task's outputs")
+    predict.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="CSV file to write: id, then the task's outputs (refused before any prediction when it is a link, under "
+        "/proc, /sys or /dev, or inside DATA or another dataset folder)",
+    )
     predict.set_defaults(run=cmd_predict)
 
     run = commands.add_parser(
         "run", parents=computing, help="run a YAML recipe: recipe -> composition graph -> artifact"
     )
     run.add_argument("recipe", type=InputPath, help="a recipe file, e.g. recipes/merge.yaml")
-    run.add_argument("--dry-run", action="store_true", help="validate and print the graph, write nothing")
+    run.add_argument(
+        "--dry-run", action="store_true", help="validate and print the graph, write nothing (the output is not checked)"
+    )
     run.add_argument("-o", "--output", help="the artifact to write (default: the recipe's output)")
     run.set_defaults(run=cmd_run)
 
@@ -981,7 +994,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--output",
         dest="folder",
         default="legokit-demo",
-        help="folder for data, splits, artifacts and results (default %(default)s)",
+        help="folder for data, splits, artifacts and results: new, empty, or one an earlier demo made there (its "
+        "marker names the folder: a copy is refused), with no link below it (default %(default)s)",
     )
     demo.add_argument("--out", action=_Deprecated, dest="folder", new="--output")
     demo.add_argument(
@@ -1029,30 +1043,21 @@ def _paths(args: argparse.Namespace) -> tuple[list[str], list[tuple[str, str]]]:
             if isinstance(value, list)
             else ([str(value)] if isinstance(value, InputPath) and value else [])
         )
+    dry = getattr(args, "dry_run", False)  # `run --dry-run` writes no artifact
     written = [
         (flag, str(getattr(args, dest)))
         for flag, dest in (("-o", "output"), ("--plot", "plot"), ("--json", "json"))
-        if getattr(args, dest, None) not in (None, "-")
+        if getattr(args, dest, None) not in (None, "-") and not (dry and flag == "-o")
     ]
     if getattr(args, "recipe", None):
         recipe = Recipe.from_yaml(args.recipe)
         named = [recipe.local_path(block, download=False) for block in recipe.blocks]
         read += [str(p) for p in (*named, recipe.data) if p is not None]
-        if not args.output:
+        if not args.output and not dry:
             written.append(("the recipe's output", str(recipe.output)))
     if args.command == "wrap" and not args.output:
         written.append(("-o", str(default_output(args.path))))
     return read, written
-
-
-def _check_outputs(read: list[str], written: list[tuple[str, str]]) -> None:
-    """Before any work: no output is a directory, a pipe or a device, --json and --plot never name a file the
-    command reads, and no two outputs are one file."""
-    for number, (flag, value) in enumerate(written):
-        for other, earlier in written[:number]:
-            if Path(value).resolve() == Path(earlier).resolve():
-                raise ConfigError(f"{flag} and {other} name the same file ({value}); give each its own")
-        refuse_inputs(value, read if flag in ("--plot", "--json") else [])
 
 
 def _finite(value: Any) -> Any:
@@ -1142,7 +1147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _refuse_clashes(args)
         read, written = _paths(args)  # once: a recipe is read here, not again for the JSON
-        _check_outputs(read, written)
+        check_outputs(read, written, [args.folder] if args.command == "demo" else [])  # before any work
         if hasattr(args, "threads") and args.command not in LATENT_THREADS:  # inspect, merge, push, pull: no threads
             _use_threads(args, console)
         result = args.run(args, console)

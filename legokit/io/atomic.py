@@ -136,17 +136,17 @@ def write_atomic(
         out.write(data)
 
 
-def _inside(path: Path, folder: Path) -> bool:
+def inside(path: str | os.PathLike[str], folder: str | os.PathLike[str]) -> bool:
+    """Whether `path` (existing or not) lies in `folder` at any depth, links resolved."""
     try:
-        return path.exists() and path.resolve().is_relative_to(folder.resolve())
-    except OSError:
+        return Path(os.path.realpath(path)).is_relative_to(os.path.realpath(folder))
+    except (OSError, ValueError):
         return False
 
 
 def refuse_inputs(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLike[str] | None]) -> None:
-    """Refuse to write `path` when it is one of the command's inputs (through any link or spelling), or an existing
-    file inside an input folder (a dataset folder, a model folder); also refuse an empty output path, and one that
-    exists as anything but a regular file (a directory, a pipe, a device, a socket: replacing it is never meant)."""
+    """Refuse an empty output path, one that exists as anything but a regular file, one of the command's inputs
+    (through any link or spelling), or a path inside an input folder (a new file there would be read with it)."""
     path = Path(path)
     if not str(path) or str(path) == ".":
         raise WriteError("an empty output path; name the file to write")
@@ -155,8 +155,13 @@ def refuse_inputs(path: str | os.PathLike[str], inputs: Iterable[str | os.PathLi
         if source is None:
             continue
         source = Path(source)
-        if _same_file(path, source) or (source.is_dir() and _inside(path, source)):
+        if _same_file(path, source) or (source.is_dir() and inside(path, source) and os.path.lexists(path)):
             raise WriteError(f"{path}: refusing to overwrite an input file; choose another output path")
+        if source.is_dir() and inside(path, source):
+            raise WriteError(
+                f"{path}: inside {source}, a folder this command reads (a file there would be read as its data); "
+                "choose another output path"
+            )
 
 
 def refuse_special_output(path: str | os.PathLike[str]) -> None:
