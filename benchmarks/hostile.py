@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "outcomes.jsonl"
         env = {**os.environ, "LEGOKIT_HOSTILE_REPORT": str(report), "OMP_NUM_THREADS": "1"}
-        files = sorted(str(p) for p in Path("tests").glob("test_hostile*.py"))
+        files = sorted(str(p) for p in [*Path("tests").glob("test_hostile*.py"), Path("tests/test_cache_integrity.py")])
         done = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
             env=env,
@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         "inputs_modified": sum(bool(r["modified"]) for r in rows),
         "slowest_case_s": round(max((r["seconds"] for r in rows), default=0.0), 3),
         "cases_over_5s": sum(r["seconds"] >= 5 for r in rows),
+        # resident memory: a case that raised the process's peak above 1 GB, or by more than 256 MB
+        "cases_over_1gb": sum(r.get("peak_mb", 0) > 1024 and r.get("peak_rise_mb", 0) > 0 for r in rows),
+        "largest_peak_rise_mb": round(max((r.get("peak_rise_mb", 0.0) for r in rows), default=0.0)),
         "peak_rss_mb": round(peak_mb),
         "pytest_exit": done.returncode,
     }
@@ -53,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['cases']} cases ({', '.join(f'{k} {v}' for k, v in families.items())}): "
         f"{summary['ran_code']} ran code, {summary['tracebacks']} tracebacks, {summary['inputs_modified']} modified "
         f"an input; slowest case {summary['slowest_case_s']} s ({summary['cases_over_5s']} over 5 s); "
+        f"{summary['cases_over_1gb']} cases took the process's peak memory over 1 GB, the largest rise of the peak "
+        f"in one case {summary['largest_peak_rise_mb']} MB; "
         f"peak memory of the whole run {summary['peak_rss_mb']} MB "
         f"(pytest exit {done.returncode})"
     )

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import pickle
+import resource
 import struct
 import time
 import zipfile
@@ -64,6 +65,8 @@ class Outcome:
     traceback: str | None
     modified: list[str]
     seconds: float
+    peak_rise_mb: float = 0.0
+    peak_mb: float = 0.0
 
 
 def _digests(paths: list[Path]) -> dict[Path, str]:
@@ -78,6 +81,7 @@ def _digests(paths: list[Path]) -> dict[Path, str]:
 def run_case(family: str, action: Callable[[], object], inputs: list[Path], marker: Path) -> Outcome:
     """Run one case: a LegoError with a one-line message, or success, is a clean answer."""
     before = _digests(inputs)
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     started = time.perf_counter()
     problem = None
     try:
@@ -88,12 +92,13 @@ def run_case(family: str, action: Callable[[], object], inputs: list[Path], mark
     except Exception as exc:  # noqa: BLE001 - what the harness exists to catch
         problem = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
     seconds = time.perf_counter() - started
+    peak_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     after = _digests(inputs)
     modified = sorted(str(p) for p in before if after.get(p) != before[p])
     ran = marker.exists()
     if ran:
         marker.unlink()
-    outcome = Outcome(ran, problem, modified, seconds)
+    outcome = Outcome(ran, problem, modified, seconds, (peak_after - peak_before) / 1024, peak_after / 1024)
     report = os.environ.get(REPORT_ENV)
     if report:
         with open(report, "a", encoding="utf-8") as handle:
