@@ -199,8 +199,12 @@ ATTENTION = (
 RANDOM = "dropout native_dropout feature_dropout alpha_dropout bernoulli rand randn rand_like randn_like randint_like"
 FOURIER = "_fft_r2c _fft_c2r _fft_c2c fft_fft fft_ifft fft_rfft fft_irfft fft_fftn fft_ifftn fft_rfftn fft_irfftn"
 # met only inside allowed operators (their own decompositions, fake-tensor bookkeeping, higher-order operators),
-# never named by a graph: uninitialised buffers filled at once, and in-place fills of fresh tensors
-INTERNAL = ("prim.device", "aten.empty", "aten.empty_strided", "aten.fill_", "aten.zero_", "aten.copy_")
+# never named by a graph (which may call none of them): uninitialised buffers filled at once, and in-place
+# arithmetic on the fresh tensors of a decomposition (dropout's mask: empty_like, bernoulli_, div_)
+INTERNAL = (
+    "prim.device aten.empty aten.empty_like aten.empty_strided aten.fill_ aten.zero_ aten.copy_ aten.add_ aten.mul_ "
+    "aten.div_ aten.sigmoid_ aten.tanh_ aten.unsafe_split"
+)
 
 
 def _table() -> dict[str, Op]:
@@ -229,7 +233,8 @@ def _table() -> dict[str, Op]:
     add("cdist _cdist_forward _euclidean_dist", Op(distance, heavy=True))
     add(FOURIER, Op(fourier, heavy=True))
     add(RANDOM, Op(per_output(4), random=True))
-    table.update({name: Op(per_output(1), graph=False) for name in INTERNAL})
+    table.update({name: Op(per_output(1), graph=False) for name in INTERNAL.split()})
+    table["aten.bernoulli_"] = Op(per_output(4), graph=False, random=True)
     return table
 
 
