@@ -20,17 +20,17 @@ import torch
 
 from legokit.contract import NUMBER_RULE, name_problem, number_value
 from legokit.data.batch import ModalityBatch
-from legokit.errors import LegoError, brief, quoted, quoted_list
+from legokit.data.hdf5 import features_layout, read_features, require_h5py
+from legokit.data.sizes import MAX_BATCH_BYTES, MAX_SAMPLE_BYTES, DataError
+from legokit.data.sizes import gib as _gib
+from legokit.data.sizes import shown as _shown
+from legokit.errors import brief, quoted, quoted_list
 from legokit.io.inputs import open_input, read_input, refuse_special_input
 from legokit.io.jsoncap import capped_json
 from legokit.progress import log
 from legokit.text.spec import TextEncoder, TextSpec, padded
 
 InputSpec = Sequence[int | None] | TextSpec  # a per-sample shape, or raw text read through a tokenizer
-
-
-class DataError(LegoError, ValueError):
-    """A dataset file is missing, malformed, or holds values a model cannot take (NaN, wrong width)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class Table:
 
 @dataclass(frozen=True)
 class Bags:
-    """A bag/sequence modality: one `ID.safetensors` file per id, read when a batch needs it."""
+    """A bag/sequence modality: one `ID.safetensors` (or `ID.h5`) file per id, read when a batch needs it."""
 
     name: str
     path: Path
@@ -182,7 +182,6 @@ def read_table(name: str, path: Path, names: Sequence[str] | None = None) -> Tab
     return Table(name, path, tuple(wanted), features, lines)
 
 
-MAX_BATCH_BYTES = 1 << 30  # one modality's padded inputs for one batch
 MAX_TEXT_CHARS = 1_000_000  # one sample's text; the tokenizer truncates to the encoder's limit anyway
 
 
@@ -214,10 +213,26 @@ def read_texts(name: str, root: Path) -> Texts | None:
     return Texts(name, source, texts)
 
 
-def read_bags(name: str, path: Path) -> Bags:
-    files = {f.name[: -len(".safetensors")]: f for f in regular_files(sorted(path.glob("*.safetensors")))}
+BAG_SUFFIXES = (".safetensors", ".h5")  # NAME/ID.h5: an HDF5 bag (legokit.data.hdf5, the hdf5 extra)
+
+
+def bag_files(name: str, path: Path) -> dict[str, Path]:
+    """A bag modality's sample files by id, `ID.safetensors` or `ID.h5` (never both for one id), each regular."""
+    found = sorted((f, f.name[: -len(suffix)]) for suffix in BAG_SUFFIXES for f in path.glob(f"*{suffix}"))
+    files: dict[str, Path] = {}
+    for file, sample in found:
+        refuse_special_input(file, DataError)
+        if sample in files:
+            raise DataError(f"{files[sample]} and {file}: two files for sample {sample!r}; keep one")
+        files[sample] = file
     if not files:
-        raise DataError(f"{path}: modality {name} has no ID.safetensors files")
+        raise DataError(f"{path}: modality {name} has no ID.safetensors or ID.h5 files")
+    return files
+
+
+def read_bags(name: str, path: Path) -> Bags:
+    files = bag_files(name, path)
+    require_h5py(files.values())  # a folder of .h5 bags without the hdf5 extra: one line, before anything is read
     return Bags(name, path, files)
 
 
@@ -238,7 +253,6 @@ SAMPLE_DTYPES: Mapping[str, torch.dtype] = {
     "U8": torch.uint8,
 }
 MAX_SAMPLE_HEADER = 1 << 20  # a sample file's JSON header: `x` and its metadata take a few hundred bytes
-MAX_SAMPLE_BYTES = MAX_BATCH_BYTES  # one sample's `x`, stored and as float32: a larger one fits no batch
 
 
 @dataclass(frozen=True)
@@ -275,14 +289,6 @@ def _sample_header(path: Path, fd: int) -> tuple[dict[str, Any], int, int]:
 
 def _natural(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _shown(dims: Sequence[int]) -> str:
-    return str(tuple(dims))[:80]
-
-
-def _gib(count: int) -> str:
-    return f"{count / 2**30:,.1f} GiB" if count < 1 << 80 else "over 2^50 GiB"
 
 
 def sample_layout(path: Path, fd: int, shape: Sequence[int | None]) -> SampleLayout:
@@ -340,19 +346,24 @@ def _read_range(path: Path, fd: int, start: int, nbytes: int) -> torch.Tensor:
 
 def load_bag(path: Path, shape: Sequence[int | None] = (None, None)) -> torch.Tensor:
     """The tensor `x` of one sample's file as float32, checked from the header first (`sample_layout`), then read
-    alone through the same descriptor, and checked for NaN and the float32 range."""
-    try:
-        with open_input(path, DataError) as handle:
-            layout = sample_layout(path, handle.fileno(), shape)
-            data = _read_range(path, handle.fileno(), layout.start, layout.nbytes)
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read it ({exc.strerror or brief(exc)})") from exc
-    x = data.view(layout.dtype).reshape(layout.shape)
+    alone through the same descriptor, and checked for NaN and the float32 range. An `ID.h5` bag's `features` is
+    checked and read the same way (`legokit.data.hdf5.read_features`)."""
+    name = "features" if path.suffix == ".h5" else "x"
+    if name == "features":
+        x = read_features(path, shape)
+    else:
+        try:
+            with open_input(path, DataError) as handle:
+                layout = sample_layout(path, handle.fileno(), shape)
+                data = _read_range(path, handle.fileno(), layout.start, layout.nbytes)
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read it ({exc.strerror or brief(exc)})") from exc
+        x = data.view(layout.dtype).reshape(layout.shape)
     if x.is_floating_point() and not torch.isfinite(x if x.element_size() > 1 else x.float()).all():
-        raise DataError(f"{path}: 'x' holds NaN or infinite values")
+        raise DataError(f"{path}: {name!r} holds NaN or infinite values")
     x = x.float()
     if not torch.isfinite(x).all():
-        raise DataError(f"{path}: 'x' holds values out of the float32 range (|x| > 3.4e38)")
+        raise DataError(f"{path}: {name!r} holds values out of the float32 range (|x| > 3.4e38)")
     return x
 
 
@@ -365,9 +376,9 @@ def modality_shape(root: str | os.PathLike[str], name: str) -> tuple[int | None,
         header, _ = read_csv_rows(table)
         return (len(header) - 1,)
     if folder.is_dir():
-        first = next(iter(sorted(folder.glob("*.safetensors"))), None)
-        if first is None:
-            raise DataError(f"{folder}: modality {name} has no ID.safetensors files")
+        first = next(iter(bag_files(name, folder).values()))
+        if first.suffix == ".h5":  # its metadata only: no data read
+            return (None, features_layout(first).shape[1])
         try:
             with open_input(first, DataError) as handle:  # the header only: no tensor byte is read
                 return (None, sample_layout(first, handle.fileno(), (None, None)).shape[1])

@@ -16,7 +16,7 @@ from legokit.io.inputs import file_kind
 SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")  # kernel and device files: never an output, whatever the links say
 LABELS = "labels.csv"  # what makes a folder a (labelled) dataset folder
 TABLE_SUFFIX = ".csv"  # NAME.csv beside labels.csv is read as modality NAME
-SAMPLE_SUFFIXES = (".safetensors", ".txt")  # NAME/ID.safetensors and NAME/ID.txt are read as samples of NAME
+SAMPLE_SUFFIXES = (".safetensors", ".h5", ".txt")  # NAME/ID.safetensors, .h5 and .txt are read as samples of NAME
 
 PathLike = str | os.PathLike[str]
 
