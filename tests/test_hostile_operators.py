@@ -25,7 +25,7 @@ from legokit.artifacts.kinds.common import PROGRAM_PREFIX
 from legokit.artifacts.registry import BLOCK
 from legokit.encoders.cost import Caps, measure
 from legokit.encoders.foreign import load_program, program_module, sanitize_program
-from legokit.encoders.ops import OPS, graph_op_problem
+from legokit.encoders.ops import CONV_SLOW, OPS, WINDOW, graph_op_problem
 from legokit.wrap import wrap_file, wrap_module
 
 from .hostile import _rewrite_zip, run_case
@@ -191,7 +191,54 @@ class WideOutput(nn.Module):
         return x[:, :1, None].expand(x.shape[0], 262144, 64)
 
 
+class BroadcastBatchDistances(nn.Module):
+    """cdist of a real (1, 4096, 8192) set against 16 broadcast points: the kernel copies the set 16 times (2 GB)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = x.shape[0]
+        points = x[:, None, :1, None].expand(b, 1, 4096, 8192) * 1.0
+        single = x[:, None, 1:2, None].expand(b, 16, 1, 8192)
+        return x + torch.cdist(points, single, p=1.0).mean((1, 2, 3))[:, None]
+
+
+class DoubleConvolution(nn.Module):
+    """A float64 conv2d, 48 channels of 160 x 160, kernel 15: its im2col buffer takes 1.8 GB no output shows."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plane = (x[:, :1, None, None].expand(x.shape[0], 48, 160, 160) * 1.0).double()
+        return x + F.conv2d(plane, torch.ones(1, 48, 15, 15, dtype=torch.float64)).mean((1, 2, 3)).float()[:, None]
+
+
+class SlowWindows(nn.Module):
+    """avg_pool2d with a 64 x 64 window over 64 broadcast 384 x 384 planes: 2.7e10 window reads, ~30 s on CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plane = x[:, :1, None, None].expand(x.shape[0], 64, 384, 384)
+        return x + F.avg_pool2d(plane, 64, stride=1).mean((1, 2, 3))[:, None]
+
+
+class Depthwise(nn.Module):
+    """A depthwise conv2d with a 31 x 31 kernel over 64 planes of 256 x 256: 8e9 FLOPs at ~1 GFLOP/s."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        plane = x[:, :1, None, None].expand(x.shape[0], 64, 256, 256) * 1.0
+        return x + F.conv2d(plane, torch.ones(64, 1, 31, 31), groups=64, padding=15).mean((1, 2, 3))[:, None]
+
+
+class GeneralDistances(nn.Module):
+    """cdist with p=3.7 between 2,000 points of 1,000 features: a power and a root per element, ~20 s on CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        points = x[:, :1, None].expand(x.shape[0], 2000, 1000) * 1.0
+        return x + torch.cdist(points, points, p=3.7).mean((1, 2))[:, None]
+
+
 COSTLY = {
+    "cdist broadcast batch": (BroadcastBatchDistances(), "holds"),
+    "float64 conv im2col": (DoubleConvolution(), "holds"),
+    "wide avg pool": (SlowWindows(), "computes"),
+    "depthwise 31x31": (Depthwise(), "holds|computes"),
+    "cdist p=3.7 2000x1000": (GeneralDistances(), "computes"),
     "wide pool": (WidePool(), "reads and writes|holds|computes"),
     "cdist p=3.7": (FarDistances(), "computes"),
     "float16 bmm": (HalfProducts(torch.float16), "computes"),
@@ -249,14 +296,14 @@ def test_pooling_counts_kernel_volume_times_outputs():
 
     x = torch.randn(2, 3, 40, 40)
     out = F.max_pool2d(x, 5, stride=2, dilation=2)
-    assert _flops(Pool(), x) == 25 * out.numel()
+    assert _flops(Pool(), x) == WINDOW * 25 * out.numel()
 
 
 def test_convolution_counts_groups_and_dilation_through_its_output():
     conv = nn.Conv2d(8, 16, 3, dilation=2, groups=4, bias=False)
     x = torch.randn(2, 8, 20, 20)
     out = conv(x)
-    assert _flops(conv, x) == 2 * out.numel() * (8 // 4) * 9
+    assert _flops(conv, x) == CONV_SLOW * 2 * out.numel() * (8 // 4) * 9  # grouped: the slow kernel
 
 
 def test_cdist_and_attention_have_their_own_formulas():
@@ -287,6 +334,21 @@ def test_an_operator_without_a_formula_is_refused_by_the_meter():
 def test_the_output_cap_follows_its_environment_variable(monkeypatch):
     monkeypatch.setenv("LEGOKIT_MAX_PROGRAM_OUTPUT", "1e12")
     assert Caps.from_env().output_bytes == 10**12
+
+
+class Pair(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x * 2, x + 1
+
+
+def test_a_program_that_returns_a_tuple_is_a_one_line_error(world, tmp_path):
+    block = _flat_block(_export(Pair()), tmp_path)
+    outcome = run_case(
+        "operator-costs", lambda: legokit.load(block)({"tab": torch.randn(2, 3)}), [block], tmp_path / "x"
+    )
+    _clean(outcome, "tuple output")
+    with pytest.raises(legokit.EncoderError, match="returns a tuple, not one tensor"):
+        legokit.load(block)({"tab": torch.randn(2, 3)})
 
 
 # ---- in-place writes: allowed in a user's file at wrap, never in what a block stores ----

@@ -208,8 +208,10 @@ class _Meter(TorchDispatchMode):
         self.traffic += sum(_bytes(t) for t in inputs) + sum(_bytes(t) for t in outputs)
         if rule is not None:
             self.flops += _weighted(rule, inputs, int(rule.flops(args, kwargs, out)))
-            if rule.heavy:  # a broadcast operand may be copied whole while the operator runs
-                self.peak = max(self.peak, self.live + sum(_bytes(t) for t in inputs if _broadcast(t)))
+            # a broadcast operand may be copied whole while the operator runs, and its kernel may need scratch
+            copied = sum(_bytes(t) for t in inputs if _broadcast(t)) if rule.heavy else 0
+            scratch = int(rule.scratch(args, kwargs, out)) if rule.scratch is not None else 0
+            self.peak = max(self.peak, self.live + copied + scratch)
         schema = op_schema(func)
         if schema is not None and any(r.alias_info is not None for r in schema.returns):
             return out

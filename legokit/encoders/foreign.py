@@ -437,6 +437,19 @@ class ExportedEncoder(nn.Module):
         self.training = mode
         return self
 
+    def _tokens(self, out: Any, samples: int) -> torch.Tensor:
+        """The program's output when it is what an encoder returns: one tensor (b, e) or (b, n, e) of `out_dim`
+        real numbers per token; a tuple, a dict or another shape is a one-line EncoderError."""
+        if not isinstance(out, torch.Tensor):
+            raise EncoderError(f"the encoder program returns a {type(out).__name__}, not one tensor of tokens")
+        if out.dim() not in (2, 3) or out.shape[0] != samples or out.shape[-1] != self.out_dim or out.is_complex():
+            raise EncoderError(
+                f"the encoder program returns {str(out.dtype).replace('torch.', '')} of shape "
+                f"{tuple(out.shape)[:6]} for {samples} samples; expected (batch, {self.out_dim}) or "
+                f"(batch, tokens, {self.out_dim}) real numbers"
+            )
+        return out
+
     def _run(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         out = self(x, mask)
         return rearrange(out, "b e -> b 1 e") if out.dim() == 2 else out
@@ -451,10 +464,13 @@ class ExportedEncoder(nn.Module):
         try:
             step = self.cost.chunk(args)
             if x.shape[0] <= step:
-                return self.graph(*args)
+                return self._tokens(self.graph(*args), x.shape[0])
             # a batch over the cost caps runs in chunks that fit: an encoder's samples are independent
             return torch.cat(
-                [self.graph(*(a[start : start + step] for a in args)) for start in range(0, x.shape[0], step)]
+                [
+                    self._tokens(self.graph(*(a[start : start + step] for a in args)), min(step, x.shape[0] - start))
+                    for start in range(0, x.shape[0], step)
+                ]
             )
         except EncoderError:
             raise

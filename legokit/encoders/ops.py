@@ -27,18 +27,28 @@ Formula = Callable[[Sequence[Any], Mapping[str, Any], Any], int]
 # torch 2.13: float16 mm 2.9 vs 47 GFLOP/s, conv2d 0.6 vs 54; bfloat16 runs near float32 speed only where the
 # processor has bf16 instructions): their FLOPs count this many times against the cap
 CPU_SLOWDOWN = {torch.float16: 64, torch.bfloat16: 8}
+# every operator's count is in float32 matrix-product FLOPs, the unit of the cap: each weight is what one unit of
+# the operator's own work costs on CPU against a float32 mm (2-core x86, one thread, torch 2.13; python -m
+# benchmarks.op_costs measures them): an elementwise op over fresh memory ~110-250 per element, a plain sum ~4, a
+# sort ~300 per element and comparison, a pooling window ~40-70, a grouped or float64 convolution 10-40 per FLOP,
+# cdist with a general p ~400 per pair and feature, an FFT of a prime length ~130 per n log n
+ELEMENT, TRANSCENDENTAL_ELEMENT, SUM, SMOOTH_SUM, SCAN, NORM = 128, 256, 8, 512, 256, 64
+SORT_WEIGHT, WINDOW, CONV_SLOW, FOURIER_WEIGHT = 512, 128, 64, 128
+DISTANCE_WEIGHT = {2.0: 2, 1.0: 32, 0.0: 32, math.inf: 32, -1.0: 512}  # -1: any other p
 
 
 @dataclass(frozen=True)
 class Op:
-    """One allowed operator: its FLOPs from (args, kwargs, out); `graph`: a program may call it by name (else only
-    the meter sees it, inside another allowed operator); `random`: it draws random numbers; `heavy`: it may copy a
-    broadcast input whole and runs slowly in half precision on CPU."""
+    """One allowed operator: its cost in FLOPs from (args, kwargs, out); `graph`: a program may call it by name
+    (else only the meter sees it, inside another allowed operator); `random`: it draws random numbers; `heavy`: it
+    may copy a broadcast input whole and runs slowly in half precision on CPU; `scratch`: bytes its kernel allocates
+    for itself while it runs (an im2col buffer), which no output shows."""
 
     flops: Formula
     graph: bool = True
     random: bool = False
     heavy: bool = False
+    scratch: Formula | None = None
 
 
 def tensors(value: Any) -> list[torch.Tensor]:
@@ -84,7 +94,7 @@ def sorting(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any) -> int:
     """n log n per sorted row, over the whole input."""
     x = _first(args)
     longest = max(x.shape, default=1)
-    return x.numel() * max(1, math.ceil(math.log2(longest + 1)))
+    return SORT_WEIGHT * x.numel() * max(1, math.ceil(math.log2(longest + 1)))
 
 
 def product(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any) -> int:
@@ -102,13 +112,35 @@ def dot(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any) -> int:
     return 2 * _first(args).numel()
 
 
+def _conv_parts(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    x, weight = _first(args), _first(args, 1)
+    transposed = bool(args[6]) if len(args) > 6 and isinstance(args[6], bool) else bool(kwargs.get("transposed"))
+    return x, weight, transposed
+
+
 def convolution(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any) -> int:
     """2 x output elements x (input channels per group x kernel volume); transposed: x input elements instead. The
-    output's size already reflects stride, padding and dilation."""
-    x, weight = _first(args), _first(args, 1)
-    per_window = int(weight.shape[1]) * math.prod(int(s) for s in weight.shape[2:]) if weight.dim() >= 2 else 1
-    transposed = bool(args[6]) if len(args) > 6 and isinstance(args[6], bool) else bool(kwargs.get("transposed"))
-    return 2 * (x.numel() if transposed else _numel(out)) * per_window
+    output's size already reflects stride, padding and dilation. Grouped (depthwise) and float64 convolutions run
+    far slower per FLOP on CPU (no fast kernel): x CONV_SLOW."""
+    x, weight, transposed = _conv_parts(args, kwargs)
+    if weight.dim() < 2:
+        return 0
+    per_window = int(weight.shape[1]) * math.prod(int(s) for s in weight.shape[2:])
+    grouped = not transposed and x.dim() >= 2 and int(weight.shape[1]) != int(x.shape[1])
+    slow = CONV_SLOW if grouped or x.dtype == torch.float64 else 2
+    return slow * 2 * (x.numel() if transposed else _numel(out)) * per_window
+
+
+def convolution_scratch(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any) -> int:
+    """The unfolded input (im2col) a convolution kernel may build: per output position, every input channel's
+    kernel window."""
+    x, weight, transposed = _conv_parts(args, kwargs)
+    result = tensors(out)
+    if weight.dim() < 3 or not result or x.dim() < 2:
+        return 0
+    grid = x if transposed else result[0]  # the positions the kernel is applied at, per channel
+    positions = grid.numel() // max(int(grid.shape[1]), 1)
+    return positions * int(x.shape[1]) * math.prod(int(s) for s in weight.shape[2:]) * x.element_size()
 
 
 def pooling(rank: int) -> Formula:
@@ -116,7 +148,7 @@ def pooling(rank: int) -> Formula:
 
     def formula(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any) -> int:
         kernel = args[1] if len(args) > 1 else kwargs.get("kernel_size", 1)
-        return math.prod(_ints(kernel, rank)) * _numel(tensors(out)[:1])
+        return WINDOW * math.prod(_ints(kernel, rank)) * _numel(tensors(out)[:1])
 
     return formula
 
@@ -129,7 +161,7 @@ def adaptive_pooling(rank: int) -> Formula:
         if not result or x.dim() < rank:
             return 0
         window = [math.ceil(int(i) / max(int(o), 1)) + 1 for i, o in zip(x.shape[-rank:], result[0].shape[-rank:])]
-        return math.prod(window) * result[0].numel()
+        return WINDOW * math.prod(window) * result[0].numel()
 
     return formula
 
@@ -145,15 +177,27 @@ def attention(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any) -> int:
 
 
 def distance(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any) -> int:
-    """cdist: every pair of rows over the feature axis, a power and a root for a general p (16 operations)."""
+    """cdist: every pair of rows over the feature axis; p = 2 runs as a product, p = 1 elementwise, any other p
+    through a power and a root per element (`DISTANCE_WEIGHT`)."""
     x = _first(args)
-    return 16 * _numel(out) * (int(x.shape[-1]) if x.dim() else 1)
+    p = args[2] if len(args) > 2 and isinstance(args[2], (int, float)) else kwargs.get("p", 2.0)
+    weight = DISTANCE_WEIGHT.get(float(p), DISTANCE_WEIGHT[-1.0])
+    return weight * _numel(out) * (int(x.shape[-1]) if x.dim() else 1)
+
+
+def distance_scratch(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any) -> int:
+    """cdist copies both point sets to their broadcast batch before it compares them."""
+    a, b = _first(args), _first(args, 1)
+    if min(a.dim(), b.dim()) < 2:
+        return 0
+    batch = math.prod(int(s) for s in torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    return batch * (int(a.shape[-2]) + int(b.shape[-2])) * int(a.shape[-1]) * a.element_size()
 
 
 def fourier(args: Sequence[Any], kwargs: Mapping[str, Any], out: Any) -> int:
     """5 n log2 n over the larger of input and output."""
     n = max(_first(args).numel(), _numel(out), 2)
-    return 5 * n * math.ceil(math.log2(n))
+    return FOURIER_WEIGHT * n * math.ceil(math.log2(n))
 
 
 # ---- the table ----
@@ -168,7 +212,8 @@ COPIES = (
     "clone contiguous _to_copy to type_as cat stack hstack vstack constant_pad_nd pad repeat tile flip roll tril "
     "triu index_select gather index embedding take_along_dim zeros ones full arange zeros_like ones_like full_like "
     "new_zeros new_ones new_full scalar_tensor eye select_scatter slice_scatter diag_embed copy fill lift_fresh_copy "
-    "masked_fill where _masked_scale zero"
+    "masked_fill where _masked_scale zero select_copy slice_copy view_copy permute_copy unsqueeze_copy squeeze_copy "
+    "expand_copy transpose_copy t_copy split_copy split_with_sizes_copy unbind_copy detach_copy alias_copy"
 )
 ARITHMETIC = (
     "add sub rsub mul div neg abs sign floor ceil round trunc frac clamp clamp_min clamp_max clip maximum minimum "
@@ -182,10 +227,8 @@ TRANSCENDENTAL = (
     "atanh sigmoid gelu silu mish elu selu celu softplus erf erfc erfinv logit glu xlogy hypot _log_softmax "
     "_softmax log_softmax softmax _safe_softmax"
 )
-REDUCTIONS = (
-    "sum mean prod amax amin max min argmax argmin any all var std var_mean std_mean logsumexp norm "
-    "linalg_vector_norm cumsum cumprod nansum"
-)
+SUMS = "sum mean prod amax amin max min argmax argmin any all nansum"
+SMOOTH_SUMS = "var std var_mean std_mean logsumexp norm linalg_vector_norm"
 NORMS = (
     "layer_norm native_layer_norm group_norm native_group_norm batch_norm native_batch_norm "
     "_native_batch_norm_legit_no_training instance_norm rms_norm _fused_rms_norm"
@@ -214,15 +257,17 @@ def _table() -> dict[str, Op]:
         table.update({f"aten.{name}": op for name in names.split()})
 
     add(VIEWS, Op(free))
-    add(COPIES, Op(per_output(1)))
-    add(ARITHMETIC, Op(per_output(1)))
-    add(TRANSCENDENTAL, Op(per_output(8)))
-    add(REDUCTIONS, Op(per_input(1)))
-    add(NORMS, Op(per_input(8)))
+    add(COPIES, Op(per_output(ELEMENT)))
+    add(ARITHMETIC, Op(per_output(ELEMENT)))
+    add(TRANSCENDENTAL, Op(per_output(TRANSCENDENTAL_ELEMENT)))
+    add(SUMS, Op(per_input(SUM)))
+    add(SMOOTH_SUMS, Op(per_input(SMOOTH_SUM)))
+    add("cumsum cumprod", Op(per_input(SCAN)))
+    add(NORMS, Op(per_input(NORM)))
     add("sort argsort topk", Op(sorting, heavy=True))
     add(PRODUCTS, Op(product, heavy=True))
     add("dot vdot", Op(dot, heavy=True))
-    add(CONVOLUTIONS, Op(convolution, heavy=True))
+    add(CONVOLUTIONS, Op(convolution, heavy=True, scratch=convolution_scratch))
     for rank in (1, 2, 3):
         add(f"max_pool{rank}d max_pool{rank}d_with_indices avg_pool{rank}d", Op(pooling(rank), heavy=True))
         add(
@@ -230,11 +275,11 @@ def _table() -> dict[str, Op]:
             Op(adaptive_pooling(rank), heavy=True),
         )
     add(ATTENTION, Op(attention, heavy=True, random=True))  # random with a dropout rate (the cache checks it)
-    add("cdist _cdist_forward _euclidean_dist", Op(distance, heavy=True))
+    add("cdist _cdist_forward _euclidean_dist", Op(distance, heavy=True, scratch=distance_scratch))
     add(FOURIER, Op(fourier, heavy=True))
-    add(RANDOM, Op(per_output(4), random=True))
-    table.update({name: Op(per_output(1), graph=False) for name in INTERNAL.split()})
-    table["aten.bernoulli_"] = Op(per_output(4), graph=False, random=True)
+    add(RANDOM, Op(per_output(ELEMENT), random=True))
+    table.update({name: Op(per_output(ELEMENT), graph=False) for name in INTERNAL.split()})
+    table["aten.bernoulli_"] = Op(per_output(ELEMENT), graph=False, random=True)
     return table
 
 
