@@ -28,13 +28,14 @@ Formula = Callable[[Sequence[Any], Mapping[str, Any], Any], int]
 # processor has bf16 instructions): their FLOPs count this many times against the cap
 CPU_SLOWDOWN = {torch.float16: 64, torch.bfloat16: 8}
 # every operator's count is in float32 matrix-product FLOPs, the unit of the cap: each weight is what one unit of
-# the operator's own work costs on CPU against a float32 mm (2-core x86, one thread, torch 2.13; python -m
-# benchmarks.op_costs measures them): an elementwise op over fresh memory ~110-250 per element, a plain sum ~4, a
-# sort ~300 per element and comparison, a pooling window ~40-70, a grouped or float64 convolution 10-40 per FLOP,
-# cdist with a general p ~400 per pair and feature, an FFT of a prime length ~130 per n log n
-ELEMENT, TRANSCENDENTAL_ELEMENT, SUM, SMOOTH_SUM, SCAN, NORM = 128, 256, 8, 512, 256, 64
-SORT_WEIGHT, WINDOW, CONV_SLOW, FOURIER_WEIGHT = 512, 128, 64, 128
-DISTANCE_WEIGHT = {2.0: 2, 1.0: 32, 0.0: 32, math.inf: 32, -1.0: 512}  # -1: any other p
+# the operator's own work costs on CPU against a float32 mm (`OMP_NUM_THREADS=1 python -m benchmarks.op_costs`
+# prints both; on this 2-core x86 machine an elementwise op over fresh memory measured 210-290 per element, a sum
+# 15, logsumexp 310, a sort 470 per element and comparison, a pooling window 57-85, a float64 convolution 20 per
+# FLOP, a depthwise one 1.5 at kernel 15 and ~100 at kernel 31, cdist 2.5 / 59 / 500 per pair and feature at
+# p = 2 / 1 / 3.7, an FFT of a prime length 165 per n log2 n)
+ELEMENT, TRANSCENDENTAL_ELEMENT, SUM, SMOOTH_SUM, SCAN, NORM = 256, 256, 16, 512, 256, 64
+SORT_WEIGHT, WINDOW, CONV_SLOW, FOURIER_WEIGHT = 512, 128, 64, 256
+DISTANCE_WEIGHT = {2.0: 4, 1.0: 64, 0.0: 64, math.inf: 64, -1.0: 512}  # -1: any other p
 
 
 @dataclass(frozen=True)
