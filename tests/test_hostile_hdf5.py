@@ -24,7 +24,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from legokit.data import folder as folder_module
 from legokit.data import hdf5 as hdf5_module
 from legokit.data.folder import DataError, DatasetFolder, load_bag, modality_shape
 from legokit.predict import predict_folder
@@ -297,7 +296,7 @@ def world(tmp_path_factory):
 @pytest.fixture
 def spied(monkeypatch) -> list[Any]:
     """The bags `_read` was asked to read, with the cap lowered to 1 MiB (a file of KB declares past it)."""
-    monkeypatch.setattr(folder_module, "MAX_SAMPLE_BYTES", 1 << 20)
+    monkeypatch.setattr(hdf5_module, "MAX_SAMPLE_BYTES", 1 << 20)
     reads: list[Any] = []
     real = hdf5_module._read
     monkeypatch.setattr(hdf5_module, "_read", lambda path, *rest: reads.append(path) or real(path, *rest))

@@ -213,6 +213,7 @@ def read_texts(name: str, root: Path) -> Texts | None:
     return Texts(name, source, texts)
 
 
+KEEP_BYTES = 512 << 20  # bags a folder keeps in memory once read (more are read from disk each time they are used)
 BAG_SUFFIXES = (".safetensors", ".h5")  # NAME/ID.h5: an HDF5 bag (legokit.data.hdf5, the hdf5 extra)
 
 
@@ -390,7 +391,7 @@ def modality_shape(root: str | os.PathLike[str], name: str) -> tuple[int | None,
 class DatasetFolder:
     """The modalities of a dataset folder, read for the modalities a model takes (vector inputs from CSV, token
     inputs from folders). Ids are the union over modalities, sorted; `batch(ids)` builds padded, masked inputs.
-    Bags are read once and kept in memory."""
+    Bags are read when a batch needs them, and kept in memory up to KEEP_BYTES (512 MiB) in all."""
 
     def __init__(
         self,
@@ -404,7 +405,9 @@ class DatasetFolder:
             raise DataError(f"{self.root}: no such directory")
         self.shapes = {name: spec if isinstance(spec, TextSpec) else tuple(spec) for name, spec in inputs.items()}
         self.modalities: dict[str, Table | Bags | Texts] = {}
-        self._bags: dict[Path, torch.Tensor] = {}
+        self._bags: dict[Path, torch.Tensor] = {}  # read once and kept, up to KEEP_BYTES in all
+        self._kept = 0
+        self._tokens: dict[Path, int] = {}
         self._tokenizers: dict[str, TextEncoder] = {}
         self._ids: dict[str, dict[str, list[int]]] = {}
         self._holding: dict[str, frozenset[str]] = {}
@@ -439,17 +442,18 @@ class DatasetFolder:
     def _bag_batch(self, bags: Bags, ids: Sequence[str]) -> ModalityBatch:
         shape = self.shapes[bags.name]
         assert isinstance(shape, tuple)  # bags hold tensors; text modalities are read as `Texts`
-        loaded = [self._bag(bags.files[i], shape) if i in bags.files else None for i in ids]
-        present = torch.tensor([x is not None for x in loaded])
         if shape[0] is not None:  # fixed-shape samples (an image): stacked, a missing one is zeros
+            loaded = [self._bag(bags.files[i], shape) if i in bags.files else None for i in ids]
             fixed = cast("tuple[int, ...]", shape)  # an open dimension past the first is not supported here
             xs = torch.stack([x if x is not None else torch.zeros(fixed) for x in loaded])
-            return ModalityBatch(xs, None, present)
-        longest = max((x.shape[0] for x in loaded if x is not None), default=1)
+            return ModalityBatch(xs, None, torch.tensor([x is not None for x in loaded]))
+        # the padded size is known from the files' headers: a batch over the cap is refused before any is read
+        lengths = {i: self.tokens(bags.files[i], shape) for i in ids if i in bags.files}
+        longest = max(lengths.values(), default=1)
         token = cast("tuple[int, ...]", shape[1:])  # a bag of tokens: only their number may be open here
         padded = len(ids) * longest * math.prod(token) * 4
         if padded > MAX_BATCH_BYTES:
-            sample = next(i for i, x in zip(ids, loaded) if x is not None and x.shape[0] == longest)
+            sample = next(i for i, n in lengths.items() if n == longest)
             raise DataError(
                 f"{bags.files[sample]}: {longest:,} tokens; a batch of {len(ids)} padded to it would take "
                 f"{padded / 2**30:.1f} GiB (cap {MAX_BATCH_BYTES / 2**30:.0f} GiB): lower --batch-size, or "
@@ -457,11 +461,25 @@ class DatasetFolder:
             )
         xs = torch.zeros(len(ids), longest, *token)
         mask = torch.zeros(len(ids), longest, dtype=torch.bool)
-        for row, x in enumerate(loaded):
-            if x is not None:
+        for row, sample in enumerate(ids):
+            if sample in lengths:
+                x = self._bag(bags.files[sample], shape)
                 xs[row, : x.shape[0]] = x
                 mask[row, : x.shape[0]] = True
         return ModalityBatch(xs, mask, mask.any(dim=1))
+
+    def tokens(self, path: Path, shape: Sequence[int | None]) -> int:
+        """A bag's number of tokens, from its header or metadata alone (remembered: an int per file)."""
+        if path not in self._tokens:
+            if path.suffix == ".h5":
+                self._tokens[path] = features_layout(path, shape).shape[0]
+            else:
+                try:
+                    with open_input(path, DataError) as handle:
+                        self._tokens[path] = sample_layout(path, handle.fileno(), shape).shape[0]
+                except OSError as exc:
+                    raise DataError(f"{path}: cannot read it ({exc.strerror or brief(exc)})") from exc
+        return self._tokens[path]
 
     def _token_ids(self, texts: Texts, ids: Sequence[str]) -> list[list[int] | None]:
         """Each sample's token ids (None where it has no text), tokenized once per folder and kept: every epoch
@@ -473,12 +491,16 @@ class DatasetFolder:
         return [known.get(i) for i in ids]
 
     def _bag(self, path: Path, shape: Sequence[int | None]) -> torch.Tensor:
-        if path not in self._bags:
-            x = load_bag(path, shape)
-            if len(shape) == 2 and shape[1] is not None and x.shape[1] != shape[1]:
-                raise DataError(f"{path}: 'x' has {x.shape[1]} features, the model takes {shape[1]}")
+        if path in self._bags:
+            return self._bags[path]
+        x = load_bag(path, shape)
+        if len(shape) == 2 and shape[1] is not None and x.shape[1] != shape[1]:
+            raise DataError(f"{path}: 'x' has {x.shape[1]} features, the model takes {shape[1]}")
+        size = x.numel() * x.element_size()
+        if self._kept + size <= KEEP_BYTES:  # small folders stay in memory; larger ones are read again each time
             self._bags[path] = x
-        return self._bags[path]
+            self._kept += size
+        return x
 
     def files(self) -> list[Path]:
         """Every file this folder reads (tables, sample files, texts): what no output may replace."""

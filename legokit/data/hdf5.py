@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from legokit.data.sizes import MAX_SAMPLE_BYTES, DataError, gib
+from legokit.data.sizes import shown as shown_dims
 from legokit.errors import brief, quoted, quoted_list
 from legokit.io.inputs import open_input
 
@@ -133,12 +134,12 @@ def _layout(path: Path, h5py: Any, dataset: Any, shape: Sequence[int | None]) ->
     dims = space.shape if space.get_simple_extent_type() == h5py.h5s.SIMPLE else ()
     shown = ", ".join("tokens" if d is None else str(d) for d in shape)
     if len(dims) != len(shape) or 0 in dims or any(d is not None and d != n for d, n in zip(shape, dims)):
-        raise DataError(f"{path}: 'features' must have shape ({shown}) with at least one token, got {shown(dims)}")
+        raise DataError(f"{path}: 'features' must have shape ({shown}) with at least one token, got {shown_dims(dims)}")
     count = math.prod(dims)
     if count * max(kind.get_size(), 4) > MAX_SAMPLE_BYTES:  # as stored, and as the float32 it is read as
         taken = gib(count * max(kind.get_size(), 4))
         raise DataError(
-            f"{path}: 'features' of shape {shown(dims)} takes {taken} as stored or read "
+            f"{path}: 'features' of shape {shown_dims(dims)} takes {taken} as stored or read "
             f"(cap {gib(MAX_SAMPLE_BYTES)}); split the sample"
         )
     _written(path, h5py, dataset, dims, count * kind.get_size())
