@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -29,9 +29,15 @@ class Labels:
     ids: tuple[str, ...]
     targets: Mapping[str, torch.Tensor]
     classes: tuple[str, ...] | None = None
+    # each id's row, built once: `select` runs at every training step (16,859 ids in NAFLD)
+    row_of: Mapping[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "row_of", {sample: row for row, sample in enumerate(self.ids)})
 
     def select(self, ids: Sequence[str]) -> dict[str, torch.Tensor]:
-        index = {sample: row for row, sample in enumerate(self.ids)}
+        """The targets of these samples, in order; an id not in labels.csv is a KeyError naming it."""
+        index = self.row_of
         rows = torch.tensor([index[i] for i in ids], dtype=torch.long)
         return {name: values[rows] for name, values in self.targets.items()}
 

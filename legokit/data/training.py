@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -13,7 +14,25 @@ from legokit.data.batch import ModalityBatch
 from legokit.data.folder import DataError, DatasetFolder, InputSpec
 from legokit.data.labels import Labels, random_split, read_labels, read_splits
 from legokit.tasks import TaskSpec
+from legokit.torch_internals import version_counter
 from legokit.training.metrics import survival_bins, to_bins
+
+
+class _Held:
+    """A modality's inputs and mask in a batch `SplitData.batch` built: by reference (not kept alive) and version."""
+
+    def __init__(self, x: torch.Tensor, mask: torch.Tensor | None):
+        self.x, self.mask = weakref.ref(x), None if mask is None else weakref.ref(mask)
+        self.versions = _versions(x, mask)
+
+    def holds(self, x: torch.Tensor, mask: torch.Tensor | None) -> bool:
+        """These very tensors, written in place by nobody since."""
+        same_mask = mask is None if self.mask is None else self.mask() is mask
+        return self.x() is x and same_mask and _versions(x, mask) == self.versions
+
+
+def _versions(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[int, int]:
+    return version_counter(x), -1 if mask is None else version_counter(mask)
 
 
 @dataclass
@@ -24,6 +43,12 @@ class SplitData:
     labels: Labels
     splits: dict[str, str]
     split_source: str
+    # the ids and inputs of the last batch built (`samples_in`): per-sample work is then looked up by id
+    built: tuple[tuple[str, ...], tuple[_Held, ...]] = field(default=((), ()), init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled (to a worker process) without the last batch's references, which do not travel."""
+        return {**self.__dict__, "built": ((), ())}
 
     @classmethod
     def load(
@@ -73,7 +98,20 @@ class SplitData:
         targets = self.labels.select(ids)
         if edges is not None:
             targets["bin"] = to_bins(targets["time"], edges)
-        return self.folder.batch(ids), targets
+        batches = self.folder.batch(ids)
+        self.remember(ids, batches)
+        return batches, targets
+
+    def remember(self, ids: Sequence[str], batches: Mapping[str, ModalityBatch]) -> None:
+        """Record that these batches hold these samples' inputs, unchanged (`batch` does; so may a loader, for the
+        batches it hands the model), replacing the last record."""
+        self.built = (tuple(ids), tuple(_Held(b.x, b.mask) for b in batches.values()))
+
+    def samples_in(self, x: torch.Tensor, mask: torch.Tensor | None) -> tuple[str, ...] | None:
+        """The ids of the samples that `x` holds, row by row, when `x` and `mask` are a modality's inputs in the last
+        batches recorded (`remember`), unchanged since; None for any other tensor (a copy, a rewritten batch)."""
+        ids, held = self.built
+        return ids if any(h.holds(x, mask) for h in held) else None
 
     def normalization(self, modality: str, ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-feature mean and standard deviation of a modality over these samples' real values (or tokens)."""

@@ -9,6 +9,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, cast
 
@@ -22,6 +23,7 @@ from legokit.data.batch import ModalityBatch
 from legokit.data.dropout import check_rate, drop_modalities
 from legokit.data.training import SplitData
 from legokit.device import resolve_device
+from legokit.encoders.longitudinal import summarised_once
 from legokit.errors import ConfigError, positive_int
 from legokit.progress import Advance, log, progress_bar
 from legokit.schema import RECIPE, SHARED, SPEC, option
@@ -445,11 +447,14 @@ def train_model(
 ) -> TrainResult:
     """Fit a model on the train split; select the epoch on the validation split; restore that epoch's weights.
     `inputs` rewrites training and validation batches, `eval_inputs` the final test batches (default: `inputs`).
-    Frozen pretrained encoders run once per sample, before the first epoch, through `cache` (`legokit.cache`)."""
+    Frozen pretrained encoders run once per sample, before the first epoch, through `cache` (`legokit.cache`), and
+    longitudinal encoders summarise each sample once (`legokit.encoders.longitudinal.SummaryTable`)."""
     trainer = Trainer(model, data, task, config, inputs)
     shown = progress and trainer.place.main
     everyone = [i for split in ("train", "val", "test") for i in data.ids(split, trainer.modalities)]
-    with encoded_once(model, data, everyone, cache, training=True, progress=shown) as encoding:
+    # built-in longitudinal encoders summarise each sample once (`SummaryTable`); a compiled step keeps its graph
+    summarised = summarised_once(model, data) if not config.compile else nullcontext()
+    with encoded_once(model, data, everyone, cache, training=True, progress=shown) as encoding, summarised:
         trainer.encoding = encoding
         with progress_bar(label, config.epochs, enabled=shown, unit="epochs") as advance:
             return trainer.fit([show_progress(advance, trainer.primary), early_stopping(config.patience)], eval_inputs)
