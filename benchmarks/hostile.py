@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "outcomes.jsonl"
         env = {**os.environ, "LEGOKIT_HOSTILE_REPORT": str(report), "OMP_NUM_THREADS": "1"}
-        files = sorted(str(p) for p in [*Path("tests").glob("test_hostile*.py"), Path("tests/test_cache_integrity.py")])
+        extra = [Path("tests/test_cache_integrity.py"), Path("tests/test_shared_encoders.py")]
+        files = sorted(str(p) for p in [*Path("tests").glob("test_hostile*.py"), *extra])
         done = subprocess.run(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files],
             env=env,

@@ -25,6 +25,7 @@ from legokit.artifacts.describe import describe
 from legokit.artifacts.format import read_artifact, read_artifact_summary, write_artifact
 from legokit.artifacts.kinds.block import block_tensors
 from legokit.artifacts.kinds.common import GRAPH, PROGRAM_PREFIX
+from legokit.artifacts.kinds.composite import SHARED_TABLE, blocks_view
 from legokit.artifacts.registry import BLOCK
 from legokit.encoders.foreign import DTYPE_CODES, fill_program, load_program, thin_program
 from legokit.errors import ArtifactError, EncoderError
@@ -438,7 +439,7 @@ def test_a_merge_of_two_thin_blocks_holds_each_encoder_once_and_loads(bert, tmp_
     weights = sum(_bytes(block.encoder.parameters()) for block in bert["blocks"].values())
     assert merged.stat().st_size < a.stat().st_size + b.stat().st_size + 64 * 1024  # the inputs' tensors, once
     assert merged.stat().st_size < weights * 1.5  # twice the weights would be 2x and more
-    stored = read_artifact(merged).tensors
+    stored, _ = blocks_view(read_artifact(merged), ("notes", "reports"))  # the blocks' names, shared ones resolved
     for modality in ("notes", "reports"):
         program = stored[f"{PROGRAM_PREFIX}blocks.{modality}.encoder"].numpy().tobytes()
         beside = {
@@ -468,7 +469,7 @@ def test_a_fused_model_holds_each_encoder_once(bert, tmp_path):
 def test_a_summary_describes_programs_it_holds_as_placeholders(bert, tmp_path, monkeypatch):
     merged = legokit.merge_files([bert["paths"]["notes"], bert["paths"]["reports"]], tmp_path / "m.st")
     summary = read_artifact_summary(merged, small=16)
-    key = f"{PROGRAM_PREFIX}blocks.notes.encoder"
+    key = dict(summary.config[SHARED_TABLE])[f"{PROGRAM_PREFIX}blocks.notes.encoder"]  # equal programs, stored once
     assert summary.tensors[key].device.type == "meta" and key in summary.digests
     full = describe(merged)
     monkeypatch.setattr(legokit.artifacts.format, "SUMMARY_SMALL", 16)

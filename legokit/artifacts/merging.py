@@ -1,13 +1,15 @@
 """`legokit merge` of block (and merged-model) files, streamed: tensors are copied from the inputs into the output
-without building the models, the merged head computed from theirs (MM-Lego Eq. 4, SLERP of heads)."""
+without building the models, the merged head computed from theirs (MM-Lego Eq. 4, SLERP of heads); an encoder tensor
+or program that several blocks hold byte for byte is written once (`kinds.composite.share_tensors`)."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,7 @@ import torch
 
 from legokit.artifacts.allowlist import SAFETENSORS_CODES, program_records
 from legokit.artifacts.format import (
+    CHUNK,
     KEY_CONFIG,
     KEY_KIND,
     KEY_PROVENANCE,
@@ -27,11 +30,13 @@ from legokit.artifacts.format import (
 )
 from legokit.artifacts.kinds import kind_named
 from legokit.artifacts.kinds.common import GRAPH, PROGRAM_PREFIX
+from legokit.artifacts.kinds.composite import SHARED_TABLE, encoder_owner, shared_key, shared_names, sharing_plan
 from legokit.artifacts.registry import BLOCK, FUSED, MERGED
 from legokit.compose.graph import Graph
 from legokit.compose.joins import check_joinable, joined_contract
 from legokit.compose.merge import MergeConfig, merge_head_tensors, merged_config, resolve_weights
 from legokit.contract import Contract
+from legokit.encoders import FOREIGN
 from legokit.errors import ArtifactError, ConfigError, EncoderError, brief
 from legokit.io.atomic import refuse_inputs
 from legokit.nn.block import BlockConfig
@@ -40,11 +45,13 @@ from legokit.nn.spectral import DEFAULT_PHASE
 
 @dataclass(frozen=True)
 class _Part:
-    """One block inside an input file: its config and the prefix of its tensors there."""
+    """One block inside an input file: its config, the prefix of its tensors there, and where the file stores each
+    tensor name (the name itself, or the shared entry its `shared_tensors` table names)."""
 
     origin: OpenedArtifact
     config: BlockConfig
     prefix: str
+    layout: Mapping[str, tuple[str, Stored]]
 
 
 def _parts(origin: OpenedArtifact) -> tuple[list[_Part], dict[str, float]]:
@@ -54,10 +61,16 @@ def _parts(origin: OpenedArtifact) -> tuple[list[_Part], dict[str, float]]:
     if not kind.mergeable or kind.parse is None:
         raise ArtifactError(f"{path}: cannot merge an artifact of kind {kind.name!r}")
     try:
-        configs, settings, _ = kind.parse(json.loads(metadata.get(KEY_CONFIG, "{}")))
+        data = json.loads(metadata.get(KEY_CONFIG, "{}"))
+        configs, settings, _ = kind.parse(data)
     except (json.JSONDecodeError, RecursionError, KeyError, TypeError, ValueError, AttributeError, ConfigError) as exc:
         raise ArtifactError(f"{path}: corrupt config ({type(exc).__name__}: {exc})") from exc
-    parts = [_Part(origin, c, kind.prefix(m)) for m, c in configs.items()]
+    stored = origin.header.layout
+    names = {n: n for n in stored}
+    if any(kind.prefix(m) for m in configs):  # a merged model: its blocks may share stored tensors
+        names = shared_names(path, data, stored, configs)
+    layout = {name: (entry, stored[entry]) for name, entry in names.items()}
+    parts = [_Part(origin, c, kind.prefix(m), layout) for m, c in configs.items()]
     return parts, dict(getattr(settings, "weights", ()))
 
 
@@ -80,15 +93,16 @@ def contract_of_file(path: str | os.PathLike[str]) -> Contract:
     return joined_contract(configs)
 
 
-def _check_stored_program(origin: OpenedArtifact, stored: Stored, prefix: str = "") -> None:
+def _check_stored_program(part: _Part, stored: Stored) -> None:
     """A block's encoder program must pass the strict allowlist before merge copies it into a new artifact. A thin
     program's empty weight records pass only where the same file holds, under the block's prefix, the tensor
     `encoder.graph.<fqn>` (dtype and shape as the record's) that refills it at load; its data is not read."""
+    origin, prefix = part.origin, part.prefix
     if stored.dtype != "U8" or len(stored.shape) != 1:
         raise ArtifactError(f"{origin.path}: encoder program tensor is not a byte string")
     beside = {
         name[len(prefix + GRAPH) :]: (SAFETENSORS_CODES[entry.dtype], tuple(entry.shape))
-        for name, entry in origin.header.layout.items()
+        for name, (_, entry) in part.layout.items()
         if name.startswith(prefix + GRAPH) and entry.dtype in SAFETENSORS_CODES
     }
     try:
@@ -102,7 +116,7 @@ def _block_sources(part: _Part, heads: dict[str, dict[str, torch.Tensor]]) -> li
     modality, origin = part.config.modality, part.origin
     heads[modality] = {}
     sources = []
-    for name, stored in origin.header.layout.items():
+    for name, (entry, stored) in part.layout.items():
         if name.startswith(part.prefix) and stored.dtype in ("F16", "BF16", "F64", "C64"):
             raise ArtifactError(f"{origin.path}: tensor '{name}' is {stored.dtype}; legokit merges float32 blocks")
         if name.startswith(part.prefix + "task_head."):
@@ -111,11 +125,49 @@ def _block_sources(part: _Part, heads: dict[str, dict[str, torch.Tensor]]) -> li
                 raise ArtifactError(f"{origin.path}: head tensor '{name}' holds NaN or infinite values")
             heads[modality][name[len(part.prefix + "task_head.") :]] = head
         if name == PROGRAM_PREFIX + part.prefix + "encoder":
-            _check_stored_program(origin, stored, part.prefix)
-            sources.append(Source.of_file(f"{PROGRAM_PREFIX}blocks.{modality}.encoder", origin, name, stored))
+            _check_stored_program(part, stored)
+            sources.append(Source.of_file(f"{PROGRAM_PREFIX}blocks.{modality}.encoder", origin, entry, stored))
         elif name.startswith(part.prefix) and not name.startswith(PROGRAM_PREFIX):
-            sources.append(Source.of_file(f"blocks.{modality}.{name[len(part.prefix) :]}", origin, name, stored))
+            sources.append(Source.of_file(f"blocks.{modality}.{name[len(part.prefix) :]}", origin, entry, stored))
+    if part.config.encoder.name == FOREIGN and PROGRAM_PREFIX + part.prefix + "encoder" not in part.layout:
+        raise ArtifactError(f"{origin.path}: block {modality}: a foreign encoder without its program tensor")
     return sources
+
+
+def _chunks(source: Source) -> Iterator[bytes]:
+    """A streamed tensor's bytes, one chunk at a time, through its input's file descriptor."""
+    assert source.origin is not None  # only tensors copied from a file are hashed here
+    position = source.start
+    while position < source.end:
+        chunk = os.pread(source.origin.fd, min(CHUNK, source.end - position), position)
+        if not chunk:
+            raise ArtifactError(f"{source.origin.path}: file ended early (truncated?)")
+        yield chunk
+        position += len(chunk)
+
+
+def _shared_sources(sources: Sequence[Source]) -> tuple[list[Source], list[list[str]]]:
+    """The merged file's sources with encoder tensors and programs that several blocks hold byte for byte written
+    once, under their shared key, and the table naming them: as `share_tensors` does for a model in memory. Only
+    tensors with a twin of the same dtype and shape are hashed, each stored range once."""
+    encoders = [s for s in sources if s.origin is not None and encoder_owner(s.name) is not None]
+    shapes = Counter((s.dtype, s.shape) for s in encoders)
+    keys: dict[tuple[int, int, int], str] = {}  # a stored range (of one input) -> its shared key
+    groups: dict[str, list[str]] = {}
+    for source in encoders:
+        if shapes[(source.dtype, source.shape)] > 1:
+            where = (id(source.origin), source.start, source.end)
+            if where not in keys:
+                keys[where] = shared_key(source.dtype, source.shape, _chunks(source))
+            groups.setdefault(keys[where], []).append(source.name)
+    plan = sharing_plan(groups)
+    named = {s.name: s for s in sources}
+    copied: dict[str, str] = {}  # shared key -> the block tensor whose stored bytes it copies
+    for name in sorted(plan):
+        copied.setdefault(plan[name], name)
+    kept = [s for s in sources if s.name not in plan]
+    kept += [replace(named[name], name=key) for key, name in sorted(copied.items())]
+    return kept, sorted([name, key] for name, key in plan.items())
 
 
 def _blocks_provenance(parts: Sequence[_Part]) -> dict[str, Any]:
@@ -168,10 +220,13 @@ def merge_files(
         tasks = {p.config.modality: p.config.task for p in parts}
         config = MergeConfig(resolve_weights(list(tasks), weights, known, tasks, blocks_record), phase)
         heads: dict[str, dict[str, torch.Tensor]] = {}
-        sources = [source for part in parts for source in _block_sources(part, heads)]
+        sources, table = _shared_sources([source for part in parts for source in _block_sources(part, heads)])
         heads = {m: join.head(m, head) for m, head in heads.items()}
         sources += [Source.of_tensor(f"head.{n}", t) for n, t in merge_head_tensors(heads, config).items()]
         configs = {p.config.modality: p.config for p in parts}
         graph = Graph.for_operation("merge", sorted(configs), phase=phase)
         record = {"merged_from": [str(p) for p in files], "blocks": blocks_record, **dict(provenance or {})}
-        return write_streaming(output, MERGED, merged_config(configs, config, graph), sources, record, inputs=files)
+        header = merged_config(configs, config, graph)
+        if table:
+            header[SHARED_TABLE] = table
+        return write_streaming(output, MERGED, header, sources, record, inputs=files)

@@ -14,7 +14,7 @@ from legokit.artifacts.kinds.composite import (
     composite_describer,
     composite_from_artifact,
     composite_rows,
-    composite_tensors,
+    composite_write,
 )
 from legokit.artifacts.registry import FUSED, artifact_kind
 from legokit.compose.fuse import FusedModel, fused_config, parse_fused_config
@@ -40,7 +40,7 @@ class FusedKind:
 
     @staticmethod
     def write(model: FusedModel) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        return fused_config(model), composite_tensors(model)
+        return composite_write(fused_config(model), model)
 
     parse = parse_fused_config
     describe = composite_describer(parse_fused_config, fuse_settings)

@@ -14,7 +14,7 @@ from legokit.artifacts.kinds.composite import (
     composite_describer,
     composite_from_artifact,
     composite_rows,
-    composite_tensors,
+    composite_write,
 )
 from legokit.artifacts.registry import MERGED, artifact_kind
 from legokit.compose.merge import MergedModel, merged_config, parse_merged_config
@@ -41,7 +41,7 @@ class MergedKind:
     @staticmethod
     def write(model: MergedModel) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         config = merged_config({m: b.config for m, b in model.blocks.items()}, model.config, model.graph)
-        return config, composite_tensors(model)
+        return composite_write(config, model)
 
     parse = parse_merged_config
     describe = composite_describer(parse_merged_config, merge_settings)
