@@ -15,6 +15,7 @@ from torch import nn
 
 from legokit.cache import TokenCache, encoded_once
 from legokit.data.folder import DataError, DatasetFolder
+from legokit.data.stream import budget_chunks
 from legokit.device import resolve_device
 from legokit.errors import positive_int
 from legokit.interface import LegoModel, model_columns, model_contract, model_inputs
@@ -74,8 +75,8 @@ def _predict(
     columns: dict[str, list[float]] = {}
     classes = model_contract(model).classes
     with progress_bar("predicting", len(data.ids), enabled=progress, unit="samples") as advance:
-        for start in range(0, len(data.ids), batch_size):
-            ids = data.ids[start : start + batch_size]
+        # every token of every bag, in batches of at most `batch_size` samples within the folder's token budget
+        for ids in budget_chunks(data.ids, data.lengths(data.ids), data.token_budget(), most=batch_size):
             batches = {m: b.to(target) for m, b in data.batch(ids).items()}
             logits = model(batches).float()
             finite = torch.isfinite(logits).all(dim=1)

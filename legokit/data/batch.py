@@ -43,6 +43,11 @@ class ModalityBatch:
             return self.presence()
         return self.presence() & self.observed
 
+    def pin_memory(self) -> ModalityBatch:
+        """A copy in page-locked memory (what a DataLoader with pin_memory calls), for non-blocking copies to CUDA."""
+        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
+        return ModalityBatch(self.x.pin_memory(), pin(self.mask), pin(self.present), pin(self.observed))
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> ModalityBatch:
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
         return ModalityBatch(

@@ -24,6 +24,7 @@ from legokit.data.hdf5 import features_layout, read_features, require_h5py
 from legokit.data.sizes import MAX_BATCH_BYTES, MAX_SAMPLE_BYTES, DataError
 from legokit.data.sizes import gib as _gib
 from legokit.data.sizes import shown as _shown
+from legokit.data.stream import Subsample
 from legokit.errors import brief, quoted, quoted_list
 from legokit.io.inputs import open_input, read_input, refuse_special_input
 from legokit.io.jsoncap import capped_json
@@ -439,7 +440,7 @@ class DatasetFolder:
             raise DataError(f"{table.path}: {len(table.columns)} feature columns, but the model takes {width}")
         return table
 
-    def _bag_batch(self, bags: Bags, ids: Sequence[str]) -> ModalityBatch:
+    def _bag_batch(self, bags: Bags, ids: Sequence[str], subsample: Subsample | None = None) -> ModalityBatch:
         shape = self.shapes[bags.name]
         assert isinstance(shape, tuple)  # bags hold tensors; text modalities are read as `Texts`
         if shape[0] is not None:  # fixed-shape samples (an image): stacked, a missing one is zeros
@@ -449,6 +450,8 @@ class DatasetFolder:
             return ModalityBatch(xs, None, torch.tensor([x is not None for x in loaded]))
         # the padded size is known from the files' headers: a batch over the cap is refused before any is read
         lengths = {i: self.tokens(bags.files[i], shape) for i in ids if i in bags.files}
+        if subsample is not None:
+            lengths = {i: min(n, subsample.most) for i, n in lengths.items()}
         longest = max(lengths.values(), default=1)
         token = cast("tuple[int, ...]", shape[1:])  # a bag of tokens: only their number may be open here
         padded = len(ids) * longest * math.prod(token) * 4
@@ -464,6 +467,8 @@ class DatasetFolder:
         for row, sample in enumerate(ids):
             if sample in lengths:
                 x = self._bag(bags.files[sample], shape)
+                rows = subsample.rows(sample, x.shape[0]) if subsample is not None else None
+                x = x if rows is None else x[rows]
                 xs[row, : x.shape[0]] = x
                 mask[row, : x.shape[0]] = True
         return ModalityBatch(xs, mask, mask.any(dim=1))
@@ -542,9 +547,40 @@ class DatasetFolder:
                     if sample not in known:
                         raise DataError(f"{modality.path}: id {sample!r} is not in {labels}")
 
-    def batch(self, ids: Sequence[str], modalities: Sequence[str] | None = None) -> dict[str, ModalityBatch]:
+    def _token_bags(self, modalities: Sequence[str] | None) -> list[tuple[Bags, tuple[int | None, ...]]]:
+        """The bag modalities of tokens (not fixed-shape samples such as images) among `modalities` (default all),
+        with their per-sample shapes."""
+        wanted = self.modalities if modalities is None else modalities
+        return [
+            (modality, shape)
+            for name, modality in self.modalities.items()
+            if isinstance(modality, Bags)
+            and isinstance(shape := self.shapes[name], tuple)
+            and shape[0] is None
+            and name in wanted
+        ]
+
+    def lengths(self, ids: Sequence[str], modalities: Sequence[str] | None = None) -> list[int]:
+        """Each sample's longest bag in tokens over its bag modalities (of `modalities`), from the files' headers;
+        1 for a sample of tables and texts only."""
+        bags = self._token_bags(modalities)
+        return [max([self.tokens(m.files[i], shape) for m, shape in bags if i in m.files] + [1]) for i in ids]
+
+    def reads_bags(self, modalities: Sequence[str]) -> bool:
+        """Whether any of these modalities is a bag of tokens (sample files of a variable length)."""
+        return bool(self._token_bags(modalities))
+
+    def token_budget(self, modalities: Sequence[str] | None = None) -> int:
+        """Padded tokens one batch may hold: half of MAX_BATCH_BYTES for the widest bag modality's float32 tokens
+        (2^17 tokens of 1024 features), so that a batch planned by `stream.budget_chunks` is never refused."""
+        widths = [math.prod(d or 1 for d in shape[1:]) for _, shape in self._token_bags(modalities)]
+        return max(1, MAX_BATCH_BYTES // 2 // (4 * max(widths, default=1)))
+
+    def batch(
+        self, ids: Sequence[str], modalities: Sequence[str] | None = None, subsample: Subsample | None = None
+    ) -> dict[str, ModalityBatch]:
         """Inputs for these samples (of every modality, or of `modalities`); a modality a sample lacks is zeros with
-        `present` False."""
+        `present` False; `subsample` keeps at most so many tokens of each bag (training steps)."""
         batches: dict[str, ModalityBatch] = {}
         for name, modality in self.modalities.items():
             if modalities is not None and name not in modalities:
@@ -558,5 +594,5 @@ class DatasetFolder:
                 tokens, mask = padded(self._token_ids(modality, ids))
                 batches[name] = ModalityBatch(tokens, mask, mask.any(dim=1))
             else:
-                batches[name] = self._bag_batch(modality, ids)
+                batches[name] = self._bag_batch(modality, ids, subsample)
         return batches

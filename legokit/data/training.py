@@ -13,6 +13,7 @@ import torch
 from legokit.data.batch import ModalityBatch
 from legokit.data.folder import DataError, DatasetFolder, InputSpec
 from legokit.data.labels import Labels, random_split, read_labels, read_splits
+from legokit.data.stream import Moments, Subsample, budget_chunks
 from legokit.tasks import TaskSpec
 from legokit.torch_internals import version_counter
 from legokit.training.metrics import survival_bins, to_bins
@@ -92,15 +93,21 @@ class SplitData:
         return survival_bins(targets["time"], targets["event"], self.labels.task.n)
 
     def batch(
-        self, ids: Sequence[str], edges: torch.Tensor | None = None
+        self, ids: Sequence[str], edges: torch.Tensor | None = None, subsample: Subsample | None = None
     ) -> tuple[dict[str, ModalityBatch], dict[str, torch.Tensor]]:
-        """Inputs and targets of these samples (with each survival time's bin when `edges` are given)."""
+        """Inputs and targets of these samples (with each survival time's bin when `edges` are given; at most
+        `subsample.most` tokens of each bag when given)."""
         targets = self.labels.select(ids)
         if edges is not None:
             targets["bin"] = to_bins(targets["time"], edges)
-        batches = self.folder.batch(ids)
-        self.remember(ids, batches)
+        batches = self.folder.batch(ids, subsample=subsample)
+        if self.whole(ids, subsample):
+            self.remember(ids, batches)
         return batches, targets
+
+    def whole(self, ids: Sequence[str], subsample: Subsample | None) -> bool:
+        """Whether these samples' batch holds every token of every bag (`subsample` left them all)."""
+        return subsample is None or max(self.folder.lengths(ids), default=0) <= subsample.most
 
     def remember(self, ids: Sequence[str], batches: Mapping[str, ModalityBatch]) -> None:
         """Record that these batches hold these samples' inputs, unchanged (`batch` does; so may a loader, for the
@@ -118,6 +125,12 @@ class SplitData:
         having = [i for i in ids if i in self.folder.ids_of(modality)]
         if not having:
             raise DataError(f"{self.folder.root}: modality {modality} has no samples in the training split")
-        batch = self.folder.batch(having)[modality]
-        values = batch.x[batch.mask] if batch.mask is not None else batch.x
-        return values.mean(dim=0), values.std(dim=0, unbiased=False)
+        chunks = budget_chunks(having, self.folder.lengths(having, [modality]), self.folder.token_budget([modality]))
+        moments = Moments()
+        for chunk in chunks:  # one streaming pass, a chunk within the folder's token budget at a time
+            batch = self.folder.batch(chunk, [modality])[modality]
+            values = batch.x[batch.mask] if batch.mask is not None else batch.x
+            if len(chunks) == 1:  # the whole split at once: as it always was, in float32
+                return values.mean(dim=0), values.std(dim=0, unbiased=False)
+            moments.add(values)
+        return moments.result()

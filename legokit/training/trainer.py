@@ -21,6 +21,8 @@ from legokit.cache import TokenCache, blocks_of, encoded_once, pretrained
 from legokit.compose.joins import joined_contract
 from legokit.data.batch import ModalityBatch
 from legokit.data.dropout import check_rate, drop_modalities
+from legokit.data.loader import read_ahead
+from legokit.data.stream import Subsample, budget_chunks
 from legokit.data.training import SplitData
 from legokit.device import resolve_device
 from legokit.encoders.longitudinal import summarised_once
@@ -88,9 +90,32 @@ class TrainConfig:
         keys=FILES,
     )
 
+    # bags of thousands of patches: a training step reads at most this many of each bag's tokens, drawn at random
+    # (seeded, new each epoch), as attention-MIL practice does; validation, test and predict see every token
+    max_tokens: int = option(
+        4096,
+        "at most this many tokens (patches) of each bag per sample in a training step, drawn at random "
+        "(seeded, new each epoch); evaluation and prediction see every token (default {default})",
+        type=int,
+        metavar="N",
+        keys=FILES,
+    )
+    workers: int | None = option(
+        None,
+        "loader processes that read the next batches while the model computes (default: 2 when the model "
+        "reads bags, else 0); results are the same with any number",
+        type=int,
+        metavar="N",
+        keys=FILES,
+    )
+
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "patience"):
+        for name in ("epochs", "batch_size", "patience", "max_tokens"):
             positive_int(name, getattr(self, name))
+        if self.workers is not None and (
+            not isinstance(self.workers, int) or isinstance(self.workers, bool) or not 0 <= self.workers <= 64
+        ):
+            raise ConfigError(f"workers must be a whole number from 0 to 64, got {repr(self.workers)[:40]}")
         for name in ("lr", "weight_decay", "encoder_lr"):
             value = getattr(self, name)
             if name == "encoder_lr" and value is None:
@@ -177,15 +202,17 @@ def predict_logits(
     batch_size: int = 256,
     device: torch.device | None = None,
     inputs: Inputs | None = None,
+    workers: int = 0,
 ) -> torch.Tensor:
-    """Logits for these samples, in order, in eval mode; `inputs` may rewrite each batch (missing-rate protocol)."""
+    """Logits for these samples, in order, in eval mode; `inputs` may rewrite each batch (missing-rate protocol);
+    `workers` loader processes read ahead (`data.loader`)."""
     device = device or next(model.parameters()).device
     model.eval()
     outputs = []
     batches: Mapping[str, ModalityBatch]
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start : start + batch_size]
-        batches, _ = data.batch(chunk)
+    # every token of every bag: batches of at most `batch_size` samples within the folder's token budget
+    chunks = budget_chunks(ids, data.folder.lengths(ids), data.folder.token_budget(), most=batch_size)
+    for chunk, batches, _ in read_ahead(data, chunks, workers=workers, pin=device.type == "cuda"):
         if inputs is not None:
             batches = inputs(batches, chunk)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -296,6 +323,10 @@ class Trainer:
         if config.compile:
             self.call = torch.compile(self.call)
         self.primary = PRIMARY[task.kind]
+        self.epochs_run = 0
+        self.workers = (
+            config.workers if config.workers is not None else (2 if data.folder.reads_bags(self.modalities) else 0)
+        )
         self.encoding: dict[str, dict[str, float]] = {}  # per cached modality: samples found, encoded, seconds
         if self.place.main:
             self.warn_undefined()
@@ -309,10 +340,15 @@ class Trainer:
             if note:
                 log.warning("%s", note)
 
-    def step(self, ids: Sequence[str]) -> torch.Tensor:
-        """One optimiser step on these samples (after `inputs`, then modality dropout); returns the loss, detached."""
+    def step(
+        self,
+        ids: Sequence[str],
+        loaded: tuple[Mapping[str, ModalityBatch], Mapping[str, torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        """One optimiser step on these samples, read here unless `loaded` (after `inputs`, then modality dropout);
+        returns the loss, detached."""
         batches: Mapping[str, ModalityBatch]
-        batches, targets = self.data.batch(ids, self.edges)
+        batches, targets = loaded if loaded is not None else self.data.batch(ids, self.edges, self.subsample())
         if self.inputs is not None:
             batches = self.inputs(batches, ids)
         if self.config.modality_dropout:  # training batches only: validation and test see every modality
@@ -334,20 +370,31 @@ class Trainer:
             block.encoder.eval()
         order = list(self.train_ids)
         self.shuffler.shuffle(order)
+        chunks = [
+            self.place.shard(order[s : s + self.config.batch_size])
+            for s in range(0, len(order), self.config.batch_size)
+        ]
+        if not all(chunks):
+            raise ConfigError(f"a global batch holds fewer samples than the {self.place.size} processes")
+        self.epochs_run += 1
         total, count = torch.zeros((), device=self.device), 0
-        for start in range(0, len(order), self.config.batch_size):
-            ids = self.place.shard(order[start : start + self.config.batch_size])
-            if not ids:
-                raise ConfigError(f"a global batch holds fewer samples than the {self.place.size} processes")
-            total += self.step(ids) * len(ids)
+        pin = self.device.type == "cuda"
+        for ids, batches, targets in read_ahead(self.data, chunks, self.edges, self.subsample(), self.workers, pin):
+            total += self.step(ids, (batches, targets)) * len(ids)
             count += len(ids)
         return float(total) / count
+
+    def subsample(self) -> Subsample:
+        """This epoch's draw of at most `max_tokens` tokens per bag (a new seed each epoch, the same in any run)."""
+        return Subsample(self.config.max_tokens, self.config.seed * 1_000_003 + self.epochs_run)
 
     def validate(self, train_loss: float) -> tuple[dict[str, float], float]:
         """Metrics and loss on the validation split (without one: NaN metric, the training loss)."""
         if not self.val_ids:
             return {self.primary: float("nan")}, train_loss
-        logits = predict_logits(self.model, self.data, self.val_ids, device=self.device, inputs=self.inputs)
+        logits = predict_logits(
+            self.model, self.data, self.val_ids, device=self.device, inputs=self.inputs, workers=self.workers
+        )
         _, targets = self.data.batch(self.val_ids, self.edges)
         return task_metrics(self.task, logits, targets), float(task_loss(self.task, logits, targets))
 

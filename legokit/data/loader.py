@@ -1,0 +1,78 @@
+"""Batches read ahead of the model: a torch DataLoader whose items are whole batches of a split (one item, one list
+of ids), so that worker processes read and pad the next batches while the model computes; pinned memory for CUDA.
+The batches, and their order, are the same with or without workers: each is a pure function of its ids (and of the
+seeded `Subsample`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from legokit.data.batch import ModalityBatch
+from legokit.data.stream import Subsample
+from legokit.data.training import SplitData
+
+Loaded = tuple[list[str], dict[str, ModalityBatch], dict[str, torch.Tensor]]
+
+
+class SplitBatches(Dataset[Loaded]):
+    """Item i: the ids of batch i, their inputs and their targets (`SplitData.batch`)."""
+
+    def __init__(
+        self,
+        data: SplitData,
+        chunks: Sequence[list[str]],
+        edges: torch.Tensor | None = None,
+        subsample: Subsample | None = None,
+    ):
+        self.data, self.chunks, self.edges, self.subsample = data, list(chunks), edges, subsample
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, index: int) -> Loaded:
+        ids = self.chunks[index]
+        batches, targets = self.data.batch(ids, self.edges, self.subsample)
+        return ids, batches, targets
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def _one_thread(worker: int) -> None:
+    torch.set_num_threads(1)  # a reader pads and copies: the compute threads stay the model's
+
+
+def read_ahead(
+    data: SplitData,
+    chunks: Sequence[list[str]],
+    edges: torch.Tensor | None = None,
+    subsample: Subsample | None = None,
+    workers: int = 0,
+    pin: bool = False,
+) -> Iterator[Loaded]:
+    """The batches of `chunks`, in order: read here one at a time (`workers` 0), or by worker processes that keep
+    two batches each ready ahead of the model; `pin`: in page-locked memory, for non-blocking copies to CUDA."""
+    dataset = SplitBatches(data, chunks, edges, subsample)
+    if workers == 0 or not dataset:
+        yield from (dataset[i] for i in range(len(dataset)))
+        return
+    loader = DataLoader(
+        dataset,
+        batch_size=None,
+        shuffle=False,
+        num_workers=min(workers, len(dataset)),
+        collate_fn=_as_is,
+        pin_memory=pin,
+        prefetch_factor=2,
+        worker_init_fn=_one_thread,
+        generator=torch.Generator().manual_seed(0),  # its workers' seeds, drawn apart from the global stream
+    )
+    for ids, batches, targets in loader:
+        if data.whole(ids, subsample):  # what the model gets is the data as read: per-sample lookups may use it
+            data.remember(ids, batches)
+        yield ids, batches, targets
