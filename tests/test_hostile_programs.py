@@ -609,10 +609,10 @@ def test_training_memory_is_measured_with_gradients(tmp_path):
     program = sanitize_program(_export(Trainable()))
     module = program_module(program)
     with torch.no_grad():
-        module(torch.randn(2, 3))
+        module(torch.randn(1, 3))
     module.requires_grad_(True)
     with pytest.raises(legokit.EncoderError, match="holds"):
-        module(torch.randn(2, 3))
+        module(torch.randn(1, 3))
 
 
 def test_a_batch_over_the_caps_runs_in_chunks_with_the_same_result(world, monkeypatch):
