@@ -92,14 +92,19 @@ class SplitData:
         targets = self.labels.select(self.labels.labelled(self.splits, "train") if ids is None else ids)
         return survival_bins(targets["time"], targets["event"], self.labels.task.n)
 
+    def targets(self, ids: Sequence[str], edges: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """These samples' targets (with each survival time's bin when `edges` are given); no input is read."""
+        targets = self.labels.select(ids)
+        if edges is not None:
+            targets["bin"] = to_bins(targets["time"], edges)
+        return targets
+
     def batch(
         self, ids: Sequence[str], edges: torch.Tensor | None = None, subsample: Subsample | None = None
     ) -> tuple[dict[str, ModalityBatch], dict[str, torch.Tensor]]:
         """Inputs and targets of these samples (with each survival time's bin when `edges` are given; at most
         `subsample.most` tokens of each bag when given)."""
-        targets = self.labels.select(ids)
-        if edges is not None:
-            targets["bin"] = to_bins(targets["time"], edges)
+        targets = self.targets(ids, edges)
         batches = self.folder.batch(ids, subsample=subsample)
         if self.whole(ids, subsample):
             self.remember(ids, batches)

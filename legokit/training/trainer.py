@@ -233,7 +233,7 @@ def evaluate(
     from (a figure of the split)."""
     if not ids:
         return {}
-    _, targets = data.batch(ids)
+    targets = data.targets(ids)
     logits = predict_logits(model, data, ids, device=device, inputs=inputs)
     if draw is not None:
         draw(logits, targets)
@@ -395,7 +395,7 @@ class Trainer:
         logits = predict_logits(
             self.model, self.data, self.val_ids, device=self.device, inputs=self.inputs, workers=self.workers
         )
-        _, targets = self.data.batch(self.val_ids, self.edges)
+        targets = self.data.targets(self.val_ids, self.edges)
         return task_metrics(self.task, logits, targets), float(task_loss(self.task, logits, targets))
 
     def fit(self, callbacks: Sequence[Callback] = (), eval_inputs: Inputs | None = None) -> TrainResult:
