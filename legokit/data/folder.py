@@ -361,11 +361,13 @@ def load_bag(path: Path, shape: Sequence[int | None] = (None, None)) -> torch.Te
         except OSError as exc:
             raise DataError(f"{path}: cannot read it ({exc.strerror or brief(exc)})") from exc
         x = data.view(layout.dtype).reshape(layout.shape)
-    if x.is_floating_point() and not torch.isfinite(x if x.element_size() > 1 else x.float()).all():
+    wide = x.dtype == torch.float64  # only a float64 can be finite and still out of float32's range
+    if wide and not torch.isfinite(x).all():
         raise DataError(f"{path}: {name!r} holds NaN or infinite values")
-    x = x.float()
+    x = x.float()  # one pass: a narrower float's NaN or infinity stays one in float32, an integer is always finite
     if not torch.isfinite(x).all():
-        raise DataError(f"{path}: {name!r} holds values out of the float32 range (|x| > 3.4e38)")
+        problem = "values out of the float32 range (|x| > 3.4e38)" if wide else "NaN or infinite values"
+        raise DataError(f"{path}: {name!r} holds {problem}")
     return x
 
 
@@ -571,10 +573,11 @@ class DatasetFolder:
         return bool(self._token_bags(modalities))
 
     def token_budget(self, modalities: Sequence[str] | None = None) -> int:
-        """Padded tokens one batch may hold: half of MAX_BATCH_BYTES for the widest bag modality's float32 tokens
-        (2^17 tokens of 1024 features), so that a batch planned by `stream.budget_chunks` is never refused."""
+        """Padded tokens one batch may hold: an eighth of MAX_BATCH_BYTES for the widest bag modality's float32
+        tokens (2^15 tokens of 1024 features: a batch's copies on their way through the block stay well within the
+        cap); a longer bag is a batch of its own."""
         widths = [math.prod(d or 1 for d in shape[1:]) for _, shape in self._token_bags(modalities)]
-        return max(1, MAX_BATCH_BYTES // 2 // (4 * max(widths, default=1)))
+        return max(1, MAX_BATCH_BYTES // 8 // (4 * max(widths, default=1)))
 
     def batch(
         self, ids: Sequence[str], modalities: Sequence[str] | None = None, subsample: Subsample | None = None
