@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 
 
 class LegoError(Exception):
@@ -57,4 +58,19 @@ def positive_int(name: str, value: object) -> int:
     """`value` when it is an integer of at least 1 (not a bool); otherwise a ConfigError naming the setting."""
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def env_count(name: str, default: int, environ: Mapping[str, str] | None = None, unit: str = "") -> int:
+    """A positive whole number from environment variable `name` (`1e9` reads as 10^9), else `default`; anything
+    else is a one-line ConfigError (`unit` says what it counts)."""
+    text = (os.environ if environ is None else environ).get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(float(text)) if len(text) <= 24 else -1
+    except (ValueError, OverflowError):
+        value = -1
+    if value < 1:
+        raise ConfigError(f"{name} must be a positive number{unit}, got {text[:24]!r}")
     return value

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from legokit.errors import ConfigError
+from legokit.errors import env_count
 from legokit.progress import log
 
 DISK_ENV = "LEGOKIT_CACHE_MAX"
@@ -31,17 +31,7 @@ _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_
 
 def disk_budget(environ: Mapping[str, str] | None = None) -> int:
     """`LEGOKIT_CACHE_MAX`, a positive number of bytes (`10e9` reads as 10 GB), else 10 GiB."""
-    environ = os.environ if environ is None else environ
-    text = environ.get(DISK_ENV, "").strip()
-    if not text:
-        return DEFAULT_DISK
-    try:
-        value = int(float(text)) if len(text) <= 24 else -1
-    except (ValueError, OverflowError):
-        value = -1
-    if value < 1:
-        raise ConfigError(f"{DISK_ENV} must be a positive number of bytes (as 10e9), got {text[:24]!r}")
-    return value
+    return env_count(DISK_ENV, DEFAULT_DISK, environ, " of bytes (as 10e9)")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,7 @@
-"""Dataset folders: per modality either `NAME.csv` (an `id` column, then features) or `NAME/` holding `ID.safetensors`
-files with one tensor `x` of the block's per-sample shape ((tokens, features) for bags, (3, 32, 32) for an image),
-checked from the file's header before it is read.
-A text modality is `NAME.csv` with `id` and one text column, or `NAME/ID.txt` files. A sample may lack any
-modality: that is its missing mask."""
+"""Dataset folders: per modality `NAME.csv` (an `id` column, then features), `NAME/` holding `ID.safetensors` files
+of one tensor `x` of the block's per-sample shape ((tokens, features), or (3, 32, 32) for an image; checked from the
+header before it is read) or `ID.h5` bags, or a text modality (`NAME.csv` of id and text, or `NAME/ID.txt` files).
+A sample may lack any modality: that is its missing mask."""
 
 from __future__ import annotations
 

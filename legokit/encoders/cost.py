@@ -15,7 +15,6 @@ values cannot be bounded in advance, and is refused.
 
 from __future__ import annotations
 
-import os
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from legokit.encoders.ops import CPU_SLOWDOWN, OPS, Op, op_key, tensors
-from legokit.errors import ConfigError, EncoderError, brief
+from legokit.errors import EncoderError, brief, env_count
 from legokit.torch_internals import (
     DataDependentOutputException,
     DynamicOutputShapeException,
@@ -80,7 +79,7 @@ class Caps:
         """The caps, each raised or lowered by its environment variable (a number of bytes or FLOPs)."""
         return cls(
             *(
-                _env_number(name, default)
+                env_count(name, default)
                 for name, default in (
                     (MEMORY_ENV, DEFAULT_MEMORY),
                     (TRAFFIC_ENV, DEFAULT_TRAFFIC),
@@ -99,19 +98,6 @@ NAMES = (
     ("reads and writes", "bytes", TRAFFIC_ENV),
     ("computes", "floating-point operations", FLOPS_ENV),
 )
-
-
-def _env_number(name: str, default: int) -> int:
-    text = os.environ.get(name, "").strip()
-    if not text:
-        return default
-    try:
-        value = int(float(text)) if len(text) <= 24 else -1
-    except (ValueError, OverflowError):
-        value = -1
-    if value < 1:
-        raise ConfigError(f"{name} must be a positive number, got {text[:24]!r}")
-    return value
 
 
 def _bytes(value: Any) -> int:
