@@ -16,10 +16,12 @@ import json
 import os
 import pickle
 import resource
+import signal
 import struct
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +106,26 @@ def run_case(family: str, action: Callable[[], object], inputs: list[Path], mark
         with open(report, "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"family": family, **outcome.__dict__}) + "\n")
     return outcome
+
+
+class Hung(BaseException):
+    """Raised by the alarm in a case that blocked: not an Exception, so that nothing in legokit swallows it."""
+
+
+@contextmanager
+def deadline(seconds: float = 5.0) -> Iterator[None]:
+    """Stop a case after `seconds` (an open() blocked on a pipe is interrupted by the signal), not hang the suite."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise Hung(f"blocked for over {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 # ---- archive mutations: records added in every place the loaders read, and the allowlist's other rules ----

@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import struct
 import zlib
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +31,7 @@ from legokit.training.workflows import train_block
 from legokit.wrap import wrap_builtin
 
 from .conftest import run_python
-from .hostile import run_case
+from .hostile import deadline, run_case
 
 CASES = settings(
     max_examples=60,
@@ -44,22 +42,6 @@ CASES = settings(
 IDS = "abcdefgh"  # `a` is the hostile bag: first by name, so it is also the file a modality's shape is read from
 SLOWEST = 5.0
 GOOD = np.arange(12, dtype="f4").reshape(3, 4) / 7
-
-
-@contextmanager
-def deadline(seconds: float = SLOWEST) -> Iterator[None]:
-    """Fail a case that blocks (a link or a virtual dataset naming a pipe) instead of hanging the suite."""
-
-    def stop(signum: int, frame: object) -> None:
-        raise TimeoutError(f"blocked for over {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # ---- hostile files: each writer makes `path` and returns what the refusal must say ---------------------------------

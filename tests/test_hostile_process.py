@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import stat
 import subprocess
@@ -37,7 +36,7 @@ from legokit.training.workflows import evaluate_model
 from legokit.wrap import wrap_builtin
 
 from .conftest import cli_here
-from .hostile import run_case
+from .hostile import deadline, run_case
 
 CASES = settings(
     max_examples=40,
@@ -47,26 +46,6 @@ CASES = settings(
 )
 SMALL = dict(latent=(4, 8), dim_head=8, device="cpu")
 LIMIT = 5.0  # seconds a case may take; one that blocks (a pipe opened for reading) is stopped here
-
-
-class Hung(BaseException):
-    """Raised by the alarm in a case that blocked: not an Exception, so that nothing in legokit swallows it."""
-
-
-@contextmanager
-def deadline(seconds: float = LIMIT) -> Iterator[None]:
-    """Stop the case after `seconds` (an open() blocked on a pipe is interrupted by the signal)."""
-
-    def stop(signum: int, frame: object) -> None:
-        raise Hung(f"blocked for over {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, stop)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 @pytest.fixture(scope="module")
