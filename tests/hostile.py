@@ -128,6 +128,18 @@ def deadline(seconds: float = 5.0) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+def labelled_folder(data: Path, ids: str, modality: str = "seq") -> Path:
+    """A dataset folder's survival labels and fixed splits for `ids` (the first five train, the sixth val, the rest
+    test), and its empty `modality/` folder for the sample files a test writes."""
+    (data / modality).mkdir(parents=True)
+    (data / "labels.csv").write_text(
+        "id,time,event\n" + "".join(f"{i},{10 + 5 * k},{k % 2}\n" for k, i in enumerate(ids))
+    )
+    splits = "".join(f"{i},{'train' if k < 5 else 'val' if k < 6 else 'test'}\n" for k, i in enumerate(ids))
+    (data / "splits.csv").write_text("id,split\n" + splits)
+    return data
+
+
 # ---- archive mutations: records added in every place the loaders read, and the allowlist's other rules ----
 
 PROGRAM_PLACES = (

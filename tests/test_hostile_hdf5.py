@@ -31,7 +31,7 @@ from legokit.training.workflows import train_block
 from legokit.wrap import wrap_builtin
 
 from .conftest import run_python
-from .hostile import deadline, run_case
+from .hostile import deadline, labelled_folder, run_case
 
 CASES = settings(
     max_examples=60,
@@ -255,12 +255,7 @@ def world(tmp_path_factory):
     """A dataset folder of eight HDF5 bags (splits fixed, `a` in training), a block and a spec for its modality."""
     root = tmp_path_factory.mktemp("hostile-hdf5")
     data = root / "data"
-    (data / "seq").mkdir(parents=True)
-    (data / "labels.csv").write_text(
-        "id,time,event\n" + "".join(f"{i},{10 + 5 * k},{k % 2}\n" for k, i in enumerate(IDS))
-    )
-    splits = "".join(f"{i},{'train' if k < 5 else 'val' if k < 6 else 'test'}\n" for k, i in enumerate(IDS))
-    (data / "splits.csv").write_text("id,split\n" + splits)
+    labelled_folder(data, IDS)
     generator = np.random.default_rng(0)
     for k, sample in enumerate(IDS):
         _plain(data / "seq" / f"{sample}.h5", generator.standard_normal((1 + k % 3, 4)).astype("f4")).close()

@@ -30,7 +30,7 @@ from legokit.tasks import TaskSpec
 from legokit.training.workflows import train_block
 from legokit.wrap import wrap_builtin
 
-from .hostile import run_case
+from .hostile import labelled_folder, run_case
 
 CASES = settings(
     max_examples=50,
@@ -47,12 +47,7 @@ def world(tmp_path_factory):
     """A dataset folder of eight samples (splits fixed, `a` in training), a block and a spec for its modality."""
     root = tmp_path_factory.mktemp("hostile-samples")
     data = root / "data"
-    (data / "seq").mkdir(parents=True)
-    (data / "labels.csv").write_text(
-        "id,time,event\n" + "".join(f"{i},{10 + 5 * k},{k % 2}\n" for k, i in enumerate(IDS))
-    )
-    splits = "".join(f"{i},{'train' if k < 5 else 'val' if k < 6 else 'test'}\n" for k, i in enumerate(IDS))
-    (data / "splits.csv").write_text("id,split\n" + splits)
+    labelled_folder(data, IDS)
     generator = torch.Generator().manual_seed(0)
     for k, sample in enumerate(IDS[1:]):
         save_file({"x": torch.randn(1 + k % 3, 4, generator=generator)}, data / "seq" / f"{sample}.safetensors")
