@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from legokit.data import folder as folder_module
+from legokit.data import samples as samples_module
 from legokit.data.folder import DataError, DatasetFolder, read_table
 from legokit.data.labels import read_labels
 from legokit.predict import predict_folder
@@ -165,10 +165,10 @@ def _write_sample(path: Path, content: bytes, size: int) -> None:
 @given(kind=st.sampled_from(sorted(SAMPLE_HEADERS)), data=st.data())
 def test_hostile_sample_headers_are_refused_before_their_tensors_are_read(world, monkeypatch, kind, data):
     content, size = data.draw(SAMPLE_HEADERS[kind], label=kind)
-    monkeypatch.setattr(folder_module, "MAX_SAMPLE_BYTES", 1 << 20)  # sparse files of a few MB reach the cap
+    monkeypatch.setattr(samples_module, "MAX_SAMPLE_BYTES", 1 << 20)  # sparse files of a few MB reach the cap
     reads: list[Path] = []
-    real = folder_module._read_range
-    monkeypatch.setattr(folder_module, "_read_range", lambda path, *rest: reads.append(path) or real(path, *rest))
+    real = samples_module._read_range
+    monkeypatch.setattr(samples_module, "_read_range", lambda path, *rest: reads.append(path) or real(path, *rest))
     folder = world["root"] / "case"
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(world["data"], folder)
@@ -182,7 +182,7 @@ def test_hostile_sample_headers_are_refused_before_their_tensors_are_read(world,
     for name, action in actions.items():
         _clean(run_case("sample-header", action, [folder], world["marker"]), f"{kind} {name}: {content[:80]!r}")
     dtype = json.loads(content[8:])["x"]["dtype"] if kind == "wrong-dtype" else None
-    if not (isinstance(dtype, str) and dtype in folder_module.SAMPLE_DTYPES):  # all but a real dtype: refused
+    if not (isinstance(dtype, str) and dtype in samples_module.SAMPLE_DTYPES):  # all but a real dtype: refused
         assert hostile not in reads, f"{kind}: {content[:80]!r} was read before it was refused"
 
 

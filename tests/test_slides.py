@@ -18,6 +18,7 @@ from legokit.data.training import SplitData
 from legokit.predict import predict_folder
 from legokit.spec import BlockSpec
 from legokit.tasks import TaskSpec
+from legokit.training.baselines import summary_cox_risks
 from legokit.training.trainer import TrainConfig, predict_logits
 from legokit.training.workflows import train_block
 
@@ -167,3 +168,22 @@ def test_a_bag_of_100000_tokens_predicts_in_bounded_memory(slides, tmp_path):
     samples, grew_mb = (int(v) for v in done.stdout.split()[-2:])
     # the inputs: 100,000 x 12 float32 tokens, 4.8 MB; the encoder's and block's activations a few times that
     assert samples == 2 and grew_mb < 400, f"predicting a 100,000-token bag grew the process by {grew_mb} MB"
+
+
+def test_the_summary_baseline_reads_a_split_in_chunks_and_scores_as_at_once(slides, monkeypatch):
+    data = SplitData.load(slides, {"wsi": modality_shape(slides, "wsi")}, TASK)
+    train, test = data.ids("train"), data.ids("test")
+    at_once = summary_cox_risks(data, ["wsi"], train, test, time_feature=None)
+    seen: list[int] = []
+    real = DatasetFolder.batch
+
+    def spy(self, ids, modalities=None, subsample=None, narrow=False):
+        seen.append(len(ids))
+        return real(self, ids, modalities, subsample, narrow)
+
+    monkeypatch.setattr(DatasetFolder, "token_budget", lambda self, modalities=None: 6000)
+    monkeypatch.setattr(DatasetFolder, "batch", spy)
+    chunked = summary_cox_risks(data, ["wsi"], train, test, time_feature=None)
+    assert len(seen) > 4 and max(seen) < len(test)
+    assert chunked.keys() == at_once.keys()
+    assert all(abs(chunked[i] - at_once[i]) < 1e-6 for i in test)

@@ -18,8 +18,8 @@ from safetensors.torch import save_file
 
 from legokit import ConfigError
 from legokit.contract import number_value, parse_edges
-from legokit.data import folder as folder_module
 from legokit.data import nafld
+from legokit.data import samples as samples_module
 from legokit.data.folder import DataError, DatasetFolder, load_bag, modality_shape, read_table
 from legokit.data.labels import read_labels
 from legokit.errors import WriteError
@@ -123,8 +123,8 @@ def test_a_tensor_beside_x_is_refused_naming_the_file(tmp_path):
 
 def test_a_header_that_lies_about_offsets_or_sizes_is_refused_before_the_data_are_read(tmp_path, monkeypatch):
     reads: list[Path] = []
-    real = folder_module._read_range
-    monkeypatch.setattr(folder_module, "_read_range", lambda path, *a: reads.append(path) or real(path, *a))
+    real = samples_module._read_range
+    monkeypatch.setattr(samples_module, "_read_range", lambda path, *a: reads.append(path) or real(path, *a))
     entry = {"dtype": "F32", "shape": [2, 4]}
     cases = {
         "past the end": ({"x": {**entry, "data_offsets": [0, 32]}}, 16, "the file holds 16"),
@@ -171,7 +171,7 @@ def test_the_shape_of_a_modality_comes_from_its_first_header_alone(tmp_path, mon
         {"x": {"dtype": "F32", "shape": [1000, 7], "data_offsets": [0, 28000]}},
         28000,
     )
-    monkeypatch.setattr(folder_module, "_read_range", lambda *a: pytest.fail("modality_shape read tensor data"))
+    monkeypatch.setattr(samples_module, "_read_range", lambda *a: pytest.fail("modality_shape read tensor data"))
     assert modality_shape(tmp_path, "seq") == (None, 7)
 
 

@@ -48,6 +48,12 @@ class ModalityBatch:
         pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
         return ModalityBatch(self.x.pin_memory(), pin(self.mask), pin(self.present), pin(self.observed))
 
+    def widened(self) -> ModalityBatch:
+        """This batch with half-precision inputs as float32 (what a model computes in; a loader carries them half)."""
+        if self.x.dtype not in (torch.float16, torch.bfloat16):
+            return self
+        return ModalityBatch(self.x.float(), self.mask, self.present, self.observed)
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> ModalityBatch:
         move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
         return ModalityBatch(

@@ -9,24 +9,21 @@ import csv
 import io
 import math
 import os
-import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import torch
 
 from legokit.contract import NUMBER_RULE, name_problem, number_value
 from legokit.data.batch import ModalityBatch
-from legokit.data.hdf5 import features_layout, read_features, require_h5py
-from legokit.data.sizes import MAX_BATCH_BYTES, MAX_SAMPLE_BYTES, DataError
-from legokit.data.sizes import gib as _gib
-from legokit.data.sizes import shown as _shown
+from legokit.data.hdf5 import features_layout, require_h5py
+from legokit.data.samples import NARROW, load_bag, sample_layout
+from legokit.data.sizes import MAX_BATCH_BYTES, DataError
 from legokit.data.stream import Subsample
 from legokit.errors import brief, quoted, quoted_list
 from legokit.io.inputs import open_input, read_input, refuse_special_input
-from legokit.io.jsoncap import capped_json
 from legokit.progress import log
 from legokit.text.spec import TextEncoder, TextSpec, padded
 
@@ -237,139 +234,6 @@ def read_bags(name: str, path: Path) -> Bags:
     return Bags(name, path, files)
 
 
-# what a sample's `x` may hold (safetensors dtype names): real numbers, read as float32
-SAMPLE_DTYPES: Mapping[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E4M3FNUZ": torch.float8_e4m3fnuz,
-    "F8_E5M2": torch.float8_e5m2,
-    "F8_E5M2FNUZ": torch.float8_e5m2fnuz,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-}
-MAX_SAMPLE_HEADER = 1 << 20  # a sample file's JSON header: `x` and its metadata take a few hundred bytes
-
-
-@dataclass(frozen=True)
-class SampleLayout:
-    """Where a sample file's `x` lies, from its header alone: dtype, shape and absolute byte range."""
-
-    dtype: torch.dtype
-    shape: tuple[int, ...]
-    start: int
-    nbytes: int
-
-
-def _sample_header(path: Path, fd: int) -> tuple[dict[str, Any], int, int]:
-    """A sample file's safetensors header (length capped, JSON through the capped reader) without its metadata,
-    where its data begin, and the file's size (`os.fstat`: what it really holds, however sparse)."""
-    size = os.fstat(fd).st_size
-    start = os.pread(fd, 8, 0)
-    if size < 8 or len(start) != 8:
-        raise DataError(f"{path}: not a safetensors file (only {size} bytes)")
-    (length,) = struct.unpack("<Q", start)
-    if length > MAX_SAMPLE_HEADER:
-        raise DataError(f"{path}: not a sample file (a header of {length:,} bytes; cap {MAX_SAMPLE_HEADER:,})")
-    text = os.pread(fd, length, 8) if 8 + length <= size else b""
-    if len(text) != length:
-        raise DataError(f"{path}: truncated (a header of {length:,} bytes in a file of {size:,})")
-    header = capped_json(text, lambda reason: DataError(f"{path}: not a readable safetensors file (header {reason})"))
-    if not isinstance(header, dict):
-        raise DataError(f"{path}: not a readable safetensors file (its header is no JSON object)")
-    metadata = header.pop("__metadata__", {})
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise DataError(f"{path}: not a readable safetensors file (metadata must map strings to strings)")
-    return header, 8 + length, size
-
-
-def _natural(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def sample_layout(path: Path, fd: int, shape: Sequence[int | None]) -> SampleLayout:
-    """Where `x` lies, checked from the header alone: the only tensor, a real dtype, the per-sample `shape` (None: any
-    length), within MAX_SAMPLE_BYTES, its range exactly the file's data (`os.fstat`); else a one-line DataError."""
-    header, base, size = _sample_header(path, fd)
-    entry = header.pop("x", None)
-    if entry is None:
-        raise DataError(
-            f"{path}: no tensor named 'x'" + (f" (it holds {quoted_list(list(header), 3)})" if header else "")
-        )
-    if header:
-        raise DataError(f"{path}: holds {quoted_list(list(header), 3)} beside 'x'; a sample file holds 'x' only")
-    dims = entry.get("shape") if isinstance(entry, dict) else None
-    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-    if not isinstance(dims, list) or not isinstance(offsets, list) or len(offsets) != 2:
-        raise DataError(f"{path}: not a readable safetensors file ('x' needs a dtype, a shape and data_offsets)")
-    if not all(_natural(d) for d in (*dims, *offsets)):
-        raise DataError(f"{path}: not a readable safetensors file ('x' has a shape or offset that is no count)")
-    shown = ", ".join("tokens" if d is None else str(d) for d in shape)
-    if len(dims) != len(shape) or 0 in dims or any(d is not None and d != n for d, n in zip(shape, dims)):
-        raise DataError(f"{path}: 'x' must have shape ({shown}) with at least one token, got {_shown(dims)}")
-    dtype = SAMPLE_DTYPES.get(entry["dtype"]) if isinstance(entry.get("dtype"), str) else None
-    if dtype is None:
-        raise DataError(f"{path}: 'x' has dtype {quoted(str(entry.get('dtype')), 20)}; expected real numbers")
-    count = math.prod(dims)
-    nbytes, data = count * dtype.itemsize, size - base
-    if count * max(dtype.itemsize, 4) > MAX_SAMPLE_BYTES:  # as stored, and as the float32 it is read as
-        raise DataError(
-            f"{path}: 'x' of shape {_shown(dims)} takes {_gib(count * max(dtype.itemsize, 4))} as stored or read "
-            f"(cap {_gib(MAX_SAMPLE_BYTES)}); split the sample"
-        )
-    begin, end = offsets
-    if begin != 0 or end != nbytes or data != nbytes:
-        raise DataError(
-            f"{path}: the header places 'x' at data bytes {str(begin)[:24]}..{str(end)[:24]}, but its shape and "
-            f"dtype take {nbytes:,} bytes and the file holds {data:,}"
-        )
-    return SampleLayout(dtype, tuple(dims), base, nbytes)
-
-
-def _read_range(path: Path, fd: int, start: int, nbytes: int) -> torch.Tensor:
-    """Exactly `nbytes` bytes from `start`, read into a tensor allocated at that size (no whole-file read, no map)."""
-    data = torch.empty(nbytes, dtype=torch.uint8)
-    view = data.numpy().data
-    done = 0
-    os.lseek(fd, start, os.SEEK_SET)
-    while done < nbytes:
-        got = os.readv(fd, [view[done:]])
-        if not got:
-            raise DataError(f"{path}: truncated while read ({start + done:,} of {start + nbytes:,} bytes)")
-        done += got
-    return data
-
-
-def load_bag(path: Path, shape: Sequence[int | None] = (None, None)) -> torch.Tensor:
-    """The tensor `x` of one sample's file as float32, checked from the header first (`sample_layout`), then read
-    alone through the same descriptor, and checked for NaN and the float32 range. An `ID.h5` bag's `features` is
-    checked and read the same way (`legokit.data.hdf5.read_features`)."""
-    name = "features" if path.suffix == ".h5" else "x"
-    if name == "features":
-        x = read_features(path, shape)
-    else:
-        try:
-            with open_input(path, DataError) as handle:
-                layout = sample_layout(path, handle.fileno(), shape)
-                data = _read_range(path, handle.fileno(), layout.start, layout.nbytes)
-        except OSError as exc:
-            raise DataError(f"{path}: cannot read it ({exc.strerror or brief(exc)})") from exc
-        x = data.view(layout.dtype).reshape(layout.shape)
-    wide = x.dtype == torch.float64  # only a float64 can be finite and still out of float32's range
-    if wide and not torch.isfinite(x).all():
-        raise DataError(f"{path}: {name!r} holds NaN or infinite values")
-    x = x.float()  # one pass: a narrower float's NaN or infinity stays one in float32, an integer is always finite
-    if not torch.isfinite(x).all():
-        problem = "values out of the float32 range (|x| > 3.4e38)" if wide else "NaN or infinite values"
-        raise DataError(f"{path}: {name!r} holds {problem}")
-    return x
-
-
 def modality_shape(root: str | os.PathLike[str], name: str) -> tuple[int | None, ...]:
     """The per-sample input shape of a modality as stored in a dataset folder: (features,) for NAME.csv,
     (None, features) for NAME/ (read off its first file)."""
@@ -410,6 +274,7 @@ class DatasetFolder:
         self._bags: dict[Path, torch.Tensor] = {}  # read once and kept, up to KEEP_BYTES in all
         self._kept = 0
         self._tokens: dict[Path, int] = {}
+        self._dtypes: dict[Path, torch.dtype] = {}  # each bag's stored dtype, from its header
         self._tokenizers: dict[str, TextEncoder] = {}
         self._ids: dict[str, dict[str, list[int]]] = {}
         self._holding: dict[str, frozenset[str]] = {}
@@ -441,7 +306,9 @@ class DatasetFolder:
             raise DataError(f"{table.path}: {len(table.columns)} feature columns, but the model takes {width}")
         return table
 
-    def _bag_batch(self, bags: Bags, ids: Sequence[str], subsample: Subsample | None = None) -> ModalityBatch:
+    def _bag_batch(
+        self, bags: Bags, ids: Sequence[str], subsample: Subsample | None = None, narrow: bool = False
+    ) -> ModalityBatch:
         shape = self.shapes[bags.name]
         assert isinstance(shape, tuple)  # bags hold tensors; text modalities are read as `Texts`
         if shape[0] is not None:  # fixed-shape samples (an image): stacked, a missing one is zeros
@@ -451,8 +318,8 @@ class DatasetFolder:
             return ModalityBatch(xs, None, torch.tensor([x is not None for x in loaded]))
         # the padded size is known from the files' headers: a batch over the cap is refused before any is read
         lengths = {i: self.tokens(bags.files[i], shape) for i in ids if i in bags.files}
-        if subsample is not None:
-            lengths = {i: min(n, subsample.most) for i, n in lengths.items()}
+        drawn = {i: subsample.rows(i, n) if subsample is not None else None for i, n in lengths.items()}
+        lengths = {i: n if drawn[i] is None else len(cast(torch.Tensor, drawn[i])) for i, n in lengths.items()}
         longest = max(lengths.values(), default=1)
         token = cast("tuple[int, ...]", shape[1:])  # a bag of tokens: only their number may be open here
         padded = len(ids) * longest * math.prod(token) * 4
@@ -463,26 +330,28 @@ class DatasetFolder:
                 f"{padded / 2**30:.1f} GiB (cap {MAX_BATCH_BYTES / 2**30:.0f} GiB): lower --batch-size, or "
                 "split the sample"
             )
-        xs = torch.zeros(len(ids), longest, *token)
+        stored = {self._dtypes[bags.files[i]] for i in lengths}
+        dtype = stored.pop() if narrow and len(stored) == 1 and stored <= set(NARROW) else torch.float32
+        xs = torch.zeros(len(ids), longest, *token, dtype=dtype)
         mask = torch.zeros(len(ids), longest, dtype=torch.bool)
         for row, sample in enumerate(ids):
             if sample in lengths:
-                x = self._bag(bags.files[sample], shape)
-                rows = subsample.rows(sample, x.shape[0]) if subsample is not None else None
-                x = x if rows is None else x[rows]
+                x = self._bag(bags.files[sample], shape, drawn[sample], narrow=dtype != torch.float32)
                 xs[row, : x.shape[0]] = x
                 mask[row, : x.shape[0]] = True
         return ModalityBatch(xs, mask, mask.any(dim=1))
 
     def tokens(self, path: Path, shape: Sequence[int | None]) -> int:
-        """A bag's number of tokens, from its header or metadata alone (remembered: an int per file)."""
+        """A bag's number of tokens, from its header or metadata alone (remembered with its dtype, per file)."""
         if path not in self._tokens:
             if path.suffix == ".h5":
-                self._tokens[path] = features_layout(path, shape).shape[0]
+                layout = features_layout(path, shape)
+                self._tokens[path], self._dtypes[path] = layout.shape[0], layout.torch_dtype
             else:
                 try:
                     with open_input(path, DataError) as handle:
-                        self._tokens[path] = sample_layout(path, handle.fileno(), shape).shape[0]
+                        found = sample_layout(path, handle.fileno(), shape)
+                        self._tokens[path], self._dtypes[path] = found.shape[0], found.dtype
                 except OSError as exc:
                     raise DataError(f"{path}: cannot read it ({exc.strerror or brief(exc)})") from exc
         return self._tokens[path]
@@ -496,17 +365,23 @@ class DatasetFolder:
             known.update(zip(new, self._tokenizers[texts.name].token_ids([texts.texts[i] for i in new])))
         return [known.get(i) for i in ids]
 
-    def _bag(self, path: Path, shape: Sequence[int | None]) -> torch.Tensor:
-        if path in self._bags:
-            return self._bags[path]
-        x = load_bag(path, shape)
-        if len(shape) == 2 and shape[1] is not None and x.shape[1] != shape[1]:
-            raise DataError(f"{path}: 'x' has {x.shape[1]} features, the model takes {shape[1]}")
-        size = x.numel() * x.element_size()
-        if self._kept + size <= KEEP_BYTES:  # small folders stay in memory; larger ones are read again each time
-            self._bags[path] = x
-            self._kept += size
-        return x
+    def _bag(
+        self, path: Path, shape: Sequence[int | None], rows: torch.Tensor | None = None, narrow: bool = False
+    ) -> torch.Tensor:
+        """A bag (or its sorted `rows`: only those are read, unless the bag is kept), float32 or, when `narrow`, as
+        stored if half precision; whole bags are kept in memory (as stored) while KEEP_BYTES allows."""
+        x = self._bags.get(path)
+        if x is None:
+            x = load_bag(path, shape, rows, narrow=True)
+            if len(shape) == 2 and shape[1] is not None and x.shape[1] != shape[1]:
+                raise DataError(f"{path}: 'x' has {x.shape[1]} features, the model takes {shape[1]}")
+            size = x.numel() * x.element_size()
+            if rows is None and self._kept + size <= KEEP_BYTES:  # small folders stay in memory; larger ones are
+                self._bags[path] = x  # read again each time
+                self._kept += size
+        elif rows is not None:
+            x = x[rows]
+        return x if narrow or x.dtype == torch.float32 else x.float()
 
     def files(self) -> list[Path]:
         """Every file this folder reads (tables, sample files, texts): what no output may replace."""
@@ -579,10 +454,15 @@ class DatasetFolder:
         return max(1, MAX_BATCH_BYTES // 8 // (4 * max(widths, default=1)))
 
     def batch(
-        self, ids: Sequence[str], modalities: Sequence[str] | None = None, subsample: Subsample | None = None
+        self,
+        ids: Sequence[str],
+        modalities: Sequence[str] | None = None,
+        subsample: Subsample | None = None,
+        narrow: bool = False,
     ) -> dict[str, ModalityBatch]:
         """Inputs for these samples (of every modality, or of `modalities`); a modality a sample lacks is zeros with
-        `present` False; `subsample` keeps at most so many tokens of each bag (training steps)."""
+        `present` False; `subsample` keeps at most so many tokens of each bag (training steps: only those rows are
+        read); `narrow` keeps bags stored in half precision half (a loader's batches; `ModalityBatch.widened`)."""
         batches: dict[str, ModalityBatch] = {}
         for name, modality in self.modalities.items():
             if modalities is not None and name not in modalities:
@@ -596,5 +476,5 @@ class DatasetFolder:
                 tokens, mask = padded(self._token_ids(modality, ids))
                 batches[name] = ModalityBatch(tokens, mask, mask.any(dim=1))
             else:
-                batches[name] = self._bag_batch(modality, ids, subsample)
+                batches[name] = self._bag_batch(modality, ids, subsample, narrow)
         return batches

@@ -25,6 +25,7 @@ import torch
 
 from legokit.data.sizes import MAX_SAMPLE_BYTES, DataError, gib
 from legokit.data.sizes import shown as shown_dims
+from legokit.data.stream import row_spans
 from legokit.errors import brief, quoted, quoted_list
 from legokit.io.inputs import open_input
 
@@ -54,6 +55,10 @@ class FeaturesLayout:
 
     dtype: np.dtype[Any]
     shape: tuple[int, ...]
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.from_numpy(np.empty(0, self.dtype)).dtype
 
 
 def h5py_module(path: Path) -> Any:
@@ -196,16 +201,28 @@ def features_layout(path: Path, shape: Sequence[int | None] = (None, None)) -> F
         return layout
 
 
-def _read(path: Path, dataset: Any, layout: FeaturesLayout) -> np.ndarray[Any, Any]:
-    """`features` of `path` into an array of exactly its checked shape and dtype (HDF5 converts its byte order): the
-    one read of a bag's data."""
-    out = np.empty(layout.shape, layout.dtype)
-    dataset.read_direct(out)
+def _read(path: Path, dataset: Any, layout: FeaturesLayout, rows: torch.Tensor | None) -> np.ndarray[Any, Any]:
+    """`features` of `path` (or only its sorted `rows`, span by span: `row_spans`) into an array of exactly that
+    shape and the checked dtype (HDF5 converts its byte order): the one read of a bag's data."""
+    if rows is None:
+        out = np.empty(layout.shape, layout.dtype)
+        dataset.read_direct(out)
+        return out
+    out = np.empty((len(rows), *layout.shape[1:]), layout.dtype)
+    row_bytes = math.prod(layout.shape[1:]) * layout.dtype.itemsize
+    for first, end, begin, stop in row_spans(rows, row_bytes):
+        span = np.empty((end - first, *layout.shape[1:]), layout.dtype)
+        dataset.read_direct(span, np.s_[first:end])
+        out[begin:stop] = span[(rows[begin:stop] - first).numpy()]
     return out
 
 
-def read_features(path: Path, shape: Sequence[int | None] = (None, None)) -> torch.Tensor:
-    """`features` of one bag, checked first (`_features`), then read alone (`_read`); returned in its dtype (one of
-    the safetensors sample dtypes), as `load_bag` takes it."""
+def read_features(
+    path: Path, shape: Sequence[int | None] = (None, None), rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """`features` of one bag (or only its sorted `rows`), checked first (`_features`), then read alone (`_read`);
+    returned in its dtype (one of the safetensors sample dtypes), as `load_bag` takes it."""
     with _features(path, shape) as (dataset, layout):
-        return torch.from_numpy(_read(path, dataset, layout))
+        if rows is not None and len(rows) and not 0 <= int(rows[0]) <= int(rows[-1]) < layout.shape[0]:
+            raise DataError(f"{path}: rows {int(rows[0])}..{int(rows[-1])} asked of {layout.shape[0]:,} tokens")
+        return torch.from_numpy(_read(path, dataset, layout, rows))

@@ -1,5 +1,7 @@
 """Batches read ahead of the model: a torch DataLoader whose items are whole batches of a split (one item, one list
 of ids), so that worker processes read and pad the next batches while the model computes; pinned memory for CUDA.
+Half-precision bags stay half on their way from the workers (half the bytes to copy), and are widened to float32
+here on CPU, or on the GPU after their copy (`ModalityBatch.widened`).
 The batches, and their order, are the same with or without workers: each is a pure function of its ids (and of the
 seeded `Subsample`)."""
 
@@ -35,7 +37,7 @@ class SplitBatches(Dataset[Loaded]):
 
     def __getitem__(self, index: int) -> Loaded:
         ids = self.chunks[index]
-        batches, targets = self.data.batch(ids, self.edges, self.subsample)
+        batches, targets = self.data.batch(ids, self.edges, self.subsample, narrow=True)
         return ids, batches, targets
 
 
@@ -56,10 +58,12 @@ def read_ahead(
     pin: bool = False,
 ) -> Iterator[Loaded]:
     """The batches of `chunks`, in order: read here one at a time (`workers` 0), or by worker processes that keep
-    two batches each ready ahead of the model; `pin`: in page-locked memory, for non-blocking copies to CUDA."""
+    two batches each ready ahead of the model; `pin`: in page-locked memory, for non-blocking copies to CUDA (half
+    precision kept; else float32)."""
     dataset = SplitBatches(data, chunks, edges, subsample)
     if workers == 0 or not dataset:
-        yield from (dataset[i] for i in range(len(dataset)))
+        for ids, batches, targets in (dataset[i] for i in range(len(dataset))):
+            yield ids, _widened(data, ids, batches, subsample, pin), targets
         return
     loader = DataLoader(
         dataset,
@@ -73,6 +77,16 @@ def read_ahead(
         generator=torch.Generator().manual_seed(0),  # its workers' seeds, drawn apart from the global stream
     )
     for ids, batches, targets in loader:
-        if data.whole(ids, subsample):  # what the model gets is the data as read: per-sample lookups may use it
-            data.remember(ids, batches)
-        yield ids, batches, targets
+        yield ids, _widened(data, ids, batches, subsample, pin), targets
+
+
+def _widened(
+    data: SplitData, ids: list[str], batches: dict[str, ModalityBatch], subsample: Subsample | None, pin: bool
+) -> dict[str, ModalityBatch]:
+    """The batches as the model gets them: float32 here on CPU (for CUDA, `pin`: half until copied), recorded as
+    these samples' whole inputs when they are (`SplitData.remember`: per-sample lookups may then use them)."""
+    if not pin:
+        batches = {m: b.widened() for m, b in batches.items()}
+    if data.whole(ids, subsample):
+        data.remember(ids, batches)
+    return batches

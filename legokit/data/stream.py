@@ -23,8 +23,14 @@ class Moments:
         if rows.shape[0] == 0:
             return
         rows = rows.double()
-        n, mean = rows.shape[0], rows.mean(dim=0)
-        squares = ((rows - mean) ** 2).sum(dim=0)
+        mean = rows.mean(dim=0)
+        self.merge(Moments(rows.shape[0], mean, ((rows - mean) ** 2).sum(dim=0)))
+
+    def merge(self, other: Moments) -> None:
+        """Merge another set of moments (of other rows: a chunk, or another process's share) into these."""
+        if other.mean is None or other.squares is None:
+            return
+        n, mean, squares = other.count, other.mean, other.squares
         if self.mean is None or self.squares is None:
             self.count, self.mean, self.squares = n, mean, squares
             return
@@ -75,3 +81,18 @@ class Subsample:
         seed = (self.seed * 1_000_003 + zlib.crc32(sample.encode("utf-8"))) % (1 << 63)
         generator = torch.Generator().manual_seed(seed)
         return torch.randperm(tokens, generator=generator)[: self.most].sort().values
+
+
+SPAN_GAP_BYTES = 16 << 10  # drawn rows closer than this are read in one span, the gap read and dropped
+
+
+def row_spans(rows: torch.Tensor, row_bytes: int) -> list[tuple[int, int, int, int]]:
+    """The reads that fetch sorted `rows` of a bag whose rows take `row_bytes` each: (first row, end row, first and
+    end index into `rows`) per span, a span running on while the gap to the next drawn row is within SPAN_GAP_BYTES
+    (one read of a few pages costs less than two; a gap wider than that is skipped)."""
+    if len(rows) == 0:
+        return []
+    gap = max(1, SPAN_GAP_BYTES // max(1, row_bytes))
+    breaks = (((rows[1:] - rows[:-1]) > gap).nonzero().flatten() + 1).tolist()
+    starts, ends = [0, *breaks], [*breaks, len(rows)]
+    return [(int(rows[s]), int(rows[e - 1]) + 1, s, e) for s, e in zip(starts, ends)]

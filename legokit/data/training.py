@@ -16,6 +16,7 @@ from legokit.data.labels import Labels, random_split, read_labels, read_splits
 from legokit.data.stream import Moments, Subsample, budget_chunks
 from legokit.tasks import TaskSpec
 from legokit.torch_internals import version_counter
+from legokit.training.distributed import World
 from legokit.training.metrics import survival_bins, to_bins
 
 
@@ -100,12 +101,16 @@ class SplitData:
         return targets
 
     def batch(
-        self, ids: Sequence[str], edges: torch.Tensor | None = None, subsample: Subsample | None = None
+        self,
+        ids: Sequence[str],
+        edges: torch.Tensor | None = None,
+        subsample: Subsample | None = None,
+        narrow: bool = False,
     ) -> tuple[dict[str, ModalityBatch], dict[str, torch.Tensor]]:
         """Inputs and targets of these samples (with each survival time's bin when `edges` are given; at most
-        `subsample.most` tokens of each bag when given)."""
+        `subsample.most` tokens of each bag when given; half-precision bags kept half when `narrow`)."""
         targets = self.targets(ids, edges)
-        batches = self.folder.batch(ids, subsample=subsample)
+        batches = self.folder.batch(ids, subsample=subsample, narrow=narrow)
         if self.whole(ids, subsample):
             self.remember(ids, batches)
         return batches, targets
@@ -125,17 +130,26 @@ class SplitData:
         ids, held = self.built
         return ids if any(h.holds(x, mask) for h in held) else None
 
-    def normalization(self, modality: str, ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-feature mean and standard deviation of a modality over these samples' real values (or tokens)."""
+    def normalization(
+        self, modality: str, ids: Sequence[str], place: World = World()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-feature mean and standard deviation of a modality over these samples' real values (or tokens); under
+        torchrun each process reads its share (`place`) and the moments are merged."""
         having = [i for i in ids if i in self.folder.ids_of(modality)]
         if not having:
             raise DataError(f"{self.folder.root}: modality {modality} has no samples in the training split")
-        chunks = budget_chunks(having, self.folder.lengths(having, [modality]), self.folder.token_budget([modality]))
+        mine = place.shard(having)
+        chunks = budget_chunks(mine, self.folder.lengths(mine, [modality]), self.folder.token_budget([modality]))
         moments = Moments()
         for chunk in chunks:  # one streaming pass, a chunk within the folder's token budget at a time
-            batch = self.folder.batch(chunk, [modality])[modality]
-            values = batch.x[batch.mask] if batch.mask is not None else batch.x
-            if len(chunks) == 1:  # the whole split at once: as it always was, in float32
+            batch = self.folder.batch(chunk, [modality], narrow=True)[modality]
+            values = (batch.x[batch.mask] if batch.mask is not None else batch.x).float()
+            if len(chunks) == 1 and place.size == 1:  # the whole split at once: as it always was, in float32
                 return values.mean(dim=0), values.std(dim=0, unbiased=False)
             moments.add(values)
+        if place.size > 1:
+            merged = Moments()
+            for share in place.gathered(moments):
+                merged.merge(share)
+            moments = merged
         return moments.result()

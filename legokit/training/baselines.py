@@ -13,6 +13,7 @@ from torch import nn
 
 from legokit.data.batch import ModalityBatch
 from legokit.data.folder import DataError
+from legokit.data.stream import budget_chunks
 from legokit.data.training import SplitData
 from legokit.encoders import Encoder, build_encoder
 from legokit.encoders.summaries import sequence_summaries
@@ -107,9 +108,15 @@ def summary_features(batch: ModalityBatch, time_feature: int | None = 0) -> torc
 def _summaries(
     data: SplitData, modality: str, ids: Sequence[str], time_feature: int | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """These samples' summary features of one modality (zeros where a sample lacks it) and which have it (b,)."""
-    batch = data.folder.batch(list(ids), [modality])[modality]
-    return summary_features(batch, time_feature), batch.presence()
+    """These samples' summary features of one modality (zeros where a sample lacks it) and which have it (b,), read
+    in chunks within the folder's token budget (a split of long bags is never held at once)."""
+    budget = data.folder.token_budget([modality])
+    features, present = [], []
+    for chunk in budget_chunks(list(ids), data.folder.lengths(ids, [modality]), budget):
+        batch = data.folder.batch(chunk, [modality], narrow=True)[modality].widened()
+        features.append(summary_features(batch, time_feature))
+        present.append(batch.presence())
+    return torch.cat(features), torch.cat(present)
 
 
 def _summary_rows(

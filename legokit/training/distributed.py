@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -29,6 +29,21 @@ class World:
     def shard(self, items: Sequence[T]) -> list[T]:
         """This process's share of a global batch: every size-th item, starting at its rank."""
         return list(items[self.rank :: self.size])
+
+    def unshard(self, shares: Sequence[Sequence[T]]) -> list[T]:
+        """The items whose shares (`shard`, one per rank, in rank order) these are, in their first order."""
+        items: list[T] = []
+        for position in range(max((len(s) for s in shares), default=0)):
+            items.extend(share[position] for share in shares if position < len(share))
+        return items
+
+    def gathered(self, item: T) -> list[T]:
+        """Every process's `item`, in rank order (all_gather_object; a list of one outside torchrun)."""
+        if self.size == 1:
+            return [item]
+        found: list[T | None] = [None] * self.size
+        dist.all_gather_object(found, item)
+        return cast("list[T]", found)
 
 
 def world() -> World:

@@ -30,7 +30,7 @@ from legokit.errors import ConfigError, positive_int
 from legokit.progress import Advance, log, progress_bar
 from legokit.schema import RECIPE, SHARED, SPEC, option
 from legokit.tasks import TaskSpec
-from legokit.training.distributed import device_for, world
+from legokit.training.distributed import World, device_for, world
 from legokit.training.leakage import sample_record
 from legokit.training.metrics import PRIMARY, task_loss, task_metrics, undefined_auc
 
@@ -184,14 +184,11 @@ Inputs = Callable[[Mapping[str, ModalityBatch], Sequence[str]], Mapping[str, Mod
 
 
 def _to(batches: Mapping[str, ModalityBatch], device: torch.device) -> dict[str, ModalityBatch]:
+    """The batches on `device` in float32: on CUDA copied from page-locked memory without blocking, then widened
+    there (half-precision bags cross the bus half)."""
     if device.type == "cuda":
-        return {
-            m: ModalityBatch(
-                b.x.pin_memory(), *(t.pin_memory() if t is not None else None for t in (b.mask, b.present, b.observed))
-            ).to(device, non_blocking=True)
-            for m, b in batches.items()
-        }
-    return dict(batches)
+        return {m: b.pin_memory().to(device, non_blocking=True).widened() for m, b in batches.items()}
+    return {m: b.widened() for m, b in batches.items()}
 
 
 @torch.no_grad()
@@ -203,9 +200,15 @@ def predict_logits(
     device: torch.device | None = None,
     inputs: Inputs | None = None,
     workers: int = 0,
+    place: World = World(),
 ) -> torch.Tensor:
     """Logits for these samples, in order, in eval mode; `inputs` may rewrite each batch (missing-rate protocol);
-    `workers` loader processes read ahead (`data.loader`)."""
+    `workers` loader processes read ahead (`data.loader`); under torchrun each process reads and scores its share
+    (`place`) and the logits are gathered."""
+    if place.size > 1:
+        shares = place.gathered(predict_logits(model, data, place.shard(ids), batch_size, device, inputs, workers))
+        rows = place.unshard([list(share) for share in shares])
+        return torch.stack(rows) if rows else torch.empty(0)
     device = device or next(model.parameters()).device
     model.eval()
     outputs = []
@@ -228,13 +231,14 @@ def evaluate(
     device: torch.device | None = None,
     inputs: Inputs | None = None,
     draw: Callable[[torch.Tensor, Mapping[str, torch.Tensor]], Any] | None = None,
+    place: World = World(),
 ) -> dict[str, float]:
     """The task's metrics on these samples; `draw(logits, targets)`, if given, also gets what they were computed
     from (a figure of the split)."""
     if not ids:
         return {}
     targets = data.targets(ids)
-    logits = predict_logits(model, data, ids, device=device, inputs=inputs)
+    logits = predict_logits(model, data, ids, device=device, inputs=inputs, place=place)
     if draw is not None:
         draw(logits, targets)
     return task_metrics(task, logits, targets)
@@ -393,8 +397,9 @@ class Trainer:
         if not self.val_ids:
             return {self.primary: float("nan")}, train_loss
         logits = predict_logits(
-            self.model, self.data, self.val_ids, device=self.device, inputs=self.inputs, workers=self.workers
-        )
+            self.model, self.data, self.val_ids, device=self.device, inputs=self.inputs, workers=self.workers,
+            place=self.place,
+        )  # fmt: skip
         targets = self.data.targets(self.val_ids, self.edges)
         return task_metrics(self.task, logits, targets), float(task_loss(self.task, logits, targets))
 
@@ -423,9 +428,10 @@ class Trainer:
         assert selection.state is not None  # the first epoch is always selected
         self.model.load_state_dict(selection.state)
         device = self.device
-        val = evaluate(self.model, self.data, self.val_ids, self.task, device, self.inputs)
+        val = evaluate(self.model, self.data, self.val_ids, self.task, device, self.inputs, place=self.place)
+        test_ids = self.data.ids("test", self.modalities)
         test = evaluate(
-            self.model, self.data, self.data.ids("test", self.modalities), self.task, device, eval_inputs or self.inputs
+            self.model, self.data, test_ids, self.task, device, eval_inputs or self.inputs, place=self.place
         )
         edges = None if self.edges is None else [float(e) for e in self.edges]
         return TrainResult(

@@ -29,6 +29,7 @@ from legokit.nn.block import BlockConfig, EncoderSpec, LegoBlock
 from legokit.progress import log
 from legokit.spec import BlockSpec, check_labelling
 from legokit.tasks import TaskSpec
+from legokit.training.distributed import world
 from legokit.training.leakage import has_record, overlaps, refuse_overlap, training_seed
 from legokit.training.metrics import undefined_auc
 from legokit.training.plots import plot_task
@@ -123,7 +124,7 @@ def train_block(
     shape = modality_shape(data_dir, spec.modality)
     block = build_block(spec, shape)
     data = labelled_for(block, data_dir, spec.labelling, spec.training.seed, splits, ids)
-    block.set_normalization(*data.normalization(spec.modality, data.ids("train", [spec.modality])))
+    block.set_normalization(*data.normalization(spec.modality, data.ids("train", [spec.modality]), world()))
     result = train_model(block, data, spec.task, spec.training, progress, label=f"training {spec.modality}")
     block.provenance = {"trained": result.provenance(data, spec.training, [spec.modality])}
     return block.cpu().eval(), result
@@ -153,7 +154,7 @@ def train_wrapped_block(
                 f"block {block.modality}: --standardize is for feature vectors and bags of feature "
                 f"tokens, not inputs of shape {block.config.input_shape} ({block.config.input_dtype})"
             )
-        block.set_normalization(*data.normalization(block.modality, data.ids("train", [block.modality])))
+        block.set_normalization(*data.normalization(block.modality, data.ids("train", [block.modality]), world()))
     result = train_model(
         block,
         data,
