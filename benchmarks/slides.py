@@ -1,17 +1,20 @@
 """Whole-slide bags at a pathology cohort's scale, through the CLI: an abmil block trained and predicting on synthetic
 slides shaped like a foundation model's patch features, measured against the two physical limits.
 
-    python -m benchmarks.slides [--slides 1000] [--median 8000] [--width 1024] [--device cpu|cuda] [--json out.json]
+    python -m benchmarks.slides [--slides 1000] [--median 8000] [--width 1024] [--device cpu|cuda] [--ranks 2]
+                                [--json out.json]
 
 Builds `wsi/ID.safetensors` slides (float16 features, log-normal patch counts: median `--median`, the longest at
 least 5 x the median, about 16 GB at the defaults) with weakly informative survival labels, then measures, each in a
 fresh process, wall time, peak resident memory and patches/s of:
-  (a) a read-only pass over the folder (every slide's file read whole, as `legokit` reads it: the I/O limit);
+  (a) a read-only pass over the epoch's slides, each file read whole (the I/O limit; the epoch's training steps
+      read only the patches they drew, its validation every patch);
   (b) a compute-only pass: the block's training steps on in-memory batches of the same shapes (the compute limit);
   (c) one training epoch (`legokit train --epochs 1`, which also streams the normalisation pass and validates) and
       one predict pass (`legokit predict`, every patch of every slide).
 It prints the epoch's ratio to max(a, b) and each peak memory; `--also 250` repeats (c) on the first 250 slides to
-show that memory does not grow with the cohort. With `--device cuda` the block runs on the GPU (pinned memory,
+show that memory does not grow with the cohort; `--ranks 2` also runs the epoch's command under torchrun on CPU and
+prints how many slides and bytes each process read. With `--device cuda` the block runs on the GPU (pinned memory,
 non-blocking copies, bf16 autocast); the readers stay on CPU.
 """
 
@@ -142,6 +145,45 @@ print(patches, time.perf_counter() - started)
 )
 
 
+# `legokit train` in one process of a torchrun launch, counting the bag bytes it reads (loader workers off: each
+# read is then this process's), written to ARGV[1].RANK as [distinct files, bytes]
+COUNTED = """
+import json, os, sys
+import legokit.data.folder as folder
+from legokit.cli.commands import main
+folder.KEEP_BYTES = 0
+files, read = set(), [0]
+real = folder.load_bag
+
+def counting(path, *args, **kwargs):
+    x = real(path, *args, **kwargs)
+    files.add(path.name)
+    read[0] += x.numel() * x.element_size()
+    return x
+
+folder.load_bag = counting
+code = main(sys.argv[2:])
+with open(f"{sys.argv[1]}.{os.environ['RANK']}", "w") as out:
+    json.dump([len(files), read[0]], out)
+sys.exit(code)
+"""
+
+
+def ranks_read(folder: Path, work: Path, args: argparse.Namespace) -> list[tuple[int, int]]:
+    """(distinct slides, bytes) each of `args.ranks` CPU processes reads in one `legokit train --epochs 1` launched
+    by torchrun (normalisation, the epoch's steps, validation and the final scores)."""
+    script = work / "counted.py"
+    script.write_text(COUNTED, encoding="utf-8")
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.ranks}", str(script),
+        str(work / "reads"), "train", str(folder), "--modality", "wsi", *ENCODER, "--task", "survival:4", "--epochs",
+        "1", "--batch-size", str(args.batch_size * args.ranks), "--workers", "0", "--device", "cpu",
+        "--max-tokens", str(args.max_tokens), "-o", str(work / "ranks.st"),
+    ]  # fmt: skip
+    _run_alone(command)
+    return [tuple(json.loads((work / f"reads.{rank}").read_text())) for rank in range(args.ranks)]
+
+
 CACHE = tempfile.mkdtemp(prefix="legokit-slides-cache-")
 
 
@@ -198,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--also", type=int, default=250, help="repeat (c) on this many of the slides (0: skip)")
+    parser.add_argument("--ranks", type=int, default=0, help="also count each torchrun CPU process's reads (0: skip)")
     parser.add_argument("--root", help="where to build the cohort (default: a temporary folder, removed after)")
     parser.add_argument("--json", help="also write the figures as JSON")
     args = parser.parse_args(argv)
@@ -246,6 +289,14 @@ def main(argv: list[str] | None = None) -> int:
                 f"first {args.also} slides: epoch peak {figures[f'epoch_peak_mb_{args.also}']:,.0f} MB, predict peak "
                 f"{figures[f'predict_peak_mb_{args.also}']:,.0f} MB (all {args.slides}: {full['epoch_peak_mb']:,.0f}"
                 f" / {full['predict_peak_mb']:,.0f} MB)"
+            )
+        if args.ranks:
+            shares = ranks_read(folder, work, args)
+            figures["ranks"] = [{"slides": n, "bytes": b} for n, b in shares]
+            print(
+                f"torchrun --nproc-per-node {args.ranks} (CPU): "
+                + ", ".join(f"rank {r} read {n:,} slides, {b / 1e9:.1f} GB" for r, (n, b) in enumerate(shares))
+                + f" (of {args.slides:,} slides)"
             )
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=2), encoding="utf-8")
