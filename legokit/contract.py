@@ -112,6 +112,30 @@ def parse_edges(text: str) -> tuple[float, ...]:
     return check_edges(values, strict=True)
 
 
+MAX_TIMES = 1000  # times one prediction or evaluation reports S(t) at
+
+
+def parse_times(text: str) -> tuple[float, ...]:
+    """Read `--times 365,730,1825`: times at which to report S(t), in the model's time unit; non-negative,
+    finite and strictly increasing, at most MAX_TIMES."""
+    parts = text.split(",") if text.strip() else []
+    if not parts:
+        raise ConfigError("--times is empty: give times separated by commas, e.g. 365,730,1825")
+    if len(parts) > MAX_TIMES:
+        raise ConfigError(f"--times: {len(parts):,} times; at most {MAX_TIMES:,}")
+    values = [number_value(part) for part in parts]
+    for part, value in zip(parts, values):
+        if value is None or not math.isfinite(value):
+            raise ConfigError(f"--times: {part[:40]!r} is not a finite number ({NUMBER_RULE})")
+        if value < 0:
+            raise ConfigError(f"--times: {part[:40]} is negative; times are >= 0")
+    times = tuple(float(v) + 0.0 for v in values if v is not None)  # + 0.0: -0 is 0
+    for before, after in zip(times, times[1:]):
+        if after <= before:
+            raise ConfigError(f"--times must increase strictly; {after:g} follows {before:g}")
+    return times
+
+
 def parse_names(text: str, what: str = "--classes") -> tuple[str, ...]:
     """Read `--classes no,yes`: names separated by commas."""
     return _names(what, [part.strip() for part in text.split(",")])

@@ -35,13 +35,16 @@ from legokit.data.bundled import write_pbc
 from legokit.data.folder import Table, modality_shape
 from legokit.data.training import SplitData
 from legokit.errors import ConfigError, LegoError, positive_int
+from legokit.interface import LegoModel, model_contract
 from legokit.io.atomic import write_atomic
 from legokit.io.inputs import read_input
 from legokit.io.outputs import refuse_links_below, refuse_links_on_the_way, refuse_system_path
 from legokit.progress import log
 from legokit.spec import BlockSpec
-from legokit.training.baselines import LateFusion, cox_fit, summary_cox_risks
+from legokit.training.baselines import LateFusion, cox_fit, summary_cox
+from legokit.training.calibrating import calibrate_on
 from legokit.training.metrics import concordance_index, risk_from_logits
+from legokit.training.survival_scores import split_report, survival_scores
 from legokit.training.trainer import FUSE_TRAINING, predict_logits, train_model
 from legokit.training.workflows import fuse_blocks, train_block
 
@@ -193,11 +196,19 @@ class DemoResult:
     with_visits: dict[str, list[float]] = field(default_factory=dict)
     data: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    brier: dict[str, list[float]] = field(default_factory=dict)  # integrated Brier score, all test patients
+    calibration: dict[str, list[float]] = field(default_factory=dict)  # worst |mean S - KM| at the bin edges
 
     def add(self, model: str, everyone: float | None, visits: float) -> None:
         if everyone is not None:
             self.all_test.setdefault(model, []).append(everyone)
         self.with_visits.setdefault(model, []).append(visits)
+
+    def add_survival(self, model: str, report: dict[str, float]) -> None:
+        """A model's integrated Brier score and worst calibration error on the test split (`split_report`)."""
+        self.brier.setdefault(model, []).append(report["integrated_brier"])
+        worst = max(v for k, v in report.items() if k.startswith("calibration@"))
+        self.calibration.setdefault(model, []).append(worst)
 
     @staticmethod
     def summary(values: list[float]) -> dict[str, float]:
@@ -206,7 +217,8 @@ class DemoResult:
     def to_json(self) -> dict:
         return {
             "dataset": "Mayo PBC, 1-year landmark (legokit.data.bundled)",
-            "metric": "c-index on the test split",
+            "metric": "c-index on the test split; integrated Brier score and the worst calibration error at the "
+            "bin edges (|mean predicted S(t) - Kaplan-Meier S(t)|) on all test patients",
             "seeds": self.seeds,
             "data": self.data,
             "seconds": self.seconds,
@@ -216,6 +228,10 @@ class DemoResult:
                     "test_with_visits": self.summary(self.with_visits[m]),
                     "per_seed_all_test": self.all_test.get(m),
                     "per_seed_with_visits": self.with_visits[m],
+                    "integrated_brier": self.summary(self.brier[m]) if m in self.brier else None,
+                    "calibration_error": self.summary(self.calibration[m]) if m in self.calibration else None,
+                    "per_seed_integrated_brier": self.brier.get(m),
+                    "per_seed_calibration_error": self.calibration.get(m),
                 }
                 for m in MODELS
                 if m in self.with_visits
@@ -230,6 +246,12 @@ def _cindex(risk: dict[str, float], data: SplitData, ids: list[str]) -> float:
 
 def _risks(model: torch.nn.Module, data: SplitData, ids: list[str]) -> dict[str, float]:
     return dict(zip(ids, risk_from_logits(predict_logits(model, data, ids)).tolist())) if ids else {}
+
+
+def _survival_report(model: torch.nn.Module, data: SplitData, ids: list[str]) -> dict[str, float]:
+    """A legokit model's survival metrics on these samples at its bin edges (`survival_scores`)."""
+    logits = predict_logits(model, data, ids)
+    return survival_scores(cast(LegoModel, model), data, ids, logits)[0]
 
 
 def _cox_risks(data: SplitData, train: list[str], test: list[str]) -> dict[str, float]:
@@ -264,14 +286,17 @@ def run_seed(
     visits, _ = train_block(folder, visits_spec, splits, progress=False)
     labs_risk, visits_risk = _risks(labs, data, test), _risks(visits, data, test_visits)
     result.add("LegoBlock labs", _cindex(labs_risk, data, test), _cindex(labs_risk, data, test_visits))
+    result.add_survival("LegoBlock labs", _survival_report(labs, data, test))
     result.add("LegoBlock visits", None, _cindex(visits_risk, data, test_visits))
     ensemble = {i: (labs_risk[i] + visits_risk[i]) / 2 if i in visits_risk else labs_risk[i] for i in test}
     result.add("Ensemble (mean risk)", _cindex(ensemble, data, test), _cindex(ensemble, data, test_visits))
 
     step("merge")
     merged = merge([labs, visits])
+    calibrate_on(merged, data, ["labs", "visits"], seed)  # on the validation split, as merge --calibrate-on does
     merged_risk = _risks(merged, data, test)
     result.add("LegoMerge", _cindex(merged_risk, data, test), _cindex(merged_risk, data, test_visits))
+    result.add_survival("LegoMerge", _survival_report(merged, data, test))
     auto_risk = _risks(merge([labs, visits], weights="auto"), data, test)
     result.add("LegoMerge (auto weights)", _cindex(auto_risk, data, test), _cindex(auto_risk, data, test_visits))
 
@@ -286,6 +311,7 @@ def run_seed(
     )
     fused_risk = _risks(fused, data, test)
     result.add("LegoFuse (stack, 2 epochs)", _cindex(fused_risk, data, test), _cindex(fused_risk, data, test_visits))
+    result.add_survival("LegoFuse (stack, 2 epochs)", _survival_report(fused, data, test))
 
     step("late fusion")
     train = data.ids("train")
@@ -308,8 +334,13 @@ def run_seed(
     step("Cox")
     cox = _cox_risks(data, data.ids("train", ["labs"]), test)
     result.add("Cox PH (labs table)", _cindex(cox, data, test), _cindex(cox, data, test_visits))
-    summaries = summary_cox_risks(data, ["labs", "visits"], train, test)
+    fitted = summary_cox(data, ["labs", "visits"], train)
+    linear = fitted.linear(data, test)
+    summaries = dict(zip(test, linear.tolist()))
     result.add("Cox PH (labs + visit summaries)", _cindex(summaries, data, test), _cindex(summaries, data, test_visits))
+    edges = list(model_contract(labs).edges or ())
+    report = split_report(lambda at: fitted.survival(data, test, at), linear, data, test, edges, ["labs", "visits"])
+    result.add_survival("Cox PH (labs + visit summaries)", report)
 
     step("unpaired halves")
     halves = sorted(train)

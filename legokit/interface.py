@@ -14,6 +14,8 @@ from legokit.contract import Contract, time_scale
 from legokit.data.batch import ModalityBatch
 from legokit.data.folder import InputSpec
 from legokit.progress import log
+from legokit.survival.calibration import Calibration
+from legokit.survival.outputs import SurvivalOutputs
 from legokit.tasks import TaskSpec
 
 if TYPE_CHECKING:
@@ -89,3 +91,29 @@ def data_scale(model: LegoModel, time_unit: str | None) -> float:
             "the model records no time unit: the times are taken as they are (--time-unit %s ignored)", time_unit
         )
     return time_scale(time_unit, unit)
+
+
+def model_calibration(model: LegoModel) -> Calibration | None:
+    """A survival model's recalibration (`legokit.survival.calibration`), recorded in its provenance; None when it
+    has none (uncalibrated: predict and eval say so)."""
+    record = (getattr(model, "provenance", None) or {}).get("calibration")
+    return None if record is None else Calibration.from_record(record)
+
+
+def calibrated(model: LegoModel, calibration: Calibration) -> None:
+    """Record `calibration` in the model's provenance (saved with it), in place."""
+    model.provenance = {**(getattr(model, "provenance", None) or {}), "calibration": calibration.to_record()}
+
+
+UNCALIBRATED = (
+    "the model is not calibrated: its survival probabilities may be biased (train and fuse calibrate on their "
+    "validation split; merge --calibrate-on DATA)"
+)
+
+
+def survival_outputs(model: LegoModel, warn: bool = False) -> SurvivalOutputs:
+    """How a survival model's logits are read: its bin edges and calibration; `warn`: say when it has none."""
+    calibration = model_calibration(model)
+    if calibration is None and warn:
+        log.warning("%s", UNCALIBRATED)
+    return SurvivalOutputs(model_contract(model).edges, calibration)

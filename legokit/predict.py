@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -17,10 +17,11 @@ from legokit.cache import TokenCache, encoded_once
 from legokit.data.folder import DataError, DatasetFolder
 from legokit.data.stream import budget_chunks
 from legokit.device import resolve_device
-from legokit.errors import positive_int
-from legokit.interface import LegoModel, model_columns, model_contract, model_inputs
+from legokit.errors import ConfigError, positive_int
+from legokit.interface import LegoModel, model_columns, model_contract, model_inputs, survival_outputs
 from legokit.io.atomic import write_atomic
-from legokit.progress import progress_bar
+from legokit.progress import log, progress_bar
+from legokit.survival.outputs import SurvivalOutputs
 from legokit.tasks import prediction_columns
 
 
@@ -57,20 +58,38 @@ def predict_folder(
     device: str | torch.device = "auto",
     progress: bool = False,
     cache: TokenCache | bool | None = True,
+    times: Sequence[float] = (),
 ) -> Predictions:
     """Task outputs (risk and hazards, or probabilities) for every sample that has at least one of the model's
-    modalities in the dataset folder; pretrained encoders run once per sample through `cache` (`legokit.cache`)."""
+    modalities in the dataset folder; pretrained encoders run once per sample through `cache` (`legokit.cache`).
+    A survival model's hazards and survival are recalibrated when it carries a calibration (else a warning says
+    it does not); `times`: also S(t) at those times in the model's time unit (`legokit.survival.curves`)."""
     positive_int("batch size", batch_size)
+    reading = survival_outputs(model, warn=True) if model.task.kind == "survival" else None
+    if times:
+        if reading is None:
+            raise ConfigError(f"--times is for survival models; this one's task is {model.task}")
+        error, warning = reading.times_problem(times)
+        if error is not None:
+            raise ConfigError(error)
+        if warning is not None:
+            log.warning("%s", warning)
     data = DatasetFolder(data_dir, model_inputs(model), model_columns(model))
     target = resolve_device(device)
     module = cast(nn.Module, model)  # every LegoModel is an nn.Module (a block, a merged, fused or adapted model)
     module.to(target).eval()  # in place
     with encoded_once(module, data, data.ids, TokenCache.resolve(cache), progress=progress):
-        return _predict(model, data, target, batch_size, progress)
+        return _predict(model, data, target, batch_size, progress, reading, times)
 
 
 def _predict(
-    model: LegoModel, data: DatasetFolder, target: torch.device, batch_size: int, progress: bool
+    model: LegoModel,
+    data: DatasetFolder,
+    target: torch.device,
+    batch_size: int,
+    progress: bool,
+    reading: SurvivalOutputs | None,
+    times: Sequence[float],
 ) -> Predictions:
     columns: dict[str, list[float]] = {}
     classes = model_contract(model).classes
@@ -86,7 +105,7 @@ def _predict(
                     f"{data.root}: sample {sample!r}: the model's output is NaN or infinite (check its "
                     "inputs for extreme values)"
                 )
-            for name, values in prediction_columns(model.task, logits, classes).items():
+            for name, values in prediction_columns(model.task, logits, classes, reading, times).items():
                 columns.setdefault(name, []).extend(values.cpu().tolist())
             advance(len(ids), "")
     return Predictions(data.ids, columns, tuple(data.files()))

@@ -98,12 +98,17 @@ def flag_of(item: Field) -> str:
 
 
 def add_flags(
-    parser: argparse.ArgumentParser, cls: type, defaults: Any, suffix: str = "", helps: Mapping[str, str] | None = None
+    parser: argparse.ArgumentParser,
+    cls: type,
+    defaults: Any,
+    suffix: str = "",
+    helps: Mapping[str, str] | None = None,
+    omit: Iterable[str] = (),
 ) -> argparse.ArgumentParser:
-    """One flag per field of `cls` that has its own, its help showing this command's default (`defaults`, then
-    `suffix`, e.g. " or the spec's"); `helps` replaces a field's help for this command. Every flag defaults to None,
-    so that `given` returns only what the user said."""
-    for item in options(cls, (OWN,)):
+    """One flag per field of `cls` that has its own (but those in `omit`: no meaning for this command), its help
+    showing this command's default (`defaults`, then `suffix`, e.g. " or the spec's"); `helps` replaces a field's
+    help for this command. Every flag defaults to None, so that `given` returns only what the user said."""
+    for item in (f for f in options(cls, (OWN,)) if f.name not in set(omit)):
         spec = option_of(item)
         text = (helps or {}).get(item.name, spec.help)
         text = text.replace("{default}", spec.show(getattr(defaults, item.name)) + suffix).replace("%", "%%")

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 
 from legokit.errors import ConfigError
+from legokit.survival.curves import time_labels
+from legokit.survival.outputs import SurvivalOutputs
 
 TASK_KINDS: tuple[str, ...] = ("survival", "multiclass", "binary", "multilabel")
 
@@ -69,22 +71,31 @@ class TaskSpec:
 
 
 def prediction_columns(
-    task: TaskSpec, logits: torch.Tensor, classes: Sequence[str] | None = None
+    task: TaskSpec,
+    logits: torch.Tensor,
+    classes: Sequence[str] | None = None,
+    survival: SurvivalOutputs | None = None,
+    times: Sequence[float] = (),
 ) -> dict[str, torch.Tensor]:
     """Named per-sample outputs of a task's logits (b, n), for prediction files.
 
-    survival: hazards h = sigmoid(logits) per bin, survival S_k = prod_{j<=k} (1 - h_j), risk = -sum_k S_k
-    (MM-Lego Appendix D; higher risk = earlier event); multiclass: softmax probabilities; binary and
-    multilabel: sigmoid probabilities (binary: of the positive class). Multiclass and multilabel columns are named
-    `prob_<class>` by the model's class names (default 0..K-1).
+    survival: hazards h = sigmoid(logits) per bin (recalibrated by `survival`'s calibration when it has one),
+    survival S_k = prod_{j<=k} (1 - h_j), S(t) at `times` (`survival_at_T` columns), and risk = -sum_k S_k of the
+    uncalibrated model (MM-Lego Appendix D; higher risk = earlier event; calibration never changes a ranking);
+    multiclass: softmax probabilities; binary and multilabel: sigmoid probabilities (binary: of the positive class).
+    Multiclass and multilabel columns are named `prob_<class>` by the model's class names (default 0..K-1).
     """
     names = list(classes) if classes is not None and task.kind != "binary" else [str(k) for k in range(task.n)]
     if task.kind == "survival":
-        hazards = torch.sigmoid(logits)
-        survival = torch.cumprod(1 - hazards, dim=1)
-        columns = {"risk": -survival.sum(dim=1)}
+        reading = survival or SurvivalOutputs(None, None)
+        hazards = reading.hazards(logits)
+        curve = torch.cumprod(1 - hazards, dim=1)
+        columns = {"risk": -torch.cumprod(1 - torch.sigmoid(logits), dim=1).sum(dim=1)}
         columns.update({f"hazard_{k + 1}": hazards[:, k] for k in range(task.n)})
-        columns.update({f"survival_{k + 1}": survival[:, k] for k in range(task.n)})
+        columns.update({f"survival_{k + 1}": curve[:, k] for k in range(task.n)})
+        if times:
+            at = reading.at(logits, times)
+            columns.update({f"survival_at_{label}": at[:, k] for k, label in enumerate(time_labels(times))})
         return columns
     if task.kind == "multiclass":
         probabilities = torch.softmax(logits, dim=1)

@@ -102,3 +102,9 @@ def test_drawn_rows_out_of_a_bags_range_are_refused(tmp_path):
     save_file({"x": torch.zeros(10, 2)}, str(tmp_path / "s.safetensors"))
     with pytest.raises(DataError, match="asked of 10 tokens"):
         load_bag(Path(tmp_path / "s.safetensors"), rows=torch.tensor([3, 10]))
+
+
+def test_unsorted_rows_are_refused(tmp_path):
+    save_file({"x": torch.zeros(10, 2)}, str(tmp_path / "s.safetensors"))
+    with pytest.raises(DataError, match="must be sorted"):
+        load_bag(tmp_path / "s.safetensors", rows=torch.tensor([5, 3]))

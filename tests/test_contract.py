@@ -5,11 +5,9 @@ sets or shared initialisation that disagree."""
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import json
-import logging
 import random
 import shutil
 from dataclasses import replace
@@ -45,7 +43,7 @@ from legokit.training.workflows import (
     train_wrapped_block,
 )
 
-from .conftest import cli_here
+from .conftest import cli_here, legokit_warnings
 
 TINY = dict(latent=(8, 16), depth=1, dim_head=16)
 LABS = ("labs", "snn", {"hidden": 16})
@@ -107,26 +105,6 @@ def _shuffled_copy(source: Path, target: Path, seed: int = 5) -> Path:
     assert columns != header[1:]
     _table(source / "labs.csv", target / "labs.csv", columns)
     return target
-
-
-@contextlib.contextmanager
-def legokit_warnings():
-    """Messages of the `legokit` logger (which may not propagate to pytest's caplog)."""
-    messages: list[str] = []
-
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            messages.append(record.getMessage())
-
-    logger = logging.getLogger("legokit")
-    handler, level = Keep(logging.WARNING), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield messages
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def _predictions(model, folder: Path) -> dict[str, list[float]]:

@@ -12,6 +12,8 @@ from legokit.artifacts.format import read_artifact, read_artifact_summary
 from legokit.artifacts.registry import kind_named
 from legokit.errors import ArtifactError, ConfigError
 from legokit.hub.refs import local_artifact
+from legokit.survival.calibration import Calibration
+from legokit.tasks import TaskSpec
 from legokit.training.leakage import summarized
 
 
@@ -31,9 +33,24 @@ def summary_rows(facts: Mapping[str, Any], verbose: bool = False) -> list[tuple[
     training run), or every recorded fact with `verbose` (`inspect -v`)."""
     kind = kind_named(facts["kind"], facts["path"])
     rows = [("format", f"legokit artifact v{facts['format_version']} ({facts['kind']})"), *kind.rows(facts)]
+    rows += calibration_rows(facts)
     return (rows if verbose else _shared_rows(rows, list(facts.get("blocks") or ()))) + provenance_rows(
-        facts["provenance"], verbose
+        {k: v for k, v in facts["provenance"].items() if k != "calibration"}, verbose
     )
+
+
+def calibration_rows(facts: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """A survival model's calibration in one row: what it is and what it was fitted on, or that it has none."""
+    if not str(facts.get("task", "")).startswith("survival"):
+        return []
+    record = facts["provenance"].get("calibration")
+    if record is None:
+        return [("calibration", "none: not calibrated (predict and eval warn; merge --calibrate-on DATA)")]
+    task = TaskSpec.parse(str(facts["task"]))
+    try:
+        return [("calibration", Calibration.for_task(record, task.kind, task.n).summary())]
+    except ConfigError as exc:
+        raise ConfigError(f"{facts['path']}: its calibration record is malformed ({exc})") from exc
 
 
 def _shared_rows(rows: list[tuple[str, str]], modalities: list[str]) -> list[tuple[str, str]]:

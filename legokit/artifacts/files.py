@@ -17,6 +17,7 @@ from legokit.device import resolve_device
 from legokit.errors import ConfigError
 from legokit.hub.refs import local_artifact
 from legokit.progress import log
+from legokit.survival.calibration import Calibration
 
 if TYPE_CHECKING:
     from legokit.nn.block import LegoBlock
@@ -35,6 +36,8 @@ def save(
         raise ConfigError(f"cannot save a {type(model).__name__}: its artifact kind {kind.name!r} registers no write")
     config, tensors = kind.write(model)
     record = {**getattr(model, "provenance", {}), **dict(provenance or {})}
+    if "calibration" in record:
+        checked_calibration(Path(path), record["calibration"], model)
     return write_artifact(path, kind.name, config, tensors, record, inputs)
 
 
@@ -43,6 +46,8 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu", expec
     given), from the file alone: no user code, nothing unpickled; in eval mode on `device`."""
     artifact = read_artifact(local_artifact(path), expect_kind=expect)
     model = kind_named(artifact.kind, artifact.path).read(artifact)
+    if "calibration" in artifact.provenance:  # checked once, here: what predict and eval apply to the outputs
+        checked_calibration(artifact.path, artifact.provenance["calibration"], model)
     log.debug(
         "read %s: a %s artifact, %s bytes, sha256 %s", artifact.path, artifact.kind, artifact.size, artifact.sha256
     )
@@ -63,3 +68,12 @@ def save_block(
 def load_block(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LegoBlock:
     """`load` that accepts only a block."""
     return load(path, device, expect=BLOCK)
+
+
+def checked_calibration(path: Path, record: Any, model: Any) -> Calibration:
+    """A model's calibration record, checked against its task; a one-line ConfigError naming `path` otherwise."""
+    task = getattr(model, "task", None)
+    try:
+        return Calibration.for_task(record, getattr(task, "kind", ""), getattr(task, "n", 0))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: its calibration record is malformed ({exc})") from exc

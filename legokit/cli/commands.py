@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -38,7 +38,7 @@ from legokit.artifacts.files import load, load_block, save, save_block
 from legokit.artifacts.merging import contract_of_file, merge_files
 from legokit.cache import CACHE_ENV, cache_root, clear_cache, list_cache
 from legokit.compose.modes import describe_modes, fusion_modes
-from legokit.contract import TIME_UNITS, Labelling, parse_edges, parse_names
+from legokit.contract import TIME_UNITS, Labelling, parse_edges, parse_names, parse_times
 from legokit.demo import MODELS, claim_folder, default_spec, run_demo
 from legokit.encoders import list_encoders
 from legokit.errors import ConfigError, LegoError, brief
@@ -55,6 +55,7 @@ from legokit.spec import BlockSpec
 from legokit.tasks import TaskSpec
 from legokit.threads import apply_threads, choose_threads
 from legokit.training.distributed import session
+from legokit.training.merged import merge_calibrated
 from legokit.training.plots import plot_history
 from legokit.training.trainer import ADAPT_TRAINING, FUSE_TRAINING, TrainConfig, TrainResult
 from legokit.training.workflows import (
@@ -229,8 +230,16 @@ def cmd_inspect(args: argparse.Namespace, console: Console) -> Result:
 
 
 def cmd_merge(args: argparse.Namespace, console: Console) -> Result:
-    path = merge_files(args.artifacts, args.output, _parse_weights(args.weights), args.phase)
-    console.print(f"[green]merged[/] {len(args.artifacts)} artifacts into {escape(str(path))}")
+    if args.calibrate_on is not None:
+        weights = _parse_weights(args.weights)
+        path, calibration = merge_calibrated(args.artifacts, args.output, args.calibrate_on, weights, args.phase)
+        console.print(
+            f"[green]merged[/] {len(args.artifacts)} artifacts into {escape(str(path))}, calibrated on the "
+            f"validation split of {escape(str(args.calibrate_on))} ({calibration.summary()})"
+        )
+    else:
+        path = merge_files(args.artifacts, args.output, _parse_weights(args.weights), args.phase)
+        console.print(f"[green]merged[/] {len(args.artifacts)} artifacts into {escape(str(path))}")
     facts = describe(path, verify=False)  # the merge verified every byte it copied
     _print_summary(console, facts, args.verbose)
     return facts
@@ -245,6 +254,7 @@ def cmd_predict(args: argparse.Namespace, console: Console) -> Result:
         device=args.device or "auto",
         progress=True,
         cache=not args.no_cache,
+        times=parse_times(args.times) if args.times is not None else (),
     )
     path = predictions.write(args.output, inputs=[args.model, args.data, *predictions.sources])
     console.print(
@@ -452,6 +462,7 @@ def cmd_adapt(args: argparse.Namespace, console: Console) -> Result:
 
 
 def cmd_eval(args: argparse.Namespace, console: Console) -> Result:
+    times = parse_times(args.times) if args.times is not None else ()
     model = load(args.model, device=args.device or "auto")
     if args.adapter or args.missing or args.missing_rate is not None:
         for path in args.adapter or []:
@@ -468,6 +479,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> Result:
             plot=args.plot,
             cache=not args.no_cache,
             time_unit=args.time_unit,
+            times=times,
         )
     else:
         metrics = evaluate_model(
@@ -479,6 +491,7 @@ def cmd_eval(args: argparse.Namespace, console: Console) -> Result:
             plot=args.plot,
             cache=not args.no_cache,
             time_unit=args.time_unit,
+            times=times,
         )
     for warning in metrics["warnings"]:
         log.warning("%s", warning)
@@ -514,15 +527,26 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> Result:
     table.add_column("model")
     table.add_column("all test patients", justify="right")
     table.add_column("test patients with visits", justify="right")
+    table.add_column("integrated Brier", justify="right")
+    table.add_column("calibration error", justify="right")
+
+    def shown(cell: Mapping[str, float] | None) -> str:
+        return f"{cell['mean']:.3f} ± {cell['sd']:.3f}" if cell else "—"
+
     for name in MODELS:
         row = summary["models"][name]
-        everyone = row["all_test"]
         table.add_row(
             name,
-            f"{everyone['mean']:.3f} ± {everyone['sd']:.3f}" if everyone else "—",
-            f"{row['test_with_visits']['mean']:.3f} ± {row['test_with_visits']['sd']:.3f}",
+            shown(row["all_test"]),
+            shown(row["test_with_visits"]),
+            shown(row["integrated_brier"]),
+            shown(row["calibration_error"]),
         )
     console.print(table)
+    console.print(
+        "integrated Brier and calibration error (the worst |mean predicted S(t) - Kaplan-Meier S(t)| at the bin "
+        "edges) on all test patients; lower is better"
+    )
     console.print(
         f"{result.seconds:.0f} s; table in {escape(args.folder)}/results.json, artifacts in {escape(args.folder)}/"
     )
@@ -640,13 +664,14 @@ SEEDS = {
 
 def _training_flags(command: str, defaults: TrainConfig, spec: bool = False) -> argparse.ArgumentParser:
     """The training flags, one per `TrainConfig` field with one meaning each, with this command's defaults and what
-    its --seed draws (`legokit.schema`: defined once, on the config)."""
+    its --seed draws (`legokit.schema`: defined once, on the config); an adapter is not calibrated on its own."""
     return add_flags(
         argparse.ArgumentParser(add_help=False),
         TrainConfig,
         defaults,
         " or the spec's" if spec else "",
         {"seed": SEEDS[command]},
+        omit=("calibrate",) if command == "adapt" else (),
     )
 
 
@@ -761,6 +786,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="one weight per block, 0.5,0.5, by modality, tab=0.5,img=0.5, or auto: each "
         "block's validation metric above chance, as recorded when it was trained (default equal)",
     )
+    merge.add_argument(
+        "--calibrate-on",
+        type=InputPath,
+        metavar="DATA",
+        help="a labelled dataset folder: recalibrate the merged survival model's probabilities on its validation "
+        "split (the blocks' training split) before writing it",
+    )
     merge.add_argument("-o", "--output", required=True, help="the merged artifact to write (.st)")
     merge.set_defaults(run=cmd_merge)
 
@@ -775,6 +807,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument(
         "--batch-size", type=int, default=DEFAULT_BATCH, help="samples per forward pass (default %(default)s)"
+    )
+    predict.add_argument(
+        "--times",
+        metavar="T1,T2,...",
+        help="survival: also S(t) at these times in the model's time unit (survival_at_T columns; log-linear "
+        "within a bin, held past the training data's last follow-up, with a warning)",
     )
     predict.add_argument(
         "-o",
@@ -885,6 +923,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="unit of the folder's times when not the model's (converted to the model's unit)",
     )
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="default test")
+    evaluate.add_argument(
+        "--times",
+        metavar="T1,T2,...",
+        help="survival: the horizons of the time-dependent metrics, in the model's time unit (default: its bin edges)",
+    )
     evaluate.add_argument(
         "--seed",
         type=int,

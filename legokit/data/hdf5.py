@@ -223,6 +223,8 @@ def read_features(
     """`features` of one bag (or only its sorted `rows`), checked first (`_features`), then read alone (`_read`);
     returned in its dtype (one of the safetensors sample dtypes), as `load_bag` takes it."""
     with _features(path, shape) as (dataset, layout):
+        if rows is not None and len(rows) > 1 and bool((rows[1:] < rows[:-1]).any()):
+            raise DataError(f"{path}: the rows to read must be sorted")
         if rows is not None and len(rows) and not 0 <= int(rows[0]) <= int(rows[-1]) < layout.shape[0]:
             raise DataError(f"{path}: rows {int(rows[0])}..{int(rows[-1])} asked of {layout.shape[0]:,} tokens")
         return torch.from_numpy(_read(path, dataset, layout, rows))

@@ -133,6 +133,8 @@ def _read_range(path: Path, fd: int, start: int, nbytes: int) -> torch.Tensor:
 
 def _read_rows(path: Path, fd: int, layout: SampleLayout, rows: torch.Tensor) -> torch.Tensor:
     """The sorted `rows` of `x` (its first dimension), read span by span (`row_spans`) into a tensor of their size."""
+    if len(rows) > 1 and bool((rows[1:] < rows[:-1]).any()):
+        raise DataError(f"{path}: the rows to read must be sorted")
     if len(rows) and not 0 <= int(rows[0]) <= int(rows[-1]) < layout.shape[0]:
         raise DataError(f"{path}: rows {int(rows[0])}..{int(rows[-1])} asked of {layout.shape[0]:,} tokens")
     width = math.prod(layout.shape[1:])

@@ -5,6 +5,7 @@ modality's summary features, the classical model a practitioner fits by hand."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 import torch
@@ -133,18 +134,62 @@ def _summary_rows(
     return torch.cat(columns, dim=1)
 
 
-def summary_cox_risks(
+@dataclass(frozen=True)
+class SummaryCox:
+    """A Cox model over every modality's summary features (`summary_features`), standardised on its training
+    samples: coefficients, the standardisation, each modality's fill (training mean, missing flag), and the
+    training samples' linear predictors, times and events (for Breslow's baseline hazard)."""
+
+    modalities: tuple[str, ...]
+    time_feature: int | None
+    beta: torch.Tensor
+    mean: torch.Tensor
+    sd: torch.Tensor
+    fills: tuple[tuple[torch.Tensor, bool], ...]
+    eta: torch.Tensor
+    time: torch.Tensor
+    event: torch.Tensor
+
+    def linear(self, data: SplitData, ids: Sequence[str]) -> torch.Tensor:
+        """The linear predictor (risk) of these samples; an id lacking every modality gets the training means."""
+        parts = [_summaries(data, m, ids, self.time_feature) for m in self.modalities]
+        scored = _summary_rows(parts, self.fills)
+        return ((scored.double() - self.mean.double()) / self.sd.double()) @ self.beta
+
+    def survival(self, data: SplitData, ids: Sequence[str], times: Sequence[float]) -> torch.Tensor:
+        """S(t | x) = exp(-H0(t) exp(eta)) at `times` (n, len(times)), H0 Breslow's estimate on the training data."""
+        return breslow_survival(self.eta, self.time, self.event, self.linear(data, ids), times)
+
+
+def breslow_survival(
+    eta_train: torch.Tensor,
+    time: torch.Tensor,
+    event: torch.Tensor,
+    eta: torch.Tensor,
+    times: Sequence[float],
+) -> torch.Tensor:
+    """Cox survival at `times` for linear predictors `eta`: H0(t) = sum over event times t_j <= t of d_j over the
+    sum of exp(eta_train) of the samples still at risk at t_j (Breslow)."""
+    time, event, eta_train = time.double(), event.bool(), eta_train.double()
+    distinct = torch.unique(time[event], sorted=True)
+    at_risk = torch.stack([eta_train[time >= t].exp().sum() for t in distinct]) if len(distinct) else distinct
+    deaths = torch.stack([(time[event] == t).sum().double() for t in distinct]) if len(distinct) else distinct
+    steps = (deaths / at_risk).cumsum(0) if len(distinct) else distinct
+    horizons = torch.tensor(list(times), dtype=torch.float64)
+    index = torch.searchsorted(distinct, horizons, right=True)
+    hazard = torch.cat([torch.zeros(1, dtype=torch.float64), steps])[index]
+    return torch.exp(-hazard[None, :] * eta.double().exp()[:, None])
+
+
+def summary_cox(
     data: SplitData,
     modalities: Sequence[str],
     train: Sequence[str],
-    ids: Sequence[str],
     time_feature: int | None = 0,
     alpha: float = 0.1,
-) -> dict[str, float]:
-    """Risks of `ids` under a Cox model fit on `train` (the samples that have any of `modalities`) over every
-    modality's summary features (`summary_features`), standardised on the training samples: Cox with summary
-    features, the baseline the toolkit has to beat. An id lacking every modality is scored at the training means
-    (with its missing flags). Fewer than two such training samples, or a modality none of them has, is a DataError:
+) -> SummaryCox:
+    """Cox with summary features fit on `train` (the samples that have any of `modalities`): the baseline the
+    toolkit has to beat. Fewer than two such training samples, or a modality none of them has, is a DataError:
     its features would be NaN, and so every risk."""
     train = [i for i in train if any(i in data.folder.ids_of(m) for m in modalities)]
     if len(train) < 2:
@@ -164,8 +209,20 @@ def summary_cox_risks(
     mean, sd = x.mean(0), x.std(0).clamp_min(1e-8)
     targets = data.labels.select(train)
     beta = cox_fit((x - mean) / sd, targets["time"], targets["event"], alpha)
-    if not ids:
-        return {}
-    scored = _summary_rows([_summaries(data, m, ids, time_feature) for m in modalities], fills)
-    x_ids = (scored.double() - mean.double()) / sd.double()
-    return dict(zip(ids, (x_ids @ beta).tolist()))
+    eta = ((x.double() - mean.double()) / sd.double()) @ beta
+    return SummaryCox(
+        tuple(modalities), time_feature, beta, mean, sd, tuple(fills), eta, targets["time"], targets["event"]
+    )
+
+
+def summary_cox_risks(
+    data: SplitData,
+    modalities: Sequence[str],
+    train: Sequence[str],
+    ids: Sequence[str],
+    time_feature: int | None = 0,
+    alpha: float = 0.1,
+) -> dict[str, float]:
+    """Risks of `ids` under Cox with summary features fit on `train` (`summary_cox`)."""
+    model = summary_cox(data, modalities, train, time_feature, alpha)
+    return dict(zip(ids, model.linear(data, ids).tolist())) if ids else {}

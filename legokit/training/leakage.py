@@ -73,11 +73,13 @@ class Overlap:
         return f"{self.seen} in the training/validation samples of {self.where}"
 
 
-def overlaps(provenance: Mapping[str, Any], ids: Sequence[str]) -> list[Overlap]:
-    """The training runs recorded in `provenance` that saw any of `ids`."""
+def overlaps(
+    provenance: Mapping[str, Any], ids: Sequence[str], parts: Sequence[str] = ("train", "val")
+) -> list[Overlap]:
+    """The training runs recorded in `provenance` that saw any of `ids` (in their `parts`: training, validation)."""
     found = []
     for where, record in _records(provenance):
-        seen = set(record.get("train", ())) | set(record.get("val", ()))
+        seen = {digest for part in parts for digest in record.get(part, ())}
         count = sum(_digest(record["salt"], sample) in seen for sample in ids)
         if count:
             found.append(Overlap(where.removesuffix(".trained").removesuffix(".fused"), count))

@@ -21,6 +21,7 @@ import torch
 
 from legokit.errors import ConfigError, ShapeError, positive_int
 from legokit.io.atomic import refuse_inputs, write_atomic
+from legokit.survival.estimators import kaplan_meier as product_limit
 from legokit.tasks import TaskSpec
 from legokit.training.metrics import risk_from_logits
 
@@ -119,9 +120,8 @@ def _risk_table(
 def kaplan_meier(time: torch.Tensor, event: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The product-limit (Kaplan-Meier) estimate: the distinct event or censoring times, sorted, and the survival
     probability just after each (float64); at a tie, events come before censorings."""
-    times, events = _survival_inputs(time, event)
-    distinct, at_risk, dying = _risk_table(times, events, torch.zeros(len(times), dtype=torch.long), 1)
-    return distinct, torch.cumprod(1.0 - dying[:, 0] / at_risk[:, 0], 0)
+    curve = product_limit(*_survival_inputs(time, event))
+    return curve.times, curve.values
 
 
 def chi2_sf(statistic: float, df: int) -> float:
@@ -200,11 +200,13 @@ def _with_title(title: str, note: str) -> str:
 
 
 @contextmanager
-def _figure(path: Path, inputs: list[str | os.PathLike[str]], size: tuple[float, float]) -> Iterator[Any]:
-    """One figure's axes; on a clean exit the figure is laid out, rendered and written atomically to `path`, and it
-    is closed whatever happens."""
+def _figure(
+    path: Path, inputs: list[str | os.PathLike[str]], size: tuple[float, float], panels: int = 1
+) -> Iterator[Any]:
+    """One figure's axes (a row of `panels` when more than one); on a clean exit the figure is laid out, rendered
+    and written atomically to `path`, and it is closed whatever happens."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=size)
+    fig, ax = plt.subplots(1, panels, figsize=size)
     try:
         yield ax
         fig.tight_layout()
@@ -223,9 +225,12 @@ def plot_survival(
     groups: int = 2,
     *,
     inputs: Iterable[str | os.PathLike[str]] = (),
+    calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Path:
     """Kaplan-Meier curves of the samples grouped by predicted risk, with the log-rank p-value between the groups:
-    shows whether the model's risk separates who survives longer. Writes a PNG to `path` and returns it."""
+    shows whether the model's risk separates who survives longer; with `calibration` (predicted S(t) (n, H) and
+    the H horizons) a second panel sets each horizon's predicted survival against Kaplan-Meier's, overall and by
+    fifths of the prediction. Writes a PNG to `path` and returns it."""
     if positive_int("groups", groups) < 2:
         raise ConfigError(f"groups must be at least 2 to compare survival, got {groups}")
     values = _finite("risk", risk)
@@ -239,7 +244,10 @@ def plot_survival(
         note = f"log-rank p = {p_value:.3g} (chi2 = {statistic:.2f}, df = {df})"
     else:
         note = "log-rank test: n/a (all samples in one risk group)"
-    with _figure(path, inputs, (6.4, 4.8)) as ax:
+    with _figure(path, inputs, (12.8, 4.8) if calibration else (6.4, 4.8), 2 if calibration else 1) as axes:
+        ax = axes[0] if calibration else axes
+        if calibration is not None:
+            _calibration_panel(axes[1], calibration[0], calibration[1], times, events)
         start = min(0.0, float(times.min()))
         for k in present:
             members = group == k
@@ -262,6 +270,36 @@ def plot_survival(
         ax.set_title(_with_title(title, note))
         ax.legend(loc="best", title="0 = lowest predicted risk" if groups > 2 else None)
     return path
+
+
+def _calibration_panel(
+    ax: Any, predicted: torch.Tensor, horizons: torch.Tensor, times: torch.Tensor, events: torch.Tensor
+) -> None:
+    """Predicted against Kaplan-Meier survival at each horizon (at most 8, spread over them): all samples (a large
+    marker) and fifths of the prediction (small ones), on the diagonal when calibrated."""
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+    shown = torch.linspace(0, len(horizons) - 1, min(len(horizons), 8)).round().long().unique().tolist()
+    for k, at in ((k, float(horizons[k])) for k in shown):  # at most 8 horizons, spread over them
+        column = predicted[:, k].double()
+        order = torch.argsort(column, stable=True)
+        groups = [m for m in torch.tensor_split(order, max(1, min(5, len(order) // 20))) if len(m)]
+        xs = [float(column[m].mean()) for m in groups]
+        ys = [float(km_at(times[m], events[m], at)) for m in groups]
+        (line,) = ax.plot(xs, ys, marker="o", markersize=3, linewidth=1, label=f"t = {at:g}")
+        ax.plot([float(column.mean())], [float(km_at(times, events, at))], marker="D", color=line.get_color())
+    ax.set_xlabel("predicted survival S(t)")
+    ax.set_ylabel("Kaplan-Meier survival S(t)")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("calibration (diamond: all samples; dots: fifths)")
+    ax.legend(loc="best")
+
+
+def km_at(times: torch.Tensor, events: torch.Tensor, at: float) -> float:
+    """Kaplan-Meier's S(at) of these samples."""
+    distinct, survival = kaplan_meier(times, events)
+    index = int(torch.searchsorted(distinct, torch.tensor([at], dtype=torch.float64), right=True)[0])
+    return 1.0 if index == 0 else float(survival[index - 1])
 
 
 def _class_labels(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -396,11 +434,16 @@ def plot_task(
     title: str = "",
     *,
     inputs: Iterable[str | os.PathLike[str]] = (),
+    calibration: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Path:
-    """The figure that fits a task: Kaplan-Meier curves by predicted risk group (survival), ROC curves (binary,
-    multiclass); multilabel tasks have none yet."""
+    """The figure that fits a task: Kaplan-Meier curves by predicted risk group (survival, with a calibration panel
+    when `calibration` gives predicted S(t) at horizons), ROC curves (binary, multiclass); multilabel tasks have
+    none yet."""
     if task.kind == "survival":
-        return plot_survival(risk_from_logits(logits), targets["time"], targets["event"], path, title, inputs=inputs)
+        return plot_survival(
+            risk_from_logits(logits), targets["time"], targets["event"], path, title, inputs=inputs,
+            calibration=calibration,
+        )  # fmt: skip
     if task.kind in ("binary", "multiclass"):
         probabilities = torch.sigmoid(logits[:, 0]) if task.kind == "binary" else torch.softmax(logits, dim=1)
         return plot_roc(probabilities, targets["label"], path, title, inputs=inputs)

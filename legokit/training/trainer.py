@@ -108,6 +108,14 @@ class TrainConfig:
         metavar="N",
         keys=FILES,
     )
+    # survival: per-bin hazard offsets (and a scale) fitted on the validation split after training, stored in the
+    # artifact and applied by predict and eval (`legokit.survival.calibration`); risks and rankings do not change
+    calibrate: bool = option(
+        True,
+        "recalibrate a survival model's probabilities on the validation split after training (stored in the "
+        "artifact; rankings and c-index unchanged) (default on)",
+        keys=FILES,
+    )
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "patience", "max_tokens"):
@@ -163,6 +171,7 @@ class TrainResult:
     seconds: float = 0.0
     samples: dict[str, Any] = field(default_factory=dict)  # salted hashes of the training and validation ids
     encoding: dict[str, dict[str, float]] = field(default_factory=dict)  # frozen encoders' pass (`encoded_once`)
+    val_logits: torch.Tensor | None = None  # the selected model's on the validation split (for calibration)
 
     def provenance(self, data: SplitData, config: TrainConfig, modalities: Sequence[str]) -> dict[str, Any]:
         return {
@@ -428,7 +437,11 @@ class Trainer:
         assert selection.state is not None  # the first epoch is always selected
         self.model.load_state_dict(selection.state)
         device = self.device
-        val = evaluate(self.model, self.data, self.val_ids, self.task, device, self.inputs, place=self.place)
+        kept: list[torch.Tensor] = []
+        val = evaluate(
+            self.model, self.data, self.val_ids, self.task, device, self.inputs,
+            draw=lambda logits, _: kept.append(logits), place=self.place,
+        )  # fmt: skip
         test_ids = self.data.ids("test", self.modalities)
         test = evaluate(
             self.model, self.data, test_ids, self.task, device, eval_inputs or self.inputs, place=self.place
@@ -443,6 +456,7 @@ class Trainer:
             time.perf_counter() - started,
             sample_record(self.train_ids, self.val_ids),
             self.encoding,
+            kept[0] if kept else None,
         )
 
 

@@ -29,10 +29,12 @@ from legokit.nn.block import BlockConfig, EncoderSpec, LegoBlock
 from legokit.progress import log
 from legokit.spec import BlockSpec, check_labelling
 from legokit.tasks import TaskSpec
+from legokit.training.calibrating import calibrate_trained
 from legokit.training.distributed import world
 from legokit.training.leakage import has_record, overlaps, refuse_overlap, training_seed
 from legokit.training.metrics import undefined_auc
 from legokit.training.plots import plot_task
+from legokit.training.survival_scores import survival_scores
 from legokit.training.trainer import (
     ADAPT_TRAINING,
     FUSE_TRAINING,
@@ -127,6 +129,7 @@ def train_block(
     block.set_normalization(*data.normalization(spec.modality, data.ids("train", [spec.modality]), world()))
     result = train_model(block, data, spec.task, spec.training, progress, label=f"training {spec.modality}")
     block.provenance = {"trained": result.provenance(data, spec.training, [spec.modality])}
+    calibrate_trained(block, data, result, spec.training, [spec.modality])
     return block.cpu().eval(), result
 
 
@@ -164,7 +167,7 @@ def train_wrapped_block(
         label=f"training {block.modality}",
         cache=TokenCache.resolve(cache),
     )
-    kept = {k: v for k, v in block.provenance.items() if k != "trained"}
+    kept = {k: v for k, v in block.provenance.items() if k not in ("trained", "calibration")}
     trained = any(p.requires_grad for p in block.encoder.parameters())
     block.provenance = {
         **kept,
@@ -174,6 +177,7 @@ def train_wrapped_block(
             "standardized": standardize,
         },
     }
+    calibrate_trained(block, data, result, config, [block.modality])
     return block.cpu().eval(), result
 
 
@@ -208,6 +212,8 @@ def fuse_blocks(
             "blocks": {m: b.provenance for m, b in model.blocks.items()},
         }
     )
+    model.provenance.pop("calibration", None)  # the blocks' calibrations do not fit the fused model
+    calibrate_trained(model, data, result, config, model.modalities)
     return model.cpu().eval(), result
 
 
@@ -262,15 +268,26 @@ def _score(
     plot: str | os.PathLike[str] | None = None,
     title: str = "",
     cache: TokenCache | bool | None = True,
+    times: Sequence[float] = (),
 ) -> dict[str, float]:
-    """The task's metrics on these samples, and their figure (`plots.plot_task`) when `plot` names a file;
-    pretrained encoders run once per sample (through `cache`, so that other models of them reuse their outputs)."""
-    files = [data.folder.root, *data.folder.files()]  # what the figure must never replace
-    draw = (
-        None if plot is None else (lambda logits, targets: plot_task(task, logits, targets, plot, title, inputs=files))
-    )
+    """The task's metrics on these samples (a survival model's at its bin edges or `times` too: `survival_scores`),
+    and their figure (`plots.plot_task`) when `plot` names a file; pretrained encoders run once per sample (through
+    `cache`, so that other models of them reuse their outputs)."""
+    if times and task.kind != "survival":
+        raise ConfigError(f"--times is for survival models; this one's task is {task}")
+    kept: list[tuple[torch.Tensor, dict[str, torch.Tensor]]] = []
     with encoded_once(model, data, ids, TokenCache.resolve(cache)):
-        return evaluate(model, data, ids, task, next(model.parameters()).device, inputs, draw)
+        metrics = evaluate(
+            model, data, ids, task, next(model.parameters()).device, inputs, lambda *drawn: kept.append(drawn)
+        )
+    horizons = None
+    if task.kind == "survival" and kept:
+        extra, horizons = survival_scores(cast(LegoModel, model), data, ids, kept[0][0], times)
+        metrics.update(extra)
+    if plot is not None and kept:
+        files = [data.folder.root, *data.folder.files()]  # what the figure must never replace
+        plot_task(task, *kept[0], plot, title, inputs=files, calibration=horizons)
+    return metrics
 
 
 def evaluate_model(
@@ -283,12 +300,13 @@ def evaluate_model(
     plot: str | os.PathLike[str] | None = None,
     cache: TokenCache | bool | None = True,
     time_unit: str | None = None,
+    times: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Metrics of any model on one split of a labelled dataset folder (splits.csv, or the seeded split the model
     -- or all its blocks -- was trained with). Samples any of its blocks was trained or validated on are refused
     (`allow_overlap`: scored, with a warning in the result). `plot`: also draw the split's figure there."""
     data, task, modalities = labelled_data(
-        cast(LegoModel, model), data_dir, _training_seed(model) if seed is None else seed, splits, time_unit
+        cast(LegoModel, model), data_dir, training_seed_of(model) if seed is None else seed, splits, time_unit
     )
     ids = (
         data.ids(split, modalities)
@@ -304,7 +322,9 @@ def evaluate_model(
         "split_source": data.split_source,
         "samples": len(ids),
         "warnings": warnings,
-        **_score(model, data, ids, task, plot=plot, title=f"{split} split ({data.split_source})", cache=cache),
+        **_score(
+            model, data, ids, task, plot=plot, title=f"{split} split ({data.split_source})", cache=cache, times=times
+        ),
     }
 
 
@@ -319,7 +339,8 @@ def provenance_of(model: nn.Module) -> dict[str, Any]:
     return getattr(model, "provenance", None) or getattr(getattr(model, "base", None), "provenance", None) or {}
 
 
-def _training_seed(model: nn.Module) -> int:
+def training_seed_of(model: nn.Module) -> int:
+    """The seed of the split the model (or its blocks) trained on, as its provenance records it; 0 when none."""
     found = training_seed(provenance_of(model))
     return 0 if found is None else found
 
@@ -497,11 +518,12 @@ def evaluate_missing(
     plot: str | os.PathLike[str] | None = None,
     cache: TokenCache | bool | None = True,
     time_unit: str | None = None,
+    times: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Metrics of a model (adapted or not) on a split, with modalities made missing: MoRA's protocol at total rate
     `missing_rate`, or independent per-modality rates `missing`; the split is the one the model was trained with
     unless `seed` says otherwise, and seen samples are refused as above."""
-    seed = _training_seed(model) if seed is None else seed
+    seed = training_seed_of(model) if seed is None else seed
     data, task, modalities = labelled_data(cast(LegoModel, model), data_dir, seed, time_unit=time_unit)
     drawn_over = ("train", "val", "test") if split == "all" else (split,)
     ids = [i for s in drawn_over for i in data.ids(s, modalities)]
@@ -513,7 +535,7 @@ def evaluate_missing(
     )
     warnings += _undefined(data, task, ids, split)
     metrics = _score(
-        model, data, ids, task, inputs, plot, f"{split} split ({data.split_source}), modalities missing", cache
+        model, data, ids, task, inputs, plot, f"{split} split ({data.split_source}), modalities missing", cache, times
     )
     protocol = (
         {"missing": missing} if missing else {"missing_rate": missing_rate or 0.0, "missing_split": missing_split}
