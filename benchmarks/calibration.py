@@ -4,6 +4,7 @@ integrated Brier score and c-index beside Cox with summary features (Breslow's b
 70/15/15 splits of real cohorts.
 
     python -m benchmarks.calibration [--datasets pbc nafld] [--seeds 5] [--json out.json]
+    python -m benchmarks.calibration --datasets pbc --validation-noise   # the validation splits' own error
 
 Models: each block (the library's default specs, as `benchmarks.merge_vs_blocks` builds them), LegoMerge
 (calibrated on the validation split, as `merge --calibrate-on` does), LegoFuse (stack; calibrated by default) and
@@ -138,8 +139,15 @@ def report(name: str, runs: Sequence[dict], console: Console) -> dict:
     test error per edge averaged over seeds (absolute, and signed: predicted minus Kaplan-Meier), before -> after;
     integrated Brier and c-index on test."""
     table = Table(title=f"{name}: calibration error |mean S(t) - KM S(t)| at the bin edges, {len(runs)} seeds")
-    for column in ("model", "all patients, worst edge: mean (max) over seeds", "test, per edge: mean |error| (mean signed error) over seeds",
-                   "integrated Brier (test)", "c-index (test)", "method"):  # fmt: skip
+    columns = (
+        "model",
+        "all patients, worst edge: mean (max) over seeds",
+        "test, per edge: mean |error| (mean signed error) over seeds",
+        "integrated Brier (test)",
+        "c-index (test)",
+        "method",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column in ("model", "method") else "right")
     summary = {}
     for model in runs[0]:
@@ -177,11 +185,39 @@ def report(name: str, runs: Sequence[dict], console: Console) -> dict:
     return summary
 
 
+def greenwood(time: torch.Tensor, event: torch.Tensor, at: float) -> float:
+    """The standard error of the Kaplan-Meier estimate S(at) by Greenwood's formula."""
+    time, event = time.double(), event.bool()
+    survival, variance = 1.0, 0.0
+    for moment in sorted(set(time[event & (time <= at)].tolist())):
+        deaths, at_risk = int(((time == moment) & event).sum()), int((time >= moment).sum())
+        survival *= 1 - deaths / at_risk
+        variance += deaths / (at_risk * (at_risk - deaths)) if at_risk > deaths else 0.0
+    return survival * variance**0.5
+
+
+def validation_noise(folder: Path, dataset: Dataset, seeds: int, console: Console) -> None:
+    """Per seed: the validation split's size and events, and Greenwood's standard error of its Kaplan-Meier S(t) at
+    the bin edges: the error any calibration fitted on that split carries. No model is trained."""
+    modalities = list(dataset.modalities)
+    for seed in range(seeds):
+        data = SplitData.load(folder, {m: modality_shape(folder, m) for m in modalities}, TASK, seed)
+        val = data.targets(data.ids("val", modalities))
+        errors = [greenwood(val["time"], val["event"], edge) for edge in data.survival_edges()[1:-1].tolist()]
+        console.print(
+            f"{dataset.title}, seed {seed}: validation {len(val['time'])} samples, {int(val['event'].sum())} events; "
+            "Kaplan-Meier standard error at the edges " + " / ".join(f"{e:.3f}" for e in errors)
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["pbc", "nafld"], choices=("pbc", "nafld"))
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--json", help="also write the figures as JSON")
+    parser.add_argument(
+        "--validation-noise", action="store_true", help="only print each validation split's Kaplan-Meier error"
+    )
     args = parser.parse_args(argv)
     console = Console()
     results = {}
@@ -190,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
             dataset = DATASETS[name]
             folder = Path(root) / name
             dataset.write(folder)
+            if args.validation_noise:
+                validation_noise(folder, dataset, args.seeds, console)
+                continue
             runs = []
             for seed in range(args.seeds):
                 runs.append(run_seed(folder, dataset, seed))

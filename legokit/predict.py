@@ -18,7 +18,7 @@ from legokit.data.folder import DataError, DatasetFolder
 from legokit.data.stream import budget_chunks
 from legokit.device import resolve_device
 from legokit.errors import ConfigError, positive_int
-from legokit.interface import LegoModel, model_columns, model_contract, model_inputs, survival_outputs
+from legokit.interface import UNCALIBRATED, LegoModel, model_columns, model_contract, model_inputs, survival_outputs
 from legokit.io.atomic import write_atomic
 from legokit.progress import log, progress_bar
 from legokit.survival.outputs import SurvivalOutputs
@@ -65,7 +65,7 @@ def predict_folder(
     A survival model's hazards and survival are recalibrated when it carries a calibration (else a warning says
     it does not); `times`: also S(t) at those times in the model's time unit (`legokit.survival.curves`)."""
     positive_int("batch size", batch_size)
-    reading = survival_outputs(model, warn=True) if model.task.kind == "survival" else None
+    reading = survival_outputs(model) if model.task.kind == "survival" else None
     if times:
         if reading is None:
             raise ConfigError(f"--times is for survival models; this one's task is {model.task}")
@@ -79,7 +79,10 @@ def predict_folder(
     module = cast(nn.Module, model)  # every LegoModel is an nn.Module (a block, a merged, fused or adapted model)
     module.to(target).eval()  # in place
     with encoded_once(module, data, data.ids, TokenCache.resolve(cache), progress=progress):
-        return _predict(model, data, target, batch_size, progress, reading, times)
+        predictions = _predict(model, data, target, batch_size, progress, reading, times)
+    if reading is not None and reading.calibration is None:
+        log.warning("%s", UNCALIBRATED)
+    return predictions
 
 
 def _predict(

@@ -132,7 +132,7 @@ def test_train_calibrates_on_validation_and_inspect_says_so(pbc, trained):
     assert calibration is not None and calibration.split == "val" and calibration.samples > 0
     assert model_calibration(legokit.load(plain)) is None
     inspected = cli_here("inspect", str(calibrated))
-    assert "calibration" in inspected.stdout and "fitted on" in inspected.stdout
+    assert "calibration" in inspected.stdout and "val samples" in inspected.stdout
     assert "not calibrated" in cli_here("inspect", str(plain)).stdout
 
 

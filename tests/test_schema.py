@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from legokit.cli.commands import InputPath, _paths, _training, build_parser, main
+from legokit.cli.commands import NOT_FOR, InputPath, _paths, _training, build_parser, main
 from legokit.contract import Labelling
 from legokit.encoders import build_encoder
 from legokit.errors import ConfigError
@@ -44,7 +44,9 @@ def _dests(command: str) -> set[str]:
 
 @pytest.mark.parametrize("command", ["train", "fuse", "adapt"])
 def test_every_training_setting_is_a_flag_of_every_training_command(command):
-    assert {item.name for item in fields(TrainConfig)} <= _dests(command)
+    settings = {item.name for item in fields(TrainConfig)} - set(NOT_FOR.get(command, ()))
+    assert settings <= _dests(command)
+    assert not set(NOT_FOR.get(command, ())) & _dests(command)  # a setting it has no use for is no flag of it
 
 
 def test_every_training_setting_is_a_spec_key_and_a_recipe_key():

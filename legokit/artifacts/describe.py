@@ -45,7 +45,7 @@ def calibration_rows(facts: Mapping[str, Any]) -> list[tuple[str, str]]:
         return []
     record = facts["provenance"].get("calibration")
     if record is None:
-        return [("calibration", "none: not calibrated (predict and eval warn; merge --calibrate-on DATA)")]
+        return [("calibration", "none: not calibrated (merge --calibrate-on DATA)")]
     task = TaskSpec.parse(str(facts["task"]))
     try:
         return [("calibration", Calibration.for_task(record, task.kind, task.n).summary())]

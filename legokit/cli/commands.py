@@ -662,6 +662,9 @@ SEEDS = {
 }
 
 
+NOT_FOR = {"adapt": ("calibrate",)}  # training settings a command has no use for: an adapter is not calibrated
+
+
 def _training_flags(command: str, defaults: TrainConfig, spec: bool = False) -> argparse.ArgumentParser:
     """The training flags, one per `TrainConfig` field with one meaning each, with this command's defaults and what
     its --seed draws (`legokit.schema`: defined once, on the config); an adapter is not calibrated on its own."""
@@ -671,7 +674,7 @@ def _training_flags(command: str, defaults: TrainConfig, spec: bool = False) -> 
         defaults,
         " or the spec's" if spec else "",
         {"seed": SEEDS[command]},
-        omit=("calibrate",) if command == "adapt" else (),
+        omit=NOT_FOR.get(command, ()),
     )
 
 

@@ -70,17 +70,10 @@ class Calibration:
         return self.scale * logits + offsets
 
     def summary(self) -> str:
-        """One line for a person: the method and what it was fitted on."""
-        shown = {
-            "none": "no change needed",
-            "shift": "one offset for every bin",
-            "affine": "one offset and a scale",
-            "offsets": "per-bin offsets",
-            "scaled": "per-bin offsets and a scale",
-        }
+        """One short line for a person: the method and what it was fitted on."""
         return (
-            f"{shown[self.method]}, fitted on {self.samples} {self.split} samples with {self.events} events; "
-            f"last follow-up {self.follow_up:g}"
+            f"{self.method}, from {self.samples} {self.split} samples ({self.events} events); follow-up "
+            f"{self.follow_up:g}"
         )
 
     def to_record(self) -> dict[str, Any]:

@@ -55,7 +55,11 @@ def split_report(
     targets = data.targets(ids)
     trained = data.targets(data.ids("train", modalities))
     if not len(trained["time"]):
-        raise ConfigError(f"{data.folder.root}: no training samples to weigh censoring by (Uno's C, Brier score)")
+        log.warning(
+            "%s: no training samples: Uno's C and the Brier scores weigh censoring by these samples' own",
+            data.folder.root,
+        )
+        trained = targets
     censoring = censoring_km(trained["time"], trained["event"])
     unweighed = int((targets["event"].bool() & (censoring(targets["time"]) <= 0)).sum())
     if unweighed:
