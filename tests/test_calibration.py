@@ -301,3 +301,9 @@ def test_a_split_with_fewer_than_ten_events_cannot_be_calibrated():
     event[:5] = True
     with pytest.raises(ConfigError, match="even one offset needs 10"):
         fit_calibration(logits, time, event, edges, follow_up)
+
+
+def test_a_curve_that_reached_zero_reads_zero_not_a_tiny_number():
+    curve = torch.tensor([[0.5, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    values = survival_at(curve, [100.0, 200.0, 300.0], 400.0, torch.tensor([150.0, 250.0, 500.0], dtype=torch.float64))
+    assert float(values[0, 0]) > 0 and values[0, 1:].tolist() == [0.0, 0.0]
