@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -325,3 +326,14 @@ def resealed(source: Path, target: Path, change: Callable[[dict], object]) -> Pa
     metadata[KEY_CHECKSUM] = seal(metadata, tensors_digest(tensors))
     save_file(tensors, target, metadata=metadata)
     return target
+
+
+def hostile_cases(examples: int) -> settings:
+    """Hypothesis settings of a hostile family: `examples` generated cases, the same ones every run, no deadline
+    (each case carries its own), function-scoped fixtures allowed."""
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=True,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )

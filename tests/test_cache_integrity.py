@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import save as safetensors_bytes
 from safetensors.torch import save_file
@@ -31,7 +31,7 @@ from legokit.predict import predict_folder
 from legokit.wrap import wrap_module
 
 from .conftest import cli_here
-from .hostile import header_with, run_case
+from .hostile import header_with, hostile_cases, run_case
 
 KEY, OTHER = "ab" * 32, "cd" * 32
 WIDTH = 4
@@ -412,12 +412,7 @@ def test_predict_with_a_bad_disk_budget_is_one_line_and_exit_1(world, monkeypatc
 
 # ---- generated hostile cases: corruptions of a shard, each given to predict ----------------------------------------
 
-CASES = settings(
-    max_examples=80,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+CASES = hostile_cases(80)
 
 
 def _header_edit(kind: str, at: int, value: int):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 from torch import nn
@@ -30,14 +30,17 @@ from legokit.spec import BlockSpec
 from legokit.training.workflows import evaluate_model
 from legokit.wrap import wrap_builtin, wrap_file, wrap_module
 
-from .hostile import config_edits, header_with, payload_bytes, program_mutations, run_case, torch_save_payload
-
-CASES = settings(
-    max_examples=100,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+from .hostile import (
+    config_edits,
+    header_with,
+    hostile_cases,
+    payload_bytes,
+    program_mutations,
+    run_case,
+    torch_save_payload,
 )
+
+CASES = hostile_cases(100)
 SMALL = dict(latent=(4, 8), dim_head=8, device="cpu")
 
 

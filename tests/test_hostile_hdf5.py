@@ -19,7 +19,7 @@ from typing import Any
 import h5py
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from legokit.data import hdf5 as hdf5_module
@@ -31,14 +31,9 @@ from legokit.training.workflows import train_block
 from legokit.wrap import wrap_builtin
 
 from .conftest import run_python
-from .hostile import deadline, labelled_folder, run_case
+from .hostile import deadline, hostile_cases, labelled_folder, run_case
 
-CASES = settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+CASES = hostile_cases(60)
 IDS = "abcdefgh"  # `a` is the hostile bag: first by name, so it is also the file a modality's shape is read from
 SLOWEST = 5.0
 GOOD = np.arange(12, dtype="f4").reshape(3, 4) / 7

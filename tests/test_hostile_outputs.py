@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
@@ -20,14 +20,9 @@ import legokit
 from legokit.wrap import wrap_builtin
 
 from .conftest import cli_here
-from .hostile import run_case
+from .hostile import hostile_cases, run_case
 
-CASES = settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+CASES = hostile_cases(60)
 SMALL = dict(latent=(4, 8), dim_head=8, device="cpu")
 LIMIT = 5.0
 

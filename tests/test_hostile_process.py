@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
@@ -36,14 +36,9 @@ from legokit.training.workflows import evaluate_model
 from legokit.wrap import wrap_builtin
 
 from .conftest import cli_here
-from .hostile import deadline, run_case
+from .hostile import deadline, hostile_cases, run_case
 
-CASES = settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+CASES = hostile_cases(40)
 SMALL = dict(latent=(4, 8), dim_head=8, device="cpu")
 LIMIT = 5.0  # seconds a case may take; one that blocks (a pipe opened for reading) is stopped here
 

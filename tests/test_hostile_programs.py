@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 from torch.export import Dim
@@ -35,14 +35,9 @@ from legokit.encoders.cost import Caps, check_cost, measure
 from legokit.encoders.foreign import load_program, program_module, sanitize_program
 from legokit.wrap import wrap_file, wrap_module
 
-from .hostile import _rewrite_zip, run_case
+from .hostile import _rewrite_zip, hostile_cases, run_case
 
-CASES = settings(
-    max_examples=100,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+CASES = hostile_cases(100)
 SMALL = dict(latent=(4, 8), dim_head=8, device="cpu")
 SECONDS = 5.0
 

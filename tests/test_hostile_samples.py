@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
@@ -30,14 +30,9 @@ from legokit.tasks import TaskSpec
 from legokit.training.workflows import train_block
 from legokit.wrap import wrap_builtin
 
-from .hostile import labelled_folder, run_case
+from .hostile import hostile_cases, labelled_folder, run_case
 
-CASES = settings(
-    max_examples=50,
-    deadline=None,
-    derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+CASES = hostile_cases(50)
 IDS = "abcdefgh"  # `a` is the hostile sample: first by name, so it is also the file a modality's shape is read from
 SLOWEST = 5.0
 

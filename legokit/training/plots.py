@@ -297,9 +297,7 @@ def _calibration_panel(
 
 def km_at(times: torch.Tensor, events: torch.Tensor, at: float) -> float:
     """Kaplan-Meier's S(at) of these samples."""
-    distinct, survival = kaplan_meier(times, events)
-    index = int(torch.searchsorted(distinct, torch.tensor([at], dtype=torch.float64), right=True)[0])
-    return 1.0 if index == 0 else float(survival[index - 1])
+    return float(product_limit(times, events)(torch.tensor([at], dtype=torch.float64))[0])
 
 
 def _class_labels(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
