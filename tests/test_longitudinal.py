@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from legokit.data.bundled import write_pbc
-from legokit.data.folder import modality_shape
+from legokit.data.folder import DataError, modality_shape
 from legokit.data.nafld import PINNED, TOKEN, read_frame, write_nafld
 from legokit.data.training import SplitData
 from legokit.encoders import build_encoder, check_encoder_kwargs, list_encoders
@@ -20,7 +20,14 @@ from legokit.encoders.summaries import sequence_summaries, summary_width
 from legokit.errors import ConfigError, WriteError
 from legokit.io.atomic import write_folder_atomic
 from legokit.tasks import TaskSpec
-from legokit.training.baselines import cox_fit, summary_cox_risks, summary_features
+from legokit.training.baselines import (
+    PENALTIES,
+    cox_fit,
+    summary_cox,
+    summary_cox_risks,
+    summary_features,
+    tuned_summary_cox,
+)
 from legokit.training.metrics import concordance_index
 
 TASK = TaskSpec("survival", 4)
@@ -111,6 +118,24 @@ def test_summary_cox_flags_a_modality_some_patients_lack(pbc: SplitData) -> None
     assert set(risks) == set(test) and all(math.isfinite(r) for r in risks.values())
     lacking = [i for i in test if i not in pbc.folder.ids_of("visits")]
     assert lacking  # non-trial patients have no visits: they are scored on labs and the missing flag
+
+
+def test_tuned_cox_keeps_the_penalty_with_the_best_validation_cindex(pbc: SplitData) -> None:
+    val = pbc.ids("val")
+    chosen, scores = tuned_summary_cox(pbc, ["labs", "visits"], pbc.ids("train"), val)
+    assert set(scores) == set(PENALTIES) and len(set(scores.values())) > 1  # the penalty matters on PBC
+    best = max(scores.values())
+    alpha = max(a for a, score in scores.items() if score == best)  # ties go to the larger penalty
+    again = summary_cox(pbc, ["labs", "visits"], pbc.ids("train"), alpha=alpha)
+    assert torch.equal(chosen.beta, again.beta)
+    labels = pbc.labels.select(val)
+    assert concordance_index(chosen.linear(pbc, val), labels["time"], labels["event"]) == pytest.approx(best)
+
+
+def test_tuned_cox_refuses_a_validation_split_without_an_event(pbc: SplitData) -> None:
+    censored = [i for i in pbc.ids("val") if not bool(pbc.labels.select([i])["event"][0])]
+    with pytest.raises(DataError, match="validation samples with labs and an event"):
+        tuned_summary_cox(pbc, ["labs"], pbc.ids("train"), censored)
 
 
 def test_a_folder_written_at_once_appears_whole_or_not_at_all(tmp_path: Path) -> None:

@@ -20,6 +20,9 @@ from legokit.training.paired import (
     hierarchical_bootstrap,
     multiplicities,
     paired_cindex,
+    resampled_t,
+    t_cdf,
+    t_quantile,
     weighted_cindex,
 )
 
@@ -228,3 +231,34 @@ def test_cells_and_input_checks():
         paired_cindex(bili, [bili[0][:20], bili[1]], times, events)
     with pytest.raises(ValueError, match="non-finite"):
         paired_cindex(bili, [bili[0], bili[1] * float("nan")], times, events)
+
+
+@pytest.mark.parametrize("dof", [1, 2, 4, 9, 60])
+def test_t_quantiles_are_the_tabulated_ones(dof: int) -> None:
+    table = {1: 12.7062047, 2: 4.3026527, 4: 2.7764451, 9: 2.2621572, 60: 2.0002978}  # two-sided 95% critical values
+    assert t_quantile(0.975, dof) == pytest.approx(table[dof], abs=1e-6)
+    assert t_quantile(0.025, dof) == pytest.approx(-table[dof], abs=1e-6)
+    assert t_cdf(table[dof], dof) == pytest.approx(0.975, abs=1e-8)
+    assert t_cdf(0.0, dof) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_resampled_t_widens_the_naive_interval_by_the_test_train_ratio() -> None:
+    differences = [0.010, 0.020, -0.005, 0.015, 0.000]
+    found = resampled_t(differences, 15 / 70)
+    mean = sum(differences) / 5
+    sd = (sum((d - mean) ** 2 for d in differences) / 4) ** 0.5
+    half = 2.7764451 * sd * (1 / 5 + 15 / 70) ** 0.5  # Nadeau & Bengio's (1/J + n2/n1) instead of 1/J
+    assert found.mean == pytest.approx(mean) and found.per_seed == tuple(differences)
+    assert (found.low, found.high) == (pytest.approx(mean - half, abs=1e-7), pytest.approx(mean + half, abs=1e-7))
+    naive = resampled_t(differences, 1e-12)
+    assert naive.high - naive.low < found.high - found.low
+    assert 0.05 < found.p < 1 and resampled_t([0.01, 0.011, 0.012], 0.2).p < 0.01
+
+
+@pytest.mark.parametrize(
+    ("differences", "ratio", "message"),
+    [([0.1], 0.2, "two or more"), ([0.1, float("nan")], 0.2, "finite"), ([0.1, 0.2], 0.0, "positive")],
+)
+def test_resampled_t_refuses_what_it_cannot_test(differences: list[float], ratio: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        resampled_t(differences, ratio)

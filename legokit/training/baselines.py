@@ -19,6 +19,7 @@ from legokit.data.training import SplitData
 from legokit.encoders import Encoder, build_encoder
 from legokit.encoders.summaries import sequence_summaries
 from legokit.tasks import TaskSpec
+from legokit.training.metrics import concordance_index
 
 
 class LateFusion(nn.Module):
@@ -152,8 +153,7 @@ class SummaryCox:
 
     def linear(self, data: SplitData, ids: Sequence[str]) -> torch.Tensor:
         """The linear predictor (risk) of these samples; an id lacking every modality gets the training means."""
-        parts = [_summaries(data, m, ids, self.time_feature) for m in self.modalities]
-        scored = _summary_rows(parts, self.fills)
+        scored = _summary_rows([_summaries(data, m, ids, self.time_feature) for m in self.modalities], self.fills)
         return ((scored.double() - self.mean.double()) / self.sd.double()) @ self.beta
 
     def survival(self, data: SplitData, ids: Sequence[str], times: Sequence[float]) -> torch.Tensor:
@@ -181,16 +181,29 @@ def breslow_survival(
     return torch.exp(-hazard[None, :] * eta.double().exp()[:, None])
 
 
-def summary_cox(
-    data: SplitData,
-    modalities: Sequence[str],
-    train: Sequence[str],
-    time_feature: int | None = 0,
-    alpha: float = 0.1,
-) -> SummaryCox:
-    """Cox with summary features fit on `train` (the samples that have any of `modalities`): the baseline the
-    toolkit has to beat. Fewer than two such training samples, or a modality none of them has, is a DataError:
-    its features would be NaN, and so every risk."""
+@dataclass(frozen=True)
+class SummaryDesign:
+    """Summary features of the training samples that have any of `modalities` (`summary_features`, side by side; a
+    lacking modality its training mean plus a flag), the fills that make the same columns for other samples, and the
+    training targets."""
+
+    modalities: tuple[str, ...]
+    time_feature: int | None
+    x: torch.Tensor
+    fills: tuple[tuple[torch.Tensor, bool], ...]
+    time: torch.Tensor
+    event: torch.Tensor
+
+    def rows(self, data: SplitData, ids: Sequence[str]) -> torch.Tensor:
+        """The same columns for these samples (an id lacking every modality gets the training means)."""
+        return _summary_rows([_summaries(data, m, ids, self.time_feature) for m in self.modalities], self.fills)
+
+
+def summary_design(
+    data: SplitData, modalities: Sequence[str], train: Sequence[str], time_feature: int | None = 0
+) -> SummaryDesign:
+    """The training design of a classical model on summary features. Fewer than two training samples with any of
+    `modalities`, or a modality none of them has, is a DataError: its features would be NaN, and so every risk."""
     train = [i for i in train if any(i in data.folder.ids_of(m) for m in modalities)]
     if len(train) < 2:
         raise DataError(
@@ -205,14 +218,61 @@ def summary_cox(
                 "features cannot fill it in (leave it out)"
             )
         fills.append((features[present].mean(0), not bool(present.all())))
-    x = _summary_rows(parts, fills)
-    mean, sd = x.mean(0), x.std(0).clamp_min(1e-8)
     targets = data.labels.select(train)
-    beta = cox_fit((x - mean) / sd, targets["time"], targets["event"], alpha)
+    x = _summary_rows(parts, fills)
+    return SummaryDesign(tuple(modalities), time_feature, x, tuple(fills), targets["time"], targets["event"])
+
+
+def _cox_on(design: SummaryDesign, alpha: float) -> SummaryCox:
+    x = design.x
+    mean, sd = x.mean(0), x.std(0).clamp_min(1e-8)
+    beta = cox_fit((x - mean) / sd, design.time, design.event, alpha)
     eta = ((x.double() - mean.double()) / sd.double()) @ beta
     return SummaryCox(
-        tuple(modalities), time_feature, beta, mean, sd, tuple(fills), eta, targets["time"], targets["event"]
+        design.modalities, design.time_feature, beta, mean, sd, design.fills, eta, design.time, design.event
     )
+
+
+def summary_cox(
+    data: SplitData,
+    modalities: Sequence[str],
+    train: Sequence[str],
+    time_feature: int | None = 0,
+    alpha: float = 0.1,
+) -> SummaryCox:
+    """Cox with summary features fit on `train` (the samples that have any of `modalities`), ridge `alpha` on
+    standardised columns: the baseline the toolkit has to beat (`summary_design` says which inputs it refuses)."""
+    return _cox_on(summary_design(data, modalities, train, time_feature), alpha)
+
+
+PENALTIES = (0.01, 0.1, 1.0, 10.0, 100.0)  # ridge penalties a tuned Cox model tries, chosen on validation
+
+
+def tuned_summary_cox(
+    data: SplitData,
+    modalities: Sequence[str],
+    train: Sequence[str],
+    val: Sequence[str],
+    time_feature: int | None = 0,
+    penalties: Sequence[float] = PENALTIES,
+) -> tuple[SummaryCox, dict[float, float]]:
+    """Penalised Cox with summary features, its ridge penalty chosen by Harrell's c-index on the `val` samples that
+    have any of `modalities` (ties go to the larger penalty); returns the chosen model and each penalty's score. A
+    validation split with no such sample, or no event among them, is a DataError."""
+    design = summary_design(data, modalities, train, time_feature)
+    val = [i for i in val if any(i in data.folder.ids_of(m) for m in modalities)]
+    targets = data.labels.select(val) if val else None
+    if targets is None or not bool(targets["event"].bool().any()):
+        raise DataError(f"a tuned Cox model needs validation samples with {', '.join(modalities)} and an event")
+    rows = design.rows(data, val)
+    scores: dict[float, float] = {}
+    models = {}
+    for alpha in sorted(penalties, reverse=True):
+        models[alpha] = _cox_on(design, alpha)
+        risk = ((rows.double() - models[alpha].mean.double()) / models[alpha].sd.double()) @ models[alpha].beta
+        scores[alpha] = concordance_index(risk, targets["time"], targets["event"])
+    best = max(scores, key=lambda alpha: scores[alpha])  # the first maximum: the largest penalty among ties
+    return models[best], scores
 
 
 def summary_cox_risks(

@@ -7,10 +7,15 @@ it is sum_ij w_i w_j N_ij / sum_ij w_i w_j D_ij: D_ij = 1 for a comparable pair,
 costs one matrix product W @ N (D's sums need only cumulative sums over the sorted times); per seed the float32 pair
 matrix takes 4 n^2 bytes (25 MB for n = 2,500), the replicates go in chunks of about `memory` bytes. Another statistic
 of this ratio form (e.g. an AUC: positives x negatives pairs) needs only its own `Statistic` for the same
-`hierarchical_bootstrap`."""
+`hierarchical_bootstrap`.
+
+Seeds that re-split one cohort share samples, so their differences are not independent: the primary interval is the
+corrected resampled t-test (Nadeau & Bengio 2003, `resampled_t`), whose variance (1/J + n_test/n_train) s^2 counts
+that overlap; the bootstrap stays as a second opinion."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -68,6 +73,72 @@ class BootstrapEstimate:
 
     def __str__(self) -> str:
         return self.cell()
+
+
+@dataclass(frozen=True)
+class ResampledT:
+    """Per-seed differences, their mean, the corrected resampled t-test's 95% interval and two-sided p-value."""
+
+    mean: float
+    low: float
+    high: float
+    p: float
+    per_seed: tuple[float, ...]
+    test_train_ratio: float
+
+    def cell(self, digits: int = 3) -> str:
+        """A table cell, e.g. "+0.014 [−0.003, +0.031] p=0.09"."""
+        d = digits
+        return _minus(f"{self.mean:+.{d}f} [{self.low:+.{d}f}, {self.high:+.{d}f}] p={self.p:.2g}")
+
+    def __str__(self) -> str:
+        return self.cell()
+
+
+def t_cdf(x: float, dof: int, points: int = 4001) -> float:
+    """Student's t distribution function: 1/2 + c_v * integral_0^atan(x/sqrt(v)) cos^(v-1)(u) du (x = sqrt(v) tan u),
+    c_v = Gamma((v+1)/2) / (sqrt(pi) Gamma(v/2)); Simpson's rule on a bounded integrand, float64."""
+    if dof < 1:
+        raise ValueError(f"a t distribution needs at least 1 degree of freedom, got {dof}")
+    end = math.atan(abs(x) / math.sqrt(dof))
+    u = torch.linspace(0.0, end, points, dtype=torch.float64)
+    weights = torch.ones(points, dtype=torch.float64)
+    weights[1:-1:2], weights[2:-1:2] = 4.0, 2.0
+    integral = float((weights * u.cos().pow(dof - 1)).sum()) * end / (3 * (points - 1))
+    scale = math.exp(math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2)) / math.sqrt(math.pi)
+    return 0.5 + math.copysign(scale * integral, x)
+
+
+def t_quantile(p: float, dof: int) -> float:
+    """The p-quantile of Student's t with `dof` degrees of freedom (0 < p < 1), by bisection on `t_cdf` in the angle
+    u = atan(x / sqrt(dof)), which is bounded."""
+    if not 0 < p < 1:
+        raise ValueError(f"a quantile needs 0 < p < 1, got {p}")
+    low, high = -math.pi / 2, math.pi / 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        if t_cdf(math.sqrt(dof) * math.tan(middle), dof) < p:
+            low = middle
+        else:
+            high = middle
+    return math.sqrt(dof) * math.tan((low + high) / 2)
+
+
+def resampled_t(differences: Sequence[float], test_train_ratio: float, level: float = 0.95) -> ResampledT:
+    """The corrected resampled t-test (Nadeau & Bengio 2003) of per-seed differences d_1..d_J on re-splits of one
+    cohort: variance (1/J + n_test/n_train) s^2, J - 1 degrees of freedom; its `level` interval and two-sided p."""
+    values = [float(d) for d in differences]
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"the resampled t-test needs two or more finite per-seed differences, got {values}")
+    if not (math.isfinite(test_train_ratio) and test_train_ratio > 0):
+        raise ValueError(f"n_test/n_train must be a positive number, got {test_train_ratio}")
+    count = len(values)
+    mean = sum(values) / count
+    variance = sum((v - mean) ** 2 for v in values) / (count - 1)
+    error = math.sqrt((1 / count + test_train_ratio) * variance)
+    half = t_quantile(0.5 + level / 2, count - 1) * error
+    p = 1.0 if error == 0 and mean == 0 else 0.0 if error == 0 else 2 * (1 - t_cdf(abs(mean) / error, count - 1))
+    return ResampledT(mean, mean - half, mean + half, min(1.0, max(0.0, p)), tuple(values), test_train_ratio)
 
 
 def _comparable(
