@@ -152,7 +152,26 @@ def new_defaults() -> Settings:
     return Settings(SNN, LONGITUDINAL, DEFAULT_UPDATE, DEFAULT_HEAD_FEATURES, DEFAULT_SHARED_INIT, TrainConfig())
 
 
-STUDIES = {"heads": HEADS, "training": TRAINING}
+def _blocks_study() -> dict[str, Settings]:
+    """The third study (issue 34): tables as one token per feature (FT-Transformer's tokenizer) or one SNN token,
+    sequences as one summary token or one token per visit, and selection on one epoch's validation metric or on its
+    mean over the last 5 epochs."""
+    defaults = new_defaults()
+    smoothed = replace(defaults.training, smoothing=5)
+    per_visit = ("mlp", {"hidden": 64, "depth": 2, "dropout": 0.1})
+    return {
+        "defaults": defaults,
+        "smoothing 5": replace(defaults, training=smoothed),
+        "feature tokens": replace(defaults, table=TOKENS),
+        "feature tokens, smoothing 5": replace(defaults, table=TOKENS, training=smoothed),
+        "feature tokens, visit tokens, smoothing 5": replace(
+            defaults, table=TOKENS, sequence=per_visit, training=smoothed
+        ),
+        "lr 3e-4, smoothing 5": replace(defaults, training=replace(smoothed, lr=3e-4)),
+    }
+
+
+STUDIES = {"heads": HEADS, "training": TRAINING, "blocks": _blocks_study()}
 # the composition study: each sequence encoder's block, and LegoFuse at each modality dropout rate
 SEQUENCE_ENCODERS = {"abmil": ABMIL, "longitudinal": LONGITUDINAL}
 DROPOUT_RATES = (0.0, 0.25, 0.5)
@@ -544,7 +563,7 @@ def report(name: str, runs: Sequence[SeedRun], split: str, console: Console) -> 
     return out
 
 
-STUDY_COLUMNS = {"heads": ("merge", "merge auto"), "training": ("merge", "merge auto")}
+STUDY_COLUMNS = {"heads": ("merge", "merge auto"), "training": ("merge", "merge auto"), "blocks": ("merge",)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -274,6 +274,17 @@ def test_selection_prefers_the_metric_and_breaks_ties_and_nans_by_loss():
     assert (strict.epoch, strict.waited) == (1, 1)
 
 
+def test_smoothed_selection_prefers_a_stretch_of_good_epochs_to_one_lucky_epoch():
+    model = nn.Linear(1, 1)
+    metrics = [0.60, 0.90, 0.60, 0.80, 0.80, 0.80, 0.70]  # epoch 2 is a spike, epochs 4-6 a plateau
+    plain, smoothed = Selection(), Selection(window=3)
+    for epoch, metric in enumerate(metrics, start=1):
+        plain.update(epoch, metric, 1.0, model)
+        smoothed.update(epoch, metric, 1.0, model)
+    assert (plain.epoch, plain.waited) == (2, 5)
+    assert (smoothed.epoch, smoothed.waited) == (6, 1)  # the plateau's mean 0.80 beats 0.70 around the spike
+
+
 def test_a_callback_stops_training_and_the_history_says_where(tmp_path):
     from legokit.data.bundled import write_pbc
     from legokit.data.training import SplitData

@@ -57,6 +57,16 @@ class TrainConfig:
     patience: int = option(
         15, "epochs without validation gain before stopping (default {default})", type=int, keys=FILES
     )
+    # a small validation split's metric jumps from epoch to epoch: selecting on its mean over the last epochs picks a
+    # stretch of good epochs rather than one lucky one (the weights kept are the stretch's last epoch's)
+    smoothing: int = option(
+        1,
+        "select the epoch, and stop, on the validation metric's mean over the last N epochs (1: each epoch's own) "
+        "(default {default})",
+        type=int,
+        metavar="N",
+        keys=FILES,
+    )
     # what the seed draws differs by command: each command's parser says it (`legokit.cli.commands`)
     seed: int = option(0, "seed of the run's random draws (default {default})", type=int, keys=FILES)
     device: str = option("auto", cli=SHARED, keys=FILES)  # every computing command's own --device flag
@@ -118,7 +128,7 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "patience", "max_tokens"):
+        for name in ("epochs", "batch_size", "patience", "max_tokens", "smoothing"):
             positive_int(name, getattr(self, name))
         if self.workers is not None and (
             not isinstance(self.workers, int) or isinstance(self.workers, bool) or not 0 <= self.workers <= 64
@@ -256,12 +266,15 @@ def evaluate(
 @dataclass
 class Selection:
     """The model-selection rule: the epoch with the best validation primary metric (a NaN metric or a tie falls
-    back to the lower validation loss), with a deep copy of its weights and the epochs waited since."""
+    back to the lower validation loss), each the mean over the last `window` epochs, with a deep copy of the
+    selected epoch's weights and the epochs waited since."""
 
     best: tuple[float, float] | None = None
     epoch: int = 0
     waited: int = 0
     state: dict[str, torch.Tensor] | None = None
+    window: int = 1
+    recent: list[tuple[float, float]] = field(default_factory=list)
 
     def better(self, metric: float, loss: float) -> bool:
         if self.best is None:
@@ -271,6 +284,9 @@ class Selection:
         return loss < self.best[1]
 
     def update(self, epoch: int, metric: float, loss: float, model: nn.Module) -> None:
+        self.recent = [*self.recent, (metric, loss)][-self.window :]
+        metric = sum(m for m, _ in self.recent) / len(self.recent)  # NaN if any epoch's is: the loss decides
+        loss = sum(v for _, v in self.recent) / len(self.recent)
         if self.better(metric, loss):
             self.best, self.epoch, self.waited = (metric, loss), epoch, 0
             self.state = copy.deepcopy(model.state_dict())
@@ -416,7 +432,7 @@ class Trainer:
         """Train up to `config.epochs` epochs, stop when a callback says so, restore the selected epoch's weights,
         and score them on the validation and test splits."""
         started = time.perf_counter()
-        selection = Selection(state=copy.deepcopy(self.model.state_dict()))
+        selection = Selection(state=copy.deepcopy(self.model.state_dict()), window=self.config.smoothing)
         history: list[dict[str, float]] = []
         for epoch in range(1, self.config.epochs + 1):
             began = time.perf_counter()
