@@ -411,7 +411,8 @@ def best_of(runs: Sequence[SeedRun], candidates: Sequence[str], group: str) -> l
         scores = {
             c: v
             for c, v in scores.items()
-            if not math.isnan(v) and not run.test.risks[c][run.test.groups()[group]].isnan().any()
+            if not math.isnan(v)
+            and (c not in run.test.risks or not run.test.risks[c][run.test.groups()[group]].isnan().any())
         }
         chosen.append(max(scores, key=scores.get) if scores else "")
     return chosen
@@ -516,13 +517,15 @@ def report(name: str, runs: Sequence[SeedRun], split: str, console: Console) -> 
         for m in models
     }
     blocks = [f"block {m}" for m in dataset.modalities]
-    scores[BEST_BLOCK] = {
+    best_block = {
         g: [
             getattr(r, split).cindex(chosen, getattr(r, split).groups()[g]) if chosen else math.nan
             for r, chosen in zip(runs, best_of(runs, blocks, g))
         ]
         for g in groups
     }
+    if split == "test":  # chosen on validation: on the validation split it would score its own choice
+        scores[BEST_BLOCK] = best_block
     sizes = {g: statistics.fmean(int(getattr(r, split).groups()[g].sum()) for r in runs) for g in groups}
     table = Table(title=f"{dataset.title}: {split} c-index, mean ± s.d. over {len(runs)} seeds")
     table.add_column("model")
