@@ -93,7 +93,13 @@ def training_summary(record: Mapping[str, Any]) -> str:
     else:
         epochs = f"best epoch {record.get('best_epoch')}" + (f" of at most {most}" if most is not None else "")
     val, test = record.get("val") or {}, record.get("test") or {}
-    return f"{epochs}; {_metrics(val if isinstance(val, Mapping) else {}, test if isinstance(test, Mapping) else {})}"
+    searched = record.get("search")
+    trials = searched.get("trials") if isinstance(searched, Mapping) else None
+    chosen = (
+        f"; kept the best of {len(trials)} trials on validation (-v shows them)" if isinstance(trials, list) else ""
+    )
+    metrics = _metrics(val if isinstance(val, Mapping) else {}, test if isinstance(test, Mapping) else {})
+    return f"{epochs}; {metrics}{chosen}"
 
 
 def _data_summary(record: Mapping[str, Any]) -> str:

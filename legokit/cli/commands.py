@@ -45,7 +45,7 @@ from legokit.errors import ConfigError, LegoError, brief
 from legokit.hub.publish import pull, push
 from legokit.io.atomic import write_atomic
 from legokit.io.outputs import check_outputs
-from legokit.nn.block import Architecture, parse_input_shape
+from legokit.nn.block import Architecture, LegoBlock, parse_input_shape
 from legokit.nn.spectral import DEFAULT_PHASE, PHASE_MODES
 from legokit.predict import DEFAULT_BATCH, predict_folder
 from legokit.progress import log
@@ -56,7 +56,9 @@ from legokit.tasks import TaskSpec
 from legokit.threads import apply_threads, choose_threads
 from legokit.training.distributed import session
 from legokit.training.merged import merge_calibrated
+from legokit.training.metrics import PRIMARY
 from legokit.training.plots import plot_history
+from legokit.training.search import SEARCH_SPACE, check_trials
 from legokit.training.trainer import ADAPT_TRAINING, FUSE_TRAINING, TrainConfig, TrainResult
 from legokit.training.workflows import (
     adapt,
@@ -314,6 +316,26 @@ def _report_training(
     return _trained(result, path)
 
 
+def _report_search(console: Console, block: LegoBlock, primary: str) -> dict[str, Any] | None:
+    """Print a searched block's trials (the chosen one marked) and return the search record."""
+    record = block.provenance.get("trained", {}).get("search")
+    if not record:
+        return None
+    table = Table(title=f"search: {len(record['trials'])} trials on the validation split (* kept)")
+    for name in ("", *record["space"], "best epoch", "epochs run", f"val {primary}"):
+        table.add_column(name, justify="right")
+    for index, row in enumerate(record["trials"]):
+        table.add_row(
+            "*" if index == record["chosen"] else str(index + 1),
+            *(f"{row[name]:g}" for name in record["space"]),
+            str(row["best_epoch"]),
+            str(row["epochs_run"]),
+            _number(row["val"].get(primary, math.nan)),
+        )
+    console.print(table)
+    return dict(record)
+
+
 def _refuse_rebuilding(args: argparse.Namespace) -> None:
     """`train --block` with flags that would build another block: a usage error, said before the outputs are checked."""
     named = [
@@ -343,16 +365,25 @@ def _train_wrapped(args: argparse.Namespace, console: Console) -> Result:
     with session(config.device) as place:
         labelling, _ = _labelling(args, Labelling(), block.config.task)
         block, result = train_wrapped_block(
-            args.data, block, config, standardize=args.standardize, cache=not args.no_cache, labelling=labelling
+            args.data,
+            block,
+            config,
+            standardize=args.standardize,
+            cache=not args.no_cache,
+            labelling=labelling,
+            trials=args.search,
         )
         if not place.main:
             return _trained(result, None)
         path = save_block(block, args.output, inputs=inputs)
     encoder = block.provenance["trained"]["encoder"]
-    return _report_training(console, f"trained {block.modality} block (encoder {encoder})", result, path, args, inputs)
+    searched = _report_search(console, block, PRIMARY[block.config.task.kind])
+    what = f"trained {block.modality} block (encoder {encoder})"
+    return {**_report_training(console, what, result, path, args, inputs), "search": searched}
 
 
 def cmd_train(args: argparse.Namespace, console: Console) -> Result:
+    check_trials(args.search)
     if args.block:
         return _train_wrapped(args, console)
     if args.encoders not in (None, "auto", "finetune") or args.standardize:
@@ -379,11 +410,15 @@ def cmd_train(args: argparse.Namespace, console: Console) -> Result:
     spec = replace(spec, training=_training(args, spec.training))
     _use_threads(args, console, spec.latent)
     with session(spec.training.device) as place:
-        block, result = train_block(args.data, spec)
+        block, result = train_block(args.data, spec, trials=args.search)
         if not place.main:  # under torchrun, rank 0 reports and writes
             return _trained(result, None)
         path = save_block(block, args.output, inputs=inputs)
-    return _report_training(console, f"trained {spec.modality} block", result, path, args, inputs)
+    searched = _report_search(console, block, PRIMARY[spec.task.kind])
+    return {
+        **_report_training(console, f"trained {spec.modality} block", result, path, args, inputs),
+        "search": searched,
+    }
 
 
 def cmd_fuse(args: argparse.Namespace, console: Console) -> Result:
@@ -847,6 +882,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--block", type=InputPath, help="a wrapped block (.st) to train: its latent, updates and head (encoder frozen)"
     )
     train.add_argument("--finetune-encoder", action=_Deprecated, dest="encoders", new="--encoders", const="finetune")
+    train.add_argument(
+        "--search",
+        type=int,
+        default=1,
+        metavar="N",
+        help=f"try N training settings on the validation split (the given ones, then random points of a grid over "
+        f"{', '.join(SEARCH_SPACE)}) and keep the best; the table goes into the block's provenance (default 1)",
+    )
     train.add_argument(
         "--standardize",
         action="store_true",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, cast
 
@@ -32,8 +33,9 @@ from legokit.tasks import TaskSpec
 from legokit.training.calibrating import calibrate_trained
 from legokit.training.distributed import world
 from legokit.training.leakage import has_record, overlaps, refuse_overlap, training_seed
-from legokit.training.metrics import undefined_auc
+from legokit.training.metrics import PRIMARY, undefined_auc
 from legokit.training.plots import plot_task
+from legokit.training.search import search
 from legokit.training.survival_scores import survival_scores
 from legokit.training.trainer import (
     ADAPT_TRAINING,
@@ -112,16 +114,36 @@ def labelled_for(
     return data
 
 
+def _searched(
+    train: Callable[[TrainConfig], tuple[LegoBlock, TrainResult]], base: TrainConfig, trials: int, task: TaskSpec
+) -> tuple[LegoBlock, TrainResult]:
+    """The best of `trials` trainings chosen on validation (`legokit.training.search`), its search table recorded in
+    its provenance's training record."""
+    model, result, record = search(lambda config: train(config), base, trials, PRIMARY[task.kind])
+    block = cast(LegoBlock, model)
+    block.provenance["trained"]["search"] = record
+    return block, result
+
+
 def train_block(
     data_dir: str | os.PathLike[str],
     spec: BlockSpec,
     splits: dict[str, str] | None = None,
     ids: Sequence[str] | None = None,
     progress: bool = True,
+    trials: int = 1,
 ) -> tuple[LegoBlock, TrainResult]:
     """Train one block on its modality of a dataset folder; `ids` restricts training to those samples (unpaired
     settings). Its input standardisation comes from the training split; provenance records data, split, metrics,
-    and its contract what its inputs and outputs mean (`legokit.contract`)."""
+    and its contract what its inputs and outputs mean (`legokit.contract`). `trials` > 1 searches the training
+    settings on validation (`legokit.training.search`)."""
+    if trials != 1:
+        return _searched(
+            lambda config: train_block(data_dir, replace(spec, training=config), splits, ids, progress),
+            spec.training,
+            trials,
+            spec.task,
+        )
     torch.manual_seed(spec.training.seed)
     shape = modality_shape(data_dir, spec.modality)
     block = build_block(spec, shape)
@@ -142,12 +164,24 @@ def train_wrapped_block(
     progress: bool = True,
     cache: TokenCache | bool | None = True,
     labelling: Labelling = Labelling(),
+    trials: int = 1,
 ) -> tuple[LegoBlock, TrainResult]:
     """Train a wrapped (or any loaded) block on its modality of a dataset folder: its latent, update layers and
     head, and its encoder too when `config.encoders` is "finetune" (a pretrained encoder stays frozen by default, and
     runs once per sample through `cache`). `standardize` sets the input standardisation from the training split;
     otherwise the encoder sees the data as stored, as it was trained to. Same trainer, splits, provenance and
-    metrics as a built-in block; `labelling` says what the labels are (time unit, bins, classes)."""
+    metrics as a built-in block; `labelling` says what the labels are (time unit, bins, classes). `trials` > 1
+    searches the training settings on validation, each trial from a copy of `block`."""
+    if trials != 1:
+        resolved = TokenCache.resolve(cache)  # one cache for every trial: the frozen encoder runs once
+        return _searched(
+            lambda c: train_wrapped_block(
+                data_dir, copy.deepcopy(block), c, standardize, splits, progress, resolved, labelling
+            ),
+            config,
+            trials,
+            block.config.task,
+        )
     torch.manual_seed(config.seed)
     check_labelling(block.config.task, labelling)
     data = labelled_for(block, data_dir, labelling, config.seed, splits)
