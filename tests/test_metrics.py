@@ -17,9 +17,12 @@ from legokit.training.baselines import cox_fit
 from legokit.training.metrics import (
     binary_auc,
     concordance_index,
+    cox_partial_nll,
     macro_f1,
+    risk_from_logits,
     survival_bins,
     survival_nll,
+    task_loss,
     task_metrics,
     to_bins,
 )
@@ -100,3 +103,35 @@ def test_cox_baseline_equals_scikit_survival_coefficients():
         x.double().numpy(), Surv.from_arrays(events.numpy(), times.numpy())
     )
     assert torch.allclose(ours, torch.from_numpy(reference.coef_), atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cox_partial_likelihood_is_breslows_summed_by_hand_with_tied_times(seed):
+    generator = torch.Generator().manual_seed(seed)
+    risk = torch.randn(60, generator=generator, dtype=torch.float64)
+    times = torch.randint(1, 12, (60,), generator=generator).double()  # many ties
+    events = torch.rand(60, generator=generator) < 0.6
+    by_hand = -sum(
+        float(risk[i] - torch.log(torch.exp(risk[times >= times[i]]).sum())) for i in range(60) if events[i]
+    ) / int(events.sum())
+    assert float(cox_partial_nll(risk, times, events)) == pytest.approx(by_hand, rel=1e-6)
+    assert float(cox_partial_nll(risk + 3.0, times, events)) == pytest.approx(by_hand, rel=1e-6)  # shift-free
+
+
+def test_cox_partial_likelihood_without_an_event_is_zero_and_keeps_the_graph():
+    risk = torch.randn(5, requires_grad=True)
+    loss = cox_partial_nll(risk, torch.arange(5.0), torch.zeros(5, dtype=torch.bool))
+    loss.backward()
+    assert float(loss) == 0.0 and risk.grad is not None and bool((risk.grad == 0).all())
+
+
+def test_survival_losses_rank_by_the_risk_the_cindex_reads():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 4, generator=generator)
+    times, events = torch.rand(40, generator=generator) * 10, torch.rand(40, generator=generator) < 0.5
+    target = {"time": times, "event": events, "bin": to_bins(times, survival_bins(times, events, 4))}
+    task = TaskSpec("survival", 4)
+    nll, cox = task_loss(task, logits, target, "nll"), task_loss(task, logits, target, "cox")
+    assert float(nll) == pytest.approx(float(survival_nll(logits, target["bin"], events)))
+    assert float(cox) == pytest.approx(float(cox_partial_nll(risk_from_logits(logits), times, events)), rel=1e-6)
+    assert float(task_loss(task, logits, target, "nll+cox")) == pytest.approx(float(nll + cox), rel=1e-6)

@@ -179,6 +179,18 @@ def test_bad_training_settings_are_refused():
         TrainConfig(epochs=0)
     with pytest.raises(ConfigError, match="lr must be a positive number"):
         TrainConfig(lr=0.0)
+    with pytest.raises(ConfigError, match="smoothing must be a positive integer"):
+        TrainConfig(smoothing=0)
+    with pytest.raises(ConfigError, match="survival_loss must be one of nll, cox, nll\\+cox"):
+        TrainConfig(survival_loss="hinge")
+
+
+def test_a_cox_loss_is_refused_for_a_classification_block(tmp_path):
+    folder = _tiny_folder(tmp_path, "id,label\np1,0\np2,1\np3,1\n")
+    spec = BlockSpec("tab", "snn", {"hidden": 16}, task=TaskSpec("binary", 1), **TINY)
+    data = SplitData.load(folder, {"tab": (2,)}, spec.task)
+    with pytest.raises(ConfigError, match="survival_loss cox is for survival tasks, not binary"):
+        train_model(build_block(spec, (2,)), data, spec.task, TrainConfig(survival_loss="cox"), progress=False)
 
 
 # --- LegoFuse ----------------------------------------------------------------------------------------------------

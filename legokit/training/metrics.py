@@ -41,6 +41,24 @@ def survival_nll(logits: torch.Tensor, bins: torch.Tensor, events: torch.Tensor)
     return -(event * (before + at) + (1 - event) * through).mean()
 
 
+def cox_partial_nll(risk: torch.Tensor, times: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+    """Cox's negative log partial likelihood with Breslow's ties, per event: -(1/d) sum over events i of
+    risk_i - log sum_{j: t_j >= t_i} exp(risk_j) (DeepSurv's loss over a batch's risk sets). 0 (keeping the graph)
+    when the batch holds no event."""
+    order = torch.argsort(times.double(), descending=True)
+    risk, times, events = risk.double()[order], times.double()[order], events.bool()[order]
+    # times sorted descending: the risk set of t_i is a prefix, up to the last sample tied with it
+    last_tie = torch.searchsorted(-times, -times, right=True) - 1
+    log_risk_sets = torch.logcumsumexp(risk, dim=0)[last_tie]
+    count = events.sum()
+    if int(count) == 0:
+        return (risk * 0).sum().float()
+    return (-(risk - log_risk_sets)[events].sum() / count).float()
+
+
+SURVIVAL_LOSSES = ("nll", "cox", "nll+cox")  # the discrete-time likelihood, Cox's partial likelihood, or their sum
+
+
 def risk_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Risk = -sum of the survival curve (higher = earlier event)."""
     return -torch.cumprod(torch.sigmoid(-logits), dim=1).sum(dim=1)
@@ -87,11 +105,18 @@ def macro_f1(predicted: torch.Tensor, labels: torch.Tensor) -> float:
     return sum(scores) / len(scores)
 
 
-def task_loss(task: TaskSpec, logits: torch.Tensor, target: dict[str, torch.Tensor]) -> torch.Tensor:
-    """The training loss of a task, for a batch of logits and targets (`bin`/`event`, or `label`)."""
+def task_loss(
+    task: TaskSpec, logits: torch.Tensor, target: dict[str, torch.Tensor], survival_loss: str = "nll"
+) -> torch.Tensor:
+    """The training loss of a task, for a batch of logits and targets (`bin`/`event`/`time`, or `label`); a survival
+    task's is `survival_loss`: the discrete-time NLL, Cox's partial likelihood of the risk the c-index ranks by
+    (`risk_from_logits`: the head and its bins stay as they are, so the block still merges), or their sum."""
     logits = logits.float()
     if task.kind == "survival":
-        return survival_nll(logits, target["bin"], target["event"])
+        if survival_loss == "nll":
+            return survival_nll(logits, target["bin"], target["event"])
+        cox = cox_partial_nll(risk_from_logits(logits), target["time"], target["event"])
+        return cox if survival_loss == "cox" else survival_nll(logits, target["bin"], target["event"]) + cox
     if task.kind == "multiclass":
         return F.cross_entropy(logits, target["label"].long())
     if task.kind == "binary":

@@ -32,7 +32,7 @@ from legokit.schema import RECIPE, SHARED, SPEC, option
 from legokit.tasks import TaskSpec
 from legokit.training.distributed import World, device_for, world
 from legokit.training.leakage import sample_record
-from legokit.training.metrics import PRIMARY, task_loss, task_metrics, undefined_auc
+from legokit.training.metrics import PRIMARY, SURVIVAL_LOSSES, task_loss, task_metrics, undefined_auc
 
 ENCODER_MODES = ("auto", "frozen", "finetune")
 # a fine-tuned pretrained encoder's learning rate, relative to the block's: chosen on validation (python -m
@@ -56,6 +56,16 @@ class TrainConfig:
     )
     patience: int = option(
         15, "epochs without validation gain before stopping (default {default})", type=int, keys=FILES
+    )
+    # a survival block's loss: the discrete-time likelihood of its bins, Cox's partial likelihood (Breslow ties) of
+    # the risk its c-index ranks by, or both; the head and its bins stay as they are, so the block still merges
+    survival_loss: str = option(
+        "nll",
+        "a survival task's training loss: nll (discrete-time likelihood of the bins), cox (Cox's partial "
+        "likelihood of the risk, Breslow ties; probabilities then rest on the calibration step) or nll+cox "
+        "(default {default})",
+        choices=SURVIVAL_LOSSES,
+        keys=FILES,
     )
     # a small validation split's metric jumps from epoch to epoch: selecting on its mean over the last epochs picks a
     # stretch of good epochs rather than one lucky one (the weights kept are the stretch's last epoch's)
@@ -148,6 +158,10 @@ class TrainConfig:
                     f"{name} must be a {'non-negative' if name == 'weight_decay' else 'positive'} "
                     f"number, got {repr(value)[:40]}"
                 )
+        if self.survival_loss not in SURVIVAL_LOSSES:
+            raise ConfigError(
+                f"survival_loss must be one of {', '.join(SURVIVAL_LOSSES)}, got {repr(self.survival_loss)[:40]}"
+            )
         if self.encoders not in ENCODER_MODES:
             raise ConfigError(f"encoders must be one of {', '.join(ENCODER_MODES)}, got {self.encoders!r}")
         check_rate(self.modality_dropout, "modality_dropout")
@@ -322,6 +336,8 @@ class Trainer:
     def __init__(
         self, model: nn.Module, data: SplitData, task: TaskSpec, config: TrainConfig, inputs: Inputs | None = None
     ):
+        if config.survival_loss != "nll" and task.kind != "survival":
+            raise ConfigError(f"survival_loss {config.survival_loss} is for survival tasks, not {task.kind}")
         torch.manual_seed(config.seed)
         self.model, self.data, self.task, self.config, self.inputs = model, data, task, config, inputs
         self.shuffler = random.Random(config.seed)
@@ -385,7 +401,7 @@ class Trainer:
         targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
             logits = self.call(_to(batches, self.device))
-        loss = task_loss(self.task, logits, targets)
+        loss = task_loss(self.task, logits, targets, self.config.survival_loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -426,7 +442,9 @@ class Trainer:
             place=self.place,
         )  # fmt: skip
         targets = self.data.targets(self.val_ids, self.edges)
-        return task_metrics(self.task, logits, targets), float(task_loss(self.task, logits, targets))
+        return task_metrics(self.task, logits, targets), float(
+            task_loss(self.task, logits, targets, self.config.survival_loss)
+        )
 
     def fit(self, callbacks: Sequence[Callback] = (), eval_inputs: Inputs | None = None) -> TrainResult:
         """Train up to `config.epochs` epochs, stop when a callback says so, restore the selected epoch's weights,
