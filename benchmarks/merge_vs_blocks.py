@@ -171,7 +171,16 @@ def _blocks_study() -> dict[str, Settings]:
     }
 
 
-STUDIES = {"heads": HEADS, "training": TRAINING, "blocks": _blocks_study()}
+def _losses_study() -> dict[str, Settings]:
+    """The fourth study (issue 34): the survival loss, discrete-time NLL, Cox's partial likelihood, or both."""
+    defaults = new_defaults()
+    return {
+        f"loss {loss}": replace(defaults, training=replace(defaults.training, survival_loss=loss))
+        for loss in ("nll", "cox", "nll+cox")
+    }
+
+
+STUDIES = {"heads": HEADS, "training": TRAINING, "blocks": _blocks_study(), "losses": _losses_study()}
 # the composition study: each sequence encoder's block, and LegoFuse at each modality dropout rate
 SEQUENCE_ENCODERS = {"abmil": ABMIL, "longitudinal": LONGITUDINAL}
 DROPOUT_RATES = (0.0, 0.25, 0.5)
@@ -566,7 +575,12 @@ def report(name: str, runs: Sequence[SeedRun], split: str, console: Console) -> 
     return out
 
 
-STUDY_COLUMNS = {"heads": ("merge", "merge auto"), "training": ("merge", "merge auto"), "blocks": ("merge",)}
+STUDY_COLUMNS = {
+    "heads": ("merge", "merge auto"),
+    "training": ("merge", "merge auto"),
+    "blocks": ("merge",),
+    "losses": ("merge",),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,10 +12,16 @@ latent); then per seed s: `train DATA --block V.wrapped.st --seed s` for both vi
 at the start: seed 0 runs cold, later seeds warm. Per-epoch seconds come from the train/fuse JSON history (n/a when
 the history rows carry none).
 
-Baseline: TF-IDF (word 1-2 grams) + logistic regression, C chosen on the validation split; per view (on the samples
-that have the view) and on both views (a missing view is an empty string; concatenated texts or two stacked TF-IDF
-matrices, whichever is stronger on validation). The paired per-seed difference fused - TF-IDF (both views) on the
-same test samples, with a bootstrap 95% interval over test samples (1,000 resamples, seeded).
+Baselines, each with C chosen on the validation split:
+- TF-IDF (word 1-2 grams) + logistic regression per view (on the samples that have the view) and on both views (a
+  missing view is an empty string; concatenated texts or two stacked TF-IDF matrices, whichever is stronger on
+  validation);
+- the linear probe: MiniLM's own mean-pooled embeddings (the frozen encoder every block wraps) + logistic
+  regression, per view and on both views (a missing view's embedding is zeros plus a flag).
+Paired rows, on the same test samples: each block against the linear probe of its view, and the best legokit model
+(chosen per seed by validation AUC from `eval --split val`) against TF-IDF and the probe on both views. The split is
+fixed, so seeds vary only training: the interval resamples test samples (1,000 resamples, seeded) of the mean over
+seeds of the per-seed AUC differences.
 
     python -m benchmarks.pretrained_text [--seeds 3] [--out DIR] [--limit N] [--epochs N] [--no-cache]
 
@@ -155,6 +161,109 @@ def tfidf_baseline(
     return results
 
 
+# --- the linear probe: the frozen encoder's embeddings + logistic regression ------------------------------------------
+
+PROBE_MAX_TOKENS = 256  # all-MiniLM-L6-v2's max_seq_length
+PROBE_BATCH = 64
+
+
+def embeddings(texts: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """MiniLM's mean-pooled last hidden states (padding left out) of each text, as sentence-transformers pools it."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    folder = iu_xray.minilm_folder()
+    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModel.from_pretrained(folder).eval()
+    ids = sorted(texts, key=lambda i: len(texts[i]))  # similar lengths batch together
+    found = {}
+    with torch.no_grad():
+        for start in range(0, len(ids), PROBE_BATCH):
+            chunk = ids[start : start + PROBE_BATCH]
+            encoded = tokenizer(
+                [texts[i] for i in chunk],
+                padding=True,
+                truncation=True,
+                max_length=PROBE_MAX_TOKENS,
+                return_tensors="pt",
+            )
+            hidden = model(**encoded).last_hidden_state
+            mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+            found.update(zip(chunk, pooled.numpy()))
+    return found
+
+
+def probe_baseline(
+    labels: Mapping[str, int], splits: Mapping[str, str], texts: Mapping[str, Mapping[str, str]]
+) -> dict:
+    """Embeddings + standardised logistic regression per view and on both views; C chosen on validation AUC."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.preprocessing import StandardScaler
+
+    started = time.perf_counter()
+    pooled = {view: embeddings(texts[view]) for view in VIEWS}
+    width = len(next(iter(pooled[VIEWS[0]].values())))
+    results: dict = {"embedding_seconds": time.perf_counter() - started}
+
+    def row(name: str, i: str) -> np.ndarray:
+        if name in VIEWS:
+            return pooled[name][i]
+        parts = []
+        for view in VIEWS:
+            has = i in pooled[view]
+            parts += [pooled[view][i] if has else np.zeros(width, dtype=np.float32), [0.0 if has else 1.0]]
+        return np.concatenate(parts)
+
+    for name in (*VIEWS, "both"):
+        having = (lambda i: i in texts[name]) if name in VIEWS else (lambda i: True)
+        split_ids = {s: [i for i in labels if splits[i] == s and having(i)] for s in ("train", "val", "test")}
+        y = {s: np.array([labels[i] for i in ids]) for s, ids in split_ids.items()}
+        scaler = StandardScaler().fit(np.stack([row(name, i) for i in split_ids["train"]]))
+        x = {s: scaler.transform(np.stack([row(name, i) for i in ids])) for s, ids in split_ids.items()}
+        best = None
+        for c in C_GRID:
+            val, test = _fit_scores(x["train"], y["train"], [x["val"], x["test"]], c)
+            val_auc = float(roc_auc_score(y["val"], val))
+            if best is None or val_auc > best["val_auc"]:
+                best = {
+                    "C": c,
+                    "val_auc": val_auc,
+                    "test_auc": float(roc_auc_score(y["test"], test)),
+                    "samples": {s: len(ids) for s, ids in split_ids.items()},
+                    "test_ids": split_ids["test"],
+                    "test_scores": test.tolist(),
+                }
+        results[name] = best
+    results["seconds"] = time.perf_counter() - started
+    return results
+
+
+def paired_over_seeds(y: np.ndarray, a: Sequence[np.ndarray], b: Sequence[np.ndarray], n: int = BOOTSTRAP) -> dict:
+    """mean over seeds of AUC(a_s) - AUC(b_s) on the same samples, and its percentile 95% interval over `n` resamples
+    of the samples (the same rows for every seed: the split is fixed, only training varies)."""
+    from sklearn.metrics import roc_auc_score
+
+    def mean_difference(rows: np.ndarray) -> float:
+        return float(np.mean([roc_auc_score(y[rows], p[rows]) - roc_auc_score(y[rows], q[rows]) for p, q in zip(a, b)]))
+
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    diffs = []
+    for _ in range(n):
+        rows = rng.integers(0, len(y), len(y))
+        if y[rows].min() != y[rows].max():  # one class only: AUC undefined, resample skipped
+            diffs.append(mean_difference(rows))
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    per_seed = [float(roc_auc_score(y, p) - roc_auc_score(y, q)) for p, q in zip(a, b)]
+    return {
+        "difference": mean_difference(np.arange(len(y))),
+        "low": float(low),
+        "high": float(high),
+        "per_seed": per_seed,
+        "resamples": len(diffs),
+        "samples": len(y),
+    }
+
+
 # --- legokit through its CLI ------------------------------------------------------------------------------------------
 
 
@@ -206,7 +315,7 @@ def _epochs(result: Mapping) -> dict:
 
 def _predictions(path: Path) -> dict[str, float]:
     with open(path, newline="") as handle:
-        return {row["id"]: float(row["prob"]) for row in csv.DictReader(handle)}
+        return {row["id"]: float(row["prob"]) for row in csv.DictReader(handle) if row.get("prob")}
 
 
 def paired_bootstrap(y: np.ndarray, a: np.ndarray, b: np.ndarray, seed: int, n: int = BOOTSTRAP) -> dict:
@@ -353,29 +462,53 @@ def run_legokit(
             str(path),
         )
         training["fuse"] = _epochs(json.loads(path.read_text()))
-        scores = {}
+        scores, val_scores, predicted = {}, {}, {}
         for name in MODELS:
             path = reports / f"eval.{name}.{seed}.json"
             run(f"eval {name}", f"eval.{name}.{seed}", "eval", str(st[name]), str(data), *no_cache, "--json", str(path))
             found = json.loads(path.read_text())
             scores[name] = {"auc": found["auc"], "samples": found["samples"], "split_source": found["split_source"]}
-        predictions = out / "predictions" / f"fused.{seed}.csv"
-        run(
-            "predict fused",
-            f"predict.fused.{seed}",
-            "predict",
-            str(st["fused"]),
-            str(test_inputs),
-            *no_cache,
-            "-o",
-            str(predictions),
-        )
-        fused = _predictions(predictions)
+            path = reports / f"eval_val.{name}.{seed}.json"
+            run(
+                f"eval {name} (val)",
+                f"eval_val.{name}.{seed}",
+                "eval",
+                str(st[name]),
+                str(data),
+                "--split",
+                "val",
+                *no_cache,
+                "--json",
+                str(path),
+            )
+            val_scores[name] = json.loads(path.read_text())["auc"]
+            predictions = out / "predictions" / f"{name}.{seed}.csv"
+            run(
+                f"predict {name}",
+                f"predict.{name}.{seed}",
+                "predict",
+                str(st[name]),
+                str(test_inputs),
+                *no_cache,
+                "-o",
+                str(predictions),
+            )
+            predicted[name] = _predictions(predictions)
+        fused = predicted["fused"]
         ids = baseline_both["test_ids"]
         y = np.array([labels[i] for i in ids])
         paired = paired_bootstrap(y, np.array([fused[i] for i in ids]), np.array(baseline_both["test_scores"]), seed)
         paired["samples"] = len(ids)
-        per_seed.append({"seed": seed, "scores": scores, "training": training, "fused_vs_tfidf_both": paired})
+        per_seed.append(
+            {
+                "seed": seed,
+                "scores": scores,
+                "val_auc": val_scores,
+                "test_predictions": predicted,
+                "training": training,
+                "fused_vs_tfidf_both": paired,
+            }
+        )
         if not keep:
             for name in MODELS:
                 st[name].unlink(missing_ok=True)
@@ -387,6 +520,35 @@ def run_legokit(
         "epochs": epochs,
         "minilm": str(minilm),
     }
+
+
+LEGOKIT_ALL = ("merged", "merged_auto", "fused")  # the legokit models that score every test sample
+
+
+def comparisons(labels: Mapping[str, int], per_seed: Sequence[Mapping], tfidf: Mapping, probe: Mapping) -> dict:
+    """The paired rows: each block against the linear probe of its view (goal a), and the best legokit model, chosen
+    per seed on validation AUC, against TF-IDF + LR and the linear probe on both views (goal b)."""
+    rows = {}
+
+    def scores(name: str, ids: Sequence[str]) -> list[np.ndarray]:
+        return [np.array([s["test_predictions"][name][i] for i in ids]) for s in per_seed]
+
+    for view in VIEWS:
+        ids = probe[view]["test_ids"]
+        y = np.array([labels[i] for i in ids])
+        rows[f"block {view} − linear probe {view}"] = paired_over_seeds(
+            y, scores(view, ids), [np.array(probe[view]["test_scores"])] * len(per_seed)
+        )
+    chosen = [max(LEGOKIT_ALL, key=lambda m: s["val_auc"][m]) for s in per_seed]
+    for label, baseline in (("TF-IDF + LR, both views", tfidf["both"]), ("linear probe, both views", probe["both"])):
+        ids = baseline["test_ids"]
+        y = np.array([labels[i] for i in ids])
+        best = [np.array([s["test_predictions"][m][i] for i in ids]) for s, m in zip(per_seed, chosen)]
+        rows[f"best legokit (validation) − {label}"] = {
+            **paired_over_seeds(y, best, [np.array(baseline["test_scores"])] * len(per_seed)),
+            "chosen": chosen,
+        }
+    return rows
 
 
 # --- report -----------------------------------------------------------------------------------------------------------
@@ -430,6 +592,14 @@ def report(results: dict, console: Console) -> None:
                 else ""
             ),
         )
+    for name in (*VIEWS, "both"):
+        row = results["probe"][name]
+        auc.add_row(
+            f"linear probe (MiniLM embeddings + LR): {name}",
+            str(row["samples"]["test"]),
+            f"{row['test_auc']:.3f}",
+            f"{row['val_auc']:.3f}, C={row['C']:g}",
+        )
     for name, label in MODELS.items():
         values = [s["scores"][name]["auc"] for s in lego["per_seed"]]
         samples = sorted({s["scores"][name]["samples"] for s in lego["per_seed"]})
@@ -440,8 +610,25 @@ def report(results: dict, console: Console) -> None:
             if name == "impression"
             else "all test samples"
         )
-        auc.add_row(label, f"{'/'.join(map(str, samples))}: {what}", _mean_sd(values), "")
+        val = [s["val_auc"][name] for s in lego["per_seed"]]
+        auc.add_row(label, f"{'/'.join(map(str, samples))}: {what}", _mean_sd(values), _mean_sd(val))
     console.print(auc)
+
+    table = Table(
+        title=f"paired test AUC differences: mean over {seeds} seed(s) [95% interval over test samples, "
+        f"{BOOTSTRAP} resamples]; per seed",
+        title_justify="left",
+    )
+    for column in ("comparison", "samples", "mean [95% interval]", "per seed"):
+        table.add_column(column, justify="left" if column == "comparison" else "right")
+    for label, row in results["paired"].items():
+        table.add_row(
+            label + (f" (chose {', '.join(row['chosen'])})" if "chosen" in row else ""),
+            str(row["samples"]),
+            f"{row['difference']:+.3f} [{row['low']:+.3f}, {row['high']:+.3f}]",
+            ", ".join(f"{d:+.3f}" for d in row["per_seed"]),
+        )
+    console.print(table)
 
     paired = Table(
         title="fused - TF-IDF + LR (both views), paired on the same test samples; bootstrap 95% interval "
@@ -549,15 +736,26 @@ def main(argv: list[str] | None = None) -> int:
         csv.writer(handle, lineterminator="\n").writerows(
             [("id", "prob"), *zip(base["both"]["test_ids"], base["both"]["test_scores"])]
         )
+    probe = probe_baseline(labels, splits, texts)
+    console.print(
+        f"linear probe: test AUC findings {probe['findings']['test_auc']:.3f}, impression "
+        f"{probe['impression']['test_auc']:.3f}, both {probe['both']['test_auc']:.3f} ({probe['seconds']:.1f} s)"
+    )
     lego = run_legokit(
         out, data, args.seeds, args.epochs, not args.no_cache, args.keep_artifacts, console, base["both"], labels
     )
+    paired = comparisons(labels, lego["per_seed"], base, probe)
     results = {
         "data": counts,
         "tfidf": {
             k: ({kk: vv for kk, vv in v.items() if kk not in ("test_ids", "test_scores")} if isinstance(v, dict) else v)
             for k, v in base.items()
         },
+        "probe": {
+            k: ({kk: vv for kk, vv in v.items() if kk not in ("test_ids", "test_scores")} if isinstance(v, dict) else v)
+            for k, v in probe.items()
+        },
+        "paired": paired,
         "legokit": lego,
         "seconds": time.perf_counter() - started,
         "settings": {

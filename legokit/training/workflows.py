@@ -119,7 +119,7 @@ def _searched(
 ) -> tuple[LegoBlock, TrainResult]:
     """The best of `trials` trainings chosen on validation (`legokit.training.search`), its search table recorded in
     its provenance's training record."""
-    model, result, record = search(lambda config: train(config), base, trials, PRIMARY[task.kind])
+    model, result, record = search(train, base, trials, PRIMARY[task.kind])
     block = cast(LegoBlock, model)
     block.provenance["trained"]["search"] = record
     return block, result
