@@ -20,6 +20,7 @@ extra; body table + test-day sequence, 1-year landmark, 16,859 subjects, labs mi
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import statistics
@@ -575,6 +576,47 @@ def report(name: str, runs: Sequence[SeedRun], split: str, console: Console) -> 
     return out
 
 
+def markdown(name: str, runs: Sequence[SeedRun]) -> str:
+    """A cohort's tables as markdown (docs/benchmarks.md): validation and test c-index, mean ± s.d. over seeds, and
+    the paired rows with the corrected resampled t interval, its p and the bootstrap interval."""
+    quiet = Console(file=io.StringIO())
+    dataset = DATASETS[name]
+    val, test = report(name, runs, "val", quiet), report(name, runs, "test", quiet)
+    groups = list(test["groups"])
+    lines = [
+        f"**{dataset.title}**: c-index, mean ± s.d. over {len(runs)} seeds, validation / test "
+        f"(test samples per seed: {', '.join(f'{g} {n:.0f}' for g, n in test['groups'].items())})",
+        "",
+        "| model | " + " | ".join(groups) + " |",
+        "| --- |" + " --- |" * len(groups),
+    ]
+    for model, cells in test["c_index"].items():
+        shown = []
+        for g in groups:
+            own = val["c_index"].get(model, {}).get(g)
+            shown.append((_cell(own) if own is not None else "—") + " / " + _cell(cells[g]))
+        lines.append(f"| {model} | " + " | ".join(shown) + " |")
+    lines += [
+        "",
+        "| paired test difference: mean [95% corrected resampled t] p; bootstrap 95% | " + " | ".join(groups) + " |",
+        "| --- |" + " --- |" * len(groups),
+    ]
+    for label, cells in test["paired"].items():
+        shown = []
+        for g in groups:
+            d = cells.get(g)
+            shown.append(
+                "—"
+                if d is None
+                else (
+                    f"{d['mean']:+.3f} [{d['t_low']:+.3f}, {d['t_high']:+.3f}] p={d['p']:.2g}; "
+                    f"[{d['bootstrap_low']:+.3f}, {d['bootstrap_high']:+.3f}]"
+                ).replace("-", "\u2212")
+            )
+        lines.append(f"| {label} | " + " | ".join(shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
 STUDY_COLUMNS = {
     "heads": ("merge", "merge auto"),
     "training": ("merge", "merge auto"),
@@ -592,6 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--from-json", help="print the tables of an earlier run's JSON (its per-seed risks) again")
+    parser.add_argument("--markdown", help="with --from-json: write the tables as markdown to this file")
     args = parser.parse_args(argv)
     console = Console(width=220)
     if args.from_json:
@@ -604,6 +647,10 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     for r, s in zip(found["runs"], found["seconds"])
                 ]
+                if args.markdown and not earlier["study"]:
+                    with open(args.markdown, "a", encoding="utf-8") as handle:
+                        handle.write(markdown(name, runs) + "\n")
+                    continue
                 if not earlier["study"]:
                     report(name, runs, "val", console)
                 report(name, runs, "val" if earlier["study"] else "test", console)
