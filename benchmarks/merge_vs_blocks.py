@@ -181,7 +181,24 @@ def _losses_study() -> dict[str, Settings]:
     }
 
 
-STUDIES = {"heads": HEADS, "training": TRAINING, "blocks": _blocks_study(), "losses": _losses_study()}
+def _tokens_study() -> dict[str, Settings]:
+    """Stack against weave where blocks have many tokens (goal d of issue 34): one-token blocks (the defaults) and
+    blocks of one token per feature and per visit."""
+    defaults = new_defaults()
+    per_visit = ("mlp", {"hidden": 64, "depth": 2, "dropout": 0.1})
+    return {
+        "one token (defaults)": defaults,
+        "feature and visit tokens": replace(defaults, table=TOKENS, sequence=per_visit),
+    }
+
+
+STUDIES = {
+    "heads": HEADS,
+    "training": TRAINING,
+    "blocks": _blocks_study(),
+    "losses": _losses_study(),
+    "tokens": _tokens_study(),
+}
 # the composition study: each sequence encoder's block, and LegoFuse at each modality dropout rate
 SEQUENCE_ENCODERS = {"abmil": ABMIL, "longitudinal": LONGITUDINAL}
 DROPOUT_RATES = (0.0, 0.25, 0.5)
@@ -622,6 +639,7 @@ STUDY_COLUMNS = {
     "training": ("merge", "merge auto"),
     "blocks": ("merge",),
     "losses": ("merge",),
+    "tokens": ("merge", "fuse weave"),
 }
 
 
