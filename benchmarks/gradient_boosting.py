@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import xgboost
 
+from legokit.data.folder import DataError
 from legokit.data.training import SplitData
 from legokit.training.baselines import summary_design
 from legokit.training.metrics import concordance_index
@@ -54,6 +55,10 @@ def xgboost_cox_risks(
     design = summary_design(data, modalities, train, time_feature)
     val = [i for i in val if any(i in data.folder.ids_of(m) for m in modalities)]
     targets = data.labels.select(val)
+    if not val or not bool(targets["event"].bool().any()):
+        raise DataError(
+            f"xgboost tuned on validation needs validation samples with {', '.join(modalities)} and an event"
+        )
     fit = xgboost.DMatrix(design.x.double().numpy(), label=_labels(design.time, design.event))
     held = xgboost.DMatrix(design.rows(data, val).double().numpy(), label=_labels(targets["time"], targets["event"]))
     fitted: list[tuple[float, xgboost.Booster, dict, int]] = []

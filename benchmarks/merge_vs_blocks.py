@@ -44,6 +44,7 @@ from legokit.data.folder import modality_shape
 from legokit.data.gse7390 import write_gse7390
 from legokit.data.nafld import write_nafld
 from legokit.data.training import SplitData
+from legokit.io.atomic import write_atomic
 from legokit.nn.block import DEFAULT_HEAD_FEATURES, DEFAULT_SHARED_INIT, DEFAULT_UPDATE, LegoBlock
 from legokit.spec import BlockSpec
 from legokit.tasks import TaskSpec
@@ -655,23 +656,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", help="with --from-json: write the tables as markdown to this file")
     args = parser.parse_args(argv)
     console = Console(width=220)
+    if args.markdown and (not args.from_json or Path(args.markdown).resolve() == Path(args.from_json).resolve()):
+        parser.error("--markdown writes the tables of --from-json's run to another file")
     if args.from_json:
         earlier = json.loads(Path(args.from_json).read_text())
+        if args.markdown and earlier["study"]:
+            parser.error("--markdown is for a main run's JSON, not a study's")
+        written = []
         for name, by_settings in earlier["results"].items():
-            for found in by_settings.values():
+            for label, found in by_settings.items():
                 runs = [
                     SeedRun(
                         Split.from_json(r["val"]), Split.from_json(r["test"]), s, r.get("test_train_ratio", TEST_TRAIN)
                     )
                     for r, s in zip(found["runs"], found["seconds"])
                 ]
-                if args.markdown and not earlier["study"]:
-                    with open(args.markdown, "a", encoding="utf-8") as handle:
-                        handle.write(markdown(name, runs) + "\n")
+                if args.markdown:
+                    written.append((f"Settings: {label}.\n\n" if len(by_settings) > 1 else "") + markdown(name, runs))
                     continue
                 if not earlier["study"]:
                     report(name, runs, "val", console)
                 report(name, runs, "val" if earlier["study"] else "test", console)
+        if args.markdown:
+            write_atomic(Path(args.markdown), "\n".join(written).encode(), inputs=[args.from_json])
         return 0
     results: dict[str, dict] = {}
     candidates = STUDIES.get(args.study, {"defaults": new_defaults()})

@@ -539,7 +539,9 @@ def comparisons(labels: Mapping[str, int], per_seed: Sequence[Mapping], tfidf: M
         rows[f"block {view} − linear probe {view}"] = paired_over_seeds(
             y, scores(view, ids), [np.array(probe[view]["test_scores"])] * len(per_seed)
         )
-    chosen = [max(LEGOKIT_ALL, key=lambda m: s["val_auc"][m]) for s in per_seed]
+    chosen = [
+        max(LEGOKIT_ALL, key=lambda m: s["val_auc"][m] if s["val_auc"][m] is not None else -1.0) for s in per_seed
+    ]
     for label, baseline in (("TF-IDF + LR, both views", tfidf["both"]), ("linear probe, both views", probe["both"])):
         ids = baseline["test_ids"]
         y = np.array([labels[i] for i in ids])

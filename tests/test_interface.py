@@ -285,6 +285,20 @@ def test_smoothed_selection_prefers_a_stretch_of_good_epochs_to_one_lucky_epoch(
     assert (smoothed.epoch, smoothed.waited) == (6, 1)  # the plateau's mean 0.80 beats 0.70 around the spike
 
 
+def test_a_partial_window_never_beats_a_full_one_and_nobody_waits_before_it():
+    model = nn.Linear(1, 1)
+    selection = Selection(window=5)
+    for epoch, metric in enumerate([0.80, 0.60, 0.70, 0.75, 0.76, 0.77, 0.78, 0.78], start=1):
+        selection.update(epoch, metric, 1.0, model)
+        if epoch < 5:
+            assert selection.waited == 0
+    assert selection.epoch == 8  # epoch 1 alone (0.80) was a lucky first epoch, not a stretch of good ones
+    short = Selection(window=5)
+    for epoch, metric in enumerate([0.70, 0.80, 0.60], start=1):  # training ended before a full window
+        short.update(epoch, metric, 1.0, model)
+    assert (short.epoch, short.waited) == (2, 0)
+
+
 def test_a_callback_stops_training_and_the_history_says_where(tmp_path):
     from legokit.data.bundled import write_pbc
     from legokit.data.training import SplitData

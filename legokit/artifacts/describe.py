@@ -96,7 +96,9 @@ def training_summary(record: Mapping[str, Any]) -> str:
     searched = record.get("search")
     trials = searched.get("trials") if isinstance(searched, Mapping) else None
     chosen = (
-        f"; kept the best of {len(trials)} trials on validation (-v shows them)" if isinstance(trials, list) else ""
+        f"; kept the best of {len(trials)} trials on validation (-v shows them)"
+        if isinstance(trials, list) and trials
+        else ""
     )
     metrics = _metrics(val if isinstance(val, Mapping) else {}, test if isinstance(test, Mapping) else {})
     return f"{epochs}; {metrics}{chosen}"

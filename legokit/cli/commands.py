@@ -321,7 +321,9 @@ def _report_search(console: Console, block: LegoBlock, primary: str) -> dict[str
     record = block.provenance.get("trained", {}).get("search")
     if not record:
         return None
-    table = Table(title=f"search: {len(record['trials'])} trials on the validation split (* kept)")
+    table = Table(
+        title=f"search: {len(record['trials'])} trials on the validation split in {record['seconds']:.1f} s (* kept)"
+    )
     for name in ("", *record["space"], "best epoch", "epochs run", f"val {primary}"):
         table.add_column(name, justify="right")
     for index, row in enumerate(record["trials"]):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -18,11 +19,13 @@ from legokit.errors import ConfigError
 from legokit.progress import log
 from legokit.training.trainer import TrainConfig, TrainResult
 
-# the grid a search draws from: TrainConfig fields and the values each may take (27 points)
+# the grid a search draws from: TrainConfig fields and the values each may take (27 points). Trials are ranked by
+# the validation metric of the epoch each kept, so a setting that only changes how many epochs are looked at (patience,
+# epochs, smoothing) would win by looking more often: none is searched
 SEARCH_SPACE: Mapping[str, tuple[float | int, ...]] = {
     "lr": (3e-4, 1e-3, 3e-3),
     "weight_decay": (0.01, 0.1, 0.3),
-    "smoothing": (1, 3, 5),
+    "batch_size": (16, 32, 64),
 }
 MOST_TRIALS = math.prod(len(values) for values in SEARCH_SPACE.values()) + 1  # every grid point and the given one
 
@@ -71,6 +74,7 @@ def search(
     earlier trial on a tie; an undefined metric ranks last). Returns it, its result, and the search record: the space,
     every trial's row and the chosen trial's index."""
     configs = trial_configs(base, trials)
+    started = time.perf_counter()
     kept: tuple[float, int, nn.Module, TrainResult] | None = None
     rows = []
     for index, config in enumerate(configs):
@@ -86,5 +90,10 @@ def search(
     if kept is None:  # trial_configs returns at least the base settings
         raise ConfigError("--search ran no trial")
     _, chosen, model, result = kept
-    record = {"space": {k: list(v) for k, v in SEARCH_SPACE.items()}, "trials": rows, "chosen": chosen}
+    record = {
+        "space": {k: list(v) for k, v in SEARCH_SPACE.items()},
+        "trials": rows,
+        "chosen": chosen,
+        "seconds": time.perf_counter() - started,
+    }
     return model, result, record

@@ -281,7 +281,9 @@ def evaluate(
 class Selection:
     """The model-selection rule: the epoch with the best validation primary metric (a NaN metric or a tie falls
     back to the lower validation loss), each the mean over the last `window` epochs, with a deep copy of the
-    selected epoch's weights and the epochs waited since."""
+    selected epoch's weights and the epochs waited since. Until `window` epochs have run, the means of the epochs so
+    far choose and nobody waits; the first full window then replaces that choice whatever it scores, so a partial
+    window (one lucky first epoch) never beats a full one."""
 
     best: tuple[float, float] | None = None
     epoch: int = 0
@@ -301,10 +303,11 @@ class Selection:
         self.recent = [*self.recent, (metric, loss)][-self.window :]
         metric = sum(m for m, _ in self.recent) / len(self.recent)  # NaN if any epoch's is: the loss decides
         loss = sum(v for _, v in self.recent) / len(self.recent)
-        if self.better(metric, loss):
+        first_full = epoch == self.window
+        if first_full or self.better(metric, loss):
             self.best, self.epoch, self.waited = (metric, loss), epoch, 0
             self.state = copy.deepcopy(model.state_dict())
-        else:
+        elif epoch > self.window:
             self.waited += 1
 
 
@@ -384,6 +387,13 @@ class Trainer:
             note = undefined_auc(self.task, self.data.labels.select(ids), split) if ids else None
             if note:
                 log.warning("%s", note)
+        val = self.data.ids("val", self.modalities)
+        if self.config.survival_loss == "cox" and val and not bool(self.data.labels.select(val)["event"].any()):
+            log.warning(
+                "the val split's %d samples hold no event: its c-index is 0.5 and its Cox partial likelihood 0 at "
+                "every epoch, so selection keeps the first epoch",
+                len(val),
+            )
 
     def step(
         self,
