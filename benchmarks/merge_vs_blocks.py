@@ -91,6 +91,7 @@ class Settings:
     shared_init: bool = True
     training: TrainConfig = TrainConfig()
     fusing: TrainConfig = FUSE_TRAINING
+    latent: tuple[int, int] = (32, 32)
 
     def spec(self, modality: str, kind: str, seed: int) -> BlockSpec:
         encoder, kwargs = self.table if kind == "table" else self.sequence
@@ -98,7 +99,7 @@ class Settings:
             modality,
             encoder,
             kwargs,
-            latent=(32, 32),
+            latent=self.latent,
             depth=2,
             task=TASK,
             dim_head=32,
@@ -193,12 +194,29 @@ def _tokens_study() -> dict[str, Settings]:
     }
 
 
+def _sizes_study() -> dict[str, Settings]:
+    """The fifth study (issue 34): latent size and the encoders' dropout."""
+    defaults = new_defaults()
+    dropped = replace(
+        defaults,
+        table=(defaults.table[0], {**defaults.table[1], "dropout": 0.3}),
+        sequence=(defaults.sequence[0], {**defaults.sequence[1], "dropout": 0.3}),
+    )
+    return {
+        "latent 32x32 (defaults)": defaults,
+        "latent 16x32": replace(defaults, latent=(16, 32)),
+        "latent 64x64": replace(defaults, latent=(64, 64)),
+        "encoder dropout 0.3": dropped,
+    }
+
+
 STUDIES = {
     "heads": HEADS,
     "training": TRAINING,
     "blocks": _blocks_study(),
     "losses": _losses_study(),
     "tokens": _tokens_study(),
+    "sizes": _sizes_study(),
 }
 # the composition study: each sequence encoder's block, and LegoFuse at each modality dropout rate
 SEQUENCE_ENCODERS = {"abmil": ABMIL, "longitudinal": LONGITUDINAL}
@@ -641,6 +659,7 @@ STUDY_COLUMNS = {
     "blocks": ("merge",),
     "losses": ("merge",),
     "tokens": ("merge", "fuse weave"),
+    "sizes": ("merge",),
 }
 
 
