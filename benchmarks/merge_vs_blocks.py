@@ -49,7 +49,7 @@ from legokit.nn.block import DEFAULT_HEAD_FEATURES, DEFAULT_SHARED_INIT, DEFAULT
 from legokit.spec import BlockSpec
 from legokit.tasks import TaskSpec
 from legokit.training.baselines import LateFusion, tuned_summary_cox
-from legokit.training.metrics import concordance_index, risk_from_logits
+from legokit.training.metrics import SURVIVAL_LOSSES, concordance_index, risk_from_logits
 from legokit.training.paired import PairedDifference, ResampledT, paired_cindex, resampled_t
 from legokit.training.trainer import FUSE_TRAINING, TrainConfig, predict_logits, train_model
 from legokit.training.workflows import fuse_blocks, train_block
@@ -670,6 +670,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--study", choices=sorted(STUDIES) + ["composition"], help="compare candidate settings on validation splits"
     )
+    parser.add_argument(
+        "--loss", choices=SURVIVAL_LOSSES, help="the blocks' survival loss in the main run (default: the library's)"
+    )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--from-json", help="print the tables of an earlier run's JSON (its per-seed risks) again")
     parser.add_argument("--markdown", help="with --from-json: write the tables as markdown to this file")
@@ -700,7 +703,10 @@ def main(argv: list[str] | None = None) -> int:
             write_atomic(Path(args.markdown), "\n".join(written).encode(), inputs=[args.from_json])
         return 0
     results: dict[str, dict] = {}
-    candidates = STUDIES.get(args.study, {"defaults": new_defaults()})
+    defaults = new_defaults()
+    if args.loss:  # the survival loss a cohort's `--study losses` chose on validation
+        defaults = replace(defaults, training=replace(defaults.training, survival_loss=args.loss))
+    candidates = STUDIES.get(args.study, {f"defaults, loss {defaults.training.survival_loss}": defaults})
     with tempfile.TemporaryDirectory() as tmp, Progress(transient=True, console=console) as bar:
         job = bar.add_task("merge vs blocks", total=len(args.datasets) * args.seeds * len(candidates) * STEPS)
         for name in args.datasets:
