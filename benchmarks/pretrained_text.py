@@ -196,7 +196,8 @@ def embeddings(texts: Mapping[str, str]) -> dict[str, np.ndarray]:
 def probe_baseline(
     labels: Mapping[str, int], splits: Mapping[str, str], texts: Mapping[str, Mapping[str, str]]
 ) -> dict:
-    """Embeddings + standardised logistic regression per view and on both views; C chosen on validation AUC."""
+    """Embeddings + logistic regression per view and on both views: standardised features or L2-normalised
+    embeddings (sentence-transformers' own output), and C, chosen on validation AUC."""
     from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
 
@@ -205,27 +206,36 @@ def probe_baseline(
     width = len(next(iter(pooled[VIEWS[0]].values())))
     results: dict = {"embedding_seconds": time.perf_counter() - started}
 
-    def row(name: str, i: str) -> np.ndarray:
+    def row(name: str, i: str, normalised: bool) -> np.ndarray:
+        def one(view: str) -> np.ndarray:
+            vector = pooled[view][i]
+            return vector / max(float(np.linalg.norm(vector)), 1e-12) if normalised else vector
+
         if name in VIEWS:
-            return pooled[name][i]
+            return one(name)
         parts = []
         for view in VIEWS:
             has = i in pooled[view]
-            parts += [pooled[view][i] if has else np.zeros(width, dtype=np.float32), [0.0 if has else 1.0]]
+            parts += [one(view) if has else np.zeros(width, dtype=np.float32), [0.0 if has else 1.0]]
         return np.concatenate(parts)
 
     for name in (*VIEWS, "both"):
         having = (lambda i: i in texts[name]) if name in VIEWS else (lambda i: True)
         split_ids = {s: [i for i in labels if splits[i] == s and having(i)] for s in ("train", "val", "test")}
         y = {s: np.array([labels[i] for i in ids]) for s, ids in split_ids.items()}
-        scaler = StandardScaler().fit(np.stack([row(name, i) for i in split_ids["train"]]))
-        x = {s: scaler.transform(np.stack([row(name, i) for i in ids])) for s, ids in split_ids.items()}
         best = None
-        for c in C_GRID:
-            val, test = _fit_scores(x["train"], y["train"], [x["val"], x["test"]], c)
-            val_auc = float(roc_auc_score(y["val"], val))
-            if best is None or val_auc > best["val_auc"]:
+        for variant in ("standardised", "normalised"):
+            x = {s: np.stack([row(name, i, variant == "normalised") for i in ids]) for s, ids in split_ids.items()}
+            if variant == "standardised":
+                scaler = StandardScaler().fit(x["train"])
+                x = {s: scaler.transform(v) for s, v in x.items()}
+            for c in C_GRID:
+                val, test = _fit_scores(x["train"], y["train"], [x["val"], x["test"]], c)
+                val_auc = float(roc_auc_score(y["val"], val))
+                if best is not None and val_auc <= best["val_auc"]:
+                    continue
                 best = {
+                    "variant": variant,
                     "C": c,
                     "val_auc": val_auc,
                     "test_auc": float(roc_auc_score(y["test"], test)),
@@ -600,7 +610,7 @@ def report(results: dict, console: Console) -> None:
             f"linear probe (MiniLM embeddings + LR): {name}",
             str(row["samples"]["test"]),
             f"{row['test_auc']:.3f}",
-            f"{row['val_auc']:.3f}, C={row['C']:g}",
+            f"{row['val_auc']:.3f}, C={row['C']:g}, {row['variant']}",
         )
     for name, label in MODELS.items():
         values = [s["scores"][name]["auc"] for s in lego["per_seed"]]
@@ -708,6 +718,11 @@ def main(argv: list[str] | None = None) -> int:
         "--out", default="benchmark-results/pretrained_text", help="output folder (data, artifacts, logs, results.json)"
     )
     parser.add_argument("--limit", type=int, help="a stratified subset of this many reports (a quick smoke run)")
+    parser.add_argument(
+        "--legokit-from",
+        metavar="RESULTS",
+        help="take the legokit models' scores from an earlier run's results.json and fit only the baselines",
+    )
     parser.add_argument("--epochs", type=int, help="passed to train and fuse (default: legokit's)")
     parser.add_argument(
         "--no-cache",
@@ -743,9 +758,15 @@ def main(argv: list[str] | None = None) -> int:
         f"linear probe: test AUC findings {probe['findings']['test_auc']:.3f}, impression "
         f"{probe['impression']['test_auc']:.3f}, both {probe['both']['test_auc']:.3f} ({probe['seconds']:.1f} s)"
     )
-    lego = run_legokit(
-        out, data, args.seeds, args.epochs, not args.no_cache, args.keep_artifacts, console, base["both"], labels
-    )
+    if args.legokit_from:  # the legokit side of an earlier run (its per-seed predictions), baselines fitted anew
+        earlier = json.loads(Path(args.legokit_from).read_text())
+        lego = earlier["legokit"]
+        if earlier["settings"]["limit"] != args.limit or any("test_predictions" not in s for s in lego["per_seed"]):
+            parser.error(f"{args.legokit_from}: not a run of this benchmark's version with --limit {args.limit}")
+    else:
+        lego = run_legokit(
+            out, data, args.seeds, args.epochs, not args.no_cache, args.keep_artifacts, console, base["both"], labels
+        )
     paired = comparisons(labels, lego["per_seed"], base, probe)
     results = {
         "data": counts,
@@ -761,8 +782,9 @@ def main(argv: list[str] | None = None) -> int:
         "legokit": lego,
         "seconds": time.perf_counter() - started,
         "settings": {
-            "seeds": args.seeds,
+            "seeds": len(lego["per_seed"]),
             "limit": args.limit,
+            "legokit_from": args.legokit_from,
             "epochs": args.epochs,
             "cache": not args.no_cache,
             "split_seed": iu_xray.SPLIT_SEED,
