@@ -553,6 +553,24 @@ def _cell(values: Sequence[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.3f}"
 
 
+def _ranks(values: torch.Tensor) -> torch.Tensor:
+    order = torch.argsort(values, stable=True)
+    return torch.empty_like(values).scatter_(0, order, torch.arange(values.numel(), dtype=values.dtype))
+
+
+def stack_weave_agreement(runs: Sequence[SeedRun], split: str) -> float | None:
+    """How alike LegoFuse's stack and weave models are: the Spearman correlation of their risks on the split's samples,
+    mean over seeds (None when a run lacks either)."""
+    found = []
+    for run in runs:
+        risks = getattr(run, split).risks
+        if "fuse stack" not in risks or "fuse weave" not in risks:
+            return None
+        a, b = _ranks(risks["fuse stack"].double()), _ranks(risks["fuse weave"].double())
+        found.append(float(torch.corrcoef(torch.stack([a, b]))[0, 1]))
+    return statistics.fmean(found) if found else None
+
+
 def report(name: str, runs: Sequence[SeedRun], split: str, console: Console) -> dict:
     """Print a cohort's c-index table (and, for the test split, its paired rows); return them as JSON."""
     dataset = DATASETS[name]
@@ -580,11 +598,15 @@ def report(name: str, runs: Sequence[SeedRun], split: str, console: Console) -> 
     for m in scores:
         table.add_row(m, *(_cell(scores[m][g]) for g in groups))
     console.print(table)
+    agreement = stack_weave_agreement(runs, split)
+    if agreement is not None:
+        console.print(f"fuse stack vs weave on the {split} split: Spearman correlation of their risks {agreement:.4f}")
     out: dict = {
         "groups": sizes,
         "c_index": scores,
         "seconds": [r.seconds for r in runs],
         "tuning": [r.tuning for r in runs],
+        "stack_weave_spearman": agreement,
         "runs": [
             {"val": r.val.to_json(), "test": r.test.to_json(), "test_train_ratio": r.test_train_ratio} for r in runs
         ],
