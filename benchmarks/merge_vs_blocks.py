@@ -92,6 +92,7 @@ class Settings:
     training: TrainConfig = TrainConfig()
     fusing: TrainConfig = FUSE_TRAINING
     latent: tuple[int, int] = (32, 32)
+    trials: int = 1  # `legokit train --search N` for every block
 
     def spec(self, modality: str, kind: str, seed: int) -> BlockSpec:
         encoder, kwargs = self.table if kind == "table" else self.sequence
@@ -306,7 +307,7 @@ def _blocks(
     folder: Path, dataset: Dataset, settings: Settings, seed: int, splits: dict[str, str]
 ) -> dict[str, LegoBlock]:
     return {
-        m: train_block(folder, settings.spec(m, kind, seed), splits, progress=False)[0]
+        m: train_block(folder, settings.spec(m, kind, seed), splits, progress=False, trials=settings.trials)[0]
         for m, kind in dataset.modalities.items()
     }
 
@@ -695,6 +696,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--loss", choices=SURVIVAL_LOSSES, help="the blocks' survival loss in the main run (default: the library's)"
     )
+    parser.add_argument(
+        "--search", type=int, default=1, metavar="N", help="train every block with `legokit train --search N`"
+    )
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--from-json", help="print the tables of an earlier run's JSON (its per-seed risks) again")
     parser.add_argument("--markdown", help="with --from-json: write the tables as markdown to this file")
@@ -728,7 +732,9 @@ def main(argv: list[str] | None = None) -> int:
     defaults = new_defaults()
     if args.loss:  # the survival loss a cohort's `--study losses` chose on validation
         defaults = replace(defaults, training=replace(defaults.training, survival_loss=args.loss))
-    candidates = STUDIES.get(args.study, {f"defaults, loss {defaults.training.survival_loss}": defaults})
+    defaults = replace(defaults, trials=args.search)
+    label = f"defaults, loss {defaults.training.survival_loss}" + (f", search {args.search}" if args.search > 1 else "")
+    candidates = STUDIES.get(args.study, {label: defaults})
     with tempfile.TemporaryDirectory() as tmp, Progress(transient=True, console=console) as bar:
         job = bar.add_task("merge vs blocks", total=len(args.datasets) * args.seeds * len(candidates) * STEPS)
         for name in args.datasets:
