@@ -93,6 +93,29 @@ def _fit_scores(train_x, train_y, others: Sequence, c: float) -> list[np.ndarray
     return [model.predict_proba(x)[:, 1] for x in others]
 
 
+def _best_c(
+    variant: str, x: Mapping, y: Mapping[str, np.ndarray], split_ids: Mapping[str, list[str]], best: dict | None
+) -> dict | None:
+    """The fit over the C grid with the highest validation AUC on these features, if it beats `best` (the first of
+    equal AUCs is kept): its variant, C, validation and test AUC, sample counts and test scores."""
+    from sklearn.metrics import roc_auc_score
+
+    for c in C_GRID:
+        val, test = _fit_scores(x["train"], y["train"], [x["val"], x["test"]], c)
+        val_auc = float(roc_auc_score(y["val"], val))
+        if best is None or val_auc > best["val_auc"]:
+            best = {
+                "variant": variant,
+                "C": c,
+                "val_auc": val_auc,
+                "test_auc": float(roc_auc_score(y["test"], test)),
+                "samples": {s: len(ids) for s, ids in split_ids.items()},
+                "test_ids": split_ids["test"],
+                "test_scores": test.tolist(),
+            }
+    return best
+
+
 def _features(variant: str, texts: Mapping[str, Mapping[str, str]], split_ids: Mapping[str, list[str]]):
     """Train/val/test matrices for one variant: a single view, `concat` (both views' texts joined) or `hstack` (one
     TF-IDF per view, side by side). A missing view is an empty string."""
@@ -123,8 +146,6 @@ def tfidf_baseline(
     labels: Mapping[str, int], splits: Mapping[str, str], texts: Mapping[str, Mapping[str, str]]
 ) -> dict:
     """TF-IDF + LR per view and on both views; C (and, for both views, the variant) chosen on validation AUC."""
-    from sklearn.metrics import roc_auc_score
-
     started = time.perf_counter()
     results = {}
     for name, variants in (
@@ -135,23 +156,13 @@ def tfidf_baseline(
         having = (lambda i: i in texts[name]) if name in VIEWS else (lambda i: True)
         split_ids = {s: [i for i in labels if splits[i] == s and having(i)] for s in ("train", "val", "test")}
         y = {s: np.array([labels[i] for i in ids]) for s, ids in split_ids.items()}
-        best, candidates = None, {}
+        best: dict | None = None
+        candidates = {}
         for variant in variants:
-            x = _features(variant, texts, split_ids)
-            for c in C_GRID:
-                val, test = _fit_scores(x["train"], y["train"], [x["val"], x["test"]], c)
-                val_auc = float(roc_auc_score(y["val"], val))
-                candidates[variant] = max(candidates.get(variant, 0.0), val_auc)
-                if best is None or val_auc > best["val_auc"]:
-                    best = {
-                        "variant": variant,
-                        "C": c,
-                        "val_auc": val_auc,
-                        "test_auc": float(roc_auc_score(y["test"], test)),
-                        "samples": {s: len(ids) for s, ids in split_ids.items()},
-                        "test_ids": split_ids["test"],
-                        "test_scores": test.tolist(),
-                    }
+            own = _best_c(variant, _features(variant, texts, split_ids), y, split_ids, None) or {}
+            candidates[variant] = own["val_auc"]
+            best = own if best is None or own["val_auc"] > best["val_auc"] else best
+        best = best or {}
         best["val_auc_by_variant"] = candidates  # each variant's best validation AUC over the C grid
         best["sample_set"] = (
             f"test samples with {name}" if name in VIEWS else "all test samples; a missing view is an empty string"
@@ -198,7 +209,6 @@ def probe_baseline(
 ) -> dict:
     """Embeddings + logistic regression per view and on both views: standardised features or L2-normalised
     embeddings (sentence-transformers' own output), and C, chosen on validation AUC."""
-    from sklearn.metrics import roc_auc_score
     from sklearn.preprocessing import StandardScaler
 
     started = time.perf_counter()
@@ -229,20 +239,7 @@ def probe_baseline(
             if variant == "standardised":
                 scaler = StandardScaler().fit(x["train"])
                 x = {s: scaler.transform(v) for s, v in x.items()}
-            for c in C_GRID:
-                val, test = _fit_scores(x["train"], y["train"], [x["val"], x["test"]], c)
-                val_auc = float(roc_auc_score(y["val"], val))
-                if best is not None and val_auc <= best["val_auc"]:
-                    continue
-                best = {
-                    "variant": variant,
-                    "C": c,
-                    "val_auc": val_auc,
-                    "test_auc": float(roc_auc_score(y["test"], test)),
-                    "samples": {s: len(ids) for s, ids in split_ids.items()},
-                    "test_ids": split_ids["test"],
-                    "test_scores": test.tolist(),
-                }
+            best = _best_c(variant, x, y, split_ids, best)
         results[name] = best
     results["seconds"] = time.perf_counter() - started
     return results
